@@ -1,0 +1,1 @@
+//! Shared broker state: the session registry, the routes, retained messages and wills.

@@ -1,0 +1,1 @@
+//! Command line: `fleetmq [serve] | check-config | print-default-config`.

@@ -1,0 +1,143 @@
+//! Broker configuration: the TOML file, its defaults and its validation.
+//!
+//! Every struct denies unknown keys so a typo is an error that names the key, never a
+//! silently ignored setting. Defaults come from `crate::limits`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Each listener serves MQTT 3.1, 3.1.1 and 5.0 on one port.
+    pub listeners: Vec<ListenerConfig>,
+    pub limits: LimitsConfig,
+    pub sessions: SessionsConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(rename = "type")]
+    pub kind: ListenerKind,
+    /// Address and port, e.g. "127.0.0.1:1883" or "0.0.0.0:1883". Port 0 picks a free port.
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest packet accepted from a client, in bytes (announced to MQTT 5 clients).
+    pub max_packet_size: u32,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Largest keep alive accepted; a client asking for more (or for 0) gets this value
+    /// (MQTT 5 Server Keep Alive). 0 here means clients may disable keep alive.
+    pub max_keep_alive_secs: u16,
+    /// Outgoing QoS 1/2 messages in flight per client (3.x; MQTT 5 also caps it at the
+    /// client's Receive Maximum).
+    pub max_inflight_messages: u16,
+    /// Incoming QoS 1/2 messages a client may have unacknowledged (MQTT 5 Receive Maximum).
+    pub receive_maximum: u16,
+    /// Messages waiting per session (offline, or beyond the inflight window).
+    pub max_queued_messages: usize,
+    /// Bytes waiting per session.
+    pub max_queued_bytes: usize,
+    /// Topic aliases a MQTT 5 client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Bytes of encoded packets buffered for one connection before it is a slow consumer.
+    pub max_outbox_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Seconds a 3.x persistent session (clean session = false) lives after its client
+    /// disconnects. 0 means never expire, as Mosquitto does by default.
+    pub persistent_session_expiry_secs: u32,
+    /// Upper bound on the Session Expiry Interval a MQTT 5 client may ask for.
+    pub max_session_expiry_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory for durable state.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. "info" or "fleetmq=debug"; RUST_LOG overrides it.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: vec![ListenerConfig {
+                kind: ListenerKind::Tcp,
+                bind: crate::limits::DEFAULT_BIND
+                    .parse()
+                    .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 1883))),
+            }],
+            limits: LimitsConfig::default(),
+            sessions: SessionsConfig::default(),
+            storage: StorageConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        use crate::limits::*;
+        LimitsConfig {
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
+            max_keep_alive_secs: DEFAULT_MAX_KEEP_ALIVE_SECS,
+            max_inflight_messages: DEFAULT_MAX_INFLIGHT_MESSAGES,
+            receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
+            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
+            max_outbox_bytes: DEFAULT_MAX_OUTBOX_BYTES,
+        }
+    }
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            persistent_session_expiry_secs: crate::limits::DEFAULT_PERSISTENT_SESSION_EXPIRY_SECS,
+            max_session_expiry_secs: crate::limits::DEFAULT_MAX_SESSION_EXPIRY_SECS,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from(crate::limits::DEFAULT_DATA_DIR),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: crate::limits::DEFAULT_LOG_LEVEL.to_string(),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The per-client task: moves bytes between the socket and the session.

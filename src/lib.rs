@@ -1,0 +1,15 @@
+//! fleetmq: an MQTT 3.1, 3.1.1 and 5.0 broker for device fleets.
+//!
+//! See ARCHITECTURE.md for the map of modules and the path of a PUBLISH.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod limits;
+pub mod message;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod storage;
+pub mod topic;
