@@ -161,7 +161,11 @@ impl Session {
     }
 
     /// Handles one packet from the client (anything after CONNECT).
-    pub fn handle_packet(&mut self, packet: Packet, now: Instant) -> Result<Vec<Action>, Violation> {
+    pub fn handle_packet(
+        &mut self,
+        packet: Packet,
+        now: Instant,
+    ) -> Result<Vec<Action>, Violation> {
         let _ = (packet, now);
         todo!("session")
     }
@@ -177,7 +181,12 @@ impl Session {
     /// while the inflight window allows, assigning packet ids (from 1 upwards, skipping ids
     /// in flight) and outgoing topic aliases. Expired or too-large messages are dropped and
     /// reported in `dropped`.
-    pub fn poll_outgoing(&mut self, now: Instant, out: &mut Vec<Packet>, dropped: &mut Vec<DropReason>) {
+    pub fn poll_outgoing(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<Packet>,
+        dropped: &mut Vec<DropReason>,
+    ) {
         let _ = (now, out, dropped);
         todo!("session")
     }
