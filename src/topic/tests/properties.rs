@@ -1,0 +1,1 @@
+//! Property tests: the trees against the naive `matches` and a map model.
