@@ -2,7 +2,7 @@
 
 mod properties;
 mod rules;
-mod shared;
+mod trees;
 
 use std::collections::BTreeSet;
 
