@@ -86,3 +86,63 @@ impl OutgoingAliases {
         self.by_use.insert(self.clock, topic.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(aliases: &mut OutgoingAliases, topic: &str) -> AliasPlan {
+        let topic = ByteString::from(topic);
+        let plan = aliases.plan(&topic);
+        aliases.commit(&topic, plan);
+        plan
+    }
+
+    #[test]
+    fn disabled_cache_never_aliases() {
+        let mut aliases = OutgoingAliases::default();
+        assert_eq!(send(&mut aliases, "a"), AliasPlan::None);
+        assert_eq!(send(&mut aliases, "a"), AliasPlan::None);
+        assert!(aliases.by_topic.is_empty());
+    }
+
+    #[test]
+    fn plan_alone_changes_nothing() {
+        let mut aliases = OutgoingAliases::default();
+        aliases.reset(1);
+        assert_eq!(aliases.plan("a"), AliasPlan::Assign(1));
+        assert_eq!(aliases.plan("a"), AliasPlan::Assign(1));
+        send(&mut aliases, "a");
+        // Planning another topic with the cache full leaves "a" where it is.
+        assert_eq!(aliases.plan("b"), AliasPlan::Assign(1));
+        assert_eq!(aliases.plan("a"), AliasPlan::Existing(1));
+    }
+
+    #[test]
+    fn least_recently_used_alias_is_reassigned() {
+        let mut aliases = OutgoingAliases::default();
+        aliases.reset(3);
+        assert_eq!(send(&mut aliases, "a"), AliasPlan::Assign(1));
+        assert_eq!(send(&mut aliases, "b"), AliasPlan::Assign(2));
+        assert_eq!(send(&mut aliases, "c"), AliasPlan::Assign(3));
+        assert_eq!(send(&mut aliases, "a"), AliasPlan::Existing(1));
+        // "b" is the oldest now.
+        assert_eq!(send(&mut aliases, "d"), AliasPlan::Assign(2));
+        assert_eq!(
+            aliases.plan("b"),
+            AliasPlan::Assign(3),
+            "\"c\" is the oldest next"
+        );
+        assert_eq!(aliases.by_topic.len(), 3);
+        assert_eq!(aliases.by_use.len(), 3);
+    }
+
+    #[test]
+    fn reset_forgets_every_alias() {
+        let mut aliases = OutgoingAliases::default();
+        aliases.reset(2);
+        send(&mut aliases, "a");
+        aliases.reset(2);
+        assert_eq!(send(&mut aliases, "b"), AliasPlan::Assign(1));
+    }
+}

@@ -56,6 +56,13 @@ impl Session {
                 "QoS 1/2 PUBLISH without a packet identifier",
             ));
         }
+        if !publish.properties.subscription_identifiers.is_empty() && self.params.protocol.is_v5() {
+            // Spec 3.3.4: only a server puts subscription identifiers in a PUBLISH.
+            return Err(violation(
+                reason::PROTOCOL_ERROR,
+                "PUBLISH from a client with a subscription identifier",
+            ));
+        }
         let topic = self.resolve_topic(&publish)?;
 
         // Check the QoS 2 quota before routing: a refused message must not be delivered.

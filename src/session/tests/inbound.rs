@@ -209,7 +209,7 @@ fn message_carries_forwarded_properties_and_expiry() {
         response_topic: Some("reply/here".into()),
         correlation_data: Some(Bytes::from_static(b"c1")),
         user_properties: vec![("k".into(), "v".into())],
-        subscription_identifiers: vec![5],
+        subscription_identifiers: Vec::new(),
         content_type: Some("application/json".into()),
     };
     let actions = handle(&mut session, Packet::Publish(packet), now);
@@ -301,4 +301,13 @@ fn mqtt3_ignores_topic_alias_property() {
     // 3.x has no properties on the wire; a stray value must not change the topic.
     let actions = handle(&mut session, aliased("a", 99), now);
     assert_eq!(routed(&actions)[0].topic, "a");
+}
+
+#[test]
+fn subscription_identifier_from_a_client_is_a_protocol_error() {
+    let (mut session, now) = attached(ProtocolVersion::V5);
+    let mut packet = publish("a", QoS::AtLeastOnce, 1);
+    packet.properties.subscription_identifiers = vec![5];
+    let code = violation_code(&mut session, Packet::Publish(packet), now);
+    assert_eq!(code, reason::PROTOCOL_ERROR);
 }
