@@ -120,6 +120,12 @@ impl Config {
         for problem in &mut problems {
             problem.line = span_of_key(document.get_ref(), &problem.key)
                 .map(|span| position(text, span.start).0);
+            if problem.line.is_none() {
+                // The value breaks a rule only together with a key the file does set.
+                problem
+                    .message
+                    .push_str(" (not set in the file: this is the default)");
+            }
         }
         Err(ConfigError::Invalid {
             origin: origin.to_string(),
@@ -245,7 +251,7 @@ fn span_of_key(table: &DeTable<'_>, dotted: &str) -> Option<Range<usize>> {
             .find(|(key, _)| key.get_ref().as_ref() == name)?;
         let (span, value) = match (index, value.get_ref()) {
             (Some(index), DeValue::Array(array)) => {
-                let element = array.iter().nth(index)?;
+                let element = array.get(index)?;
                 (element.span(), element.get_ref())
             }
             (Some(_), _) => return None,
@@ -449,6 +455,9 @@ mod tests {
                 ("limits.max_outbox_bytes", None)
             ]
         );
+        assert!(problems[0]
+            .message
+            .ends_with("(not set in the file: this is the default)"));
     }
 
     #[test]

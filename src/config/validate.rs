@@ -191,12 +191,14 @@ mod tests {
 
     #[test]
     fn duplicate_bind_addresses_are_reported_at_the_later_listener() {
-        let mut config = Config::default();
-        config.listeners = vec![
-            tcp("127.0.0.1:1883"),
-            tcp("127.0.0.1:1884"),
-            tcp("127.0.0.1:1883"),
-        ];
+        let config = Config {
+            listeners: vec![
+                tcp("127.0.0.1:1883"),
+                tcp("127.0.0.1:1884"),
+                tcp("127.0.0.1:1883"),
+            ],
+            ..Config::default()
+        };
         let problems = config.problems();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].key, "listeners[2].bind");
@@ -208,8 +210,10 @@ mod tests {
 
     #[test]
     fn a_wildcard_address_overlaps_specific_ones_on_the_same_port() {
-        let mut config = Config::default();
-        config.listeners = vec![tcp("127.0.0.1:1883"), tcp("0.0.0.0:1883")];
+        let mut config = Config {
+            listeners: vec![tcp("127.0.0.1:1883"), tcp("0.0.0.0:1883")],
+            ..Config::default()
+        };
         assert_eq!(keys(&config), ["listeners[1].bind"]);
         // Another port, or another address family, does not collide.
         config.listeners = vec![
@@ -222,8 +226,10 @@ mod tests {
 
     #[test]
     fn port_zero_listeners_never_collide() {
-        let mut config = Config::default();
-        config.listeners = vec![tcp("127.0.0.1:0"), tcp("127.0.0.1:0")];
+        let config = Config {
+            listeners: vec![tcp("127.0.0.1:0"), tcp("127.0.0.1:0")],
+            ..Config::default()
+        };
         assert!(keys(&config).is_empty());
     }
 
@@ -321,8 +327,10 @@ mod tests {
 
     #[test]
     fn validate_names_the_origin_on_every_problem() {
-        let mut config = Config::default();
-        config.listeners = vec![tcp("127.0.0.1:1883"), tcp("127.0.0.1:1883")];
+        let mut config = Config {
+            listeners: vec![tcp("127.0.0.1:1883"), tcp("127.0.0.1:1883")],
+            ..Config::default()
+        };
         config.limits.receive_maximum = 0;
         let err = config.validate("command line").unwrap_err();
         assert_eq!(
