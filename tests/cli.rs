@@ -210,3 +210,17 @@ fn version_is_printed() {
         format!("fleetmq {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// CI must run the very test command the README gives developers, and the README must
+/// promise what the binary does with no configuration.
+#[test]
+fn readme_and_ci_agree_on_the_commands() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
+    let ci = std::fs::read_to_string(format!("{root}/.ci/run")).expect(".ci/run");
+    assert!(readme.contains("```sh\ncargo test\n```"));
+    assert!(ci.lines().any(|line| line == "run cargo test"), "{ci}");
+    assert!(readme.contains("```sh\ncargo run --release\n```"));
+    let default_bind = fleetmq::limits::DEFAULT_BIND;
+    assert!(readme.contains(&format!("listens on `{default_bind}`")));
+}
