@@ -58,7 +58,6 @@ impl ServerHandle {
             let _ = accept_loop.await;
         }
         let _ = self.scheduler.await;
-        tracing::info!("stopped");
     }
 }
 
@@ -134,32 +133,4 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
         );
         connections.shutdown().await;
     }
-}
-
-/// Runs until Ctrl-C or SIGTERM, then shuts the server down.
-pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
-    let server = start(config).await?;
-    wait_for_signal().await;
-    server.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the broker")
-            }
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -141,6 +141,13 @@ impl Broker {
         // connection (which brings its own).
         let will = session.take_will().filter(|_| publish_will);
         handle.detach_locked(&mut session, now);
+        if session.protocol().is_v5() {
+            // DISCONNECT may have raised the interval past what CONNECT was granted.
+            let max = Duration::from_secs(u64::from(self.config.sessions.max_session_expiry_secs));
+            if session.expiry_interval() > max {
+                session.set_expiry_interval(max);
+            }
+        }
         let expiry = session.expiry_interval();
 
         if expiry.is_zero() {
