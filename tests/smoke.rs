@@ -160,16 +160,12 @@ mod v311 {
 }
 
 mod v5 {
+    use super::raw::RawClient;
     use super::*;
-    use bytes::BytesMut;
-    use fleetmq::protocol::{
-        decode, encode, reason, Connect, ConnectProperties, Packet, ProtocolVersion,
-    };
+    use fleetmq::protocol::{reason, ProtocolVersion};
     use rumqttc::v5::mqttbytes::v5::{Packet as ClientPacket, Publish};
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
 
     fn client(server: &ServerHandle, id: &str) -> (AsyncClient, EventLoop) {
         let addr = server.local_addr();
@@ -259,7 +255,7 @@ mod v5 {
     #[tokio::test]
     async fn takeover_sends_session_taken_over() {
         let server = start_broker().await;
-        let mut first = RawClient::connect(&server, "smoke5-device").await;
+        let mut first = RawClient::connect(&server, "smoke5-device", ProtocolVersion::V5, 30).await;
         let (_second, mut second_events) = client(&server, "smoke5-device");
         connack(&mut second_events).await;
         assert_eq!(first.disconnect_reason().await, reason::SESSION_TAKEN_OVER);
@@ -269,7 +265,8 @@ mod v5 {
     #[tokio::test]
     async fn shutdown_sends_server_shutting_down() {
         let server = start_broker().await;
-        let mut client = RawClient::connect(&server, "smoke5-shutdown").await;
+        let mut client =
+            RawClient::connect(&server, "smoke5-shutdown", ProtocolVersion::V5, 30).await;
         let shutdown = tokio::spawn(server.shutdown());
         assert_eq!(
             client.disconnect_reason().await,
@@ -277,37 +274,52 @@ mod v5 {
         );
         within("shutdown to finish", shutdown).await.unwrap();
     }
+}
 
-    /// A minimal MQTT 5 client on the broker's own codec.
-    struct RawClient {
+/// A minimal client on the broker's own codec, for what rumqttc cannot express: reading
+/// the broker's DISCONNECT, never reading at all, or sending what a client must not.
+mod raw {
+    use super::*;
+    use bytes::{Bytes, BytesMut};
+    use fleetmq::config::LimitsConfig;
+    use fleetmq::protocol::{
+        decode, encode, reason, Connect, ConnectProperties, Packet, ProtocolVersion, Publish, QoS,
+        Subscribe, SubscribeFilter, SubscriptionOptions,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub struct RawClient {
         stream: TcpStream,
         buf: BytesMut,
+        version: ProtocolVersion,
     }
 
     impl RawClient {
-        async fn connect(server: &ServerHandle, client_id: &str) -> RawClient {
+        pub async fn connect(
+            server: &ServerHandle,
+            client_id: &str,
+            version: ProtocolVersion,
+            keep_alive: u16,
+        ) -> RawClient {
             let stream = TcpStream::connect(server.local_addr()).await.unwrap();
             let mut client = RawClient {
                 stream,
                 buf: BytesMut::new(),
+                version,
             };
-            let connect = Connect {
-                protocol: ProtocolVersion::V5,
-                clean_start: true,
-                keep_alive: 30,
-                client_id: client_id.into(),
-                will: None,
-                username: None,
-                password: None,
-                properties: ConnectProperties::default(),
-            };
-            let mut out = BytesMut::new();
-            encode(
-                &Packet::Connect(Box::new(connect)),
-                ProtocolVersion::V5,
-                &mut out,
-            );
-            client.stream.write_all(&out).await.unwrap();
+            client
+                .send(Packet::Connect(Box::new(Connect {
+                    protocol: version,
+                    clean_start: true,
+                    keep_alive,
+                    client_id: client_id.into(),
+                    will: None,
+                    username: None,
+                    password: None,
+                    properties: ConnectProperties::default(),
+                })))
+                .await;
             match client.next_packet().await {
                 Some(Packet::ConnAck(connack)) => assert_eq!(connack.reason_code, 0),
                 other => panic!("expected CONNACK, got {other:?}"),
@@ -315,12 +327,18 @@ mod v5 {
             client
         }
 
+        pub async fn send(&mut self, packet: Packet) {
+            let mut out = BytesMut::new();
+            encode(&packet, self.version, &mut out);
+            self.stream.write_all(&out).await.unwrap();
+        }
+
         /// The next packet from the broker; `None` once it closed the connection.
-        async fn next_packet(&mut self) -> Option<Packet> {
+        pub async fn next_packet(&mut self) -> Option<Packet> {
             within("a packet from the broker", async {
                 loop {
                     if let Some(packet) =
-                        decode(&mut self.buf, Some(ProtocolVersion::V5), u32::MAX).unwrap()
+                        decode(&mut self.buf, Some(self.version), u32::MAX).unwrap()
                     {
                         return Some(packet);
                     }
@@ -332,17 +350,121 @@ mod v5 {
             .await
         }
 
-        async fn disconnect_reason(&mut self) -> u8 {
-            match self.next_packet().await {
-                Some(Packet::Disconnect(disconnect)) => {
-                    assert!(
-                        self.next_packet().await.is_none(),
-                        "closed after DISCONNECT"
-                    );
-                    disconnect.reason_code
+        /// Reads until the broker sends DISCONNECT and closes; returns its reason.
+        pub async fn disconnect_reason(&mut self) -> u8 {
+            loop {
+                match self.next_packet().await {
+                    Some(Packet::Disconnect(disconnect)) => {
+                        assert!(
+                            self.next_packet().await.is_none(),
+                            "closed after DISCONNECT"
+                        );
+                        return disconnect.reason_code;
+                    }
+                    Some(_) => {}
+                    None => panic!("closed without DISCONNECT"),
                 }
-                other => panic!("expected DISCONNECT, got {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn keep_alive_timeout_disconnects_a_silent_client() {
+        let server = start_broker().await;
+        let mut client = RawClient::connect(&server, "silent", ProtocolVersion::V5, 1).await;
+        assert_eq!(client.disconnect_reason().await, reason::KEEP_ALIVE_TIMEOUT);
+        assert_eq!(server.broker().stats().snapshot().keep_alive_timeouts, 1);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn wildcard_in_a_publish_topic_is_a_violation() {
+        let server = start_broker().await;
+        let mut client = RawClient::connect(&server, "rude", ProtocolVersion::V5, 30).await;
+        client
+            .send(Packet::Publish(Publish {
+                topic: "a/+".into(),
+                payload: Bytes::from_static(b"x"),
+                ..Publish::default()
+            }))
+            .await;
+        assert!(client.disconnect_reason().await >= 0x80);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn unsupported_protocol_level_gets_connack_0x01() {
+        let server = start_broker().await;
+        let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+        // CONNECT, protocol "MQTT" level 6, clean session, keep alive 30, client id "x".
+        let connect = [
+            0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x1E, 0x00, 0x01,
+            b'x',
+        ];
+        stream.write_all(&connect).await.unwrap();
+        let mut response = Vec::new();
+        within("CONNACK and close", stream.read_to_end(&mut response))
+            .await
+            .unwrap();
+        assert_eq!(response, [0x20, 0x02, 0x00, 0x01]);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_never_reads_is_disconnected_as_slow_consumer() {
+        let config = Config {
+            listeners: vec![ListenerConfig {
+                kind: ListenerKind::Tcp,
+                bind: "127.0.0.1:0".parse().unwrap(),
+            }],
+            limits: LimitsConfig {
+                max_outbox_bytes: 64 * 1024,
+                ..LimitsConfig::default()
+            },
+            ..Config::default()
+        };
+        let server = server::start(config).await.unwrap();
+        let mut subscriber = RawClient::connect(&server, "stuck", ProtocolVersion::V3_1_1, 0).await;
+        subscriber
+            .send(Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                filters: vec![SubscribeFilter {
+                    filter: "flood".into(),
+                    options: SubscriptionOptions {
+                        qos: QoS::AtMostOnce,
+                        ..SubscriptionOptions::default()
+                    },
+                }],
+                ..Subscribe::default()
+            }))
+            .await;
+        assert!(matches!(
+            subscriber.next_packet().await,
+            Some(Packet::SubAck(_))
+        ));
+
+        let mut publisher =
+            RawClient::connect(&server, "flooder", ProtocolVersion::V3_1_1, 0).await;
+        let payload = Bytes::from(vec![0u8; 64 * 1024]);
+        // Far more than loopback socket buffers hold; the subscriber reads nothing.
+        for _ in 0..1024 {
+            publisher
+                .send(Packet::Publish(Publish {
+                    topic: "flood".into(),
+                    payload: payload.clone(),
+                    ..Publish::default()
+                }))
+                .await;
+            if server.broker().stats().snapshot().slow_consumers > 0 {
+                break;
+            }
+        }
+        // The subscriber's connection ends after whatever the socket already held.
+        within("the subscriber's connection to close", async {
+            while subscriber.next_packet().await.is_some() {}
+        })
+        .await;
+        assert_eq!(server.broker().stats().snapshot().slow_consumers, 1);
+        server.shutdown().await;
     }
 }

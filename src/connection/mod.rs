@@ -6,8 +6,8 @@
 //! sans-IO `Session`; its actions are carried out here and in `crate::broker` (routing a
 //! PUBLISH to subscribers happens right on this task). Outgoing packets are drained from
 //! the session in batches and encoded into one write buffer, bounded by
-//! `limits.max_outbox_bytes`: a client that lets it overflow is a slow consumer and is
-//! disconnected.
+//! `limits.max_outbox_bytes`: a client whose backlog is full while more messages wait is
+//! a slow consumer and is disconnected.
 
 mod handshake;
 
@@ -337,15 +337,25 @@ impl Connection {
     }
 
     /// Encodes pending acknowledgements, then everything the session may send now.
+    ///
+    /// While the unwritten backlog is at `max_outbox_bytes` or more, nothing more is
+    /// taken from the session; if the session then still has messages waiting, the client
+    /// is not keeping up and is disconnected as a slow consumer. One batch may overshoot
+    /// the limit (it is bounded by the inflight window and the session's queue limits).
     fn drain_session(&mut self) -> Result<(), Exit> {
         let mut packets = std::mem::take(&mut self.out);
         let mut dropped = Vec::new();
+        let backlog_full = self.write_buf.len() >= self.broker.config().limits.max_outbox_bytes;
         {
             let mut session = self
                 .handle
                 .lock_current(self.generation)
                 .ok_or(Exit::TakenOver)?;
-            session.poll_outgoing(now(), &mut packets, &mut dropped);
+            if !backlog_full {
+                session.poll_outgoing(now(), &mut packets, &mut dropped);
+            } else if session.has_outgoing() {
+                return Err(Exit::SlowConsumer);
+            }
         }
         for reason in dropped {
             self.broker.stats().dropped(reason);
@@ -355,9 +365,6 @@ impl Connection {
         }
         // Keep the allocation for the next batch.
         self.out = packets;
-        if self.write_buf.len() > self.broker.config().limits.max_outbox_bytes {
-            return Err(Exit::SlowConsumer);
-        }
         Ok(())
     }
 
