@@ -9,11 +9,11 @@
 //! (MQTT 5 property sets), `decode` and `encode` (packet bodies), `sink` (encoding
 //! primitives shared by measuring and writing).
 
-mod decode;
+pub(crate) mod decode;
 mod encode;
 mod properties;
 mod reader;
-mod sink;
+pub(crate) mod sink;
 #[cfg(test)]
 mod tests;
 

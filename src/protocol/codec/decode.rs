@@ -120,7 +120,13 @@ pub(crate) fn connack(r: &mut Reader, version: ProtocolVersion) -> Result<ConnAc
         if !CONNACK_CODES.contains(&code) {
             return Err(protocol("[MQTT-3.2.2.2] invalid CONNACK reason code"));
         }
-        let properties = props::read_connack(r)?;
+        // A 3.x server refusing a 5.0 client answers with a two-byte CONNACK; accept the
+        // missing property block rather than misreport the refusal as malformed.
+        let properties = if r.is_empty() {
+            ConnAckProperties::default()
+        } else {
+            props::read_connack(r)?
+        };
         r.finish()?;
         return Ok(ConnAck {
             session_present: flags & 0x01 != 0,

@@ -125,6 +125,8 @@ fn connack_minimal_and_refused() {
         properties: ConnAckProperties::default(),
     };
     golden(b"\x20\x03\x00\x8a\x00", V5, Packet::ConnAck(refused));
+    // Without a property block, as a 3.x server or a lax client library sends it.
+    decodes_to(b"\x20\x02\x00\x00", V5, Packet::ConnAck(ConnAck::default()));
 }
 
 #[test]
