@@ -6,12 +6,16 @@
 //! The connection task and the broker carry out the actions; nothing here does I/O, so
 //! every QoS flow, takeover and expiry rule is testable without a socket.
 //!
+//! The connection drives it in two steps: `handle_packet` for each packet read (its
+//! actions include the acknowledgements), then `poll_outgoing` for what may be sent now.
+//! An acknowledgement from the client frees window slots only for the next poll, and
+//! `enqueue` from the router only queues, so the connection polls after both.
+//!
 //! This file holds the API and the per-connection parameters; the work is split along the
 //! two directions of traffic: `inbound` (client to broker PUBLISH, PUBREL, topic aliases),
 //! `outbound` (queue, inflight window, packet ids, redelivery), `alias` (outgoing topic
-//! alias cache), `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
-//! client may not send) and `size` (encoded PUBLISH size, for the client's Maximum Packet
-//! Size).
+//! alias cache) and `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
+//! client may not send).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +30,6 @@ mod alias;
 mod control;
 mod inbound;
 mod outbound;
-mod size;
 #[cfg(test)]
 mod tests;
 

@@ -14,9 +14,8 @@ use bytestring::ByteString;
 use super::alias::{AliasPlan, OutgoingAliases};
 use super::control::protocol_error;
 use super::inbound::ack;
-use super::size::{publish_packet_size, publish_remaining_length, MAX_REMAINING_LENGTH};
 use super::{Action, Delivery, DropReason, Session, SessionLimits, Violation};
-use crate::protocol::reason;
+use crate::protocol::{encoded_len, reason};
 use crate::protocol::{Packet, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS};
 
 /// What the current connection allows, as `poll` needs it.
@@ -168,21 +167,33 @@ impl Outbound {
         } else {
             AliasPlan::None
         };
-        // The packet id does not change the size; the real one is taken only once the
-        // message is known to fit, so a dropped message does not use one up.
-        let mut publish = build_publish(context.protocol, &delivery, now, 0, false, plan);
-        if !fits(&publish, context) {
-            dropped.push(DropReason::TooLargeForClient);
-            return;
-        }
-        if delivery.qos != QoS::AtMostOnce {
+        // A message too large for the client gives its packet id back, so ids stay dense.
+        let next_packet_id = self.next_packet_id;
+        let packet_id = if delivery.qos == QoS::AtMostOnce {
+            0
+        } else {
             let Some(packet_id) = self.allocate_packet_id() else {
                 // Unreachable while the window is at most 65535; keep the message.
                 self.queued_bytes += delivery.message.size_bytes();
                 self.queue.push_front(delivery);
                 return;
             };
-            publish.packet_id = packet_id;
+            packet_id
+        };
+        let packet = Packet::Publish(build_publish(
+            context.protocol,
+            &delivery,
+            now,
+            packet_id,
+            false,
+            plan,
+        ));
+        if !fits(&packet, context) {
+            self.next_packet_id = next_packet_id;
+            dropped.push(DropReason::TooLargeForClient);
+            return;
+        }
+        if delivery.qos != QoS::AtMostOnce {
             let state = if delivery.qos == QoS::AtLeastOnce {
                 InflightState::Qos1Published
             } else {
@@ -201,7 +212,7 @@ impl Outbound {
             );
         }
         self.aliases.commit(&topic, plan);
-        out.push(Packet::Publish(publish));
+        out.push(packet);
     }
 
     /// Resends every inflight message in its original order, as the spec requires on a
@@ -226,20 +237,20 @@ impl Outbound {
                 removed.push(*sequence);
                 continue;
             }
-            let publish = build_publish(
+            let packet = Packet::Publish(build_publish(
                 context.protocol,
                 &entry.delivery,
                 now,
                 entry.packet_id,
                 true,
                 AliasPlan::None,
-            );
-            if !fits(&publish, context) {
+            ));
+            if !fits(&packet, context) {
                 dropped.push(DropReason::TooLargeForClient);
                 removed.push(*sequence);
                 continue;
             }
-            out.push(Packet::Publish(publish));
+            out.push(packet);
         }
         for sequence in removed {
             if let Some(entry) = self.inflight.remove(&sequence) {
@@ -321,16 +332,19 @@ fn build_publish(
     }
 }
 
-/// Whether the client accepts `publish`: within its Maximum Packet Size (MQTT 5) and
-/// within what the fixed header can express at all.
-fn fits(publish: &Publish, context: &OutgoingContext) -> bool {
-    if publish_remaining_length(publish, context.protocol) > MAX_REMAINING_LENGTH {
-        return false;
-    }
-    match context.maximum_packet_size {
-        Some(maximum) => publish_packet_size(publish, context.protocol) <= maximum as usize,
-        None => true,
-    }
+/// The largest packet the fixed header can frame: a four-byte Remaining Length of
+/// 268,435,455 plus the type byte.
+const MAX_FRAMED_PACKET: usize = 1 + 4 + 268_435_455;
+
+/// Whether the client accepts `packet`: within its Maximum Packet Size (MQTT 5) and
+/// within what the fixed header can frame at all (the encoder writes nothing otherwise).
+fn fits(packet: &Packet, context: &OutgoingContext) -> bool {
+    let limit = context
+        .maximum_packet_size
+        .map_or(MAX_FRAMED_PACKET, |maximum| {
+            MAX_FRAMED_PACKET.min(maximum as usize)
+        });
+    encoded_len(packet, context.protocol) <= limit
 }
 
 impl Session {

@@ -2,6 +2,7 @@
 
 mod control;
 mod inbound;
+mod model;
 mod outbound;
 
 use std::sync::Arc;

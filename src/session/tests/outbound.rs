@@ -417,3 +417,41 @@ fn mqtt5_gets_subscription_ids_and_properties_mqtt3_does_not() {
     assert_eq!(sent[0].properties, PublishProperties::default());
     assert!(sent[0].retain);
 }
+
+#[test]
+fn maximum_packet_size_is_an_inclusive_bound() {
+    let mut message = message("a/b", QoS::AtLeastOnce);
+    message.properties.user_properties = vec![("k".into(), "v".into())];
+    let delivery = delivery_of(message, QoS::AtLeastOnce);
+    let (mut probe, now) = attached(ProtocolVersion::V5);
+    enqueue_ok(&mut probe, delivery.clone(), now);
+    let (out, _) = poll(&mut probe, now);
+    let size = crate::protocol::encoded_len(&out[0], ProtocolVersion::V5);
+
+    for (maximum, delivered) in [(size, true), (size - 1, false)] {
+        let connect = v5_connect(|properties| {
+            properties.maximum_packet_size = Some(u32::try_from(maximum).unwrap());
+        });
+        let (mut session, now) = attached_with(&connect, limits());
+        enqueue_ok(&mut session, delivery.clone(), now);
+        let (out, dropped) = poll(&mut session, now);
+        assert_eq!(out.len(), usize::from(delivered), "maximum {maximum}");
+        assert_eq!(dropped.is_empty(), delivered, "maximum {maximum}");
+    }
+}
+
+#[test]
+fn redelivery_respects_a_smaller_maximum_packet_size() {
+    let (mut session, now) = attached(ProtocolVersion::V5);
+    let mut big = message("a", QoS::AtLeastOnce);
+    big.payload = Bytes::from(vec![0u8; 100]);
+    enqueue_ok(&mut session, delivery_of(big, QoS::AtLeastOnce), now);
+    poll(&mut session, now);
+    session.detach(now);
+    let connect = v5_connect(|properties| properties.maximum_packet_size = Some(50));
+    session.attach(&connect, Duration::from_secs(60), now);
+    let (out, dropped) = poll(&mut session, now);
+    assert!(out.is_empty());
+    assert_eq!(dropped, vec![DropReason::TooLargeForClient]);
+    assert_eq!(session.inflight_len(), 0);
+}
