@@ -4,7 +4,7 @@
 //! `serve` is the default, so `fleetmq -c FILE` runs the broker. Flags override the file;
 //! `--bind` replaces the configured listeners, like `mosquitto -p`.
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -117,6 +117,7 @@ impl ServeArgs {
 }
 
 /// Logs to standard error, filtered by `RUST_LOG` when set, else by `log.level`.
+/// Call once, before the runtime starts.
 pub fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
     let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
         Ok(value) if !value.trim().is_empty() => EnvFilter::try_new(&value)
@@ -127,6 +128,8 @@ pub fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        // Colours only for a person at a terminal, not in journald or a log file.
+        .with_ansi(io::stderr().is_terminal())
         .try_init()
         .map_err(|err| anyhow::anyhow!("cannot set up logging: {err}"))
 }

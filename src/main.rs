@@ -44,9 +44,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let handle = fleetmq::server::start(config)
         .await
         .context("cannot start the broker")?;
-    for addr in handle.listener_addrs() {
-        tracing::info!("listening on {addr}");
-    }
+    let addrs: Vec<String> = handle
+        .listener_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    tracing::info!("ready, listening on {}", addrs.join(", "));
     let signal = signals.recv().await;
     tracing::info!("{signal} received, shutting down");
     handle.shutdown().await;

@@ -121,7 +121,8 @@ impl Config {
             problem.line = span_of_key(document.get_ref(), &problem.key)
                 .map(|span| position(text, span.start).0);
             if problem.line.is_none() {
-                // The value breaks a rule only together with a key the file does set.
+                // A key absent from the text holds its default: say so, or the reader
+                // searches the file for a line that is not there.
                 problem
                     .message
                     .push_str(" (not set in the file: this is the default)");
@@ -153,13 +154,49 @@ fn parse_error(text: &str, origin: &str, err: &toml::de::Error) -> ConfigError {
     let key = span.as_ref().and_then(|span| {
         let (document, _) = DeTable::parse_recoverable(text);
         let mut path = Vec::new();
-        key_at(document.get_ref(), span.start, &mut path).then(|| join_path(&path))
+        if key_at(document.get_ref(), span.start, &mut path) {
+            Some(join_path(&path))
+        } else {
+            key_outside_document(text, span)
+        }
     });
     ConfigError::Parse {
         origin: origin.to_string(),
         position: span.map(|span| position(text, span.start)),
         message: readable_message(err.message(), key.as_deref()),
         key,
+    }
+}
+
+/// Names a key the parsed document does not hold, such as the second of two duplicate
+/// keys: the bare key under the error, prefixed by the nearest `[table]` header above it.
+fn key_outside_document(text: &str, span: &Range<usize>) -> Option<String> {
+    let token = text.get(span.clone())?.trim();
+    let is_bare_key = |key: &str| {
+        !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    if !is_bare_key(token) {
+        return None;
+    }
+    let header = text
+        .get(..span.start)?
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with('['))
+        .map(|line| {
+            line.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+        });
+    match header {
+        Some(table) if table != token && is_bare_key(table) => Some(format!("{table}.{token}")),
+        _ => Some(token.to_string()),
     }
 }
 
@@ -274,6 +311,14 @@ fn readable_message(message: &str, key: Option<&str>) -> String {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some((name, expected)) = rest.split_once('`') {
             return unknown_key_message(name, expected, key);
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        if let Some((value, expected)) = rest.split_once("`, expected ") {
+            return format!(
+                "unknown value '{value}'; expected {}",
+                expected.replace('`', "\"")
+            );
         }
     }
     let mut message = message.to_string();
@@ -414,6 +459,26 @@ mod tests {
             err.to_string(),
             "test.toml:4:1: listeners[0].port: unknown key 'port' in [[listeners]]; \
              known keys: type, bind"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_named() {
+        let err = parse_err("[limits]\nmax_packet_size = 300\nmax_packet_size = 400\n");
+        assert_eq!(
+            err.to_string(),
+            "test.toml:3:1: limits.max_packet_size: duplicate key"
+        );
+        let err = parse_err("[limits]\n[limits]\n");
+        assert_eq!(err.to_string(), "test.toml:2:2: limits: duplicate key");
+    }
+
+    #[test]
+    fn unknown_enum_values_list_the_known_ones() {
+        let err = parse_err("[[listeners]]\ntype = \"tls\"\nbind = \"127.0.0.1:1\"\n");
+        assert_eq!(
+            err.to_string(),
+            "test.toml:2:8: listeners[0].type: unknown value 'tls'; expected \"tcp\""
         );
     }
 

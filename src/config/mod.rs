@@ -166,6 +166,15 @@ mod tests {
         assert_eq!(parsed.ok(), Some(Config::default()));
     }
 
+    /// Equality of the parsed file with the defaults would also hold if the file left a
+    /// key out; comparing the raw tables proves it spells out every key.
+    #[test]
+    fn shipped_config_file_spells_out_every_key() {
+        let shipped: toml::Table = DEFAULT_CONFIG_TOML.parse().unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(shipped, defaults);
+    }
+
     #[test]
     fn an_empty_file_gives_the_defaults() {
         let parsed = Config::from_toml_str("", "empty.toml");
