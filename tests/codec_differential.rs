@@ -15,8 +15,12 @@ use proptest::prelude::*;
 
 #[path = "codec_differential/v5_mqttbytes.rs"]
 mod v5_mqttbytes;
+#[path = "codec_differential/v5_mqttbytes_strategies.rs"]
+mod v5_mqttbytes_strategies;
 #[path = "codec_differential/v5_rumqttc.rs"]
 mod v5_rumqttc;
+#[path = "codec_differential/v5_rumqttc_strategies.rs"]
+mod v5_rumqttc_strategies;
 
 /// Decodes exactly one whole packet with our codec.
 fn ours_decode(bytes: &[u8], version: ProtocolVersion) -> Packet {

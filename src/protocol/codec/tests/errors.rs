@@ -62,6 +62,21 @@ fn packet_too_large_is_seen_from_the_fixed_header() {
 }
 
 #[test]
+fn largest_remaining_length_waits_or_is_refused() {
+    let header = b"\x30\xff\xff\xff\x7f";
+    let mut buf = BytesMut::from(&header[..]);
+    assert_eq!(decode(&mut buf, Some(V5), NO_LIMIT), Ok(None));
+    assert_eq!(buf.len(), header.len());
+    let mut buf = BytesMut::from(&header[..]);
+    let refused = decode(&mut buf, Some(V5), 1 << 20);
+    let size = 1 + 4 + 268_435_455;
+    assert_eq!(
+        refused,
+        Err(DecodeError::PacketTooLarge { size, max: 1 << 20 })
+    );
+}
+
+#[test]
 fn unsupported_protocol() {
     for bytes in [
         &b"\x10\x0c\x00\x04MQTT\x06\x02\x00\x3c\x00\x00"[..],

@@ -432,6 +432,24 @@ fn version_and_packet() -> impl Strategy<Value = (ProtocolVersion, Packet)> {
     .prop_flat_map(|version| (Just(version), packet(version)))
 }
 
+#[test]
+fn oversized_strings_are_cut_at_a_character_boundary() {
+    // 'é' is two bytes: 40,000 of them do not fit a two-byte length prefix.
+    let long = ByteString::from("é".repeat(40_000));
+    let packet = Packet::Publish(Publish {
+        topic: long.clone(),
+        payload: Bytes::from_static(b"p"),
+        ..Publish::default()
+    });
+    let bytes = encode_to_vec(&packet, ProtocolVersion::V3_1_1);
+    let Ok(Packet::Publish(decoded)) = decode_all(&bytes, ProtocolVersion::V3_1_1) else {
+        panic!("the cut packet must still decode");
+    };
+    assert_eq!(decoded.topic.len(), 65_534);
+    assert!(long.starts_with(&*decoded.topic));
+    assert_eq!(&decoded.payload[..], b"p");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
