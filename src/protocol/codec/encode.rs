@@ -85,9 +85,12 @@ pub(crate) fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S
             }
         }
         Packet::PingReq | Packet::PingResp => {}
+        // A DISCONNECT with a reason code always carries its (possibly empty) property
+        // length: the spec allows omitting it, but common clients (rumqttc) then fail to
+        // read the reason.
         Packet::Disconnect(disconnect) => {
             if v5 {
-                short_form(s, disconnect.reason_code, &disconnect.properties, true);
+                short_form(s, disconnect.reason_code, &disconnect.properties, false);
             }
         }
         // AUTH does not exist before MQTT 5; for 3.x only the (empty) header is written.

@@ -404,7 +404,12 @@ fn disconnect_forms() {
         reason_code: reason::DISCONNECT_WITH_WILL_MESSAGE,
         properties: DisconnectProperties::default(),
     };
-    golden(b"\xe0\x01\x04", V5, Packet::Disconnect(with_will));
+    golden(
+        b"\xe0\x02\x04\x00",
+        V5,
+        Packet::Disconnect(with_will.clone()),
+    );
+    decodes_to(b"\xe0\x01\x04", V5, Packet::Disconnect(with_will));
     let moved = Disconnect {
         reason_code: reason::SERVER_SHUTTING_DOWN,
         properties: DisconnectProperties {
