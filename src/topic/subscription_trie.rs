@@ -1,9 +1,18 @@
 //! Subscriptions indexed by topic filter: literal children plus dedicated `+` and `#`
 //! slots per level, so a match walks only the branches the topic can reach.
 //! A plain `&mut self` structure; the broker puts the locking around it.
+//!
+//! Each node holds the plain subscriptions whose filter ends there (one value per key)
+//! and the `$share` groups whose inner filter ends there (one group per name, so a group
+//! is identified by its name and filter together, as in MQTT 5, 4.8.2).
 
+use std::collections::HashMap;
+use std::fmt;
 use std::hash::Hash;
-use std::sync::atomic::AtomicUsize;
+use std::str::Split;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::level_tree::{self, LevelNode};
 
 /// Subscribers of one `$share/{group}/{filter}` group; one member receives each message.
 pub struct SharedGroup<K, V> {
@@ -13,10 +22,56 @@ pub struct SharedGroup<K, V> {
 }
 
 impl<K, V> SharedGroup<K, V> {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            members: Vec::new(),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
     /// The next member in round-robin order, or `None` if the group is empty.
+    ///
+    /// The cursor is atomic so that picking works through the `&self` a match hands out;
+    /// concurrent pickers each get a turn, in some order.
     pub fn pick_round_robin(&self) -> Option<&(K, V)> {
-        let _ = &self.cursor;
-        todo!("topic")
+        let count = self.members.len();
+        if count == 0 {
+            return None;
+        }
+        let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
+        self.members.get(turn % count)
+    }
+}
+
+impl<K: Eq, V> SharedGroup<K, V> {
+    /// Adds `key` or replaces its value, keeping its place in the rotation.
+    fn upsert(&mut self, key: K, value: V) -> Option<V> {
+        match self.members.iter_mut().find(|(member, _)| *member == key) {
+            Some((_, existing)) => Some(std::mem::replace(existing, value)),
+            None => {
+                self.members.push((key, value));
+                None
+            }
+        }
+    }
+
+    /// Removes `key`, keeping the order of the others so the rotation stays fair.
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let index = self.members.iter().position(|(member, _)| member == key)?;
+        Some(self.members.remove(index).1)
+    }
+}
+
+impl<K: fmt::Debug, V> fmt::Debug for SharedGroup<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedGroup")
+            .field("name", &self.name)
+            .field(
+                "members",
+                &self.members.iter().map(|(key, _)| key).collect::<Vec<_>>(),
+            )
+            .finish()
     }
 }
 
@@ -28,8 +83,136 @@ pub enum Match<'a, K, V> {
     Shared(&'a SharedGroup<K, V>),
 }
 
+/// One filter level. Wildcards live in their own slots rather than under the keys `+`
+/// and `#`, so a match never hashes a wildcard and never confuses one with a literal.
+struct Node<K, V> {
+    literal: HashMap<Box<str>, Node<K, V>>,
+    plus: Option<Box<Node<K, V>>>,
+    hash: Option<Box<Node<K, V>>>,
+    subscribers: HashMap<K, V>,
+    shared: HashMap<Box<str>, SharedGroup<K, V>>,
+}
+
+impl<K, V> Node<K, V> {
+    fn new() -> Self {
+        Self {
+            literal: HashMap::new(),
+            plus: None,
+            hash: None,
+            subscribers: HashMap::new(),
+            shared: HashMap::new(),
+        }
+    }
+
+    fn child_or_insert(&mut self, level: &str) -> &mut Self {
+        match level {
+            "+" => self.plus.get_or_insert_with(|| Box::new(Node::new())),
+            "#" => self.hash.get_or_insert_with(|| Box::new(Node::new())),
+            _ => self
+                .literal
+                .entry(Box::from(level))
+                .or_insert_with(Node::new),
+        }
+    }
+
+    /// Reports every subscription whose filter ends at this node.
+    fn visit_here<'a>(&'a self, visit: &mut impl FnMut(Match<'a, K, V>)) {
+        for (key, value) in &self.subscribers {
+            visit(Match::Direct(key, value));
+        }
+        for group in self.shared.values() {
+            visit(Match::Shared(group));
+        }
+    }
+
+    /// Follows the remaining topic `levels` from this node (whose own level is already
+    /// consumed). Where both a literal child and `+` match, the `+` branch is parked in
+    /// `pending`; a single-path walk allocates nothing.
+    fn walk<'a, 't>(
+        &'a self,
+        mut levels: Split<'t, char>,
+        pending: &mut Vec<(&'a Self, Split<'t, char>)>,
+        visit: &mut impl FnMut(Match<'a, K, V>),
+    ) {
+        let mut node = self;
+        loop {
+            // `x/#` matches everything below `x` and `x` itself.
+            if let Some(hash) = node.hash.as_deref() {
+                hash.visit_here(visit);
+            }
+            let Some(level) = levels.next() else {
+                node.visit_here(visit);
+                return;
+            };
+            match (node.literal.get(level), node.plus.as_deref()) {
+                (Some(literal), Some(plus)) => {
+                    pending.push((plus, levels.clone()));
+                    node = literal;
+                }
+                (Some(next), None) | (None, Some(next)) => node = next,
+                (None, None) => return,
+            }
+        }
+    }
+}
+
+impl<K, V> LevelNode for Node<K, V> {
+    fn child(&self, level: &str) -> Option<&Self> {
+        match level {
+            "+" => self.plus.as_deref(),
+            "#" => self.hash.as_deref(),
+            _ => self.literal.get(level),
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Self> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            _ => self.literal.get_mut(level),
+        }
+    }
+
+    fn take_child(&mut self, level: &str) -> Option<Self> {
+        match level {
+            "+" => self.plus.take().map(|node| *node),
+            "#" => self.hash.take().map(|node| *node),
+            _ => self.literal.remove(level),
+        }
+    }
+
+    fn child_count(&self) -> usize {
+        self.literal.len() + usize::from(self.plus.is_some()) + usize::from(self.hash.is_some())
+    }
+
+    fn children(&self) -> impl Iterator<Item = &Self> {
+        self.literal
+            .values()
+            .chain(self.plus.as_deref())
+            .chain(self.hash.as_deref())
+    }
+
+    fn drain_children(&mut self, out: &mut Vec<Self>) {
+        out.extend(self.literal.drain().map(|(_, child)| child));
+        out.extend(self.plus.take().map(|child| *child));
+        out.extend(self.hash.take().map(|child| *child));
+    }
+
+    fn holds_nothing(&self) -> bool {
+        self.subscribers.is_empty() && self.shared.is_empty()
+    }
+}
+
+impl<K, V> Drop for Node<K, V> {
+    fn drop(&mut self) {
+        level_tree::dismantle(self);
+    }
+}
+
 pub struct SubscriptionTrie<K, V> {
-    _marker: std::marker::PhantomData<(K, V)>,
+    root: Node<K, V>,
+    /// Plain subscriptions plus shared-group members.
+    len: usize,
 }
 
 impl<K: Eq + Hash + Clone, V> Default for SubscriptionTrie<K, V> {
@@ -38,37 +221,103 @@ impl<K: Eq + Hash + Clone, V> Default for SubscriptionTrie<K, V> {
     }
 }
 
+impl<K, V> fmt::Debug for SubscriptionTrie<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionTrie")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
     pub fn new() -> Self {
-        todo!("topic")
+        Self {
+            root: Node::new(),
+            len: 0,
+        }
     }
 
     /// Adds or replaces `key`'s subscription to `filter` (a plain filter, already split
     /// from its `$share` prefix; `group` is the share name). Returns the replaced value.
+    ///
+    /// `filter` should have passed `validate_topic_filter`; an invalid one is stored but
+    /// matches nothing useful (levels after a `#` are never reached).
     pub fn insert(&mut self, filter: &str, group: Option<&str>, key: K, value: V) -> Option<V> {
-        let _ = (filter, group, key, value);
-        todo!("topic")
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            node = node.child_or_insert(level);
+        }
+        let replaced = match group {
+            None => node.subscribers.insert(key, value),
+            Some(name) => node
+                .shared
+                .entry(Box::from(name))
+                .or_insert_with(|| SharedGroup::new(name))
+                .upsert(key, value),
+        };
+        if replaced.is_none() {
+            self.len += 1;
+        }
+        replaced
     }
 
     /// Removes `key`'s subscription to `filter`; prunes nodes left empty.
     pub fn remove(&mut self, filter: &str, group: Option<&str>, key: &K) -> Option<V> {
-        let _ = (filter, group, key);
-        todo!("topic")
+        let node = level_tree::descend_mut(&mut self.root, filter)?;
+        let removed = match group {
+            None => node.subscribers.remove(key)?,
+            Some(name) => {
+                let shared = node.shared.get_mut(name)?;
+                let removed = shared.remove(key)?;
+                if shared.members.is_empty() {
+                    node.shared.remove(name);
+                }
+                removed
+            }
+        };
+        self.len -= 1;
+        level_tree::prune(&mut self.root, filter);
+        Some(removed)
     }
 
     /// Calls `visit` once for every plain subscription and every shared group whose
     /// filter matches `topic`. Filters starting with a wildcard never match `$` topics.
-    pub fn for_each_match<'a>(&'a self, topic: &str, visit: impl FnMut(Match<'a, K, V>)) {
-        let _ = (topic, visit);
-        todo!("topic")
+    pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(Match<'a, K, V>)) {
+        let mut levels = topic.split('/');
+        let Some(first) = levels.next() else {
+            return;
+        };
+        let mut pending = Vec::new();
+        let root = &self.root;
+        if let Some(literal) = root.literal.get(first) {
+            literal.walk(levels.clone(), &mut pending, &mut visit);
+        }
+        // MQTT 4.7.2: the root's wildcard slots are closed to `$SYS/...` and the like.
+        if !first.starts_with('$') {
+            if let Some(hash) = root.hash.as_deref() {
+                hash.visit_here(&mut visit);
+            }
+            if let Some(plus) = root.plus.as_deref() {
+                plus.walk(levels, &mut pending, &mut visit);
+            }
+        }
+        while let Some((node, rest)) = pending.pop() {
+            node.walk(rest, &mut pending, &mut visit);
+        }
     }
 
     /// Number of subscriptions (plain plus shared members).
     pub fn len(&self) -> usize {
-        todo!("topic")
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Number of filter levels stored (the root not counted): zero once every
+    /// subscription is removed. Walks the whole trie; meant for tests and diagnostics.
+    pub fn node_count(&self) -> usize {
+        level_tree::count_nodes(&self.root) - 1
     }
 }
