@@ -182,3 +182,36 @@ async fn rumqttc_round_trip_each_qos(version: u8) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_across_protocol_versions() {
+    let broker = start_default().await;
+    let t = topic("cross");
+    let versions = [wire::V31, V311, V5];
+    let mut subs = Vec::new();
+    for version in versions {
+        let mut s = RawClient::connect(broker.addr, version, &client_id("sub")).await;
+        s.subscribe(&t, 2).await;
+        subs.push(s);
+    }
+    for (qos, version) in versions.into_iter().enumerate() {
+        let qos = qos as u8;
+        let mut publisher = RawClient::connect(broker.addr, version, &client_id("pub")).await;
+        publisher
+            .publish_simple(&t, qos, format!("from level {version}").as_bytes())
+            .await;
+        for s in subs.iter_mut() {
+            let p = s.recv_publish().await;
+            assert_eq!(
+                (p.topic.as_str(), p.qos, p.payload),
+                (
+                    t.as_str(),
+                    qos,
+                    format!("from level {version}").into_bytes()
+                ),
+                "level {} subscriber",
+                s.version
+            );
+        }
+    }
+}

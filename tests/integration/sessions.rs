@@ -4,7 +4,7 @@
 
 use crate::both_versions;
 use crate::common::raw::RawClient;
-use crate::common::wire::{self, ConnectSpec, Packet, V311};
+use crate::common::wire::{self, ConnectSpec, Packet, V311, V5};
 use crate::common::{client_id, start_broker, start_default, topic};
 
 both_versions!(
@@ -193,5 +193,54 @@ async fn clean_session_discards_queued_messages(version: u8) {
     assert!(
         seen.is_empty(),
         "clean session received the old session's messages: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_session_expires_after_its_interval() {
+    let broker = start_default().await;
+    let id = client_id("expire");
+    let short = ConnectSpec::new(V5, &id).clean(false).session_expiry(1);
+    let mut c = RawClient::connect_ok(broker.addr, &short).await;
+    c.subscribe(&topic("expire"), 1).await;
+    c.disconnect().await;
+    // Session expiry is about time passing: wait beyond the 1 s interval.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (_c, connack) = RawClient::connect_with(broker.addr, &persistent(V5, &id)).await;
+    assert!(
+        matches!(
+            connack,
+            Packet::ConnAck {
+                session_present: false,
+                code: 0,
+                ..
+            }
+        ),
+        "the session outlived its expiry interval: {connack:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_disconnect_sets_session_expiry_to_zero() {
+    let broker = start_default().await;
+    let id = client_id("end");
+    let mut c = RawClient::connect_ok(broker.addr, &persistent(V5, &id)).await;
+    c.send(&wire::disconnect_v5(
+        0x00,
+        &[wire::Prop::U32(wire::prop::SESSION_EXPIRY_INTERVAL, 0)],
+    ))
+    .await;
+    c.expect_closed().await;
+    let (_c, connack) = RawClient::connect_with(broker.addr, &persistent(V5, &id)).await;
+    assert!(
+        matches!(
+            connack,
+            Packet::ConnAck {
+                session_present: false,
+                code: 0,
+                ..
+            }
+        ),
+        "DISCONNECT with Session Expiry Interval 0 ends the session: {connack:?}"
     );
 }

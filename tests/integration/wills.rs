@@ -221,3 +221,36 @@ async fn v5_will_delay_cancelled_by_reconnect() {
     assert_eq!(w.recv_publish().await.payload, b"sentinel");
     drop(back);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_will_properties_passed_through() {
+    let broker = start_default().await;
+    let t = topic("willprops");
+    let mut w = watcher(broker.addr, &t).await;
+    let mut will = WillSpec::new(&t, b"{\"state\":\"offline\"}", 1);
+    will.props = vec![
+        Prop::Byte(prop::PAYLOAD_FORMAT_INDICATOR, 1),
+        Prop::Str(prop::CONTENT_TYPE, "application/json".to_string()),
+        Prop::Str(prop::RESPONSE_TOPIC, "fleet/replies".to_string()),
+        Prop::Bin(prop::CORRELATION_DATA, vec![9, 8, 7]),
+        Prop::Pair("device".to_string(), "42".to_string()),
+    ];
+    let c = connect_with_will(broker.addr, V5, will).await;
+    c.drop_connection().await;
+    let p = w.recv_publish().await;
+    assert_eq!(p.payload, b"{\"state\":\"offline\"}");
+    assert_eq!(p.props.num(prop::PAYLOAD_FORMAT_INDICATOR), Some(1));
+    assert_eq!(
+        p.props.str(prop::CONTENT_TYPE).as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        p.props.str(prop::RESPONSE_TOPIC).as_deref(),
+        Some("fleet/replies")
+    );
+    assert_eq!(p.props.bin(prop::CORRELATION_DATA), Some(vec![9, 8, 7]));
+    assert_eq!(
+        p.props.user_properties(),
+        vec![("device".to_string(), "42".to_string())]
+    );
+}

@@ -189,6 +189,20 @@ impl RawClient {
         self.expect_closed().await;
     }
 
+    /// Like `expect_disconnect`, where the specification leaves a choice of codes.
+    pub async fn expect_disconnect_one_of(&mut self, codes: &[u8]) {
+        match self.recv().await {
+            Packet::Disconnect { code, .. } => {
+                assert!(
+                    codes.contains(&code),
+                    "DISCONNECT reason code 0x{code:02x}, expected one of {codes:02x?}"
+                )
+            }
+            other => panic!("expected DISCONNECT {codes:02x?}, got {other:?}"),
+        }
+        self.expect_closed().await;
+    }
+
     /// Waits for the connection to be closed and returns how long it took from `since`.
     /// An MQTT 5 DISCONNECT with `allowed_code` may precede the close.
     pub async fn closed_after(&mut self, since: Instant, allowed_code: u8) -> Duration {
