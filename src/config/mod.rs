@@ -55,8 +55,9 @@ pub struct LimitsConfig {
     pub max_packet_size: u32,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout_secs: u64,
-    /// Largest keep alive accepted; a client asking for more (or for 0) gets this value
-    /// (MQTT 5 Server Keep Alive). 0 here means clients may disable keep alive.
+    /// Largest keep alive accepted. A MQTT 5 client asking for more (or for 0) is given
+    /// this value (Server Keep Alive); a 3.x client asking for more is refused, as
+    /// Mosquitto does. 0 here means no maximum.
     pub max_keep_alive_secs: u16,
     /// Outgoing QoS 1/2 messages in flight per client (3.x; MQTT 5 also caps it at the
     /// client's Receive Maximum).

@@ -75,8 +75,9 @@ pub(super) fn negotiate(broker: &Broker, connect: &mut Connect) -> Result<Terms,
 
     let mut assigned = None;
     if connect.client_id.is_empty() {
-        // 3.x: a server may assign an identifier only to a clean session (3.1.3-8).
-        if !v5 && !connect.clean_start {
+        // MQTT 3.1 requires 1 to 23 characters; 3.1.1 lets a server assign an identifier,
+        // but only to a clean session (3.1.3-8).
+        if connect.protocol == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
             return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
         connect.client_id = broker.assign_client_id();
@@ -91,10 +92,13 @@ pub(super) fn negotiate(broker: &Broker, connect: &mut Connect) -> Result<Terms,
     let max_keep_alive = config.limits.max_keep_alive_secs;
     let mut keep_alive = connect.keep_alive;
     let mut server_keep_alive = None;
-    if max_keep_alive != 0 && keep_alive > max_keep_alive {
+    // Keep alive 0 (never) is longer than any maximum: a MQTT 5 client is told the maximum
+    // in Server Keep Alive. A 3.x client cannot be told, so 0 is left alone there (the
+    // session still ends on a dropped socket) and a longer value is refused as Mosquitto
+    // does, since holding the client to an interval it does not know would cut it off.
+    let exceeds_max = keep_alive > max_keep_alive || (v5 && keep_alive == 0);
+    if max_keep_alive != 0 && exceeds_max {
         if !v5 {
-            // A 3.x client cannot be told a shorter interval, and holding it to one it
-            // does not know would cut it off; refuse it as Mosquitto does.
             return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
         keep_alive = max_keep_alive;
