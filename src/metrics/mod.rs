@@ -56,6 +56,39 @@ pub mod names {
     pub const STORAGE_WRITE_SECONDS: &str = "fleetmq_storage_write_seconds";
     pub const STORAGE_SYNC_SECONDS: &str = "fleetmq_storage_sync_seconds";
     pub const STORAGE_ERRORS_TOTAL: &str = "fleetmq_storage_errors_total";
+
+    /// Every name above, for checks that a dashboard or alert uses real metrics.
+    pub const ALL: [&str; 29] = [
+        BUILD_INFO,
+        UPTIME_SECONDS,
+        CONNECTIONS_CURRENT,
+        CONNECTIONS_TOTAL,
+        CONNECTIONS_REFUSED_TOTAL,
+        AUTH_FAILURES_TOTAL,
+        SESSIONS,
+        SUBSCRIPTIONS,
+        RETAINED_MESSAGES,
+        PACKETS_RECEIVED_TOTAL,
+        PACKETS_SENT_TOTAL,
+        MESSAGES_RECEIVED_TOTAL,
+        MESSAGES_SENT_TOTAL,
+        BYTES_RECEIVED_TOTAL,
+        BYTES_SENT_TOTAL,
+        MESSAGES_DROPPED_TOTAL,
+        MESSAGES_UNROUTED_TOTAL,
+        QUEUED_MESSAGES,
+        QUEUED_BYTES,
+        INFLIGHT_MESSAGES,
+        TAKEOVERS_TOTAL,
+        SLOW_CONSUMERS_TOTAL,
+        KEEP_ALIVE_TIMEOUTS_TOTAL,
+        PROTOCOL_VIOLATIONS_TOTAL,
+        WILLS_PUBLISHED_TOTAL,
+        SESSIONS_EXPIRED_TOTAL,
+        STORAGE_WRITE_SECONDS,
+        STORAGE_SYNC_SECONDS,
+        STORAGE_ERRORS_TOTAL,
+    ];
 }
 
 use names::*;
