@@ -98,3 +98,28 @@ pub const DEFAULT_DATA_DIR: &str = "data";
 /// `info` logs start-up, the bound listeners, shutdown and warnings, and nothing per
 /// message, so the log of a busy broker stays readable.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+// ---------------------------------------------------------------------------------------
+// Operations: metrics, $SYS topics, shutdown
+// ---------------------------------------------------------------------------------------
+
+/// The Prometheus endpoint listens on loopback only, like the MQTT listener: metrics
+/// reveal client counts and traffic, so exposing them is an explicit choice. 9883 echoes
+/// MQTT's 1883 and is not registered to a common exporter.
+pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9883";
+
+/// 10 seconds between `$SYS` publications, Mosquitto's `sys_interval` default.
+pub const DEFAULT_SYS_INTERVAL_SECS: u64 = 10;
+
+/// Largest `sys.interval_secs` accepted: a day. Longer makes the load averages
+/// meaningless, and the bound keeps the timer arithmetic far from overflow.
+pub const MAX_SYS_INTERVAL_SECS: u64 = 86_400;
+
+/// 5 seconds for clients to receive their DISCONNECT and close on SIGTERM before the
+/// broker closes the rest: well inside systemd's stop timeout (`TimeoutStopSec=30` in
+/// the shipped unit), long enough for a client on a slow link to read one packet.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 5;
+
+/// Largest `shutdown.grace_secs` accepted. The service manager must wait longer than
+/// this before it kills the broker (`TimeoutStopSec`).
+pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 600;

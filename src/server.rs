@@ -18,8 +18,6 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::storage::MemoryStore;
 
-/// How long shutdown waits for connection tasks to finish before aborting them.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// First and largest pause after a failed accept.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -30,6 +28,7 @@ pub struct ServerHandle {
     broker: Arc<Broker>,
     accept_loops: Vec<JoinHandle<()>>,
     scheduler: JoinHandle<()>,
+    sys_topics: JoinHandle<()>,
 }
 
 impl ServerHandle {
@@ -49,6 +48,15 @@ impl ServerHandle {
         &self.broker
     }
 
+    /// Whether every task of the broker still runs and its registry can be locked (a
+    /// deadlock would block this call, which stops the systemd watchdog pings).
+    pub fn is_healthy(&self) -> bool {
+        let _ = self.broker.session_count();
+        !self.scheduler.is_finished()
+            && !self.sys_topics.is_finished()
+            && self.accept_loops.iter().all(|task| !task.is_finished())
+    }
+
     /// Stops accepting, disconnects clients (MQTT 5: DISCONNECT 0x8B) and waits for the
     /// connection tasks to end.
     pub async fn shutdown(self) {
@@ -58,6 +66,7 @@ impl ServerHandle {
             let _ = accept_loop.await;
         }
         let _ = self.scheduler.await;
+        let _ = self.sys_topics.await;
     }
 }
 
@@ -79,6 +88,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
 
     let broker = Broker::new(config, Arc::new(MemoryStore::new()));
     let scheduler = tokio::spawn(broker.clone().run_scheduler());
+    let sys_topics = tokio::spawn(crate::sys_topics::run(broker.clone()));
     let accept_loops = listeners
         .into_iter()
         .zip(&addrs)
@@ -92,6 +102,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         broker,
         accept_loops,
         scheduler,
+        sys_topics,
     })
 }
 
@@ -122,7 +133,8 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+    let grace = Duration::from_secs(broker.config().shutdown.grace_secs);
+    let drained = tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}
     })
     .await;

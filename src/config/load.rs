@@ -407,7 +407,7 @@ mod tests {
         let err = parse_err("[log]\ncolour = true\n");
         assert_eq!(
             err.to_string(),
-            "test.toml:2:1: log.colour: unknown key 'colour' in [log]; known keys: level"
+            "test.toml:2:1: log.colour: unknown key 'colour' in [log]; known keys: level, format"
         );
     }
 

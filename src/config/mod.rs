@@ -31,6 +31,9 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub sys: SysConfig,
+    pub shutdown: ShutdownConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +99,42 @@ pub struct StorageConfig {
 pub struct LogConfig {
     /// tracing filter, e.g. "info" or "fleetmq=debug"; RUST_LOG overrides it.
     pub level: String,
+    /// How each log line is written to standard error.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (journald adds its own timestamps).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The Prometheus endpoint (`/metrics`, and `/health`), on its own listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Address and port of the HTTP listener. Loopback by default.
+    pub bind: SocketAddr,
+}
+
+/// The `$SYS/broker/...` topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between two publications of the `$SYS` topics; 0 disables them.
+    pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Seconds clients get to receive their DISCONNECT and close on SIGTERM/SIGINT
+    /// before the broker closes what is left and exits.
+    pub grace_secs: u64,
 }
 
 impl Default for Config {
@@ -111,6 +150,9 @@ impl Default for Config {
             sessions: SessionsConfig::default(),
             storage: StorageConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            sys: SysConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -153,6 +195,34 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: crate::limits::DEFAULT_LOG_LEVEL.to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bind: crate::limits::DEFAULT_METRICS_BIND
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9883))),
+        }
+    }
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig {
+            interval_secs: crate::limits::DEFAULT_SYS_INTERVAL_SECS,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_secs: crate::limits::DEFAULT_SHUTDOWN_GRACE_SECS,
         }
     }
 }

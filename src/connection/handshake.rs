@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Refusal, Stats};
 use crate::config::Config;
 use crate::protocol::{
     decode, reason, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion,
@@ -29,17 +29,35 @@ pub(super) enum HandshakeError {
     NotConnect,
 }
 
+impl HandshakeError {
+    /// How the refusal is counted.
+    pub(super) fn refusal(&self) -> Refusal {
+        match self {
+            HandshakeError::Timeout => Refusal::Timeout,
+            HandshakeError::Closed => Refusal::Closed,
+            HandshakeError::Decode(DecodeError::UnsupportedProtocol) => {
+                Refusal::UnsupportedProtocol
+            }
+            HandshakeError::Decode(_) | HandshakeError::NotConnect => Refusal::Malformed,
+        }
+    }
+}
+
 /// Reads the first packet, which must be CONNECT. Bytes after it stay in `buf`.
 pub(super) async fn read_connect(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     config: &Config,
+    stats: &Stats,
 ) -> Result<Box<Connect>, HandshakeError> {
     let timeout = Duration::from_secs(config.limits.connect_timeout_secs);
     let read = async {
         loop {
             match decode(buf, None, config.limits.max_packet_size) {
-                Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+                Ok(Some(Packet::Connect(connect))) => {
+                    Stats::incr(&stats.packets_received);
+                    return Ok(connect);
+                }
                 Ok(Some(_)) => return Err(HandshakeError::NotConnect),
                 Ok(None) => {}
                 Err(error) => return Err(HandshakeError::Decode(error)),
@@ -47,7 +65,7 @@ pub(super) async fn read_connect(
             buf.reserve(READ_CHUNK);
             match stream.read_buf(buf).await {
                 Ok(0) | Err(_) => return Err(HandshakeError::Closed),
-                Ok(_) => {}
+                Ok(read) => Stats::add(&stats.bytes_received, read as u64),
             }
         }
     };
@@ -70,7 +88,7 @@ pub(super) struct Terms {
 /// when the client sent none and may have one. `Err` carries the reason code of the
 /// refusing CONNACK.
 pub(super) fn negotiate(broker: &Broker, connect: &mut Connect) -> Result<Terms, u8> {
-    let config = broker.config();
+    let config = &*broker.config();
     let v5 = connect.protocol.is_v5();
 
     let mut assigned = None;

@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant as TokioInstant;
 
-use crate::broker::{now, Broker, SessionHandle, Stats};
+use crate::broker::{now, Broker, Dropped, Refusal, SessionHandle, Stats};
+use crate::config::Config;
 use crate::protocol::{decode, encode, reason, ConnAck, Disconnect, Packet, ProtocolVersion, QoS};
 use crate::session::Action;
 use crate::storage::StoreEvent;
@@ -81,16 +82,29 @@ impl Exit {
     }
 }
 
+/// Counts the socket as closed on every way out of `serve`.
+struct OpenSocket<'a>(&'a Stats);
+
+impl Drop for OpenSocket<'_> {
+    fn drop(&mut self) {
+        Stats::incr(&self.0.connections_closed);
+    }
+}
+
 /// Serves one accepted socket until it closes.
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     Stats::incr(&broker.stats().connections_accepted);
+    let _open = OpenSocket(broker.stats());
+    // The limits in force when the client arrived hold for its whole connection, even
+    // if a reload changes them meanwhile: a MQTT 5 client was told them in CONNACK.
+    let config = broker.config();
     // MQTT packets are small and already batched per wake-up; Nagle would only add delay.
     let _ = stream.set_nodelay(true);
     let mut shutdown = broker.shutdown_signal();
     let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
 
     let first = tokio::select! {
-        result = handshake::read_connect(&mut stream, &mut read_buf, broker.config()) => result,
+        result = handshake::read_connect(&mut stream, &mut read_buf, &config, broker.stats()) => result,
         _ = shutdown.wait_for(|stopping| *stopping) => {
             return;
         }
@@ -98,7 +112,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
     let mut connect = match first {
         Ok(connect) => connect,
         Err(error) => {
-            Stats::incr(&broker.stats().connections_rejected);
+            broker.stats().refused(error.refusal());
             tracing::debug!(%peer, ?error, "connection closed before a valid CONNECT");
             if let HandshakeError::Decode(crate::protocol::DecodeError::UnsupportedProtocol) = error
             {
@@ -111,6 +125,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
                     &mut stream,
                     Packet::ConnAck(refusal),
                     ProtocolVersion::V3_1_1,
+                    broker.stats(),
                 )
                 .await;
             }
@@ -121,13 +136,21 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
     let terms = match handshake::negotiate(&broker, &mut connect) {
         Ok(terms) => terms,
         Err(reason_code) => {
-            Stats::incr(&broker.stats().connections_rejected);
+            broker
+                .stats()
+                .refused(Refusal::from_reason_code(reason_code));
             tracing::info!(%peer, client_id = %connect.client_id, reason_code, "connection refused");
             let refusal = ConnAck {
                 reason_code,
                 ..ConnAck::default()
             };
-            send_and_close(&mut stream, Packet::ConnAck(refusal), version).await;
+            send_and_close(
+                &mut stream,
+                Packet::ConnAck(refusal),
+                version,
+                broker.stats(),
+            )
+            .await;
             return;
         }
     };
@@ -146,6 +169,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
     connack.session_present = connected.session_present;
     let mut connection = Connection {
         broker: broker.clone(),
+        config,
         handle: connected.handle,
         generation: connected.attachment.generation,
         version,
@@ -155,23 +179,32 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
         out: vec![Packet::ConnAck(connack)],
         keep_alive: (terms.keep_alive != 0)
             .then(|| Duration::from_millis(u64::from(terms.keep_alive) * 1500)),
+        qos0_unwritten: 0,
     };
     drop(connect);
     connection
         .run(stream, connected.attachment.kicked, shutdown)
         .await;
-    Stats::incr(&broker.stats().connections_closed);
 }
 
 /// Writes one packet and closes, within `CLOSE_FLUSH_TIMEOUT`.
-async fn send_and_close(stream: &mut TcpStream, packet: Packet, version: ProtocolVersion) {
+async fn send_and_close(
+    stream: &mut TcpStream,
+    packet: Packet,
+    version: ProtocolVersion,
+    stats: &Stats,
+) {
     let mut buf = BytesMut::new();
     encode(&packet, version, &mut buf);
-    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-        stream.write_all(&buf).await?;
-        stream.shutdown().await
-    })
-    .await;
+    Stats::incr(&stats.packets_sent);
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write_counted(stream, &buf, stats)).await;
+}
+
+/// Writes `buf` whole, counts it as sent, and closes the sending side.
+async fn write_counted(stream: &mut TcpStream, buf: &[u8], stats: &Stats) -> std::io::Result<()> {
+    stream.write_all(buf).await?;
+    Stats::add(&stats.bytes_sent, buf.len() as u64);
+    stream.shutdown().await
 }
 
 /// What woke the connection task.
@@ -186,6 +219,8 @@ enum Event {
 
 struct Connection {
     broker: Arc<Broker>,
+    /// The configuration in force when the connection was accepted.
+    config: Arc<Config>,
     handle: Arc<SessionHandle>,
     generation: u64,
     version: ProtocolVersion,
@@ -198,6 +233,9 @@ struct Connection {
     out: Vec<Packet>,
     /// 1.5 times the effective keep alive; `None` when disabled.
     keep_alive: Option<Duration>,
+    /// QoS 0 PUBLISHes encoded since `write_buf` was last empty: what is lost if the
+    /// client is cut off as a slow consumer (QoS 1/2 stay in the session).
+    qos0_unwritten: u64,
 }
 
 impl Connection {
@@ -233,7 +271,8 @@ impl Connection {
             result = match event {
                 Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
                 Event::Written(Ok(0)) | Event::Written(Err(_)) => Err(Exit::SocketClosed),
-                Event::Read(Ok(_)) => {
+                Event::Read(Ok(read)) => {
+                    Stats::add(&self.broker.stats().bytes_received, read as u64);
                     let handled = self.process_input();
                     if let Some(period) = self.keep_alive {
                         keep_alive_timer
@@ -242,7 +281,13 @@ impl Connection {
                     }
                     handled.and_then(|()| self.drain_session())
                 }
-                Event::Written(Ok(_)) => Ok(()),
+                Event::Written(Ok(written)) => {
+                    Stats::add(&self.broker.stats().bytes_sent, written as u64);
+                    if self.write_buf.is_empty() {
+                        self.qos0_unwritten = 0;
+                    }
+                    Ok(())
+                }
                 Event::Wake => self.drain_session(),
                 Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
                 Event::Kicked => {
@@ -261,10 +306,13 @@ impl Connection {
 
     /// Decodes and handles every complete packet in the read buffer.
     fn process_input(&mut self) -> Result<(), Exit> {
-        let max_packet_size = self.broker.config().limits.max_packet_size;
+        let max_packet_size = self.config.limits.max_packet_size;
         loop {
             match decode(&mut self.read_buf, Some(self.version), max_packet_size) {
-                Ok(Some(packet)) => self.handle_packet(packet)?,
+                Ok(Some(packet)) => {
+                    Stats::incr(&self.broker.stats().packets_received);
+                    self.handle_packet(packet)?
+                }
                 Ok(None) => return Ok(()),
                 Err(error) => {
                     tracing::debug!(client_id = %self.handle.client_id, %error, "undecodable packet");
@@ -291,16 +339,21 @@ impl Connection {
                 reason_code: violation.reason_code,
             }
         })?;
-        // Set by a PUBLISH that matched no subscription; its acknowledgement, which
-        // follows in the action list, then says so (MQTT 5 reason 0x10).
-        let mut unrouted = false;
+        // Set by a PUBLISH that was not routed; its acknowledgement, which follows in the
+        // action list, then says why (MQTT 5 only).
+        let mut ack_reason = None;
         for action in actions {
             match action {
                 Action::Send(mut packet) => {
-                    if std::mem::take(&mut unrouted) {
-                        mark_no_subscribers(&mut packet);
+                    if let Some(reason_code) = ack_reason.take() {
+                        mark_ack(&mut packet, reason_code);
                     }
                     self.out.push(packet);
+                }
+                Action::Route(message) if crate::sys_topics::is_broker_topic(&message.topic) => {
+                    self.broker.stats().dropped(Dropped::AclDenied);
+                    tracing::debug!(client_id = %self.handle.client_id, topic = %message.topic, "PUBLISH to a broker topic discarded");
+                    ack_reason = self.version.is_v5().then_some(reason::NOT_AUTHORIZED);
                 }
                 Action::Route(message) => {
                     // Routed before its acknowledgement is queued: a durable store will
@@ -312,7 +365,8 @@ impl Connection {
                             deliveries,
                         });
                     }
-                    unrouted = deliveries == 0 && self.version.is_v5();
+                    ack_reason = (deliveries == 0 && self.version.is_v5())
+                        .then_some(reason::NO_MATCHING_SUBSCRIBERS);
                 }
                 Action::Subscribe(request) => {
                     let suback = self
@@ -345,7 +399,7 @@ impl Connection {
     fn drain_session(&mut self) -> Result<(), Exit> {
         let mut packets = std::mem::take(&mut self.out);
         let mut dropped = Vec::new();
-        let backlog_full = self.write_buf.len() >= self.broker.config().limits.max_outbox_bytes;
+        let backlog_full = self.write_buf.len() >= self.config.limits.max_outbox_bytes;
         {
             let mut session = self
                 .handle
@@ -360,7 +414,15 @@ impl Connection {
         for reason in dropped {
             self.broker.stats().dropped(reason);
         }
+        let stats = self.broker.stats();
         for packet in packets.drain(..) {
+            Stats::incr(&stats.packets_sent);
+            if let Packet::Publish(publish) = &packet {
+                stats.message_sent(publish.qos);
+                if publish.qos == QoS::AtMostOnce {
+                    self.qos0_unwritten += 1;
+                }
+            }
             encode(&packet, self.version, &mut self.write_buf);
         }
         // Keep the allocation for the next batch.
@@ -384,6 +446,9 @@ impl Connection {
         match exit {
             Exit::SlowConsumer => {
                 Stats::incr(&self.broker.stats().slow_consumers);
+                self.broker
+                    .stats()
+                    .dropped_many(Dropped::SlowConsumer, self.qos0_unwritten);
                 tracing::warn!(client_id = %client_id, peer = %self.peer, "slow consumer disconnected");
                 self.write_buf.clear();
                 return;
@@ -397,6 +462,7 @@ impl Connection {
             return;
         }
         for packet in self.out.drain(..) {
+            Stats::incr(&self.broker.stats().packets_sent);
             encode(&packet, self.version, &mut self.write_buf);
         }
         if self.version.is_v5() {
@@ -405,6 +471,7 @@ impl Connection {
                     reason_code,
                     ..Disconnect::default()
                 };
+                Stats::incr(&self.broker.stats().packets_sent);
                 encode(
                     &Packet::Disconnect(disconnect),
                     self.version,
@@ -412,20 +479,25 @@ impl Connection {
                 );
             }
         }
-        let write_buf = &self.write_buf;
-        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-            stream.write_all(write_buf).await?;
-            stream.shutdown().await
-        })
+        let _ = tokio::time::timeout(
+            CLOSE_FLUSH_TIMEOUT,
+            write_counted(stream, &self.write_buf, self.broker.stats()),
+        )
         .await;
     }
 }
 
-/// Turns the success acknowledgement of an unrouted PUBLISH into 0x10 (MQTT 5).
-fn mark_no_subscribers(packet: &mut Packet) {
-    if let Packet::PubAck(ack) | Packet::PubRec(ack) = packet {
-        if ack.reason_code == reason::SUCCESS {
-            ack.reason_code = reason::NO_MATCHING_SUBSCRIBERS;
+/// Gives the success acknowledgement of a PUBLISH that was not routed its reason
+/// (MQTT 5): 0x10 No matching subscribers on PUBACK or PUBREC; 0x87 Not authorized on
+/// PUBACK only, since a failed PUBREC would end a QoS 2 flow the session keeps open.
+fn mark_ack(packet: &mut Packet, reason_code: u8) {
+    match packet {
+        Packet::PubAck(ack) if ack.reason_code == reason::SUCCESS => ack.reason_code = reason_code,
+        Packet::PubRec(ack)
+            if ack.reason_code == reason::SUCCESS && reason_code < reason::UNSPECIFIED_ERROR =>
+        {
+            ack.reason_code = reason_code
         }
+        _ => {}
     }
 }
