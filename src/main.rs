@@ -1,5 +1,6 @@
 //! The `fleetmq` executable: command line → configuration → logging → runtime →
-//! broker, until SIGINT or SIGTERM. Any error ends here, printed once, with exit code 1.
+//! broker, until SIGINT or SIGTERM (SIGHUP reloads certificates, passwords and ACLs).
+//! Any error ends here, printed once, with exit code 1.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -26,6 +27,36 @@ fn run(command: Command) -> anyhow::Result<()> {
             Config::from_file(&args.config)?;
             print(&format!("configuration OK: {}\n", args.config.display()))
         }
+        Command::Passwd(args) => {
+            use fleetmq::auth::passwd_tool::{self, PasswdAction};
+            let password = || match &args.password {
+                Some(password) => Ok(password.clone()),
+                None => passwd_tool::read_password(&mut std::io::stdin().lock()),
+            };
+            let action = if args.delete {
+                PasswdAction::Delete
+            } else if args.verify {
+                PasswdAction::Verify {
+                    password: password()?,
+                }
+            } else {
+                PasswdAction::Set {
+                    password: password()?,
+                    iterations: args.iterations,
+                }
+            };
+            let done = passwd_tool::run(&args.file, &args.username, action)?;
+            print(&format!("{done}\n"))
+        }
+        Command::GenCerts(args) => {
+            let written =
+                fleetmq::certs::generate(&args.out, &args.hosts, &args.clients, args.days)?;
+            let mut text = String::new();
+            for path in written {
+                text.push_str(&format!("wrote {}\n", path.display()));
+            }
+            print(&text)
+        }
         Command::Serve(args) => {
             let config = args.load_config()?;
             cli::init_logging(&config.log)?;
@@ -50,7 +81,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map(|a| a.to_string())
         .collect();
     tracing::info!("ready, listening on {}", addrs.join(", "));
-    let signal = signals.recv().await;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
+    let signal = loop {
+        tokio::select! {
+            signal = signals.recv() => break signal,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP received, reloading certificates, passwords and ACLs");
+                handle.reload();
+            }
+        }
+    };
     tracing::info!("{signal} received, shutting down");
     handle.shutdown().await;
     tracing::info!("stopped");

@@ -1,6 +1,6 @@
 //! The per-client task: moves bytes between the socket and the session.
 //!
-//! One task per TCP connection, with one `select!` over socket reads, socket writes
+//! One task per connection, over any transport (`crate::listener::ClientStream`), with one `select!` over socket reads, socket writes
 //! (while encoded bytes wait), the session's wake-up, the keep-alive deadline, the
 //! takeover signal and server shutdown. Incoming packets are decoded and handed to the
 //! sans-IO `Session`; its actions are carried out here and in `crate::broker` (routing a
@@ -9,19 +9,23 @@
 //! `limits.max_outbox_bytes`: a client whose backlog is full while more messages wait is
 //! a slow consumer and is disconnected.
 
+mod authenticate;
 mod handshake;
+mod policy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytestring::ByteString;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant as TokioInstant;
 
+use crate::auth::{Exchange, Security};
 use crate::broker::{now, Broker, SessionHandle, Stats};
+use crate::listener::{Accepted, ClientStream, ListenerContext};
 use crate::protocol::{decode, encode, reason, ConnAck, Disconnect, Packet, ProtocolVersion, QoS};
 use crate::session::Action;
 use crate::storage::StoreEvent;
@@ -81,11 +85,14 @@ impl Exit {
     }
 }
 
-/// Serves one accepted socket until it closes.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+/// Serves one accepted connection until it closes.
+pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<ListenerContext>) {
     Stats::incr(&broker.stats().connections_accepted);
-    // MQTT packets are small and already batched per wake-up; Nagle would only add delay.
-    let _ = stream.set_nodelay(true);
+    let Accepted {
+        mut stream,
+        peer,
+        certificate_identity,
+    } = accepted;
     let mut shutdown = broker.shutdown_signal();
     let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
 
@@ -131,6 +138,28 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
             return;
         }
     };
+    let admitted = authenticate::admit(
+        &mut stream,
+        &mut read_buf,
+        &broker,
+        &listener,
+        certificate_identity,
+        &connect,
+    )
+    .await;
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
+        Err(reason_code) => {
+            Stats::incr(&broker.stats().connections_rejected);
+            tracing::info!(%peer, client_id = %connect.client_id, reason_code, "authentication refused");
+            let refusal = ConnAck {
+                reason_code,
+                ..ConnAck::default()
+            };
+            send_and_close(&mut stream, Packet::ConnAck(refusal), version).await;
+            return;
+        }
+    };
 
     let connected = broker.connect(&connect, terms.session_expiry);
     tracing::info!(
@@ -144,6 +173,10 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
     );
     let mut connack = terms.connack;
     connack.session_present = connected.session_present;
+    if admitted.method.is_some() {
+        connack.properties.authentication_method = admitted.method.clone();
+        connack.properties.authentication_data = admitted.data;
+    }
     let mut connection = Connection {
         broker: broker.clone(),
         handle: connected.handle,
@@ -155,6 +188,12 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
         out: vec![Packet::ConnAck(connack)],
         keep_alive: (terms.keep_alive != 0)
             .then(|| Duration::from_millis(u64::from(terms.keep_alive) * 1500)),
+        unflushed: false,
+        security: listener.security.clone(),
+        username: admitted.username,
+        auth_method: admitted.method,
+        exchange: None,
+        rate: policy::PublishRate::new(broker.config().limits.max_publish_rate, now()),
     };
     drop(connect);
     connection
@@ -164,20 +203,38 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
 }
 
 /// Writes one packet and closes, within `CLOSE_FLUSH_TIMEOUT`.
-async fn send_and_close(stream: &mut TcpStream, packet: Packet, version: ProtocolVersion) {
+async fn send_and_close(stream: &mut ClientStream, packet: Packet, version: ProtocolVersion) {
     let mut buf = BytesMut::new();
     encode(&packet, version, &mut buf);
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
         stream.write_all(&buf).await?;
+        stream.flush().await?;
         stream.shutdown().await
     })
     .await;
 }
 
+/// Writes some of `buf`, or flushes once it is empty (TLS and WebSocket hold written
+/// bytes until flushed). Returns whether this was the flush.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    buf: &mut BytesMut,
+) -> std::io::Result<bool> {
+    if buf.is_empty() {
+        writer.flush().await?;
+        return Ok(true);
+    }
+    match writer.write_buf(buf).await? {
+        0 => Err(std::io::ErrorKind::WriteZero.into()),
+        _ => Ok(false),
+    }
+}
+
 /// What woke the connection task.
 enum Event {
     Read(std::io::Result<usize>),
-    Written(std::io::Result<usize>),
+    /// `Ok(true)`: a flush completed.
+    Written(std::io::Result<bool>),
     Wake,
     KeepAliveExpired,
     Kicked,
@@ -198,12 +255,22 @@ struct Connection {
     out: Vec<Packet>,
     /// 1.5 times the effective keep alive; `None` when disabled.
     keep_alive: Option<Duration>,
+    /// Bytes were written since the last flush.
+    unflushed: bool,
+    security: Arc<Security>,
+    /// The authenticated username; `None` for an anonymous client.
+    username: Option<String>,
+    /// The MQTT 5 enhanced authentication method of CONNECT (re-authentication uses it).
+    auth_method: Option<ByteString>,
+    /// A re-authentication in progress.
+    exchange: Option<Box<dyn Exchange>>,
+    rate: policy::PublishRate,
 }
 
 impl Connection {
     async fn run(
         &mut self,
-        mut stream: TcpStream,
+        stream: ClientStream,
         mut kicked: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Exit {
@@ -214,25 +281,25 @@ impl Connection {
         if result.is_ok() {
             result = self.drain_session();
         }
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let exit = loop {
             if let Err(exit) = result {
                 break exit;
             }
-            let (mut reader, mut writer) = stream.split();
-            let has_output = !self.write_buf.is_empty();
+            let has_output = !self.write_buf.is_empty() || self.unflushed;
             self.read_buf.reserve(READ_CHUNK);
             let event = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stopping| *stopping) => Event::Shutdown,
                 _ = kicked.changed() => Event::Kicked,
                 _ = &mut keep_alive_timer, if self.keep_alive.is_some() => Event::KeepAliveExpired,
-                written = writer.write_buf(&mut self.write_buf), if has_output => Event::Written(written),
+                written = write_or_flush(&mut writer, &mut self.write_buf), if has_output => Event::Written(written),
                 read = reader.read_buf(&mut self.read_buf) => Event::Read(read),
                 _ = self.handle.wake.notified() => Event::Wake,
             };
             result = match event {
                 Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
-                Event::Written(Ok(0)) | Event::Written(Err(_)) => Err(Exit::SocketClosed),
+                Event::Written(Err(_)) => Err(Exit::SocketClosed),
                 Event::Read(Ok(_)) => {
                     let handled = self.process_input();
                     if let Some(period) = self.keep_alive {
@@ -242,7 +309,10 @@ impl Connection {
                     }
                     handled.and_then(|()| self.drain_session())
                 }
-                Event::Written(Ok(_)) => Ok(()),
+                Event::Written(Ok(flushed)) => {
+                    self.unflushed = !flushed;
+                    Ok(())
+                }
                 Event::Wake => self.drain_session(),
                 Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
                 Event::Kicked => {
@@ -255,7 +325,8 @@ impl Connection {
                 Event::Shutdown => Err(Exit::Shutdown),
             };
         };
-        self.close(&mut stream, exit).await;
+        let _ = reader;
+        self.close(&mut writer, exit).await;
         exit
     }
 
@@ -278,6 +349,11 @@ impl Connection {
 
     fn handle_packet(&mut self, packet: Packet) -> Result<(), Exit> {
         let now = now();
+        let packet = match packet {
+            // Authentication is the connection's business, not the session's.
+            Packet::Auth(auth) if self.version.is_v5() => return self.handle_auth(auth),
+            other => other,
+        };
         let actions = {
             let mut session = self
                 .handle
@@ -294,15 +370,25 @@ impl Connection {
         // Set by a PUBLISH that matched no subscription; its acknowledgement, which
         // follows in the action list, then says so (MQTT 5 reason 0x10).
         let mut unrouted = false;
+        // Set by a PUBLISH that was refused (ACL, `$` topic, rate): its acknowledgement
+        // carries this reason for MQTT 5.
+        let mut refused = None;
         for action in actions {
             match action {
                 Action::Send(mut packet) => {
                     if std::mem::take(&mut unrouted) {
                         mark_no_subscribers(&mut packet);
                     }
+                    if let Some(code) = refused.take() {
+                        self.refuse_ack(&mut packet, code)?;
+                    }
                     self.out.push(packet);
                 }
                 Action::Route(message) => {
+                    if let Some(code) = self.check_publish(&message, now)? {
+                        refused = Some(code);
+                        continue;
+                    }
                     // Routed before its acknowledgement is queued: a durable store will
                     // hold the ack back until the message is safely written.
                     let deliveries = self.broker.publish(&message);
@@ -314,7 +400,8 @@ impl Connection {
                     }
                     unrouted = deliveries == 0 && self.version.is_v5();
                 }
-                Action::Subscribe(request) => {
+                Action::Subscribe(mut request) => {
+                    self.check_subscribe(&mut request)?;
                     let suback = self
                         .broker
                         .subscribe(&self.handle, self.generation, request)
@@ -370,7 +457,7 @@ impl Connection {
 
     /// Ends the connection: settles the session first (so a fast reconnect finds it
     /// detached), then flushes what is owed to the client and closes the socket.
-    async fn close(&mut self, stream: &mut TcpStream, exit: Exit) {
+    async fn close(&mut self, stream: &mut WriteHalf<ClientStream>, exit: Exit) {
         let client_id = &self.handle.client_id;
         match exit {
             Exit::TakenOver => {
@@ -415,6 +502,7 @@ impl Connection {
         let write_buf = &self.write_buf;
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
             stream.write_all(write_buf).await?;
+            stream.flush().await?;
             stream.shutdown().await
         })
         .await;
