@@ -28,6 +28,8 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
+    // The signature is tungstenite's `Callback`; its error type is an HTTP response.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         if request.uri().path() != path {
             let mut refusal = ErrorResponse::new(Some("no MQTT endpoint at this path".into()));

@@ -50,15 +50,33 @@ fn password_file(dir: &tempfile::TempDir) {
     let file = dir.path().join("passwd");
     let path = file.to_str().unwrap();
     run("mosquitto_passwd", &["-c", "-b", path, "alice", "alice-pw"]);
-    run("mosquitto_passwd", &["-H", "sha512", "-b", path, "bob", "bob-pw"]);
-    run(env!("CARGO_BIN_EXE_fleetmq"), &["passwd", path, "carol", "carol-pw", "--iterations", "4096"]);
+    run(
+        "mosquitto_passwd",
+        &["-H", "sha512", "-b", path, "bob", "bob-pw"],
+    );
+    run(
+        env!("CARGO_BIN_EXE_fleetmq"),
+        &["passwd", path, "carol", "carol-pw", "--iterations", "4096"],
+    );
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains("alice:$7$") && text.contains("bob:$6$") && text.contains("carol:$scram-sha-256$"), "{text}");
+    assert!(
+        text.contains("alice:$7$")
+            && text.contains("bob:$6$")
+            && text.contains("carol:$scram-sha-256$"),
+        "{text}"
+    );
 }
 
-async fn connack(server: &ServerHandle, version: ProtocolVersion, user: Option<&str>, password: Option<&str>) -> Option<u8> {
+async fn connack(
+    server: &ServerHandle,
+    version: ProtocolVersion,
+    user: Option<&str>,
+    password: Option<&str>,
+) -> Option<u8> {
     let mut client = Raw::tcp(server.local_addr(), version).await;
-    client.connect(connect_packet(version, "c", user, password)).await
+    client
+        .connect(connect_packet(version, "c", user, password))
+        .await
 }
 
 #[tokio::test]
@@ -66,19 +84,49 @@ async fn password_entries_of_both_tools_authenticate_and_wrong_ones_are_refused(
     let dir = tempfile::tempdir().unwrap();
     password_file(&dir);
     let server = secured(&dir, None).await;
-    for (user, password) in [("alice", "alice-pw"), ("bob", "bob-pw"), ("carol", "carol-pw")] {
-        assert_eq!(connack(&server, V5, Some(user), Some(password)).await, Some(0), "{user}");
-        assert_eq!(connack(&server, V3, Some(user), Some(password)).await, Some(0), "{user}");
+    for (user, password) in [
+        ("alice", "alice-pw"),
+        ("bob", "bob-pw"),
+        ("carol", "carol-pw"),
+    ] {
+        assert_eq!(
+            connack(&server, V5, Some(user), Some(password)).await,
+            Some(0),
+            "{user}"
+        );
+        assert_eq!(
+            connack(&server, V3, Some(user), Some(password)).await,
+            Some(0),
+            "{user}"
+        );
     }
     // MQTT 5: 0x86; MQTT 3.1.1: 0x05 "not authorised", as Mosquitto answers. The codec
     // reads a 3.x return code as its MQTT 5 equivalent: 0x05 is 0x87, 0x04 would be 0x86.
-    assert_eq!(connack(&server, V5, Some("alice"), Some("bob-pw")).await, Some(reason::BAD_USER_NAME_OR_PASSWORD));
-    assert_eq!(connack(&server, V5, Some("nobody"), Some("x")).await, Some(reason::BAD_USER_NAME_OR_PASSWORD));
-    assert_eq!(connack(&server, V3, Some("alice"), Some("wrong")).await, Some(V3_NOT_AUTHORISED));
-    assert_eq!(connack(&server, V3, Some("nobody"), Some("x")).await, Some(V3_NOT_AUTHORISED));
+    assert_eq!(
+        connack(&server, V5, Some("alice"), Some("bob-pw")).await,
+        Some(reason::BAD_USER_NAME_OR_PASSWORD)
+    );
+    assert_eq!(
+        connack(&server, V5, Some("nobody"), Some("x")).await,
+        Some(reason::BAD_USER_NAME_OR_PASSWORD)
+    );
+    assert_eq!(
+        connack(&server, V3, Some("alice"), Some("wrong")).await,
+        Some(V3_NOT_AUTHORISED)
+    );
+    assert_eq!(
+        connack(&server, V3, Some("nobody"), Some("x")).await,
+        Some(V3_NOT_AUTHORISED)
+    );
     // Anonymous where it is not allowed: 0x87 / 0x05.
-    assert_eq!(connack(&server, V5, None, None).await, Some(reason::NOT_AUTHORIZED));
-    assert_eq!(connack(&server, V3, None, None).await, Some(V3_NOT_AUTHORISED));
+    assert_eq!(
+        connack(&server, V5, None, None).await,
+        Some(reason::NOT_AUTHORIZED)
+    );
+    assert_eq!(
+        connack(&server, V3, None, None).await,
+        Some(V3_NOT_AUTHORISED)
+    );
     // fleetmq passwd --verify agrees.
     let path = dir.path().join("passwd");
     let verify = |user: &str, password: &str| {
@@ -127,7 +175,9 @@ async fn scram_sha_256_authenticates_and_re_authenticates() {
     client.send(Packet::Connect(Box::new(connect))).await;
     let server_first = auth_data(client.next().await, reason::CONTINUE_AUTHENTICATION);
     let (client_final, server_final) = scram::finish(&first, &server_first, "carol-pw").unwrap();
-    client.send(auth(reason::CONTINUE_AUTHENTICATION, &client_final)).await;
+    client
+        .send(auth(reason::CONTINUE_AUTHENTICATION, &client_final))
+        .await;
     match client.next().await {
         Some(Packet::ConnAck(connack)) => {
             assert_eq!(connack.reason_code, 0);
@@ -141,14 +191,21 @@ async fn scram_sha_256_authenticates_and_re_authenticates() {
     client.send(auth(reason::RE_AUTHENTICATE, &first)).await;
     let server_first = auth_data(client.next().await, reason::CONTINUE_AUTHENTICATION);
     let (client_final, server_final) = scram::finish(&first, &server_first, "carol-pw").unwrap();
-    client.send(auth(reason::CONTINUE_AUTHENTICATION, &client_final)).await;
-    assert_eq!(auth_data(client.next().await, reason::SUCCESS), server_final);
+    client
+        .send(auth(reason::CONTINUE_AUTHENTICATION, &client_final))
+        .await;
+    assert_eq!(
+        auth_data(client.next().await, reason::SUCCESS),
+        server_final
+    );
     // A failed re-authentication ends the connection with 0x87.
     let first = scram::first("carol", "client-nonce-3");
     client.send(auth(reason::RE_AUTHENTICATE, &first)).await;
     let server_first = auth_data(client.next().await, reason::CONTINUE_AUTHENTICATION);
     let (client_final, _) = scram::finish(&first, &server_first, "wrong").unwrap();
-    client.send(auth(reason::CONTINUE_AUTHENTICATION, &client_final)).await;
+    client
+        .send(auth(reason::CONTINUE_AUTHENTICATION, &client_final))
+        .await;
     assert_eq!(client.closed_with().await, Some(reason::NOT_AUTHORIZED));
     server.shutdown().await;
 }
@@ -166,13 +223,20 @@ async fn scram_with_a_wrong_password_or_an_unknown_method_is_refused() {
     client.send(Packet::Connect(Box::new(connect))).await;
     let server_first = auth_data(client.next().await, reason::CONTINUE_AUTHENTICATION);
     let (client_final, _) = scram::finish(&first, &server_first, "guess").unwrap();
-    client.send(auth(reason::CONTINUE_AUTHENTICATION, &client_final)).await;
-    assert!(matches!(client.next().await, Some(Packet::ConnAck(c)) if c.reason_code == reason::BAD_USER_NAME_OR_PASSWORD));
+    client
+        .send(auth(reason::CONTINUE_AUTHENTICATION, &client_final))
+        .await;
+    assert!(
+        matches!(client.next().await, Some(Packet::ConnAck(c)) if c.reason_code == reason::BAD_USER_NAME_OR_PASSWORD)
+    );
 
     let mut client = Raw::tcp(server.local_addr(), V5).await;
     let mut connect = connect_packet(V5, "kerberos", None, None);
     connect.properties.authentication_method = Some("GSSAPI".into());
-    assert_eq!(client.connect(connect).await, Some(reason::BAD_AUTHENTICATION_METHOD));
+    assert_eq!(
+        client.connect(connect).await,
+        Some(reason::BAD_AUTHENTICATION_METHOD)
+    );
     server.shutdown().await;
 }
 
@@ -202,9 +266,20 @@ async fn suback(client: &mut Raw<tokio::net::TcpStream>, filters: &[&str]) -> Ve
     }
 }
 
-async fn logged_in(server: &ServerHandle, version: ProtocolVersion, id: &str, user: &str, password: &str) -> Raw<tokio::net::TcpStream> {
+async fn logged_in(
+    server: &ServerHandle,
+    version: ProtocolVersion,
+    id: &str,
+    user: &str,
+    password: &str,
+) -> Raw<tokio::net::TcpStream> {
     let mut client = Raw::tcp(server.local_addr(), version).await;
-    assert_eq!(client.connect(connect_packet(version, id, Some(user), Some(password))).await, Some(0));
+    assert_eq!(
+        client
+            .connect(connect_packet(version, id, Some(user), Some(password)))
+            .await,
+        Some(0)
+    );
     client
 }
 
@@ -227,38 +302,74 @@ async fn acl_rules_patterns_deny_and_sys_protection() {
     let mut bob = logged_in(&server, V3, "bob-dev", "bob", "bob-pw").await;
     // v3: refused filters are 0x80.
     assert_eq!(
-        suback(&mut bob, &["shared/+/x", "devices/bob-dev/#", "devices/other/#", "inbox/bob", "#"]).await,
+        suback(
+            &mut bob,
+            &[
+                "shared/+/x",
+                "devices/bob-dev/#",
+                "devices/other/#",
+                "inbox/bob",
+                "#"
+            ]
+        )
+        .await,
         [1, 1, 0x80, 1, 0x80]
     );
     let mut alice = logged_in(&server, V5, "alice-dev", "alice", "alice-pw").await;
     // v5: 0x87; deny wins over the broader rule.
-    assert_eq!(suback(&mut alice, &["shared/news", "shared/secret", "inbox/bob", "$SYS/#"]).await, [1, 0x87, 0x87, 1]);
+    assert_eq!(
+        suback(
+            &mut alice,
+            &["shared/news", "shared/secret", "inbox/bob", "$SYS/#"]
+        )
+        .await,
+        [1, 0x87, 0x87, 1]
+    );
     // A permitted publish is delivered to bob.
-    alice.send(publish("shared/a/x", QoS::AtLeastOnce, 1, "ok")).await;
+    alice
+        .send(publish("shared/a/x", QoS::AtLeastOnce, 1, "ok"))
+        .await;
     assert!(matches!(alice.next().await, Some(Packet::PubAck(ack)) if ack.reason_code == 0));
     assert!(matches!(bob.next().await, Some(Packet::Publish(p)) if &p.topic[..] == "shared/a/x"));
     // Denied and `$` publishes: v5 PUBACK 0x87, not delivered.
     for topic in ["shared/secret", "devices/bob-dev/x", "$SYS/fake"] {
         alice.send(publish(topic, QoS::AtLeastOnce, 2, "no")).await;
-        assert!(matches!(alice.next().await, Some(Packet::PubAck(ack)) if ack.reason_code == reason::NOT_AUTHORIZED), "{topic}");
+        assert!(
+            matches!(alice.next().await, Some(Packet::PubAck(ack)) if ack.reason_code == reason::NOT_AUTHORIZED),
+            "{topic}"
+        );
     }
     // QoS 2 refused with PUBREC 0x87; the packet id is free again right away.
-    alice.send(publish("elsewhere", QoS::ExactlyOnce, 3, "no")).await;
-    assert!(matches!(alice.next().await, Some(Packet::PubRec(ack)) if ack.reason_code == reason::NOT_AUTHORIZED));
-    alice.send(publish("shared/b/x", QoS::ExactlyOnce, 3, "yes")).await;
+    alice
+        .send(publish("elsewhere", QoS::ExactlyOnce, 3, "no"))
+        .await;
+    assert!(
+        matches!(alice.next().await, Some(Packet::PubRec(ack)) if ack.reason_code == reason::NOT_AUTHORIZED)
+    );
+    alice
+        .send(publish("shared/b/x", QoS::ExactlyOnce, 3, "yes"))
+        .await;
     assert!(matches!(alice.next().await, Some(Packet::PubRec(ack)) if ack.reason_code == 0));
     assert!(matches!(bob.next().await, Some(Packet::Publish(p)) if &p.topic[..] == "shared/b/x"));
     // v3: bob's denied publish is acknowledged but not delivered.
     let mut watcher = logged_in(&server, V5, "alice-2", "alice", "alice-pw").await;
     assert_eq!(suback(&mut watcher, &["shared/#"]).await, [0x87]);
     assert_eq!(suback(&mut watcher, &["shared/news/#"]).await, [1]);
-    bob.send(publish("shared/news/x", QoS::AtLeastOnce, 9, "bob")).await;
+    bob.send(publish("shared/news/x", QoS::AtLeastOnce, 9, "bob"))
+        .await;
     assert!(matches!(bob.next().await, Some(Packet::PubAck(ack)) if ack.reason_code == 0));
-    bob.send(publish("devices/bob-dev/up", QoS::AtLeastOnce, 10, "own")).await;
+    bob.send(publish("devices/bob-dev/up", QoS::AtLeastOnce, 10, "own"))
+        .await;
     assert!(matches!(bob.next().await, Some(Packet::PubAck(_))));
-    alice.send(publish("shared/news/y", QoS::AtMostOnce, 0, "from alice")).await;
+    alice
+        .send(publish("shared/news/y", QoS::AtMostOnce, 0, "from alice"))
+        .await;
     match watcher.next().await {
-        Some(Packet::Publish(p)) => assert_eq!(&p.topic[..], "shared/news/y", "bob's message must not arrive"),
+        Some(Packet::Publish(p)) => assert_eq!(
+            &p.topic[..],
+            "shared/news/y",
+            "bob's message must not arrive"
+        ),
         other => panic!("expected alice's message, got {other:?}"),
     }
     server.shutdown().await;

@@ -136,7 +136,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
 /// still serves.
 pub async fn connected(addr: SocketAddr, version: ProtocolVersion, id: &str) -> Raw<TcpStream> {
     let mut client = Raw::tcp(addr, version).await;
-    assert_eq!(client.connect(connect_packet(version, id, None, None)).await, Some(0));
+    assert_eq!(
+        client
+            .connect(connect_packet(version, id, None, None))
+            .await,
+        Some(0)
+    );
     client
 }
 
@@ -182,7 +187,9 @@ impl Pki {
         let client = ca.issue_client("device-1", not_before, not_after).unwrap();
         write("client.pem", &client.cert);
         write("client.key", &client.key);
-        let stranger = other.issue_client("device-1", not_before, not_after).unwrap();
+        let stranger = other
+            .issue_client("device-1", not_before, not_after)
+            .unwrap();
         write("stranger.pem", &stranger.cert);
         write("stranger.key", &stranger.key);
         let past = time::OffsetDateTime::now_utc() - time::Duration::days(10);

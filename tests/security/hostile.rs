@@ -29,13 +29,41 @@ async fn malformed_packets_after_connect_close_with_their_reason() {
     let server = start(config_with(Vec::new())).await;
     let addr = server.local_addr();
     let cases: Vec<(&str, Vec<u8>, u8)> = vec![
-        ("remaining length overflow (5-byte varint)", vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01], reason::MALFORMED_PACKET),
-        ("huge declared length", vec![0x30, 0xff, 0xff, 0xff, 0x7f], reason::PACKET_TOO_LARGE),
-        ("duplicate property", raw_publish(b"a/b", &[0x01, 0x00, 0x01, 0x00]), reason::PROTOCOL_ERROR),
-        ("invalid UTF-8 topic", raw_publish(&[0x61, 0xff, 0xfe], &[]), reason::MALFORMED_PACKET),
-        ("U+0000 in topic", raw_publish(b"a\0b", &[]), reason::MALFORMED_PACKET),
-        ("wildcard in a topic name", raw_publish(b"a/+", &[]), reason::TOPIC_NAME_INVALID),
-        ("reserved packet type 0", vec![0x00, 0x00], reason::MALFORMED_PACKET),
+        (
+            "remaining length overflow (5-byte varint)",
+            vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+            reason::MALFORMED_PACKET,
+        ),
+        (
+            "huge declared length",
+            vec![0x30, 0xff, 0xff, 0xff, 0x7f],
+            reason::PACKET_TOO_LARGE,
+        ),
+        (
+            "duplicate property",
+            raw_publish(b"a/b", &[0x01, 0x00, 0x01, 0x00]),
+            reason::PROTOCOL_ERROR,
+        ),
+        (
+            "invalid UTF-8 topic",
+            raw_publish(&[0x61, 0xff, 0xfe], &[]),
+            reason::MALFORMED_PACKET,
+        ),
+        (
+            "U+0000 in topic",
+            raw_publish(b"a\0b", &[]),
+            reason::MALFORMED_PACKET,
+        ),
+        (
+            "wildcard in a topic name",
+            raw_publish(b"a/+", &[]),
+            reason::TOPIC_NAME_INVALID,
+        ),
+        (
+            "reserved packet type 0",
+            vec![0x00, 0x00],
+            reason::MALFORMED_PACKET,
+        ),
     ];
     for (what, bytes, expected) in cases {
         let mut client = connected(addr, V5, "hostile").await;
@@ -53,10 +81,22 @@ async fn bad_first_packets_are_closed_without_an_answer() {
     let addr = server.local_addr();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("PUBLISH before CONNECT", raw_publish(b"a", &[])),
-        ("CONNECT with a 5-byte varint", vec![0x10, 0x80, 0x80, 0x80, 0x80, 0x01]),
-        ("truncated CONNECT, then EOF", vec![0x10, 0x10, 0x00, 0x04, b'M', b'Q']),
-        ("CONNECT longer than the maximum packet size", vec![0x10, 0xff, 0xff, 0xff, 0x7f]),
-        ("HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "CONNECT with a 5-byte varint",
+            vec![0x10, 0x80, 0x80, 0x80, 0x80, 0x01],
+        ),
+        (
+            "truncated CONNECT, then EOF",
+            vec![0x10, 0x10, 0x00, 0x04, b'M', b'Q'],
+        ),
+        (
+            "CONNECT longer than the maximum packet size",
+            vec![0x10, 0xff, 0xff, 0xff, 0x7f],
+        ),
+        (
+            "HTTP request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
     ];
     for (what, bytes) in cases {
         let mut client = Raw::tcp(addr, V5).await;
@@ -111,7 +151,12 @@ async fn a_stalled_tls_handshake_is_cut_and_others_get_through() {
     stalled.send_bytes(&[0x16, 0x03, 0x01, 0x00, 0x80]).await;
     let stream = pki.tls_connect(tls, None).await.unwrap();
     let mut client = Raw::new(stream, V5);
-    assert_eq!(client.connect(connect_packet(V5, "meanwhile", None, None)).await, Some(0));
+    assert_eq!(
+        client
+            .connect(connect_packet(V5, "meanwhile", None, None))
+            .await,
+        Some(0)
+    );
     assert_eq!(stalled.next().await, None);
     server.shutdown().await;
 }

@@ -25,7 +25,10 @@ async fn listener_connection_limit_closes_the_excess_only() {
     let _first = connected(limited, V5, "one").await;
     let _second = connected(limited, V5, "two").await;
     let mut third = Raw::tcp(limited, V5).await;
-    assert_eq!(third.connect(connect_packet(V5, "three", None, None)).await, None);
+    assert_eq!(
+        third.connect(connect_packet(V5, "three", None, None)).await,
+        None
+    );
     still_serving(server.local_addr()).await;
     drop(_first);
     // The slot comes back once the broker notices the close.
@@ -54,7 +57,10 @@ async fn global_connection_limit_spans_listeners() {
     let _held_two = connected(second, V5, "b").await;
     assert_eq!(server.open_connections(), 2);
     let mut excess = Raw::tcp(second, V5).await;
-    assert_eq!(excess.connect(connect_packet(V5, "c", None, None)).await, None);
+    assert_eq!(
+        excess.connect(connect_packet(V5, "c", None, None)).await,
+        None
+    );
     held_one.send(Packet::PingReq).await;
     assert_eq!(held_one.next().await, Some(Packet::PingResp));
     server.shutdown().await;
@@ -69,7 +75,11 @@ async fn connection_rate_is_limited_per_listener_before_any_byte_is_read() {
     let mut refused = 0;
     for index in 0..4 {
         let mut client = Raw::tcp(limited, V5).await;
-        if client.connect(connect_packet(V5, &format!("r{index}"), None, None)).await.is_none() {
+        if client
+            .connect(connect_packet(V5, &format!("r{index}"), None, None))
+            .await
+            .is_none()
+        {
             refused += 1;
         }
     }
@@ -88,7 +98,9 @@ async fn publish_rate_refuses_with_0x97_then_disconnects_with_0x96() {
     let mut client = connected(server.local_addr(), V5, "chatty").await;
     let mut codes = Vec::new();
     for id in 1..=6u16 {
-        client.send(publish("rate/x", QoS::AtLeastOnce, id, "x")).await;
+        client
+            .send(publish("rate/x", QoS::AtLeastOnce, id, "x"))
+            .await;
         match client.next().await {
             Some(Packet::PubAck(ack)) => codes.push(ack.reason_code),
             other => panic!("expected PUBACK, got {other:?}"),
@@ -96,12 +108,22 @@ async fn publish_rate_refuses_with_0x97_then_disconnects_with_0x96() {
     }
     // Over the rate: refused, not delivered (0x10: no subscribers for the accepted ones).
     assert_eq!(&codes[..3], [reason::NO_MATCHING_SUBSCRIBERS; 3]);
-    assert!(codes[3..].iter().all(|code| *code == reason::QUOTA_EXCEEDED), "{codes:?}");
+    assert!(
+        codes[3..]
+            .iter()
+            .all(|code| *code == reason::QUOTA_EXCEEDED),
+        "{codes:?}"
+    );
     // Twice the rate: disconnected.
     for id in 7..=12u16 {
-        client.send(publish("rate/x", QoS::AtMostOnce, id, "x")).await;
+        client
+            .send(publish("rate/x", QoS::AtMostOnce, id, "x"))
+            .await;
     }
-    assert_eq!(client.closed_with().await, Some(reason::MESSAGE_RATE_TOO_HIGH));
+    assert_eq!(
+        client.closed_with().await,
+        Some(reason::MESSAGE_RATE_TOO_HIGH)
+    );
     still_serving(server.local_addr()).await;
     server.shutdown().await;
 }
@@ -138,7 +160,14 @@ async fn subscriptions_and_topic_sizes_are_bounded() {
     match client.next().await {
         Some(Packet::SubAck(suback)) => assert_eq!(
             suback.reason_codes,
-            [0, 0, 0, reason::QUOTA_EXCEEDED, reason::TOPIC_FILTER_INVALID, reason::TOPIC_FILTER_INVALID]
+            [
+                0,
+                0,
+                0,
+                reason::QUOTA_EXCEEDED,
+                reason::TOPIC_FILTER_INVALID,
+                reason::TOPIC_FILTER_INVALID
+            ]
         ),
         other => panic!("expected SUBACK, got {other:?}"),
     }
@@ -146,7 +175,9 @@ async fn subscriptions_and_topic_sizes_are_bounded() {
     v3.send(subscribe(&["q/1", "q/2", "q/3"])).await;
     assert!(matches!(v3.next().await, Some(Packet::SubAck(s)) if s.reason_codes == [0, 0, 0x80]));
     // A PUBLISH beyond the topic limits closes that connection (0x90).
-    client.send(publish("a/b/c/d", QoS::AtMostOnce, 0, "deep")).await;
+    client
+        .send(publish("a/b/c/d", QoS::AtMostOnce, 0, "deep"))
+        .await;
     assert_eq!(client.closed_with().await, Some(reason::TOPIC_NAME_INVALID));
     v3.send(Packet::PingReq).await;
     assert_eq!(v3.next().await, Some(Packet::PingResp));
@@ -162,10 +193,16 @@ async fn long_client_identifiers_are_refused() {
     .await;
     let long = "d".repeat(24);
     let mut v5 = Raw::tcp(server.local_addr(), V5).await;
-    assert_eq!(v5.connect(connect_packet(V5, &long, None, None)).await, Some(reason::CLIENT_IDENTIFIER_NOT_VALID));
+    assert_eq!(
+        v5.connect(connect_packet(V5, &long, None, None)).await,
+        Some(reason::CLIENT_IDENTIFIER_NOT_VALID)
+    );
     let mut v3 = Raw::tcp(server.local_addr(), V3).await;
     // 3.1.1 return code 0x02, which the codec reports as its MQTT 5 equivalent.
-    assert_eq!(v3.connect(connect_packet(V3, &long, None, None)).await, Some(reason::CLIENT_IDENTIFIER_NOT_VALID));
+    assert_eq!(
+        v3.connect(connect_packet(V3, &long, None, None)).await,
+        Some(reason::CLIENT_IDENTIFIER_NOT_VALID)
+    );
     let _ok = connected(server.local_addr(), V5, &"d".repeat(23)).await;
     still_serving(server.local_addr()).await;
     server.shutdown().await;

@@ -9,7 +9,12 @@ use rumqttc::{AsyncClient, Event, MqttOptions, TlsConfiguration, Transport};
 
 use crate::common::*;
 
-fn rumqttc_tls(pki: &Pki, addr: std::net::SocketAddr, id: &str, cert: Option<&str>) -> (AsyncClient, rumqttc::EventLoop) {
+fn rumqttc_tls(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    id: &str,
+    cert: Option<&str>,
+) -> (AsyncClient, rumqttc::EventLoop) {
     let mut options = MqttOptions::new(id, "localhost", addr.port());
     options.set_keep_alive(Duration::from_secs(30));
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -50,16 +55,25 @@ async fn wait_suback(eventloop: &mut rumqttc::EventLoop) {
 #[tokio::test]
 async fn rumqttc_round_trip_over_tls() {
     let pki = Pki::new();
-    let server = start(config_with(vec![pki.listener(ListenerKind::Tls, ClientAuth::None)])).await;
+    let server = start(config_with(vec![
+        pki.listener(ListenerKind::Tls, ClientAuth::None)
+    ]))
+    .await;
     let addr = server.listener_addrs()[1];
     let (client, mut eventloop) = rumqttc_tls(&pki, addr, "tls-sub", None);
-    client.subscribe("t/#", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    client
+        .subscribe("t/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
     wait_suback(&mut eventloop).await;
     client
         .publish("t/1", rumqttc::QoS::AtLeastOnce, false, "over tls")
         .await
         .unwrap();
-    assert_eq!(next_publish(&mut eventloop).await, ("t/1".into(), b"over tls".to_vec()));
+    assert_eq!(
+        next_publish(&mut eventloop).await,
+        ("t/1".into(), b"over tls".to_vec())
+    );
     server.shutdown().await;
 }
 
@@ -84,7 +98,12 @@ async fn mutual_tls_uses_the_certificate_identity_as_username() {
         .unwrap();
     wait_suback(&mut eventloop).await;
     client
-        .publish("devices/device-1/up", rumqttc::QoS::AtLeastOnce, false, "hi")
+        .publish(
+            "devices/device-1/up",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "hi",
+        )
         .await
         .unwrap();
     assert_eq!(next_publish(&mut eventloop).await.0, "devices/device-1/up");
@@ -107,7 +126,10 @@ async fn refused(pki: &Pki, addr: std::net::SocketAddr, cert: Option<&str>) {
 #[tokio::test]
 async fn foreign_expired_and_missing_client_certificates_are_refused() {
     let pki = Pki::new();
-    let server = start(config_with(vec![pki.listener(ListenerKind::Tls, ClientAuth::Require)])).await;
+    let server = start(config_with(vec![
+        pki.listener(ListenerKind::Tls, ClientAuth::Require)
+    ]))
+    .await;
     let addr = server.listener_addrs()[1];
     refused(&pki, addr, Some("stranger")).await;
     refused(&pki, addr, Some("expired")).await;
@@ -123,7 +145,10 @@ async fn foreign_expired_and_missing_client_certificates_are_refused() {
 #[tokio::test]
 async fn optional_client_auth_admits_no_certificate_but_not_a_bad_one() {
     let pki = Pki::new();
-    let server = start(config_with(vec![pki.listener(ListenerKind::Tls, ClientAuth::Optional)])).await;
+    let server = start(config_with(vec![
+        pki.listener(ListenerKind::Tls, ClientAuth::Optional)
+    ]))
+    .await;
     let addr = server.listener_addrs()[1];
     refused(&pki, addr, Some("stranger")).await;
     let stream = pki.tls_connect(addr, None).await.unwrap();
@@ -136,7 +161,10 @@ async fn optional_client_auth_admits_no_certificate_but_not_a_bad_one() {
 #[tokio::test]
 async fn plain_mqtt_on_a_tls_port_is_closed_and_tls_goes_on() {
     let pki = Pki::new();
-    let server = start(config_with(vec![pki.listener(ListenerKind::Tls, ClientAuth::None)])).await;
+    let server = start(config_with(vec![
+        pki.listener(ListenerKind::Tls, ClientAuth::None)
+    ]))
+    .await;
     let addr = server.listener_addrs()[1];
     let mut plain = Raw::tcp(addr, ProtocolVersion::V3_1_1).await;
     let connect = connect_packet(ProtocolVersion::V3_1_1, "plain", None, None);
@@ -144,14 +172,22 @@ async fn plain_mqtt_on_a_tls_port_is_closed_and_tls_goes_on() {
     assert_eq!(plain.next().await, None);
     let stream = pki.tls_connect(addr, None).await.unwrap();
     let mut client = Raw::new(stream, ProtocolVersion::V5);
-    assert_eq!(client.connect(connect_packet(ProtocolVersion::V5, "tls", None, None)).await, Some(0));
+    assert_eq!(
+        client
+            .connect(connect_packet(ProtocolVersion::V5, "tls", None, None))
+            .await,
+        Some(0)
+    );
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn mosquitto_pub_with_cafile_cert_and_key_is_delivered() {
     let pki = Pki::new();
-    let server = start(config_with(vec![pki.listener(ListenerKind::Tls, ClientAuth::Require)])).await;
+    let server = start(config_with(vec![
+        pki.listener(ListenerKind::Tls, ClientAuth::Require)
+    ]))
+    .await;
     let plain = server.listener_addrs()[0];
     let tls = server.listener_addrs()[1];
     let mut subscriber = connected(plain, ProtocolVersion::V3_1_1, "sub").await;
@@ -186,7 +222,9 @@ async fn mosquitto_pub_with_cafile_cert_and_key_is_delivered() {
         "1".into(),
     ];
     let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("mosquitto_pub").args(&args).status()
+        std::process::Command::new("mosquitto_pub")
+            .args(&args)
+            .status()
     })
     .await
     .unwrap()
@@ -206,7 +244,10 @@ async fn mosquitto_pub_with_cafile_cert_and_key_is_delivered() {
 #[tokio::test]
 async fn a_bad_certificate_reload_keeps_the_old_one() {
     let pki = Pki::new();
-    let server = start(config_with(vec![pki.listener(ListenerKind::Tls, ClientAuth::None)])).await;
+    let server = start(config_with(vec![
+        pki.listener(ListenerKind::Tls, ClientAuth::None)
+    ]))
+    .await;
     let addr = server.listener_addrs()[1];
     assert!(server.reload().is_empty());
     std::fs::write(pki.path("server.pem"), "not a certificate").unwrap();
@@ -215,6 +256,11 @@ async fn a_bad_certificate_reload_keeps_the_old_one() {
     assert!(errors[0].contains("server.pem"), "{errors:?}");
     let stream = pki.tls_connect(addr, None).await.unwrap();
     let mut client = Raw::new(stream, ProtocolVersion::V5);
-    assert_eq!(client.connect(connect_packet(ProtocolVersion::V5, "after", None, None)).await, Some(0));
+    assert_eq!(
+        client
+            .connect(connect_packet(ProtocolVersion::V5, "after", None, None))
+            .await,
+        Some(0)
+    );
     server.shutdown().await;
 }

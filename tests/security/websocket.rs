@@ -10,7 +10,10 @@ use crate::common::*;
 
 async fn round_trip(options: MqttOptions) {
     let (client, mut eventloop) = AsyncClient::new(options, 16);
-    client.subscribe("ws/#", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    client
+        .subscribe("ws/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let received = within("the message back over WebSocket", async {
         loop {
             match eventloop.poll().await {
@@ -50,9 +53,9 @@ async fn rumqttc_round_trip_over_secure_websocket() {
     let server = start(config_with(vec![listener])).await;
     let port = server.listener_addrs()[1].port();
     let mut options = MqttOptions::new("wss-client", format!("wss://localhost:{port}/ws"), port);
-    options.set_transport(Transport::wss_with_config(rumqttc::TlsConfiguration::Rustls(
-        pki.client_config(None),
-    )));
+    options.set_transport(Transport::wss_with_config(
+        rumqttc::TlsConfiguration::Rustls(pki.client_config(None)),
+    ));
     options.set_keep_alive(Duration::from_secs(30));
     round_trip(options).await;
     server.shutdown().await;
@@ -62,11 +65,18 @@ async fn rumqttc_round_trip_over_secure_websocket() {
 async fn an_upgrade_on_another_path_is_refused() {
     let server = start(config_with(vec![loopback(ListenerKind::Ws)])).await;
     let addr = server.listener_addrs()[1];
-    let mut options = MqttOptions::new("lost", format!("ws://127.0.0.1:{}/elsewhere", addr.port()), addr.port());
+    let mut options = MqttOptions::new(
+        "lost",
+        format!("ws://127.0.0.1:{}/elsewhere", addr.port()),
+        addr.port(),
+    );
     options.set_transport(Transport::Ws);
     let (_client, mut eventloop) = AsyncClient::new(options, 4);
     let result = within("the refusal", eventloop.poll()).await;
-    assert!(result.is_err(), "expected a refused upgrade, got {result:?}");
+    assert!(
+        result.is_err(),
+        "expected a refused upgrade, got {result:?}"
+    );
     still_serving(server.local_addr()).await;
     server.shutdown().await;
 }
