@@ -1,5 +1,6 @@
-//! Command line: `fleetmq [serve] | check-config | print-default-config`, and the
-//! start-up steps `main` strings together (configuration, the signals it serves by).
+//! Command line: `fleetmq [serve] | check-config | print-default-config | passwd |
+//! gen-certs`, and the start-up steps `main` strings together (configuration, the
+//! signals it serves by).
 //!
 //! `serve` is the default, so `fleetmq -c FILE` runs the broker. Flags override the file;
 //! `--bind` replaces the configured listeners, like `mosquitto -p`.
@@ -40,6 +41,47 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Print the annotated default configuration, a starting point for your own file.
     PrintDefaultConfig,
+    /// Add, update, delete or verify a user in a password file.
+    Passwd(PasswdArgs),
+    /// Write a development CA and server and client certificates (not for production).
+    GenCerts(GenCertsArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct PasswdArgs {
+    /// Password file (created if missing).
+    pub file: PathBuf,
+    /// Username (may not contain ':').
+    pub username: String,
+    /// The password; read from the first line of standard input when omitted (so it
+    /// does not show up in the process list or shell history).
+    pub password: Option<String>,
+    /// Delete the user instead of setting the password.
+    #[arg(short = 'D', long, conflicts_with_all = ["verify", "password"])]
+    pub delete: bool,
+    /// Check the password against the file instead of setting it; exits 1 if it is wrong.
+    #[arg(long)]
+    pub verify: bool,
+    /// PBKDF2 iterations for the new entry.
+    #[arg(long, default_value_t = crate::auth::password::DEFAULT_ITERATIONS,
+          value_parser = clap::value_parser!(u32).range(4096..=10_000_000))]
+    pub iterations: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct GenCertsArgs {
+    /// Directory for the files.
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    pub out: PathBuf,
+    /// DNS names and IP addresses of the server certificate.
+    #[arg(long = "host", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+    pub hosts: Vec<String>,
+    /// Common Names of client certificates to issue (one file pair each).
+    #[arg(long = "client", value_name = "CN", default_values_t = ["client".to_string()])]
+    pub clients: Vec<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Args)]
@@ -98,10 +140,7 @@ impl ServeArgs {
             config.listeners = self
                 .bind
                 .iter()
-                .map(|bind| ListenerConfig {
-                    kind: ListenerKind::Tcp,
-                    bind: *bind,
-                })
+                .map(|bind| ListenerConfig::new(ListenerKind::Tcp, *bind))
                 .collect();
             changed = true;
         }
@@ -254,18 +293,14 @@ mod tests {
     #[test]
     fn bind_replaces_every_configured_listener() {
         let mut config = Config::default();
-        config.listeners.push(ListenerConfig {
-            kind: ListenerKind::Tcp,
-            bind: "0.0.0.0:1884".parse().unwrap(),
-        });
+        config
+            .listeners
+            .push(ListenerConfig::tcp("0.0.0.0:1884".parse().unwrap()));
         let args = serve_args(&["--bind", "127.0.0.1:2883"]);
         assert!(args.apply_to(&mut config));
         assert_eq!(
             config.listeners,
-            [ListenerConfig {
-                kind: ListenerKind::Tcp,
-                bind: "127.0.0.1:2883".parse().unwrap(),
-            }]
+            [ListenerConfig::tcp("127.0.0.1:2883".parse().unwrap())]
         );
     }
 

@@ -2,11 +2,14 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the path of a PUBLISH.
 
+pub mod auth;
 pub mod broker;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod limits;
+pub mod listener;
 pub mod logging;
 pub mod message;
 pub mod metrics;

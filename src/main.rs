@@ -1,6 +1,6 @@
 //! The `fleetmq` executable: command line → configuration → logging → runtime →
-//! broker, until SIGINT or SIGTERM; SIGHUP reloads the configuration. Any start-up
-//! error ends here, printed once, with exit code 1.
+//! broker, until SIGINT or SIGTERM; SIGHUP reloads the configuration, certificates,
+//! passwords and ACLs. Any start-up error ends here, printed once, with exit code 1.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -35,6 +35,36 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig(args) => {
             Config::from_file(&args.config)?;
             print(&format!("configuration OK: {}\n", args.config.display()))
+        }
+        Command::Passwd(args) => {
+            use fleetmq::auth::passwd_tool::{self, PasswdAction};
+            let password = || match &args.password {
+                Some(password) => Ok(password.clone()),
+                None => passwd_tool::read_password(&mut std::io::stdin().lock()),
+            };
+            let action = if args.delete {
+                PasswdAction::Delete
+            } else if args.verify {
+                PasswdAction::Verify {
+                    password: password()?,
+                }
+            } else {
+                PasswdAction::Set {
+                    password: password()?,
+                    iterations: args.iterations,
+                }
+            };
+            let done = passwd_tool::run(&args.file, &args.username, action)?;
+            print(&format!("{done}\n"))
+        }
+        Command::GenCerts(args) => {
+            let written =
+                fleetmq::certs::generate(&args.out, &args.hosts, &args.clients, args.days)?;
+            let mut text = String::new();
+            for path in written {
+                text.push_str(&format!("wrote {}\n", path.display()));
+            }
+            print(&text)
         }
         Command::Serve(args) => {
             let config = args.load_config()?;
@@ -122,7 +152,9 @@ async fn serve(
 /// Re-reads the configuration file with the command-line flags on top, as at start. A
 /// bad file is logged and changes nothing.
 fn reload(args: &ServeArgs, handle: &ServerHandle) {
-    tracing::info!("SIGHUP received, reloading the configuration");
+    tracing::info!(
+        "SIGHUP received, reloading the configuration, certificates, passwords and ACLs"
+    );
     match args.load_config() {
         Ok(config) => fleetmq::reload::reload(handle.broker(), config).log(),
         Err(error) => {
@@ -131,6 +163,10 @@ fn reload(args: &ServeArgs, handle: &ServerHandle) {
             )
         }
     }
+    // Certificates, the password file and the ACL file are re-read even when the
+    // configuration file is unchanged: rotating a certificate should not need an edit.
+    // Failures are logged there and keep the files in force.
+    let _ = handle.reload();
 }
 
 fn ready_status(handle: &ServerHandle, metrics: Option<&MetricsEndpoint>) -> String {

@@ -25,12 +25,18 @@ pub enum Refusal {
     ClientIdInvalid,
     BadCredentials,
     NotAuthorized,
+    /// Closed at accept: the listener's connection rate was exceeded.
+    ConnectionRate,
+    /// Closed at accept: the listener's or the broker's connection limit was reached.
+    ConnectionLimit,
+    /// The TLS handshake or WebSocket upgrade failed or timed out.
+    TransportHandshake,
     /// Any other CONNACK failure reason (server busy, banned, quota...).
     Other,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::Timeout,
         Refusal::Closed,
         Refusal::Malformed,
@@ -38,6 +44,9 @@ impl Refusal {
         Refusal::ClientIdInvalid,
         Refusal::BadCredentials,
         Refusal::NotAuthorized,
+        Refusal::ConnectionRate,
+        Refusal::ConnectionLimit,
+        Refusal::TransportHandshake,
         Refusal::Other,
     ];
 
@@ -64,6 +73,9 @@ impl Refusal {
             Refusal::ClientIdInvalid => "client_id_invalid",
             Refusal::BadCredentials => "bad_credentials",
             Refusal::NotAuthorized => "not_authorized",
+            Refusal::ConnectionRate => "connection_rate",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::TransportHandshake => "transport_handshake",
             Refusal::Other => "other",
         }
     }
@@ -86,16 +98,19 @@ pub enum Dropped {
     AclDenied,
     /// QoS 0 messages lost in the write buffer of a client cut off as a slow consumer.
     SlowConsumer,
+    /// Refused because the client published above its rate limit (MQTT 5 0x97).
+    RateLimited,
 }
 
 impl Dropped {
-    pub const ALL: [Dropped; 6] = [
+    pub const ALL: [Dropped; 7] = [
         Dropped::QueueFull,
         Dropped::Expired,
         Dropped::OfflineQos0,
         Dropped::TooLarge,
         Dropped::AclDenied,
         Dropped::SlowConsumer,
+        Dropped::RateLimited,
     ];
 
     pub fn label(self) -> &'static str {
@@ -106,6 +121,7 @@ impl Dropped {
             Dropped::TooLarge => "too_large",
             Dropped::AclDenied => "acl_denied",
             Dropped::SlowConsumer => "slow_consumer",
+            Dropped::RateLimited => "rate_limited",
         }
     }
 }

@@ -21,6 +21,7 @@ impl Config {
         self.check_listeners(&mut problems);
         self.check_limits(&mut problems);
         self.check_sessions(&mut problems);
+        self.check_security(&mut problems);
         self.check_storage_and_log(&mut problems);
         self.check_operations(&mut problems);
         problems
@@ -193,7 +194,7 @@ impl Config {
     }
 }
 
-fn at_least_one(problems: &mut Vec<Problem>, key: &str, value: usize) {
+pub(super) fn at_least_one(problems: &mut Vec<Problem>, key: &str, value: usize) {
     if value < 1 {
         problems.push(Problem::new(
             key,
@@ -212,10 +213,7 @@ mod tests {
     }
 
     fn tcp(bind: &str) -> ListenerConfig {
-        ListenerConfig {
-            kind: ListenerKind::Tcp,
-            bind: bind.parse().unwrap(),
-        }
+        ListenerConfig::new(ListenerKind::Tcp, bind.parse().unwrap())
     }
 
     #[test]

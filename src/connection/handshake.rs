@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::broker::{Broker, Refusal, Stats};
 use crate::config::Config;
@@ -44,8 +43,8 @@ impl HandshakeError {
 }
 
 /// Reads the first packet, which must be CONNECT. Bytes after it stay in `buf`.
-pub(super) async fn read_connect(
-    stream: &mut TcpStream,
+pub(super) async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     config: &Config,
     stats: &Stats,
@@ -101,8 +100,13 @@ pub(super) fn negotiate(broker: &Broker, connect: &mut Connect) -> Result<Terms,
         connect.client_id = broker.assign_client_id();
         assigned = Some(connect.client_id.clone());
     }
+    if connect.client_id.len() > usize::from(config.limits.max_client_id_length) {
+        return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+    }
     if let Some(will) = &connect.will {
-        if crate::topic::validate_topic_name(&will.topic).is_err() {
+        if crate::topic::validate_topic_name(&will.topic).is_err()
+            || !super::policy::topic_within_limits(&will.topic, &config.limits)
+        {
             return Err(reason::TOPIC_NAME_INVALID);
         }
     }

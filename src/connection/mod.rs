@@ -1,6 +1,6 @@
 //! The per-client task: moves bytes between the socket and the session.
 //!
-//! One task per TCP connection, with one `select!` over socket reads, socket writes
+//! One task per connection, over any transport (`crate::listener::ClientStream`), with one `select!` over socket reads, socket writes
 //! (while encoded bytes wait), the session's wake-up, the keep-alive deadline, the
 //! takeover signal and server shutdown. Incoming packets are decoded and handed to the
 //! sans-IO `Session`; its actions are carried out here and in `crate::broker` (routing a
@@ -9,20 +9,24 @@
 //! `limits.max_outbox_bytes`: a client whose backlog is full while more messages wait is
 //! a slow consumer and is disconnected.
 
+mod authenticate;
 mod handshake;
+mod policy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytestring::ByteString;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant as TokioInstant;
 
+use crate::auth::{Exchange, Security};
 use crate::broker::{now, Broker, Dropped, Refusal, SessionHandle, Stats};
 use crate::config::Config;
+use crate::listener::{Accepted, ClientStream, ListenerContext};
 use crate::protocol::{decode, encode, reason, ConnAck, Disconnect, Packet, ProtocolVersion, QoS};
 use crate::session::Action;
 use crate::storage::StoreEvent;
@@ -91,15 +95,18 @@ impl Drop for OpenSocket<'_> {
     }
 }
 
-/// Serves one accepted socket until it closes.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+/// Serves one accepted connection until it closes.
+pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<ListenerContext>) {
     Stats::incr(&broker.stats().connections_accepted);
     let _open = OpenSocket(broker.stats());
     // The limits in force when the client arrived hold for its whole connection, even
     // if a reload changes them meanwhile: a MQTT 5 client was told them in CONNACK.
     let config = broker.config();
-    // MQTT packets are small and already batched per wake-up; Nagle would only add delay.
-    let _ = stream.set_nodelay(true);
+    let Accepted {
+        mut stream,
+        peer,
+        certificate_identity,
+    } = accepted;
     let mut shutdown = broker.shutdown_signal();
     let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
 
@@ -154,6 +161,36 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
             return;
         }
     };
+    let admitted = authenticate::admit(
+        &mut stream,
+        &mut read_buf,
+        &broker,
+        &listener,
+        certificate_identity,
+        &connect,
+    )
+    .await;
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
+        Err(reason_code) => {
+            broker
+                .stats()
+                .refused(Refusal::from_reason_code(reason_code));
+            tracing::info!(%peer, client_id = %connect.client_id, reason_code, "authentication refused");
+            let refusal = ConnAck {
+                reason_code,
+                ..ConnAck::default()
+            };
+            send_and_close(
+                &mut stream,
+                Packet::ConnAck(refusal),
+                version,
+                broker.stats(),
+            )
+            .await;
+            return;
+        }
+    };
 
     let connected = broker.connect(&connect, terms.session_expiry);
     tracing::info!(
@@ -167,6 +204,10 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
     );
     let mut connack = terms.connack;
     connack.session_present = connected.session_present;
+    if admitted.method.is_some() {
+        connack.properties.authentication_method = admitted.method.clone();
+        connack.properties.authentication_data = admitted.data;
+    }
     let mut connection = Connection {
         broker: broker.clone(),
         config,
@@ -180,6 +221,12 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
         keep_alive: (terms.keep_alive != 0)
             .then(|| Duration::from_millis(u64::from(terms.keep_alive) * 1500)),
         qos0_unwritten: 0,
+        unflushed: false,
+        security: listener.security.clone(),
+        username: admitted.username,
+        auth_method: admitted.method,
+        exchange: None,
+        rate: policy::PublishRate::new(broker.config().limits.max_publish_rate, now()),
     };
     drop(connect);
     connection
@@ -189,7 +236,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
 
 /// Writes one packet and closes, within `CLOSE_FLUSH_TIMEOUT`.
 async fn send_and_close(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     packet: Packet,
     version: ProtocolVersion,
     stats: &Stats,
@@ -200,17 +247,47 @@ async fn send_and_close(
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write_counted(stream, &buf, stats)).await;
 }
 
-/// Writes `buf` whole, counts it as sent, and closes the sending side.
-async fn write_counted(stream: &mut TcpStream, buf: &[u8], stats: &Stats) -> std::io::Result<()> {
+/// Writes `buf` whole, flushes (TLS and WebSocket buffer), counts it as sent, and closes
+/// the sending side.
+async fn write_counted(
+    stream: &mut (impl AsyncWrite + Unpin),
+    buf: &[u8],
+    stats: &Stats,
+) -> std::io::Result<()> {
     stream.write_all(buf).await?;
+    stream.flush().await?;
     Stats::add(&stats.bytes_sent, buf.len() as u64);
     stream.shutdown().await
+}
+
+/// What one write step achieved.
+enum WriteProgress {
+    /// This many bytes left the write buffer.
+    Wrote(usize),
+    /// The buffer was empty and the stream was flushed.
+    Flushed,
+}
+
+/// Writes some of `buf`, or flushes once it is empty (TLS and WebSocket hold written
+/// bytes until flushed).
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    buf: &mut BytesMut,
+) -> std::io::Result<WriteProgress> {
+    if buf.is_empty() {
+        writer.flush().await?;
+        return Ok(WriteProgress::Flushed);
+    }
+    match writer.write_buf(buf).await? {
+        0 => Err(std::io::ErrorKind::WriteZero.into()),
+        written => Ok(WriteProgress::Wrote(written)),
+    }
 }
 
 /// What woke the connection task.
 enum Event {
     Read(std::io::Result<usize>),
-    Written(std::io::Result<usize>),
+    Written(std::io::Result<WriteProgress>),
     Wake,
     KeepAliveExpired,
     Kicked,
@@ -236,12 +313,22 @@ struct Connection {
     /// QoS 0 PUBLISHes encoded since `write_buf` was last empty: what is lost if the
     /// client is cut off as a slow consumer (QoS 1/2 stay in the session).
     qos0_unwritten: u64,
+    /// Bytes were written since the last flush.
+    unflushed: bool,
+    security: Arc<Security>,
+    /// The authenticated username; `None` for an anonymous client.
+    username: Option<String>,
+    /// The MQTT 5 enhanced authentication method of CONNECT (re-authentication uses it).
+    auth_method: Option<ByteString>,
+    /// A re-authentication in progress.
+    exchange: Option<Box<dyn Exchange>>,
+    rate: policy::PublishRate,
 }
 
 impl Connection {
     async fn run(
         &mut self,
-        mut stream: TcpStream,
+        stream: ClientStream,
         mut kicked: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Exit {
@@ -252,25 +339,25 @@ impl Connection {
         if result.is_ok() {
             result = self.drain_session();
         }
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let exit = loop {
             if let Err(exit) = result {
                 break exit;
             }
-            let (mut reader, mut writer) = stream.split();
-            let has_output = !self.write_buf.is_empty();
+            let has_output = !self.write_buf.is_empty() || self.unflushed;
             self.read_buf.reserve(READ_CHUNK);
             let event = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stopping| *stopping) => Event::Shutdown,
                 _ = kicked.changed() => Event::Kicked,
                 _ = &mut keep_alive_timer, if self.keep_alive.is_some() => Event::KeepAliveExpired,
-                written = writer.write_buf(&mut self.write_buf), if has_output => Event::Written(written),
+                written = write_or_flush(&mut writer, &mut self.write_buf), if has_output => Event::Written(written),
                 read = reader.read_buf(&mut self.read_buf) => Event::Read(read),
                 _ = self.handle.wake.notified() => Event::Wake,
             };
             result = match event {
                 Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
-                Event::Written(Ok(0)) | Event::Written(Err(_)) => Err(Exit::SocketClosed),
+                Event::Written(Err(_)) => Err(Exit::SocketClosed),
                 Event::Read(Ok(read)) => {
                     Stats::add(&self.broker.stats().bytes_received, read as u64);
                     let handled = self.process_input();
@@ -281,11 +368,16 @@ impl Connection {
                     }
                     handled.and_then(|()| self.drain_session())
                 }
-                Event::Written(Ok(written)) => {
+                Event::Written(Ok(WriteProgress::Wrote(written))) => {
                     Stats::add(&self.broker.stats().bytes_sent, written as u64);
+                    self.unflushed = true;
                     if self.write_buf.is_empty() {
                         self.qos0_unwritten = 0;
                     }
+                    Ok(())
+                }
+                Event::Written(Ok(WriteProgress::Flushed)) => {
+                    self.unflushed = false;
                     Ok(())
                 }
                 Event::Wake => self.drain_session(),
@@ -300,7 +392,8 @@ impl Connection {
                 Event::Shutdown => Err(Exit::Shutdown),
             };
         };
-        self.close(&mut stream, exit).await;
+        let _ = reader;
+        self.close(&mut writer, exit).await;
         exit
     }
 
@@ -326,6 +419,11 @@ impl Connection {
 
     fn handle_packet(&mut self, packet: Packet) -> Result<(), Exit> {
         let now = now();
+        let packet = match packet {
+            // Authentication is the connection's business, not the session's.
+            Packet::Auth(auth) if self.version.is_v5() => return self.handle_auth(auth),
+            other => other,
+        };
         let actions = {
             let mut session = self
                 .handle
@@ -342,20 +440,32 @@ impl Connection {
         // Set by a PUBLISH that was not routed; its acknowledgement, which follows in the
         // action list, then says why (MQTT 5 only).
         let mut ack_reason = None;
+        // Set by a PUBLISH that was refused (ACL, `$` topic, rate): its acknowledgement
+        // carries this reason for MQTT 5.
+        let mut refused = None;
         for action in actions {
             match action {
                 Action::Send(mut packet) => {
                     if let Some(reason_code) = ack_reason.take() {
                         mark_ack(&mut packet, reason_code);
                     }
+                    if let Some(code) = refused.take() {
+                        self.refuse_ack(&mut packet, code)?;
+                    }
                     self.out.push(packet);
                 }
-                Action::Route(message) if crate::sys_topics::is_broker_topic(&message.topic) => {
-                    self.broker.stats().dropped(Dropped::AclDenied);
-                    tracing::debug!(client_id = %self.handle.client_id, topic = %message.topic, "PUBLISH to a broker topic discarded");
-                    ack_reason = self.version.is_v5().then_some(reason::NOT_AUTHORIZED);
-                }
                 Action::Route(message) => {
+                    if let Some(code) = self.check_publish(&message, now)? {
+                        self.broker
+                            .stats()
+                            .dropped(if code == reason::QUOTA_EXCEEDED {
+                                Dropped::RateLimited
+                            } else {
+                                Dropped::AclDenied
+                            });
+                        refused = Some(code);
+                        continue;
+                    }
                     // Routed before its acknowledgement is queued: a durable store will
                     // hold the ack back until the message is safely written.
                     let deliveries = self.broker.publish(&message);
@@ -368,7 +478,8 @@ impl Connection {
                     ack_reason = (deliveries == 0 && self.version.is_v5())
                         .then_some(reason::NO_MATCHING_SUBSCRIBERS);
                 }
-                Action::Subscribe(request) => {
+                Action::Subscribe(mut request) => {
+                    self.check_subscribe(&mut request)?;
                     let suback = self
                         .broker
                         .subscribe(&self.handle, self.generation, request)
@@ -432,7 +543,7 @@ impl Connection {
 
     /// Ends the connection: settles the session first (so a fast reconnect finds it
     /// detached), then flushes what is owed to the client and closes the socket.
-    async fn close(&mut self, stream: &mut TcpStream, exit: Exit) {
+    async fn close(&mut self, stream: &mut WriteHalf<ClientStream>, exit: Exit) {
         let client_id = &self.handle.client_id;
         match exit {
             Exit::TakenOver => {
@@ -488,8 +599,9 @@ impl Connection {
 }
 
 /// Gives the success acknowledgement of a PUBLISH that was not routed its reason
-/// (MQTT 5): 0x10 No matching subscribers on PUBACK or PUBREC; 0x87 Not authorized on
-/// PUBACK only, since a failed PUBREC would end a QoS 2 flow the session keeps open.
+/// (MQTT 5): 0x10 No matching subscribers on PUBACK or PUBREC. A failure code goes on
+/// PUBACK only, since a failed PUBREC would end a QoS 2 flow the session keeps open
+/// (refusals go through `refuse_ack`, which also releases the session's QoS 2 state).
 fn mark_ack(packet: &mut Packet, reason_code: u8) {
     match packet {
         Packet::PubAck(ack) if ack.reason_code == reason::SUCCESS => ack.reason_code = reason_code,

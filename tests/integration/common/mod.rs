@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use fleetmq::config::{Config, ListenerConfig, ListenerKind};
+use fleetmq::config::{Config, ListenerConfig};
 use fleetmq::server::ServerHandle;
 
 /// Upper bound on any single wait. It only turns a hang into a failure; no test relies on
@@ -56,10 +56,7 @@ impl Drop for Broker {
 pub async fn start_broker(tweak: impl FnOnce(&mut Config)) -> Broker {
     let data_dir = tempfile::tempdir().expect("temporary data directory");
     let mut config = Config {
-        listeners: vec![ListenerConfig {
-            kind: ListenerKind::Tcp,
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        }],
+        listeners: vec![ListenerConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))],
         ..Config::default()
     };
     config.storage.data_dir = data_dir.path().to_path_buf();
