@@ -24,6 +24,7 @@
 
 pub mod handle;
 pub mod lifecycle;
+pub mod log_throttle;
 pub mod routing;
 pub mod scheduler;
 pub mod stats;

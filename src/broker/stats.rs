@@ -3,11 +3,13 @@
 //! This is the one place the broker counts: connections (opened, closed, refused by
 //! reason), packets, messages and bytes in each direction, every message the broker does
 //! not deliver by reason, and the connection events an operator watches (takeovers, slow
-//! consumers, violations). The Prometheus endpoint (`crate::metrics`) and the `$SYS`
+//! consumers, violations). Drops and refusals are also logged, rate-limited. The Prometheus endpoint (`crate::metrics`) and the `$SYS`
 //! topics (`crate::sys_topics`) both read `snapshot()`; nothing here allocates or locks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
+use super::log_throttle::LogThrottle;
 use crate::protocol::{reason, QoS};
 use crate::session::DropReason;
 
@@ -167,6 +169,8 @@ pub struct Stats {
     dropped: [AtomicU64; Dropped::ALL.len()],
     /// State changes the store failed to record.
     pub storage_errors: AtomicU64,
+    drop_logs: [LogThrottle; Dropped::ALL.len()],
+    refusal_logs: [LogThrottle; Refusal::ALL.len()],
 }
 
 /// A point-in-time copy of `Stats`.
@@ -246,16 +250,39 @@ impl Stats {
     }
 
     /// Counts a message the broker did not deliver.
+    /// Counts a message not delivered, and logs it (rate-limited: see `LogThrottle`).
     pub fn dropped(&self, reason: impl Into<Dropped>) {
-        Stats::incr(&self.dropped[reason.into() as usize]);
+        self.dropped_many(reason.into(), 1);
     }
 
     pub fn dropped_many(&self, reason: Dropped, count: u64) {
         Stats::add(&self.dropped[reason as usize], count);
+        let Some(since_last) = self.drop_logs[reason as usize].occurred(Instant::now()) else {
+            return;
+        };
+        let total = self.dropped[reason as usize].load(Ordering::Relaxed);
+        let label = reason.label();
+        match reason {
+            // Normal operation in small numbers; worth a look only in bulk.
+            Dropped::Expired | Dropped::OfflineQos0 | Dropped::AclDenied => {
+                tracing::info!(reason = label, since_last, total, "messages not delivered")
+            }
+            _ => tracing::warn!(reason = label, since_last, total, "messages dropped"),
+        }
     }
 
+    /// Counts a refused connection, and logs it (rate-limited: see `LogThrottle`).
     pub fn refused(&self, refusal: Refusal) {
         Stats::incr(&self.connections_refused[refusal as usize]);
+        if let Some(since_last) = self.refusal_logs[refusal as usize].occurred(Instant::now()) {
+            let total = self.connections_refused[refusal as usize].load(Ordering::Relaxed);
+            tracing::info!(
+                reason = refusal.label(),
+                since_last,
+                total,
+                "connections refused"
+            );
+        }
     }
 
     pub fn message_received(&self, qos: QoS) {

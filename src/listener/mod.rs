@@ -169,17 +169,14 @@ impl Listener {
             backoff = ACCEPT_BACKOFF_MIN;
             if !bucket.try_take(now()) {
                 broker.stats().refused(Refusal::ConnectionRate);
-                tracing::debug!(%peer, "connection rate exceeded; closed");
                 continue;
             }
             let Some(own_slot) = self.own_connections.try_acquire() else {
                 broker.stats().refused(Refusal::ConnectionLimit);
-                tracing::warn!(%peer, listener = %self.config.bind, "listener connection limit reached; closed");
                 continue;
             };
             let Some(global_slot) = all_connections.try_acquire() else {
                 broker.stats().refused(Refusal::ConnectionLimit);
-                tracing::warn!(%peer, "broker connection limit reached; closed");
                 continue;
             };
             let transport = Transport {
