@@ -24,7 +24,7 @@ const TOPICS: [&str; 2] = ["t/1", "t/2"];
 
 #[derive(Debug, Clone)]
 enum Step {
-    Op(StoreOp),
+    Op(Box<StoreOp>),
     Restore(UnixMillis),
     Reopen,
 }
@@ -382,7 +382,7 @@ fn op() -> impl Strategy<Value = StoreOp> {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        20 => op().prop_map(Step::Op),
+        20 => op().prop_map(|op| Step::Op(Box::new(op))),
         1 => prop::sample::select(vec![T0, T0 + 5_000, T0 + 20_000]).prop_map(Step::Restore),
         1 => Just(Step::Reopen),
     ]
@@ -428,8 +428,8 @@ proptest! {
             match step {
                 Step::Op(op) => {
                     model.apply(&op);
-                    memory.store().submit(vec![op.clone()]).wait().unwrap();
-                    pending.push(rocks.store().submit(vec![op]));
+                    memory.store().submit(vec![(*op).clone()]).wait().unwrap();
+                    pending.push(rocks.store().submit(vec![*op]));
                 }
                 Step::Restore(now) => {
                     pending.drain(..).try_for_each(|c| c.wait()).unwrap();

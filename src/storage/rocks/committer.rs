@@ -255,6 +255,9 @@ fn display_key(key: &[u8]) -> String {
     shown
 }
 
+/// Decodes one record (key, value) of a column family into the ledger being loaded.
+type RecordHandler<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), DecodeError> + 'a;
+
 /// Reads every record into a ledger. Any record that does not decode, or that breaks
 /// the ledger's invariants, is an error naming the column family and key.
 fn scan(
@@ -266,7 +269,7 @@ fn scan(
     let mut ledger = Ledger::new(keep_bodies);
     let each = |family: &ColumnFamily,
                 name: &str,
-                handle: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), DecodeError>|
+                handle: &mut RecordHandler<'_>|
      -> Result<(), StoreError> {
         for item in db.iterator_cf(family, IteratorMode::Start) {
             let (key, value) = item.map_err(|error| StoreError::Corrupt {
