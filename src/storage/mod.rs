@@ -230,9 +230,10 @@ pub mod defaults {
     /// batch.
     pub const MAX_BATCH_OPS: usize = 4096;
     /// How long the writer waits for more submissions before a `batch` write, after the
-    /// first one arrived. Submissions also pile up while a sync is under way, which is
-    /// where most of the grouping comes from.
-    pub const MAX_BATCH_DELAY: Duration = Duration::from_micros(500);
+    /// first one arrived. Zero: submissions pile up while the previous sync is under way,
+    /// which groups them in proportion to the load without delaying a lone publisher
+    /// (measured: a fixed wait only paid off with dozens of concurrent publishers).
+    pub const MAX_BATCH_DELAY: Duration = Duration::ZERO;
     /// Operations waiting for the writer beyond which new messages are refused (state
     /// changes of what is already stored are admitted up to twice this).
     pub const QUEUE_CAPACITY: usize = 65_536;

@@ -103,7 +103,7 @@ async fn each_sync_mode_keeps_its_promise_and_batch_syncs_far_less_than_always()
     let modes = [
         (SyncMode::Always, Duration::ZERO),
         (SyncMode::Batch, RocksOptions::default().max_batch_delay),
-        (SyncMode::Batch, Duration::ZERO),
+        (SyncMode::Batch, Duration::from_micros(500)),
         (SyncMode::Never, Duration::ZERO),
     ];
     for (sync, max_batch_delay) in modes {
