@@ -24,7 +24,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::record::Record;
 use crate::scenarios::{idle, latency, retained, throughput, Outcome, Target};
-use crate::stats::BrokerProbe;
+use crate::stats::ProcProbe;
 
 #[derive(Parser)]
 #[command(name = "fleetmq-bench", about = "MQTT broker load generator")]
@@ -172,7 +172,8 @@ fn target(common: &Common) -> Target {
     Target {
         addr: common.addr,
         label: common.label.clone(),
-        probe: BrokerProbe::new(common.broker_pid, common.clk_tck),
+        probe: ProcProbe::new(common.broker_pid, common.clk_tck),
+        own: ProcProbe::new(Some(std::process::id()), common.clk_tck),
         run_id: format!("{}-{}", std::process::id(), unique_suffix()),
     }
 }

@@ -74,9 +74,10 @@ pub fn parse_rss_kib(status: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Reads the broker process's counters; without a PID every reading is absent.
+/// Reads one process's counters (the broker's, or the generator's own); without a PID
+/// every reading is absent.
 #[derive(Debug, Clone, Copy)]
-pub struct BrokerProbe {
+pub struct ProcProbe {
     pid: Option<u32>,
     clock_ticks_per_sec: u64,
 }
@@ -88,9 +89,9 @@ pub struct ProcSample {
     pub rss_kib: u64,
 }
 
-impl BrokerProbe {
-    pub fn new(pid: Option<u32>, clock_ticks_per_sec: u64) -> BrokerProbe {
-        BrokerProbe {
+impl ProcProbe {
+    pub fn new(pid: Option<u32>, clock_ticks_per_sec: u64) -> ProcProbe {
+        ProcProbe {
             pid,
             clock_ticks_per_sec: clock_ticks_per_sec.max(1),
         }
@@ -118,7 +119,7 @@ impl BrokerProbe {
 
 /// Broker CPU microseconds per unit of work (message, connection), if measurable.
 pub fn cpu_us_per(
-    probe: &BrokerProbe,
+    probe: &ProcProbe,
     before: Option<ProcSample>,
     after: Option<ProcSample>,
     units: u64,
@@ -197,7 +198,7 @@ mod tests {
 
     #[test]
     fn cpu_per_unit_uses_the_clock_tick_rate() {
-        let probe = BrokerProbe::new(Some(1), 100);
+        let probe = ProcProbe::new(Some(1), 100);
         let before = ProcSample {
             cpu_ticks: 100,
             rss_kib: 0,
@@ -222,9 +223,9 @@ mod tests {
 
     #[test]
     fn reads_this_process() {
-        let probe = BrokerProbe::new(Some(std::process::id()), 100);
+        let probe = ProcProbe::new(Some(std::process::id()), 100);
         let sample = probe.sample().unwrap().unwrap();
         assert!(sample.rss_kib > 0);
-        assert!(BrokerProbe::new(None, 100).sample().unwrap().is_none());
+        assert!(ProcProbe::new(None, 100).sample().unwrap().is_none());
     }
 }

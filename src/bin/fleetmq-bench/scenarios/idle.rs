@@ -26,7 +26,7 @@ pub struct Params {
 
 pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     let case = "idle";
-    let before = target.probe.sample()?;
+    let before = target.sample()?;
     let next = Arc::new(AtomicUsize::new(0));
     let options = ConnectOptions {
         keep_alive_secs: params.keep_alive_secs,
@@ -70,7 +70,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         .number("connected", connected as f64)
         .number("connect_per_s", rate(connected, elapsed));
     let mut memory = String::new();
-    if let (Some(before), Some(after)) = (before, after) {
+    if let (Some(before), Some(after)) = (before.broker, after) {
         let grown_bytes = after.rss_kib.saturating_sub(before.rss_kib) * 1024;
         let per_conn = if connected > 0 {
             grown_bytes as f64 / connected as f64

@@ -34,7 +34,7 @@ pub struct Params {
 
 pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     let case = "latency-q1";
-    let before = target.probe.sample()?;
+    let before = target.sample()?;
     let mut subscriber = Conn::connect(
         target.addr,
         &target.client_id("sub", 0),

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::conn::Conn;
 use crate::record::Record;
-use crate::stats::BrokerProbe;
+use crate::stats::{cpu_us_per, ProcProbe, ProcSample};
 use crate::wire::{self, Frame, PublishTemplate, WireError};
 
 /// What every scenario needs to know about the broker under test.
@@ -27,12 +27,28 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Name printed with the results ("fleetmq", "mosquitto", "discard").
     pub label: String,
-    pub probe: BrokerProbe,
+    pub probe: ProcProbe,
+    /// The generator itself, to show its cost per message beside the broker's.
+    pub own: ProcProbe,
     /// Makes client ids unique between runs against one broker.
     pub run_id: String,
 }
 
+/// Counters of the broker and of the generator at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Samples {
+    pub broker: Option<ProcSample>,
+    pub own: Option<ProcSample>,
+}
+
 impl Target {
+    pub fn sample(&self) -> anyhow::Result<Samples> {
+        Ok(Samples {
+            broker: self.probe.sample()?,
+            own: self.own.sample()?,
+        })
+    }
+
     pub fn client_id(&self, role: &str, index: usize) -> String {
         format!("fmqb-{}-{role}-{index}", self.run_id)
     }
@@ -280,21 +296,24 @@ where
     Ok(Received { count, last })
 }
 
-/// Adds the broker figures to a record: `key` is microseconds of broker CPU per one
-/// of `units`, and the broker's resident memory now.
+/// Adds the CPU figures to a record: `key` is microseconds of broker CPU per one of
+/// `units` since `before`, `bench_{key}` the same for the generator; and the broker's
+/// resident memory now.
 pub fn add_cpu(
     record: &mut Record,
     target: &Target,
     key: &str,
-    before: Option<crate::stats::ProcSample>,
+    before: Samples,
     units: u64,
 ) -> anyhow::Result<()> {
-    let after = target.probe.sample()?;
+    let after = target.sample()?;
     record.maybe(
         key,
-        crate::stats::cpu_us_per(&target.probe, before, after, units),
+        cpu_us_per(&target.probe, before.broker, after.broker, units),
     );
-    if let Some(after) = after {
+    let own = cpu_us_per(&target.own, before.own, after.own, units);
+    record.maybe(&format!("bench_{key}"), own);
+    if let Some(after) = after.broker {
         record.number("broker_rss_kib", after.rss_kib as f64);
     }
     Ok(())

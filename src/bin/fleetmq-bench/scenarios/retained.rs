@@ -34,7 +34,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     let payload = vec![b'r'; params.payload];
     let mut topic = String::with_capacity(prefix.len() + 12);
 
-    let before_store = target.probe.sample()?;
+    let before_store = target.sample()?;
     let mut publisher = Conn::connect(
         target.addr,
         &target.client_id("pub", 0),
@@ -57,7 +57,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     )
     .await?;
     let store_elapsed = stored.finished - store_start;
-    let before_receive = target.probe.sample()?;
+    let before_receive = target.sample()?;
 
     let mut subscriber = Conn::connect(
         target.addr,
@@ -90,7 +90,12 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         .number("retained_per_s", rate(received.count, receive_elapsed));
     record.maybe(
         "cpu_us_per_stored",
-        crate::stats::cpu_us_per(&target.probe, before_store, before_receive, stored.acked),
+        crate::stats::cpu_us_per(
+            &target.probe,
+            before_store.broker,
+            before_receive.broker,
+            stored.acked,
+        ),
     );
     add_cpu(
         &mut record,

@@ -46,7 +46,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         Shape::FanOut => ("fanout", 1, params.subscribers.max(1)),
     };
     let case = format!("{case_name}-q{}", params.qos);
-    let before = target.probe.sample()?;
+    let before = target.sample()?;
 
     let filter = match params.shape {
         Shape::FanIn => "bench/+",
