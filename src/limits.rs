@@ -1,20 +1,100 @@
-//! Every default and limit of the broker, in one place. Each is finite.
+//! Every default and every hard bound of the broker, in one place.
+//!
+//! Each default is finite: a client can never make the broker allocate without limit,
+//! and an operator who changes nothing gets a broker that is safe on a small machine.
+//! `config/fleetmq.toml` repeats these values with the same explanations; a test checks
+//! that the two agree, so change both together.
 
-/// Default listener when no configuration is given: loopback only, as Mosquitto 2 does.
+// ---------------------------------------------------------------------------------------
+// Listeners
+// ---------------------------------------------------------------------------------------
+
+/// Default listener when no configuration is given: loopback only, as Mosquitto 2 does,
+/// so a broker started without thinking is not open to the network. 1883 is the
+/// IANA-registered MQTT port.
 pub const DEFAULT_BIND: &str = "127.0.0.1:1883";
-/// 1 MiB: far above typical telemetry, small enough that one client cannot exhaust memory.
+
+// ---------------------------------------------------------------------------------------
+// Packets and connections
+// ---------------------------------------------------------------------------------------
+
+/// 1 MiB: far above typical telemetry (tens to hundreds of bytes), small enough that one
+/// client cannot make the broker buffer much memory per connection. The codec rejects a
+/// larger packet from its fixed header, before buffering the body.
 pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+
+/// Smallest `max_packet_size` accepted. Below this an ordinary CONNECT (client id,
+/// username, password, a will) no longer fits, and MQTT 5 clients could not receive the
+/// properties the broker must send.
+pub const MIN_MAX_PACKET_SIZE: u32 = 128;
+
+/// Largest `max_packet_size` accepted: 268,435,455 bytes (256 MiB - 1) is the largest
+/// Remaining Length the MQTT variable byte integer can encode.
+pub const MAX_MAX_PACKET_SIZE: u32 = 268_435_455;
+
+/// A new connection must send CONNECT within 10 seconds, as rumqttd and Mosquitto's
+/// defaults roughly do: long enough for a device on a slow cellular link, short enough
+/// that idle sockets opened by scanners do not pile up.
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// Largest `connect_timeout_secs` accepted. A longer deadline only keeps unauthenticated
+/// sockets open, and a bound keeps the deadline arithmetic far from overflow.
+pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 3600;
+
+/// 65535 is the largest keep alive MQTT can express, so by default the broker accepts
+/// whatever the client asks for, like Mosquitto's `max_keepalive 65535`.
 pub const DEFAULT_MAX_KEEP_ALIVE_SECS: u16 = 65535;
-pub const DEFAULT_MAX_INFLIGHT_MESSAGES: u16 = 32;
-pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 64;
-/// Mosquitto's max_queued_messages default.
-pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
-pub const DEFAULT_MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
-/// Mosquitto's max_topic_alias default.
-pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 10;
+
+/// 4 MiB of encoded packets may wait for one slow socket before the client counts as a
+/// slow consumer: four maximum-size packets, or thousands of telemetry messages.
 pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Flow control and queues
+// ---------------------------------------------------------------------------------------
+
+/// 32 unacknowledged outgoing QoS 1/2 messages per client: enough to fill a
+/// high-latency link, small enough that a reconnecting client is not flooded with
+/// retransmissions. MQTT 5 clients also cap it with their Receive Maximum.
+pub const DEFAULT_MAX_INFLIGHT_MESSAGES: u16 = 32;
+
+/// 64 incoming QoS 1/2 messages a client may have unacknowledged (our MQTT 5 Receive
+/// Maximum). Each one in QoS 2 costs a stored packet id until PUBREL.
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 64;
+
+/// 1000 messages waiting per session, Mosquitto's `max_queued_messages` default: a
+/// device offline for minutes keeps its backlog; one offline for days does not grow
+/// without end.
+pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
+
+/// 16 MiB waiting per session: sixteen maximum-size packets, and the bound that holds
+/// when messages are large and few.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+/// 10 topic aliases per MQTT 5 client, Mosquitto's `max_topic_alias` default: enough for
+/// a device that publishes to a handful of topics, and a small table per connection.
+pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 10;
+
+// ---------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------
+
+/// 0: a 3.x persistent session (clean session = false) never expires, as in Mosquitto by
+/// default. Its queue stays bounded by the queue limits above.
 pub const DEFAULT_PERSISTENT_SESSION_EXPIRY_SECS: u32 = 0;
+
+/// 4294967295 (0xFFFFFFFF, "never expires" in MQTT 5): by default the broker grants
+/// every Session Expiry Interval a client asks for.
 pub const DEFAULT_MAX_SESSION_EXPIRY_SECS: u32 = u32::MAX;
+
+// ---------------------------------------------------------------------------------------
+// Storage and logging
+// ---------------------------------------------------------------------------------------
+
+/// Durable state goes to `data/`, relative to the working directory, so a broker run
+/// from a checkout keeps its files next to it (the directory is git-ignored).
 pub const DEFAULT_DATA_DIR: &str = "data";
+
+/// `info` logs start-up, the bound listeners, shutdown and warnings, and nothing per
+/// message, so the log of a busy broker stays readable.
 pub const DEFAULT_LOG_LEVEL: &str = "info";

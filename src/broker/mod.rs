@@ -1,1 +1,171 @@
 //! Shared broker state: the session registry, the routes, retained messages and wills.
+//!
+//! Map of the runtime (one `Arc<Broker>` shared by every task):
+//! - `crate::server` binds the listeners and spawns one task per accepted socket.
+//! - `crate::connection` is that task: a single `select!` over the socket, the session's
+//!   wake-up, the keep-alive deadline, the takeover signal and server shutdown. It decodes
+//!   packets, drives the sans-IO `Session`, and carries out the resulting actions here.
+//! - `registry` (client id -> `SessionHandle`) is locked on connect, disconnect and expiry
+//!   only ([`lifecycle`]: clean start, resume, takeover, wills, session end).
+//! - `routes` (a `SubscriptionTrie` behind an `RwLock`) is read-locked by the publishing
+//!   connection itself to fan a message out ([`routing`]); deliveries are pushed into
+//!   each target session's bounded queue and its connection is woken. No router task.
+//! - `retained` (a `RetainedTree`) is written by retained PUBLISHes and read on SUBSCRIBE.
+//! - [`scheduler`] runs delayed wills and session expiry on one timer task.
+//! - [`stats`] counts connections, takeovers and every dropped message by reason.
+//! - `store` receives an event for each state change (`crate::storage`).
+//!
+//! Lock order (never held across `.await`): `registry` -> one session's `state` ->
+//! `routes` / `retained` / scheduler. The router takes `routes` alone, releases it, then
+//! locks target sessions one at a time.
+
+pub mod handle;
+pub mod lifecycle;
+pub mod routing;
+pub mod scheduler;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use bytestring::ByteString;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::message::{Message, SessionKey};
+use crate::session::SessionLimits;
+use crate::storage::{Store, StoreEvent};
+use crate::topic::{RetainedTree, SubscriptionTrie};
+
+pub use handle::{Attachment, SessionHandle};
+pub use lifecycle::Connected;
+pub use routing::Route;
+pub use stats::{Stats, StatsSnapshot};
+
+use scheduler::Scheduler;
+
+pub struct Broker {
+    config: Config,
+    session_limits: SessionLimits,
+    registry: Mutex<HashMap<ByteString, Arc<SessionHandle>>>,
+    routes: RwLock<SubscriptionTrie<SessionKey, Route>>,
+    retained: RwLock<RetainedTree<Arc<Message>>>,
+    scheduler: Scheduler,
+    stats: Stats,
+    store: Arc<dyn Store>,
+    next_session_key: AtomicU64,
+    next_client_number: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Broker {
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Arc<Broker> {
+        let limits = &config.limits;
+        let session_limits = SessionLimits {
+            max_inflight: limits.max_inflight_messages,
+            receive_maximum: limits.receive_maximum,
+            max_queued_messages: limits.max_queued_messages,
+            max_queued_bytes: limits.max_queued_bytes,
+            topic_alias_maximum: limits.topic_alias_maximum,
+        };
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(Broker {
+            session_limits,
+            config,
+            registry: Mutex::new(HashMap::new()),
+            routes: RwLock::new(SubscriptionTrie::new()),
+            retained: RwLock::new(RetainedTree::new()),
+            scheduler: Scheduler::default(),
+            stats: Stats::default(),
+            store,
+            next_session_key: AtomicU64::new(1),
+            next_client_number: AtomicU64::new(1),
+            shutdown,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Number of sessions the broker holds (connected or not).
+    pub fn session_count(&self) -> usize {
+        lock(&self.registry).len()
+    }
+
+    /// The session of `client_id`, if the broker holds one.
+    pub fn session(&self, client_id: &str) -> Option<Arc<SessionHandle>> {
+        lock(&self.registry).get(client_id).cloned()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        read(&self.retained).len()
+    }
+
+    /// Resolves when the server begins shutting down (immediately if it already has).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Tells every connection task and the scheduler to stop.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// A fresh, unique client identifier for a client that connected without one.
+    pub fn assign_client_id(&self) -> ByteString {
+        use std::hash::{BuildHasher, Hasher};
+        let number = self.next_client_number.fetch_add(1, Ordering::Relaxed);
+        // RandomState is seeded per instance from the OS: a cheap source of unguessable
+        // bits, so assigned ids do not repeat across broker restarts either.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        ByteString::from(format!("fleetmq-{number}-{random:016x}"))
+    }
+
+    fn new_handle(&self, client_id: ByteString) -> Arc<SessionHandle> {
+        let key = self.next_session_key.fetch_add(1, Ordering::Relaxed);
+        Arc::new(SessionHandle::new(
+            key,
+            client_id,
+            self.session_limits.clone(),
+        ))
+    }
+
+    /// Reports a state change to the store. A failing store is logged: with the memory
+    /// store it cannot fail, and a durable store decides its own failure policy.
+    pub fn record_event(&self, event: StoreEvent<'_>) {
+        if let Err(error) = self.store.record(event) {
+            tracing::error!(%error, "storage rejected a state change");
+        }
+    }
+}
+
+/// The broker's clock. Taken from tokio so tests with paused time control expiry too.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A panic while holding a broker lock leaves plain data behind, still consistent enough
+/// to keep serving the other clients; poisoning is therefore ignored.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,12 +1,26 @@
 //! Broker configuration: the TOML file, its defaults and its validation.
 //!
 //! Every struct denies unknown keys so a typo is an error that names the key, never a
-//! silently ignored setting. Defaults come from `crate::limits`.
+//! silently ignored setting. Defaults come from `crate::limits`, and `config/fleetmq.toml`
+//! (embedded here as [`DEFAULT_CONFIG_TOML`]) documents each of them; a test checks that
+//! parsing that file gives exactly `Config::default()`.
+//!
+//! Loading and error reporting (file, line and key of each problem) live in `load`, the
+//! range and cross-field checks in `validate`.
+
+mod load;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigError, Problem};
+
+/// The annotated default configuration, as shipped in `config/fleetmq.toml`.
+/// `fleetmq print-default-config` prints it.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/fleetmq.toml");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -139,5 +153,47 @@ impl Default for LogConfig {
         LogConfig {
             level: crate::limits::DEFAULT_LOG_LEVEL.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_file_is_exactly_the_defaults() {
+        let parsed = Config::from_toml_str(DEFAULT_CONFIG_TOML, "config/fleetmq.toml");
+        assert_eq!(parsed.ok(), Some(Config::default()));
+    }
+
+    /// Equality of the parsed file with the defaults would also hold if the file left a
+    /// key out; comparing the raw tables proves it spells out every key.
+    #[test]
+    fn shipped_config_file_spells_out_every_key() {
+        let shipped: toml::Table = DEFAULT_CONFIG_TOML.parse().unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(shipped, defaults);
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let parsed = Config::from_toml_str("", "empty.toml");
+        assert_eq!(parsed.ok(), Some(Config::default()));
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_1883_only() {
+        let config = Config::default();
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners[0].kind, ListenerKind::Tcp);
+        assert_eq!(
+            config.listeners[0].bind,
+            SocketAddr::from(([127, 0, 0, 1], 1883))
+        );
+    }
+
+    #[test]
+    fn defaults_pass_validation() {
+        assert_eq!(Config::default().problems(), Vec::new());
     }
 }

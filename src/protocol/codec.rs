@@ -1,8 +1,29 @@
 //! Framing, decoding and encoding of MQTT packets for every protocol version.
+//!
+//! Decoding is two-pass: the fixed header and remaining length are parsed first, so an
+//! oversized packet is refused before its body is buffered and an incomplete one is left
+//! in place (`Ok(None)`). Then the whole packet is split off the read buffer and decoded
+//! from that shared `Bytes`, so topics, strings and payloads are views, not copies.
+//!
+//! The layouts live in submodules: `reader` (bounds-checked primitives), `properties`
+//! (MQTT 5 property sets), `decode` and `encode` (packet bodies), `sink` (encoding
+//! primitives shared by measuring and writing).
 
-use bytes::BytesMut;
+pub(crate) mod decode;
+mod encode;
+mod properties;
+mod reader;
+pub(crate) mod sink;
+#[cfg(test)]
+mod tests;
+
+use bytes::{Buf, BytesMut};
 
 use super::packet::{Packet, ProtocolVersion};
+use reader::Reader;
+use sink::{Counter, Sink, Writer};
+
+pub use sink::MAX_VARINT as MAX_REMAINING_LENGTH;
 
 /// Why a byte stream could not be decoded. Each variant maps to the MQTT 5 reason code
 /// the broker sends in DISCONNECT (or CONNACK) before closing the connection.
@@ -35,18 +56,127 @@ impl DecodeError {
 /// `version` is `None` until CONNECT has been decoded (only CONNECT is valid then; its
 /// protocol level selects the version). Returns `Ok(None)` when `buf` does not yet hold a
 /// whole packet; the bytes stay in `buf`. The size limit is checked from the fixed header,
-/// before the body is waited for.
+/// before the body is waited for. On success exactly one packet is consumed.
 pub fn decode(
     buf: &mut BytesMut,
     version: Option<ProtocolVersion>,
     max_packet_size: u32,
 ) -> Result<Option<Packet>, DecodeError> {
-    let _ = (buf, version, max_packet_size);
-    todo!("codec")
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let packet_type = first >> 4;
+    let flags = first & 0x0f;
+    if version.is_none() && packet_type != 1 {
+        return Err(DecodeError::Protocol(
+            "[MQTT-3.1.0-1] the first packet must be CONNECT",
+        ));
+    }
+    check_flags(packet_type, flags, version)?;
+    let Some((remaining, varint_len)) = reader::parse_varint(&buf[1..])? else {
+        return Ok(None);
+    };
+    let size = 1 + varint_len + remaining as usize;
+    if size > max_packet_size as usize {
+        return Err(DecodeError::PacketTooLarge {
+            size,
+            max: max_packet_size,
+        });
+    }
+    if buf.len() < size {
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(size).freeze();
+    frame.advance(1 + varint_len);
+    let mut r = Reader::new(frame);
+    let packet = match version {
+        None => Packet::Connect(Box::new(decode::connect(&mut r)?)),
+        Some(version) => body(packet_type, flags, &mut r, version)?,
+    };
+    Ok(Some(packet))
+}
+
+/// Fixed-header flags (spec 2.1.3): PUBLISH carries its own, PUBREL, SUBSCRIBE and
+/// UNSUBSCRIBE must have 0b0010 and every other type 0. MQTT 3.1 set QoS 1 and DUP on
+/// those three like on a PUBLISH, so for 3.1 only the QoS bits are checked there.
+fn check_flags(
+    packet_type: u8,
+    flags: u8,
+    version: Option<ProtocolVersion>,
+) -> Result<(), DecodeError> {
+    let valid = match packet_type {
+        0 => {
+            return Err(DecodeError::Malformed(
+                "[MQTT-2.1.2] reserved packet type 0",
+            ))
+        }
+        3 => true,
+        6 | 8 | 10 if version == Some(ProtocolVersion::V3_1) => flags & 0b0110 == 0b0010,
+        6 | 8 | 10 => flags == 0b0010,
+        _ => flags == 0,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(DecodeError::Malformed(
+            "[MQTT-2.1.3-1] invalid fixed header flags",
+        ))
+    }
+}
+
+fn body(
+    packet_type: u8,
+    flags: u8,
+    r: &mut Reader,
+    version: ProtocolVersion,
+) -> Result<Packet, DecodeError> {
+    use decode::*;
+    Ok(match packet_type {
+        1 => Packet::Connect(Box::new(connect(r)?)),
+        2 => Packet::ConnAck(connack(r, version)?),
+        3 => Packet::Publish(publish(r, flags, version)?),
+        4 => Packet::PubAck(pub_response(r, version, PUBACK_CODES)?),
+        5 => Packet::PubRec(pub_response(r, version, PUBACK_CODES)?),
+        6 => Packet::PubRel(pub_response(r, version, PUBREL_CODES)?),
+        7 => Packet::PubComp(pub_response(r, version, PUBREL_CODES)?),
+        8 => Packet::Subscribe(subscribe(r, version)?),
+        9 => Packet::SubAck(suback(r, version)?),
+        10 => Packet::Unsubscribe(unsubscribe(r, version)?),
+        11 => Packet::UnsubAck(unsuback(r, version)?),
+        12 => empty(r, Packet::PingReq)?,
+        13 => empty(r, Packet::PingResp)?,
+        14 => Packet::Disconnect(disconnect(r, version)?),
+        _ => Packet::Auth(auth(r, version)?),
+    })
 }
 
 /// Appends the encoding of `packet` for `version` to `out`.
+///
+/// Never panics. Fields a packet cannot carry are cut to fit (strings and binary data at
+/// 65,535 bytes). A packet whose remaining length would exceed 268,435,455 bytes cannot
+/// be framed at all and writes nothing; `encoded_len` reports its size, so a caller that
+/// checks the peer's maximum packet size first never gets there.
 pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
-    let _ = (packet, version, out);
-    todo!("codec")
+    let mut counter = Counter::default();
+    encode::body(packet, version, &mut counter);
+    let Ok(remaining) = u32::try_from(counter.0) else {
+        return;
+    };
+    if remaining > sink::MAX_VARINT {
+        return;
+    }
+    out.reserve(1 + sink::varint_len(remaining) + counter.0);
+    let mut writer = Writer(out);
+    writer.u8(encode::first_byte(packet));
+    writer.varint(remaining);
+    encode::body(packet, version, &mut writer);
+}
+
+/// The number of bytes `encode` writes for `packet` (fixed header included), computed
+/// without writing; compare it with the peer's Maximum Packet Size before sending.
+pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
+    let mut counter = Counter::default();
+    encode::body(packet, version, &mut counter);
+    let remaining = u32::try_from(counter.0).unwrap_or(u32::MAX);
+    1 + sink::varint_len(remaining) + counter.0
 }

@@ -5,7 +5,19 @@
 //! subscriptions, queued messages and inflight state while its client is offline.
 //! The connection task and the broker carry out the actions; nothing here does I/O, so
 //! every QoS flow, takeover and expiry rule is testable without a socket.
+//!
+//! The connection drives it in two steps: `handle_packet` for each packet read (its
+//! actions include the acknowledgements), then `poll_outgoing` for what may be sent now.
+//! An acknowledgement from the client frees window slots only for the next poll, and
+//! `enqueue` from the router only queues, so the connection polls after both.
+//!
+//! This file holds the API and the per-connection parameters; the work is split along the
+//! two directions of traffic: `inbound` (client to broker PUBLISH, PUBREL, topic aliases),
+//! `outbound` (queue, inflight window, packet ids, redelivery), `alias` (outgoing topic
+//! alias cache) and `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
+//! client may not send).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +25,13 @@ use bytestring::ByteString;
 
 use crate::message::{Message, SessionKey};
 use crate::protocol::{Connect, Packet, ProtocolVersion, QoS, SubscriptionOptions, Will};
+
+mod alias;
+mod control;
+mod inbound;
+mod outbound;
+#[cfg(test)]
+mod tests;
 
 /// Per-session limits, from `[limits]` in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +86,9 @@ pub struct Violation {
 }
 
 /// What the connection must do after the session handled a packet.
+// `Send` is large because a packet is; actions are short-lived and moved, not stored, so
+// boxing every packet would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Write this packet to the client.
@@ -106,27 +128,76 @@ pub struct UnsubscribeRequest {
     pub filters: Vec<(ByteString, bool)>,
 }
 
+/// What the current connection negotiated in CONNECT. Reset on every `attach`.
+#[derive(Debug, Clone)]
+struct ConnectionParams {
+    protocol: ProtocolVersion,
+    connected: bool,
+    /// The client's Receive Maximum (MQTT 5); `None`: 65535 as the spec defaults it.
+    client_receive_maximum: Option<u16>,
+    /// The client's Maximum Packet Size (MQTT 5); `None`: only the protocol limit.
+    client_maximum_packet_size: Option<u32>,
+    /// The client's Topic Alias Maximum (MQTT 5): how many aliases we may assign.
+    client_topic_alias_maximum: u16,
+    /// Whether CONNECT carried an Authentication Method (enhanced authentication).
+    authentication_method: Option<ByteString>,
+    /// MQTT 5 forbids raising a zero Session Expiry Interval from CONNECT in DISCONNECT.
+    connect_expiry_was_zero: bool,
+}
+
 pub struct Session {
-    _private: (),
+    key: SessionKey,
+    client_id: ByteString,
+    limits: SessionLimits,
+    params: ConnectionParams,
+    expiry_interval: Duration,
+    will: Option<Will>,
+    subscriptions: HashMap<ByteString, SubscriptionEntry>,
+    inbound: inbound::Inbound,
+    outbound: outbound::Outbound,
 }
 
 impl Session {
     /// A new, empty session for `client_id`.
+    ///
+    /// Until the first `attach` the session assumes MQTT 3.1.1 and is not connected.
     pub fn new(key: SessionKey, client_id: ByteString, limits: SessionLimits) -> Session {
-        let _ = (key, client_id, limits);
-        todo!("session")
+        Session {
+            key,
+            client_id,
+            limits,
+            params: ConnectionParams {
+                protocol: ProtocolVersion::V3_1_1,
+                connected: false,
+                client_receive_maximum: None,
+                client_maximum_packet_size: None,
+                client_topic_alias_maximum: 0,
+                authentication_method: None,
+                connect_expiry_was_zero: true,
+            },
+            expiry_interval: Duration::ZERO,
+            will: None,
+            subscriptions: HashMap::new(),
+            inbound: inbound::Inbound::default(),
+            outbound: outbound::Outbound::new(),
+        }
     }
 
     pub fn key(&self) -> SessionKey {
-        todo!("session")
+        self.key
     }
 
     pub fn client_id(&self) -> &ByteString {
-        todo!("session")
+        &self.client_id
     }
 
     pub fn protocol(&self) -> ProtocolVersion {
-        todo!("session")
+        self.params.protocol
+    }
+
+    /// The limits this session was created with.
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
     }
 
     /// A connection attaches (first connect, reconnect or takeover). Takes the client's
@@ -135,82 +206,183 @@ impl Session {
     /// inflight messages for redelivery with DUP set (PUBREL for those already PUBREC'd),
     /// in their original order, ahead of queued messages.
     pub fn attach(&mut self, connect: &Connect, session_expiry: Duration, now: Instant) {
-        let _ = (connect, session_expiry, now);
-        todo!("session")
+        let _ = now;
+        let v5 = connect.protocol.is_v5();
+        let properties = &connect.properties;
+        self.params = ConnectionParams {
+            protocol: connect.protocol,
+            connected: true,
+            client_receive_maximum: if v5 { properties.receive_maximum } else { None },
+            client_maximum_packet_size: if v5 {
+                properties.maximum_packet_size
+            } else {
+                None
+            },
+            client_topic_alias_maximum: if v5 {
+                properties.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
+            authentication_method: if v5 {
+                properties.authentication_method.clone()
+            } else {
+                None
+            },
+            connect_expiry_was_zero: properties.session_expiry_interval.unwrap_or(0) == 0,
+        };
+        self.expiry_interval = session_expiry;
+        self.will = connect.will.clone();
+        self.inbound.reset_aliases();
+        self.outbound.attach(self.params.client_topic_alias_maximum);
     }
 
     /// The connection went away (for any reason). Topic aliases are dropped; inflight and
     /// queued messages stay for the next connection.
     pub fn detach(&mut self, now: Instant) {
         let _ = now;
-        todo!("session")
+        self.params.connected = false;
+        self.inbound.reset_aliases();
+        self.outbound.detach();
     }
 
     pub fn is_connected(&self) -> bool {
-        todo!("session")
+        self.params.connected
     }
 
     /// How long the session lives after detach (0: ends with the connection).
     pub fn expiry_interval(&self) -> Duration {
-        todo!("session")
+        self.expiry_interval
+    }
+
+    /// Overrides the session expiry interval, e.g. to clamp a value the client set in
+    /// DISCONNECT to the broker's configured maximum.
+    pub fn set_expiry_interval(&mut self, interval: Duration) {
+        self.expiry_interval = interval;
     }
 
     /// Takes the will (it is published at most once).
     pub fn take_will(&mut self) -> Option<Will> {
-        todo!("session")
+        self.will.take()
+    }
+
+    /// The will as stored, without taking it (e.g. to read its delay interval).
+    pub fn will(&self) -> Option<&Will> {
+        self.will.as_ref()
     }
 
     /// Handles one packet from the client (anything after CONNECT).
-    pub fn handle_packet(&mut self, packet: Packet, now: Instant) -> Result<Vec<Action>, Violation> {
-        let _ = (packet, now);
-        todo!("session")
+    ///
+    /// A client may only send what the spec lets a client send: a second CONNECT and the
+    /// server-only packets (CONNACK, SUBACK, UNSUBACK, PINGRESP) are protocol errors
+    /// (0x82), as is AUTH without an authentication method in CONNECT.
+    pub fn handle_packet(
+        &mut self,
+        packet: Packet,
+        now: Instant,
+    ) -> Result<Vec<Action>, Violation> {
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(publish, now),
+            Packet::PubRel(response) => Ok(self.handle_pubrel(response)),
+            Packet::PubAck(response) => self.handle_puback(response),
+            Packet::PubRec(response) => self.handle_pubrec(response),
+            Packet::PubComp(response) => self.handle_pubcomp(response),
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => Ok(self.handle_unsubscribe(unsubscribe)),
+            Packet::PingReq => Ok(vec![Action::Send(Packet::PingResp)]),
+            Packet::Disconnect(disconnect) => self.handle_disconnect(disconnect),
+            Packet::Auth(auth) => self.handle_auth(auth),
+            Packet::Connect(_) => Err(control::protocol_error("second CONNECT on a connection")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(
+                control::protocol_error("client sent a packet only a server may send"),
+            ),
+        }
     }
 
     /// Queues a message for the client. QoS 0 to an offline client, an expired message
     /// or a full queue (in messages or bytes) drop it and say why.
     pub fn enqueue(&mut self, delivery: Delivery, now: Instant) -> Result<(), DropReason> {
-        let _ = (delivery, now);
-        todo!("session")
+        if delivery.message.is_expired(now) {
+            return Err(DropReason::Expired);
+        }
+        if !self.params.connected && delivery.qos == QoS::AtMostOnce {
+            return Err(DropReason::OfflineQos0);
+        }
+        self.outbound.push(delivery, &self.limits)
     }
 
     /// Moves what may be sent now into `out`: redeliveries first, then queued messages
     /// while the inflight window allows, assigning packet ids (from 1 upwards, skipping ids
     /// in flight) and outgoing topic aliases. Expired or too-large messages are dropped and
     /// reported in `dropped`.
-    pub fn poll_outgoing(&mut self, now: Instant, out: &mut Vec<Packet>, dropped: &mut Vec<DropReason>) {
-        let _ = (now, out, dropped);
-        todo!("session")
+    pub fn poll_outgoing(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<Packet>,
+        dropped: &mut Vec<DropReason>,
+    ) {
+        if !self.params.connected {
+            return;
+        }
+        let context = self.outgoing_context();
+        self.outbound.poll(&context, now, out, dropped);
     }
 
     /// True if `poll_outgoing` would produce something.
     pub fn has_outgoing(&self) -> bool {
-        todo!("session")
+        self.params.connected && self.outbound.has_outgoing(self.window())
     }
 
     /// Records an accepted subscription; returns whether it existed before.
     pub fn add_subscription(&mut self, filter: ByteString, entry: SubscriptionEntry) -> bool {
-        let _ = (filter, entry);
-        todo!("session")
+        self.subscriptions.insert(filter, entry).is_some()
     }
 
     /// Forgets a subscription; returns whether it existed.
     pub fn remove_subscription(&mut self, filter: &str) -> bool {
-        let _ = filter;
-        todo!("session")
+        self.subscriptions.remove(filter).is_some()
     }
 
     /// Every subscription, to remove the routes when the session ends.
     pub fn subscriptions(&self) -> impl Iterator<Item = (&ByteString, &SubscriptionEntry)> {
-        std::iter::empty()
+        self.subscriptions.iter()
     }
 
     /// Messages queued and not yet in flight.
     pub fn queued_len(&self) -> usize {
-        todo!("session")
+        self.outbound.queued_len()
+    }
+
+    /// Bytes (as `Message::size_bytes` counts them) queued and not yet in flight.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbound.queued_bytes()
     }
 
     /// Outgoing QoS 1/2 messages awaiting acknowledgement.
     pub fn inflight_len(&self) -> usize {
-        todo!("session")
+        self.outbound.inflight_len()
+    }
+
+    /// Incoming QoS 2 messages received and not yet released by PUBREL.
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.inbound.awaiting_release_len()
+    }
+
+    /// The outgoing QoS 1/2 window: `max_inflight` for 3.x, and for MQTT 5 also no more
+    /// than the client's Receive Maximum. Never 0, so a queue can always drain.
+    fn window(&self) -> usize {
+        let ours = self.limits.max_inflight.max(1);
+        let window = match self.params.client_receive_maximum {
+            Some(theirs) if self.params.protocol.is_v5() => ours.min(theirs.max(1)),
+            _ => ours,
+        };
+        usize::from(window)
+    }
+
+    fn outgoing_context(&self) -> outbound::OutgoingContext {
+        outbound::OutgoingContext {
+            protocol: self.params.protocol,
+            window: self.window(),
+            maximum_packet_size: self.params.client_maximum_packet_size,
+        }
     }
 }

@@ -1,0 +1,130 @@
+//! `SessionHandle`: one session as the broker shares it between its connection task, the
+//! router (which enqueues into it) and the expiry scheduler.
+//!
+//! A handle outlives connections. Each attach bumps the handle's *generation*; a
+//! connection task remembers the generation it attached with and only touches the session
+//! while that generation is current. Bumping the generation is therefore also how an older
+//! connection is kicked (takeover) or a discarded session is retired: the new value is
+//! published on a `watch` channel that the older task selects on.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use tokio::sync::{watch, Notify};
+
+use crate::message::SessionKey;
+use crate::protocol::Connect;
+use crate::session::{Session, SessionLimits};
+
+use super::lock;
+
+pub struct SessionHandle {
+    pub key: SessionKey,
+    pub client_id: ByteString,
+    /// The session state machine. Held only for short, non-async critical sections.
+    pub state: Mutex<Session>,
+    /// Woken whenever something was enqueued; the attached connection then drains the
+    /// session with `poll_outgoing`.
+    pub wake: Notify,
+    /// Changed only while `state` is locked, so a check under the lock is authoritative.
+    generation: AtomicU64,
+    /// Mirrors `generation` for the attached connection task to select on.
+    kick: watch::Sender<u64>,
+    /// Mirrors `Session::is_connected` so the router can prefer online members of a
+    /// shared subscription group without locking every member.
+    connected: AtomicBool,
+}
+
+/// What a connection task gets back from attaching to a session.
+pub struct Attachment {
+    pub generation: u64,
+    /// Fires when the generation moves past `generation`: the connection was taken over
+    /// or its session discarded.
+    pub kicked: watch::Receiver<u64>,
+}
+
+impl SessionHandle {
+    pub fn new(key: SessionKey, client_id: ByteString, limits: SessionLimits) -> SessionHandle {
+        let (kick, _) = watch::channel(0);
+        SessionHandle {
+            key,
+            state: Mutex::new(Session::new(key, client_id.clone(), limits)),
+            client_id,
+            wake: Notify::new(),
+            generation: AtomicU64::new(0),
+            kick,
+            connected: AtomicBool::new(false),
+        }
+    }
+
+    /// Locks the session if `generation` is still the attached one; `None` once the
+    /// connection holding `generation` has been taken over or the session retired.
+    pub fn lock_current(&self, generation: u64) -> Option<MutexGuard<'_, Session>> {
+        let guard = lock(&self.state);
+        (self.generation.load(Ordering::Acquire) == generation).then_some(guard)
+    }
+
+    /// Locks the session whatever connection is attached (router, scheduler).
+    pub fn lock(&self) -> MutexGuard<'_, Session> {
+        lock(&self.state)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Attaches a new connection: kicks any previous one, hands the CONNECT to the session.
+    pub fn attach(&self, connect: &Connect, session_expiry: Duration, now: Instant) -> Attachment {
+        let mut session = lock(&self.state);
+        let generation = self.bump_generation();
+        session.attach(connect, session_expiry, now);
+        self.connected.store(true, Ordering::Release);
+        // Subscribing under the lock: a takeover cannot slip in between attach and
+        // subscribe and go unnoticed.
+        let kicked = self.kick.subscribe();
+        drop(session);
+        // The new connection drains redeliveries right after CONNACK; the wake-up also
+        // covers a permit consumed by the connection being replaced.
+        self.wake.notify_one();
+        Attachment { generation, kicked }
+    }
+
+    /// Detaches the connection of the given session guard. Must be called with `session`
+    /// locked from this handle.
+    pub fn detach_locked(&self, session: &mut Session, now: Instant) {
+        session.detach(now);
+        self.connected.store(false, Ordering::Release);
+    }
+
+    /// Retires the handle: the attached connection (if any) is kicked and no generation
+    /// obtained before stays current. Called with `session` locked from this handle.
+    pub fn retire_locked(&self, session: &mut Session, now: Instant) {
+        if session.is_connected() {
+            self.detach_locked(session, now);
+        }
+        self.bump_generation();
+    }
+
+    fn bump_generation(&self) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.kick.send_replace(generation);
+        generation
+    }
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("key", &self.key)
+            .field("client_id", &self.client_id)
+            .field("generation", &self.generation())
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}

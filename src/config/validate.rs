@@ -1,0 +1,343 @@
+//! Range and cross-field checks on a parsed configuration.
+//!
+//! Types already bound most values (a `u16` cannot exceed 65535); these checks catch the
+//! values that parse but cannot work: no listener, two listeners on one port, a queue
+//! that cannot hold a single maximum-size packet. All problems are returned at once so
+//! an operator fixes a file in one pass.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::{Config, Problem};
+use crate::limits::{MAX_CONNECT_TIMEOUT_SECS, MAX_MAX_PACKET_SIZE, MIN_MAX_PACKET_SIZE};
+
+impl Config {
+    /// Every rule this configuration breaks, in file order; empty when it is valid.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        self.check_listeners(&mut problems);
+        self.check_limits(&mut problems);
+        self.check_sessions(&mut problems);
+        self.check_storage_and_log(&mut problems);
+        problems
+    }
+
+    fn check_listeners(&self, problems: &mut Vec<Problem>) {
+        if self.listeners.is_empty() {
+            problems.push(Problem::new(
+                "listeners",
+                "at least one listener is required, e.g. [[listeners]] type = \"tcp\" bind = \"127.0.0.1:1883\"",
+            ));
+        }
+        // Port 0 asks the OS for a free port, so two such listeners never collide.
+        let mut first_use: HashMap<SocketAddr, usize> = HashMap::new();
+        for (index, listener) in self.listeners.iter().enumerate() {
+            let bind = listener.bind;
+            if bind.port() == 0 {
+                continue;
+            }
+            if let Some(first) = first_use.get(&bind) {
+                problems.push(Problem::new(
+                    format!("listeners[{index}].bind"),
+                    format!("{bind} is already used by listeners[{first}]"),
+                ));
+                continue;
+            }
+            // A wildcard address takes the port on every interface of its family, so
+            // it collides with any specific address on the same port.
+            let overlap = first_use.iter().find(|(other, _)| {
+                other.port() == bind.port()
+                    && other.is_ipv4() == bind.is_ipv4()
+                    && (other.ip().is_unspecified() || bind.ip().is_unspecified())
+            });
+            if let Some((other, first)) = overlap {
+                problems.push(Problem::new(
+                    format!("listeners[{index}].bind"),
+                    format!("{bind} overlaps {other} of listeners[{first}] (same port)"),
+                ));
+                continue;
+            }
+            first_use.insert(bind, index);
+        }
+    }
+
+    fn check_limits(&self, problems: &mut Vec<Problem>) {
+        let limits = &self.limits;
+        if !(MIN_MAX_PACKET_SIZE..=MAX_MAX_PACKET_SIZE).contains(&limits.max_packet_size) {
+            problems.push(Problem::new(
+                "limits.max_packet_size",
+                format!(
+                    "{} bytes is out of range; allowed: {MIN_MAX_PACKET_SIZE} to {MAX_MAX_PACKET_SIZE} bytes",
+                    limits.max_packet_size
+                ),
+            ));
+        }
+        if !(1..=MAX_CONNECT_TIMEOUT_SECS).contains(&limits.connect_timeout_secs) {
+            problems.push(Problem::new(
+                "limits.connect_timeout_secs",
+                format!(
+                    "{} seconds is out of range; allowed: 1 to {MAX_CONNECT_TIMEOUT_SECS} seconds",
+                    limits.connect_timeout_secs
+                ),
+            ));
+        }
+        at_least_one(
+            problems,
+            "limits.max_inflight_messages",
+            limits.max_inflight_messages.into(),
+        );
+        at_least_one(
+            problems,
+            "limits.receive_maximum",
+            limits.receive_maximum.into(),
+        );
+        at_least_one(
+            problems,
+            "limits.max_queued_messages",
+            limits.max_queued_messages,
+        );
+        // A message larger than the queue or the outbox could never be delivered.
+        let max_packet = limits.max_packet_size as usize;
+        for (key, value) in [
+            ("limits.max_queued_bytes", limits.max_queued_bytes),
+            ("limits.max_outbox_bytes", limits.max_outbox_bytes),
+        ] {
+            if value < max_packet {
+                problems.push(Problem::new(
+                    key,
+                    format!(
+                        "{value} bytes is smaller than limits.max_packet_size ({max_packet}); it must hold at least one packet of the largest size"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn check_sessions(&self, problems: &mut Vec<Problem>) {
+        let sessions = &self.sessions;
+        // 0 means "never expires" and is governed by the queue limits, not this bound.
+        if sessions.persistent_session_expiry_secs > sessions.max_session_expiry_secs {
+            problems.push(Problem::new(
+                "sessions.persistent_session_expiry_secs",
+                format!(
+                    "{} seconds exceeds sessions.max_session_expiry_secs ({})",
+                    sessions.persistent_session_expiry_secs, sessions.max_session_expiry_secs
+                ),
+            ));
+        }
+    }
+
+    fn check_storage_and_log(&self, problems: &mut Vec<Problem>) {
+        if self.storage.data_dir.as_os_str().is_empty() {
+            problems.push(Problem::new(
+                "storage.data_dir",
+                "must not be empty; use \".\" for the working directory",
+            ));
+        }
+        let level = self.log.level.trim();
+        if level.is_empty() {
+            problems.push(Problem::new(
+                "log.level",
+                "must not be empty; use \"off\" to disable logging",
+            ));
+        } else if let Err(err) = tracing_subscriber::EnvFilter::try_new(level) {
+            problems.push(Problem::new(
+                "log.level",
+                format!(
+                    "'{level}' is not a log filter ({err}); use a level (error, warn, info, debug, trace) or directives like \"info,fleetmq=debug\""
+                ),
+            ));
+        }
+    }
+}
+
+fn at_least_one(problems: &mut Vec<Problem>, key: &str, value: usize) {
+    if value < 1 {
+        problems.push(Problem::new(
+            key,
+            format!("{value} is too small; minimum: 1"),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ListenerConfig, ListenerKind};
+
+    fn keys(config: &Config) -> Vec<String> {
+        config.problems().into_iter().map(|p| p.key).collect()
+    }
+
+    fn tcp(bind: &str) -> ListenerConfig {
+        ListenerConfig {
+            kind: ListenerKind::Tcp,
+            bind: bind.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert!(Config::default().problems().is_empty());
+        assert!(Config::default().validate("defaults").is_ok());
+    }
+
+    #[test]
+    fn no_listener_is_a_problem() {
+        let mut config = Config::default();
+        config.listeners.clear();
+        assert_eq!(keys(&config), ["listeners"]);
+    }
+
+    #[test]
+    fn duplicate_bind_addresses_are_reported_at_the_later_listener() {
+        let config = Config {
+            listeners: vec![
+                tcp("127.0.0.1:1883"),
+                tcp("127.0.0.1:1884"),
+                tcp("127.0.0.1:1883"),
+            ],
+            ..Config::default()
+        };
+        let problems = config.problems();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "listeners[2].bind");
+        assert_eq!(
+            problems[0].message,
+            "127.0.0.1:1883 is already used by listeners[0]"
+        );
+    }
+
+    #[test]
+    fn a_wildcard_address_overlaps_specific_ones_on_the_same_port() {
+        let mut config = Config {
+            listeners: vec![tcp("127.0.0.1:1883"), tcp("0.0.0.0:1883")],
+            ..Config::default()
+        };
+        assert_eq!(keys(&config), ["listeners[1].bind"]);
+        // Another port, or another address family, does not collide.
+        config.listeners = vec![
+            tcp("0.0.0.0:1883"),
+            tcp("127.0.0.1:1884"),
+            tcp("[::1]:1883"),
+        ];
+        assert!(keys(&config).is_empty());
+    }
+
+    #[test]
+    fn port_zero_listeners_never_collide() {
+        let config = Config {
+            listeners: vec![tcp("127.0.0.1:0"), tcp("127.0.0.1:0")],
+            ..Config::default()
+        };
+        assert!(keys(&config).is_empty());
+    }
+
+    #[test]
+    fn max_packet_size_bounds_are_inclusive() {
+        let mut config = Config::default();
+        config.limits.max_queued_bytes = MAX_MAX_PACKET_SIZE as usize;
+        config.limits.max_outbox_bytes = MAX_MAX_PACKET_SIZE as usize;
+        for (size, valid) in [
+            (0, false),
+            (MIN_MAX_PACKET_SIZE - 1, false),
+            (MIN_MAX_PACKET_SIZE, true),
+            (MAX_MAX_PACKET_SIZE, true),
+            (MAX_MAX_PACKET_SIZE + 1, false),
+        ] {
+            config.limits.max_packet_size = size;
+            assert_eq!(keys(&config).is_empty(), valid, "max_packet_size = {size}");
+        }
+    }
+
+    #[test]
+    fn connect_timeout_must_be_between_one_second_and_an_hour() {
+        let mut config = Config::default();
+        for (secs, valid) in [
+            (0, false),
+            (1, true),
+            (MAX_CONNECT_TIMEOUT_SECS, true),
+            (MAX_CONNECT_TIMEOUT_SECS + 1, false),
+            (u64::MAX, false),
+        ] {
+            config.limits.connect_timeout_secs = secs;
+            assert_eq!(
+                keys(&config).is_empty(),
+                valid,
+                "connect_timeout_secs = {secs}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_windows_and_queues_are_problems_all_reported_together() {
+        let mut config = Config::default();
+        config.limits.max_inflight_messages = 0;
+        config.limits.receive_maximum = 0;
+        config.limits.max_queued_messages = 0;
+        assert_eq!(
+            keys(&config),
+            [
+                "limits.max_inflight_messages",
+                "limits.receive_maximum",
+                "limits.max_queued_messages"
+            ]
+        );
+    }
+
+    #[test]
+    fn queue_and_outbox_must_hold_one_maximum_size_packet() {
+        let mut config = Config::default();
+        config.limits.max_packet_size = 4096;
+        config.limits.max_queued_bytes = 4096;
+        config.limits.max_outbox_bytes = 4096;
+        assert!(keys(&config).is_empty());
+        config.limits.max_queued_bytes = 4095;
+        config.limits.max_outbox_bytes = 4095;
+        assert_eq!(
+            keys(&config),
+            ["limits.max_queued_bytes", "limits.max_outbox_bytes"]
+        );
+    }
+
+    #[test]
+    fn persistent_session_expiry_is_capped_by_the_maximum() {
+        let mut config = Config::default();
+        config.sessions.max_session_expiry_secs = 3600;
+        config.sessions.persistent_session_expiry_secs = 0;
+        assert!(keys(&config).is_empty(), "0 (never) is always allowed");
+        config.sessions.persistent_session_expiry_secs = 3600;
+        assert!(keys(&config).is_empty());
+        config.sessions.persistent_session_expiry_secs = 3601;
+        assert_eq!(keys(&config), ["sessions.persistent_session_expiry_secs"]);
+    }
+
+    #[test]
+    fn empty_data_dir_and_bad_log_filters_are_problems() {
+        let mut config = Config::default();
+        config.storage.data_dir = "".into();
+        config.log.level = "  ".into();
+        assert_eq!(keys(&config), ["storage.data_dir", "log.level"]);
+        config.storage.data_dir = "/var/lib/fleetmq".into();
+        config.log.level = "info,fleetmq=loud".into();
+        assert_eq!(keys(&config), ["log.level"]);
+        config.log.level = "warn,fleetmq=debug".into();
+        assert!(keys(&config).is_empty());
+    }
+
+    #[test]
+    fn validate_names_the_origin_on_every_problem() {
+        let mut config = Config {
+            listeners: vec![tcp("127.0.0.1:1883"), tcp("127.0.0.1:1883")],
+            ..Config::default()
+        };
+        config.limits.receive_maximum = 0;
+        let err = config.validate("command line").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command line: invalid configuration, 2 problems:\n  \
+             command line: listeners[1].bind: 127.0.0.1:1883 is already used by listeners[0]\n  \
+             command line: limits.receive_maximum: 0 is too small; minimum: 1"
+        );
+    }
+}

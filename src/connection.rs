@@ -1,1 +1,0 @@
-//! The per-client task: moves bytes between the socket and the session.

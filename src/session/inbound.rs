@@ -1,0 +1,205 @@
+//! Client-to-broker application messages: PUBLISH in, PUBREL, incoming topic aliases.
+//!
+//! Each PUBLISH becomes one `Arc<Message>` routed once. QoS 2 is delivered exactly once by
+//! remembering the packet ids received and not yet released: a PUBLISH the client re-sends
+//! before PUBREL is acknowledged again (PUBREC) but not routed a second time. That set is
+//! session state: it survives reconnects, as the spec requires.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+
+use super::{Action, Session, Violation};
+use crate::message::Message;
+use crate::protocol::reason;
+use crate::protocol::{Packet, PubResponse, Publish, PublishProperties, QoS};
+use crate::topic::validate_topic_name;
+
+#[derive(Debug, Default)]
+pub(super) struct Inbound {
+    /// QoS 2 packet ids received (and routed) whose PUBREL has not arrived yet. Bounded by
+    /// our Receive Maximum for MQTT 5 and by the 65535 packet ids for 3.x.
+    awaiting_release: HashSet<u16>,
+    /// Topic aliases the client set on this connection; at most our Topic Alias Maximum.
+    aliases: HashMap<u16, ByteString>,
+}
+
+impl Inbound {
+    pub(super) fn reset_aliases(&mut self) {
+        self.aliases.clear();
+    }
+
+    pub(super) fn awaiting_release_len(&self) -> usize {
+        self.awaiting_release.len()
+    }
+}
+
+fn violation(reason_code: u8, message: &'static str) -> Violation {
+    Violation {
+        reason_code,
+        message,
+    }
+}
+
+impl Session {
+    /// PUBLISH from the client: resolve the topic, build the message, acknowledge.
+    pub(super) fn handle_publish(
+        &mut self,
+        publish: Publish,
+        now: Instant,
+    ) -> Result<Vec<Action>, Violation> {
+        if publish.qos != QoS::AtMostOnce && publish.packet_id == 0 {
+            return Err(violation(
+                reason::PROTOCOL_ERROR,
+                "QoS 1/2 PUBLISH without a packet identifier",
+            ));
+        }
+        if !publish.properties.subscription_identifiers.is_empty() && self.params.protocol.is_v5() {
+            // Spec 3.3.4: only a server puts subscription identifiers in a PUBLISH.
+            return Err(violation(
+                reason::PROTOCOL_ERROR,
+                "PUBLISH from a client with a subscription identifier",
+            ));
+        }
+        let topic = self.resolve_topic(&publish)?;
+
+        // Check the QoS 2 quota before routing: a refused message must not be delivered.
+        let qos2_duplicate = publish.qos == QoS::ExactlyOnce
+            && self.inbound.awaiting_release.contains(&publish.packet_id);
+        if publish.qos == QoS::ExactlyOnce && !qos2_duplicate {
+            // 3.x has no Receive Maximum: there the set is bounded by the packet id space,
+            // and Mosquitto likewise only enforces the limit for MQTT 5 clients.
+            let maximum = usize::from(self.limits.receive_maximum.max(1));
+            if self.params.protocol.is_v5() && self.inbound.awaiting_release.len() >= maximum {
+                return Err(violation(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "more QoS 2 messages awaiting PUBREL than Receive Maximum",
+                ));
+            }
+        }
+
+        let packet_id = publish.packet_id;
+        let qos = publish.qos;
+        let mut actions = Vec::with_capacity(2);
+        if !qos2_duplicate {
+            actions.push(Action::Route(Arc::new(
+                self.build_message(topic, publish, now),
+            )));
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => actions.push(Action::Send(Packet::PubAck(ack(packet_id, 0)))),
+            QoS::ExactlyOnce => {
+                self.inbound.awaiting_release.insert(packet_id);
+                actions.push(Action::Send(Packet::PubRec(ack(packet_id, 0))));
+            }
+        }
+        Ok(actions)
+    }
+
+    /// PUBREL from the client: the QoS 2 message is released; answer PUBCOMP either way.
+    pub(super) fn handle_pubrel(&mut self, pubrel: PubResponse) -> Vec<Action> {
+        let known = self.inbound.awaiting_release.remove(&pubrel.packet_id);
+        // An unknown id is answered too, so a client that lost our PUBCOMP can finish;
+        // MQTT 5 says which case it was.
+        let reason_code = if known || !self.params.protocol.is_v5() {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        vec![Action::Send(Packet::PubComp(ack(
+            pubrel.packet_id,
+            reason_code,
+        )))]
+    }
+
+    /// The full topic name of a PUBLISH, after topic alias handling (MQTT 5).
+    fn resolve_topic(&mut self, publish: &Publish) -> Result<ByteString, Violation> {
+        let v5 = self.params.protocol.is_v5();
+        let alias = if v5 {
+            publish.properties.topic_alias
+        } else {
+            None
+        };
+        let Some(alias) = alias else {
+            if publish.topic.is_empty() && v5 {
+                return Err(violation(
+                    reason::PROTOCOL_ERROR,
+                    "PUBLISH with an empty topic and no topic alias",
+                ));
+            }
+            validate_name(&publish.topic)?;
+            return Ok(publish.topic.clone());
+        };
+        if alias == 0 || alias > self.limits.topic_alias_maximum {
+            return Err(violation(
+                reason::TOPIC_ALIAS_INVALID,
+                "topic alias is 0 or above the Topic Alias Maximum",
+            ));
+        }
+        if publish.topic.is_empty() {
+            return match self.inbound.aliases.get(&alias) {
+                Some(topic) => Ok(topic.clone()),
+                None => Err(violation(
+                    reason::PROTOCOL_ERROR,
+                    "PUBLISH uses a topic alias that was never set",
+                )),
+            };
+        }
+        validate_name(&publish.topic)?;
+        // Bounded: alias <= topic_alias_maximum, so at most that many entries.
+        self.inbound.aliases.insert(alias, publish.topic.clone());
+        Ok(publish.topic.clone())
+    }
+
+    fn build_message(&self, topic: ByteString, publish: Publish, now: Instant) -> Message {
+        let expires_at = publish
+            .properties
+            .message_expiry_interval
+            // 0 means no expiry, as Mosquitto reads it.
+            .filter(|seconds| *seconds > 0)
+            .and_then(|seconds| now.checked_add(Duration::from_secs(u64::from(seconds))));
+        let PublishProperties {
+            payload_format_indicator,
+            response_topic,
+            correlation_data,
+            user_properties,
+            content_type,
+            ..
+        } = publish.properties;
+        Message {
+            topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            // Per-hop properties (alias, subscription ids, expiry) are filled per delivery.
+            properties: PublishProperties {
+                payload_format_indicator,
+                message_expiry_interval: None,
+                topic_alias: None,
+                response_topic,
+                correlation_data,
+                user_properties,
+                subscription_identifiers: Vec::new(),
+                content_type,
+            },
+            expires_at,
+            publisher: Some(self.key),
+        }
+    }
+}
+
+fn validate_name(topic: &str) -> Result<(), Violation> {
+    validate_topic_name(topic)
+        .map_err(|_| violation(reason::TOPIC_NAME_INVALID, "invalid topic name in PUBLISH"))
+}
+
+pub(super) fn ack(packet_id: u16, reason_code: u8) -> PubResponse {
+    PubResponse {
+        packet_id,
+        reason_code,
+        properties: Default::default(),
+    }
+}

@@ -1,0 +1,409 @@
+//! Broker-to-client application messages: the queue, the inflight window, packet ids,
+//! redelivery after a reconnect, and the acknowledgements (PUBACK, PUBREC, PUBCOMP).
+//!
+//! A delivery waits in a queue bounded in messages and bytes until the inflight window has
+//! room; QoS 0 needs no room. QoS 1/2 deliveries stay in the inflight table, in the order
+//! they were first sent, until the client acknowledges them; after a reconnect they are
+//! sent again (PUBLISH with DUP, or PUBREL once PUBREC arrived) before anything new.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+use bytestring::ByteString;
+
+use super::alias::{AliasPlan, OutgoingAliases};
+use super::control::protocol_error;
+use super::inbound::ack;
+use super::{Action, Delivery, DropReason, Session, SessionLimits, Violation};
+use crate::protocol::{encoded_len, reason};
+use crate::protocol::{Packet, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS};
+
+/// What the current connection allows, as `poll` needs it.
+pub(super) struct OutgoingContext {
+    pub(super) protocol: ProtocolVersion,
+    pub(super) window: usize,
+    pub(super) maximum_packet_size: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InflightState {
+    /// QoS 1 PUBLISH sent.
+    Qos1Published,
+    /// QoS 2 PUBLISH sent.
+    Qos2Published,
+    /// QoS 2 PUBREC received and PUBREL sent.
+    Qos2Released,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    packet_id: u16,
+    delivery: Delivery,
+    state: InflightState,
+}
+
+#[derive(Debug)]
+pub(super) struct Outbound {
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    /// Inflight messages by send sequence, so redelivery keeps the original order.
+    inflight: BTreeMap<u64, Inflight>,
+    /// Packet id to send sequence, for the acknowledgements.
+    sequence_by_id: HashMap<u16, u64>,
+    next_sequence: u64,
+    next_packet_id: u16,
+    /// Set by attach: the next poll resends every inflight message first.
+    redeliver: bool,
+    aliases: OutgoingAliases,
+}
+
+impl Outbound {
+    pub(super) fn new() -> Outbound {
+        Outbound {
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: BTreeMap::new(),
+            sequence_by_id: HashMap::new(),
+            next_sequence: 0,
+            next_packet_id: 1,
+            redeliver: false,
+            aliases: OutgoingAliases::default(),
+        }
+    }
+
+    pub(super) fn attach(&mut self, client_topic_alias_maximum: u16) {
+        self.aliases.reset(client_topic_alias_maximum);
+        self.redeliver = !self.inflight.is_empty();
+    }
+
+    pub(super) fn detach(&mut self) {
+        self.aliases.reset(0);
+        self.redeliver = false;
+    }
+
+    pub(super) fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(super) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    pub(super) fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub(super) fn push(
+        &mut self,
+        delivery: Delivery,
+        limits: &SessionLimits,
+    ) -> Result<(), DropReason> {
+        let size = delivery.message.size_bytes();
+        if self.queue.len() >= limits.max_queued_messages
+            || self.queued_bytes.saturating_add(size) > limits.max_queued_bytes
+        {
+            return Err(DropReason::QueueFull);
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(delivery);
+        Ok(())
+    }
+
+    pub(super) fn has_outgoing(&self, window: usize) -> bool {
+        if self.redeliver && !self.inflight.is_empty() {
+            return true;
+        }
+        self.queue
+            .front()
+            .is_some_and(|next| next.qos == QoS::AtMostOnce || self.inflight.len() < window)
+    }
+
+    pub(super) fn poll(
+        &mut self,
+        context: &OutgoingContext,
+        now: Instant,
+        out: &mut Vec<Packet>,
+        dropped: &mut Vec<DropReason>,
+    ) {
+        if self.redeliver {
+            self.redeliver = false;
+            self.resend_inflight(context, now, out, dropped);
+        }
+        while let Some(next) = self.queue.front() {
+            // Delivery order is kept: a QoS 1/2 message waiting for the window holds back
+            // everything behind it, QoS 0 included.
+            if next.qos != QoS::AtMostOnce
+                && !next.message.is_expired(now)
+                && self.inflight.len() >= context.window
+            {
+                break;
+            }
+            let Some(delivery) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes = self
+                .queued_bytes
+                .saturating_sub(delivery.message.size_bytes());
+            if delivery.message.is_expired(now) {
+                dropped.push(DropReason::Expired);
+                continue;
+            }
+            self.send_new(context, delivery, now, out, dropped);
+        }
+    }
+
+    /// First transmission of a queued delivery.
+    fn send_new(
+        &mut self,
+        context: &OutgoingContext,
+        delivery: Delivery,
+        now: Instant,
+        out: &mut Vec<Packet>,
+        dropped: &mut Vec<DropReason>,
+    ) {
+        let topic = delivery.message.topic.clone();
+        let plan = if context.protocol.is_v5() {
+            self.aliases.plan(&topic)
+        } else {
+            AliasPlan::None
+        };
+        // A message too large for the client gives its packet id back, so ids stay dense.
+        let next_packet_id = self.next_packet_id;
+        let packet_id = if delivery.qos == QoS::AtMostOnce {
+            0
+        } else {
+            let Some(packet_id) = self.allocate_packet_id() else {
+                // Unreachable while the window is at most 65535; keep the message.
+                self.queued_bytes += delivery.message.size_bytes();
+                self.queue.push_front(delivery);
+                return;
+            };
+            packet_id
+        };
+        let packet = Packet::Publish(build_publish(
+            context.protocol,
+            &delivery,
+            now,
+            packet_id,
+            false,
+            plan,
+        ));
+        if !fits(&packet, context) {
+            self.next_packet_id = next_packet_id;
+            dropped.push(DropReason::TooLargeForClient);
+            return;
+        }
+        if delivery.qos != QoS::AtMostOnce {
+            let state = if delivery.qos == QoS::AtLeastOnce {
+                InflightState::Qos1Published
+            } else {
+                InflightState::Qos2Published
+            };
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            self.sequence_by_id.insert(packet_id, sequence);
+            self.inflight.insert(
+                sequence,
+                Inflight {
+                    packet_id,
+                    delivery,
+                    state,
+                },
+            );
+        }
+        self.aliases.commit(&topic, plan);
+        out.push(packet);
+    }
+
+    /// Resends every inflight message in its original order, as the spec requires on a
+    /// reconnect: PUBLISH with DUP and the full topic (aliases were reset), or PUBREL.
+    fn resend_inflight(
+        &mut self,
+        context: &OutgoingContext,
+        now: Instant,
+        out: &mut Vec<Packet>,
+        dropped: &mut Vec<DropReason>,
+    ) {
+        let mut removed = Vec::new();
+        for (sequence, entry) in &self.inflight {
+            if entry.state == InflightState::Qos2Released {
+                out.push(Packet::PubRel(ack(entry.packet_id, reason::SUCCESS)));
+                continue;
+            }
+            // Like Mosquitto, a PUBLISH that expired while the client was away is not
+            // sent again; a PUBREL is, since the client already has the message.
+            if entry.delivery.message.is_expired(now) {
+                dropped.push(DropReason::Expired);
+                removed.push(*sequence);
+                continue;
+            }
+            let packet = Packet::Publish(build_publish(
+                context.protocol,
+                &entry.delivery,
+                now,
+                entry.packet_id,
+                true,
+                AliasPlan::None,
+            ));
+            if !fits(&packet, context) {
+                dropped.push(DropReason::TooLargeForClient);
+                removed.push(*sequence);
+                continue;
+            }
+            out.push(packet);
+        }
+        for sequence in removed {
+            if let Some(entry) = self.inflight.remove(&sequence) {
+                self.sequence_by_id.remove(&entry.packet_id);
+            }
+        }
+    }
+
+    /// The next free packet id: from 1 upwards, wrapping after 65535 to 1, skipping ids
+    /// still in flight.
+    fn allocate_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let candidate = self.next_packet_id;
+            self.next_packet_id = candidate.checked_add(1).unwrap_or(1);
+            if !self.sequence_by_id.contains_key(&candidate) {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    fn inflight_state(&self, packet_id: u16) -> Option<InflightState> {
+        let sequence = self.sequence_by_id.get(&packet_id)?;
+        self.inflight.get(sequence).map(|entry| entry.state)
+    }
+
+    fn set_state(&mut self, packet_id: u16, state: InflightState) {
+        if let Some(entry) = self
+            .sequence_by_id
+            .get(&packet_id)
+            .and_then(|sequence| self.inflight.get_mut(sequence))
+        {
+            entry.state = state;
+        }
+    }
+
+    fn complete(&mut self, packet_id: u16) {
+        if let Some(sequence) = self.sequence_by_id.remove(&packet_id) {
+            self.inflight.remove(&sequence);
+        }
+    }
+}
+
+/// The PUBLISH for one delivery. MQTT 5 gets the forwarded properties, the remaining
+/// message expiry, the subscription identifiers and the topic alias; 3.x gets none.
+fn build_publish(
+    protocol: ProtocolVersion,
+    delivery: &Delivery,
+    now: Instant,
+    packet_id: u16,
+    dup: bool,
+    plan: AliasPlan,
+) -> Publish {
+    let message = &delivery.message;
+    let (topic, properties) = if protocol.is_v5() {
+        let (topic, topic_alias) = match plan {
+            AliasPlan::None => (message.topic.clone(), None),
+            AliasPlan::Existing(alias) => (ByteString::new(), Some(alias)),
+            AliasPlan::Assign(alias) => (message.topic.clone(), Some(alias)),
+        };
+        let properties = PublishProperties {
+            message_expiry_interval: message.remaining_expiry(now),
+            topic_alias,
+            subscription_identifiers: delivery.subscription_ids.clone(),
+            ..message.properties.clone()
+        };
+        (topic, properties)
+    } else {
+        (message.topic.clone(), PublishProperties::default())
+    };
+    Publish {
+        dup,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic,
+        packet_id,
+        properties,
+        payload: message.payload.clone(),
+    }
+}
+
+/// The largest packet the fixed header can frame: a four-byte Remaining Length of
+/// 268,435,455 plus the type byte.
+const MAX_FRAMED_PACKET: usize = 1 + 4 + 268_435_455;
+
+/// Whether the client accepts `packet`: within its Maximum Packet Size (MQTT 5) and
+/// within what the fixed header can frame at all (the encoder writes nothing otherwise).
+fn fits(packet: &Packet, context: &OutgoingContext) -> bool {
+    let limit = context
+        .maximum_packet_size
+        .map_or(MAX_FRAMED_PACKET, |maximum| {
+            MAX_FRAMED_PACKET.min(maximum as usize)
+        });
+    encoded_len(packet, context.protocol) <= limit
+}
+
+impl Session {
+    /// PUBACK: the QoS 1 message is delivered and its window slot is free.
+    pub(super) fn handle_puback(&mut self, puback: PubResponse) -> Result<Vec<Action>, Violation> {
+        match self.outbound.inflight_state(puback.packet_id) {
+            // An unknown id (e.g. a duplicate ack) is ignored, as Mosquitto does.
+            None => {}
+            Some(InflightState::Qos1Published) => self.outbound.complete(puback.packet_id),
+            Some(_) => return Err(protocol_error("PUBACK for a QoS 2 message")),
+        }
+        Ok(Vec::new())
+    }
+
+    /// PUBREC: the client has the QoS 2 message; release it with PUBREL, unless a MQTT 5
+    /// failure reason code ends the flow here.
+    pub(super) fn handle_pubrec(&mut self, pubrec: PubResponse) -> Result<Vec<Action>, Violation> {
+        let packet_id = pubrec.packet_id;
+        let state = self.outbound.inflight_state(packet_id);
+        if state == Some(InflightState::Qos1Published) {
+            return Err(protocol_error("PUBREC for a QoS 1 message"));
+        }
+        let v5 = self.params.protocol.is_v5();
+        if v5 && pubrec.reason_code >= reason::UNSPECIFIED_ERROR {
+            self.outbound.complete(packet_id);
+            return Ok(Vec::new());
+        }
+        let reason_code = match state {
+            Some(_) => {
+                // A repeated PUBREC (state already Qos2Released) gets the PUBREL again.
+                self.outbound
+                    .set_state(packet_id, InflightState::Qos2Released);
+                reason::SUCCESS
+            }
+            // Answered anyway, like Mosquitto, so the client can finish its flow.
+            None if v5 => reason::PACKET_IDENTIFIER_NOT_FOUND,
+            None => reason::SUCCESS,
+        };
+        Ok(vec![Action::Send(Packet::PubRel(ack(
+            packet_id,
+            reason_code,
+        )))])
+    }
+
+    /// PUBCOMP: the QoS 2 flow is complete and its window slot is free.
+    pub(super) fn handle_pubcomp(
+        &mut self,
+        pubcomp: PubResponse,
+    ) -> Result<Vec<Action>, Violation> {
+        match self.outbound.inflight_state(pubcomp.packet_id) {
+            None => {}
+            Some(InflightState::Qos2Released) => self.outbound.complete(pubcomp.packet_id),
+            Some(InflightState::Qos2Published) => {
+                return Err(protocol_error("PUBCOMP before PUBREC"));
+            }
+            Some(InflightState::Qos1Published) => {
+                return Err(protocol_error("PUBCOMP for a QoS 1 message"));
+            }
+        }
+        Ok(Vec::new())
+    }
+}

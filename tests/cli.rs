@@ -1,0 +1,226 @@
+//! The `fleetmq` binary as an operator uses it: printing and checking configurations,
+//! and refusing to serve a bad one. Nothing here starts the broker.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use fleetmq::config::Config;
+
+const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleetmq.toml");
+
+fn fleetmq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fleetmq"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the fleetmq binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A configuration file in its own temporary directory, removed when dropped.
+struct ConfigFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    fn new(text: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("broker.toml");
+        let mut file = std::fs::File::create(&path).expect("create config file");
+        file.write_all(text.as_bytes()).expect("write config file");
+        ConfigFile { _dir: dir, path }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().expect("temporary paths are UTF-8")
+    }
+}
+
+/// Asserts a clean failure: exit code 1, no panic, and every fragment in the message.
+fn assert_fails_naming(output: &Output, fragments: &[&str]) {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "stderr: {err}");
+    assert!(stdout(output).is_empty(), "stdout: {}", stdout(output));
+    for fragment in fragments {
+        assert!(err.contains(fragment), "{fragment:?} missing from: {err}");
+    }
+}
+
+#[test]
+fn print_default_config_parses_back_to_the_defaults() {
+    let output = fleetmq(&["print-default-config"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let printed = stdout(&output);
+    let shipped = std::fs::read_to_string(SHIPPED_CONFIG).expect("shipped config");
+    assert_eq!(printed, shipped);
+    let parsed = Config::from_toml_str(&printed, "print-default-config").expect("valid");
+    assert_eq!(parsed, Config::default());
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let output = fleetmq(&["check-config", "-c", SHIPPED_CONFIG]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        format!("configuration OK: {SHIPPED_CONFIG}\n")
+    );
+}
+
+#[test]
+fn check_config_accepts_a_partial_file() {
+    let file = ConfigFile::new("[limits]\nmax_packet_size = 65536\n");
+    let output = fleetmq(&["check-config", "--config", file.path()]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        format!("configuration OK: {}\n", file.path())
+    );
+}
+
+#[test]
+fn check_config_names_an_unknown_key_and_its_file() {
+    let file = ConfigFile::new("[limits]\nmax_pakcet_size = 4096\n");
+    let output = fleetmq(&["check-config", "-c", file.path()]);
+    assert_fails_naming(
+        &output,
+        &[
+            &format!("{}:2:1:", file.path()),
+            "limits.max_pakcet_size",
+            "unknown key 'max_pakcet_size' in [limits]",
+            "did you mean 'max_packet_size'?",
+        ],
+    );
+}
+
+#[test]
+fn check_config_names_a_key_with_the_wrong_type() {
+    let file = ConfigFile::new("[limits]\nreceive_maximum = \"lots\"\n");
+    let output = fleetmq(&["check-config", "-c", file.path()]);
+    assert_fails_naming(
+        &output,
+        &[file.path(), "limits.receive_maximum", "invalid type"],
+    );
+}
+
+#[test]
+fn check_config_names_an_out_of_range_value() {
+    let file = ConfigFile::new("[limits]\nmax_packet_size = 16\n");
+    let output = fleetmq(&["check-config", "-c", file.path()]);
+    assert_fails_naming(
+        &output,
+        &[
+            &format!("{}:2: limits.max_packet_size", file.path()),
+            "allowed: 128 to 268435455",
+        ],
+    );
+}
+
+#[test]
+fn check_config_reports_every_problem_at_once() {
+    let file = ConfigFile::new(
+        "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1883\"\n\n\
+         [[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1883\"\n\n\
+         [limits]\nconnect_timeout_secs = 0\n",
+    );
+    let output = fleetmq(&["check-config", "-c", file.path()]);
+    assert_fails_naming(
+        &output,
+        &[
+            "2 problems",
+            &format!("{}:7: listeners[1].bind", file.path()),
+            &format!("{}:10: limits.connect_timeout_secs", file.path()),
+        ],
+    );
+}
+
+#[test]
+fn check_config_names_a_missing_file() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("absent.toml");
+    let missing = missing.to_str().expect("UTF-8 path");
+    let output = fleetmq(&["check-config", "-c", missing]);
+    assert_fails_naming(
+        &output,
+        &[missing, "cannot read", "No such file or directory"],
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_config_before_starting() {
+    let file = ConfigFile::new("[log]\nlevel = \"info\"\ncolor = true\n");
+    for args in [
+        &["-c", file.path()][..],
+        &["serve", "--config", file.path()],
+    ] {
+        let output = fleetmq(args);
+        assert_fails_naming(&output, &[file.path(), "log.color", "unknown key"]);
+        assert!(!stderr(&output).contains("starting"), "{}", stderr(&output));
+    }
+}
+
+#[test]
+fn serve_refuses_flags_that_make_the_config_invalid() {
+    let output = fleetmq(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:1883",
+        "--bind",
+        "127.0.0.1:1883",
+        "--log-level",
+        "info,fleetmq=chatty",
+    ]);
+    assert_fails_naming(
+        &output,
+        &[
+            "command line: invalid configuration, 2 problems",
+            "listeners[1].bind",
+            "log.level",
+        ],
+    );
+}
+
+#[test]
+fn usage_errors_are_reported_by_clap() {
+    let output = fleetmq(&["check-config"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--config <FILE>"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn version_is_printed() {
+    let output = fleetmq(&["--version"]);
+    assert!(output.status.success());
+    assert_eq!(
+        stdout(&output),
+        format!("fleetmq {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// CI must run the very test command the README gives developers, and the README must
+/// promise what the binary does with no configuration.
+#[test]
+fn readme_and_ci_agree_on_the_commands() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
+    let ci = std::fs::read_to_string(format!("{root}/.ci/run")).expect(".ci/run");
+    assert!(readme.contains("```sh\ncargo test\n```"));
+    assert!(ci.lines().any(|line| line == "run cargo test"), "{ci}");
+    assert!(readme.contains("```sh\ncargo run --release\n```"));
+    let default_bind = fleetmq::limits::DEFAULT_BIND;
+    assert!(readme.contains(&format!("listens on `{default_bind}`")));
+}
