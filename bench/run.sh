@@ -191,7 +191,7 @@ done
 
 echo "load after: $(uptime)" | tee -a "$OUT/meta.txt"
 A="$(echo "$BROKERS" | awk '{print $1}')"
-B="$(echo "$BROKERS" | awk '{print ($2 == "" ? $1 : $2)}')"
+B="$(echo "$BROKERS" | awk '{print ($2 == "" ? "mosquitto" : $2)}')"
 "$BENCH" report --a "$A" --b "$B" "$OUT/results.jsonl" | tee "$OUT/summary.txt"
 "$BENCH" report --a "$A" --b "$B" --markdown "$OUT/results.jsonl" >"$OUT/table.md"
 echo "results in $OUT ($FAILED failed runs)"

@@ -14,6 +14,8 @@ use crate::stats::median;
 pub enum Better {
     Higher,
     Lower,
+    /// Context, not a score (CPU use, for instance).
+    Neither,
 }
 
 /// The figures worth a row, in display order: key, description, direction.
@@ -36,6 +38,17 @@ pub const FIGURES: &[(&str, &str, Better)] = &[
         "cpu_us_per_msg",
         "broker CPU µs/delivered msg",
         Better::Lower,
+    ),
+    (
+        "broker_cpu_cores",
+        "broker CPU, cores busy",
+        Better::Neither,
+    ),
+    // The generator's own load: far below the CPU it may use means it was not the limit.
+    (
+        "bench_cpu_cores",
+        "generator CPU, cores busy",
+        Better::Neither,
     ),
 ];
 
@@ -128,10 +141,12 @@ fn cell(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), format_number)
 }
 
-fn arrow(better: Better) -> &'static str {
-    match better {
-        Better::Higher => "↑",
-        Better::Lower => "↓",
+/// The figure's description with its direction arrow.
+fn label(row: &Row) -> String {
+    match row.better {
+        Better::Higher => format!("{} ↑", row.figure),
+        Better::Lower => format!("{} ↓", row.figure),
+        Better::Neither => row.figure.to_owned(),
     }
 }
 
@@ -147,7 +162,7 @@ pub fn render_text(rows: &[Row], brokers: &[String]) -> String {
         out += &format!(
             "{:<12} {:<30} {}  ratio {}\n",
             row.case,
-            format!("{} {}", row.figure, arrow(row.better)),
+            label(row),
             medians.join("  "),
             cell(row.ratio)
         );
@@ -167,7 +182,7 @@ pub fn render_markdown(rows: &[Row], brokers: &[String]) -> String {
     }
     out += "---:|\n";
     for row in rows {
-        out += &format!("| {} | {} {} |", row.case, row.figure, arrow(row.better));
+        out += &format!("| {} | {} |", row.case, label(row));
         for median in &row.medians {
             out += &format!(" {} |", cell(*median));
         }

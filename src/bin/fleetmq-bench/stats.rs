@@ -128,6 +128,17 @@ pub fn cpu_us_per(
     (units > 0).then(|| probe.cpu_between(&before, &after).as_secs_f64() * 1e6 / units as f64)
 }
 
+/// CPU seconds per wall-clock second between two samples: 1.0 is one core kept busy.
+pub fn cores_busy(
+    probe: &ProcProbe,
+    before: Option<ProcSample>,
+    after: Option<ProcSample>,
+    wall: Duration,
+) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    (!wall.is_zero()).then(|| probe.cpu_between(&before, &after).as_secs_f64() / wall.as_secs_f64())
+}
+
 /// Messages per second, 0 for an empty interval.
 pub fn rate(count: u64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
@@ -217,6 +228,12 @@ mod tests {
         );
         assert_eq!(cpu_us_per(&probe, Some(before), Some(after), 0), None);
         assert_eq!(cpu_us_per(&probe, None, Some(after), 10), None);
+        let busy = cores_busy(&probe, Some(before), Some(after), Duration::from_secs(2));
+        assert_eq!(busy, Some(0.25));
+        assert_eq!(
+            cores_busy(&probe, Some(before), Some(after), Duration::ZERO),
+            None
+        );
         assert_eq!(rate(500, Duration::from_millis(250)), 2000.0);
         assert_eq!(rate(5, Duration::ZERO), 0.0);
     }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::conn::Conn;
 use crate::record::Record;
-use crate::stats::{cpu_us_per, ProcProbe, ProcSample};
+use crate::stats::{cores_busy, cpu_us_per, ProcProbe, ProcSample};
 use crate::wire::{self, Frame, PublishTemplate, WireError};
 
 /// What every scenario needs to know about the broker under test.
@@ -39,6 +39,7 @@ pub struct Target {
 pub struct Samples {
     pub broker: Option<ProcSample>,
     pub own: Option<ProcSample>,
+    pub at: Instant,
 }
 
 impl Target {
@@ -46,6 +47,7 @@ impl Target {
         Ok(Samples {
             broker: self.probe.sample()?,
             own: self.own.sample()?,
+            at: Instant::now(),
         })
     }
 
@@ -297,8 +299,9 @@ where
 }
 
 /// Adds the CPU figures to a record: `key` is microseconds of broker CPU per one of
-/// `units` since `before`, `bench_{key}` the same for the generator; and the broker's
-/// resident memory now.
+/// `units` since `before`, `bench_{key}` the same for the generator; how many cores
+/// each kept busy meanwhile (a generator far from its CPU share is not the
+/// bottleneck); and the broker's resident memory now.
 pub fn add_cpu(
     record: &mut Record,
     target: &Target,
@@ -313,6 +316,15 @@ pub fn add_cpu(
     );
     let own = cpu_us_per(&target.own, before.own, after.own, units);
     record.maybe(&format!("bench_{key}"), own);
+    let wall = after.at - before.at;
+    record.maybe(
+        "broker_cpu_cores",
+        cores_busy(&target.probe, before.broker, after.broker, wall),
+    );
+    record.maybe(
+        "bench_cpu_cores",
+        cores_busy(&target.own, before.own, after.own, wall),
+    );
     if let Some(after) = after.broker {
         record.number("broker_rss_kib", after.rss_kib as f64);
     }

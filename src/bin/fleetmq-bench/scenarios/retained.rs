@@ -85,9 +85,18 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         .number("payload_bytes", params.payload as f64)
         .number("stored", stored.acked as f64)
         .number("delivered", received.count as f64)
+        .number(
+            "delivery_ratio",
+            received.count as f64 / stored.acked.max(1) as f64,
+        )
         .number("store_per_s", rate(stored.acked, store_elapsed))
-        .number("receive_ms", receive_elapsed.as_secs_f64() * 1e3)
         .number("retained_per_s", rate(received.count, receive_elapsed));
+    // "Time to receive them all" only exists when all arrived.
+    let complete = received.count >= stored.acked;
+    record.maybe(
+        "receive_ms",
+        complete.then(|| receive_elapsed.as_secs_f64() * 1e3),
+    );
     record.maybe(
         "cpu_us_per_stored",
         crate::stats::cpu_us_per(
