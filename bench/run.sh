@@ -20,7 +20,8 @@ usage: bench/run.sh [options]
   --topics N           retained scenario topics (default 100000)
   --out DIR            results directory (default /tmp/fleetmq-bench/DATE)
   --no-build           use the existing release binaries
-Environment: FLEETMQ_ARGS replaces the fleetmq arguments ("--bind 127.0.0.1:PORT");
+Environment: FLEETMQ_ARGS replaces the fleetmq arguments
+("--bind 127.0.0.1:PORT --log-level warn");
 MOSQUITTO (default /usr/sbin/mosquitto).
 EOF
 }
@@ -117,7 +118,7 @@ start_broker() {
     case "$name" in
         fleetmq)
             # shellcheck disable=SC2086
-            "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:---bind 127.0.0.1:$port} \
+            "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:---bind 127.0.0.1:$port --log-level warn} \
                 >>"$OUT/fleetmq.log" 2>&1 &
             ;;
         mosquitto)

@@ -95,7 +95,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     let complete = received.count >= stored.acked;
     record.maybe(
         "receive_ms",
-        complete.then(|| receive_elapsed.as_secs_f64() * 1e3),
+        complete.then_some(receive_elapsed.as_secs_f64() * 1e3),
     );
     record.maybe(
         "cpu_us_per_stored",
