@@ -1,19 +1,18 @@
-//! Command line: `fleetmq [serve] | check-config | print-default-config`, and the
-//! start-up steps `main` strings together (configuration, logging, shutdown signals).
+//! Command line: `fleetmq [serve] | check-config | print-default-config | passwd |
+//! gen-certs`, and the start-up steps `main` strings together (configuration, the
+//! signals it serves by).
 //!
 //! `serve` is the default, so `fleetmq -c FILE` runs the broker. Flags override the file;
 //! `--bind` replaces the configured listeners, like `mosquitto -p`.
 
-use std::io::{self, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, ListenerConfig, ListenerKind, LogConfig};
+use crate::config::{Config, ListenerConfig, ListenerKind};
 
 /// Where problems introduced by flags are reported from: the file, if any, was already
 /// valid on its own.
@@ -42,6 +41,47 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Print the annotated default configuration, a starting point for your own file.
     PrintDefaultConfig,
+    /// Add, update, delete or verify a user in a password file.
+    Passwd(PasswdArgs),
+    /// Write a development CA and server and client certificates (not for production).
+    GenCerts(GenCertsArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct PasswdArgs {
+    /// Password file (created if missing).
+    pub file: PathBuf,
+    /// Username (may not contain ':').
+    pub username: String,
+    /// The password; read from the first line of standard input when omitted (so it
+    /// does not show up in the process list or shell history).
+    pub password: Option<String>,
+    /// Delete the user instead of setting the password.
+    #[arg(short = 'D', long, conflicts_with_all = ["verify", "password"])]
+    pub delete: bool,
+    /// Check the password against the file instead of setting it; exits 1 if it is wrong.
+    #[arg(long)]
+    pub verify: bool,
+    /// PBKDF2 iterations for the new entry.
+    #[arg(long, default_value_t = crate::auth::password::DEFAULT_ITERATIONS,
+          value_parser = clap::value_parser!(u32).range(4096..=10_000_000))]
+    pub iterations: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct GenCertsArgs {
+    /// Directory for the files.
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    pub out: PathBuf,
+    /// DNS names and IP addresses of the server certificate.
+    #[arg(long = "host", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+    pub hosts: Vec<String>,
+    /// Common Names of client certificates to issue (one file pair each).
+    #[arg(long = "client", value_name = "CN", default_values_t = ["client".to_string()])]
+    pub clients: Vec<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Args)]
@@ -60,6 +100,9 @@ pub struct ServeArgs {
     /// overrides both).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Serve Prometheus metrics on ADDR:PORT (overrides metrics.bind and enables them).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Args)]
@@ -97,10 +140,7 @@ impl ServeArgs {
             config.listeners = self
                 .bind
                 .iter()
-                .map(|bind| ListenerConfig {
-                    kind: ListenerKind::Tcp,
-                    bind: *bind,
-                })
+                .map(|bind| ListenerConfig::new(ListenerKind::Tcp, *bind))
                 .collect();
             changed = true;
         }
@@ -112,49 +152,49 @@ impl ServeArgs {
             config.log.level = level.clone();
             changed = true;
         }
+        if let Some(bind) = self.metrics_bind {
+            config.metrics.enabled = true;
+            config.metrics.bind = bind;
+            changed = true;
+        }
         changed
     }
 }
 
-/// Logs to standard error, filtered by `RUST_LOG` when set, else by `log.level`.
-/// Call once, before the runtime starts.
-pub fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
-    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(value) if !value.trim().is_empty() => EnvFilter::try_new(&value)
-            .with_context(|| format!("RUST_LOG={value:?} is not a valid log filter"))?,
-        _ => EnvFilter::try_new(&log.level)
-            .with_context(|| format!("log.level {:?} is not a valid log filter", log.level))?,
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        // Colours only for a person at a terminal, not in journald or a log file.
-        .with_ansi(io::stderr().is_terminal())
-        .try_init()
-        .map_err(|err| anyhow::anyhow!("cannot set up logging: {err}"))
+/// What a signal asks the broker to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalAction {
+    /// SIGHUP: re-read the configuration file.
+    Reload,
+    /// SIGINT or SIGTERM (named): shut down.
+    Stop(&'static str),
 }
 
-/// SIGINT and SIGTERM, registered before the broker starts so that a signal arriving
-/// during start-up still leads to a clean shutdown rather than the default abrupt exit.
-pub struct ShutdownSignals {
+/// SIGINT, SIGTERM and SIGHUP, registered before the broker starts so that a signal
+/// arriving during start-up is handled (a stop still leads to a clean shutdown) rather
+/// than taking the default action, which for all three is to die at once.
+pub struct Signals {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Signal,
 }
 
-impl ShutdownSignals {
+impl Signals {
     /// Must be called inside a tokio runtime.
-    pub fn install() -> anyhow::Result<ShutdownSignals> {
-        Ok(ShutdownSignals {
+    pub fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         })
     }
 
-    /// Waits for the first of them and returns its name.
-    pub async fn recv(&mut self) -> &'static str {
+    /// Waits for the next signal.
+    pub async fn recv(&mut self) -> SignalAction {
         tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => SignalAction::Stop("SIGINT"),
+            _ = self.terminate.recv() => SignalAction::Stop("SIGTERM"),
+            _ = self.hangup.recv() => SignalAction::Reload,
         }
     }
 }
@@ -204,6 +244,8 @@ mod tests {
             "/var/lib/fleetmq",
             "--log-level",
             "debug",
+            "--metrics-bind",
+            "0.0.0.0:9883",
         ];
         let implicit = serve_args(&args);
         let explicit = serve_args(&[&["serve"], &args[..]].concat());
@@ -212,6 +254,7 @@ mod tests {
         assert_eq!(implicit.bind.len(), 2);
         assert_eq!(implicit.data_dir, Some(PathBuf::from("/var/lib/fleetmq")));
         assert_eq!(implicit.log_level.as_deref(), Some("debug"));
+        assert_eq!(implicit.metrics_bind, Some("0.0.0.0:9883".parse().unwrap()));
         assert_eq!(
             serve_args(&["--config", "a.toml"]).config,
             Some(PathBuf::from("a.toml"))
@@ -238,6 +281,7 @@ mod tests {
             &["check-config"][..],
             &["--bind", "localhost"],
             &["--bind", "1.2.3.4"],
+            &["--metrics-bind", "localhost"],
             &["--unknown"],
             &["-c", "a.toml", "check-config", "-c", "b.toml"],
         ] {
@@ -249,18 +293,14 @@ mod tests {
     #[test]
     fn bind_replaces_every_configured_listener() {
         let mut config = Config::default();
-        config.listeners.push(ListenerConfig {
-            kind: ListenerKind::Tcp,
-            bind: "0.0.0.0:1884".parse().unwrap(),
-        });
+        config
+            .listeners
+            .push(ListenerConfig::tcp("0.0.0.0:1884".parse().unwrap()));
         let args = serve_args(&["--bind", "127.0.0.1:2883"]);
         assert!(args.apply_to(&mut config));
         assert_eq!(
             config.listeners,
-            [ListenerConfig {
-                kind: ListenerKind::Tcp,
-                bind: "127.0.0.1:2883".parse().unwrap(),
-            }]
+            [ListenerConfig::tcp("127.0.0.1:2883".parse().unwrap())]
         );
     }
 

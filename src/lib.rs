@@ -2,14 +2,22 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the path of a PUBLISH.
 
+pub mod auth;
 pub mod broker;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod limits;
+pub mod listener;
+pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod sys_topics;
+pub mod systemd;
 pub mod topic;

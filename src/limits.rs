@@ -14,6 +14,18 @@
 /// IANA-registered MQTT port.
 pub const DEFAULT_BIND: &str = "127.0.0.1:1883";
 
+/// 10,000 open connections, all listeners together: a large fleet per broker process
+/// while staying well below the usual 65,536 file-descriptor limit of a service.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+
+/// 200 new connections per second per listener (and as many at once). A fleet
+/// reconnecting after an outage gets in within seconds; a flood of handshakes, the
+/// expensive part of TLS, is cut before it reaches the handshake.
+pub const DEFAULT_MAX_CONNECTION_RATE: u32 = 200;
+
+/// Path of WebSocket listeners, the one MQTT.js and Paho JS examples use.
+pub const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
+
 // ---------------------------------------------------------------------------------------
 // Packets and connections
 // ---------------------------------------------------------------------------------------
@@ -48,6 +60,27 @@ pub const DEFAULT_MAX_KEEP_ALIVE_SECS: u16 = 65535;
 /// 4 MiB of encoded packets may wait for one slow socket before the client counts as a
 /// slow consumer: four maximum-size packets, or thousands of telemetry messages.
 pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
+
+/// 1000 PUBLISH packets per second per client (and as many at once): two orders of
+/// magnitude above a chatty sensor, low enough that one compromised device cannot
+/// monopolise the broker's fan-out.
+pub const DEFAULT_MAX_PUBLISH_RATE: u32 = 1000;
+
+/// 1000 subscriptions per session: far above what a device needs, and a bound on the
+/// routes one client can add to the shared subscription index.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: u32 = 1000;
+
+/// 32 levels per topic name or filter: deep hierarchies stay possible, and the
+/// per-level work of matching and ACL checks stays small.
+pub const DEFAULT_MAX_TOPIC_LEVELS: u16 = 32;
+
+/// 1024 bytes per topic name or filter, generous for `fleet/site/device/sensor/...`
+/// names while far below the protocol's 65,535.
+pub const DEFAULT_MAX_TOPIC_LENGTH: u16 = 1024;
+
+/// 256 bytes per client identifier: room for UUIDs, serial numbers and prefixes; the
+/// identifier is logged and used as a map key, so it stays short.
+pub const DEFAULT_MAX_CLIENT_ID_LENGTH: u16 = 256;
 
 // ---------------------------------------------------------------------------------------
 // Flow control and queues
@@ -98,3 +131,28 @@ pub const DEFAULT_DATA_DIR: &str = "data";
 /// `info` logs start-up, the bound listeners, shutdown and warnings, and nothing per
 /// message, so the log of a busy broker stays readable.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+// ---------------------------------------------------------------------------------------
+// Operations: metrics, $SYS topics, shutdown
+// ---------------------------------------------------------------------------------------
+
+/// The Prometheus endpoint listens on loopback only, like the MQTT listener: metrics
+/// reveal client counts and traffic, so exposing them is an explicit choice. 9883 echoes
+/// MQTT's 1883 and is not registered to a common exporter.
+pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9883";
+
+/// 10 seconds between `$SYS` publications, Mosquitto's `sys_interval` default.
+pub const DEFAULT_SYS_INTERVAL_SECS: u64 = 10;
+
+/// Largest `sys.interval_secs` accepted: a day. Longer makes the load averages
+/// meaningless, and the bound keeps the timer arithmetic far from overflow.
+pub const MAX_SYS_INTERVAL_SECS: u64 = 86_400;
+
+/// 5 seconds for clients to receive their DISCONNECT and close on SIGTERM before the
+/// broker closes the rest: well inside systemd's stop timeout (`TimeoutStopSec=30` in
+/// the shipped unit), long enough for a client on a slow link to read one packet.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 5;
+
+/// Largest `shutdown.grace_secs` accepted. The service manager must wait longer than
+/// this before it kills the broker (`TimeoutStopSec`).
+pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 600;

@@ -1,13 +1,23 @@
 //! The `fleetmq` executable: command line → configuration → logging → runtime →
-//! broker, until SIGINT or SIGTERM. Any error ends here, printed once, with exit code 1.
+//! broker, until SIGINT or SIGTERM; SIGHUP reloads the configuration, certificates,
+//! passwords and ACLs. Any start-up error ends here, printed once, with exit code 1.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use fleetmq::cli::{self, Cli, Command, ShutdownSignals};
+use fleetmq::cli::{Cli, Command, ServeArgs, SignalAction, Signals};
 use fleetmq::config::{Config, DEFAULT_CONFIG_TOML};
+use fleetmq::metrics::endpoint::MetricsEndpoint;
+use fleetmq::server::ServerHandle;
+use fleetmq::systemd::Notifier;
+
+/// Time allowed, beyond `shutdown.grace_secs`, for the last steps of shutdown (closing
+/// aborted connections, stopping timers) before the process exits regardless.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     match run(Cli::parse().into_command()) {
@@ -26,35 +36,153 @@ fn run(command: Command) -> anyhow::Result<()> {
             Config::from_file(&args.config)?;
             print(&format!("configuration OK: {}\n", args.config.display()))
         }
+        Command::Passwd(args) => {
+            use fleetmq::auth::passwd_tool::{self, PasswdAction};
+            let password = || match &args.password {
+                Some(password) => Ok(password.clone()),
+                None => passwd_tool::read_password(&mut std::io::stdin().lock()),
+            };
+            let action = if args.delete {
+                PasswdAction::Delete
+            } else if args.verify {
+                PasswdAction::Verify {
+                    password: password()?,
+                }
+            } else {
+                PasswdAction::Set {
+                    password: password()?,
+                    iterations: args.iterations,
+                }
+            };
+            let done = passwd_tool::run(&args.file, &args.username, action)?;
+            print(&format!("{done}\n"))
+        }
+        Command::GenCerts(args) => {
+            let written =
+                fleetmq::certs::generate(&args.out, &args.hosts, &args.clients, args.days)?;
+            let mut text = String::new();
+            for path in written {
+                text.push_str(&format!("wrote {}\n", path.display()));
+            }
+            print(&text)
+        }
         Command::Serve(args) => {
             let config = args.load_config()?;
-            cli::init_logging(&config.log)?;
+            let log = fleetmq::logging::init(&config.log)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?
-                .block_on(serve(config))
+                .block_on(serve(args, config, log))
         }
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let mut signals = ShutdownSignals::install()?;
+async fn serve(
+    args: ServeArgs,
+    config: Config,
+    log: fleetmq::logging::LogHandle,
+) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    let notifier = Notifier::from_env();
     tracing::info!("fleetmq {} starting", env!("CARGO_PKG_VERSION"));
-    let handle = fleetmq::server::start(config)
+    let handle = fleetmq::server::start(config.clone())
         .await
         .context("cannot start the broker")?;
+    handle.broker().add_reloadable(Arc::new(log));
+    let metrics = if config.metrics.enabled {
+        match fleetmq::metrics::endpoint::start(config.metrics.bind, handle.broker().clone()).await
+        {
+            Ok(endpoint) => Some(endpoint),
+            Err(error) => {
+                handle.shutdown().await;
+                return Err(error);
+            }
+        }
+    } else {
+        None
+    };
+    let status = ready_status(&handle, metrics.as_ref());
+    tracing::info!("ready, {status}");
+    notifier.ready(&status);
+
+    let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
+    let signal = loop {
+        let tick = async {
+            match watchdog.as_mut() {
+                Some(interval) => interval.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            action = signals.recv() => match action {
+                SignalAction::Stop(name) => break name,
+                SignalAction::Reload => {
+                    notifier.reloading();
+                    reload(&args, &handle);
+                    notifier.ready(&status);
+                }
+            },
+            _ = tick => {
+                if handle.is_healthy() {
+                    notifier.watchdog();
+                } else {
+                    tracing::error!("a broker task has stopped; withholding the watchdog ping so the service manager restarts the broker");
+                }
+            }
+        }
+    };
+    tracing::info!("{signal} received, shutting down");
+    notifier.stopping();
+    let grace = Duration::from_secs(handle.broker().config().shutdown.grace_secs);
+    let stopped = tokio::time::timeout(grace + SHUTDOWN_MARGIN, async {
+        handle.shutdown().await;
+        if let Some(metrics) = metrics {
+            metrics.stopped().await;
+        }
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("shutdown took longer than its grace period; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the configuration file with the command-line flags on top, as at start. A
+/// bad file is logged and changes nothing.
+fn reload(args: &ServeArgs, handle: &ServerHandle) {
+    tracing::info!(
+        "SIGHUP received, reloading the configuration, certificates, passwords and ACLs"
+    );
+    match args.load_config() {
+        Ok(config) => fleetmq::reload::reload(handle.broker(), config).log(),
+        Err(error) => {
+            tracing::error!(
+                "configuration not reloaded, still running with the previous one: {error:#}"
+            )
+        }
+    }
+    // Certificates, the password file and the ACL file are re-read even when the
+    // configuration file is unchanged: rotating a certificate should not need an edit.
+    // Failures are logged there and keep the files in force.
+    let _ = handle.reload();
+}
+
+fn ready_status(handle: &ServerHandle, metrics: Option<&MetricsEndpoint>) -> String {
     let addrs: Vec<String> = handle
         .listener_addrs()
         .iter()
         .map(|a| a.to_string())
         .collect();
-    tracing::info!("ready, listening on {}", addrs.join(", "));
-    let signal = signals.recv().await;
-    tracing::info!("{signal} received, shutting down");
-    handle.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
+    let mut status = format!("listening on {}", addrs.join(", "));
+    if let Some(metrics) = metrics {
+        status.push_str(&format!(
+            "; metrics on http://{}/metrics",
+            metrics.local_addr()
+        ));
+    }
+    status
 }
 
 /// Writes to stdout, turning a closed pipe (`fleetmq print-default-config | head`) into

@@ -1,28 +1,21 @@
-//! Starting and stopping the broker: binds the listeners, runs the accept loops, and
-//! hands each connection to `crate::connection`.
+//! Starting and stopping the broker: loads the security files, binds the listeners
+//! (`crate::listener` runs their accept loops and hands each connection to
+//! `crate::connection`), and reloads certificates, passwords and ACLs on request.
 //!
-//! Each listener has its own accept loop, which owns the tasks of the connections it
-//! accepted (a `JoinSet`), so shutdown can wait for them. Accept errors (out of file
-//! descriptors, aborted handshakes) are logged and retried after a short, growing pause
-//! instead of spinning.
+//! Each listener's accept loop owns the tasks of the connections it accepted, so
+//! shutdown can wait for them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
+use crate::auth::Security;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::listener::{ConnectionCounter, Listener, TlsTerminator};
 use crate::storage::MemoryStore;
-
-/// How long shutdown waits for connection tasks to finish before aborting them.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// First and largest pause after a failed accept.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A running broker. Dropping it does not stop the broker; call `shutdown`.
 pub struct ServerHandle {
@@ -30,6 +23,10 @@ pub struct ServerHandle {
     broker: Arc<Broker>,
     accept_loops: Vec<JoinHandle<()>>,
     scheduler: JoinHandle<()>,
+    sys_topics: JoinHandle<()>,
+    security: Arc<Security>,
+    tls: Vec<(SocketAddr, Arc<TlsTerminator>)>,
+    connections: Arc<ConnectionCounter>,
 }
 
 impl ServerHandle {
@@ -49,6 +46,42 @@ impl ServerHandle {
         &self.broker
     }
 
+    /// Whether every task of the broker still runs and its registry can be locked (a
+    /// deadlock would block this call, which stops the systemd watchdog pings).
+    pub fn is_healthy(&self) -> bool {
+        let _ = self.broker.session_count();
+        !self.scheduler.is_finished()
+            && !self.sys_topics.is_finished()
+            && self.accept_loops.iter().all(|task| !task.is_finished())
+    }
+
+    /// Open client connections, all listeners together.
+    pub fn open_connections(&self) -> u32 {
+        self.connections.open()
+    }
+
+    /// Reads certificates, keys, CA files, the password file and the ACL file again
+    /// (SIGHUP). Connected clients stay connected. A file that fails to load keeps the
+    /// version in force; each failure is logged and returned as a message.
+    pub fn reload(&self) -> Vec<String> {
+        let mut errors: Vec<String> = self
+            .security
+            .reload()
+            .into_iter()
+            .map(|error| error.to_string())
+            .collect();
+        for (addr, tls) in &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!(%addr, "TLS certificates reloaded"),
+                Err(error) => {
+                    tracing::error!(%addr, %error, "TLS reload failed; keeping the previous certificates");
+                    errors.push(format!("listener {addr}: {error}"));
+                }
+            }
+        }
+        errors
+    }
+
     /// Stops accepting, disconnects clients (MQTT 5: DISCONNECT 0x8B) and waits for the
     /// connection tasks to end.
     pub async fn shutdown(self) {
@@ -58,33 +91,46 @@ impl ServerHandle {
             let _ = accept_loop.await;
         }
         let _ = self.scheduler.await;
+        let _ = self.sys_topics.await;
     }
 }
 
 /// Binds every listener and starts serving. Returns once the listeners accept.
 pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     anyhow::ensure!(!config.listeners.is_empty(), "no listener configured");
+    let security =
+        Arc::new(Security::load(&config.auth).context("cannot load the security files")?);
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let bound = TcpListener::bind(listener.bind)
-            .await
-            .with_context(|| format!("cannot listen on {}", listener.bind))?;
-        listeners.push(bound);
+        listeners
+            .push(Listener::bind(listener, security.clone(), config.limits.max_connections).await?);
     }
     let addrs = listeners
         .iter()
         .map(|listener| listener.local_addr())
         .collect::<Result<Vec<_>, _>>()
         .context("cannot read a listener's bound address")?;
+    let tls = listeners
+        .iter()
+        .zip(&addrs)
+        .filter_map(|(listener, addr)| listener.tls().map(|tls| (*addr, tls)))
+        .collect();
+    let connections = ConnectionCounter::new(config.limits.max_connections);
+    let kinds: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|listener| listener.kind)
+        .collect();
 
     let broker = Broker::new(config, Arc::new(MemoryStore::new()));
     let scheduler = tokio::spawn(broker.clone().run_scheduler());
+    let sys_topics = tokio::spawn(crate::sys_topics::run(broker.clone()));
     let accept_loops = listeners
         .into_iter()
-        .zip(&addrs)
-        .map(|(listener, addr)| {
-            tracing::info!(%addr, "listening (mqtt/tcp)");
-            tokio::spawn(accept_loop(listener, broker.clone()))
+        .zip(addrs.iter().zip(kinds))
+        .map(|(listener, (addr, kind))| {
+            tracing::info!(%addr, transport = ?kind, "listening");
+            tokio::spawn(listener.run(broker.clone(), connections.clone()))
         })
         .collect();
     Ok(ServerHandle {
@@ -92,45 +138,9 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         broker,
         accept_loops,
         scheduler,
+        sys_topics,
+        security,
+        tls,
+        connections,
     })
-}
-
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
-    let mut shutdown = broker.shutdown_signal();
-    let mut connections = JoinSet::new();
-    let mut backoff = ACCEPT_BACKOFF_MIN;
-    loop {
-        // Reap finished connection tasks so the set stays the size of the live ones.
-        while connections.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stopping| *stopping) => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                connections.spawn(crate::connection::serve(stream, peer, broker.clone()));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "accept failed; pausing");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait_for(|stopping| *stopping) => break,
-                }
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-            }
-        }
-    }
-    drop(listener);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            remaining = connections.len(),
-            "connections still open after the grace period; aborting them"
-        );
-        connections.shutdown().await;
-    }
 }

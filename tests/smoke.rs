@@ -12,10 +12,10 @@ const WAIT: Duration = Duration::from_secs(10);
 
 async fn start_broker() -> ServerHandle {
     let config = Config {
-        listeners: vec![ListenerConfig {
-            kind: ListenerKind::Tcp,
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![ListenerConfig::new(
+            ListenerKind::Tcp,
+            "127.0.0.1:0".parse().unwrap(),
+        )],
         ..Config::default()
     };
     server::start(config).await.expect("broker starts")
@@ -413,10 +413,10 @@ mod raw {
     #[tokio::test]
     async fn a_subscriber_that_never_reads_is_disconnected_as_slow_consumer() {
         let config = Config {
-            listeners: vec![ListenerConfig {
-                kind: ListenerKind::Tcp,
-                bind: "127.0.0.1:0".parse().unwrap(),
-            }],
+            listeners: vec![ListenerConfig::new(
+                ListenerKind::Tcp,
+                "127.0.0.1:0".parse().unwrap(),
+            )],
             limits: LimitsConfig {
                 max_outbox_bytes: 64 * 1024,
                 ..LimitsConfig::default()

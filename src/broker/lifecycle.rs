@@ -143,7 +143,8 @@ impl Broker {
         handle.detach_locked(&mut session, now);
         if session.protocol().is_v5() {
             // DISCONNECT may have raised the interval past what CONNECT was granted.
-            let max = Duration::from_secs(u64::from(self.config.sessions.max_session_expiry_secs));
+            let max =
+                Duration::from_secs(u64::from(self.config().sessions.max_session_expiry_secs));
             if session.expiry_interval() > max {
                 session.set_expiry_interval(max);
             }

@@ -12,7 +12,10 @@
 //!   each target session's bounded queue and its connection is woken. No router task.
 //! - `retained` (a `RetainedTree`) is written by retained PUBLISHes and read on SUBSCRIBE.
 //! - [`scheduler`] runs delayed wills and session expiry on one timer task.
-//! - [`stats`] counts connections, takeovers and every dropped message by reason.
+//! - [`stats`] counts connections, takeovers and every dropped message by reason;
+//!   `crate::metrics` and `crate::sys_topics` export those counts.
+//! - `config` is swapped whole on reload (SIGHUP): a connection keeps the snapshot it
+//!   was accepted with, new connections and sessions get the new limits.
 //! - `store` receives an event for each state change (`crate::storage`).
 //!
 //! Lock order (never held across `.await`): `registry` -> one session's `state` ->
@@ -21,6 +24,7 @@
 
 pub mod handle;
 pub mod lifecycle;
+pub mod log_throttle;
 pub mod routing;
 pub mod scheduler;
 pub mod stats;
@@ -35,6 +39,8 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::message::{Message, SessionKey};
+use crate::metrics::Metrics;
+use crate::reload::Reloadable;
 use crate::session::SessionLimits;
 use crate::storage::{Store, StoreEvent};
 use crate::topic::{RetainedTree, SubscriptionTrie};
@@ -42,13 +48,17 @@ use crate::topic::{RetainedTree, SubscriptionTrie};
 pub use handle::{Attachment, SessionHandle};
 pub use lifecycle::Connected;
 pub use routing::Route;
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{Dropped, Refusal, Stats, StatsSnapshot};
 
 use scheduler::Scheduler;
 
 pub struct Broker {
-    config: Config,
-    session_limits: SessionLimits,
+    /// The configuration in force and the session limits derived from it, replaced
+    /// together on reload.
+    live: RwLock<(Arc<Config>, SessionLimits)>,
+    /// Parts (password file, ACL, certificates) that re-read their own files on reload.
+    reloadables: Mutex<Vec<Arc<dyn Reloadable>>>,
+    metrics: Metrics,
     registry: Mutex<HashMap<ByteString, Arc<SessionHandle>>>,
     routes: RwLock<SubscriptionTrie<SessionKey, Route>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
@@ -62,18 +72,17 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Arc<Broker> {
-        let limits = &config.limits;
-        let session_limits = SessionLimits {
-            max_inflight: limits.max_inflight_messages,
-            receive_maximum: limits.receive_maximum,
-            max_queued_messages: limits.max_queued_messages,
-            max_queued_bytes: limits.max_queued_bytes,
-            topic_alias_maximum: limits.topic_alias_maximum,
-        };
+        Broker::with_metrics(config, store, Metrics::new())
+    }
+
+    /// Like `new`, with metrics created beforehand (so a store can be handed its
+    /// `Metrics::storage()` recorder before the broker exists).
+    pub fn with_metrics(config: Config, store: Arc<dyn Store>, metrics: Metrics) -> Arc<Broker> {
         let (shutdown, _) = watch::channel(false);
         Arc::new(Broker {
-            session_limits,
-            config,
+            live: RwLock::new((Arc::new(config.clone()), session_limits(&config))),
+            reloadables: Mutex::new(Vec::new()),
+            metrics,
             registry: Mutex::new(HashMap::new()),
             routes: RwLock::new(SubscriptionTrie::new()),
             retained: RwLock::new(RetainedTree::new()),
@@ -86,12 +95,39 @@ impl Broker {
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force. A connection takes it once, when accepted.
+    pub fn config(&self) -> Arc<Config> {
+        read(&self.live).0.clone()
+    }
+
+    /// Puts `config` in force for connections and sessions created from now on.
+    /// Listeners, storage and the metrics endpoint keep what they were started with.
+    pub fn replace_config(&self, config: Config) {
+        let limits = session_limits(&config);
+        *write(&self.live) = (Arc::new(config), limits);
+    }
+
+    /// Registers a part that re-reads its own files on reload (see `crate::reload`).
+    pub fn add_reloadable(&self, reloadable: Arc<dyn Reloadable>) {
+        lock(&self.reloadables).push(reloadable);
+    }
+
+    pub fn reloadables(&self) -> Vec<Arc<dyn Reloadable>> {
+        lock(&self.reloadables).clone()
     }
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Every session the broker holds, to sample gauges (queues, subscriptions) one
+    /// session at a time without holding the registry lock.
+    pub fn sessions(&self) -> Vec<Arc<SessionHandle>> {
+        lock(&self.registry).values().cloned().collect()
     }
 
     /// Number of sessions the broker holds (connected or not).
@@ -132,19 +168,32 @@ impl Broker {
 
     fn new_handle(&self, client_id: ByteString) -> Arc<SessionHandle> {
         let key = self.next_session_key.fetch_add(1, Ordering::Relaxed);
-        Arc::new(SessionHandle::new(
-            key,
-            client_id,
-            self.session_limits.clone(),
-        ))
+        let limits = read(&self.live).1.clone();
+        Arc::new(SessionHandle::new(key, client_id, limits))
     }
 
-    /// Reports a state change to the store. A failing store is logged: with the memory
-    /// store it cannot fail, and a durable store decides its own failure policy.
+    /// Reports a state change to the store, timing it. A failing store is logged and
+    /// counted: with the memory store it cannot fail, and a durable store decides its
+    /// own failure policy.
     pub fn record_event(&self, event: StoreEvent<'_>) {
-        if let Err(error) = self.store.record(event) {
+        let started = Instant::now();
+        let result = self.store.record(event);
+        self.metrics.storage().record_write(started.elapsed());
+        if let Err(error) = result {
+            Stats::incr(&self.stats.storage_errors);
             tracing::error!(%error, "storage rejected a state change");
         }
+    }
+}
+
+fn session_limits(config: &Config) -> SessionLimits {
+    let limits = &config.limits;
+    SessionLimits {
+        max_inflight: limits.max_inflight_messages,
+        receive_maximum: limits.receive_maximum,
+        max_queued_messages: limits.max_queued_messages,
+        max_queued_bytes: limits.max_queued_bytes,
+        topic_alias_maximum: limits.topic_alias_maximum,
     }
 }
 

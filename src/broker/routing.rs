@@ -124,11 +124,21 @@ impl Broker {
     /// Retains (if flagged) and routes a message. Returns the number of sessions it was
     /// handed to.
     pub fn publish(&self, message: &Arc<Message>) -> usize {
-        Stats::incr(&self.stats.messages_received);
+        self.stats.message_received(message.qos);
         if message.retain {
             self.retain(message);
         }
         self.route(message)
+    }
+
+    /// Publishes a message of the broker's own (`$SYS`): retained in memory only (the
+    /// values are rebuilt after a restart, so the store never sees them) and not counted
+    /// as received or unrouted, as Mosquitto does.
+    pub fn publish_system(&self, message: &Arc<Message>) {
+        if message.retain {
+            write(&self.retained).insert(&message.topic, message.clone());
+        }
+        self.fan_out(message);
     }
 
     /// Stores or (empty payload) clears the retained message of `message.topic`. The
@@ -150,6 +160,14 @@ impl Broker {
     /// Hands `message` to every session with a matching subscription and wakes their
     /// connections. Returns the number of sessions it was handed to.
     pub fn route(&self, message: &Arc<Message>) -> usize {
+        let count = self.fan_out(message);
+        if count == 0 {
+            Stats::incr(&self.stats.messages_unrouted);
+        }
+        count
+    }
+
+    fn fan_out(&self, message: &Arc<Message>) -> usize {
         let mut fanout = Fanout::default();
         {
             let routes = read(&self.routes);
@@ -167,9 +185,6 @@ impl Broker {
         let count = fanout.targets.len() + fanout.shared.len();
         for (session, delivery) in fanout.targets.into_iter().chain(fanout.shared) {
             self.deliver(&session, delivery, now);
-        }
-        if count == 0 {
-            Stats::incr(&self.stats.messages_unrouted);
         }
         count
     }

@@ -407,7 +407,7 @@ mod tests {
         let err = parse_err("[log]\ncolour = true\n");
         assert_eq!(
             err.to_string(),
-            "test.toml:2:1: log.colour: unknown key 'colour' in [log]; known keys: level"
+            "test.toml:2:1: log.colour: unknown key 'colour' in [log]; known keys: level, format"
         );
     }
 
@@ -458,7 +458,8 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "test.toml:4:1: listeners[0].port: unknown key 'port' in [[listeners]]; \
-             known keys: type, bind"
+             known keys: type, bind, allow_anonymous, max_connections, max_connection_rate, \
+             path, tls"
         );
     }
 
@@ -475,10 +476,10 @@ mod tests {
 
     #[test]
     fn unknown_enum_values_list_the_known_ones() {
-        let err = parse_err("[[listeners]]\ntype = \"tls\"\nbind = \"127.0.0.1:1\"\n");
+        let err = parse_err("[[listeners]]\ntype = \"udp\"\nbind = \"127.0.0.1:1\"\n");
         assert_eq!(
             err.to_string(),
-            "test.toml:2:8: listeners[0].type: unknown value 'tls'; expected \"tcp\""
+            "test.toml:2:8: listeners[0].type: unknown value 'udp'; expected one of \"tcp\", \"tls\", \"ws\", \"wss\""
         );
     }
 

@@ -9,6 +9,7 @@
 //! range and cross-field checks in `validate`.
 
 mod load;
+mod security;
 mod validate;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, Problem};
+pub use security::{AuthConfig, CertIdentity, ClientAuth, TlsConfig};
 
 /// The annotated default configuration, as shipped in `config/fleetmq.toml`.
 /// `fleetmq print-default-config` prints it.
@@ -31,12 +33,24 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub sys: SysConfig,
+    pub shutdown: ShutdownConfig,
+    /// Password and ACL files.
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerKind {
+    /// MQTT over plain TCP.
     Tcp,
+    /// MQTT over TLS (needs `[listeners.tls]`).
+    Tls,
+    /// MQTT over WebSocket (subprotocol `mqtt`), for browser clients.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +60,23 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     /// Address and port, e.g. "127.0.0.1:1883" or "0.0.0.0:1883". Port 0 picks a free port.
     pub bind: SocketAddr,
+    /// Admit clients that present no credentials. Default: true only when `bind` is a
+    /// loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
+    /// Open connections on this listener; default `limits.max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// New connections per second on this listener, checked before any TLS handshake;
+    /// default `limits.max_connection_rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_rate: Option<u32>,
+    /// HTTP path of a `ws`/`wss` listener; default "/mqtt".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Certificates of a `tls`/`wss` listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,8 +86,9 @@ pub struct LimitsConfig {
     pub max_packet_size: u32,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout_secs: u64,
-    /// Largest keep alive accepted; a client asking for more (or for 0) gets this value
-    /// (MQTT 5 Server Keep Alive). 0 here means clients may disable keep alive.
+    /// Largest keep alive accepted. A MQTT 5 client asking for more (or for 0) is given
+    /// this value (Server Keep Alive); a 3.x client asking for more is refused, as
+    /// Mosquitto does. 0 here means no maximum.
     pub max_keep_alive_secs: u16,
     /// Outgoing QoS 1/2 messages in flight per client (3.x; MQTT 5 also caps it at the
     /// client's Receive Maximum).
@@ -71,6 +103,20 @@ pub struct LimitsConfig {
     pub topic_alias_maximum: u16,
     /// Bytes of encoded packets buffered for one connection before it is a slow consumer.
     pub max_outbox_bytes: usize,
+    /// Open client connections, all listeners together.
+    pub max_connections: u32,
+    /// New connections per second per listener (a listener may set its own).
+    pub max_connection_rate: u32,
+    /// PUBLISH packets per second one client may send.
+    pub max_publish_rate: u32,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: u32,
+    /// Levels (`/`-separated parts) of a topic name or filter.
+    pub max_topic_levels: u16,
+    /// Bytes of a topic name or filter.
+    pub max_topic_length: u16,
+    /// Bytes of a client identifier.
+    pub max_client_id_length: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,21 +141,60 @@ pub struct StorageConfig {
 pub struct LogConfig {
     /// tracing filter, e.g. "info" or "fleetmq=debug"; RUST_LOG overrides it.
     pub level: String,
+    /// How each log line is written to standard error.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (journald adds its own timestamps).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The Prometheus endpoint (`/metrics`, and `/health`), on its own listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Address and port of the HTTP listener. Loopback by default.
+    pub bind: SocketAddr,
+}
+
+/// The `$SYS/broker/...` topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between two publications of the `$SYS` topics; 0 disables them.
+    pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Seconds clients get to receive their DISCONNECT and close on SIGTERM/SIGINT
+    /// before the broker closes what is left and exits.
+    pub grace_secs: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listeners: vec![ListenerConfig {
-                kind: ListenerKind::Tcp,
-                bind: crate::limits::DEFAULT_BIND
+            listeners: vec![ListenerConfig::tcp(
+                crate::limits::DEFAULT_BIND
                     .parse()
                     .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 1883))),
-            }],
+            )],
             limits: LimitsConfig::default(),
             sessions: SessionsConfig::default(),
             storage: StorageConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            sys: SysConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -127,6 +212,13 @@ impl Default for LimitsConfig {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
             max_outbox_bytes: DEFAULT_MAX_OUTBOX_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connection_rate: DEFAULT_MAX_CONNECTION_RATE,
+            max_publish_rate: DEFAULT_MAX_PUBLISH_RATE,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_topic_levels: DEFAULT_MAX_TOPIC_LEVELS,
+            max_topic_length: DEFAULT_MAX_TOPIC_LENGTH,
+            max_client_id_length: DEFAULT_MAX_CLIENT_ID_LENGTH,
         }
     }
 }
@@ -152,6 +244,34 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: crate::limits::DEFAULT_LOG_LEVEL.to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bind: crate::limits::DEFAULT_METRICS_BIND
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9883))),
+        }
+    }
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig {
+            interval_secs: crate::limits::DEFAULT_SYS_INTERVAL_SECS,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_secs: crate::limits::DEFAULT_SHUTDOWN_GRACE_SECS,
         }
     }
 }

@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::{Config, Problem};
-use crate::limits::{MAX_CONNECT_TIMEOUT_SECS, MAX_MAX_PACKET_SIZE, MIN_MAX_PACKET_SIZE};
+use crate::limits::{
+    MAX_CONNECT_TIMEOUT_SECS, MAX_MAX_PACKET_SIZE, MAX_SHUTDOWN_GRACE_SECS, MAX_SYS_INTERVAL_SECS,
+    MIN_MAX_PACKET_SIZE,
+};
 
 impl Config {
     /// Every rule this configuration breaks, in file order; empty when it is valid.
@@ -18,7 +21,9 @@ impl Config {
         self.check_listeners(&mut problems);
         self.check_limits(&mut problems);
         self.check_sessions(&mut problems);
+        self.check_security(&mut problems);
         self.check_storage_and_log(&mut problems);
+        self.check_operations(&mut problems);
         problems
     }
 
@@ -151,7 +156,45 @@ impl Config {
     }
 }
 
-fn at_least_one(problems: &mut Vec<Problem>, key: &str, value: usize) {
+impl Config {
+    fn check_operations(&self, problems: &mut Vec<Problem>) {
+        let metrics = self.metrics.bind;
+        if self.metrics.enabled && metrics.port() != 0 {
+            let clash = self.listeners.iter().position(|listener| {
+                listener.bind.port() == metrics.port()
+                    && (listener.bind.ip() == metrics.ip()
+                        || listener.bind.ip().is_unspecified()
+                        || metrics.ip().is_unspecified())
+            });
+            if let Some(index) = clash {
+                problems.push(Problem::new(
+                    "metrics.bind",
+                    format!("{metrics} is already used by listeners[{index}]"),
+                ));
+            }
+        }
+        if self.sys.interval_secs > MAX_SYS_INTERVAL_SECS {
+            problems.push(Problem::new(
+                "sys.interval_secs",
+                format!(
+                    "{} seconds is out of range; allowed: 0 (disabled) to {MAX_SYS_INTERVAL_SECS} seconds",
+                    self.sys.interval_secs
+                ),
+            ));
+        }
+        if !(1..=MAX_SHUTDOWN_GRACE_SECS).contains(&self.shutdown.grace_secs) {
+            problems.push(Problem::new(
+                "shutdown.grace_secs",
+                format!(
+                    "{} seconds is out of range; allowed: 1 to {MAX_SHUTDOWN_GRACE_SECS} seconds",
+                    self.shutdown.grace_secs
+                ),
+            ));
+        }
+    }
+}
+
+pub(super) fn at_least_one(problems: &mut Vec<Problem>, key: &str, value: usize) {
     if value < 1 {
         problems.push(Problem::new(
             key,
@@ -170,10 +213,7 @@ mod tests {
     }
 
     fn tcp(bind: &str) -> ListenerConfig {
-        ListenerConfig {
-            kind: ListenerKind::Tcp,
-            bind: bind.parse().unwrap(),
-        }
+        ListenerConfig::new(ListenerKind::Tcp, bind.parse().unwrap())
     }
 
     #[test]
@@ -323,6 +363,22 @@ mod tests {
         assert_eq!(keys(&config), ["log.level"]);
         config.log.level = "warn,fleetmq=debug".into();
         assert!(keys(&config).is_empty());
+    }
+
+    #[test]
+    fn operations_settings_are_range_checked_and_the_metrics_port_is_free() {
+        let mut config = Config::default();
+        config.metrics.bind = "0.0.0.0:1883".parse().unwrap();
+        config.sys.interval_secs = MAX_SYS_INTERVAL_SECS + 1;
+        config.shutdown.grace_secs = 0;
+        assert_eq!(
+            keys(&config),
+            ["metrics.bind", "sys.interval_secs", "shutdown.grace_secs"]
+        );
+        config.metrics.enabled = false;
+        config.sys.interval_secs = 0;
+        config.shutdown.grace_secs = MAX_SHUTDOWN_GRACE_SECS;
+        assert!(keys(&config).is_empty(), "{:?}", config.problems());
     }
 
     #[test]

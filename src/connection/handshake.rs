@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Refusal, Stats};
 use crate::config::Config;
 use crate::protocol::{
     decode, reason, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion,
@@ -29,17 +28,35 @@ pub(super) enum HandshakeError {
     NotConnect,
 }
 
+impl HandshakeError {
+    /// How the refusal is counted.
+    pub(super) fn refusal(&self) -> Refusal {
+        match self {
+            HandshakeError::Timeout => Refusal::Timeout,
+            HandshakeError::Closed => Refusal::Closed,
+            HandshakeError::Decode(DecodeError::UnsupportedProtocol) => {
+                Refusal::UnsupportedProtocol
+            }
+            HandshakeError::Decode(_) | HandshakeError::NotConnect => Refusal::Malformed,
+        }
+    }
+}
+
 /// Reads the first packet, which must be CONNECT. Bytes after it stay in `buf`.
-pub(super) async fn read_connect(
-    stream: &mut TcpStream,
+pub(super) async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     config: &Config,
+    stats: &Stats,
 ) -> Result<Box<Connect>, HandshakeError> {
     let timeout = Duration::from_secs(config.limits.connect_timeout_secs);
     let read = async {
         loop {
             match decode(buf, None, config.limits.max_packet_size) {
-                Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+                Ok(Some(Packet::Connect(connect))) => {
+                    Stats::incr(&stats.packets_received);
+                    return Ok(connect);
+                }
                 Ok(Some(_)) => return Err(HandshakeError::NotConnect),
                 Ok(None) => {}
                 Err(error) => return Err(HandshakeError::Decode(error)),
@@ -47,7 +64,7 @@ pub(super) async fn read_connect(
             buf.reserve(READ_CHUNK);
             match stream.read_buf(buf).await {
                 Ok(0) | Err(_) => return Err(HandshakeError::Closed),
-                Ok(_) => {}
+                Ok(read) => Stats::add(&stats.bytes_received, read as u64),
             }
         }
     };
@@ -70,20 +87,26 @@ pub(super) struct Terms {
 /// when the client sent none and may have one. `Err` carries the reason code of the
 /// refusing CONNACK.
 pub(super) fn negotiate(broker: &Broker, connect: &mut Connect) -> Result<Terms, u8> {
-    let config = broker.config();
+    let config = &*broker.config();
     let v5 = connect.protocol.is_v5();
 
     let mut assigned = None;
     if connect.client_id.is_empty() {
-        // 3.x: a server may assign an identifier only to a clean session (3.1.3-8).
-        if !v5 && !connect.clean_start {
+        // MQTT 3.1 requires 1 to 23 characters; 3.1.1 lets a server assign an identifier,
+        // but only to a clean session (3.1.3-8).
+        if connect.protocol == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
             return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
         connect.client_id = broker.assign_client_id();
         assigned = Some(connect.client_id.clone());
     }
+    if connect.client_id.len() > usize::from(config.limits.max_client_id_length) {
+        return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+    }
     if let Some(will) = &connect.will {
-        if crate::topic::validate_topic_name(&will.topic).is_err() {
+        if crate::topic::validate_topic_name(&will.topic).is_err()
+            || !super::policy::topic_within_limits(&will.topic, &config.limits)
+        {
             return Err(reason::TOPIC_NAME_INVALID);
         }
     }
@@ -91,10 +114,13 @@ pub(super) fn negotiate(broker: &Broker, connect: &mut Connect) -> Result<Terms,
     let max_keep_alive = config.limits.max_keep_alive_secs;
     let mut keep_alive = connect.keep_alive;
     let mut server_keep_alive = None;
-    if max_keep_alive != 0 && keep_alive > max_keep_alive {
+    // Keep alive 0 (never) is longer than any maximum: a MQTT 5 client is told the maximum
+    // in Server Keep Alive. A 3.x client cannot be told, so 0 is left alone there (the
+    // session still ends on a dropped socket) and a longer value is refused as Mosquitto
+    // does, since holding the client to an interval it does not know would cut it off.
+    let exceeds_max = keep_alive > max_keep_alive || (v5 && keep_alive == 0);
+    if max_keep_alive != 0 && exceeds_max {
         if !v5 {
-            // A 3.x client cannot be told a shorter interval, and holding it to one it
-            // does not know would cut it off; refuse it as Mosquitto does.
             return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
         keep_alive = max_keep_alive;

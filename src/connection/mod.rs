@@ -1,6 +1,6 @@
 //! The per-client task: moves bytes between the socket and the session.
 //!
-//! One task per TCP connection, with one `select!` over socket reads, socket writes
+//! One task per connection, over any transport (`crate::listener::ClientStream`), with one `select!` over socket reads, socket writes
 //! (while encoded bytes wait), the session's wake-up, the keep-alive deadline, the
 //! takeover signal and server shutdown. Incoming packets are decoded and handed to the
 //! sans-IO `Session`; its actions are carried out here and in `crate::broker` (routing a
@@ -9,19 +9,24 @@
 //! `limits.max_outbox_bytes`: a client whose backlog is full while more messages wait is
 //! a slow consumer and is disconnected.
 
+mod authenticate;
 mod handshake;
+mod policy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytestring::ByteString;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant as TokioInstant;
 
-use crate::broker::{now, Broker, SessionHandle, Stats};
+use crate::auth::{Exchange, Security};
+use crate::broker::{now, Broker, Dropped, Refusal, SessionHandle, Stats};
+use crate::config::Config;
+use crate::listener::{Accepted, ClientStream, ListenerContext};
 use crate::protocol::{decode, encode, reason, ConnAck, Disconnect, Packet, ProtocolVersion, QoS};
 use crate::session::Action;
 use crate::storage::StoreEvent;
@@ -81,16 +86,32 @@ impl Exit {
     }
 }
 
-/// Serves one accepted socket until it closes.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+/// Counts the socket as closed on every way out of `serve`.
+struct OpenSocket<'a>(&'a Stats);
+
+impl Drop for OpenSocket<'_> {
+    fn drop(&mut self) {
+        Stats::incr(&self.0.connections_closed);
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<ListenerContext>) {
     Stats::incr(&broker.stats().connections_accepted);
-    // MQTT packets are small and already batched per wake-up; Nagle would only add delay.
-    let _ = stream.set_nodelay(true);
+    let _open = OpenSocket(broker.stats());
+    // The limits in force when the client arrived hold for its whole connection, even
+    // if a reload changes them meanwhile: a MQTT 5 client was told them in CONNACK.
+    let config = broker.config();
+    let Accepted {
+        mut stream,
+        peer,
+        certificate_identity,
+    } = accepted;
     let mut shutdown = broker.shutdown_signal();
     let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
 
     let first = tokio::select! {
-        result = handshake::read_connect(&mut stream, &mut read_buf, broker.config()) => result,
+        result = handshake::read_connect(&mut stream, &mut read_buf, &config, broker.stats()) => result,
         _ = shutdown.wait_for(|stopping| *stopping) => {
             return;
         }
@@ -98,7 +119,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
     let mut connect = match first {
         Ok(connect) => connect,
         Err(error) => {
-            Stats::incr(&broker.stats().connections_rejected);
+            broker.stats().refused(error.refusal());
             tracing::debug!(%peer, ?error, "connection closed before a valid CONNECT");
             if let HandshakeError::Decode(crate::protocol::DecodeError::UnsupportedProtocol) = error
             {
@@ -111,6 +132,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
                     &mut stream,
                     Packet::ConnAck(refusal),
                     ProtocolVersion::V3_1_1,
+                    broker.stats(),
                 )
                 .await;
             }
@@ -121,13 +143,51 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
     let terms = match handshake::negotiate(&broker, &mut connect) {
         Ok(terms) => terms,
         Err(reason_code) => {
-            Stats::incr(&broker.stats().connections_rejected);
+            broker
+                .stats()
+                .refused(Refusal::from_reason_code(reason_code));
             tracing::info!(%peer, client_id = %connect.client_id, reason_code, "connection refused");
             let refusal = ConnAck {
                 reason_code,
                 ..ConnAck::default()
             };
-            send_and_close(&mut stream, Packet::ConnAck(refusal), version).await;
+            send_and_close(
+                &mut stream,
+                Packet::ConnAck(refusal),
+                version,
+                broker.stats(),
+            )
+            .await;
+            return;
+        }
+    };
+    let admitted = authenticate::admit(
+        &mut stream,
+        &mut read_buf,
+        &broker,
+        &listener,
+        certificate_identity,
+        &connect,
+    )
+    .await;
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
+        Err(reason_code) => {
+            broker
+                .stats()
+                .refused(Refusal::from_reason_code(reason_code));
+            tracing::info!(%peer, client_id = %connect.client_id, reason_code, "authentication refused");
+            let refusal = ConnAck {
+                reason_code,
+                ..ConnAck::default()
+            };
+            send_and_close(
+                &mut stream,
+                Packet::ConnAck(refusal),
+                version,
+                broker.stats(),
+            )
+            .await;
             return;
         }
     };
@@ -144,8 +204,13 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
     );
     let mut connack = terms.connack;
     connack.session_present = connected.session_present;
+    if admitted.method.is_some() {
+        connack.properties.authentication_method = admitted.method.clone();
+        connack.properties.authentication_data = admitted.data;
+    }
     let mut connection = Connection {
         broker: broker.clone(),
+        config,
         handle: connected.handle,
         generation: connected.attachment.generation,
         version,
@@ -155,29 +220,74 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>)
         out: vec![Packet::ConnAck(connack)],
         keep_alive: (terms.keep_alive != 0)
             .then(|| Duration::from_millis(u64::from(terms.keep_alive) * 1500)),
+        qos0_unwritten: 0,
+        unflushed: false,
+        security: listener.security.clone(),
+        username: admitted.username,
+        auth_method: admitted.method,
+        exchange: None,
+        rate: policy::PublishRate::new(broker.config().limits.max_publish_rate, now()),
     };
     drop(connect);
     connection
         .run(stream, connected.attachment.kicked, shutdown)
         .await;
-    Stats::incr(&broker.stats().connections_closed);
 }
 
 /// Writes one packet and closes, within `CLOSE_FLUSH_TIMEOUT`.
-async fn send_and_close(stream: &mut TcpStream, packet: Packet, version: ProtocolVersion) {
+async fn send_and_close(
+    stream: &mut ClientStream,
+    packet: Packet,
+    version: ProtocolVersion,
+    stats: &Stats,
+) {
     let mut buf = BytesMut::new();
     encode(&packet, version, &mut buf);
-    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-        stream.write_all(&buf).await?;
-        stream.shutdown().await
-    })
-    .await;
+    Stats::incr(&stats.packets_sent);
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write_counted(stream, &buf, stats)).await;
+}
+
+/// Writes `buf` whole, flushes (TLS and WebSocket buffer), counts it as sent, and closes
+/// the sending side.
+async fn write_counted(
+    stream: &mut (impl AsyncWrite + Unpin),
+    buf: &[u8],
+    stats: &Stats,
+) -> std::io::Result<()> {
+    stream.write_all(buf).await?;
+    stream.flush().await?;
+    Stats::add(&stats.bytes_sent, buf.len() as u64);
+    stream.shutdown().await
+}
+
+/// What one write step achieved.
+enum WriteProgress {
+    /// This many bytes left the write buffer.
+    Wrote(usize),
+    /// The buffer was empty and the stream was flushed.
+    Flushed,
+}
+
+/// Writes some of `buf`, or flushes once it is empty (TLS and WebSocket hold written
+/// bytes until flushed).
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    buf: &mut BytesMut,
+) -> std::io::Result<WriteProgress> {
+    if buf.is_empty() {
+        writer.flush().await?;
+        return Ok(WriteProgress::Flushed);
+    }
+    match writer.write_buf(buf).await? {
+        0 => Err(std::io::ErrorKind::WriteZero.into()),
+        written => Ok(WriteProgress::Wrote(written)),
+    }
 }
 
 /// What woke the connection task.
 enum Event {
     Read(std::io::Result<usize>),
-    Written(std::io::Result<usize>),
+    Written(std::io::Result<WriteProgress>),
     Wake,
     KeepAliveExpired,
     Kicked,
@@ -186,6 +296,8 @@ enum Event {
 
 struct Connection {
     broker: Arc<Broker>,
+    /// The configuration in force when the connection was accepted.
+    config: Arc<Config>,
     handle: Arc<SessionHandle>,
     generation: u64,
     version: ProtocolVersion,
@@ -198,12 +310,25 @@ struct Connection {
     out: Vec<Packet>,
     /// 1.5 times the effective keep alive; `None` when disabled.
     keep_alive: Option<Duration>,
+    /// QoS 0 PUBLISHes encoded since `write_buf` was last empty: what is lost if the
+    /// client is cut off as a slow consumer (QoS 1/2 stay in the session).
+    qos0_unwritten: u64,
+    /// Bytes were written since the last flush.
+    unflushed: bool,
+    security: Arc<Security>,
+    /// The authenticated username; `None` for an anonymous client.
+    username: Option<String>,
+    /// The MQTT 5 enhanced authentication method of CONNECT (re-authentication uses it).
+    auth_method: Option<ByteString>,
+    /// A re-authentication in progress.
+    exchange: Option<Box<dyn Exchange>>,
+    rate: policy::PublishRate,
 }
 
 impl Connection {
     async fn run(
         &mut self,
-        mut stream: TcpStream,
+        stream: ClientStream,
         mut kicked: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Exit {
@@ -214,26 +339,27 @@ impl Connection {
         if result.is_ok() {
             result = self.drain_session();
         }
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let exit = loop {
             if let Err(exit) = result {
                 break exit;
             }
-            let (mut reader, mut writer) = stream.split();
-            let has_output = !self.write_buf.is_empty();
+            let has_output = !self.write_buf.is_empty() || self.unflushed;
             self.read_buf.reserve(READ_CHUNK);
             let event = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stopping| *stopping) => Event::Shutdown,
                 _ = kicked.changed() => Event::Kicked,
                 _ = &mut keep_alive_timer, if self.keep_alive.is_some() => Event::KeepAliveExpired,
-                written = writer.write_buf(&mut self.write_buf), if has_output => Event::Written(written),
+                written = write_or_flush(&mut writer, &mut self.write_buf), if has_output => Event::Written(written),
                 read = reader.read_buf(&mut self.read_buf) => Event::Read(read),
                 _ = self.handle.wake.notified() => Event::Wake,
             };
             result = match event {
                 Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
-                Event::Written(Ok(0)) | Event::Written(Err(_)) => Err(Exit::SocketClosed),
-                Event::Read(Ok(_)) => {
+                Event::Written(Err(_)) => Err(Exit::SocketClosed),
+                Event::Read(Ok(read)) => {
+                    Stats::add(&self.broker.stats().bytes_received, read as u64);
                     let handled = self.process_input();
                     if let Some(period) = self.keep_alive {
                         keep_alive_timer
@@ -242,7 +368,18 @@ impl Connection {
                     }
                     handled.and_then(|()| self.drain_session())
                 }
-                Event::Written(Ok(_)) => Ok(()),
+                Event::Written(Ok(WriteProgress::Wrote(written))) => {
+                    Stats::add(&self.broker.stats().bytes_sent, written as u64);
+                    self.unflushed = true;
+                    if self.write_buf.is_empty() {
+                        self.qos0_unwritten = 0;
+                    }
+                    Ok(())
+                }
+                Event::Written(Ok(WriteProgress::Flushed)) => {
+                    self.unflushed = false;
+                    Ok(())
+                }
                 Event::Wake => self.drain_session(),
                 Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
                 Event::Kicked => {
@@ -255,16 +392,20 @@ impl Connection {
                 Event::Shutdown => Err(Exit::Shutdown),
             };
         };
-        self.close(&mut stream, exit).await;
+        let _ = reader;
+        self.close(&mut writer, exit).await;
         exit
     }
 
     /// Decodes and handles every complete packet in the read buffer.
     fn process_input(&mut self) -> Result<(), Exit> {
-        let max_packet_size = self.broker.config().limits.max_packet_size;
+        let max_packet_size = self.config.limits.max_packet_size;
         loop {
             match decode(&mut self.read_buf, Some(self.version), max_packet_size) {
-                Ok(Some(packet)) => self.handle_packet(packet)?,
+                Ok(Some(packet)) => {
+                    Stats::incr(&self.broker.stats().packets_received);
+                    self.handle_packet(packet)?
+                }
                 Ok(None) => return Ok(()),
                 Err(error) => {
                     tracing::debug!(client_id = %self.handle.client_id, %error, "undecodable packet");
@@ -278,6 +419,11 @@ impl Connection {
 
     fn handle_packet(&mut self, packet: Packet) -> Result<(), Exit> {
         let now = now();
+        let packet = match packet {
+            // Authentication is the connection's business, not the session's.
+            Packet::Auth(auth) if self.version.is_v5() => return self.handle_auth(auth),
+            other => other,
+        };
         let actions = {
             let mut session = self
                 .handle
@@ -291,18 +437,35 @@ impl Connection {
                 reason_code: violation.reason_code,
             }
         })?;
-        // Set by a PUBLISH that matched no subscription; its acknowledgement, which
-        // follows in the action list, then says so (MQTT 5 reason 0x10).
-        let mut unrouted = false;
+        // Set by a PUBLISH that was not routed; its acknowledgement, which follows in the
+        // action list, then says why (MQTT 5 only).
+        let mut ack_reason = None;
+        // Set by a PUBLISH that was refused (ACL, `$` topic, rate): its acknowledgement
+        // carries this reason for MQTT 5.
+        let mut refused = None;
         for action in actions {
             match action {
                 Action::Send(mut packet) => {
-                    if std::mem::take(&mut unrouted) {
-                        mark_no_subscribers(&mut packet);
+                    if let Some(reason_code) = ack_reason.take() {
+                        mark_ack(&mut packet, reason_code);
+                    }
+                    if let Some(code) = refused.take() {
+                        self.refuse_ack(&mut packet, code)?;
                     }
                     self.out.push(packet);
                 }
                 Action::Route(message) => {
+                    if let Some(code) = self.check_publish(&message, now)? {
+                        self.broker
+                            .stats()
+                            .dropped(if code == reason::QUOTA_EXCEEDED {
+                                Dropped::RateLimited
+                            } else {
+                                Dropped::AclDenied
+                            });
+                        refused = Some(code);
+                        continue;
+                    }
                     // Routed before its acknowledgement is queued: a durable store will
                     // hold the ack back until the message is safely written.
                     let deliveries = self.broker.publish(&message);
@@ -312,9 +475,11 @@ impl Connection {
                             deliveries,
                         });
                     }
-                    unrouted = deliveries == 0 && self.version.is_v5();
+                    ack_reason = (deliveries == 0 && self.version.is_v5())
+                        .then_some(reason::NO_MATCHING_SUBSCRIBERS);
                 }
-                Action::Subscribe(request) => {
+                Action::Subscribe(mut request) => {
+                    self.check_subscribe(&mut request)?;
                     let suback = self
                         .broker
                         .subscribe(&self.handle, self.generation, request)
@@ -345,7 +510,7 @@ impl Connection {
     fn drain_session(&mut self) -> Result<(), Exit> {
         let mut packets = std::mem::take(&mut self.out);
         let mut dropped = Vec::new();
-        let backlog_full = self.write_buf.len() >= self.broker.config().limits.max_outbox_bytes;
+        let backlog_full = self.write_buf.len() >= self.config.limits.max_outbox_bytes;
         {
             let mut session = self
                 .handle
@@ -360,7 +525,15 @@ impl Connection {
         for reason in dropped {
             self.broker.stats().dropped(reason);
         }
+        let stats = self.broker.stats();
         for packet in packets.drain(..) {
+            Stats::incr(&stats.packets_sent);
+            if let Packet::Publish(publish) = &packet {
+                stats.message_sent(publish.qos);
+                if publish.qos == QoS::AtMostOnce {
+                    self.qos0_unwritten += 1;
+                }
+            }
             encode(&packet, self.version, &mut self.write_buf);
         }
         // Keep the allocation for the next batch.
@@ -370,7 +543,7 @@ impl Connection {
 
     /// Ends the connection: settles the session first (so a fast reconnect finds it
     /// detached), then flushes what is owed to the client and closes the socket.
-    async fn close(&mut self, stream: &mut TcpStream, exit: Exit) {
+    async fn close(&mut self, stream: &mut WriteHalf<ClientStream>, exit: Exit) {
         let client_id = &self.handle.client_id;
         match exit {
             Exit::TakenOver => {
@@ -384,6 +557,9 @@ impl Connection {
         match exit {
             Exit::SlowConsumer => {
                 Stats::incr(&self.broker.stats().slow_consumers);
+                self.broker
+                    .stats()
+                    .dropped_many(Dropped::SlowConsumer, self.qos0_unwritten);
                 tracing::warn!(client_id = %client_id, peer = %self.peer, "slow consumer disconnected");
                 self.write_buf.clear();
                 return;
@@ -397,6 +573,7 @@ impl Connection {
             return;
         }
         for packet in self.out.drain(..) {
+            Stats::incr(&self.broker.stats().packets_sent);
             encode(&packet, self.version, &mut self.write_buf);
         }
         if self.version.is_v5() {
@@ -405,6 +582,7 @@ impl Connection {
                     reason_code,
                     ..Disconnect::default()
                 };
+                Stats::incr(&self.broker.stats().packets_sent);
                 encode(
                     &Packet::Disconnect(disconnect),
                     self.version,
@@ -412,20 +590,26 @@ impl Connection {
                 );
             }
         }
-        let write_buf = &self.write_buf;
-        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-            stream.write_all(write_buf).await?;
-            stream.shutdown().await
-        })
+        let _ = tokio::time::timeout(
+            CLOSE_FLUSH_TIMEOUT,
+            write_counted(stream, &self.write_buf, self.broker.stats()),
+        )
         .await;
     }
 }
 
-/// Turns the success acknowledgement of an unrouted PUBLISH into 0x10 (MQTT 5).
-fn mark_no_subscribers(packet: &mut Packet) {
-    if let Packet::PubAck(ack) | Packet::PubRec(ack) = packet {
-        if ack.reason_code == reason::SUCCESS {
-            ack.reason_code = reason::NO_MATCHING_SUBSCRIBERS;
+/// Gives the success acknowledgement of a PUBLISH that was not routed its reason
+/// (MQTT 5): 0x10 No matching subscribers on PUBACK or PUBREC. A failure code goes on
+/// PUBACK only, since a failed PUBREC would end a QoS 2 flow the session keeps open
+/// (refusals go through `refuse_ack`, which also releases the session's QoS 2 state).
+fn mark_ack(packet: &mut Packet, reason_code: u8) {
+    match packet {
+        Packet::PubAck(ack) if ack.reason_code == reason::SUCCESS => ack.reason_code = reason_code,
+        Packet::PubRec(ack)
+            if ack.reason_code == reason::SUCCESS && reason_code < reason::UNSPECIFIED_ERROR =>
+        {
+            ack.reason_code = reason_code
         }
+        _ => {}
     }
 }

@@ -1,0 +1,120 @@
+//! TLS for `tls` and `wss` listeners: the rustls server configuration (ring provider,
+//! TLS 1.2 and 1.3), client-certificate verification, and its reload.
+//!
+//! The whole `ServerConfig` is rebuilt on reload and swapped behind a lock; each
+//! handshake takes the configuration current at accept time, so a new certificate or CA
+//! applies to new connections while established ones keep theirs.
+
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{CertIdentity, ClientAuth, TlsConfig};
+
+/// Why a TLS configuration could not be built. Names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// The TLS side of one listener, reloadable.
+pub struct TlsTerminator {
+    config: TlsConfig,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl TlsTerminator {
+    pub fn new(config: &TlsConfig) -> Result<TlsTerminator, TlsError> {
+        Ok(TlsTerminator {
+            current: RwLock::new(build(config)?),
+            config: config.clone(),
+        })
+    }
+
+    /// Reads certificate, key and CA again. On error the previous configuration stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let rebuilt = build(&self.config)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = rebuilt;
+        Ok(())
+    }
+
+    /// Runs the handshake; returns the stream and the client certificate's identity when
+    /// the listener uses one.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> std::io::Result<(TlsStream<TcpStream>, Option<String>)> {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let stream = TlsAcceptor::from(config).accept(tcp).await?;
+        let identity = self.config.identity.and_then(|kind| {
+            let (_, connection) = stream.get_ref();
+            let certificate = connection.peer_certificates()?.first()?;
+            super::identity::extract(certificate.as_ref(), kind == CertIdentity::San)
+        });
+        Ok((stream, identity))
+    }
+}
+
+fn build(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certificates = read_certificates(&config.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&config.key)
+        .map_err(|error| file_error(&config.key, format!("no usable private key: {error}")))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match (config.client_auth, &config.ca) {
+        (ClientAuth::None, _) => builder.with_no_client_auth(),
+        (mode, Some(ca)) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in read_certificates(ca)? {
+                roots
+                    .add(certificate)
+                    .map_err(|error| file_error(ca, format!("invalid CA certificate: {error}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if mode == ClientAuth::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(verifier.build()?)
+        }
+        // Config validation requires a CA for client authentication.
+        (_, None) => return Err(file_error(Path::new("ca"), "client_auth needs a CA file")),
+    };
+    Ok(Arc::new(builder.with_single_cert(certificates, key)?))
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|error| file_error(path, error))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| file_error(path, error))?;
+    if certificates.is_empty() {
+        return Err(file_error(path, "no PEM certificate found"));
+    }
+    Ok(certificates)
+}
