@@ -20,8 +20,7 @@ usage: bench/run.sh [options]
   --topics N           retained scenario topics (default 100000)
   --out DIR            results directory (default /tmp/fleetmq-bench/DATE)
   --no-build           use the existing release binaries
-Environment: FLEETMQ_ARGS replaces the fleetmq arguments
-("--bind 127.0.0.1:PORT --log-level warn");
+Environment: FLEETMQ_ARGS replaces the fleetmq arguments ("-c GENERATED.toml");
 MOSQUITTO (default /usr/sbin/mosquitto).
 EOF
 }
@@ -65,6 +64,7 @@ CLK_TCK="$(getconf CLK_TCK)"
 MAX_QUEUED=1000
 MAX_INFLIGHT=32
 declare -A PORT=([fleetmq]=18831 [mosquitto]=18832 [discard]=18833)
+FLEETMQ_METRICS_PORT=18839
 
 # Ten thousand idle connections need descriptors on both ends.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -100,6 +100,31 @@ if [ "$BUILD" = 1 ]; then
     cargo build --release --bin fleetmq --bin fleetmq-bench
 fi
 
+# fleetmq's defaults, except: its per-client publish and per-listener connection
+# rate limits are raised out of the way (Mosquitto has neither by default), the
+# connection limit leaves room for the idle scenario, metrics move to a port of
+# their own, and logs stay quiet as Mosquitto's do.
+write_fleetmq_conf() {
+    cat >"$WORK/fleetmq.toml" <<EOF
+[[listeners]]
+type = "tcp"
+bind = "127.0.0.1:${PORT[fleetmq]}"
+
+[limits]
+max_queued_messages = $MAX_QUEUED
+max_inflight_messages = $MAX_INFLIGHT
+max_connections = 100000
+max_connection_rate = 1000000000
+max_publish_rate = 1000000000
+
+[metrics]
+bind = "127.0.0.1:$FLEETMQ_METRICS_PORT"
+
+[log]
+level = "warn"
+EOF
+}
+
 write_mosquitto_conf() {
     cat >"$WORK/mosquitto.conf" <<EOF
 listener ${PORT[mosquitto]} 127.0.0.1
@@ -113,12 +138,22 @@ EOF
 }
 
 # Starts broker $1 in the background and waits (bounded) until its port accepts.
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
 start_broker() {
     local name="$1" port="${PORT[$1]}"
+    # Something else on the port would be measured in place of the broker.
+    if port_open "$port"; then
+        echo "port $port is already in use; not starting $name" >&2
+        return 1
+    fi
     case "$name" in
         fleetmq)
+            write_fleetmq_conf
             # shellcheck disable=SC2086
-            "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:---bind 127.0.0.1:$port --log-level warn} \
+            "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
                 >>"$OUT/fleetmq.log" 2>&1 &
             ;;
         mosquitto)
@@ -133,7 +168,7 @@ start_broker() {
     esac
     BROKER_PID=$!
     for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        if port_open "$port" && kill -0 "$BROKER_PID" 2>/dev/null; then
             return 0
         fi
         kill -0 "$BROKER_PID" 2>/dev/null || break

@@ -17,6 +17,7 @@ mod wire;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -319,8 +320,19 @@ fn report(files: &[PathBuf], a: &str, b: &str, markdown: bool) -> anyhow::Result
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with the causes, no backtrace: the usual failure is a broker
+            // that closed or refused the connection.
+            eprintln!("fleetmq-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let threads = cli
         .threads
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
