@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# A/B benchmark of fleetmq against Mosquitto on loopback.
+#
+# Each run starts a fresh broker, runs one scenario of fleetmq-bench against it and
+# stops it, alternating brokers (A, B, A, B, ...) so that background load hits both
+# alike. Results: one JSON line per run in $OUT/results.jsonl, medians and ratios in
+# $OUT/summary.txt and a markdown table in $OUT/table.md. See BENCHMARKS.md.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: bench/run.sh [options]
+  --reps N             runs per scenario and broker (default 3)
+  --pin                broker on CPU 0, load generator on CPU 1 (taskset)
+  --scenarios "LIST"   among: fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1
+                       latency idle retained (default: all)
+  --brokers "LIST"     among: fleetmq mosquitto discard (default: fleetmq mosquitto)
+  --duration S         seconds of load per throughput/latency run (default 5)
+  --connections N      idle scenario connections (default 10000)
+  --topics N           retained scenario topics (default 100000)
+  --out DIR            results directory (default /tmp/fleetmq-bench/DATE)
+  --no-build           use the existing release binaries
+Environment: FLEETMQ_ARGS replaces the fleetmq arguments ("-c GENERATED.toml");
+MOSQUITTO (default /usr/sbin/mosquitto).
+EOF
+}
+
+REPS=3
+PIN=0
+SCENARIOS="fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1 latency idle retained"
+BROKERS="fleetmq mosquitto"
+DURATION=5
+CONNECTIONS=10000
+TOPICS=100000
+OUT=""
+BUILD=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --reps) REPS="$2"; shift 2 ;;
+        --pin) PIN=1; shift ;;
+        --scenarios) SCENARIOS="$2"; shift 2 ;;
+        --brokers) BROKERS="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --connections) CONNECTIONS="$2"; shift 2 ;;
+        --topics) TOPICS="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+BENCH="$TARGET_DIR/release/fleetmq-bench"
+FLEETMQ="$TARGET_DIR/release/fleetmq"
+MOSQUITTO="${MOSQUITTO:-/usr/sbin/mosquitto}"
+OUT="${OUT:-${TMPDIR:-/tmp}/fleetmq-bench/$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT"
+WORK="$(mktemp -d)"
+CLK_TCK="$(getconf CLK_TCK)"
+# Mosquitto's queue and inflight limits are set to fleetmq's defaults (src/limits.rs).
+MAX_QUEUED=1000
+MAX_INFLIGHT=32
+declare -A PORT=([fleetmq]=18831 [mosquitto]=18832 [discard]=18833)
+FLEETMQ_METRICS_PORT=18839
+
+# Ten thousand idle connections need descriptors on both ends.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+BROKER_PID=""
+stop_broker() {
+    if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill -TERM "$BROKER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$BROKER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+    fi
+    BROKER_PID=""
+}
+cleanup() {
+    stop_broker
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+BROKER_CPU=()
+BENCH_CPU=()
+if [ "$PIN" = 1 ]; then
+    BROKER_CPU=(taskset -c 0)
+    BENCH_CPU=(taskset -c 1)
+fi
+
+if [ "$BUILD" = 1 ]; then
+    cargo build --release --bin fleetmq --bin fleetmq-bench
+fi
+
+# fleetmq's defaults, except: its per-client publish and per-listener connection
+# rate limits are raised out of the way (Mosquitto has neither by default), the
+# connection limit leaves room for the idle scenario, metrics move to a port of
+# their own, and logs stay quiet as Mosquitto's do.
+write_fleetmq_conf() {
+    cat >"$WORK/fleetmq.toml" <<EOF
+[[listeners]]
+type = "tcp"
+bind = "127.0.0.1:${PORT[fleetmq]}"
+
+[limits]
+max_queued_messages = $MAX_QUEUED
+max_inflight_messages = $MAX_INFLIGHT
+max_connections = 100000
+max_connection_rate = 1000000000
+max_publish_rate = 1000000000
+
+[metrics]
+bind = "127.0.0.1:$FLEETMQ_METRICS_PORT"
+
+[log]
+level = "warn"
+EOF
+}
+
+write_mosquitto_conf() {
+    cat >"$WORK/mosquitto.conf" <<EOF
+listener ${PORT[mosquitto]} 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages $MAX_QUEUED
+max_inflight_messages $MAX_INFLIGHT
+set_tcp_nodelay true
+log_dest none
+EOF
+}
+
+# Starts broker $1 in the background and waits (bounded) until its port accepts.
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+start_broker() {
+    local name="$1" port="${PORT[$1]}"
+    # Something else on the port would be measured in place of the broker.
+    if port_open "$port"; then
+        echo "port $port is already in use; not starting $name" >&2
+        return 1
+    fi
+    case "$name" in
+        fleetmq)
+            write_fleetmq_conf
+            # shellcheck disable=SC2086
+            "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
+                >>"$OUT/fleetmq.log" 2>&1 &
+            ;;
+        mosquitto)
+            write_mosquitto_conf
+            "${BROKER_CPU[@]}" "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$OUT/mosquitto.log" 2>&1 &
+            ;;
+        discard)
+            "${BROKER_CPU[@]}" "$BENCH" discard-server --bind "127.0.0.1:$port" \
+                >>"$OUT/discard.log" 2>&1 &
+            ;;
+        *) echo "unknown broker $name" >&2; return 1 ;;
+    esac
+    BROKER_PID=$!
+    for _ in $(seq 100); do
+        if port_open "$port" && kill -0 "$BROKER_PID" 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "$name did not start listening on port $port (see $OUT/$name.log)" >&2
+    stop_broker
+    return 1
+}
+
+scenario_args() {
+    case "$1" in
+        fanin-q0|fanin-q1|fanin-q2) echo "fanin --qos ${1#fanin-q} --duration $DURATION" ;;
+        fanout-q0|fanout-q1) echo "fanout --qos ${1#fanout-q} --duration $DURATION" ;;
+        latency) echo "latency --duration $DURATION --warmup 1" ;;
+        idle) echo "idle --connections $CONNECTIONS" ;;
+        retained) echo "retained --topics $TOPICS" ;;
+        *) echo "unknown scenario $1" >&2; return 1 ;;
+    esac
+}
+
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "host: $(nproc) CPUs, $(uname -sr)"
+    echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "options: reps=$REPS pin=$PIN duration=${DURATION}s connections=$CONNECTIONS topics=$TOPICS"
+    echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
+    echo "load before: $(uptime)"
+} >"$OUT/meta.txt"
+cat "$OUT/meta.txt"
+
+FAILED=0
+for scenario in $SCENARIOS; do
+    read -r -a ARGS <<<"$(scenario_args "$scenario")"
+    # Generous bound on one run: its own limits plus the connect and drain phases.
+    LIMIT=$((DURATION * 3 + 120))
+    for rep in $(seq "$REPS"); do
+        for broker in $BROKERS; do
+            if ! start_broker "$broker"; then
+                FAILED=$((FAILED + 1))
+                continue
+            fi
+            if ! timeout "$LIMIT" "${BENCH_CPU[@]}" "$BENCH" "${ARGS[@]}" \
+                --addr "127.0.0.1:${PORT[$broker]}" --broker-pid "$BROKER_PID" \
+                --label "$broker" --clk-tck "$CLK_TCK" \
+                >>"$OUT/results.jsonl" 2>"$WORK/stderr"; then
+                echo "run failed: $scenario #$rep on $broker" >&2
+                FAILED=$((FAILED + 1))
+            fi
+            sed "s/^/[$rep] /" "$WORK/stderr"
+            cat "$WORK/stderr" >>"$OUT/bench.log"
+            stop_broker
+        done
+    done
+done
+
+echo "load after: $(uptime)" | tee -a "$OUT/meta.txt"
+A="$(echo "$BROKERS" | awk '{print $1}')"
+B="$(echo "$BROKERS" | awk '{print ($2 == "" ? "mosquitto" : $2)}')"
+"$BENCH" report --a "$A" --b "$B" "$OUT/results.jsonl" | tee "$OUT/summary.txt"
+"$BENCH" report --a "$A" --b "$B" --markdown "$OUT/results.jsonl" >"$OUT/table.md"
+echo "results in $OUT ($FAILED failed runs)"

@@ -1,0 +1,107 @@
+//! Idle connections: how fast the broker accepts CONNECTs and how much memory each
+//! open connection costs it (resident set before and after, per connection).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::time::Instant;
+
+use super::{add_cpu, Outcome, Target};
+use crate::conn::{Conn, ConnectOptions};
+use crate::record::Record;
+use crate::stats::rate;
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub connections: usize,
+    /// Connections being set up at once.
+    pub concurrency: usize,
+    /// 0 disables keep alive, so idle clients need no PINGREQ however long they stay.
+    pub keep_alive_secs: u16,
+    /// No new connection is started after this.
+    pub duration: Duration,
+}
+
+pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
+    let case = "idle";
+    let before = target.sample()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let options = ConnectOptions {
+        keep_alive_secs: params.keep_alive_secs,
+        clean_session: true,
+    };
+    let start = Instant::now();
+    let until = start + params.duration;
+    let workers: Vec<_> = (0..params.concurrency.clamp(1, params.connections.max(1)))
+        .map(|_| {
+            let (next, target, total) = (Arc::clone(&next), target.clone(), params.connections);
+            tokio::spawn(async move {
+                let mut conns = Vec::new();
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if index >= total || Instant::now() >= until {
+                        return (conns, None);
+                    }
+                    let id = target.client_id("idle", index);
+                    match Conn::connect(target.addr, &id, options).await {
+                        Ok(conn) => conns.push(conn),
+                        Err(error) => return (conns, Some(error)),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut conns = Vec::with_capacity(params.connections);
+    let mut first_error = None;
+    for worker in workers {
+        let (mut opened, error) = worker.await.context("connect worker")?;
+        conns.append(&mut opened);
+        first_error = first_error.or(error);
+    }
+    let elapsed = start.elapsed();
+    let connected = conns.len() as u64;
+    let after = target.probe.sample()?;
+
+    let mut record = Record::new(case, &target.label);
+    record
+        .number("connections", params.connections as f64)
+        .number("connected", connected as f64)
+        .number("connect_per_s", rate(connected, elapsed));
+    let mut memory = String::new();
+    if let (Some(before), Some(after)) = (before.broker, after) {
+        let grown_bytes = after.rss_kib.saturating_sub(before.rss_kib) * 1024;
+        let per_conn = if connected > 0 {
+            grown_bytes as f64 / connected as f64
+        } else {
+            0.0
+        };
+        record
+            .number("rss_before_kib", before.rss_kib as f64)
+            .number("rss_after_kib", after.rss_kib as f64)
+            .number("bytes_per_conn", per_conn);
+        memory = format!(
+            ", broker RSS {} -> {} KiB ({per_conn:.0} bytes/connection)",
+            before.rss_kib, after.rss_kib
+        );
+    }
+    add_cpu(&mut record, target, "cpu_us_per_conn", before, connected)?;
+    if let Some(error) = &first_error {
+        record.text("error", &format!("{error:#}"));
+    }
+    // Closing ten thousand sockets is the broker's work, not part of the figures.
+    drop(conns);
+
+    let mut summary = format!(
+        "{case} [{}]: {connected} of {} connections in {:.2} s ({:.0}/s){memory}",
+        target.label,
+        params.connections,
+        elapsed.as_secs_f64(),
+        rate(connected, elapsed)
+    );
+    if let Some(error) = first_error {
+        summary += &format!("; stopped by: {error:#}");
+    }
+    Ok(Outcome { record, summary })
+}
