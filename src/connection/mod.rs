@@ -143,21 +143,8 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
     let terms = match handshake::negotiate(&broker, &mut connect) {
         Ok(terms) => terms,
         Err(reason_code) => {
-            broker
-                .stats()
-                .refused(Refusal::from_reason_code(reason_code));
-            tracing::info!(%peer, client_id = %connect.client_id, reason_code, "connection refused");
-            let refusal = ConnAck {
-                reason_code,
-                ..ConnAck::default()
-            };
-            send_and_close(
-                &mut stream,
-                Packet::ConnAck(refusal),
-                version,
-                broker.stats(),
-            )
-            .await;
+            tracing::debug!(%peer, client_id = %connect.client_id, reason_code, "connection refused");
+            refuse(&mut stream, &broker, version, reason_code).await;
             return;
         }
     };
@@ -173,21 +160,8 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
     let admitted = match admitted {
         Ok(admitted) => admitted,
         Err(reason_code) => {
-            broker
-                .stats()
-                .refused(Refusal::from_reason_code(reason_code));
-            tracing::info!(%peer, client_id = %connect.client_id, reason_code, "authentication refused");
-            let refusal = ConnAck {
-                reason_code,
-                ..ConnAck::default()
-            };
-            send_and_close(
-                &mut stream,
-                Packet::ConnAck(refusal),
-                version,
-                broker.stats(),
-            )
-            .await;
+            tracing::debug!(%peer, client_id = %connect.client_id, reason_code, "authentication refused");
+            refuse(&mut stream, &broker, version, reason_code).await;
             return;
         }
     };
@@ -232,6 +206,24 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
     connection
         .run(stream, connected.attachment.kicked, shutdown)
         .await;
+}
+
+/// Answers CONNECT with a failure CONNACK, counts the refusal (which also logs it,
+/// rate-limited) and closes.
+async fn refuse(
+    stream: &mut ClientStream,
+    broker: &Broker,
+    version: ProtocolVersion,
+    reason_code: u8,
+) {
+    broker
+        .stats()
+        .refused(Refusal::from_reason_code(reason_code));
+    let refusal = ConnAck {
+        reason_code,
+        ..ConnAck::default()
+    };
+    send_and_close(stream, Packet::ConnAck(refusal), version, broker.stats()).await;
 }
 
 /// Writes one packet and closes, within `CLOSE_FLUSH_TIMEOUT`.
