@@ -7,8 +7,7 @@
 //!
 //! - [`MemoryStore`] keeps the state in memory (`persistence = false`, and tests).
 //! - `RocksStore` writes it to RocksDB, one column family per table, through a single
-//!   writer thread with group commit (`SyncMode`). It is built with the `rocksdb` cargo
-//!   feature until the broker restores from it.
+//!   writer thread with group commit (`SyncMode`).
 //!
 //! Writes are asynchronous: `submit` never blocks and returns a [`Completion`] that
 //! resolves once the write covering it is as durable as the sync mode promises. The
@@ -20,16 +19,11 @@
 //! shared by both backends), `codec` (the byte layout on disk), `writer` (the writer
 //! thread and group commit), `memory`, `rocks`.
 
-// The on-disk layout and the writer thread serve the RocksDB backend; their unit tests run
-// in every build.
-#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
 mod codec;
 mod ledger;
 mod memory;
 mod record;
-#[cfg(feature = "rocksdb")]
 mod rocks;
-#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
 mod writer;
 
 use std::future::Future;
@@ -50,7 +44,6 @@ pub use record::{
     InflightState, MessageId, QueuedDelivery, RestoredDelivery, RestoredInflight, RestoredSession,
     RestoredState, SessionRecord, StoreOp, StoredMessage, UnixMillis, WallClock, EXPIRY_NEVER,
 };
-#[cfg(feature = "rocksdb")]
 pub use rocks::{RocksOptions, RocksStore, SCHEMA_VERSION};
 
 /// The broker's persistence backend.
@@ -181,7 +174,6 @@ pub struct Completion {
 }
 
 #[derive(Debug)]
-#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
 enum CompletionState {
     Done(Option<CompletionResult>),
     Waiting(oneshot::Receiver<CompletionResult>),
@@ -194,7 +186,6 @@ impl Completion {
         }
     }
 
-    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn waiting() -> (oneshot::Sender<CompletionResult>, Completion) {
         let (sender, receiver) = oneshot::channel();
         let completion = Completion {

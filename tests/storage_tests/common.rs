@@ -125,8 +125,7 @@ pub fn id(client_id: &str) -> ByteString {
     client_id.into()
 }
 
-/// The RocksDB backend, built with the `rocksdb` feature.
-#[cfg(feature = "rocksdb")]
+/// The RocksDB backend.
 mod rocks_backend {
     use fleetmq::storage::{RocksOptions, RocksStore, Store, SyncMode};
     use tempfile::TempDir;
@@ -177,5 +176,4 @@ mod rocks_backend {
     }
 }
 
-#[cfg(feature = "rocksdb")]
 pub use rocks_backend::*;
