@@ -18,6 +18,7 @@ use crate::message::SessionKey;
 use crate::protocol::Connect;
 use crate::session::{RestoredParts, Session, SessionLimits};
 
+use super::congestion::Congestion;
 use super::lock;
 
 pub struct SessionHandle {
@@ -28,6 +29,8 @@ pub struct SessionHandle {
     /// Woken whenever something was enqueued; the attached connection then drains the
     /// session with `poll_outgoing`.
     pub wake: Notify,
+    /// Publishers waiting for this session's queue to drain (backpressure).
+    pub congestion: Congestion,
     /// Changed only while `state` is locked, so a check under the lock is authoritative.
     generation: AtomicU64,
     /// Mirrors `generation` for the attached connection task to select on.
@@ -75,6 +78,7 @@ impl SessionHandle {
             state: Mutex::new(session),
             client_id,
             wake: Notify::new(),
+            congestion: Congestion::default(),
             generation: AtomicU64::new(0),
             kick,
             connected: AtomicBool::new(false),
@@ -125,6 +129,8 @@ impl SessionHandle {
         let generation = self.bump_generation();
         session.attach(connect, session_expiry, now);
         self.connected.store(true, Ordering::Release);
+        // Publishers waiting for the previous connection wait no more.
+        self.congestion.relieve();
         // Subscribing under the lock: a takeover cannot slip in between attach and
         // subscribe and go unnoticed.
         let kicked = self.kick.subscribe();
@@ -140,6 +146,8 @@ impl SessionHandle {
     pub fn detach_locked(&self, session: &mut Session, now: Instant) {
         session.detach(now);
         self.connected.store(false, Ordering::Release);
+        // Nobody drains an offline session: publishers stop waiting for it.
+        self.congestion.relieve();
     }
 
     /// Retires the handle: the attached connection (if any) is kicked and no generation

@@ -25,6 +25,7 @@
 //! `routes` / `retained` / scheduler. The router takes `routes` alone, releases it, then
 //! locks target sessions one at a time.
 
+pub mod congestion;
 pub mod handle;
 pub mod lifecycle;
 pub mod log_throttle;
@@ -220,6 +221,7 @@ fn session_limits(config: &Config) -> SessionLimits {
         receive_maximum: limits.receive_maximum,
         max_queued_messages: limits.max_queued_messages,
         max_queued_bytes: limits.max_queued_bytes,
+        max_retained_backlog: limits.max_retained_backlog,
         topic_alias_maximum: limits.topic_alias_maximum,
     }
 }

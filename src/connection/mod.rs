@@ -6,10 +6,13 @@
 //! sans-IO `Session`; its actions are carried out here and in `crate::broker` (routing a
 //! PUBLISH to subscribers happens right on this task). Outgoing packets are drained from
 //! the session in batches and encoded into one write buffer, bounded by
-//! `limits.max_outbox_bytes`: a client whose backlog is full while more messages wait is
-//! a slow consumer and is disconnected.
+//! `limits.max_outbox_bytes`: a client whose backlog stays full for
+//! `limits.slow_consumer_timeout_ms` while more messages wait is a slow consumer and is
+//! disconnected. A publisher whose message left a subscriber's queue nearly full stops
+//! being read until that subscriber drained (`backpressure`).
 
 mod authenticate;
+mod backpressure;
 mod handshake;
 mod held;
 mod policy;
@@ -32,6 +35,7 @@ use crate::protocol::{decode, encode, reason, ConnAck, Disconnect, Packet, Proto
 use crate::session::Action;
 use crate::storage::Completion;
 
+use backpressure::{Paused, Resume};
 use handshake::HandshakeError;
 use held::{HeldPackets, Settled};
 
@@ -220,6 +224,9 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
         auth_method: admitted.method,
         exchange: None,
         rate: policy::PublishRate::new(broker.config().limits.max_publish_rate, now()),
+        paused: None,
+        outbox_full_since: None,
+        output_waiting: false,
     };
     drop(connect);
     connection
@@ -302,6 +309,10 @@ enum Event {
     Wake,
     /// The oldest held acknowledgement's writes resolved.
     Settled,
+    /// The subscriber this publisher waited for drained, or the wait timed out.
+    Resume(Resume),
+    /// The outbox has been full for the slow-consumer timeout.
+    OutboxTimeout,
     KeepAliveExpired,
     Kicked,
     Shutdown,
@@ -338,6 +349,13 @@ struct Connection {
     /// A re-authentication in progress.
     exchange: Option<Box<dyn Exchange>>,
     rate: policy::PublishRate,
+    /// Reading is paused until this subscriber drained (backpressure).
+    paused: Option<Paused>,
+    /// Since when the outbox has been full while queued messages waited.
+    outbox_full_since: Option<TokioInstant>,
+    /// The session had more to send than the outbox took at the last drain; drain again
+    /// once the socket took half of it.
+    output_waiting: bool,
 }
 
 impl Connection {
@@ -360,16 +378,22 @@ impl Connection {
                 break exit;
             }
             let has_output = !self.write_buf.is_empty() || self.unflushed;
+            let reading = self.paused.is_none();
+            let outbox_deadline = self
+                .outbox_full_since
+                .map(|since| since + self.slow_consumer_timeout());
             self.read_buf.reserve(READ_CHUNK);
             let event = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stopping| *stopping) => Event::Shutdown,
                 _ = kicked.changed() => Event::Kicked,
-                _ = &mut keep_alive_timer, if self.keep_alive.is_some() => Event::KeepAliveExpired,
+                _ = &mut keep_alive_timer, if self.keep_alive.is_some() && reading => Event::KeepAliveExpired,
                 written = write_or_flush(&mut writer, &mut self.write_buf), if has_output => Event::Written(written),
-                read = reader.read_buf(&mut self.read_buf) => Event::Read(read),
+                read = reader.read_buf(&mut self.read_buf), if reading => Event::Read(read),
                 _ = self.handle.wake.notified() => Event::Wake,
                 _ = self.held.front_settled(), if !self.held.is_empty() => Event::Settled,
+                resume = backpressure::wait(self.paused.as_ref()), if !reading => Event::Resume(resume),
+                _ = backpressure::sleep_until(outbox_deadline), if outbox_deadline.is_some() => Event::OutboxTimeout,
             };
             result = match event {
                 Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
@@ -390,7 +414,13 @@ impl Connection {
                     if self.write_buf.is_empty() {
                         self.qos0_unwritten = 0;
                     }
-                    Ok(())
+                    if self.output_waiting
+                        && self.write_buf.len() <= self.config.limits.max_outbox_bytes / 2
+                    {
+                        self.drain_session()
+                    } else {
+                        Ok(())
+                    }
                 }
                 Event::Written(Ok(WriteProgress::Flushed)) => {
                     self.unflushed = false;
@@ -398,6 +428,22 @@ impl Connection {
                 }
                 Event::Wake => self.drain_session(),
                 Event::Settled => self.drain_session(),
+                Event::Resume(resume) => {
+                    if let Some(paused) = self.paused.take() {
+                        if resume == Resume::TimedOut {
+                            paused.give_up();
+                        }
+                    }
+                    // The client was not read while paused; it was not silent.
+                    if let Some(period) = self.keep_alive {
+                        keep_alive_timer
+                            .as_mut()
+                            .reset(TokioInstant::now() + period);
+                    }
+                    // What was read before the pause comes first.
+                    self.process_input().and_then(|()| self.drain_session())
+                }
+                Event::OutboxTimeout => self.drain_session(),
                 Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
                 Event::Kicked => {
                     if *kicked.borrow_and_update() == self.generation {
@@ -414,10 +460,14 @@ impl Connection {
         exit
     }
 
-    /// Decodes and handles every complete packet in the read buffer.
+    /// Decodes and handles every complete packet in the read buffer, until a PUBLISH
+    /// pauses reading (the rest waits in the buffer).
     fn process_input(&mut self) -> Result<(), Exit> {
         let max_packet_size = self.config.limits.max_packet_size;
         loop {
+            if self.paused.is_some() {
+                return Ok(());
+            }
             match decode(&mut self.read_buf, Some(self.version), max_packet_size) {
                 Ok(Some(packet)) => {
                     Stats::incr(&self.broker.stats().packets_received);
@@ -493,6 +543,9 @@ impl Connection {
                     // the writes that make the message durable.
                     let published = self.broker.publish_durably(&message);
                     writes.extend(published.writes);
+                    if let Some(target) = published.congested {
+                        self.pause_for(target);
+                    }
                     ack_reason = (published.routed == 0 && self.version.is_v5())
                         .then_some(reason::NO_MATCHING_SUBSCRIBERS);
                 }
@@ -517,6 +570,21 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Stops reading until `target`, a subscriber this client's message left nearly
+    /// full, has drained, for at most `limits.slow_consumer_timeout_ms`.
+    fn pause_for(&mut self, target: Arc<SessionHandle>) {
+        let timeout = self.slow_consumer_timeout();
+        if self.paused.is_some() || timeout.is_zero() {
+            return;
+        }
+        Stats::incr(&self.broker.stats().publishers_paused);
+        self.paused = Some(Paused::new(target, timeout));
+    }
+
+    fn slow_consumer_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.limits.slow_consumer_timeout_ms)
     }
 
     /// Queues a packet for the client, or holds it until `writes` are durable (and behind
@@ -568,25 +636,41 @@ impl Connection {
     /// the session may send now.
     ///
     /// While the unwritten backlog is at `max_outbox_bytes` or more, nothing more is
-    /// taken from the session; if the session then still has messages waiting, the client
-    /// is not keeping up and is disconnected as a slow consumer. One batch may overshoot
-    /// the limit (it is bounded by the inflight window and the session's queue limits).
+    /// taken from the session; if queued messages then wait for longer than
+    /// `slow_consumer_timeout_ms`, the client is not keeping up and is disconnected as a
+    /// slow consumer. One batch may overshoot the limit (it is bounded by the inflight
+    /// window and the session's queue limits); retained messages from the backlog are
+    /// taken only up to the limit, and a waiting retained backlog alone is never a reason
+    /// to disconnect. Publishers waiting for this session go on once the poll left its
+    /// queue at half or less.
     fn drain_session(&mut self) -> Result<(), Exit> {
         self.release_held()?;
         let mut packets = std::mem::take(&mut self.out);
         let mut dropped = Vec::new();
-        let backlog_full = self.write_buf.len() >= self.config.limits.max_outbox_bytes;
+        let max_outbox = self.config.limits.max_outbox_bytes;
+        let backlog_full = self.write_buf.len() >= max_outbox;
         {
             let mut session = self
                 .handle
                 .lock_current(self.generation)
                 .ok_or(Exit::TakenOver)?;
             if !backlog_full {
-                session.poll_outgoing(now(), &mut packets, &mut dropped);
+                self.outbox_full_since = None;
+                let budget = max_outbox - self.write_buf.len();
+                session.poll_outgoing_within(now(), budget, &mut packets, &mut dropped);
                 // What went in flight or was dropped: nothing waits for these writes.
                 let _ = self.broker.submit_journal(&mut session);
-            } else if session.has_outgoing() {
-                return Err(Exit::SlowConsumer);
+            } else if session.has_queued_outgoing() {
+                let since = *self.outbox_full_since.get_or_insert_with(TokioInstant::now);
+                if since.elapsed() >= self.slow_consumer_timeout() {
+                    return Err(Exit::SlowConsumer);
+                }
+            } else {
+                self.outbox_full_since = None;
+            }
+            self.output_waiting = session.has_outgoing();
+            if self.handle.congestion.needs_relief() && session.queue_relieved() {
+                self.handle.congestion.relieve();
             }
         }
         for reason in dropped {
