@@ -13,8 +13,9 @@
 //!
 //! This file holds the API and the per-connection parameters; the work is split along the
 //! two directions of traffic: `inbound` (client to broker PUBLISH, PUBREL, topic aliases),
-//! `outbound` (queue, inflight window, packet ids, redelivery), `alias` (outgoing topic
-//! alias cache) and `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
+//! `outbound` (queue, inflight window, packet ids, redelivery), `retained_backlog`
+//! (retained messages owed since a SUBSCRIBE, apart from the queue), `alias` (outgoing
+//! topic alias cache) and `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
 //! client may not send).
 
 use std::collections::HashMap;
