@@ -379,9 +379,10 @@ impl Inbox {
         self.publishes.push(publish);
     }
 
-    /// Receives (and acknowledges) until `done` holds for what was received.
+    /// Receives (and acknowledges) until `done` holds for what was received and every
+    /// QoS 2 delivery is complete (its PUBREL received and answered).
     pub async fn receive_until(&mut self, client: &mut Client, done: impl Fn(&Inbox) -> bool) {
-        while !done(self) {
+        while !done(self) || !self.awaiting_release.is_empty() {
             let packet = client.recv().await;
             self.handle(client, packet).await;
         }

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use fleetmq::protocol::reason::PACKET_IDENTIFIER_NOT_FOUND;
 use fleetmq::protocol::{Packet, ProtocolVersion, QoS};
 
 use crate::client::{
@@ -38,6 +39,10 @@ struct Pending {
     seq: u32,
     /// QoS 2: PUBREC received, PUBREL sent (or due).
     released: bool,
+    /// QoS 2: the PUBREL was sent again after a reconnection. The broker may have
+    /// completed the flow before it was killed; then it answers PUBCOMP with 0x92
+    /// (packet identifier not found).
+    release_resent: bool,
 }
 
 /// The publisher's side of the session: what is outstanding survives reconnections.
@@ -48,6 +53,20 @@ struct Stream {
     outstanding: BTreeMap<u16, Pending>,
     /// Sequence numbers acknowledged by PUBACK (QoS 1) or PUBREC (QoS 2).
     acknowledged: BTreeSet<u32>,
+    /// PUBLISH and PUBREL packets sent again after a reconnection.
+    resent: usize,
+}
+
+/// Message `seq` of a stream: payload `seq` in decimal, packet id `seq + 1`.
+fn numbered_publish(topic: &str, qos: QoS, seq: u32, dup: bool) -> Packet {
+    let mut message = publish(
+        topic,
+        qos,
+        Stream::packet_id(seq),
+        Bytes::from(seq.to_string()),
+    );
+    message.dup = dup;
+    Packet::Publish(message)
 }
 
 /// The connection to the broker broke (it was killed).
@@ -59,26 +78,21 @@ impl Stream {
     }
 
     fn publish(&self, seq: u32, dup: bool) -> Packet {
-        let mut message = publish(
-            self.topic,
-            self.qos,
-            Stream::packet_id(seq),
-            Bytes::from(seq.to_string()),
-        );
-        message.dup = dup;
-        Packet::Publish(message)
+        numbered_publish(self.topic, self.qos, seq, dup)
     }
 
     /// After a reconnection: PUBLISH again (DUP=1, same packet id) what was not
     /// acknowledged, PUBREL again what was.
-    async fn resend(&self, client: &mut Client) {
-        for (packet_id, pending) in &self.outstanding {
+    async fn resend(&mut self, client: &mut Client) {
+        for (packet_id, pending) in &mut self.outstanding {
             let packet = if pending.released {
+                pending.release_resent = true;
                 Packet::PubRel(ack(*packet_id))
             } else {
-                self.publish(pending.seq, true)
+                numbered_publish(self.topic, self.qos, pending.seq, true)
             };
             client.send(&packet).await;
+            self.resent += 1;
         }
     }
 
@@ -96,6 +110,7 @@ impl Stream {
                 Pending {
                     seq,
                     released: false,
+                    release_resent: false,
                 },
             );
         }
@@ -127,12 +142,14 @@ impl Stream {
                     .map_err(|_| Lost)?;
             }
             (QoS::ExactlyOnce, Packet::PubComp(pubcomp)) => {
-                check_ack(&pubcomp, pubcomp.packet_id, "PUBCOMP");
-                let pending = self.outstanding.remove(&pubcomp.packet_id);
-                assert!(
-                    pending.is_some_and(|p| p.released),
-                    "PUBCOMP before PUBREL: {pubcomp:?}"
-                );
+                let pending = self
+                    .outstanding
+                    .remove(&pubcomp.packet_id)
+                    .unwrap_or_else(|| panic!("PUBCOMP for nothing outstanding: {pubcomp:?}"));
+                assert!(pending.released, "PUBCOMP before PUBREL: {pubcomp:?}");
+                if !(pending.release_resent && pubcomp.reason_code == PACKET_IDENTIFIER_NOT_FOUND) {
+                    check_ack(&pubcomp, pubcomp.packet_id, "PUBCOMP");
+                }
             }
             (_, other) => panic!("unexpected packet for the publisher: {other:?}"),
         }
@@ -192,6 +209,7 @@ async fn crash_loop(
         next_seq: 0,
         outstanding: BTreeMap::new(),
         acknowledged: BTreeSet::new(),
+        resent: 0,
     };
 
     let broker = node.start().await;
@@ -226,6 +244,7 @@ async fn crash_loop(
         .await;
     client.disconnect().await;
     let sent = stream.next_seq;
+    let resent = stream.resent;
     assert_eq!(
         stream.acknowledged.len(),
         sent as usize,
@@ -239,6 +258,10 @@ async fn crash_loop(
     running.terminate().await;
 
     let received = inbox.topic(topic);
+    eprintln!(
+        "{name}: {sent} messages, {resent} resent after a crash, {} deliveries",
+        received.len() - 1
+    );
     let expected: Vec<Bytes> = (0..sent).map(|seq| Bytes::from(seq.to_string())).collect();
     let distinct = first_occurrences(&received, &[SENTINEL]);
     let missing: Vec<u32> = (0..sent)

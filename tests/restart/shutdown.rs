@@ -15,7 +15,7 @@ const N: usize = 4;
 
 #[tokio::test]
 async fn sigterm_disconnects_clients_and_keeps_their_sessions() {
-    // `never`: only the flush at shutdown makes the last writes durable.
+    // `never`: writes are not synced when acknowledged; the shutdown flushes the store.
     let mut node = Node::new(Settings::sync("never"));
     let broker = node.start().await;
     // One message in flight at a time: the rest wait in the session's queue.
