@@ -3,7 +3,7 @@
 //! Map of the runtime (one `Arc<Broker>` shared by every task):
 //! - `crate::server` binds the listeners and spawns one task per accepted socket.
 //! - `crate::connection` is that task: a single `select!` over the socket, the session's
-//!   wake-up, the keep-alive deadline, the takeover signal and server shutdown. It decodes
+//!   wake-up (also rung for a takeover), the keep-alive deadline and server shutdown. It decodes
 //!   packets, drives the sans-IO `Session`, and carries out the resulting actions here.
 //! - `registry` (client id -> `SessionHandle`) is locked on connect, disconnect and expiry
 //!   only ([`lifecycle`]: clean start, resume, takeover, wills, session end).

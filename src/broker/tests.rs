@@ -333,10 +333,7 @@ fn takeover_kicks_the_old_connection_and_clean_start_drops_the_old_routes() {
     subscribe(&broker, &first, "cmd", options(QoS::AtLeastOnce), None);
     let second = attach(&broker, &connect_packet("device", true, None));
     assert!(!second.session_present);
-    assert_ne!(
-        *first.attachment.kicked.borrow(),
-        first.attachment.generation
-    );
+    assert_ne!(first.handle.generation(), first.attachment.generation);
     assert!(first
         .handle
         .lock_current(first.attachment.generation)

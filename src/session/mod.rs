@@ -162,7 +162,8 @@ pub struct Session {
     limits: SessionLimits,
     params: ConnectionParams,
     expiry_interval: Duration,
-    will: Option<Will>,
+    /// Boxed: most clients set no will, and an inline one would size every session.
+    will: Option<Box<Will>>,
     subscriptions: HashMap<ByteString, SubscriptionEntry>,
     inbound: inbound::Inbound,
     outbound: outbound::Outbound,
@@ -313,7 +314,7 @@ impl Session {
             connect_expiry_was_zero: properties.session_expiry_interval.unwrap_or(0) == 0,
         };
         self.expiry_interval = session_expiry;
-        self.will = connect.will.clone();
+        self.will = connect.will.clone().map(Box::new);
         self.inbound.reset_aliases();
         self.outbound.attach(self.params.client_topic_alias_maximum);
     }
@@ -344,12 +345,12 @@ impl Session {
 
     /// Takes the will (it is published at most once).
     pub fn take_will(&mut self) -> Option<Will> {
-        self.will.take()
+        self.will.take().map(|will| *will)
     }
 
     /// The will as stored, without taking it (e.g. to read its delay interval).
     pub fn will(&self) -> Option<&Will> {
-        self.will.as_ref()
+        self.will.as_deref()
     }
 
     /// Handles one packet from the client (anything after CONNECT).
