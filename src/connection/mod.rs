@@ -109,8 +109,12 @@ impl Drop for OpenSocket<'_> {
 }
 
 /// A client whose CONNECT was accepted, with CONNACK queued, ready to be served.
+///
+/// The connection state is boxed: futures keep a moved value's old place as well as its
+/// new one, so an inline `Connection` would be paid for several times in every
+/// connection's task.
 pub struct Connected {
-    connection: Connection,
+    connection: Box<Connection>,
     stream: ClientStream,
 }
 
@@ -231,7 +235,7 @@ pub async fn open(
             return None;
         }
     }
-    let connection = Connection {
+    let connection = Box::new(Connection {
         broker: broker.clone(),
         config,
         handle: connected.handle,
@@ -254,7 +258,7 @@ pub async fn open(
         paused: None,
         outbox_full_since: None,
         output_waiting: false,
-    };
+    });
     drop(connect);
     // The connection counts itself closed from here on.
     std::mem::forget(open_socket);

@@ -208,13 +208,16 @@ impl Listener {
                 crate::connection::open(accepted, broker, context).await
             });
             let slots = (own_slot, global_slot);
-            connections.spawn(async move {
+            let task = async move {
                 // The task owns the slots (not a copy of them) until it ends.
                 if let Some(connected) = opening.await {
-                    connected.serve().await;
+                    // Boxed too: the task then holds two pointers, not two copies of
+                    // what the future moved.
+                    Box::pin(connected.serve()).await;
                 }
                 drop(slots);
-            });
+            };
+            connections.spawn(task);
         }
         drop(self.tcp);
         let grace = Duration::from_secs(broker.config().shutdown.grace_secs);
