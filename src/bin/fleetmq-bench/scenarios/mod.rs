@@ -6,6 +6,7 @@
 
 pub mod idle;
 pub mod latency;
+pub mod persist;
 pub mod retained;
 pub mod throughput;
 
