@@ -73,6 +73,10 @@ struct Flow {
     /// Subscribers stop after this many ms without messages once publishers are done.
     #[arg(long, default_value_t = 2000)]
     drain_idle_ms: u64,
+    /// Subscribers stop at the latest this many ms after the publishers' deadline
+    /// (default: 10 s for outstanding acknowledgements plus --drain-idle-ms).
+    #[arg(long)]
+    drain_max_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -237,6 +241,7 @@ fn flow_params(
         payload: flow.payload,
         window: flow.window,
         drain_idle: Duration::from_millis(flow.drain_idle_ms),
+        drain_max: flow.drain_max_ms.map(Duration::from_millis),
     })
 }
 

@@ -47,6 +47,11 @@ pub const FIGURES: &[(&str, &str, Better)] = &[
         "broker CPU, cores busy",
         Better::Neither,
     ),
+    (
+        "broker_load_cores",
+        "broker CPU while publishing, cores busy",
+        Better::Neither,
+    ),
     // The generator's own load: far below the CPU it may use means it was not the limit.
     (
         "bench_cpu_cores",

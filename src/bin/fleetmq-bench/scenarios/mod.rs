@@ -332,6 +332,21 @@ pub fn add_cpu(
     Ok(())
 }
 
+/// Cores kept busy by the broker and by the generator between two samples taken
+/// while the publishers ran (`broker_load_cores`, `bench_load_cores`): unlike the
+/// whole-run figures of `add_cpu`, they leave out connection setup and the drain.
+pub fn add_load_cores(record: &mut Record, target: &Target, from: Samples, to: Samples) {
+    let wall = to.at - from.at;
+    record.maybe(
+        "broker_load_cores",
+        cores_busy(&target.probe, from.broker, to.broker, wall),
+    );
+    record.maybe(
+        "bench_load_cores",
+        cores_busy(&target.own, from.own, to.own, wall),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

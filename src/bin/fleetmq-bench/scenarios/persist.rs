@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::time::Instant;
 
-use super::{add_cpu, receive, InFlight, Outcome, ReceivePlan, Received, Target};
+use super::{add_cpu, add_load_cores, receive, InFlight, Outcome, ReceivePlan, Received, Target};
 use super::{ACK_DRAIN, POLL, TARGET_UNKNOWN};
 use crate::conn::{Conn, ConnectOptions};
 use crate::record::Record;
@@ -67,6 +67,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     }
 
     let payload = vec![b'p'; params.payload];
+    let load_before = target.sample()?;
     let start = Instant::now();
     let until = start + params.duration;
     let plan = Arc::new(ReceivePlan {
@@ -107,6 +108,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         conns.push(conn);
     }
     plan.target.store(sent, Ordering::Release);
+    let load_after = target.sample()?;
     let (received, subscriber) = subscriber_task.await.context("subscriber task")?;
     let received: Received = received.context("subscriber")?;
     let stats = summarize(latencies);
@@ -142,6 +144,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         acked
     };
     add_cpu(&mut record, target, "cpu_us_per_msg", before, units)?;
+    add_load_cores(&mut record, target, load_before, load_after);
     for conn in conns {
         conn.disconnect().await;
     }

@@ -9,8 +9,8 @@ use anyhow::Context;
 use tokio::time::Instant;
 
 use super::{
-    add_cpu, publish_flat_out, receive, Outcome, Published, ReceivePlan, Received, Target,
-    ACK_DRAIN, TARGET_UNKNOWN,
+    add_cpu, add_load_cores, publish_flat_out, receive, Outcome, Published, ReceivePlan, Received,
+    Target, ACK_DRAIN, TARGET_UNKNOWN,
 };
 use crate::conn::{Conn, ConnectOptions};
 use crate::record::Record;
@@ -40,6 +40,9 @@ pub struct Params {
     pub window: usize,
     /// A subscriber stops after this long without messages once publishers are done.
     pub drain_idle: Duration,
+    /// Subscribers stop at the latest this long after the publishers' deadline
+    /// (`None`: the acknowledgement drain plus `drain_idle`).
+    pub drain_max: Option<Duration>,
 }
 
 /// The filters of subscriber `index` of `subscribers`.
@@ -81,12 +84,13 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     }
 
     let payload = vec![b'x'; params.payload];
+    let load_before = target.sample()?;
     let start = Instant::now();
     let until = start + params.duration;
     let plan = Arc::new(ReceivePlan {
         target: Arc::new(AtomicU64::new(TARGET_UNKNOWN)),
         idle: params.drain_idle,
-        until: until + ACK_DRAIN + params.drain_idle,
+        until: until + params.drain_max.unwrap_or(ACK_DRAIN + params.drain_idle),
     });
     let subscriber_tasks: Vec<_> = subscriber_conns
         .into_iter()
@@ -131,6 +135,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         conns.push(conn);
     }
     plan.target.store(totals.sent, Ordering::Release);
+    let load_after = target.sample()?;
     let mut delivered = Received {
         count: 0,
         last: None,
@@ -180,6 +185,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         totals.sent
     };
     add_cpu(&mut record, target, "cpu_us_per_msg", before, units)?;
+    add_load_cores(&mut record, target, load_before, load_after);
     for conn in conns {
         conn.disconnect().await;
     }
