@@ -1,6 +1,7 @@
-//! Starting and stopping the broker: loads the security files, binds the listeners
-//! (`crate::listener` runs their accept loops and hands each connection to
-//! `crate::connection`), and reloads certificates, passwords and ACLs on request.
+//! Starting and stopping the broker: opens the store and restores the broker's state
+//! from it, loads the security files, binds the listeners (`crate::listener` runs their
+//! accept loops and hands each connection to `crate::connection`), and reloads
+//! certificates, passwords and ACLs on request. Shutdown flushes the store last.
 //!
 //! Each listener's accept loop owns the tasks of the connections it accepted, so
 //! shutdown can wait for them.
@@ -14,8 +15,10 @@ use tokio::task::JoinHandle;
 use crate::auth::Security;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::config::StorageConfig;
 use crate::listener::{ConnectionCounter, Listener, TlsTerminator};
-use crate::storage::MemoryStore;
+use crate::metrics::{Metrics, StorageMetrics};
+use crate::storage::{MemoryStore, Store, WallClock};
 
 /// A running broker. Dropping it does not stop the broker; call `shutdown`.
 pub struct ServerHandle {
@@ -82,8 +85,9 @@ impl ServerHandle {
         errors
     }
 
-    /// Stops accepting, disconnects clients (MQTT 5: DISCONNECT 0x8B) and waits for the
-    /// connection tasks to end.
+    /// Stops accepting, disconnects clients (MQTT 5: DISCONNECT 0x8B), waits for the
+    /// connection tasks to end, and flushes the store, so that everything the sessions
+    /// recorded on the way out is on disk.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.broker.begin_shutdown();
@@ -92,14 +96,70 @@ impl ServerHandle {
         }
         let _ = self.scheduler.await;
         let _ = self.sys_topics.await;
+        self.broker.flush_store().await;
     }
 }
 
-/// Binds every listener and starts serving. Returns once the listeners accept.
+/// Opens the store `config` asks for: RocksDB under `data_dir`, or memory.
+fn open_store(config: &StorageConfig, latency: StorageMetrics) -> anyhow::Result<Arc<dyn Store>> {
+    if !config.persistence {
+        tracing::warn!("persistence is off: sessions, queued and retained messages live in memory only and a restart loses them");
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    open_rocks(config, latency)
+}
+
+#[cfg(feature = "rocksdb")]
+fn open_rocks(config: &StorageConfig, latency: StorageMetrics) -> anyhow::Result<Arc<dyn Store>> {
+    use crate::storage::{RocksOptions, RocksStore};
+    let options = RocksOptions {
+        sync: config.sync,
+        ..RocksOptions::default()
+    };
+    let store = RocksStore::open_with_metrics(&config.data_dir, options, Some(latency))?;
+    tracing::info!(path = %config.data_dir.display(), sync = ?config.sync, "storage opened");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn open_rocks(_: &StorageConfig, _: StorageMetrics) -> anyhow::Result<Arc<dyn Store>> {
+    anyhow::bail!("this build has no durable store (built without the `rocksdb` feature); set storage.persistence = false")
+}
+
+/// Opens the store and builds the broker from what it holds. Blocking work (opening and
+/// reading the database) runs off the async executor.
+async fn restore_broker(config: Config) -> anyhow::Result<Arc<Broker>> {
+    let metrics = Metrics::new();
+    let latency = metrics.storage().clone();
+    let storage = config.storage.clone();
+    let (store, state) = tokio::task::spawn_blocking(move || {
+        let store = open_store(&storage, latency)?;
+        let state = store.restore(WallClock::now().unix_millis())?;
+        anyhow::Ok((store, state))
+    })
+    .await
+    .context("the storage task failed")??;
+    let broker = Broker::with_metrics(config, store, metrics);
+    let restored = broker.restore(state);
+    tracing::info!(
+        sessions = restored.sessions,
+        subscriptions = restored.subscriptions,
+        queued = restored.queued_messages,
+        inflight = restored.inflight_messages,
+        retained = restored.retained_messages,
+        wills_published = restored.wills_published,
+        "state restored"
+    );
+    Ok(broker)
+}
+
+/// Restores the broker's state from its store, then binds every listener and starts
+/// serving. Returns once the listeners accept.
 pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     anyhow::ensure!(!config.listeners.is_empty(), "no listener configured");
     let security =
         Arc::new(Security::load(&config.auth).context("cannot load the security files")?);
+    let broker = restore_broker(config.clone()).await?;
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         listeners
@@ -122,7 +182,6 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .map(|listener| listener.kind)
         .collect();
 
-    let broker = Broker::new(config, Arc::new(MemoryStore::new()));
     let scheduler = tokio::spawn(broker.clone().run_scheduler());
     let sys_topics = tokio::spawn(crate::sys_topics::run(broker.clone()));
     let accept_loops = listeners

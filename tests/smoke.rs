@@ -18,6 +18,9 @@ async fn start_broker() -> ServerHandle {
         )],
         ..Config::default()
     };
+    // In memory: the durable store has its own suites.
+    let mut config = config;
+    config.storage.persistence = false;
     server::start(config).await.expect("broker starts")
 }
 
@@ -423,6 +426,8 @@ mod raw {
             },
             ..Config::default()
         };
+        let mut config = config;
+        config.storage.persistence = false;
         let server = server::start(config).await.unwrap();
         let mut subscriber = RawClient::connect(&server, "stuck", ProtocolVersion::V3_1_1, 0).await;
         subscriber

@@ -97,6 +97,7 @@ fuzz_target!(|data: &[u8]| {
                         qos,
                         retain: false,
                         subscription_ids: vec![u32::from(counter) + 1],
+                        stored: None,
                     },
                     now,
                 );

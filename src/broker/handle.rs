@@ -16,7 +16,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::message::SessionKey;
 use crate::protocol::Connect;
-use crate::session::{Session, SessionLimits};
+use crate::session::{RestoredParts, Session, SessionLimits};
 
 use super::lock;
 
@@ -35,6 +35,11 @@ pub struct SessionHandle {
     /// Mirrors `Session::is_connected` so the router can prefer online members of a
     /// shared subscription group without locking every member.
     connected: AtomicBool,
+    /// Mirrors `Session::is_persistent` so the router knows, without locking, which
+    /// targets need their messages stored.
+    persistent: AtomicBool,
+    /// Set once the session ended; nothing queued for it any more will be delivered.
+    retired: AtomicBool,
 }
 
 /// What a connection task gets back from attaching to a session.
@@ -47,16 +52,51 @@ pub struct Attachment {
 
 impl SessionHandle {
     pub fn new(key: SessionKey, client_id: ByteString, limits: SessionLimits) -> SessionHandle {
+        let session = Session::new(key, client_id.clone(), limits);
+        SessionHandle::with_session(key, client_id, session)
+    }
+
+    /// The handle of a persistent session rebuilt from the store after a restart.
+    pub fn restored(
+        key: SessionKey,
+        client_id: ByteString,
+        limits: SessionLimits,
+        parts: RestoredParts,
+    ) -> SessionHandle {
+        let session = Session::restored(key, client_id.clone(), limits, parts);
+        SessionHandle::with_session(key, client_id, session)
+    }
+
+    fn with_session(key: SessionKey, client_id: ByteString, session: Session) -> SessionHandle {
         let (kick, _) = watch::channel(0);
         SessionHandle {
             key,
-            state: Mutex::new(Session::new(key, client_id.clone(), limits)),
+            persistent: AtomicBool::new(session.is_persistent()),
+            state: Mutex::new(session),
             client_id,
             wake: Notify::new(),
             generation: AtomicU64::new(0),
             kick,
             connected: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the store keeps this session (see `Session::is_persistent`).
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Acquire)
+    }
+
+    /// Starts or stops storing the session. Called with `session` locked from this handle.
+    pub fn set_persistent_locked(&self, session: &mut Session, persistent: bool) {
+        session.set_persistent(persistent);
+        self.persistent.store(persistent, Ordering::Release);
+    }
+
+    /// Whether the session has ended (discarded by a clean start, expired, or ended with
+    /// its connection).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// Locks the session if `generation` is still the attached one; `None` once the
@@ -108,6 +148,9 @@ impl SessionHandle {
         if session.is_connected() {
             self.detach_locked(session, now);
         }
+        // Whoever ends a persistent session removes it from the store.
+        self.set_persistent_locked(session, false);
+        self.retired.store(true, Ordering::Release);
         self.bump_generation();
     }
 

@@ -12,7 +12,8 @@ use bytestring::ByteString;
 
 use crate::message::Message;
 use crate::protocol::{Connect, PublishProperties, Will};
-use crate::storage::StoreEvent;
+use crate::session::Session;
+use crate::storage::{Completion, SessionRecord, StoreOp, EXPIRY_NEVER};
 
 use super::scheduler::Pending;
 use super::{lock, Attachment, Broker, SessionHandle, Stats};
@@ -26,6 +27,8 @@ pub struct Connected {
     pub attachment: Attachment,
     /// CONNACK Session Present.
     pub session_present: bool,
+    /// The write of the session record; CONNACK waits for it.
+    pub written: Option<Completion>,
 }
 
 /// A session that ended and whose routes must go.
@@ -34,7 +37,7 @@ struct Ended {
     filters: Vec<ByteString>,
 }
 
-fn will_delay(will: &Will) -> Duration {
+pub(super) fn will_delay(will: &Will) -> Duration {
     Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)))
 }
 
@@ -53,11 +56,14 @@ impl Broker {
     /// A connection already attached to the session is kicked (takeover). Its will is
     /// published unless the session is resumed and the will was to be delayed: a
     /// reconnect within the Will Delay Interval cancels a will, as the spec requires.
+    ///
+    /// A session that outlives its connection (`session_expiry` > 0) is written to the
+    /// store, with the will, so that a restart finds it; CONNACK waits for that write.
     pub fn connect(&self, connect: &Connect, session_expiry: Duration) -> Connected {
         let now = super::now();
         let mut wills = Vec::new();
         let mut ended = None;
-        let mut created = false;
+        let mut ops = Vec::new();
         let mut registry = lock(&self.registry);
         let existing = registry.get(&connect.client_id).cloned();
         let (handle, session_present) = match existing {
@@ -79,6 +85,11 @@ impl Broker {
                 };
                 if connect.clean_start {
                     let filters = filters_of(&session);
+                    if session.is_persistent() {
+                        ops.push(StoreOp::RemoveSession {
+                            client_id: old.client_id.clone(),
+                        });
+                    }
                     old.retire_locked(&mut session, now);
                     drop(session);
                     wills.extend(connected_will);
@@ -87,7 +98,6 @@ impl Broker {
                         handle: old,
                         filters,
                     });
-                    created = true;
                     (self.new_handle(connect.client_id.clone()), false)
                 } else {
                     if taken_over {
@@ -98,24 +108,20 @@ impl Broker {
                     (old, true)
                 }
             }
-            None => {
-                created = true;
-                (self.new_handle(connect.client_id.clone()), false)
-            }
+            None => (self.new_handle(connect.client_id.clone()), false),
         };
         // Attaching bumps the generation, which kicks a connection still attached.
         let attachment = handle.attach(connect, session_expiry, now);
+        let written = {
+            let mut session = handle.lock();
+            self.persistence_ops(&handle, &mut session, &mut ops);
+            self.submit(ops)
+        };
         registry.insert(connect.client_id.clone(), handle.clone());
         drop(registry);
 
         if let Some(ended) = ended {
             self.end(ended);
-        }
-        if created {
-            self.record_event(StoreEvent::SessionCreated {
-                client_id: &connect.client_id,
-                expiry: session_expiry,
-            });
         }
         for will in wills {
             self.publish_will(will);
@@ -124,6 +130,62 @@ impl Broker {
             handle,
             attachment,
             session_present,
+            written,
+        }
+    }
+
+    /// The store operations that bring a just-attached session's record up to date: a
+    /// session that outlives its connection is (re)written with the will of the new
+    /// connection, one that ends with it is removed. A live session becoming persistent
+    /// (a takeover with a longer expiry) brings its subscriptions along.
+    fn persistence_ops(
+        &self,
+        handle: &SessionHandle,
+        session: &mut Session,
+        ops: &mut Vec<StoreOp>,
+    ) {
+        let persistent = !session.expiry_interval().is_zero();
+        if persistent {
+            if !session.is_persistent() {
+                handle.set_persistent_locked(session, true);
+                ops.push(StoreOp::PutSession(
+                    self.session_record(session, session.will().cloned()),
+                ));
+                ops.extend(session.subscriptions().map(|(filter, entry)| {
+                    StoreOp::AddSubscription {
+                        client_id: handle.client_id.clone(),
+                        filter: filter.clone(),
+                        entry: *entry,
+                    }
+                }));
+            } else {
+                ops.push(StoreOp::PutSession(
+                    self.session_record(session, session.will().cloned()),
+                ));
+            }
+        } else if session.is_persistent() {
+            handle.set_persistent_locked(session, false);
+            ops.push(StoreOp::RemoveSession {
+                client_id: handle.client_id.clone(),
+            });
+        }
+    }
+
+    /// The stored form of a session, with the will a restart still owes (if any).
+    pub(crate) fn session_record(&self, session: &Session, will: Option<Will>) -> SessionRecord {
+        let expiry = session.expiry_interval();
+        SessionRecord {
+            client_id: session.client_id().clone(),
+            protocol: session.protocol(),
+            expiry_interval: if expiry >= NEVER_EXPIRES {
+                EXPIRY_NEVER
+            } else {
+                u32::try_from(expiry.as_secs()).unwrap_or(EXPIRY_NEVER)
+            },
+            will,
+            disconnected_at: session
+                .detached_at()
+                .map(|at| self.clock.to_unix_millis(at)),
         }
     }
 
@@ -153,6 +215,12 @@ impl Broker {
 
         if expiry.is_zero() {
             let filters = filters_of(&session);
+            if session.is_persistent() {
+                // DISCONNECT lowered the interval to 0: the session ends now.
+                self.submit_detached(vec![StoreOp::RemoveSession {
+                    client_id: handle.client_id.clone(),
+                }]);
+            }
             handle.retire_locked(&mut session, now);
             drop(session);
             if registry
@@ -171,7 +239,6 @@ impl Broker {
             }
             return;
         }
-        drop(session);
 
         let expires_at = (expiry < NEVER_EXPIRES)
             .then(|| now.checked_add(expiry))
@@ -186,6 +253,13 @@ impl Broker {
             }
             will => (will, None),
         };
+        if session.is_persistent() {
+            // The record keeps a delayed will: a restart before it is due still owes it.
+            let owed = delayed_will.as_ref().map(|(_, will)| will.clone());
+            let record = self.session_record(&session, owed);
+            self.submit_detached(vec![StoreOp::PutSession(record)]);
+        }
+        drop(session);
         self.scheduler.schedule(Pending {
             handle: handle.clone(),
             generation: handle.generation(),
@@ -212,6 +286,11 @@ impl Broker {
         let filters = {
             let mut session = handle.lock();
             let filters = filters_of(&session);
+            if session.is_persistent() {
+                self.submit_detached(vec![StoreOp::RemoveSession {
+                    client_id: handle.client_id.clone(),
+                }]);
+            }
             handle.retire_locked(&mut session, now);
             filters
         };
@@ -227,11 +306,32 @@ impl Broker {
         }
     }
 
+    /// A delayed will came due while its session is still offline: publish it, and drop
+    /// it from the stored record so a restart does not publish it again.
+    pub(crate) fn publish_delayed_will(
+        &self,
+        handle: &Arc<SessionHandle>,
+        generation: u64,
+        will: Will,
+    ) {
+        {
+            let registry = lock(&self.registry);
+            let session = handle.lock();
+            if handle.generation() != generation || session.is_connected() {
+                return;
+            }
+            if session.is_persistent() {
+                let record = self.session_record(&session, None);
+                self.submit_detached(vec![StoreOp::PutSession(record)]);
+            }
+            drop(session);
+            drop(registry);
+        }
+        self.publish_will(will);
+    }
+
     fn end(&self, ended: Ended) {
         self.remove_routes(ended.handle.key, &ended.filters);
-        self.record_event(StoreEvent::SessionRemoved {
-            client_id: &ended.handle.client_id,
-        });
     }
 
     /// Publishes a will as an application message from no session.

@@ -16,7 +16,10 @@
 //!   `crate::metrics` and `crate::sys_topics` export those counts.
 //! - `config` is swapped whole on reload (SIGHUP): a connection keeps the snapshot it
 //!   was accepted with, new connections and sessions get the new limits.
-//! - `store` receives an event for each state change (`crate::storage`).
+//! - `store` (`crate::storage`) receives every change of durable state as `StoreOp`s,
+//!   submitted while holding the lock that orders the change (a session's own changes
+//!   under its lock, retained messages under the tree's lock, session records under the
+//!   registry lock); [`restore`] rebuilds everything from it at start-up.
 //!
 //! Lock order (never held across `.await`): `registry` -> one session's `state` ->
 //! `routes` / `retained` / scheduler. The router takes `routes` alone, releases it, then
@@ -25,6 +28,7 @@
 pub mod handle;
 pub mod lifecycle;
 pub mod log_throttle;
+pub mod restore;
 pub mod routing;
 pub mod scheduler;
 pub mod stats;
@@ -41,13 +45,14 @@ use crate::config::Config;
 use crate::message::{Message, SessionKey};
 use crate::metrics::Metrics;
 use crate::reload::Reloadable;
-use crate::session::SessionLimits;
-use crate::storage::{Store, StoreEvent};
+use crate::session::{Session, SessionLimits};
+use crate::storage::{Completion, Store, StoreOp, WallClock};
 use crate::topic::{RetainedTree, SubscriptionTrie};
 
 pub use handle::{Attachment, SessionHandle};
 pub use lifecycle::Connected;
-pub use routing::Route;
+pub use restore::Restored;
+pub use routing::{Published, Route};
 pub use stats::{Dropped, Refusal, Stats, StatsSnapshot};
 
 use scheduler::Scheduler;
@@ -65,6 +70,8 @@ pub struct Broker {
     scheduler: Scheduler,
     stats: Stats,
     store: Arc<dyn Store>,
+    /// Converts the broker's `Instant`s to the wall-clock times the store keeps.
+    clock: WallClock,
     next_session_key: AtomicU64,
     next_client_number: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -89,6 +96,7 @@ impl Broker {
             scheduler: Scheduler::default(),
             stats: Stats::default(),
             store,
+            clock: WallClock::new(now(), std::time::SystemTime::now()),
             next_session_key: AtomicU64::new(1),
             next_client_number: AtomicU64::new(1),
             shutdown,
@@ -166,22 +174,41 @@ impl Broker {
         ByteString::from(format!("fleetmq-{number}-{random:016x}"))
     }
 
+    fn next_session_key(&self) -> crate::message::SessionKey {
+        self.next_session_key.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn new_handle(&self, client_id: ByteString) -> Arc<SessionHandle> {
-        let key = self.next_session_key.fetch_add(1, Ordering::Relaxed);
+        let key = self.next_session_key();
         let limits = read(&self.live).1.clone();
         Arc::new(SessionHandle::new(key, client_id, limits))
     }
 
-    /// Reports a state change to the store, timing it. A failing store is logged and
-    /// counted: with the memory store it cannot fail, and a durable store decides its
-    /// own failure policy.
-    pub fn record_event(&self, event: StoreEvent<'_>) {
-        let started = Instant::now();
-        let result = self.store.record(event);
-        self.metrics.storage().record_write(started.elapsed());
-        if let Err(error) = result {
-            Stats::incr(&self.stats.storage_errors);
-            tracing::error!(%error, "storage rejected a state change");
+    /// The store the broker writes its durable state to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Submits `ops` as one atomic write; `None` when there is nothing to write.
+    pub(crate) fn submit(&self, ops: Vec<StoreOp>) -> Option<Completion> {
+        (!ops.is_empty()).then(|| self.store.submit(ops))
+    }
+
+    /// Submits `ops` without waiting for them: nothing is acknowledged on their behalf,
+    /// and a failed write is counted and logged by the store.
+    pub(crate) fn submit_detached(&self, ops: Vec<StoreOp>) {
+        drop(self.store.submit(ops));
+    }
+
+    /// Submits what a session journaled. Call with the session locked, after changing it.
+    pub(crate) fn submit_journal(&self, session: &mut Session) -> Option<Completion> {
+        self.submit(session.take_journal())
+    }
+
+    /// Waits until everything submitted so far is on stable storage (shutdown).
+    pub async fn flush_store(&self) {
+        if let Err(error) = self.store.flush().await {
+            self.stats.storage_failed(&error);
         }
     }
 }
@@ -218,3 +245,6 @@ pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod restore_tests;

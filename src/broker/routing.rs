@@ -14,10 +14,20 @@ use bytestring::ByteString;
 use crate::message::{Message, SessionKey};
 use crate::protocol::{reason, QoS, RetainHandling, SubAck, SubscriptionOptions, UnsubAck};
 use crate::session::{Delivery, SubscribeRequest, UnsubscribeRequest};
-use crate::storage::StoreEvent;
+use crate::storage::{Completion, QueuedDelivery, StoreOp, StoredMessage};
 use crate::topic::{parse_shared, Match, SharedGroup, SubscriptionTrie};
 
 use super::{read, write, Broker, SessionHandle, Stats};
+
+/// The outcome of publishing one message.
+#[must_use = "a QoS 1/2 PUBLISH may be acknowledged only once its writes are durable"]
+pub struct Published {
+    /// Sessions the message was handed to.
+    pub routed: usize,
+    /// Writes the acknowledgement must wait for (the retained message, the message queued
+    /// for persistent sessions); empty when nothing needed storing.
+    pub writes: Vec<Completion>,
+}
 
 /// What the trie stores per subscription.
 #[derive(Debug, Clone)]
@@ -91,6 +101,7 @@ fn delivery_for(route: &Route, message: &Arc<Message>) -> Delivery {
         qos: delivery_qos(message, &route.options),
         retain: message.retain && route.options.retain_as_published,
         subscription_ids: route.subscription_id.into_iter().collect(),
+        stored: None,
     }
 }
 
@@ -112,7 +123,7 @@ fn pick_member(group: &SharedGroup<SessionKey, Route>) -> Option<&(SessionKey, R
 }
 
 /// Splits a stored filter into the trie's (filter, share group) form.
-fn trie_key(filter: &str) -> Option<(&str, Option<&str>)> {
+pub(super) fn trie_key(filter: &str) -> Option<(&str, Option<&str>)> {
     match parse_shared(filter) {
         Ok(Some((group, plain))) => Some((plain, Some(group))),
         Ok(None) => Some((filter, None)),
@@ -122,13 +133,27 @@ fn trie_key(filter: &str) -> Option<(&str, Option<&str>)> {
 
 impl Broker {
     /// Retains (if flagged) and routes a message. Returns the number of sessions it was
-    /// handed to.
+    /// handed to. For messages nobody acknowledges (wills); see `publish_durably`.
     pub fn publish(&self, message: &Arc<Message>) -> usize {
+        self.publish_durably(message).routed
+    }
+
+    /// Retains (if flagged) and routes a message, submitting to the store what must
+    /// survive a restart: the retained message, and the message with its queue entry for
+    /// every persistent session that gets it at QoS 1 or 2. The publisher's
+    /// acknowledgement waits for the returned writes.
+    pub fn publish_durably(&self, message: &Arc<Message>) -> Published {
         self.stats.message_received(message.qos);
+        let mut writes = Vec::new();
         if message.retain {
-            self.retain(message);
+            writes.extend(self.retain(message));
         }
-        self.route(message)
+        let (routed, accepted) = self.route_durably(message);
+        if routed == 0 {
+            Stats::incr(&self.stats.messages_unrouted);
+        }
+        writes.extend(accepted);
+        Published { routed, writes }
     }
 
     /// Publishes a message of the broker's own (`$SYS`): retained in memory only (the
@@ -142,32 +167,87 @@ impl Broker {
     }
 
     /// Stores or (empty payload) clears the retained message of `message.topic`. The
-    /// stored copy keeps the QoS it was published with.
-    fn retain(&self, message: &Arc<Message>) {
+    /// stored copy keeps the QoS it was published with. The store is told under the
+    /// tree's lock, so it sees the changes of one topic in the order the tree does.
+    fn retain(&self, message: &Arc<Message>) -> Option<Completion> {
+        let mut retained = write(&self.retained);
         if message.payload.is_empty() {
-            let removed = write(&self.retained).remove(&message.topic);
-            if removed.is_some() {
-                self.record_event(StoreEvent::RetainedCleared {
-                    topic: &message.topic,
-                });
-            }
+            retained.remove(&message.topic)?;
+            Some(self.store.submit(vec![StoreOp::ClearRetained {
+                topic: message.topic.clone(),
+            }]))
         } else {
-            write(&self.retained).insert(&message.topic, message.clone());
-            self.record_event(StoreEvent::RetainedSet { message });
+            retained.insert(&message.topic, message.clone());
+            let stored = StoredMessage::from_message(message, &self.clock);
+            Some(
+                self.store
+                    .submit(vec![StoreOp::SetRetained(Arc::new(stored))]),
+            )
         }
     }
 
     /// Hands `message` to every session with a matching subscription and wakes their
     /// connections. Returns the number of sessions it was handed to.
     pub fn route(&self, message: &Arc<Message>) -> usize {
-        let count = self.fan_out(message);
+        let (count, _) = self.route_durably(message);
         if count == 0 {
             Stats::incr(&self.stats.messages_unrouted);
         }
         count
     }
 
+    /// Routes `message`; for the deliveries to persistent sessions at QoS 1 or 2, first
+    /// submits the message and their queue entries to the store (the returned write), so
+    /// the store has them before any session can report sending them.
+    fn route_durably(&self, message: &Arc<Message>) -> (usize, Option<Completion>) {
+        let mut fanout = self.collect_targets(message);
+        let now = super::now();
+        let count = fanout.targets.len() + fanout.shared.len();
+        let accepted = self.store_deliveries(message, &mut fanout);
+        for (session, delivery) in fanout.targets.into_iter().chain(fanout.shared) {
+            self.deliver(&session, delivery, now);
+        }
+        (count, accepted)
+    }
+
+    fn store_deliveries(&self, message: &Arc<Message>, fanout: &mut Fanout) -> Option<Completion> {
+        if message.qos == QoS::AtMostOnce {
+            return None;
+        }
+        let mut queued = Vec::new();
+        let mut message_id = None;
+        for (session, delivery) in fanout.targets.iter_mut().chain(fanout.shared.iter_mut()) {
+            if delivery.qos == QoS::AtMostOnce || !session.is_persistent() {
+                continue;
+            }
+            let id = *message_id.get_or_insert_with(|| self.store.next_message_id());
+            delivery.stored = Some(id);
+            queued.push(QueuedDelivery {
+                client_id: session.client_id.clone(),
+                qos: delivery.qos,
+                retain: delivery.retain,
+                subscription_ids: delivery.subscription_ids.clone(),
+            });
+        }
+        let message_id = message_id?;
+        Some(self.store.submit(vec![StoreOp::Accept {
+            message_id,
+            message: Arc::new(StoredMessage::from_message(message, &self.clock)),
+            deliveries: queued,
+        }]))
+    }
+
     fn fan_out(&self, message: &Arc<Message>) -> usize {
+        let fanout = self.collect_targets(message);
+        let now = super::now();
+        let count = fanout.targets.len() + fanout.shared.len();
+        for (session, delivery) in fanout.targets.into_iter().chain(fanout.shared) {
+            self.deliver(&session, delivery, now);
+        }
+        count
+    }
+
+    fn collect_targets(&self, message: &Arc<Message>) -> Fanout {
         let mut fanout = Fanout::default();
         {
             let routes = read(&self.routes);
@@ -181,16 +261,28 @@ impl Broker {
                 Match::Shared(group) => fanout.add_shared(group, message),
             });
         }
-        let now = super::now();
-        let count = fanout.targets.len() + fanout.shared.len();
-        for (session, delivery) in fanout.targets.into_iter().chain(fanout.shared) {
-            self.deliver(&session, delivery, now);
-        }
-        count
+        fanout
     }
 
     fn deliver(&self, session: &SessionHandle, delivery: Delivery, now: Instant) {
-        let result = session.lock().enqueue(delivery, now);
+        let result = {
+            let mut state = session.lock();
+            if session.is_retired() {
+                // Ended since the routes were read: a session that replaced it under the
+                // same client id must not keep the queue entry stored for this one.
+                if let Some(message_id) = delivery.stored {
+                    self.submit_detached(vec![StoreOp::DropQueued {
+                        client_id: session.client_id.clone(),
+                        message_id,
+                    }]);
+                }
+                return;
+            }
+            let result = state.enqueue(delivery, now);
+            // A refused stored delivery journaled its removal from the stored queue.
+            let _ = self.submit_journal(&mut state);
+            result
+        };
         match result {
             Ok(()) => {
                 Stats::incr(&self.stats.messages_enqueued);
@@ -208,11 +300,11 @@ impl Broker {
         handle: &Arc<SessionHandle>,
         generation: u64,
         request: SubscribeRequest,
-    ) -> Option<SubAck> {
+    ) -> Option<(SubAck, Option<Completion>)> {
         let now = super::now();
         let mut reason_codes = Vec::with_capacity(request.filters.len());
         let mut added = Vec::new();
-        {
+        let written = {
             let mut session = handle.lock_current(generation)?;
             let mut retained_wanted = Vec::new();
             {
@@ -260,6 +352,8 @@ impl Broker {
                             qos: message.qos.min(entry.options.qos),
                             retain: true,
                             subscription_ids: entry.subscription_id.into_iter().collect(),
+                            // The retained store keeps the message itself.
+                            stored: None,
                         });
                     });
                 }
@@ -269,19 +363,26 @@ impl Broker {
                     self.stats.dropped(reason);
                 }
             }
-        }
-        for (filter, entry) in &added {
-            self.record_event(StoreEvent::SubscriptionAdded {
-                client_id: &handle.client_id,
-                filter,
-                entry,
-            });
-        }
-        Some(SubAck {
+            let ops: Vec<StoreOp> = if session.is_persistent() {
+                added
+                    .into_iter()
+                    .map(|(filter, entry)| StoreOp::AddSubscription {
+                        client_id: handle.client_id.clone(),
+                        filter,
+                        entry,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            self.submit(ops)
+        };
+        let suback = SubAck {
             packet_id: request.packet_id,
             reason_codes,
             ..SubAck::default()
-        })
+        };
+        Some((suback, written))
     }
 
     /// Carries out an UNSUBSCRIBE: removes the routes and returns the UNSUBACK. `None` if
@@ -291,34 +392,37 @@ impl Broker {
         handle: &Arc<SessionHandle>,
         generation: u64,
         request: UnsubscribeRequest,
-    ) -> Option<UnsubAck> {
+    ) -> Option<(UnsubAck, Option<Completion>)> {
         let mut reason_codes = Vec::with_capacity(request.filters.len());
-        {
+        let written = {
             let mut session = handle.lock_current(generation)?;
-            let mut routes = write(&self.routes);
-            for (filter, existed) in &request.filters {
-                let removed = session.remove_subscription(filter);
-                remove_route(&mut routes, filter, handle.key);
-                reason_codes.push(if *existed || removed {
-                    reason::SUCCESS
-                } else {
-                    reason::NO_SUBSCRIPTION_EXISTED
-                });
+            let mut ops = Vec::new();
+            {
+                let mut routes = write(&self.routes);
+                for (filter, existed) in &request.filters {
+                    let removed = session.remove_subscription(filter);
+                    remove_route(&mut routes, filter, handle.key);
+                    if removed && session.is_persistent() {
+                        ops.push(StoreOp::RemoveSubscription {
+                            client_id: handle.client_id.clone(),
+                            filter: filter.clone(),
+                        });
+                    }
+                    reason_codes.push(if *existed || removed {
+                        reason::SUCCESS
+                    } else {
+                        reason::NO_SUBSCRIPTION_EXISTED
+                    });
+                }
             }
-        }
-        for ((filter, _), code) in request.filters.iter().zip(&reason_codes) {
-            if *code == reason::SUCCESS {
-                self.record_event(StoreEvent::SubscriptionRemoved {
-                    client_id: &handle.client_id,
-                    filter,
-                });
-            }
-        }
-        Some(UnsubAck {
+            self.submit(ops)
+        };
+        let unsuback = UnsubAck {
             packet_id: request.packet_id,
             reason_codes,
             ..UnsubAck::default()
-        })
+        };
+        Some((unsuback, written))
     }
 
     /// Removes every route of an ended session.

@@ -174,16 +174,7 @@ impl Broker {
                 handle,
                 generation,
                 will,
-            } => {
-                // Checked under the registry lock, which a reconnect holds while attaching.
-                let still_offline = {
-                    let _registry = lock(&self.registry);
-                    handle.generation() == generation && !handle.is_connected()
-                };
-                if still_offline {
-                    self.publish_will(will);
-                }
-            }
+            } => self.publish_delayed_will(&handle, generation, will),
             Due::Expire {
                 handle,
                 generation,

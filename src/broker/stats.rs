@@ -167,10 +167,11 @@ pub struct Stats {
     pub wills_published: AtomicU64,
     pub sessions_expired: AtomicU64,
     dropped: [AtomicU64; Dropped::ALL.len()],
-    /// State changes the store failed to record.
+    /// Acknowledgements withheld (or sent as failures) because a store write failed.
     pub storage_errors: AtomicU64,
     drop_logs: [LogThrottle; Dropped::ALL.len()],
     refusal_logs: [LogThrottle; Refusal::ALL.len()],
+    storage_error_log: LogThrottle,
 }
 
 /// A point-in-time copy of `Stats`.
@@ -268,6 +269,15 @@ impl Stats {
                 tracing::info!(reason = label, since_last, total, "messages not delivered")
             }
             _ => tracing::warn!(reason = label, since_last, total, "messages dropped"),
+        }
+    }
+
+    /// Counts a failed storage write an acknowledgement waited for, and logs it
+    /// (rate-limited: a full disk fails every write).
+    pub fn storage_failed(&self, error: &crate::storage::StoreError) {
+        Stats::incr(&self.storage_errors);
+        if let Some(count) = self.storage_error_log.occurred(Instant::now()) {
+            tracing::error!(%error, count, "storage write failed; the publish is not acknowledged");
         }
     }
 

@@ -93,6 +93,7 @@ fn subscribe(
     broker
         .subscribe(&client.handle, generation, request)
         .unwrap()
+        .0
         .reason_codes
 }
 
@@ -257,7 +258,7 @@ fn unsubscribe_removes_the_route() {
     let [Action::Unsubscribe(request)] = <[Action; 1]>::try_from(actions).unwrap() else {
         panic!("UNSUBSCRIBE yields one Unsubscribe action");
     };
-    let unsuback = broker
+    let (unsuback, _) = broker
         .unsubscribe(&sub.handle, sub.attachment.generation, request)
         .unwrap();
     assert_eq!(unsuback.reason_codes, [0x00, 0x11]);

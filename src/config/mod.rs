@@ -132,6 +132,10 @@ pub struct SessionsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// Keep durable state in RocksDB under `data_dir`; `false` keeps it in memory only.
+    pub persistence: bool,
+    /// When a write counts as durable (and QoS 1/2 publishes are acknowledged).
+    pub sync: crate::storage::SyncMode,
     /// Directory for durable state.
     pub data_dir: PathBuf,
 }
@@ -235,6 +239,8 @@ impl Default for SessionsConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            persistence: true,
+            sync: crate::storage::SyncMode::Batch,
             data_dir: PathBuf::from(crate::limits::DEFAULT_DATA_DIR),
         }
     }

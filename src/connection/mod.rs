@@ -11,6 +11,7 @@
 
 mod authenticate;
 mod handshake;
+mod held;
 mod policy;
 
 use std::net::SocketAddr;
@@ -29,9 +30,10 @@ use crate::config::Config;
 use crate::listener::{Accepted, ClientStream, ListenerContext};
 use crate::protocol::{decode, encode, reason, ConnAck, Disconnect, Packet, ProtocolVersion, QoS};
 use crate::session::Action;
-use crate::storage::StoreEvent;
+use crate::storage::Completion;
 
 use handshake::HandshakeError;
+use held::{HeldPackets, Settled};
 
 /// Bytes reserved in the read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -58,6 +60,9 @@ enum Exit {
     Shutdown,
     /// The client did not read fast enough; its write buffer overflowed.
     SlowConsumer,
+    /// A write its acknowledgement depended on failed, and MQTT 3 has no way to say so
+    /// in the acknowledgement: the client resends after reconnecting.
+    StorageFailed,
 }
 
 impl Exit {
@@ -68,6 +73,7 @@ impl Exit {
             Exit::KeepAliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
             Exit::TakenOver => Some(reason::SESSION_TAKEN_OVER),
             Exit::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            Exit::StorageFailed => Some(reason::UNSPECIFIED_ERROR),
             Exit::ClientDisconnect { .. } | Exit::SocketClosed | Exit::SlowConsumer => None,
         }
     }
@@ -81,7 +87,8 @@ impl Exit {
             Exit::Violation { .. }
             | Exit::KeepAliveTimeout
             | Exit::SocketClosed
-            | Exit::SlowConsumer => true,
+            | Exit::SlowConsumer
+            | Exit::StorageFailed => true,
         }
     }
 }
@@ -182,6 +189,17 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
         connack.properties.authentication_method = admitted.method.clone();
         connack.properties.authentication_data = admitted.data;
     }
+    // CONNACK confirms a persistent session only once its record is durable, and must
+    // precede everything else the session sends (redeliveries), so this one write is
+    // awaited here rather than held.
+    if let Some(written) = connected.written {
+        if let Err(error) = written.await {
+            broker.stats().storage_failed(&error);
+            broker.disconnect(&connected.handle, connected.attachment.generation, false);
+            refuse(&mut stream, &broker, version, reason::UNSPECIFIED_ERROR).await;
+            return;
+        }
+    }
     let mut connection = Connection {
         broker: broker.clone(),
         config,
@@ -192,6 +210,7 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
         read_buf,
         write_buf: BytesMut::with_capacity(READ_CHUNK),
         out: vec![Packet::ConnAck(connack)],
+        held: HeldPackets::default(),
         keep_alive: (terms.keep_alive != 0)
             .then(|| Duration::from_millis(u64::from(terms.keep_alive) * 1500)),
         qos0_unwritten: 0,
@@ -281,6 +300,8 @@ enum Event {
     Read(std::io::Result<usize>),
     Written(std::io::Result<WriteProgress>),
     Wake,
+    /// The oldest held acknowledgement's writes resolved.
+    Settled,
     KeepAliveExpired,
     Kicked,
     Shutdown,
@@ -300,6 +321,8 @@ struct Connection {
     /// Packets produced by handling input (acknowledgements), encoded before anything
     /// drained from the session so they keep their order.
     out: Vec<Packet>,
+    /// Acknowledgements waiting for their writes to be durable, and what queued behind.
+    held: HeldPackets,
     /// 1.5 times the effective keep alive; `None` when disabled.
     keep_alive: Option<Duration>,
     /// QoS 0 PUBLISHes encoded since `write_buf` was last empty: what is lost if the
@@ -346,6 +369,7 @@ impl Connection {
                 written = write_or_flush(&mut writer, &mut self.write_buf), if has_output => Event::Written(written),
                 read = reader.read_buf(&mut self.read_buf) => Event::Read(read),
                 _ = self.handle.wake.notified() => Event::Wake,
+                _ = self.held.front_settled(), if !self.held.is_empty() => Event::Settled,
             };
             result = match event {
                 Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
@@ -373,6 +397,7 @@ impl Connection {
                     Ok(())
                 }
                 Event::Wake => self.drain_session(),
+                Event::Settled => self.drain_session(),
                 Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
                 Event::Kicked => {
                     if *kicked.borrow_and_update() == self.generation {
@@ -416,13 +441,19 @@ impl Connection {
             Packet::Auth(auth) if self.version.is_v5() => return self.handle_auth(auth),
             other => other,
         };
-        let actions = {
+        // What a PUBLISH changes in the session (an incoming QoS 2 packet id) must be as
+        // durable as the message before it is acknowledged; other packets' session
+        // changes need not hold anything back.
+        let is_publish = matches!(packet, Packet::Publish(_));
+        let (actions, journaled) = {
             let mut session = self
                 .handle
                 .lock_current(self.generation)
                 .ok_or(Exit::TakenOver)?;
-            session.handle_packet(packet, now)
+            let actions = session.handle_packet(packet, now);
+            (actions, self.broker.submit_journal(&mut session))
         };
+        let mut writes: Vec<Completion> = journaled.filter(|_| is_publish).into_iter().collect();
         let actions = actions.map_err(|violation| {
             tracing::debug!(client_id = %self.handle.client_id, %violation, "protocol violation");
             Exit::Violation {
@@ -444,7 +475,7 @@ impl Connection {
                     if let Some(code) = refused.take() {
                         self.refuse_ack(&mut packet, code)?;
                     }
-                    self.out.push(packet);
+                    self.send(packet, std::mem::take(&mut writes));
                 }
                 Action::Route(message) => {
                     if let Some(code) = self.check_publish(&message, now)? {
@@ -458,32 +489,27 @@ impl Connection {
                         refused = Some(code);
                         continue;
                     }
-                    // Routed before its acknowledgement is queued: a durable store will
-                    // hold the ack back until the message is safely written.
-                    let deliveries = self.broker.publish(&message);
-                    if message.qos != QoS::AtMostOnce {
-                        self.broker.record_event(StoreEvent::MessageAccepted {
-                            message: &message,
-                            deliveries,
-                        });
-                    }
-                    ack_reason = (deliveries == 0 && self.version.is_v5())
+                    // Routed before its acknowledgement is queued, which then waits for
+                    // the writes that make the message durable.
+                    let published = self.broker.publish_durably(&message);
+                    writes.extend(published.writes);
+                    ack_reason = (published.routed == 0 && self.version.is_v5())
                         .then_some(reason::NO_MATCHING_SUBSCRIBERS);
                 }
                 Action::Subscribe(mut request) => {
                     self.check_subscribe(&mut request)?;
-                    let suback = self
+                    let (suback, written) = self
                         .broker
                         .subscribe(&self.handle, self.generation, request)
                         .ok_or(Exit::TakenOver)?;
-                    self.out.push(Packet::SubAck(suback));
+                    self.send(Packet::SubAck(suback), written.into_iter().collect());
                 }
                 Action::Unsubscribe(request) => {
-                    let unsuback = self
+                    let (unsuback, written) = self
                         .broker
                         .unsubscribe(&self.handle, self.generation, request)
                         .ok_or(Exit::TakenOver)?;
-                    self.out.push(Packet::UnsubAck(unsuback));
+                    self.send(Packet::UnsubAck(unsuback), written.into_iter().collect());
                 }
                 Action::Disconnect { publish_will } => {
                     return Err(Exit::ClientDisconnect { publish_will });
@@ -493,13 +519,60 @@ impl Connection {
         Ok(())
     }
 
-    /// Encodes pending acknowledgements, then everything the session may send now.
+    /// Queues a packet for the client, or holds it until `writes` are durable (and behind
+    /// anything held before it, to keep acknowledgements in order).
+    fn send(&mut self, packet: Packet, writes: Vec<Completion>) {
+        if self.held.must_hold(&writes) {
+            self.held.hold(packet, writes);
+        } else {
+            self.out.push(packet);
+        }
+    }
+
+    /// Moves held packets whose writes resolved to the output. A failed write means the
+    /// packet must not confirm anything: a MQTT 5 PUBACK or PUBREC then carries 0x80
+    /// Unspecified error (and the QoS 2 flow ends there); anything else closes the
+    /// connection without it, so the client sends again after reconnecting.
+    fn release_held(&mut self) -> Result<(), Exit> {
+        let mut settled = Vec::new();
+        self.held.take_settled(&mut settled);
+        for Settled {
+            mut packet,
+            failure,
+        } in settled
+        {
+            if let Some(error) = failure {
+                self.broker.stats().storage_failed(&error);
+                let refusable =
+                    self.version.is_v5() && matches!(packet, Packet::PubAck(_) | Packet::PubRec(_));
+                if !refusable {
+                    return Err(Exit::StorageFailed);
+                }
+                self.refuse_ack(&mut packet, reason::UNSPECIFIED_ERROR)?;
+            }
+            self.out.push(packet);
+        }
+        Ok(())
+    }
+
+    async fn settle_all_held(&mut self) {
+        while !self.held.is_empty() {
+            self.held.front_settled().await;
+            if self.release_held().is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Encodes pending acknowledgements (those whose writes are durable), then everything
+    /// the session may send now.
     ///
     /// While the unwritten backlog is at `max_outbox_bytes` or more, nothing more is
     /// taken from the session; if the session then still has messages waiting, the client
     /// is not keeping up and is disconnected as a slow consumer. One batch may overshoot
     /// the limit (it is bounded by the inflight window and the session's queue limits).
     fn drain_session(&mut self) -> Result<(), Exit> {
+        self.release_held()?;
         let mut packets = std::mem::take(&mut self.out);
         let mut dropped = Vec::new();
         let backlog_full = self.write_buf.len() >= self.config.limits.max_outbox_bytes;
@@ -510,6 +583,8 @@ impl Connection {
                 .ok_or(Exit::TakenOver)?;
             if !backlog_full {
                 session.poll_outgoing(now(), &mut packets, &mut dropped);
+                // What went in flight or was dropped: nothing waits for these writes.
+                let _ = self.broker.submit_journal(&mut session);
             } else if session.has_outgoing() {
                 return Err(Exit::SlowConsumer);
             }
@@ -563,6 +638,11 @@ impl Connection {
         tracing::info!(client_id = %client_id, peer = %self.peer, reason = ?exit, "client disconnected");
         if exit == Exit::SocketClosed {
             return;
+        }
+        if exit != Exit::StorageFailed {
+            // Acknowledgements still waiting for their writes go out if the writes
+            // complete in time; otherwise the client sends those messages again.
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.settle_all_held()).await;
         }
         for packet in self.out.drain(..) {
             Stats::incr(&self.broker.stats().packets_sent);

@@ -98,6 +98,7 @@ impl Connection {
                     .ok_or(Exit::TakenOver)?;
                 // Its PUBCOMP is for nobody: the client never sent PUBREL.
                 let _ = session.handle_packet(release, crate::broker::now());
+                let _ = self.broker.submit_journal(&mut session);
             }
             _ => {}
         }

@@ -210,7 +210,11 @@ impl Metrics {
         let stats = broker.stats().snapshot();
         let gauges = Gauges::sample(broker);
         let uptime = self.uptime();
-        metrics::with_local_recorder(&self.recorder, || record_snapshot(&stats, &gauges, uptime));
+        let store = broker.store().stats();
+        metrics::with_local_recorder(&self.recorder, || {
+            record_snapshot(&stats, &gauges, uptime);
+            metrics::counter!(STORAGE_ERRORS_TOTAL).absolute(store.write_errors + store.refused);
+        });
         self.handle.render()
     }
 }
@@ -252,7 +256,6 @@ fn record_snapshot(stats: &StatsSnapshot, gauges: &Gauges, uptime: Duration) {
     counter!(PROTOCOL_VIOLATIONS_TOTAL).absolute(stats.protocol_violations);
     counter!(WILLS_PUBLISHED_TOTAL).absolute(stats.wills_published);
     counter!(SESSIONS_EXPIRED_TOTAL).absolute(stats.sessions_expired);
-    counter!(STORAGE_ERRORS_TOTAL).absolute(stats.storage_errors);
 }
 
 /// HELP lines: what each metric means, as an operator reads it in Prometheus.
@@ -343,7 +346,7 @@ fn describe() {
     );
     describe_counter!(
         STORAGE_ERRORS_TOTAL,
-        "State changes the store failed to record"
+        "Store writes that failed (I/O error, disk full) or were refused (writer overloaded); what waited for them was not acknowledged"
     );
 }
 

@@ -34,6 +34,11 @@ impl Inbound {
     pub(super) fn awaiting_release_len(&self) -> usize {
         self.awaiting_release.len()
     }
+
+    /// Puts back the packet ids of a restored session.
+    pub(super) fn restore_awaiting_release(&mut self, packet_ids: impl IntoIterator<Item = u16>) {
+        self.awaiting_release.extend(packet_ids);
+    }
 }
 
 fn violation(reason_code: u8, message: &'static str) -> Violation {
@@ -92,7 +97,9 @@ impl Session {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => actions.push(Action::Send(Packet::PubAck(ack(packet_id, 0)))),
             QoS::ExactlyOnce => {
-                self.inbound.awaiting_release.insert(packet_id);
+                if self.inbound.awaiting_release.insert(packet_id) {
+                    self.journal.incoming_added(packet_id);
+                }
                 actions.push(Action::Send(Packet::PubRec(ack(packet_id, 0))));
             }
         }
@@ -102,6 +109,9 @@ impl Session {
     /// PUBREL from the client: the QoS 2 message is released; answer PUBCOMP either way.
     pub(super) fn handle_pubrel(&mut self, pubrel: PubResponse) -> Vec<Action> {
         let known = self.inbound.awaiting_release.remove(&pubrel.packet_id);
+        if known {
+            self.journal.incoming_released(pubrel.packet_id);
+        }
         // An unknown id is answered too, so a client that lost our PUBCOMP can finish;
         // MQTT 5 says which case it was.
         let reason_code = if known || !self.params.protocol.is_v5() {

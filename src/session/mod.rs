@@ -25,10 +25,12 @@ use bytestring::ByteString;
 
 use crate::message::{Message, SessionKey};
 use crate::protocol::{Connect, Packet, ProtocolVersion, QoS, SubscriptionOptions, Will};
+use crate::storage::{InflightState, MessageId, StoreOp};
 
 mod alias;
 mod control;
 mod inbound;
+mod journal;
 mod outbound;
 #[cfg(test)]
 mod tests;
@@ -56,6 +58,9 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of every matching subscription that has one (MQTT 5).
     pub subscription_ids: Vec<u32>,
+    /// The stored body this delivery refers to, when the store holds it for this
+    /// session (QoS 1/2 for a persistent session); its progress is then journaled.
+    pub stored: Option<MessageId>,
 }
 
 /// A subscription as the session remembers it (to restore routes and answer UNSUBSCRIBE).
@@ -155,6 +160,24 @@ pub struct Session {
     subscriptions: HashMap<ByteString, SubscriptionEntry>,
     inbound: inbound::Inbound,
     outbound: outbound::Outbound,
+    journal: journal::Journal,
+    /// When the last connection went away; `None` while connected or never connected.
+    detached_at: Option<Instant>,
+}
+
+/// What a restarted broker knows of a session the store kept.
+#[derive(Debug)]
+pub struct RestoredParts {
+    pub protocol: ProtocolVersion,
+    pub expiry_interval: Duration,
+    pub detached_at: Instant,
+    pub subscriptions: Vec<(ByteString, SubscriptionEntry)>,
+    /// In queue order.
+    pub queue: Vec<Delivery>,
+    /// In send order, with the packet id and state each had.
+    pub inflight: Vec<(Delivery, u16, InflightState)>,
+    /// Incoming QoS 2 packet ids awaiting PUBREL.
+    pub incoming_qos2: Vec<u16>,
 }
 
 impl Session {
@@ -164,7 +187,6 @@ impl Session {
     pub fn new(key: SessionKey, client_id: ByteString, limits: SessionLimits) -> Session {
         Session {
             key,
-            client_id,
             limits,
             params: ConnectionParams {
                 protocol: ProtocolVersion::V3_1_1,
@@ -180,7 +202,60 @@ impl Session {
             subscriptions: HashMap::new(),
             inbound: inbound::Inbound::default(),
             outbound: outbound::Outbound::new(),
+            journal: journal::Journal::new(client_id.clone()),
+            client_id,
+            detached_at: None,
         }
+    }
+
+    /// A persistent session rebuilt from the store after a restart: offline, with its
+    /// subscriptions, queue, inflight messages (redelivered when a client attaches) and
+    /// incoming QoS 2 packet ids.
+    pub fn restored(
+        key: SessionKey,
+        client_id: ByteString,
+        limits: SessionLimits,
+        parts: RestoredParts,
+    ) -> Session {
+        let mut session = Session::new(key, client_id, limits);
+        session.params.protocol = parts.protocol;
+        session.expiry_interval = parts.expiry_interval;
+        session.detached_at = Some(parts.detached_at);
+        session.subscriptions = parts.subscriptions.into_iter().collect();
+        for delivery in parts.queue {
+            session.outbound.restore_queued(delivery);
+        }
+        for (delivery, packet_id, state) in parts.inflight {
+            session
+                .outbound
+                .restore_inflight(delivery, packet_id, state);
+        }
+        session
+            .inbound
+            .restore_awaiting_release(parts.incoming_qos2);
+        session.journal.set_persistent(true);
+        session
+    }
+
+    /// Whether the store keeps this session (it outlives its connection).
+    pub fn is_persistent(&self) -> bool {
+        self.journal.is_persistent()
+    }
+
+    /// Starts or stops journaling changes for the store.
+    pub fn set_persistent(&mut self, persistent: bool) {
+        self.journal.set_persistent(persistent);
+    }
+
+    /// The store operations for the changes made since the last call, in order. Submit
+    /// them before releasing the session lock.
+    pub fn take_journal(&mut self) -> Vec<StoreOp> {
+        self.journal.take()
+    }
+
+    /// When the last connection went away; `None` while a client is connected.
+    pub fn detached_at(&self) -> Option<Instant> {
+        self.detached_at
     }
 
     pub fn key(&self) -> SessionKey {
@@ -207,6 +282,7 @@ impl Session {
     /// in their original order, ahead of queued messages.
     pub fn attach(&mut self, connect: &Connect, session_expiry: Duration, now: Instant) {
         let _ = now;
+        self.detached_at = None;
         let v5 = connect.protocol.is_v5();
         let properties = &connect.properties;
         self.params = ConnectionParams {
@@ -239,7 +315,7 @@ impl Session {
     /// The connection went away (for any reason). Topic aliases are dropped; inflight and
     /// queued messages stay for the next connection.
     pub fn detach(&mut self, now: Instant) {
-        let _ = now;
+        self.detached_at = Some(now);
         self.params.connected = false;
         self.inbound.reset_aliases();
         self.outbound.detach();
@@ -300,14 +376,22 @@ impl Session {
 
     /// Queues a message for the client. QoS 0 to an offline client, an expired message
     /// or a full queue (in messages or bytes) drop it and say why.
+    ///
+    /// A stored delivery that is refused is journaled as dropped, since the store queued
+    /// it before the session saw it.
     pub fn enqueue(&mut self, delivery: Delivery, now: Instant) -> Result<(), DropReason> {
-        if delivery.message.is_expired(now) {
-            return Err(DropReason::Expired);
-        }
-        if !self.params.connected && delivery.qos == QoS::AtMostOnce {
-            return Err(DropReason::OfflineQos0);
-        }
-        self.outbound.push(delivery, &self.limits)
+        let refused = if delivery.message.is_expired(now) {
+            DropReason::Expired
+        } else if !self.params.connected && delivery.qos == QoS::AtMostOnce {
+            DropReason::OfflineQos0
+        } else if !self.outbound.has_room(&delivery, &self.limits) {
+            DropReason::QueueFull
+        } else {
+            self.outbound.push(delivery);
+            return Ok(());
+        };
+        self.journal.dropped(&delivery);
+        Err(refused)
     }
 
     /// Moves what may be sent now into `out`: redeliveries first, then queued messages
@@ -324,7 +408,8 @@ impl Session {
             return;
         }
         let context = self.outgoing_context();
-        self.outbound.poll(&context, now, out, dropped);
+        self.outbound
+            .poll(&context, now, out, dropped, &mut self.journal);
     }
 
     /// True if `poll_outgoing` would produce something.

@@ -14,9 +14,11 @@ use bytestring::ByteString;
 use super::alias::{AliasPlan, OutgoingAliases};
 use super::control::protocol_error;
 use super::inbound::ack;
+use super::journal::Journal;
 use super::{Action, Delivery, DropReason, Session, SessionLimits, Violation};
 use crate::protocol::{encoded_len, reason};
 use crate::protocol::{Packet, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS};
+use crate::storage;
 
 /// What the current connection allows, as `poll` needs it.
 pub(super) struct OutgoingContext {
@@ -33,6 +35,24 @@ enum InflightState {
     Qos2Published,
     /// QoS 2 PUBREC received and PUBREL sent.
     Qos2Released,
+}
+
+impl InflightState {
+    fn stored(self) -> storage::InflightState {
+        match self {
+            InflightState::Qos1Published => storage::InflightState::AwaitingPubAck,
+            InflightState::Qos2Published => storage::InflightState::AwaitingPubRec,
+            InflightState::Qos2Released => storage::InflightState::AwaitingPubComp,
+        }
+    }
+
+    fn from_stored(state: storage::InflightState) -> InflightState {
+        match state {
+            storage::InflightState::AwaitingPubAck => InflightState::Qos1Published,
+            storage::InflightState::AwaitingPubRec => InflightState::Qos2Published,
+            storage::InflightState::AwaitingPubComp => InflightState::Qos2Released,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -93,20 +113,50 @@ impl Outbound {
         self.inflight.len()
     }
 
-    pub(super) fn push(
+    /// Puts back an inflight message of a restored session, in send order; it is
+    /// redelivered (PUBLISH with DUP, or PUBREL) when a client attaches.
+    pub(super) fn restore_inflight(
         &mut self,
         delivery: Delivery,
-        limits: &SessionLimits,
-    ) -> Result<(), DropReason> {
-        let size = delivery.message.size_bytes();
-        if self.queue.len() >= limits.max_queued_messages
-            || self.queued_bytes.saturating_add(size) > limits.max_queued_bytes
-        {
-            return Err(DropReason::QueueFull);
+        packet_id: u16,
+        state: storage::InflightState,
+    ) {
+        if packet_id == 0 || self.sequence_by_id.contains_key(&packet_id) {
+            return;
         }
-        self.queued_bytes += size;
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.sequence_by_id.insert(packet_id, sequence);
+        self.inflight.insert(
+            sequence,
+            Inflight {
+                packet_id,
+                delivery,
+                state: InflightState::from_stored(state),
+            },
+        );
+    }
+
+    /// Puts back a queued message of a restored session. The queue limits were checked
+    /// when it was first queued; a restart does not drop what was accepted.
+    pub(super) fn restore_queued(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.message.size_bytes();
         self.queue.push_back(delivery);
-        Ok(())
+    }
+
+    /// Whether the queue limits (messages and bytes) leave room for `delivery`.
+    pub(super) fn has_room(&self, delivery: &Delivery, limits: &SessionLimits) -> bool {
+        self.queue.len() < limits.max_queued_messages
+            && self
+                .queued_bytes
+                .saturating_add(delivery.message.size_bytes())
+                <= limits.max_queued_bytes
+    }
+
+    /// Queues a delivery `has_room` accepted.
+    pub(super) fn push(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.message.size_bytes();
+        self.queue.push_back(delivery);
     }
 
     pub(super) fn has_outgoing(&self, window: usize) -> bool {
@@ -124,10 +174,11 @@ impl Outbound {
         now: Instant,
         out: &mut Vec<Packet>,
         dropped: &mut Vec<DropReason>,
+        journal: &mut Journal,
     ) {
         if self.redeliver {
             self.redeliver = false;
-            self.resend_inflight(context, now, out, dropped);
+            self.resend_inflight(context, now, out, dropped, journal);
         }
         while let Some(next) = self.queue.front() {
             // Delivery order is kept: a QoS 1/2 message waiting for the window holds back
@@ -146,9 +197,10 @@ impl Outbound {
                 .saturating_sub(delivery.message.size_bytes());
             if delivery.message.is_expired(now) {
                 dropped.push(DropReason::Expired);
+                journal.dropped(&delivery);
                 continue;
             }
-            self.send_new(context, delivery, now, out, dropped);
+            self.send_new(context, delivery, now, out, dropped, journal);
         }
     }
 
@@ -160,6 +212,7 @@ impl Outbound {
         now: Instant,
         out: &mut Vec<Packet>,
         dropped: &mut Vec<DropReason>,
+        journal: &mut Journal,
     ) {
         let topic = delivery.message.topic.clone();
         let plan = if context.protocol.is_v5() {
@@ -191,14 +244,18 @@ impl Outbound {
         if !fits(&packet, context) {
             self.next_packet_id = next_packet_id;
             dropped.push(DropReason::TooLargeForClient);
+            journal.dropped(&delivery);
             return;
         }
-        if delivery.qos != QoS::AtMostOnce {
+        if delivery.qos == QoS::AtMostOnce {
+            journal.dropped(&delivery);
+        } else {
             let state = if delivery.qos == QoS::AtLeastOnce {
                 InflightState::Qos1Published
             } else {
                 InflightState::Qos2Published
             };
+            journal.sent(&delivery, packet_id, state.stored());
             let sequence = self.next_sequence;
             self.next_sequence += 1;
             self.sequence_by_id.insert(packet_id, sequence);
@@ -223,6 +280,7 @@ impl Outbound {
         now: Instant,
         out: &mut Vec<Packet>,
         dropped: &mut Vec<DropReason>,
+        journal: &mut Journal,
     ) {
         let mut removed = Vec::new();
         for (sequence, entry) in &self.inflight {
@@ -255,6 +313,7 @@ impl Outbound {
         for sequence in removed {
             if let Some(entry) = self.inflight.remove(&sequence) {
                 self.sequence_by_id.remove(&entry.packet_id);
+                journal.completed(&entry.delivery, entry.packet_id);
             }
         }
     }
@@ -277,19 +336,25 @@ impl Outbound {
         self.inflight.get(sequence).map(|entry| entry.state)
     }
 
-    fn set_state(&mut self, packet_id: u16, state: InflightState) {
+    /// PUBREC received for a QoS 2 message: it now awaits PUBCOMP.
+    fn release(&mut self, packet_id: u16, journal: &mut Journal) {
         if let Some(entry) = self
             .sequence_by_id
             .get(&packet_id)
             .and_then(|sequence| self.inflight.get_mut(sequence))
         {
-            entry.state = state;
+            if entry.state != InflightState::Qos2Released {
+                entry.state = InflightState::Qos2Released;
+                journal.released(&entry.delivery, packet_id);
+            }
         }
     }
 
-    fn complete(&mut self, packet_id: u16) {
+    fn complete(&mut self, packet_id: u16, journal: &mut Journal) {
         if let Some(sequence) = self.sequence_by_id.remove(&packet_id) {
-            self.inflight.remove(&sequence);
+            if let Some(entry) = self.inflight.remove(&sequence) {
+                journal.completed(&entry.delivery, packet_id);
+            }
         }
     }
 }
@@ -353,7 +418,9 @@ impl Session {
         match self.outbound.inflight_state(puback.packet_id) {
             // An unknown id (e.g. a duplicate ack) is ignored, as Mosquitto does.
             None => {}
-            Some(InflightState::Qos1Published) => self.outbound.complete(puback.packet_id),
+            Some(InflightState::Qos1Published) => {
+                self.outbound.complete(puback.packet_id, &mut self.journal)
+            }
             Some(_) => return Err(protocol_error("PUBACK for a QoS 2 message")),
         }
         Ok(Vec::new())
@@ -369,14 +436,13 @@ impl Session {
         }
         let v5 = self.params.protocol.is_v5();
         if v5 && pubrec.reason_code >= reason::UNSPECIFIED_ERROR {
-            self.outbound.complete(packet_id);
+            self.outbound.complete(packet_id, &mut self.journal);
             return Ok(Vec::new());
         }
         let reason_code = match state {
             Some(_) => {
                 // A repeated PUBREC (state already Qos2Released) gets the PUBREL again.
-                self.outbound
-                    .set_state(packet_id, InflightState::Qos2Released);
+                self.outbound.release(packet_id, &mut self.journal);
                 reason::SUCCESS
             }
             // Answered anyway, like Mosquitto, so the client can finish its flow.
@@ -396,7 +462,9 @@ impl Session {
     ) -> Result<Vec<Action>, Violation> {
         match self.outbound.inflight_state(pubcomp.packet_id) {
             None => {}
-            Some(InflightState::Qos2Released) => self.outbound.complete(pubcomp.packet_id),
+            Some(InflightState::Qos2Released) => {
+                self.outbound.complete(pubcomp.packet_id, &mut self.journal)
+            }
             Some(InflightState::Qos2Published) => {
                 return Err(protocol_error("PUBCOMP before PUBREC"));
             }

@@ -115,6 +115,7 @@ impl SessionEntry {
 
 /// A record that breaks the ledger's invariants, found while loading a database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
 pub(crate) enum LoadError {
     NoSession,
     NoBody,
@@ -149,11 +150,13 @@ impl Ledger {
     }
 
     /// The highest message id stored, if any.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn max_message_id(&self) -> Option<MessageId> {
         self.bodies.keys().copied().max()
     }
 
     /// Turns a complete ledger into an index: bodies and retained messages are dropped.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn drop_bodies(&mut self) {
         self.keep_bodies = false;
         self.retained.clear();
@@ -381,6 +384,7 @@ impl Ledger {
 
     // ---- loading a stored state (reference counts are rebuilt from the references) ----
 
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn load_body(&mut self, message_id: MessageId, message: StoredMessage) {
         let message = self.keep_bodies.then(|| Arc::new(message));
         self.bodies.insert(
@@ -392,6 +396,7 @@ impl Ledger {
         );
     }
 
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn load_retained(&mut self, message: StoredMessage) {
         if self.keep_bodies {
             self.retained
@@ -399,15 +404,18 @@ impl Ledger {
         }
     }
 
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn load_session(&mut self, record: SessionRecord) {
         self.sessions
             .insert(record.client_id.clone(), SessionEntry::new(record));
     }
 
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     fn loaded_session(&mut self, client_id: &str) -> Result<&mut SessionEntry, LoadError> {
         self.sessions.get_mut(client_id).ok_or(LoadError::NoSession)
     }
 
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn load_subscription(
         &mut self,
         client_id: &str,
@@ -420,6 +428,7 @@ impl Ledger {
         Ok(())
     }
 
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     fn reference(&mut self, message_id: MessageId, sequence: u64) -> Result<(), LoadError> {
         let body = self.bodies.get_mut(&message_id).ok_or(LoadError::NoBody)?;
         body.references += 1;
@@ -427,6 +436,7 @@ impl Ledger {
         Ok(())
     }
 
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn load_queued(
         &mut self,
         client_id: &str,
@@ -441,6 +451,7 @@ impl Ledger {
         Ok(())
     }
 
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn load_inflight(
         &mut self,
         client_id: &str,
@@ -455,6 +466,7 @@ impl Ledger {
         Ok(())
     }
 
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn load_incoming(
         &mut self,
         client_id: &str,
@@ -466,6 +478,7 @@ impl Ledger {
 
     /// Deletes bodies that no reference reached (left by nothing this ledger writes, but
     /// harmless to clean up). Returns how many.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn finish_load(&mut self, out: &mut impl Mutations) -> usize {
         let orphans: Vec<MessageId> = self
             .bodies

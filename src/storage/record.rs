@@ -195,6 +195,7 @@ impl StoreOp {
     /// Operations that bring new data in (and lead to an acknowledgement the broker can
     /// hold back) are refused when the writer lags; follow-up changes to state already
     /// stored are always admitted, so the disk never misses a step of what it holds.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn brings_new_data(&self) -> bool {
         matches!(self, StoreOp::Accept { .. } | StoreOp::SetRetained(_))
     }

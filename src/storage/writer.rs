@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use super::record::{RestoredState, StoreOp, UnixMillis};
 use super::{Completion, Counters, StoreError, SyncMode};
+use crate::metrics::StorageMetrics;
 
 /// What the writer thread drives: a backend that applies operations.
 pub(crate) trait Committer: Send + 'static {
@@ -79,6 +80,8 @@ struct Shared {
     wakeup: Condvar,
     counters: Arc<Counters>,
     options: WriterOptions,
+    /// Write and sync latency histograms, when the broker exports metrics.
+    latency: Option<StorageMetrics>,
 }
 
 impl Shared {
@@ -98,6 +101,7 @@ impl Writer {
         committer: impl Committer,
         options: WriterOptions,
         counters: Arc<Counters>,
+        latency: Option<StorageMetrics>,
     ) -> std::io::Result<Writer> {
         counters.message_bodies.store(
             committer.body_count() as u64,
@@ -108,6 +112,7 @@ impl Writer {
             wakeup: Condvar::new(),
             counters,
             options,
+            latency,
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -270,7 +275,11 @@ fn process(shared: &Shared, committer: &mut impl Committer, requests: &mut Vec<R
                 commit(shared, committer, &mut groups, &mut waiters);
                 // Writes in `always` and `batch` mode were synced when written.
                 let result = if mode == SyncMode::Never {
+                    let started = Instant::now();
                     let result = committer.sync();
+                    if let Some(latency) = &shared.latency {
+                        latency.record_sync(started.elapsed());
+                    }
                     if result.is_ok() {
                         Counters::add(&shared.counters.syncs, 1);
                     }
@@ -303,7 +312,16 @@ fn commit(
         return;
     }
     let sync = shared.options.sync != SyncMode::Never;
+    let started = Instant::now();
     let result = committer.commit(groups, sync);
+    if let Some(latency) = &shared.latency {
+        // A synced write is timed as both: its latency is the sync's.
+        let elapsed = started.elapsed();
+        latency.record_write(elapsed);
+        if sync {
+            latency.record_sync(elapsed);
+        }
+    }
     let counters = &shared.counters;
     Counters::add(&counters.writes, 1);
     match &result {

@@ -70,7 +70,7 @@ fn harness(sync: SyncMode, capacity: usize, gated: bool) -> Harness {
         capacity,
     };
     let counters = Arc::new(Counters::default());
-    let writer = Writer::start(committer, options, counters.clone()).unwrap();
+    let writer = Writer::start(committer, options, counters.clone(), None).unwrap();
     Harness {
         writer,
         log,

@@ -52,6 +52,8 @@ impl Service {
         let child = Command::new(env!("CARGO_BIN_EXE_fleetmq"))
             .arg("-c")
             .arg(&config_path)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
             .args(args)
             .env_remove("RUST_LOG")
             .env_remove("WATCHDOG_USEC")

@@ -29,7 +29,10 @@ pub fn loopback(kind: ListenerKind) -> ListenerConfig {
     ListenerConfig::new(kind, "127.0.0.1:0".parse().unwrap())
 }
 
-pub async fn start(config: Config) -> ServerHandle {
+/// Starts a broker with `config`, keeping its state in memory: these tests are about
+/// access control, and the durable store has its own suites.
+pub async fn start(mut config: Config) -> ServerHandle {
+    config.storage.persistence = false;
     server::start(config).await.expect("broker starts")
 }
 

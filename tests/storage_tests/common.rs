@@ -125,7 +125,8 @@ pub fn id(client_id: &str) -> ByteString {
     client_id.into()
 }
 
-/// The RocksDB backend.
+/// The RocksDB backend, built with the `rocksdb` feature.
+#[cfg(feature = "rocksdb")]
 mod rocks_backend {
     use fleetmq::storage::{RocksOptions, RocksStore, Store, SyncMode};
     use tempfile::TempDir;
@@ -176,4 +177,5 @@ mod rocks_backend {
     }
 }
 
+#[cfg(feature = "rocksdb")]
 pub use rocks_backend::*;

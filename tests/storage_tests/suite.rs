@@ -11,6 +11,7 @@ macro_rules! suite {
         mod memory_store {
             $( #[test] fn $name() { super::$name(crate::common::memory()) } )*
         }
+        #[cfg(feature = "rocksdb")]
         mod rocks_store {
             $( #[test] fn $name() { super::$name(crate::common::rocks()) } )*
         }

@@ -92,6 +92,7 @@ fn delivery_of(message: Message, qos: QoS) -> Delivery {
         qos,
         retain: false,
         subscription_ids: Vec::new(),
+        stored: None,
     }
 }
 

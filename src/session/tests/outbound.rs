@@ -398,6 +398,7 @@ fn mqtt5_gets_subscription_ids_and_properties_mqtt3_does_not() {
         qos: QoS::AtMostOnce,
         retain: true,
         subscription_ids: vec![4, 9],
+        stored: None,
     };
     let (mut session, now) = attached(ProtocolVersion::V5);
     enqueue_ok(&mut session, delivery.clone(), now);

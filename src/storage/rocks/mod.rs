@@ -21,6 +21,7 @@ use super::memory::note_message_ids;
 use super::record::{MessageId, RestoredState, StoreOp, UnixMillis};
 use super::writer::{Writer, WriterOptions};
 use super::{defaults, Completion, Counters, Store, StoreError, StoreStats, SyncMode};
+use crate::metrics::StorageMetrics;
 
 use committer::RocksCommitter;
 
@@ -83,6 +84,15 @@ impl RocksStore {
     /// Fails with an error naming the path if another process holds the database, if it
     /// was written by a newer schema version, or if any record is corrupt.
     pub fn open(path: impl AsRef<Path>, options: RocksOptions) -> Result<RocksStore, StoreError> {
+        RocksStore::open_with_metrics(path, options, None)
+    }
+
+    /// Like `open`, recording the latency of every write and sync in `latency`.
+    pub fn open_with_metrics(
+        path: impl AsRef<Path>,
+        options: RocksOptions,
+        latency: Option<StorageMetrics>,
+    ) -> Result<RocksStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         std::fs::create_dir_all(&path).map_err(|error| StoreError::Open {
             path: path.clone(),
@@ -101,13 +111,12 @@ impl RocksStore {
             max_batch_delay: options.max_batch_delay,
             capacity: options.queue_capacity.max(1),
         };
-        let writer =
-            Writer::start(committer, writer_options, counters.clone()).map_err(|error| {
-                StoreError::Open {
-                    path: path.clone(),
-                    detail: format!("cannot start the writer thread: {error}"),
-                }
-            })?;
+        let writer = Writer::start(committer, writer_options, counters.clone(), latency).map_err(
+            |error| StoreError::Open {
+                path: path.clone(),
+                detail: format!("cannot start the writer thread: {error}"),
+            },
+        )?;
         Ok(RocksStore {
             writer,
             counters,

@@ -60,6 +60,9 @@ pub async fn start_broker(tweak: impl FnOnce(&mut Config)) -> Broker {
         ..Config::default()
     };
     config.storage.data_dir = data_dir.path().to_path_buf();
+    // RocksDB in a normal build; `--no-default-features` runs the suite on the memory
+    // store (quick to build, same semantics).
+    config.storage.persistence = cfg!(feature = "rocksdb");
     config.log.level = "warn".to_string();
     tweak(&mut config);
 
