@@ -57,8 +57,9 @@ pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 3600;
 /// whatever the client asks for, like Mosquitto's `max_keepalive 65535`.
 pub const DEFAULT_MAX_KEEP_ALIVE_SECS: u16 = 65535;
 
-/// 4 MiB of encoded packets may wait for one slow socket before the client counts as a
-/// slow consumer: four maximum-size packets, or thousands of telemetry messages.
+/// 4 MiB of encoded packets may wait for one slow socket; a client that stays there
+/// (`DEFAULT_SLOW_CONSUMER_TIMEOUT_MS`) while messages wait is a slow consumer: four
+/// maximum-size packets, or thousands of telemetry messages.
 pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
 
 /// 1000 PUBLISH packets per second per client (and as many at once): two orders of
@@ -103,6 +104,23 @@ pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
 /// 16 MiB waiting per session: sixteen maximum-size packets, and the bound that holds
 /// when messages are large and few.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+/// 1,000,000 retained messages owed to one session after its SUBSCRIBE. They wait apart
+/// from the queue above (a new `#` subscriber gets every retained message, as with
+/// Mosquitto), as references to messages the retained store holds anyway: about 8 bytes
+/// each, so 8 MB for a subscriber that matched a million topics.
+pub const DEFAULT_MAX_RETAINED_BACKLOG: usize = 1_000_000;
+
+/// 1 second: how long the broker waits for a subscriber that falls behind. A publisher
+/// whose message finds a subscriber's queue nearly full is not read for at most this long
+/// (TCP flow control then slows it down), instead of losing the messages; a subscriber
+/// whose outbox stays full this long while messages wait is disconnected. Long enough to
+/// ride out a burst, short enough that one stuck subscriber costs others little.
+pub const DEFAULT_SLOW_CONSUMER_TIMEOUT_MS: u64 = 1000;
+
+/// Largest `slow_consumer_timeout_ms` accepted: a minute. Longer only lets one stuck
+/// subscriber hold up its publishers longer.
+pub const MAX_SLOW_CONSUMER_TIMEOUT_MS: u64 = 60_000;
 
 /// 10 topic aliases per MQTT 5 client, Mosquitto's `max_topic_alias` default: enough for
 /// a device that publishes to a handful of topics, and a small table per connection.

@@ -51,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
         receive_maximum: 4,
         max_queued_messages: 8,
         max_queued_bytes: 4096,
+        max_retained_backlog: 8,
         topic_alias_maximum: 4,
     };
     let mut now = Instant::now();

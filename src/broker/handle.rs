@@ -4,20 +4,21 @@
 //! A handle outlives connections. Each attach bumps the handle's *generation*; a
 //! connection task remembers the generation it attached with and only touches the session
 //! while that generation is current. Bumping the generation is therefore also how an older
-//! connection is kicked (takeover) or a discarded session is retired: the new value is
-//! published on a `watch` channel that the older task selects on.
+//! connection is kicked (takeover) or a discarded session is retired: every task waiting on
+//! `wake` is woken and compares generations.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use crate::message::SessionKey;
 use crate::protocol::Connect;
 use crate::session::{RestoredParts, Session, SessionLimits};
 
+use super::congestion::Congestion;
 use super::lock;
 
 pub struct SessionHandle {
@@ -26,12 +27,13 @@ pub struct SessionHandle {
     /// The session state machine. Held only for short, non-async critical sections.
     pub state: Mutex<Session>,
     /// Woken whenever something was enqueued; the attached connection then drains the
-    /// session with `poll_outgoing`.
+    /// session with `poll_outgoing`. Also woken (all waiters) when the generation moves
+    /// and at shutdown: a connection checks both before it waits.
     pub wake: Notify,
+    /// Publishers waiting for this session's queue to drain (backpressure).
+    pub congestion: Congestion,
     /// Changed only while `state` is locked, so a check under the lock is authoritative.
     generation: AtomicU64,
-    /// Mirrors `generation` for the attached connection task to select on.
-    kick: watch::Sender<u64>,
     /// Mirrors `Session::is_connected` so the router can prefer online members of a
     /// shared subscription group without locking every member.
     connected: AtomicBool,
@@ -44,10 +46,9 @@ pub struct SessionHandle {
 
 /// What a connection task gets back from attaching to a session.
 pub struct Attachment {
+    /// The connection's generation: the connection is over once
+    /// `SessionHandle::generation` differs.
     pub generation: u64,
-    /// Fires when the generation moves past `generation`: the connection was taken over
-    /// or its session discarded.
-    pub kicked: watch::Receiver<u64>,
 }
 
 impl SessionHandle {
@@ -68,15 +69,14 @@ impl SessionHandle {
     }
 
     fn with_session(key: SessionKey, client_id: ByteString, session: Session) -> SessionHandle {
-        let (kick, _) = watch::channel(0);
         SessionHandle {
             key,
             persistent: AtomicBool::new(session.is_persistent()),
             state: Mutex::new(session),
             client_id,
             wake: Notify::new(),
+            congestion: Congestion::default(),
             generation: AtomicU64::new(0),
-            kick,
             connected: AtomicBool::new(false),
             retired: AtomicBool::new(false),
         }
@@ -125,14 +125,13 @@ impl SessionHandle {
         let generation = self.bump_generation();
         session.attach(connect, session_expiry, now);
         self.connected.store(true, Ordering::Release);
-        // Subscribing under the lock: a takeover cannot slip in between attach and
-        // subscribe and go unnoticed.
-        let kicked = self.kick.subscribe();
+        // Publishers waiting for the previous connection wait no more.
+        self.congestion.relieve();
         drop(session);
         // The new connection drains redeliveries right after CONNACK; the wake-up also
         // covers a permit consumed by the connection being replaced.
         self.wake.notify_one();
-        Attachment { generation, kicked }
+        Attachment { generation }
     }
 
     /// Detaches the connection of the given session guard. Must be called with `session`
@@ -140,6 +139,8 @@ impl SessionHandle {
     pub fn detach_locked(&self, session: &mut Session, now: Instant) {
         session.detach(now);
         self.connected.store(false, Ordering::Release);
+        // Nobody drains an offline session: publishers stop waiting for it.
+        self.congestion.relieve();
     }
 
     /// Retires the handle: the attached connection (if any) is kicked and no generation
@@ -156,7 +157,8 @@ impl SessionHandle {
 
     fn bump_generation(&self) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.kick.send_replace(generation);
+        // A watch channel would cost every session a few hundred bytes.
+        self.wake.notify_waiters();
         generation
     }
 }

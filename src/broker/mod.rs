@@ -3,7 +3,7 @@
 //! Map of the runtime (one `Arc<Broker>` shared by every task):
 //! - `crate::server` binds the listeners and spawns one task per accepted socket.
 //! - `crate::connection` is that task: a single `select!` over the socket, the session's
-//!   wake-up, the keep-alive deadline, the takeover signal and server shutdown. It decodes
+//!   wake-up (also rung for a takeover), the keep-alive deadline and server shutdown. It decodes
 //!   packets, drives the sans-IO `Session`, and carries out the resulting actions here.
 //! - `registry` (client id -> `SessionHandle`) is locked on connect, disconnect and expiry
 //!   only ([`lifecycle`]: clean start, resume, takeover, wills, session end).
@@ -25,6 +25,7 @@
 //! `routes` / `retained` / scheduler. The router takes `routes` alone, releases it, then
 //! locks target sessions one at a time.
 
+pub mod congestion;
 pub mod handle;
 pub mod lifecycle;
 pub mod log_throttle;
@@ -220,6 +221,7 @@ fn session_limits(config: &Config) -> SessionLimits {
         receive_maximum: limits.receive_maximum,
         max_queued_messages: limits.max_queued_messages,
         max_queued_bytes: limits.max_queued_bytes,
+        max_retained_backlog: limits.max_retained_backlog,
         topic_alias_maximum: limits.topic_alias_maximum,
     }
 }

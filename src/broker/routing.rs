@@ -4,6 +4,9 @@
 //! `route` runs on the publishing connection's task: it read-locks the subscription trie,
 //! collects one delivery per target session (overlapping subscriptions merged), releases
 //! the lock, and only then locks each target session in turn to enqueue and wake it.
+//! A connected target whose queue that leaves nearly full is marked congested and handed
+//! back to the publisher's connection, which then stops reading until it drained
+//! (`super::congestion`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use crate::session::{Delivery, SubscribeRequest, UnsubscribeRequest};
 use crate::storage::{Completion, QueuedDelivery, StoreOp, StoredMessage};
 use crate::topic::{parse_shared, Match, SharedGroup, SubscriptionTrie};
 
-use super::{read, write, Broker, SessionHandle, Stats};
+use super::{read, write, Broker, Dropped, SessionHandle, Stats};
 
 /// The outcome of publishing one message.
 #[must_use = "a QoS 1/2 PUBLISH may be acknowledged only once its writes are durable"]
@@ -27,6 +30,9 @@ pub struct Published {
     /// Writes the acknowledgement must wait for (the retained message, the message queued
     /// for persistent sessions); empty when nothing needed storing.
     pub writes: Vec<Completion>,
+    /// A connected target whose queue is now nearly full: the publisher should stop
+    /// reading until it drained (`SessionHandle::congestion`).
+    pub congested: Option<Arc<SessionHandle>>,
 }
 
 /// What the trie stores per subscription.
@@ -148,12 +154,16 @@ impl Broker {
         if message.retain {
             writes.extend(self.retain(message));
         }
-        let (routed, accepted) = self.route_durably(message);
+        let (routed, accepted, congested) = self.route_durably(message);
         if routed == 0 {
             Stats::incr(&self.stats.messages_unrouted);
         }
         writes.extend(accepted);
-        Published { routed, writes }
+        Published {
+            routed,
+            writes,
+            congested,
+        }
     }
 
     /// Publishes a message of the broker's own (`$SYS`): retained in memory only (the
@@ -189,7 +199,7 @@ impl Broker {
     /// Hands `message` to every session with a matching subscription and wakes their
     /// connections. Returns the number of sessions it was handed to.
     pub fn route(&self, message: &Arc<Message>) -> usize {
-        let (count, _) = self.route_durably(message);
+        let (count, _, _) = self.route_durably(message);
         if count == 0 {
             Stats::incr(&self.stats.messages_unrouted);
         }
@@ -198,16 +208,23 @@ impl Broker {
 
     /// Routes `message`; for the deliveries to persistent sessions at QoS 1 or 2, first
     /// submits the message and their queue entries to the store (the returned write), so
-    /// the store has them before any session can report sending them.
-    fn route_durably(&self, message: &Arc<Message>) -> (usize, Option<Completion>) {
+    /// the store has them before any session can report sending them. Also returns the
+    /// first target the delivery left congested.
+    fn route_durably(
+        &self,
+        message: &Arc<Message>,
+    ) -> (usize, Option<Completion>, Option<Arc<SessionHandle>>) {
         let mut fanout = self.collect_targets(message);
         let now = super::now();
         let count = fanout.targets.len() + fanout.shared.len();
         let accepted = self.store_deliveries(message, &mut fanout);
+        let mut congested = None;
         for (session, delivery) in fanout.targets.into_iter().chain(fanout.shared) {
-            self.deliver(&session, delivery, now);
+            if self.deliver(&session, delivery, now) && congested.is_none() {
+                congested = Some(session);
+            }
         }
-        (count, accepted)
+        (count, accepted, congested)
     }
 
     fn store_deliveries(&self, message: &Arc<Message>, fanout: &mut Fanout) -> Option<Completion> {
@@ -264,8 +281,10 @@ impl Broker {
         fanout
     }
 
-    fn deliver(&self, session: &SessionHandle, delivery: Delivery, now: Instant) {
-        let result = {
+    /// Enqueues one delivery and wakes the session's connection. Returns whether the
+    /// session is now congested: connected, with its queue nearly full.
+    fn deliver(&self, session: &SessionHandle, delivery: Delivery, now: Instant) -> bool {
+        let (result, congested) = {
             let mut state = session.lock();
             if session.is_retired() {
                 // Ended since the routes were read: a session that replaced it under the
@@ -276,12 +295,14 @@ impl Broker {
                         message_id,
                     }]);
                 }
-                return;
+                return false;
             }
             let result = state.enqueue(delivery, now);
             // A refused stored delivery journaled its removal from the stored queue.
             let _ = self.submit_journal(&mut state);
-            result
+            let congested =
+                state.is_connected() && state.queue_congested() && session.congestion.note();
+            (result, congested)
         };
         match result {
             Ok(()) => {
@@ -290,6 +311,7 @@ impl Broker {
             }
             Err(reason) => self.stats.dropped(reason),
         }
+        congested
     }
 
     /// Carries out a SUBSCRIBE the session accepted: records each valid filter, installs
@@ -301,7 +323,6 @@ impl Broker {
         generation: u64,
         request: SubscribeRequest,
     ) -> Option<(SubAck, Option<Completion>)> {
-        let now = super::now();
         let mut reason_codes = Vec::with_capacity(request.filters.len());
         let mut added = Vec::new();
         let written = {
@@ -342,25 +363,22 @@ impl Broker {
             }
             // Routes are installed before the retained tree is read: a retained PUBLISH
             // racing with this SUBSCRIBE is then either routed live or found here.
-            let mut deliveries = Vec::new();
+            let mut matched = Vec::with_capacity(retained_wanted.len());
             if !retained_wanted.is_empty() {
                 let retained = read(&self.retained);
                 for (filter, entry) in &retained_wanted {
-                    retained.for_each_matching(filter, |message| {
-                        deliveries.push(Delivery {
-                            message: message.clone(),
-                            qos: message.qos.min(entry.options.qos),
-                            retain: true,
-                            subscription_ids: entry.subscription_id.into_iter().collect(),
-                            // The retained store keeps the message itself.
-                            stored: None,
-                        });
-                    });
+                    let mut messages = Vec::new();
+                    retained.for_each_matching(filter, |message| messages.push(message.clone()));
+                    matched.push((entry, messages));
                 }
             }
-            for delivery in deliveries {
-                if let Err(reason) = session.enqueue(delivery, now) {
-                    self.stats.dropped(reason);
+            // Into the retained backlog, not the queue: its limits would cut a large match.
+            for (entry, messages) in matched {
+                let refused =
+                    session.queue_retained(entry.options.qos, entry.subscription_id, messages);
+                if refused > 0 {
+                    self.stats
+                        .dropped_many(Dropped::RetainedBacklogFull, refused as u64);
                 }
             }
             let ops: Vec<StoreOp> = if session.is_persistent() {

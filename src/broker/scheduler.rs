@@ -211,6 +211,7 @@ mod tests {
             receive_maximum: 10,
             max_queued_messages: 10,
             max_queued_bytes: 1000,
+            max_retained_backlog: 10,
             topic_alias_maximum: 0,
         };
         Arc::new(SessionHandle::new(key, "c".into(), limits))

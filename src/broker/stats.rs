@@ -102,10 +102,12 @@ pub enum Dropped {
     SlowConsumer,
     /// Refused because the client published above its rate limit (MQTT 5 0x97).
     RateLimited,
+    /// Retained messages matched at SUBSCRIBE beyond `limits.max_retained_backlog`.
+    RetainedBacklogFull,
 }
 
 impl Dropped {
-    pub const ALL: [Dropped; 7] = [
+    pub const ALL: [Dropped; 8] = [
         Dropped::QueueFull,
         Dropped::Expired,
         Dropped::OfflineQos0,
@@ -113,6 +115,7 @@ impl Dropped {
         Dropped::AclDenied,
         Dropped::SlowConsumer,
         Dropped::RateLimited,
+        Dropped::RetainedBacklogFull,
     ];
 
     pub fn label(self) -> &'static str {
@@ -124,6 +127,7 @@ impl Dropped {
             Dropped::AclDenied => "acl_denied",
             Dropped::SlowConsumer => "slow_consumer",
             Dropped::RateLimited => "rate_limited",
+            Dropped::RetainedBacklogFull => "retained_backlog_full",
         }
     }
 }
@@ -135,6 +139,7 @@ impl From<DropReason> for Dropped {
             DropReason::Expired => Dropped::Expired,
             DropReason::OfflineQos0 => Dropped::OfflineQos0,
             DropReason::TooLargeForClient => Dropped::TooLarge,
+            DropReason::RetainedBacklogFull => Dropped::RetainedBacklogFull,
         }
     }
 }
@@ -151,6 +156,9 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     pub keep_alive_timeouts: AtomicU64,
     pub protocol_violations: AtomicU64,
+    /// Times a publisher's connection stopped reading because a subscriber's queue was
+    /// nearly full (backpressure).
+    pub publishers_paused: AtomicU64,
     /// MQTT packets of any type, decoded from clients / encoded for them.
     pub packets_received: AtomicU64,
     pub packets_sent: AtomicU64,
@@ -185,6 +193,7 @@ pub struct StatsSnapshot {
     pub slow_consumers: u64,
     pub keep_alive_timeouts: u64,
     pub protocol_violations: u64,
+    pub publishers_paused: u64,
     pub packets_received: u64,
     pub packets_sent: u64,
     pub bytes_received: u64,
@@ -313,6 +322,7 @@ impl Stats {
             slow_consumers: get(&self.slow_consumers),
             keep_alive_timeouts: get(&self.keep_alive_timeouts),
             protocol_violations: get(&self.protocol_violations),
+            publishers_paused: get(&self.publishers_paused),
             packets_received: get(&self.packets_received),
             packets_sent: get(&self.packets_sent),
             bytes_received: get(&self.bytes_received),

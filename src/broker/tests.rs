@@ -333,10 +333,7 @@ fn takeover_kicks_the_old_connection_and_clean_start_drops_the_old_routes() {
     subscribe(&broker, &first, "cmd", options(QoS::AtLeastOnce), None);
     let second = attach(&broker, &connect_packet("device", true, None));
     assert!(!second.session_present);
-    assert_ne!(
-        *first.attachment.kicked.borrow(),
-        first.attachment.generation
-    );
+    assert_ne!(first.handle.generation(), first.attachment.generation);
     assert!(first
         .handle
         .lock_current(first.attachment.generation)
@@ -407,4 +404,100 @@ async fn reconnecting_within_the_will_delay_cancels_the_will() {
 
     broker.begin_shutdown();
     scheduler.await.unwrap();
+}
+
+#[test]
+fn every_retained_message_reaches_a_new_subscriber_whatever_the_queue_limit() {
+    let mut config = Config::default();
+    config.limits.max_queued_messages = 10;
+    config.limits.max_retained_backlog = 2_500;
+    let broker = Broker::new(config, Arc::new(MemoryStore::new()));
+    for index in 0..3_000 {
+        let topic = format!("fleet/{index}");
+        broker.publish(&Arc::new(Message {
+            topic: topic.as_str().into(),
+            ..(*message("x", QoS::AtLeastOnce, true, b"state")).clone()
+        }));
+    }
+    let sub = client(&broker, "sub");
+    subscribe(&broker, &sub, "fleet/#", options(QoS::AtLeastOnce), None);
+    // Beyond the backlog limit, counted.
+    let stats = broker.stats().snapshot();
+    assert_eq!(stats.dropped(Dropped::RetainedBacklogFull), 500);
+    assert_eq!(stats.dropped(Dropped::QueueFull), 0);
+    let mut received = 0;
+    loop {
+        let batch = drain(&sub);
+        if batch.is_empty() {
+            break;
+        }
+        for publish in batch {
+            assert!(publish.retain);
+            received += 1;
+            sub.handle
+                .lock()
+                .handle_packet(
+                    Packet::PubAck(crate::protocol::PubResponse {
+                        packet_id: publish.packet_id,
+                        ..Default::default()
+                    }),
+                    now(),
+                )
+                .unwrap();
+        }
+    }
+    assert_eq!(received, 2_500);
+}
+
+#[test]
+fn a_nearly_full_online_queue_is_reported_congested_until_relieved_or_stalled() {
+    let mut config = Config::default();
+    config.limits.max_queued_messages = 8;
+    let broker = Broker::new(config, Arc::new(MemoryStore::new()));
+    let sub = client(&broker, "sub");
+    subscribe(&broker, &sub, "c", options(QoS::AtMostOnce), None);
+    let congested: Vec<bool> = (0..8)
+        .map(|_| {
+            let published = broker.publish_durably(&message("c", QoS::AtMostOnce, false, b"m"));
+            published
+                .congested
+                .is_some_and(|handle| Arc::ptr_eq(&handle, &sub.handle))
+        })
+        .collect();
+    // 7/8 of 8 is 7.
+    assert_eq!(
+        congested,
+        [false, false, false, false, false, false, true, true]
+    );
+    assert!(sub.handle.congestion.needs_relief());
+    assert_eq!(drain(&sub).len(), 8);
+    assert!(sub.handle.lock().queue_relieved());
+    sub.handle.congestion.relieve();
+    assert!(!sub.handle.congestion.needs_relief());
+
+    // A stalled subscriber is not waited for: its messages are dropped as before.
+    for _ in 0..6 {
+        let _ = broker.publish_durably(&message("c", QoS::AtMostOnce, false, b"m"));
+    }
+    sub.handle.congestion.stall();
+    for _ in 0..4 {
+        let published = broker.publish_durably(&message("c", QoS::AtMostOnce, false, b"m"));
+        assert!(published.congested.is_none());
+    }
+    assert_eq!(broker.stats().snapshot().dropped(Dropped::QueueFull), 2);
+}
+
+#[test]
+fn an_offline_session_never_holds_publishers_back() {
+    let mut config = Config::default();
+    config.limits.max_queued_messages = 4;
+    let broker = Broker::new(config, Arc::new(MemoryStore::new()));
+    let sub = attach(&broker, &connect_packet("offline", false, Some(600)));
+    subscribe(&broker, &sub, "o", options(QoS::AtLeastOnce), None);
+    broker.disconnect(&sub.handle, sub.attachment.generation, false);
+    for _ in 0..6 {
+        let published = broker.publish_durably(&message("o", QoS::AtLeastOnce, false, b"m"));
+        assert!(published.congested.is_none());
+    }
+    assert!(!sub.handle.congestion.needs_relief());
 }

@@ -99,6 +99,13 @@ pub struct LimitsConfig {
     pub max_queued_messages: usize,
     /// Bytes waiting per session.
     pub max_queued_bytes: usize,
+    /// Retained messages waiting for one session after its SUBSCRIBE (apart from the
+    /// queue).
+    pub max_retained_backlog: usize,
+    /// Milliseconds a publisher may be held back by a subscriber that cannot take its
+    /// messages, and a subscriber may stay at `max_outbox_bytes` before it is a slow
+    /// consumer. 0: no waiting (messages are dropped, slow consumers cut at once).
+    pub slow_consumer_timeout_ms: u64,
     /// Topic aliases a MQTT 5 client may use towards the broker.
     pub topic_alias_maximum: u16,
     /// Bytes of encoded packets buffered for one connection before it is a slow consumer.
@@ -214,6 +221,8 @@ impl Default for LimitsConfig {
             receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
             max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            max_retained_backlog: DEFAULT_MAX_RETAINED_BACKLOG,
+            slow_consumer_timeout_ms: DEFAULT_SLOW_CONSUMER_TIMEOUT_MS,
             topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
             max_outbox_bytes: DEFAULT_MAX_OUTBOX_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,

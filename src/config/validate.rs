@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 
 use super::{Config, Problem};
 use crate::limits::{
-    MAX_CONNECT_TIMEOUT_SECS, MAX_MAX_PACKET_SIZE, MAX_SHUTDOWN_GRACE_SECS, MAX_SYS_INTERVAL_SECS,
-    MIN_MAX_PACKET_SIZE,
+    MAX_CONNECT_TIMEOUT_SECS, MAX_MAX_PACKET_SIZE, MAX_SHUTDOWN_GRACE_SECS,
+    MAX_SLOW_CONSUMER_TIMEOUT_MS, MAX_SYS_INTERVAL_SECS, MIN_MAX_PACKET_SIZE,
 };
 
 impl Config {
@@ -101,6 +101,20 @@ impl Config {
             "limits.max_queued_messages",
             limits.max_queued_messages,
         );
+        at_least_one(
+            problems,
+            "limits.max_retained_backlog",
+            limits.max_retained_backlog,
+        );
+        if limits.slow_consumer_timeout_ms > MAX_SLOW_CONSUMER_TIMEOUT_MS {
+            problems.push(Problem::new(
+                "limits.slow_consumer_timeout_ms",
+                format!(
+                    "{} milliseconds is out of range; allowed: 0 to {MAX_SLOW_CONSUMER_TIMEOUT_MS} milliseconds",
+                    limits.slow_consumer_timeout_ms
+                ),
+            ));
+        }
         // A message larger than the queue or the outbox could never be delivered.
         let max_packet = limits.max_packet_size as usize;
         for (key, value) in [
@@ -315,14 +329,34 @@ mod tests {
         config.limits.max_inflight_messages = 0;
         config.limits.receive_maximum = 0;
         config.limits.max_queued_messages = 0;
+        config.limits.max_retained_backlog = 0;
         assert_eq!(
             keys(&config),
             [
                 "limits.max_inflight_messages",
                 "limits.receive_maximum",
-                "limits.max_queued_messages"
+                "limits.max_queued_messages",
+                "limits.max_retained_backlog"
             ]
         );
+    }
+
+    #[test]
+    fn slow_consumer_timeout_is_at_most_a_minute() {
+        let mut config = Config::default();
+        for (ms, valid) in [
+            (0, true),
+            (MAX_SLOW_CONSUMER_TIMEOUT_MS, true),
+            (MAX_SLOW_CONSUMER_TIMEOUT_MS + 1, false),
+            (u64::MAX, false),
+        ] {
+            config.limits.slow_consumer_timeout_ms = ms;
+            assert_eq!(
+                keys(&config).is_empty(),
+                valid,
+                "slow_consumer_timeout_ms = {ms}"
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{Credentials, Step, Want};
 use crate::broker::Broker;
@@ -18,7 +18,7 @@ use crate::protocol::{
     decode, encode, reason, Auth, AuthProperties, Connect, Packet, ProtocolVersion,
 };
 
-use super::READ_CHUNK;
+use super::buffer;
 
 /// More rounds than any supported method needs; a client cannot keep the exchange going.
 const MAX_AUTH_ROUNDS: usize = 8;
@@ -53,9 +53,7 @@ pub(super) async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
             let password = connect.password.clone();
             let allow_anonymous = listener.allow_anonymous;
             let v5 = connect.protocol.is_v5();
-            // Password checks derive keys (milliseconds of CPU): keep them off the
-            // runtime's worker threads.
-            let decided = tokio::task::spawn_blocking(move || {
+            let decide = move || {
                 security.admit(Credentials {
                     username: username.as_deref(),
                     password: password.as_deref(),
@@ -63,9 +61,17 @@ pub(super) async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
                     allow_anonymous,
                     v5,
                 })
-            })
-            .await
-            .map_err(|_| reason::UNSPECIFIED_ERROR)?;
+            };
+            // Password checks derive keys (milliseconds of CPU): keep them off the
+            // runtime's worker threads. Without a username there is no password check, and
+            // no need for a blocking thread (each one costs memory).
+            let decided = if connect.username.is_some() {
+                tokio::task::spawn_blocking(decide)
+                    .await
+                    .map_err(|_| reason::UNSPECIFIED_ERROR)?
+            } else {
+                decide()
+            };
             Admitted {
                 username: decided?,
                 ..Admitted::default()
@@ -171,8 +177,7 @@ async fn read_packet<S: AsyncRead + Unpin>(
             Ok(None) => {}
             Err(error) => return Err(error.reason_code()),
         }
-        buf.reserve(READ_CHUNK);
-        match stream.read_buf(buf).await {
+        match buffer::read_some(stream, buf).await {
             Ok(0) | Err(_) => return Err(reason::UNSPECIFIED_ERROR),
             Ok(_) => {}
         }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 use crate::broker::{Broker, Refusal, Stats};
 use crate::config::Config;
@@ -13,7 +13,7 @@ use crate::protocol::{
     decode, reason, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion,
 };
 
-use super::READ_CHUNK;
+use super::buffer;
 
 /// Why no CONNECT was obtained.
 #[derive(Debug)]
@@ -61,8 +61,7 @@ pub(super) async fn read_connect<S: AsyncRead + Unpin>(
                 Ok(None) => {}
                 Err(error) => return Err(HandshakeError::Decode(error)),
             }
-            buf.reserve(READ_CHUNK);
-            match stream.read_buf(buf).await {
+            match buffer::read_some(stream, buf).await {
                 Ok(0) | Err(_) => return Err(HandshakeError::Closed),
                 Ok(read) => Stats::add(&stats.bytes_received, read as u64),
             }

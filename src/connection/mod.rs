@@ -1,27 +1,33 @@
 //! The per-client task: moves bytes between the socket and the session.
 //!
-//! One task per connection, over any transport (`crate::listener::ClientStream`), with one `select!` over socket reads, socket writes
-//! (while encoded bytes wait), the session's wake-up, the keep-alive deadline, the
-//! takeover signal and server shutdown. Incoming packets are decoded and handed to the
+//! One task per connection, over any transport (`crate::listener::ClientStream`): `open`
+//! reads CONNECT and attaches the session, then `Connected::serve` runs one `select!` over
+//! socket reads, socket writes (while encoded bytes wait), the session's wake-up (also
+//! rung for a takeover), the keep-alive deadline and server shutdown. An idle connection
+//! holds no buffers (`buffer`). Incoming packets are decoded and handed to the
 //! sans-IO `Session`; its actions are carried out here and in `crate::broker` (routing a
 //! PUBLISH to subscribers happens right on this task). Outgoing packets are drained from
 //! the session in batches and encoded into one write buffer, bounded by
-//! `limits.max_outbox_bytes`: a client whose backlog is full while more messages wait is
-//! a slow consumer and is disconnected.
+//! `limits.max_outbox_bytes`: a client whose backlog stays full for
+//! `limits.slow_consumer_timeout_ms` while more messages wait is a slow consumer and is
+//! disconnected. A publisher whose message left a subscriber's queue nearly full stops
+//! being read until that subscriber drained (`backpressure`).
 
 mod authenticate;
+mod backpressure;
+mod buffer;
 mod handshake;
 mod held;
 mod policy;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use bytestring::ByteString;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
-use tokio::sync::watch;
+use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::time::Instant as TokioInstant;
 
 use crate::auth::{Exchange, Security};
@@ -32,11 +38,10 @@ use crate::protocol::{decode, encode, reason, ConnAck, Disconnect, Packet, Proto
 use crate::session::Action;
 use crate::storage::Completion;
 
+use backpressure::{Paused, Resume};
 use handshake::HandshakeError;
 use held::{HeldPackets, Settled};
 
-/// Bytes reserved in the read buffer before each read.
-const READ_CHUNK: usize = 8 * 1024;
 /// How long a closing connection may take to deliver its last packets (CONNACK refusal,
 /// DISCONNECT with a reason) before the socket is dropped anyway.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -93,7 +98,8 @@ impl Exit {
     }
 }
 
-/// Counts the socket as closed on every way out of `serve`.
+/// Counts the socket as closed on every way out of `open` that gives no `Connected`
+/// (whose `Connection` counts itself once dropped).
 struct OpenSocket<'a>(&'a Stats);
 
 impl Drop for OpenSocket<'_> {
@@ -102,10 +108,35 @@ impl Drop for OpenSocket<'_> {
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<ListenerContext>) {
+/// A client whose CONNECT was accepted, with CONNACK queued, ready to be served.
+pub struct Connected {
+    connection: Connection,
+    stream: ClientStream,
+}
+
+impl Connected {
+    /// Serves the client until the connection ends, then closes it.
+    pub async fn serve(self) {
+        let Connected {
+            mut connection,
+            stream,
+        } = self;
+        connection.run(stream).await;
+    }
+}
+
+/// Reads CONNECT, authenticates the client and attaches its session. `None` when the
+/// connection ended before (refused, closed, timed out, shutdown).
+///
+/// The caller awaits this in a box of its own, freed once the client is connected: this
+/// future is larger than the connection loop, which is all an idle client keeps.
+pub async fn open(
+    accepted: Accepted,
+    broker: Arc<Broker>,
+    listener: Arc<ListenerContext>,
+) -> Option<Connected> {
     Stats::incr(&broker.stats().connections_accepted);
-    let _open = OpenSocket(broker.stats());
+    let open_socket = OpenSocket(broker.stats());
     // The limits in force when the client arrived hold for its whole connection, even
     // if a reload changes them meanwhile: a MQTT 5 client was told them in CONNACK.
     let config = broker.config();
@@ -115,12 +146,12 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
         certificate_identity,
     } = accepted;
     let mut shutdown = broker.shutdown_signal();
-    let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut read_buf = BytesMut::new();
 
     let first = tokio::select! {
         result = handshake::read_connect(&mut stream, &mut read_buf, &config, broker.stats()) => result,
         _ = shutdown.wait_for(|stopping| *stopping) => {
-            return;
+            return None;
         }
     };
     let mut connect = match first {
@@ -143,7 +174,7 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
                 )
                 .await;
             }
-            return;
+            return None;
         }
     };
     let version = connect.protocol;
@@ -152,7 +183,7 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
         Err(reason_code) => {
             tracing::debug!(%peer, client_id = %connect.client_id, reason_code, "connection refused");
             refuse(&mut stream, &broker, version, reason_code).await;
-            return;
+            return None;
         }
     };
     let admitted = authenticate::admit(
@@ -169,7 +200,7 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
         Err(reason_code) => {
             tracing::debug!(%peer, client_id = %connect.client_id, reason_code, "authentication refused");
             refuse(&mut stream, &broker, version, reason_code).await;
-            return;
+            return None;
         }
     };
 
@@ -197,10 +228,10 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
             broker.stats().storage_failed(&error);
             broker.disconnect(&connected.handle, connected.attachment.generation, false);
             refuse(&mut stream, &broker, version, reason::UNSPECIFIED_ERROR).await;
-            return;
+            return None;
         }
     }
-    let mut connection = Connection {
+    let connection = Connection {
         broker: broker.clone(),
         config,
         handle: connected.handle,
@@ -208,7 +239,7 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
         version,
         peer,
         read_buf,
-        write_buf: BytesMut::with_capacity(READ_CHUNK),
+        write_buf: BytesMut::new(),
         out: vec![Packet::ConnAck(connack)],
         held: HeldPackets::default(),
         keep_alive: (terms.keep_alive != 0)
@@ -220,11 +251,14 @@ pub async fn serve(accepted: Accepted, broker: Arc<Broker>, listener: Arc<Listen
         auth_method: admitted.method,
         exchange: None,
         rate: policy::PublishRate::new(broker.config().limits.max_publish_rate, now()),
+        paused: None,
+        outbox_full_since: None,
+        output_waiting: false,
     };
     drop(connect);
-    connection
-        .run(stream, connected.attachment.kicked, shutdown)
-        .await;
+    // The connection counts itself closed from here on.
+    std::mem::forget(open_socket);
+    Some(Connected { connection, stream })
 }
 
 /// Answers CONNECT with a failure CONNACK, counts the refusal (which also logs it,
@@ -271,6 +305,14 @@ async fn write_counted(
     stream.shutdown().await
 }
 
+/// Waits for the keep-alive deadline; never, without keep alive.
+async fn keep_alive(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What one write step achieved.
 enum WriteProgress {
     /// This many bytes left the write buffer.
@@ -280,7 +322,7 @@ enum WriteProgress {
 }
 
 /// Writes some of `buf`, or flushes once it is empty (TLS and WebSocket hold written
-/// bytes until flushed).
+/// bytes until flushed). A buffer written out gives its memory back.
 async fn write_or_flush<W: AsyncWrite + Unpin>(
     writer: &mut W,
     buf: &mut BytesMut,
@@ -289,7 +331,9 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(
         writer.flush().await?;
         return Ok(WriteProgress::Flushed);
     }
-    match writer.write_buf(buf).await? {
+    let written = writer.write_buf(buf).await?;
+    buffer::release_if_empty(buf);
+    match written {
         0 => Err(std::io::ErrorKind::WriteZero.into()),
         written => Ok(WriteProgress::Wrote(written)),
     }
@@ -302,8 +346,11 @@ enum Event {
     Wake,
     /// The oldest held acknowledgement's writes resolved.
     Settled,
+    /// The subscriber this publisher waited for drained, or the wait timed out.
+    Resume(Resume),
+    /// The outbox has been full for the slow-consumer timeout.
+    OutboxTimeout,
     KeepAliveExpired,
-    Kicked,
     Shutdown,
 }
 
@@ -338,17 +385,32 @@ struct Connection {
     /// A re-authentication in progress.
     exchange: Option<Box<dyn Exchange>>,
     rate: policy::PublishRate,
+    /// Reading is paused until this subscriber drained (backpressure).
+    paused: Option<Paused>,
+    /// Since when the outbox has been full while queued messages waited.
+    outbox_full_since: Option<TokioInstant>,
+    /// The session had more to send than the outbox took at the last drain; drain again
+    /// once the socket took half of it.
+    output_waiting: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        Stats::incr(&self.broker.stats().connections_closed);
+    }
 }
 
 impl Connection {
-    async fn run(
-        &mut self,
-        stream: ClientStream,
-        mut kicked: watch::Receiver<u64>,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Exit {
-        let keep_alive_timer = tokio::time::sleep(self.keep_alive.unwrap_or(Duration::ZERO));
-        tokio::pin!(keep_alive_timer);
+    /// Its future is most of what an idle client costs, so it holds little: the
+    /// keep-alive timer only when there is keep alive, the wake-up (rung for deliveries
+    /// and for a takeover) and the socket halves; closing is boxed.
+    async fn run(&mut self, stream: ClientStream) {
+        let mut shutdown = self.broker.shutdown_signal();
+        let mut keep_alive_timer = self
+            .keep_alive
+            .map(|period| Box::pin(tokio::time::sleep(period)));
+        // Borrowed by the wake-up future while the loop borrows `self`.
+        let handle = self.handle.clone();
         // Packets pipelined behind CONNECT are already in the read buffer.
         let mut result = self.process_input();
         if result.is_ok() {
@@ -360,16 +422,28 @@ impl Connection {
                 break exit;
             }
             let has_output = !self.write_buf.is_empty() || self.unflushed;
-            self.read_buf.reserve(READ_CHUNK);
+            let reading = self.paused.is_none();
+            let outbox_deadline = self
+                .outbox_full_since
+                .map(|since| since + self.slow_consumer_timeout());
+            let wake = handle.wake.notified();
+            tokio::pin!(wake);
+            // Registered before the generation is checked: a takeover signalled in between
+            // still wakes it (`notify_waiters` wakes only registered waiters).
+            wake.as_mut().enable();
+            if handle.generation() != self.generation {
+                break Exit::TakenOver;
+            }
             let event = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stopping| *stopping) => Event::Shutdown,
-                _ = kicked.changed() => Event::Kicked,
-                _ = &mut keep_alive_timer, if self.keep_alive.is_some() => Event::KeepAliveExpired,
+                _ = keep_alive(&mut keep_alive_timer), if reading => Event::KeepAliveExpired,
                 written = write_or_flush(&mut writer, &mut self.write_buf), if has_output => Event::Written(written),
-                read = reader.read_buf(&mut self.read_buf) => Event::Read(read),
-                _ = self.handle.wake.notified() => Event::Wake,
+                read = buffer::read_some(&mut reader, &mut self.read_buf), if reading => Event::Read(read),
+                _ = &mut wake => Event::Wake,
                 _ = self.held.front_settled(), if !self.held.is_empty() => Event::Settled,
+                resume = backpressure::wait(self.paused.as_ref()), if !reading => Event::Resume(resume),
+                _ = backpressure::sleep_until(outbox_deadline), if outbox_deadline.is_some() => Event::OutboxTimeout,
             };
             result = match event {
                 Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
@@ -377,10 +451,8 @@ impl Connection {
                 Event::Read(Ok(read)) => {
                     Stats::add(&self.broker.stats().bytes_received, read as u64);
                     let handled = self.process_input();
-                    if let Some(period) = self.keep_alive {
-                        keep_alive_timer
-                            .as_mut()
-                            .reset(TokioInstant::now() + period);
+                    if let (Some(period), Some(timer)) = (self.keep_alive, &mut keep_alive_timer) {
+                        timer.as_mut().reset(TokioInstant::now() + period);
                     }
                     handled.and_then(|()| self.drain_session())
                 }
@@ -390,7 +462,13 @@ impl Connection {
                     if self.write_buf.is_empty() {
                         self.qos0_unwritten = 0;
                     }
-                    Ok(())
+                    if self.output_waiting
+                        && self.write_buf.len() <= self.config.limits.max_outbox_bytes / 2
+                    {
+                        self.drain_session()
+                    } else {
+                        Ok(())
+                    }
                 }
                 Event::Written(Ok(WriteProgress::Flushed)) => {
                     self.unflushed = false;
@@ -398,26 +476,38 @@ impl Connection {
                 }
                 Event::Wake => self.drain_session(),
                 Event::Settled => self.drain_session(),
-                Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
-                Event::Kicked => {
-                    if *kicked.borrow_and_update() == self.generation {
-                        Ok(())
-                    } else {
-                        Err(Exit::TakenOver)
+                Event::Resume(resume) => {
+                    if let Some(paused) = self.paused.take() {
+                        if resume == Resume::TimedOut {
+                            paused.give_up();
+                        }
                     }
+                    // The client was not read while paused; it was not silent.
+                    if let (Some(period), Some(timer)) = (self.keep_alive, &mut keep_alive_timer) {
+                        timer.as_mut().reset(TokioInstant::now() + period);
+                    }
+                    // What was read before the pause comes first.
+                    self.process_input().and_then(|()| self.drain_session())
                 }
+                Event::OutboxTimeout => self.drain_session(),
+                Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
                 Event::Shutdown => Err(Exit::Shutdown),
             };
         };
         let _ = reader;
-        self.close(&mut writer, exit).await;
-        exit
+        // Boxed: closing happens once and would otherwise add its size to every
+        // connection.
+        Box::pin(self.close(&mut writer, exit)).await;
     }
 
-    /// Decodes and handles every complete packet in the read buffer.
+    /// Decodes and handles every complete packet in the read buffer, until a PUBLISH
+    /// pauses reading (the rest waits in the buffer).
     fn process_input(&mut self) -> Result<(), Exit> {
         let max_packet_size = self.config.limits.max_packet_size;
         loop {
+            if self.paused.is_some() {
+                return Ok(());
+            }
             match decode(&mut self.read_buf, Some(self.version), max_packet_size) {
                 Ok(Some(packet)) => {
                     Stats::incr(&self.broker.stats().packets_received);
@@ -493,6 +583,9 @@ impl Connection {
                     // the writes that make the message durable.
                     let published = self.broker.publish_durably(&message);
                     writes.extend(published.writes);
+                    if let Some(target) = published.congested {
+                        self.pause_for(target);
+                    }
                     ack_reason = (published.routed == 0 && self.version.is_v5())
                         .then_some(reason::NO_MATCHING_SUBSCRIBERS);
                 }
@@ -517,6 +610,21 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Stops reading until `target`, a subscriber this client's message left nearly
+    /// full, has drained, for at most `limits.slow_consumer_timeout_ms`.
+    fn pause_for(&mut self, target: Arc<SessionHandle>) {
+        let timeout = self.slow_consumer_timeout();
+        if self.paused.is_some() || timeout.is_zero() {
+            return;
+        }
+        Stats::incr(&self.broker.stats().publishers_paused);
+        self.paused = Some(Paused::new(target, timeout));
+    }
+
+    fn slow_consumer_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.limits.slow_consumer_timeout_ms)
     }
 
     /// Queues a packet for the client, or holds it until `writes` are durable (and behind
@@ -568,25 +676,41 @@ impl Connection {
     /// the session may send now.
     ///
     /// While the unwritten backlog is at `max_outbox_bytes` or more, nothing more is
-    /// taken from the session; if the session then still has messages waiting, the client
-    /// is not keeping up and is disconnected as a slow consumer. One batch may overshoot
-    /// the limit (it is bounded by the inflight window and the session's queue limits).
+    /// taken from the session; if queued messages then wait for longer than
+    /// `slow_consumer_timeout_ms`, the client is not keeping up and is disconnected as a
+    /// slow consumer. One batch may overshoot the limit (it is bounded by the inflight
+    /// window and the session's queue limits); retained messages from the backlog are
+    /// taken only up to the limit, and a waiting retained backlog alone is never a reason
+    /// to disconnect. Publishers waiting for this session go on once the poll left its
+    /// queue at half or less.
     fn drain_session(&mut self) -> Result<(), Exit> {
         self.release_held()?;
         let mut packets = std::mem::take(&mut self.out);
         let mut dropped = Vec::new();
-        let backlog_full = self.write_buf.len() >= self.config.limits.max_outbox_bytes;
+        let max_outbox = self.config.limits.max_outbox_bytes;
+        let backlog_full = self.write_buf.len() >= max_outbox;
         {
             let mut session = self
                 .handle
                 .lock_current(self.generation)
                 .ok_or(Exit::TakenOver)?;
             if !backlog_full {
-                session.poll_outgoing(now(), &mut packets, &mut dropped);
+                self.outbox_full_since = None;
+                let budget = max_outbox - self.write_buf.len();
+                session.poll_outgoing_within(now(), budget, &mut packets, &mut dropped);
                 // What went in flight or was dropped: nothing waits for these writes.
                 let _ = self.broker.submit_journal(&mut session);
-            } else if session.has_outgoing() {
-                return Err(Exit::SlowConsumer);
+            } else if session.has_queued_outgoing() {
+                let since = *self.outbox_full_since.get_or_insert_with(TokioInstant::now);
+                if since.elapsed() >= self.slow_consumer_timeout() {
+                    return Err(Exit::SlowConsumer);
+                }
+            } else {
+                self.outbox_full_since = None;
+            }
+            self.output_waiting = session.has_outgoing();
+            if self.handle.congestion.needs_relief() && session.queue_relieved() {
+                self.handle.congestion.relieve();
             }
         }
         for reason in dropped {
@@ -603,8 +727,8 @@ impl Connection {
             }
             encode(&packet, self.version, &mut self.write_buf);
         }
-        // Keep the allocation for the next batch.
-        self.out = packets;
+        // `packets` is dropped, not kept for the next batch: an idle connection holds no
+        // packet list, and a large batch does not pin its size.
         Ok(())
     }
 

@@ -187,21 +187,33 @@ impl Listener {
             };
             let context = self.context.clone();
             let broker = broker.clone();
-            connections.spawn(async move {
-                let _slots = (own_slot, global_slot);
-                let established =
-                    tokio::time::timeout(handshake_timeout, transport.establish(tcp, peer)).await;
-                match established {
-                    Ok(Ok(accepted)) => crate::connection::serve(accepted, broker, context).await,
+            // Everything up to CONNACK runs in a box of its own, freed once the client is
+            // connected: those futures, and what they start from, are larger than the
+            // connection loop, which is all an idle client keeps.
+            let opening = Box::pin(async move {
+                let establish = transport.establish(tcp, peer);
+                let accepted = match tokio::time::timeout(handshake_timeout, establish).await {
+                    Ok(Ok(accepted)) => accepted,
                     Ok(Err(error)) => {
                         broker.stats().refused(Refusal::TransportHandshake);
                         tracing::debug!(%peer, %error, "handshake failed");
+                        return None;
                     }
                     Err(_) => {
                         broker.stats().refused(Refusal::TransportHandshake);
                         tracing::debug!(%peer, "handshake timed out");
+                        return None;
                     }
+                };
+                crate::connection::open(accepted, broker, context).await
+            });
+            let slots = (own_slot, global_slot);
+            connections.spawn(async move {
+                // The task owns the slots (not a copy of them) until it ends.
+                if let Some(connected) = opening.await {
+                    connected.serve().await;
                 }
+                drop(slots);
             });
         }
         drop(self.tcp);
@@ -233,19 +245,26 @@ impl Transport {
         // MQTT packets are small and already batched per wake-up; Nagle would only delay.
         let _ = tcp.set_nodelay(true);
         let missing_tls = || std::io::Error::other("TLS listener without TLS settings");
+        // The TLS handshake and the WebSocket upgrade are boxed: their futures (kilobytes)
+        // would otherwise size the task of every connection, plain TCP included, for as
+        // long as it lives.
         let (stream, certificate_identity) = match self.kind {
             ListenerKind::Tcp => (ClientStream::Tcp(tcp), None),
             ListenerKind::Tls => {
-                let (tls, identity) = self.tls.ok_or_else(missing_tls)?.accept(tcp).await?;
+                let tls = self.tls.ok_or_else(missing_tls)?;
+                let (tls, identity) = Box::pin(tls.accept(tcp)).await?;
                 (ClientStream::Tls(Box::new(tls)), identity)
             }
             ListenerKind::Ws => {
-                let ws = websocket::upgrade(tcp, &self.path, self.max_packet_size).await?;
+                let ws =
+                    Box::pin(websocket::upgrade(tcp, &self.path, self.max_packet_size)).await?;
                 (ClientStream::Ws(Box::new(ws)), None)
             }
             ListenerKind::Wss => {
-                let (tls, identity) = self.tls.ok_or_else(missing_tls)?.accept(tcp).await?;
-                let ws = websocket::upgrade(tls, &self.path, self.max_packet_size).await?;
+                let tls = self.tls.ok_or_else(missing_tls)?;
+                let (tls, identity) = Box::pin(tls.accept(tcp)).await?;
+                let ws =
+                    Box::pin(websocket::upgrade(tls, &self.path, self.max_packet_size)).await?;
                 (ClientStream::Wss(Box::new(ws)), identity)
             }
         };

@@ -49,6 +49,7 @@ pub mod names {
     pub const INFLIGHT_MESSAGES: &str = "fleetmq_inflight_messages";
     pub const TAKEOVERS_TOTAL: &str = "fleetmq_takeovers_total";
     pub const SLOW_CONSUMERS_TOTAL: &str = "fleetmq_slow_consumers_total";
+    pub const PUBLISHERS_PAUSED_TOTAL: &str = "fleetmq_publishers_paused_total";
     pub const KEEP_ALIVE_TIMEOUTS_TOTAL: &str = "fleetmq_keep_alive_timeouts_total";
     pub const PROTOCOL_VIOLATIONS_TOTAL: &str = "fleetmq_protocol_violations_total";
     pub const WILLS_PUBLISHED_TOTAL: &str = "fleetmq_wills_published_total";
@@ -58,7 +59,7 @@ pub mod names {
     pub const STORAGE_ERRORS_TOTAL: &str = "fleetmq_storage_errors_total";
 
     /// Every name above, for checks that a dashboard or alert uses real metrics.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 30] = [
         BUILD_INFO,
         UPTIME_SECONDS,
         CONNECTIONS_CURRENT,
@@ -81,6 +82,7 @@ pub mod names {
         INFLIGHT_MESSAGES,
         TAKEOVERS_TOTAL,
         SLOW_CONSUMERS_TOTAL,
+        PUBLISHERS_PAUSED_TOTAL,
         KEEP_ALIVE_TIMEOUTS_TOTAL,
         PROTOCOL_VIOLATIONS_TOTAL,
         WILLS_PUBLISHED_TOTAL,
@@ -252,6 +254,7 @@ fn record_snapshot(stats: &StatsSnapshot, gauges: &Gauges, uptime: Duration) {
     gauge!(INFLIGHT_MESSAGES).set(gauges.inflight_messages as f64);
     counter!(TAKEOVERS_TOTAL).absolute(stats.takeovers);
     counter!(SLOW_CONSUMERS_TOTAL).absolute(stats.slow_consumers);
+    counter!(PUBLISHERS_PAUSED_TOTAL).absolute(stats.publishers_paused);
     counter!(KEEP_ALIVE_TIMEOUTS_TOTAL).absolute(stats.keep_alive_timeouts);
     counter!(PROTOCOL_VIOLATIONS_TOTAL).absolute(stats.protocol_violations);
     counter!(WILLS_PUBLISHED_TOTAL).absolute(stats.wills_published);
@@ -320,6 +323,10 @@ fn describe() {
     describe_counter!(
         SLOW_CONSUMERS_TOTAL,
         "Clients disconnected for not reading fast enough"
+    );
+    describe_counter!(
+        PUBLISHERS_PAUSED_TOTAL,
+        "Times a publisher's connection stopped being read because a subscriber's queue was nearly full"
     );
     describe_counter!(
         KEEP_ALIVE_TIMEOUTS_TOTAL,

@@ -25,6 +25,13 @@ pub(crate) enum AliasPlan {
 pub(crate) struct OutgoingAliases {
     /// The client's Topic Alias Maximum; 0 disables aliases.
     maximum: u16,
+    /// Allocated by the first alias: every session holds this struct, and most clients
+    /// never get an alias.
+    cache: Option<Box<Cache>>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
     /// Topic to (alias, last use).
     by_topic: HashMap<ByteString, (u16, u64)>,
     /// Last use to topic, oldest first: the eviction order.
@@ -37,9 +44,7 @@ impl OutgoingAliases {
     /// Forgets every alias and sets the maximum the client allows from now on.
     pub(crate) fn reset(&mut self, maximum: u16) {
         self.maximum = maximum;
-        self.by_topic.clear();
-        self.by_use.clear();
-        self.clock = 0;
+        self.cache = None;
     }
 
     /// Decides how to send `topic` without changing the cache, so a PUBLISH that turns
@@ -48,19 +53,22 @@ impl OutgoingAliases {
         if self.maximum == 0 {
             return AliasPlan::None;
         }
-        if let Some((alias, _)) = self.by_topic.get(topic) {
+        let Some(cache) = &self.cache else {
+            return AliasPlan::Assign(1);
+        };
+        if let Some((alias, _)) = cache.by_topic.get(topic) {
             return AliasPlan::Existing(*alias);
         }
-        let used = self.by_topic.len();
+        let used = cache.by_topic.len();
         if used < usize::from(self.maximum) {
             // Aliases are handed out 1, 2, 3... and never freed before a reset, so the
             // next free one is the count plus one (fits: used < maximum <= u16::MAX).
             return AliasPlan::Assign(u16::try_from(used + 1).unwrap_or(self.maximum));
         }
-        match self
+        match cache
             .by_use
             .first_key_value()
-            .and_then(|(_, oldest)| self.by_topic.get(oldest))
+            .and_then(|(_, oldest)| cache.by_topic.get(oldest))
         {
             Some((alias, _)) => AliasPlan::Assign(*alias),
             None => AliasPlan::None,
@@ -73,17 +81,18 @@ impl OutgoingAliases {
             AliasPlan::None => return,
             AliasPlan::Existing(alias) | AliasPlan::Assign(alias) => alias,
         };
-        self.clock += 1;
-        if let Some((_, last_use)) = self.by_topic.get(topic) {
-            self.by_use.remove(last_use);
-        } else if self.by_topic.len() >= usize::from(self.maximum) {
+        let cache = self.cache.get_or_insert_with(Box::default);
+        cache.clock += 1;
+        if let Some((_, last_use)) = cache.by_topic.get(topic) {
+            cache.by_use.remove(last_use);
+        } else if cache.by_topic.len() >= usize::from(self.maximum) {
             // The plan reassigns the least recently used alias: its old topic loses it.
-            if let Some((_, evicted)) = self.by_use.pop_first() {
-                self.by_topic.remove(&evicted);
+            if let Some((_, evicted)) = cache.by_use.pop_first() {
+                cache.by_topic.remove(&evicted);
             }
         }
-        self.by_topic.insert(topic.clone(), (alias, self.clock));
-        self.by_use.insert(self.clock, topic.clone());
+        cache.by_topic.insert(topic.clone(), (alias, cache.clock));
+        cache.by_use.insert(cache.clock, topic.clone());
     }
 }
 
@@ -103,7 +112,7 @@ mod tests {
         let mut aliases = OutgoingAliases::default();
         assert_eq!(send(&mut aliases, "a"), AliasPlan::None);
         assert_eq!(send(&mut aliases, "a"), AliasPlan::None);
-        assert!(aliases.by_topic.is_empty());
+        assert!(aliases.cache.is_none());
     }
 
     #[test]
@@ -133,8 +142,9 @@ mod tests {
             AliasPlan::Assign(3),
             "\"c\" is the oldest next"
         );
-        assert_eq!(aliases.by_topic.len(), 3);
-        assert_eq!(aliases.by_use.len(), 3);
+        let cache = aliases.cache.as_ref().unwrap();
+        assert_eq!(cache.by_topic.len(), 3);
+        assert_eq!(cache.by_use.len(), 3);
     }
 
     #[test]

@@ -13,8 +13,9 @@
 //!
 //! This file holds the API and the per-connection parameters; the work is split along the
 //! two directions of traffic: `inbound` (client to broker PUBLISH, PUBREL, topic aliases),
-//! `outbound` (queue, inflight window, packet ids, redelivery), `alias` (outgoing topic
-//! alias cache) and `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
+//! `outbound` (queue, inflight window, packet ids, redelivery), `retained_backlog`
+//! (retained messages owed since a SUBSCRIBE, apart from the queue), `alias` (outgoing
+//! topic alias cache) and `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
 //! client may not send).
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ mod control;
 mod inbound;
 mod journal;
 mod outbound;
+mod retained_backlog;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +46,8 @@ pub struct SessionLimits {
     pub receive_maximum: u16,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+    /// Retained messages owed since SUBSCRIBEs, waiting apart from the queue.
+    pub max_retained_backlog: usize,
     /// Topic aliases the client may use towards us (our Topic Alias Maximum).
     pub topic_alias_maximum: u16,
 }
@@ -79,6 +83,8 @@ pub enum DropReason {
     OfflineQos0,
     /// Larger than the client's Maximum Packet Size (MQTT 5 says discard it).
     TooLargeForClient,
+    /// A retained message matched at SUBSCRIBE beyond `max_retained_backlog`.
+    RetainedBacklogFull,
 }
 
 /// A protocol violation: the connection is closed, with a MQTT 5 DISCONNECT carrying
@@ -156,7 +162,8 @@ pub struct Session {
     limits: SessionLimits,
     params: ConnectionParams,
     expiry_interval: Duration,
-    will: Option<Will>,
+    /// Boxed: most clients set no will, and an inline one would size every session.
+    will: Option<Box<Will>>,
     subscriptions: HashMap<ByteString, SubscriptionEntry>,
     inbound: inbound::Inbound,
     outbound: outbound::Outbound,
@@ -307,7 +314,7 @@ impl Session {
             connect_expiry_was_zero: properties.session_expiry_interval.unwrap_or(0) == 0,
         };
         self.expiry_interval = session_expiry;
-        self.will = connect.will.clone();
+        self.will = connect.will.clone().map(Box::new);
         self.inbound.reset_aliases();
         self.outbound.attach(self.params.client_topic_alias_maximum);
     }
@@ -338,12 +345,12 @@ impl Session {
 
     /// Takes the will (it is published at most once).
     pub fn take_will(&mut self) -> Option<Will> {
-        self.will.take()
+        self.will.take().map(|will| *will)
     }
 
     /// The will as stored, without taking it (e.g. to read its delay interval).
     pub fn will(&self) -> Option<&Will> {
-        self.will.as_ref()
+        self.will.as_deref()
     }
 
     /// Handles one packet from the client (anything after CONNECT).
@@ -394,13 +401,26 @@ impl Session {
         Err(refused)
     }
 
-    /// Moves what may be sent now into `out`: redeliveries first, then queued messages
-    /// while the inflight window allows, assigning packet ids (from 1 upwards, skipping ids
-    /// in flight) and outgoing topic aliases. Expired or too-large messages are dropped and
-    /// reported in `dropped`.
+    /// Moves what may be sent now into `out`: redeliveries first, then queued and
+    /// retained messages in order while the inflight window allows, assigning packet ids
+    /// (from 1 upwards, skipping ids in flight) and outgoing topic aliases. Expired or
+    /// too-large messages are dropped and reported in `dropped`.
     pub fn poll_outgoing(
         &mut self,
         now: Instant,
+        out: &mut Vec<Packet>,
+        dropped: &mut Vec<DropReason>,
+    ) {
+        self.poll_outgoing_within(now, usize::MAX, out, dropped);
+    }
+
+    /// `poll_outgoing`, taking retained messages from the backlog only while the packets
+    /// produced stay under `budget` bytes (the room left in the connection's outbox);
+    /// at least one is taken, so the backlog always moves.
+    pub fn poll_outgoing_within(
+        &mut self,
+        now: Instant,
+        budget: usize,
         out: &mut Vec<Packet>,
         dropped: &mut Vec<DropReason>,
     ) {
@@ -409,12 +429,64 @@ impl Session {
         }
         let context = self.outgoing_context();
         self.outbound
-            .poll(&context, now, out, dropped, &mut self.journal);
+            .poll(&context, now, budget, out, dropped, &mut self.journal);
     }
 
     /// True if `poll_outgoing` would produce something.
     pub fn has_outgoing(&self) -> bool {
-        self.params.connected && self.outbound.has_outgoing(self.window())
+        self.params.connected && self.outbound.pending(self.window()).is_some()
+    }
+
+    /// True if `poll_outgoing` would produce something and the first thing would be a
+    /// redelivery or a queued message, not a retained message from the backlog. A client
+    /// that cannot take these is falling behind live traffic; a retained backlog merely
+    /// waits for it.
+    pub fn has_queued_outgoing(&self) -> bool {
+        self.params.connected
+            && matches!(
+                self.outbound.pending(self.window()),
+                Some(outbound::Pending::Redelivery | outbound::Pending::Queued)
+            )
+    }
+
+    /// Queues the retained messages matching one subscribed filter, granted `granted`,
+    /// behind everything queued so far. They wait apart from the queue limits, in the
+    /// retained backlog (bounded by `max_retained_backlog`); returns how many did not fit
+    /// (to be counted as `DropReason::RetainedBacklogFull`).
+    pub fn queue_retained(
+        &mut self,
+        granted: QoS,
+        subscription_id: Option<u32>,
+        messages: Vec<Arc<Message>>,
+    ) -> usize {
+        self.outbound.add_retained(
+            granted,
+            subscription_id,
+            messages,
+            self.limits.max_retained_backlog,
+        )
+    }
+
+    /// Retained messages owed since SUBSCRIBEs and not yet sent.
+    pub fn retained_backlog_len(&self) -> usize {
+        self.outbound.retained_backlog_len()
+    }
+
+    /// Whether the queue is nearly full (7/8 of its limit in messages or bytes): a
+    /// publisher that can wait should, rather than have its messages dropped.
+    pub fn queue_congested(&self) -> bool {
+        let limits = &self.limits;
+        let messages = limits.max_queued_messages;
+        let bytes = limits.max_queued_bytes;
+        self.queued_len() >= messages - messages / 8 || self.queued_bytes() >= bytes - bytes / 8
+    }
+
+    /// Whether the queue has drained to half its limit in messages and bytes: publishers
+    /// held back by `queue_congested` may go on.
+    pub fn queue_relieved(&self) -> bool {
+        let limits = &self.limits;
+        self.queued_len() <= limits.max_queued_messages / 2
+            && self.queued_bytes() <= limits.max_queued_bytes / 2
     }
 
     /// Records an accepted subscription; returns whether it existed before.

@@ -5,8 +5,11 @@
 //! room; QoS 0 needs no room. QoS 1/2 deliveries stay in the inflight table, in the order
 //! they were first sent, until the client acknowledges them; after a reconnect they are
 //! sent again (PUBLISH with DUP, or PUBREL once PUBREC arrived) before anything new.
+//! Retained messages owed since a SUBSCRIBE wait apart, in the `RetainedBacklog`, and
+//! go out in queue order, as far as the connection's outbox budget allows.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytestring::ByteString;
@@ -15,7 +18,9 @@ use super::alias::{AliasPlan, OutgoingAliases};
 use super::control::protocol_error;
 use super::inbound::ack;
 use super::journal::Journal;
+use super::retained_backlog::RetainedBacklog;
 use super::{Action, Delivery, DropReason, Session, SessionLimits, Violation};
+use crate::message::Message;
 use crate::protocol::{encoded_len, reason};
 use crate::protocol::{Packet, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS};
 use crate::storage;
@@ -62,10 +67,26 @@ struct Inflight {
     state: InflightState,
 }
 
+/// What `poll` would send first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pending {
+    /// Inflight messages to send again after a reconnect.
+    Redelivery,
+    /// A message from the queue.
+    Queued,
+    /// A retained message owed since a SUBSCRIBE.
+    Retained,
+}
+
 #[derive(Debug)]
 pub(super) struct Outbound {
     queue: VecDeque<Delivery>,
     queued_bytes: usize,
+    /// Deliveries that ever entered / left the queue; they order the retained backlog
+    /// against it.
+    queue_pushed: u64,
+    queue_popped: u64,
+    retained: RetainedBacklog,
     /// Inflight messages by send sequence, so redelivery keeps the original order.
     inflight: BTreeMap<u64, Inflight>,
     /// Packet id to send sequence, for the acknowledgements.
@@ -82,6 +103,9 @@ impl Outbound {
         Outbound {
             queue: VecDeque::new(),
             queued_bytes: 0,
+            queue_pushed: 0,
+            queue_popped: 0,
+            retained: RetainedBacklog::default(),
             inflight: BTreeMap::new(),
             sequence_by_id: HashMap::new(),
             next_sequence: 0,
@@ -113,6 +137,24 @@ impl Outbound {
         self.inflight.len()
     }
 
+    pub(super) fn retained_backlog_len(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Adds the retained messages of one subscribed filter behind everything queued so
+    /// far, up to `max_backlog` waiting in all; returns how many did not fit.
+    pub(super) fn add_retained(
+        &mut self,
+        granted: QoS,
+        subscription_id: Option<u32>,
+        messages: Vec<Arc<Message>>,
+        max_backlog: usize,
+    ) -> usize {
+        let room = max_backlog.saturating_sub(self.retained.len());
+        self.retained
+            .add(self.queue_pushed, granted, subscription_id, messages, room)
+    }
+
     /// Puts back an inflight message of a restored session, in send order; it is
     /// redelivered (PUBLISH with DUP, or PUBREL) when a client attaches.
     pub(super) fn restore_inflight(
@@ -140,8 +182,7 @@ impl Outbound {
     /// Puts back a queued message of a restored session. The queue limits were checked
     /// when it was first queued; a restart does not drop what was accepted.
     pub(super) fn restore_queued(&mut self, delivery: Delivery) {
-        self.queued_bytes += delivery.message.size_bytes();
-        self.queue.push_back(delivery);
+        self.push(delivery);
     }
 
     /// Whether the queue limits (messages and bytes) leave room for `delivery`.
@@ -156,22 +197,56 @@ impl Outbound {
     /// Queues a delivery `has_room` accepted.
     pub(super) fn push(&mut self, delivery: Delivery) {
         self.queued_bytes += delivery.message.size_bytes();
+        self.queue_pushed += 1;
         self.queue.push_back(delivery);
     }
 
-    pub(super) fn has_outgoing(&self, window: usize) -> bool {
-        if self.redeliver && !self.inflight.is_empty() {
-            return true;
+    fn pop_queued(&mut self) -> Option<Delivery> {
+        let delivery = self.queue.pop_front()?;
+        self.queue_popped += 1;
+        self.queued_bytes = self
+            .queued_bytes
+            .saturating_sub(delivery.message.size_bytes());
+        Some(delivery)
+    }
+
+    /// Puts back a delivery just taken by `pop_queued`, first in line.
+    fn unpop_queued(&mut self, delivery: Delivery) {
+        self.queue_popped -= 1;
+        self.queued_bytes += delivery.message.size_bytes();
+        self.queue.push_front(delivery);
+    }
+
+    /// The next message in delivery order, the backlog's or the queue's, with its QoS and
+    /// where it comes from.
+    fn next(&self) -> Option<(&Arc<Message>, QoS, Pending)> {
+        if let Some((message, qos)) = self.retained.next_due(self.queue_popped) {
+            return Some((message, qos, Pending::Retained));
         }
         self.queue
             .front()
-            .is_some_and(|next| next.qos == QoS::AtMostOnce || self.inflight.len() < window)
+            .map(|next| (&next.message, next.qos, Pending::Queued))
     }
 
+    /// What `poll` would send first, if anything may be sent now.
+    pub(super) fn pending(&self, window: usize) -> Option<Pending> {
+        if self.redeliver && !self.inflight.is_empty() {
+            return Some(Pending::Redelivery);
+        }
+        let (_, qos, source) = self.next()?;
+        (qos == QoS::AtMostOnce || self.inflight.len() < window).then_some(source)
+    }
+
+    /// Moves what may be sent now into `out`: redeliveries, then queued and retained
+    /// messages in order while the window allows. Retained messages are taken only while
+    /// the packets produced by this call stay under `budget` bytes (at least one is
+    /// taken), so a large backlog goes out as the client reads it; queued messages, bounded
+    /// by the queue limits, are not held back by it.
     pub(super) fn poll(
         &mut self,
         context: &OutgoingContext,
         now: Instant,
+        budget: usize,
         out: &mut Vec<Packet>,
         dropped: &mut Vec<DropReason>,
         journal: &mut Journal,
@@ -180,31 +255,49 @@ impl Outbound {
             self.redeliver = false;
             self.resend_inflight(context, now, out, dropped, journal);
         }
-        while let Some(next) = self.queue.front() {
+        let mut spent = 0usize;
+        while let Some((message, qos, source)) = self.next() {
             // Delivery order is kept: a QoS 1/2 message waiting for the window holds back
             // everything behind it, QoS 0 included.
-            if next.qos != QoS::AtMostOnce
-                && !next.message.is_expired(now)
-                && self.inflight.len() >= context.window
-            {
+            let expired = message.is_expired(now);
+            if qos != QoS::AtMostOnce && !expired && self.inflight.len() >= context.window {
                 break;
             }
-            let Some(delivery) = self.queue.pop_front() else {
+            let retained = source == Pending::Retained;
+            if retained && spent >= budget.max(1) {
+                break;
+            }
+            let taken = if retained {
+                self.retained.pop()
+            } else {
+                self.pop_queued()
+            };
+            let Some(delivery) = taken else {
                 break;
             };
-            self.queued_bytes = self
-                .queued_bytes
-                .saturating_sub(delivery.message.size_bytes());
-            if delivery.message.is_expired(now) {
+            if expired {
                 dropped.push(DropReason::Expired);
                 journal.dropped(&delivery);
                 continue;
             }
-            self.send_new(context, delivery, now, out, dropped, journal);
+            match self.send_new(context, delivery, now, out, dropped, journal) {
+                Ok(written) => spent = spent.saturating_add(written),
+                // Unreachable while the window is at most 65535; keep the message.
+                Err(delivery) => {
+                    if retained {
+                        self.retained.unpop(delivery);
+                    } else {
+                        self.unpop_queued(delivery);
+                    }
+                    break;
+                }
+            }
         }
     }
 
-    /// First transmission of a queued delivery.
+    /// First transmission of a queued delivery. Returns the encoded length of the packet
+    /// it produced (0 if it dropped the delivery), or the delivery back when no packet id
+    /// is free.
     fn send_new(
         &mut self,
         context: &OutgoingContext,
@@ -213,7 +306,7 @@ impl Outbound {
         out: &mut Vec<Packet>,
         dropped: &mut Vec<DropReason>,
         journal: &mut Journal,
-    ) {
+    ) -> Result<usize, Delivery> {
         let topic = delivery.message.topic.clone();
         let plan = if context.protocol.is_v5() {
             self.aliases.plan(&topic)
@@ -226,10 +319,7 @@ impl Outbound {
             0
         } else {
             let Some(packet_id) = self.allocate_packet_id() else {
-                // Unreachable while the window is at most 65535; keep the message.
-                self.queued_bytes += delivery.message.size_bytes();
-                self.queue.push_front(delivery);
-                return;
+                return Err(delivery);
             };
             packet_id
         };
@@ -241,12 +331,12 @@ impl Outbound {
             false,
             plan,
         ));
-        if !fits(&packet, context) {
+        let Some(length) = fitting_len(&packet, context) else {
             self.next_packet_id = next_packet_id;
             dropped.push(DropReason::TooLargeForClient);
             journal.dropped(&delivery);
-            return;
-        }
+            return Ok(0);
+        };
         if delivery.qos == QoS::AtMostOnce {
             journal.dropped(&delivery);
         } else {
@@ -270,6 +360,7 @@ impl Outbound {
         }
         self.aliases.commit(&topic, plan);
         out.push(packet);
+        Ok(length)
     }
 
     /// Resends every inflight message in its original order, as the spec requires on a
@@ -303,7 +394,7 @@ impl Outbound {
                 true,
                 AliasPlan::None,
             ));
-            if !fits(&packet, context) {
+            if fitting_len(&packet, context).is_none() {
                 dropped.push(DropReason::TooLargeForClient);
                 removed.push(*sequence);
                 continue;
@@ -401,15 +492,17 @@ fn build_publish(
 /// 268,435,455 plus the type byte.
 const MAX_FRAMED_PACKET: usize = 1 + 4 + 268_435_455;
 
-/// Whether the client accepts `packet`: within its Maximum Packet Size (MQTT 5) and
-/// within what the fixed header can frame at all (the encoder writes nothing otherwise).
-fn fits(packet: &Packet, context: &OutgoingContext) -> bool {
+/// The encoded length of `packet` if the client accepts it: within its Maximum Packet
+/// Size (MQTT 5) and within what the fixed header can frame at all (the encoder writes
+/// nothing otherwise).
+fn fitting_len(packet: &Packet, context: &OutgoingContext) -> Option<usize> {
     let limit = context
         .maximum_packet_size
         .map_or(MAX_FRAMED_PACKET, |maximum| {
             MAX_FRAMED_PACKET.min(maximum as usize)
         });
-    encoded_len(packet, context.protocol) <= limit
+    let length = encoded_len(packet, context.protocol);
+    (length <= limit).then_some(length)
 }
 
 impl Session {

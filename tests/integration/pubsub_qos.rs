@@ -13,6 +13,7 @@ both_versions!(
     qos2_flow_exact_packets,
     qos2_duplicate_publish_before_pubrel_delivered_once,
     rumqttc_round_trip_each_qos,
+    publish_arriving_in_pieces_is_delivered_whole,
 );
 
 async fn delivery_qos_is_min_of_published_and_granted(version: u8) {
@@ -41,6 +42,36 @@ async fn delivery_qos_is_min_of_published_and_granted(version: u8) {
     }
     // Messages of one publisher reach a subscriber in the order they were published.
     assert_eq!(got, expected);
+}
+
+/// A large PUBLISH that arrives in pieces with pauses between them (from a lone first
+/// byte to 4 KiB writes) is delivered whole, and so is the packet read together with its
+/// last piece.
+async fn publish_arriving_in_pieces_is_delivered_whole(version: u8) {
+    let broker = start_default().await;
+    let t = topic("pieces");
+    let mut sub = RawClient::connect(broker.addr, version, &client_id("sub")).await;
+    sub.subscribe(&t, 1).await;
+    let mut publisher = RawClient::connect(broker.addr, version, &client_id("pub")).await;
+
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut bytes = PublishSpec::new(&t, 1, &payload).id(7).encode(version);
+    bytes.extend(PublishSpec::new(&t, 0, b"behind").encode(version));
+    let (head, rest) = bytes.split_at(1);
+    publisher.send(head).await;
+    for piece in std::iter::once(&rest[..3]).chain(rest[3..].chunks(4096)) {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        publisher.send(piece).await;
+    }
+    assert_eq!(
+        publisher.recv_bytes().await,
+        [0x40, 0x02, 0x00, 0x07],
+        "PUBACK"
+    );
+    let whole = sub.recv_publish().await;
+    assert_eq!((whole.qos, whole.payload.len()), (1, payload.len()));
+    assert!(whole.payload == payload, "payload delivered intact");
+    assert_eq!(sub.recv_publish().await.payload, b"behind");
 }
 
 async fn qos1_flow_exact_packets(version: u8) {

@@ -4,6 +4,7 @@ mod control;
 mod inbound;
 mod model;
 mod outbound;
+mod retained_backlog;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ fn limits() -> SessionLimits {
         receive_maximum: 2,
         max_queued_messages: 5,
         max_queued_bytes: 10_000,
+        max_retained_backlog: 20,
         topic_alias_maximum: 3,
     }
 }

@@ -35,6 +35,14 @@ impl Broker {
         self.addr.port()
     }
 
+    /// The in-process broker's counters; `None` when the suite runs against a
+    /// reference broker.
+    pub fn stats(&self) -> Option<fleetmq::broker::StatsSnapshot> {
+        self.handle
+            .as_ref()
+            .map(|handle| handle.broker().stats().snapshot())
+    }
+
     /// Stops the in-process broker and waits for its connections to end.
     pub async fn shutdown(mut self) {
         if let Some(handle) = self.handle.take() {

@@ -36,6 +36,36 @@ impl RawClient {
             .await
             .expect("TCP connect timed out")
             .expect("TCP connect failed");
+        RawClient::with_stream(stream, version)
+    }
+
+    /// Connects with a clean session over a socket whose receive buffer is `bytes`, so
+    /// that not reading pushes back on the broker after little data.
+    pub async fn connect_small_buffer(
+        addr: SocketAddr,
+        version: u8,
+        client_id: &str,
+        bytes: u32,
+    ) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(bytes)
+            .expect("receive buffer size");
+        let stream = tokio::time::timeout(GUARD, socket.connect(addr))
+            .await
+            .expect("TCP connect timed out")
+            .expect("TCP connect failed");
+        let mut client = RawClient::with_stream(stream, version);
+        client
+            .send(&ConnectSpec::new(version, client_id).encode())
+            .await;
+        match client.recv().await {
+            Packet::ConnAck { code: 0, .. } => client,
+            other => panic!("connection refused: {other:?}"),
+        }
+    }
+
+    fn with_stream(stream: TcpStream, version: u8) -> RawClient {
         stream.set_nodelay(true).expect("nodelay");
         RawClient {
             stream,
@@ -95,6 +125,36 @@ impl RawClient {
             self.pending
         );
         self.read_inner().await
+    }
+
+    /// One read of up to `at_most` raw bytes (those buffered first), within the guard
+    /// timeout; `None` once the broker closed the connection. For a client the broker
+    /// may cut off, whose last packet may then be incomplete.
+    pub async fn read_raw(&mut self, at_most: usize) -> Option<usize> {
+        if !self.buf.is_empty() {
+            let taken = self.buf.len().min(at_most);
+            self.buf.drain(..taken);
+            return Some(taken);
+        }
+        let mut chunk = vec![0u8; at_most];
+        let read = tokio::time::timeout(GUARD, self.stream.read(&mut chunk))
+            .await
+            .expect("nothing from the broker within the guard timeout");
+        match read {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read from broker: {e}"),
+        }
+    }
+
+    /// Reads raw bytes until the broker closes the connection; returns their count.
+    pub async fn read_until_closed(&mut self) -> usize {
+        let mut total = 0;
+        while let Some(read) = self.read_raw(64 * 1024).await {
+            total += read;
+        }
+        total
     }
 
     async fn read_inner(&mut self) -> Read {
