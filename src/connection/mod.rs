@@ -426,11 +426,12 @@ impl Connection {
             let outbox_deadline = self
                 .outbox_full_since
                 .map(|since| since + self.slow_consumer_timeout());
+            // Created before the generation is checked: a `Notified` receives every
+            // `notify_waiters` (a takeover) from its creation on, so one signalled in
+            // between still wakes it. Not `enable`d: that would take a delivery's permit,
+            // lost if another branch wins the select.
             let wake = handle.wake.notified();
             tokio::pin!(wake);
-            // Registered before the generation is checked: a takeover signalled in between
-            // still wakes it (`notify_waiters` wakes only registered waiters).
-            wake.as_mut().enable();
             if handle.generation() != self.generation {
                 break Exit::TakenOver;
             }
