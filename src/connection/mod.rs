@@ -313,6 +313,13 @@ async fn keep_alive(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     }
 }
 
+/// Runs the future `make` gives in a box allocated when first polled. For `select!`
+/// branches that are seldom enabled (and hold timers): every branch's future is part of
+/// the connection task whether enabled or not, and the task is what an idle client costs.
+async fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> F::Output {
+    Box::pin(make()).await
+}
+
 /// What one write step achieved.
 enum WriteProgress {
     /// This many bytes left the write buffer.
@@ -435,6 +442,7 @@ impl Connection {
             if handle.generation() != self.generation {
                 break Exit::TakenOver;
             }
+            let paused = self.paused.as_ref();
             let event = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stopping| *stopping) => Event::Shutdown,
@@ -443,8 +451,8 @@ impl Connection {
                 read = buffer::read_some(&mut reader, &mut self.read_buf), if reading => Event::Read(read),
                 _ = &mut wake => Event::Wake,
                 _ = self.held.front_settled(), if !self.held.is_empty() => Event::Settled,
-                resume = backpressure::wait(self.paused.as_ref()), if !reading => Event::Resume(resume),
-                _ = backpressure::sleep_until(outbox_deadline), if outbox_deadline.is_some() => Event::OutboxTimeout,
+                resume = boxed(|| backpressure::wait(paused)), if !reading => Event::Resume(resume),
+                _ = boxed(|| backpressure::sleep_until(outbox_deadline)), if outbox_deadline.is_some() => Event::OutboxTimeout,
             };
             result = match event {
                 Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
