@@ -5,6 +5,10 @@
 # stops it, alternating brokers (A, B, A, B, ...) so that background load hits both
 # alike. Results: one JSON line per run in $OUT/results.jsonl, medians and ratios in
 # $OUT/summary.txt and a markdown table in $OUT/table.md. See BENCHMARKS.md.
+#
+# The persist scenario runs against its own list of broker variants: fleetmq with
+# persistence and each sync mode (a fresh data directory per run, under $OUT/data),
+# Mosquitto with persistence, and both without.
 set -euo pipefail
 
 usage() {
@@ -13,22 +17,35 @@ usage: bench/run.sh [options]
   --reps N             runs per scenario and broker (default 3)
   --pin                broker on CPU 0, load generator on CPU 1 (taskset)
   --scenarios "LIST"   among: fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1
-                       latency idle retained (default: all)
+                       latency idle retained persist (default: all)
   --brokers "LIST"     among: fleetmq mosquitto discard (default: fleetmq mosquitto)
+  --persist-brokers "LIST"
+                       brokers of the persist scenario, among: fleetmq-always
+                       fleetmq-batch fleetmq-never fleetmq mosquitto-persist
+                       mosquitto discard (default: all but discard)
+  --publishers N       persist scenario publishers (default 8)
+  --window N           persist scenario unacknowledged messages per publisher
+                       (default 1)
+  --keep-data          keep the persist runs' data directories
   --duration S         seconds of load per throughput/latency run (default 5)
   --connections N      idle scenario connections (default 10000)
   --topics N           retained scenario topics (default 100000)
   --out DIR            results directory (default /tmp/fleetmq-bench/DATE)
   --no-build           use the existing release binaries
-Environment: FLEETMQ_ARGS replaces the fleetmq arguments ("-c GENERATED.toml");
-MOSQUITTO (default /usr/sbin/mosquitto).
+Environment: FLEETMQ_ARGS replaces the arguments of every fleetmq variant
+("-c GENERATED.toml"); MOSQUITTO (default /usr/sbin/mosquitto); CARGO_TARGET_DIR
+(default ./target) is where the release binaries are built and taken from.
 EOF
 }
 
 REPS=3
 PIN=0
-SCENARIOS="fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1 latency idle retained"
+SCENARIOS="fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1 latency idle retained persist"
 BROKERS="fleetmq mosquitto"
+PERSIST_BROKERS="fleetmq-batch fleetmq-never fleetmq-always mosquitto-persist fleetmq mosquitto"
+PUBLISHERS=8
+WINDOW=1
+KEEP_DATA=0
 DURATION=5
 CONNECTIONS=10000
 TOPICS=100000
@@ -40,6 +57,10 @@ while [ $# -gt 0 ]; do
         --pin) PIN=1; shift ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
         --brokers) BROKERS="$2"; shift 2 ;;
+        --persist-brokers) PERSIST_BROKERS="$2"; shift 2 ;;
+        --publishers) PUBLISHERS="$2"; shift 2 ;;
+        --window) WINDOW="$2"; shift 2 ;;
+        --keep-data) KEEP_DATA=1; shift ;;
         --duration) DURATION="$2"; shift 2 ;;
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --topics) TOPICS="$2"; shift 2 ;;
@@ -100,11 +121,24 @@ if [ "$BUILD" = 1 ]; then
     cargo build --release --bin fleetmq --bin fleetmq-bench
 fi
 
+# Whether this fleetmq build knows [storage] persistence and sync (older builds refuse
+# unknown keys). Without them the persistent variants are skipped.
+fleetmq_has_persistence() {
+    cat >"$WORK/probe.toml" <<EOF
+[storage]
+persistence = false
+sync = "batch"
+EOF
+    "$FLEETMQ" check-config -c "$WORK/probe.toml" >/dev/null 2>&1
+}
+
 # fleetmq's defaults, except: its per-client publish and per-listener connection
 # rate limits are raised out of the way (Mosquitto has neither by default), the
 # connection limit leaves room for the idle scenario, metrics move to a port of
-# their own, and logs stay quiet as Mosquitto's do.
+# their own, and logs stay quiet as Mosquitto's do. $1 is the sync mode of a
+# persistent variant (with $2 its data directory), or empty for the in-memory store.
 write_fleetmq_conf() {
+    local sync="$1" data="${2:-}"
     cat >"$WORK/fleetmq.toml" <<EOF
 [[listeners]]
 type = "tcp"
@@ -123,18 +157,54 @@ bind = "127.0.0.1:$FLEETMQ_METRICS_PORT"
 [log]
 level = "warn"
 EOF
+    if [ -n "$sync" ]; then
+        cat >>"$WORK/fleetmq.toml" <<EOF
+
+[storage]
+persistence = true
+sync = "$sync"
+data_dir = "$data"
+EOF
+    elif [ "$HAS_PERSISTENCE" = 1 ]; then
+        printf '\n[storage]\npersistence = false\n' >>"$WORK/fleetmq.toml"
+    fi
 }
 
+# $1: a directory for persistence (saved at the default autosave interval and on
+# shutdown), or empty for none.
 write_mosquitto_conf() {
+    local data="$1"
     cat >"$WORK/mosquitto.conf" <<EOF
 listener ${PORT[mosquitto]} 127.0.0.1
 allow_anonymous true
-persistence false
 max_queued_messages $MAX_QUEUED
 max_inflight_messages $MAX_INFLIGHT
 set_tcp_nodelay true
 log_dest none
 EOF
+    if [ -n "$data" ]; then
+        printf 'persistence true\npersistence_location %s/\n' "$data" >>"$WORK/mosquitto.conf"
+    else
+        echo "persistence false" >>"$WORK/mosquitto.conf"
+    fi
+}
+
+# Broker variant -> the port of its family (fleetmq-batch -> fleetmq).
+port_of() {
+    echo "${PORT[${1%%-*}]}"
+}
+
+# Whether a variant can run with this build; says why not.
+available() {
+    case "$1" in
+        fleetmq-always|fleetmq-batch|fleetmq-never)
+            if [ "$HAS_PERSISTENCE" != 1 ]; then
+                echo "skipping $1: this fleetmq build has no [storage] persistence/sync" >&2
+                return 1
+            fi ;;
+        fleetmq|mosquitto|mosquitto-persist|discard) ;;
+        *) echo "unknown broker $1" >&2; return 1 ;;
+    esac
 }
 
 # Starts broker $1 in the background and waits (bounded) until its port accepts.
@@ -142,22 +212,26 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# $2: the fresh data directory of a persistent variant.
 start_broker() {
-    local name="$1" port="${PORT[$1]}"
+    local name="$1" data="${2:-}" port
+    port="$(port_of "$1")"
     # Something else on the port would be measured in place of the broker.
     if port_open "$port"; then
         echo "port $port is already in use; not starting $name" >&2
         return 1
     fi
     case "$name" in
-        fleetmq)
-            write_fleetmq_conf
+        fleetmq|fleetmq-always|fleetmq-batch|fleetmq-never)
+            local sync=""
+            [ "$name" = fleetmq ] || sync="${name#fleetmq-}"
+            write_fleetmq_conf "$sync" "$data"
             # shellcheck disable=SC2086
             "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
                 >>"$OUT/fleetmq.log" 2>&1 &
             ;;
-        mosquitto)
-            write_mosquitto_conf
+        mosquitto|mosquitto-persist)
+            write_mosquitto_conf "$data"
             "${BROKER_CPU[@]}" "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$OUT/mosquitto.log" 2>&1 &
             ;;
         discard)
@@ -186,6 +260,7 @@ scenario_args() {
         latency) echo "latency --duration $DURATION --warmup 1" ;;
         idle) echo "idle --connections $CONNECTIONS" ;;
         retained) echo "retained --topics $TOPICS" ;;
+        persist) echo "persist --duration $DURATION --publishers $PUBLISHERS --window $WINDOW" ;;
         *) echo "unknown scenario $1" >&2; return 1 ;;
     esac
 }
@@ -194,10 +269,16 @@ scenario_args() {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "host: $(nproc) CPUs, $(uname -sr)"
     echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "options: reps=$REPS pin=$PIN duration=${DURATION}s connections=$CONNECTIONS topics=$TOPICS"
+    echo "options: reps=$REPS pin=$PIN duration=${DURATION}s connections=$CONNECTIONS topics=$TOPICS publishers=$PUBLISHERS window=$WINDOW"
     echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
     echo "load before: $(uptime)"
 } >"$OUT/meta.txt"
+
+HAS_PERSISTENCE=0
+if fleetmq_has_persistence; then
+    HAS_PERSISTENCE=1
+fi
+echo "fleetmq [storage] persistence/sync: $([ "$HAS_PERSISTENCE" = 1 ] && echo yes || echo no)" >>"$OUT/meta.txt"
 cat "$OUT/meta.txt"
 
 FAILED=0
@@ -205,14 +286,31 @@ for scenario in $SCENARIOS; do
     read -r -a ARGS <<<"$(scenario_args "$scenario")"
     # Generous bound on one run: its own limits plus the connect and drain phases.
     LIMIT=$((DURATION * 3 + 120))
+    RUN_BROKERS="$BROKERS"
+    [ "$scenario" = persist ] && RUN_BROKERS="$PERSIST_BROKERS"
+    SELECTED=""
+    for broker in $RUN_BROKERS; do
+        if available "$broker"; then
+            SELECTED="$SELECTED $broker"
+        fi
+    done
     for rep in $(seq "$REPS"); do
-        for broker in $BROKERS; do
-            if ! start_broker "$broker"; then
+        for broker in $SELECTED; do
+            DATA=""
+            case "$broker" in
+                fleetmq-*|mosquitto-persist)
+                    DATA="$OUT/data/$scenario-$broker-$rep"
+                    rm -rf "$DATA"
+                    mkdir -p "$DATA"
+                    # Mosquitto started as root saves as the mosquitto user.
+                    chmod a+rwx "$DATA" ;;
+            esac
+            if ! start_broker "$broker" "$DATA"; then
                 FAILED=$((FAILED + 1))
                 continue
             fi
             if ! timeout "$LIMIT" "${BENCH_CPU[@]}" "$BENCH" "${ARGS[@]}" \
-                --addr "127.0.0.1:${PORT[$broker]}" --broker-pid "$BROKER_PID" \
+                --addr "127.0.0.1:$(port_of "$broker")" --broker-pid "$BROKER_PID" \
                 --label "$broker" --clk-tck "$CLK_TCK" \
                 >>"$OUT/results.jsonl" 2>"$WORK/stderr"; then
                 echo "run failed: $scenario #$rep on $broker" >&2
@@ -221,6 +319,11 @@ for scenario in $SCENARIOS; do
             sed "s/^/[$rep] /" "$WORK/stderr"
             cat "$WORK/stderr" >>"$OUT/bench.log"
             stop_broker
+            if [ -n "$DATA" ]; then
+                echo "$scenario $broker #$rep: $(du -sk "$DATA" | cut -f1) KiB on disk after the run" \
+                    >>"$OUT/data-sizes.txt"
+                [ "$KEEP_DATA" = 1 ] || rm -rf "$DATA"
+            fi
         done
     done
 done
@@ -228,6 +331,20 @@ done
 echo "load after: $(uptime)" | tee -a "$OUT/meta.txt"
 A="$(echo "$BROKERS" | awk '{print $1}')"
 B="$(echo "$BROKERS" | awk '{print ($2 == "" ? "mosquitto" : $2)}')"
-"$BENCH" report --a "$A" --b "$B" "$OUT/results.jsonl" | tee "$OUT/summary.txt"
-"$BENCH" report --a "$A" --b "$B" --markdown "$OUT/results.jsonl" >"$OUT/table.md"
+: >"$OUT/summary.txt"
+: >"$OUT/table.md"
+if grep -qv '"case":"persist-q1"' "$OUT/results.jsonl" 2>/dev/null; then
+    "$BENCH" report --a "$A" --b "$B" --skip-cases persist-q1 "$OUT/results.jsonl" | tee "$OUT/summary.txt"
+    "$BENCH" report --a "$A" --b "$B" --skip-cases persist-q1 --markdown "$OUT/results.jsonl" >"$OUT/table.md"
+fi
+# The persist scenario: batch against never (the cost of durable acknowledgements),
+# fleetmq batch against Mosquitto with persistence, and the in-memory pair.
+if grep -q '"case":"persist-q1"' "$OUT/results.jsonl" 2>/dev/null; then
+    PERSIST_REPORT=(--cases persist-q1 --a fleetmq-batch --b fleetmq-never
+        --ratio fleetmq-batch/mosquitto-persist --ratio fleetmq-always/fleetmq-never
+        --ratio fleetmq/mosquitto "$OUT/results.jsonl")
+    "$BENCH" report "${PERSIST_REPORT[@]}" | tee -a "$OUT/summary.txt"
+    { echo; "$BENCH" report --markdown "${PERSIST_REPORT[@]}"; } >>"$OUT/table.md"
+fi
+rmdir "$OUT/data" 2>/dev/null || true
 echo "results in $OUT ($FAILED failed runs)"

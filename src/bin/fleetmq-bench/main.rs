@@ -24,7 +24,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::record::Record;
-use crate::scenarios::{idle, latency, retained, throughput, Outcome, Target};
+use crate::scenarios::{idle, latency, persist, retained, throughput, Outcome, Target};
 use crate::stats::ProcProbe;
 
 #[derive(Parser)]
@@ -73,11 +73,16 @@ struct Flow {
     /// Subscribers stop after this many ms without messages once publishers are done.
     #[arg(long, default_value_t = 2000)]
     drain_idle_ms: u64,
+    /// Subscribers stop at the latest this many ms after the publishers' deadline
+    /// (default: 10 s for outstanding acknowledgements plus --drain-idle-ms).
+    #[arg(long)]
+    drain_max_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Many publishers to bench/{i}, one subscriber on bench/+.
+    /// Many publishers to bench/{i}, one subscriber on bench/+ (or several that split
+    /// the topics between them).
     Fanin {
         #[command(flatten)]
         common: Common,
@@ -85,6 +90,10 @@ enum Command {
         flow: Flow,
         #[arg(long, default_value_t = 8)]
         publishers: usize,
+        /// Subscribers; with more than one, subscriber j takes the topics bench/{i}
+        /// with i % subscribers == j, so each message is still delivered once.
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
     },
     /// One publisher, many subscribers on one topic.
     Fanout {
@@ -126,6 +135,27 @@ enum Command {
         #[arg(long, default_value_t = 60.0)]
         duration: f64,
     },
+    /// QoS 1 publishers to a persistent (clean session = false) QoS 1 subscriber:
+    /// acknowledged msg/s and PUBACK latency.
+    Persist {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+        /// Seconds publishers run.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Upper bound of messages per publisher.
+        #[arg(long, default_value_t = 10_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Unacknowledged messages per publisher (1: each waits for its PUBACK).
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        #[arg(long, default_value_t = 2000)]
+        drain_idle_ms: u64,
+    },
     /// Store many retained topics, then time a wildcard subscriber receiving them.
     Retained {
         #[command(flatten)]
@@ -159,6 +189,15 @@ enum Command {
         /// The reference broker (the denominator).
         #[arg(long, default_value = "mosquitto")]
         b: String,
+        /// More ratio columns, "A/B" (repeatable); the first is always a/b.
+        #[arg(long = "ratio", value_name = "A/B")]
+        ratios: Vec<String>,
+        /// Only these scenarios (space or comma separated case names, e.g. "persist-q1").
+        #[arg(long, default_value = "")]
+        cases: String,
+        /// Leave these scenarios out.
+        #[arg(long, default_value = "")]
+        skip_cases: String,
         /// Print a markdown table instead of text.
         #[arg(long)]
         markdown: bool,
@@ -202,6 +241,7 @@ fn flow_params(
         payload: flow.payload,
         window: flow.window,
         drain_idle: Duration::from_millis(flow.drain_idle_ms),
+        drain_max: flow.drain_max_ms.map(Duration::from_millis),
     })
 }
 
@@ -211,8 +251,9 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
             common,
             flow,
             publishers,
+            subscribers,
         } => {
-            let params = flow_params(&flow, throughput::Shape::FanIn, publishers, 1)?;
+            let params = flow_params(&flow, throughput::Shape::FanIn, publishers, subscribers)?;
             throughput::run(&target(&common), &params).await?
         }
         Command::Fanout {
@@ -255,6 +296,25 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
             };
             idle::run(&target(&common), &params).await?
         }
+        Command::Persist {
+            common,
+            publishers,
+            duration,
+            messages,
+            payload,
+            window,
+            drain_idle_ms,
+        } => {
+            let params = persist::Params {
+                publishers,
+                duration: seconds(duration)?,
+                messages,
+                payload,
+                window,
+                drain_idle: Duration::from_millis(drain_idle_ms),
+            };
+            persist::run(&target(&common), &params).await?
+        }
         Command::Retained {
             common,
             topics,
@@ -280,16 +340,42 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
             files,
             a,
             b,
+            ratios,
+            cases,
+            skip_cases,
             markdown,
         } => {
-            report(&files, &a, &b, markdown)?;
+            let mut pairs = vec![(a, b)];
+            for text in &ratios {
+                pairs.push(
+                    report::parse_pair(text)
+                        .with_context(|| format!("--ratio {text:?}: expected A/B"))?,
+                );
+            }
+            let filter = report::CaseFilter {
+                only: words(&cases),
+                skip: words(&skip_cases),
+            };
+            report(&files, &pairs, &filter, markdown)?;
             return Ok(None);
         }
     };
     Ok(Some(outcome))
 }
 
-fn report(files: &[PathBuf], a: &str, b: &str, markdown: bool) -> anyhow::Result<()> {
+fn words(list: &str) -> Vec<String> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn report(
+    files: &[PathBuf],
+    pairs: &[report::Pair],
+    filter: &report::CaseFilter,
+    markdown: bool,
+) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     if files.is_empty() {
         for line in std::io::stdin().lock().lines() {
@@ -309,12 +395,12 @@ fn report(files: &[PathBuf], a: &str, b: &str, markdown: bool) -> anyhow::Result
     if skipped > 0 {
         eprintln!("report: skipped {skipped} lines that are not result records");
     }
-    let brokers = report::brokers(&records, a, b);
-    let rows = report::rows(&records, &brokers);
+    let brokers = report::brokers_of(&records, pairs, filter);
+    let rows = report::rows(&records, &brokers, pairs, filter);
     let out = if markdown {
-        report::render_markdown(&rows, &brokers)
+        report::render_markdown(&rows, &brokers, pairs)
     } else {
-        report::render_text(&rows, &brokers)
+        report::render_text(&rows, &brokers, pairs)
     };
     print!("{out}");
     Ok(())

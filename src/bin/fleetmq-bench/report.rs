@@ -28,6 +28,9 @@ pub const FIGURES: &[(&str, &str, Better)] = &[
     ("p99_us", "latency p99 µs", Better::Lower),
     ("p999_us", "latency p99.9 µs", Better::Lower),
     ("max_us", "latency max µs", Better::Lower),
+    ("puback_p50_us", "PUBACK latency p50 µs", Better::Lower),
+    ("puback_p99_us", "PUBACK latency p99 µs", Better::Lower),
+    ("puback_p999_us", "PUBACK latency p99.9 µs", Better::Lower),
     ("connect_per_s", "connections/s", Better::Higher),
     ("bytes_per_conn", "RSS bytes/connection", Better::Lower),
     ("cpu_us_per_conn", "broker CPU µs/connection", Better::Lower),
@@ -42,6 +45,11 @@ pub const FIGURES: &[(&str, &str, Better)] = &[
     (
         "broker_cpu_cores",
         "broker CPU, cores busy",
+        Better::Neither,
+    ),
+    (
+        "broker_load_cores",
+        "broker CPU while publishing, cores busy",
         Better::Neither,
     ),
     // The generator's own load: far below the CPU it may use means it was not the limit.
@@ -60,24 +68,61 @@ pub struct Row {
     pub better: Better,
     pub medians: Vec<Option<f64>>,
     pub runs: Vec<usize>,
-    /// medians[0] / medians[1] when both exist.
-    pub ratio: Option<f64>,
+    /// One per pair given to `rows`: median of the first broker / median of the
+    /// second, when both exist.
+    pub ratios: Vec<Option<f64>>,
 }
 
-/// Brokers in display order: `first`, `second`, then any other label seen.
-pub fn brokers(records: &[Record], first: &str, second: &str) -> Vec<String> {
-    let mut out = vec![first.to_owned(), second.to_owned()];
-    for record in records {
-        if let Some(broker) = record.get_text("broker") {
-            if !out.iter().any(|b| b == broker) {
-                out.push(broker.to_owned());
-            }
+/// A ratio column: the median of `.0` divided by the median of `.1`.
+pub type Pair = (String, String);
+
+/// Parses "A/B" into a pair of broker labels.
+pub fn parse_pair(text: &str) -> Option<Pair> {
+    let (a, b) = text.split_once('/')?;
+    let (a, b) = (a.trim(), b.trim());
+    (!a.is_empty() && !b.is_empty()).then(|| (a.to_owned(), b.to_owned()))
+}
+
+/// Which scenarios to show: only those of `only` when it is not empty, never those of
+/// `skip`.
+#[derive(Debug, Clone, Default)]
+pub struct CaseFilter {
+    pub only: Vec<String>,
+    pub skip: Vec<String>,
+}
+
+impl CaseFilter {
+    fn admits(&self, case: &str) -> bool {
+        (self.only.is_empty() || self.only.iter().any(|c| c == case))
+            && !self.skip.iter().any(|c| c == case)
+    }
+}
+
+/// Brokers with results in an admitted scenario, in display order: those named by
+/// `pairs` (in order), then the others in the order they were seen.
+pub fn brokers_of(records: &[Record], pairs: &[Pair], filter: &CaseFilter) -> Vec<String> {
+    let seen: Vec<&str> = records
+        .iter()
+        .filter(|r| r.get_text("case").is_some_and(|case| filter.admits(case)))
+        .filter_map(|r| r.get_text("broker"))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    let named = pairs.iter().flat_map(|(a, b)| [a.as_str(), b.as_str()]);
+    for label in named.chain(seen.iter().copied()) {
+        if seen.contains(&label) && !out.iter().any(|b| b == label) {
+            out.push(label.to_owned());
         }
     }
     out
 }
 
-pub fn rows(records: &[Record], brokers: &[String]) -> Vec<Row> {
+/// Rows of the admitted scenarios, with one ratio per pair.
+pub fn rows(
+    records: &[Record],
+    brokers: &[String],
+    pairs: &[Pair],
+    filter: &CaseFilter,
+) -> Vec<Row> {
     let mut cases: Vec<&str> = Vec::new();
     // (case, figure, broker) -> values
     let mut values: BTreeMap<(&str, &str, &str), Vec<f64>> = BTreeMap::new();
@@ -86,6 +131,9 @@ pub fn rows(records: &[Record], brokers: &[String]) -> Vec<Row> {
         else {
             continue;
         };
+        if !filter.admits(case) {
+            continue;
+        }
         if !cases.contains(&case) {
             cases.push(case);
         }
@@ -108,17 +156,24 @@ pub fn rows(records: &[Record], brokers: &[String]) -> Vec<Row> {
                 continue;
             }
             let medians: Vec<Option<f64>> = series.iter().map(|s| median(s)).collect();
-            let ratio = match (medians.first(), medians.get(1)) {
-                (Some(Some(a)), Some(Some(b))) if *b != 0.0 => Some(a / b),
-                _ => None,
+            let median_of = |label: &str| {
+                let index = brokers.iter().position(|b| b == label)?;
+                medians[index]
             };
+            let ratios = pairs
+                .iter()
+                .map(|(a, b)| match (median_of(a), median_of(b)) {
+                    (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+                    _ => None,
+                })
+                .collect();
             out.push(Row {
                 case: case.to_owned(),
                 figure: description,
                 better,
                 medians,
                 runs: series.iter().map(|s| s.len()).collect(),
-                ratio,
+                ratios,
             });
         }
     }
@@ -150,7 +205,16 @@ fn label(row: &Row) -> String {
     }
 }
 
-pub fn render_text(rows: &[Row], brokers: &[String]) -> String {
+fn ratio_cells(row: &Row, pairs: &[Pair]) -> String {
+    pairs
+        .iter()
+        .zip(&row.ratios)
+        .map(|((a, b), ratio)| format!("{a}/{b} {}", cell(*ratio)))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+pub fn render_text(rows: &[Row], brokers: &[String], pairs: &[Pair]) -> String {
     let mut out = String::new();
     for row in rows {
         let medians: Vec<String> = brokers
@@ -164,33 +228,37 @@ pub fn render_text(rows: &[Row], brokers: &[String]) -> String {
             row.case,
             label(row),
             medians.join("  "),
-            cell(row.ratio)
+            ratio_cells(row, pairs)
         );
     }
     out
 }
 
-pub fn render_markdown(rows: &[Row], brokers: &[String]) -> String {
+pub fn render_markdown(rows: &[Row], brokers: &[String], pairs: &[Pair]) -> String {
     let mut out = String::from("| scenario | figure (↑ higher is better, ↓ lower) |");
     for broker in brokers {
         out += &format!(" {broker} |");
     }
-    let ratio_name = format!("{} / {}", brokers[0], brokers[1]);
-    out += &format!(" {ratio_name} |\n|---|---|");
-    for _ in brokers {
+    for (a, b) in pairs {
+        out += &format!(" {a} / {b} |");
+    }
+    out += "\n|---|---|";
+    for _ in 0..brokers.len() + pairs.len() {
         out += "---:|";
     }
-    out += "---:|\n";
+    out += "\n";
     for row in rows {
         out += &format!("| {} | {} |", row.case, label(row));
         for median in &row.medians {
             out += &format!(" {} |", cell(*median));
         }
-        out += &format!(
-            " {} |\n",
-            row.ratio
-                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"))
-        );
+        for ratio in &row.ratios {
+            out += &format!(
+                " {} |",
+                ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"))
+            );
+        }
+        out += "\n";
     }
     out
 }
@@ -219,24 +287,26 @@ mod tests {
             run("latency-q1", "mosquitto", 50.0, Some(900.0)),
             run("latency-q1", "discard", 10.0, Some(5.0)),
         ];
-        let brokers = brokers(&records, "fleetmq", "mosquitto");
+        let pairs = vec![("fleetmq".to_owned(), "mosquitto".to_owned())];
+        let all = CaseFilter::default();
+        let brokers = brokers_of(&records, &pairs, &all);
         assert_eq!(brokers, ["fleetmq", "mosquitto", "discard"]);
-        let rows = rows(&records, &brokers);
+        let rows = rows(&records, &brokers, &pairs, &all);
         assert_eq!(rows.len(), 3, "{rows:#?}");
         assert_eq!(rows[0].case, "fanin-q1");
         assert_eq!(rows[0].medians, [Some(200.0), Some(125.0), None]);
         assert_eq!(rows[0].runs, [3, 2, 0]);
-        assert_eq!(rows[0].ratio, Some(1.6));
+        assert_eq!(rows[0].ratios, [Some(1.6)]);
         let p99 = &rows[2];
         assert_eq!(
             (p99.case.as_str(), p99.figure),
             ("latency-q1", "latency p99 µs")
         );
         assert_eq!(p99.medians, [None, Some(900.0), Some(5.0)]);
-        assert_eq!(p99.ratio, None);
+        assert_eq!(p99.ratios, [None]);
         assert!(rows.iter().all(|r| r.figure != "qos"));
 
-        let markdown = render_markdown(&rows, &brokers);
+        let markdown = render_markdown(&rows, &brokers, &pairs);
         let lines: Vec<&str> = markdown.lines().collect();
         assert_eq!(lines.len(), 2 + rows.len());
         assert_eq!(lines[1], "|---|---|---:|---:|---:|---:|");
@@ -244,11 +314,64 @@ mod tests {
             lines[2],
             "| fanin-q1 | delivered msg/s ↑ | 200 | 125 | - | 1.60 |"
         );
-        let text = render_text(&rows, &brokers);
+        let text = render_text(&rows, &brokers, &pairs);
         assert!(
             text.contains("fleetmq 200 (n=3)  mosquitto 125 (n=2)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn several_ratio_columns_and_a_case_filter() {
+        let records = vec![
+            run("persist-q1", "fleetmq-batch", 700.0, None),
+            run("persist-q1", "fleetmq-never", 1000.0, None),
+            run("persist-q1", "mosquitto-persist", 350.0, None),
+            run("fanin-q1", "fleetmq", 5.0, None),
+            run("fanin-q1", "mosquitto", 1.0, None),
+        ];
+        let pairs: Vec<Pair> = [
+            "fleetmq-batch/fleetmq-never",
+            "fleetmq-batch/mosquitto-persist",
+        ]
+        .iter()
+        .map(|p| parse_pair(p).unwrap())
+        .collect();
+        let filter = CaseFilter {
+            only: vec!["persist-q1".to_owned()],
+            skip: Vec::new(),
+        };
+        let brokers = brokers_of(&records, &pairs, &filter);
+        assert_eq!(
+            brokers,
+            ["fleetmq-batch", "fleetmq-never", "mosquitto-persist"]
+        );
+        let absent = vec![("fleetmq-always".to_owned(), "fleetmq-never".to_owned())];
+        assert_eq!(
+            brokers_of(&records, &absent, &filter),
+            ["fleetmq-never", "fleetmq-batch", "mosquitto-persist"],
+            "a broker without results gets no column"
+        );
+        let rows = rows(&records, &brokers, &pairs, &filter);
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        assert_eq!(rows[0].ratios, [Some(0.7), Some(2.0)]);
+        let markdown = render_markdown(&rows, &brokers, &pairs);
+        let lines: Vec<&str> = markdown.lines().collect();
+        assert!(lines[0]
+            .ends_with("| fleetmq-batch / fleetmq-never | fleetmq-batch / mosquitto-persist |"));
+        assert_eq!(lines[1], "|---|---|---:|---:|---:|---:|---:|");
+        assert_eq!(
+            lines[2],
+            "| persist-q1 | delivered msg/s ↑ | 700 | 1000 | 350 | 0.70 | 2.00 |"
+        );
+        let skip = CaseFilter {
+            only: Vec::new(),
+            skip: vec!["persist-q1".to_owned()],
+        };
+        let skipped = super::rows(&records, &brokers, &pairs, &skip);
+        assert!(skipped.iter().all(|r| r.case == "fanin-q1"));
+        assert_eq!(parse_pair("a/"), None);
+        assert_eq!(parse_pair("nothing"), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod idle;
 pub mod latency;
+pub mod persist;
 pub mod retained;
 pub mod throughput;
 
@@ -329,6 +330,21 @@ pub fn add_cpu(
         record.number("broker_rss_kib", after.rss_kib as f64);
     }
     Ok(())
+}
+
+/// Cores kept busy by the broker and by the generator between two samples taken
+/// while the publishers ran (`broker_load_cores`, `bench_load_cores`): unlike the
+/// whole-run figures of `add_cpu`, they leave out connection setup and the drain.
+pub fn add_load_cores(record: &mut Record, target: &Target, from: Samples, to: Samples) {
+    let wall = to.at - from.at;
+    record.maybe(
+        "broker_load_cores",
+        cores_busy(&target.probe, from.broker, to.broker, wall),
+    );
+    record.maybe(
+        "bench_load_cores",
+        cores_busy(&target.own, from.own, to.own, wall),
+    );
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use anyhow::Context;
 use tokio::time::Instant;
 
 use super::{
-    add_cpu, publish_flat_out, receive, Outcome, Published, ReceivePlan, Received, Target,
-    ACK_DRAIN, TARGET_UNKNOWN,
+    add_cpu, add_load_cores, publish_flat_out, receive, Outcome, Published, ReceivePlan, Received,
+    Target, ACK_DRAIN, TARGET_UNKNOWN,
 };
 use crate::conn::{Conn, ConnectOptions};
 use crate::record::Record;
@@ -19,7 +19,9 @@ use crate::wire::PublishTemplate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
-    /// `publishers` clients publish to `bench/{i}`; one subscriber on `bench/+`.
+    /// `publishers` clients publish to `bench/{i}`; one subscriber on `bench/+`, or with
+    /// several subscribers, subscriber `j` on every `bench/{i}` with `i % subscribers == j`
+    /// (each message is delivered once either way).
     FanIn,
     /// One publisher to `bench/fanout`; `subscribers` clients subscribed to it.
     FanOut,
@@ -38,25 +40,41 @@ pub struct Params {
     pub window: usize,
     /// A subscriber stops after this long without messages once publishers are done.
     pub drain_idle: Duration,
+    /// Subscribers stop at the latest this long after the publishers' deadline
+    /// (`None`: the acknowledgement drain plus `drain_idle`).
+    pub drain_max: Option<Duration>,
+}
+
+/// The filters of subscriber `index` of `subscribers`.
+fn filters(shape: Shape, index: usize, subscribers: usize, publishers: usize) -> Vec<String> {
+    match shape {
+        Shape::FanOut => vec!["bench/fanout".to_owned()],
+        Shape::FanIn if subscribers == 1 => vec!["bench/+".to_owned()],
+        Shape::FanIn => (index..publishers)
+            .step_by(subscribers)
+            .map(|publisher| format!("bench/{publisher}"))
+            .collect(),
+    }
 }
 
 pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     let (case_name, publishers, subscribers) = match params.shape {
-        Shape::FanIn => ("fanin", params.publishers.max(1), 1),
+        Shape::FanIn => {
+            let publishers = params.publishers.max(1);
+            ("fanin", publishers, params.subscribers.clamp(1, publishers))
+        }
         Shape::FanOut => ("fanout", 1, params.subscribers.max(1)),
     };
     let case = format!("{case_name}-q{}", params.qos);
     let before = target.sample()?;
 
-    let filter = match params.shape {
-        Shape::FanIn => "bench/+",
-        Shape::FanOut => "bench/fanout",
-    };
     let mut subscriber_conns = Vec::with_capacity(subscribers);
     for index in 0..subscribers {
         let id = target.client_id("sub", index);
         let mut conn = Conn::connect(target.addr, &id, ConnectOptions::default()).await?;
-        conn.subscribe(&[filter], params.qos).await?;
+        let filters = filters(params.shape, index, subscribers, publishers);
+        let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+        conn.subscribe(&filters, params.qos).await?;
         subscriber_conns.push(conn);
     }
     let mut publisher_conns = Vec::with_capacity(publishers);
@@ -66,12 +84,13 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     }
 
     let payload = vec![b'x'; params.payload];
+    let load_before = target.sample()?;
     let start = Instant::now();
     let until = start + params.duration;
     let plan = Arc::new(ReceivePlan {
         target: Arc::new(AtomicU64::new(TARGET_UNKNOWN)),
         idle: params.drain_idle,
-        until: until + ACK_DRAIN + params.drain_idle,
+        until: until + params.drain_max.unwrap_or(ACK_DRAIN + params.drain_idle),
     });
     let subscriber_tasks: Vec<_> = subscriber_conns
         .into_iter()
@@ -116,6 +135,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         conns.push(conn);
     }
     plan.target.store(totals.sent, Ordering::Release);
+    let load_after = target.sample()?;
     let mut delivered = Received {
         count: 0,
         last: None,
@@ -128,7 +148,10 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         conns.push(conn);
     }
 
-    let expected = totals.sent * subscribers as u64;
+    let expected = match params.shape {
+        Shape::FanIn => totals.sent,
+        Shape::FanOut => totals.sent * subscribers as u64,
+    };
     let published_per_s = rate(totals.sent, totals.finished - start);
     let delivered_per_s = rate(
         delivered.count,
@@ -162,6 +185,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         totals.sent
     };
     add_cpu(&mut record, target, "cpu_us_per_msg", before, units)?;
+    add_load_cores(&mut record, target, load_before, load_after);
     for conn in conns {
         conn.disconnect().await;
     }
@@ -180,4 +204,30 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         summary += &format!(", broker CPU {cpu:.2} us/msg");
     }
     Ok(Outcome { record, summary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fan_in_subscribers_split_the_publishers_between_them() {
+        assert_eq!(filters(Shape::FanIn, 0, 1, 64), ["bench/+"]);
+        assert_eq!(filters(Shape::FanOut, 3, 16, 1), ["bench/fanout"]);
+        assert_eq!(
+            filters(Shape::FanIn, 1, 3, 8),
+            ["bench/1", "bench/4", "bench/7"]
+        );
+        let mut all: Vec<String> = (0..3)
+            .flat_map(|j| filters(Shape::FanIn, j, 3, 8))
+            .collect();
+        all.sort();
+        assert_eq!(all.len(), 8);
+        all.dedup();
+        assert_eq!(
+            all.len(),
+            8,
+            "each publisher's topic goes to exactly one subscriber"
+        );
+    }
 }
