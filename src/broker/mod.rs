@@ -3,7 +3,7 @@
 //! Map of the runtime (one `Arc<Broker>` shared by every task):
 //! - `crate::server` binds the listeners and spawns one task per accepted socket.
 //! - `crate::connection` is that task: a single `select!` over the socket, the session's
-//!   wake-up (also rung for a takeover), the keep-alive deadline and server shutdown. It decodes
+//!   wake-up (also rung for a takeover and at shutdown) and the keep-alive deadline. It decodes
 //!   packets, drives the sans-IO `Session`, and carries out the resulting actions here.
 //! - `registry` (client id -> `SessionHandle`) is locked on connect, disconnect and expiry
 //!   only ([`lifecycle`]: clean start, resume, takeover, wills, session end).
@@ -161,6 +161,17 @@ impl Broker {
     /// Tells every connection task and the scheduler to stop.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+        // Connected clients wait on their session's wake-up rather than on the signal
+        // (a receiver's wait would add to every connection's task); they check the
+        // signal whenever woken.
+        for handle in self.sessions() {
+            handle.wake.notify_waiters();
+        }
+    }
+
+    /// Whether `begin_shutdown` was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     /// A fresh, unique client identifier for a client that connected without one.

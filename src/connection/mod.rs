@@ -3,7 +3,7 @@
 //! One task per connection, over any transport (`crate::listener::ClientStream`): `open`
 //! reads CONNECT and attaches the session, then `Connected::serve` runs one `select!` over
 //! socket reads, socket writes (while encoded bytes wait), the session's wake-up (also
-//! rung for a takeover), the keep-alive deadline and server shutdown. An idle connection
+//! rung for a takeover and at server shutdown) and the keep-alive deadline. An idle connection
 //! holds no buffers (`buffer`). Incoming packets are decoded and handed to the
 //! sans-IO `Session`; its actions are carried out here and in `crate::broker` (routing a
 //! PUBLISH to subscribers happens right on this task). Outgoing packets are drained from
@@ -362,7 +362,6 @@ enum Event {
     /// The outbox has been full for the slow-consumer timeout.
     OutboxTimeout,
     KeepAliveExpired,
-    Shutdown,
 }
 
 struct Connection {
@@ -416,7 +415,6 @@ impl Connection {
     /// keep-alive timer only when there is keep alive, the wake-up (rung for deliveries
     /// and for a takeover) and the socket halves; closing is boxed.
     async fn run(&mut self, stream: ClientStream) {
-        let mut shutdown = self.broker.shutdown_signal();
         let mut keep_alive_timer = self
             .keep_alive
             .map(|period| Box::pin(tokio::time::sleep(period)));
@@ -437,19 +435,21 @@ impl Connection {
             let outbox_deadline = self
                 .outbox_full_since
                 .map(|since| since + self.slow_consumer_timeout());
-            // Created before the generation is checked: a `Notified` receives every
-            // `notify_waiters` (a takeover) from its creation on, so one signalled in
-            // between still wakes it. Not `enable`d: that would take a delivery's permit,
+            // Created before the generation and shutdown are checked: a `Notified`
+            // receives every `notify_waiters` (takeover, shutdown) from its creation on,
+            // so one signalled in between still wakes it. Not `enable`d: that would take a delivery's permit,
             // lost if another branch wins the select.
             let wake = handle.wake.notified();
             tokio::pin!(wake);
             if handle.generation() != self.generation {
                 break Exit::TakenOver;
             }
+            if self.broker.is_shutting_down() {
+                break Exit::Shutdown;
+            }
             let paused = self.paused.as_ref();
             let event = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stopping| *stopping) => Event::Shutdown,
                 _ = keep_alive(&mut keep_alive_timer), if reading => Event::KeepAliveExpired,
                 written = write_or_flush(&mut writer, &mut self.write_buf), if has_output => Event::Written(written),
                 read = buffer::read_some(&mut reader, &mut self.read_buf), if reading => Event::Read(read),
@@ -504,7 +504,6 @@ impl Connection {
                 }
                 Event::OutboxTimeout => self.drain_session(),
                 Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
-                Event::Shutdown => Err(Exit::Shutdown),
             };
         };
         let _ = reader;
