@@ -42,6 +42,13 @@ use backpressure::{Paused, Resume};
 use handshake::HandshakeError;
 use held::{HeldPackets, Settled};
 
+thread_local! {
+    /// The emptied packet list of the last drain on this thread. Drains reuse its
+    /// allocation rather than grow a list of their own each time, and an idle connection
+    /// keeps none.
+    static SPARE_PACKETS: std::cell::Cell<Vec<Packet>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// How long a closing connection may take to deliver its last packets (CONNACK refusal,
 /// DISCONNECT with a reason) before the socket is dropped anyway.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -697,7 +704,9 @@ impl Connection {
     /// queue at half or less.
     fn drain_session(&mut self) -> Result<(), Exit> {
         self.release_held()?;
-        let mut packets = std::mem::take(&mut self.out);
+        let mut packets = SPARE_PACKETS.take();
+        packets.append(&mut self.out);
+        self.out = Vec::new();
         let mut dropped = Vec::new();
         let max_outbox = self.config.limits.max_outbox_bytes;
         let backlog_full = self.write_buf.len() >= max_outbox;
@@ -739,8 +748,7 @@ impl Connection {
             }
             encode(&packet, self.version, &mut self.write_buf);
         }
-        // `packets` is dropped, not kept for the next batch: an idle connection holds no
-        // packet list, and a large batch does not pin its size.
+        SPARE_PACKETS.set(packets);
         Ok(())
     }
 
