@@ -8,7 +8,7 @@
 //! `wake` is woken and compares generations.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
@@ -52,7 +52,11 @@ pub struct Attachment {
 }
 
 impl SessionHandle {
-    pub fn new(key: SessionKey, client_id: ByteString, limits: SessionLimits) -> SessionHandle {
+    pub fn new(
+        key: SessionKey,
+        client_id: ByteString,
+        limits: impl Into<Arc<SessionLimits>>,
+    ) -> SessionHandle {
         let session = Session::new(key, client_id.clone(), limits);
         SessionHandle::with_session(key, client_id, session)
     }
@@ -61,7 +65,7 @@ impl SessionHandle {
     pub fn restored(
         key: SessionKey,
         client_id: ByteString,
-        limits: SessionLimits,
+        limits: impl Into<Arc<SessionLimits>>,
         parts: RestoredParts,
     ) -> SessionHandle {
         let session = Session::restored(key, client_id.clone(), limits, parts);

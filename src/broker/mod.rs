@@ -61,7 +61,7 @@ use scheduler::Scheduler;
 pub struct Broker {
     /// The configuration in force and the session limits derived from it, replaced
     /// together on reload.
-    live: RwLock<(Arc<Config>, SessionLimits)>,
+    live: RwLock<(Arc<Config>, Arc<SessionLimits>)>,
     /// Parts (password file, ACL, certificates) that re-read their own files on reload.
     reloadables: Mutex<Vec<Arc<dyn Reloadable>>>,
     metrics: Metrics,
@@ -88,7 +88,7 @@ impl Broker {
     pub fn with_metrics(config: Config, store: Arc<dyn Store>, metrics: Metrics) -> Arc<Broker> {
         let (shutdown, _) = watch::channel(false);
         Arc::new(Broker {
-            live: RwLock::new((Arc::new(config.clone()), session_limits(&config))),
+            live: RwLock::new((Arc::new(config.clone()), Arc::new(session_limits(&config)))),
             reloadables: Mutex::new(Vec::new()),
             metrics,
             registry: Mutex::new(HashMap::new()),
@@ -112,7 +112,7 @@ impl Broker {
     /// Puts `config` in force for connections and sessions created from now on.
     /// Listeners, storage and the metrics endpoint keep what they were started with.
     pub fn replace_config(&self, config: Config) {
-        let limits = session_limits(&config);
+        let limits = Arc::new(session_limits(&config));
         *write(&self.live) = (Arc::new(config), limits);
     }
 

@@ -7,7 +7,10 @@
 //! waiting for it and its messages are dropped as before, and the slow-consumer rule of
 //! its own connection applies to it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,47 +29,35 @@ pub(super) enum Resume {
 /// A publisher's connection waiting for one congested subscriber.
 pub(super) struct Paused {
     target: Arc<SessionHandle>,
-    deadline: Instant,
+    /// Resolves once the subscriber has room again, or at the deadline. Boxed and made
+    /// once per pause: a connection that is not paused holds none of it.
+    resume: Pin<Box<dyn Future<Output = Resume> + Send>>,
 }
 
 impl Paused {
     pub(super) fn new(target: Arc<SessionHandle>, timeout: Duration) -> Paused {
-        Paused {
-            target,
-            deadline: Instant::now() + timeout,
-        }
+        let deadline = Instant::now() + timeout;
+        let waited = target.clone();
+        let resume = Box::pin(async move {
+            let (space, congested) = waited.congestion.wait_for_space();
+            if !congested {
+                return Resume::Space;
+            }
+            tokio::select! {
+                _ = space => Resume::Space,
+                _ = tokio::time::sleep_until(deadline) => Resume::TimedOut,
+            }
+        });
+        Paused { target, resume }
     }
 
-    /// Resolves once the subscriber has room again, or at the deadline.
-    pub(super) async fn wait(&self) -> Resume {
-        let (space, congested) = self.target.congestion.wait_for_space();
-        if !congested {
-            return Resume::Space;
-        }
-        tokio::select! {
-            _ = space => Resume::Space,
-            _ = tokio::time::sleep_until(self.deadline) => Resume::TimedOut,
-        }
+    /// Ready once the subscriber has room again, or at the deadline.
+    pub(super) fn poll_resume(&mut self, cx: &mut Context<'_>) -> Poll<Resume> {
+        self.resume.as_mut().poll(cx)
     }
 
     /// The subscriber did not drain in time: nobody waits for it until it does.
     pub(super) fn give_up(self) {
         self.target.congestion.stall();
-    }
-}
-
-/// Waits for `paused` if there is one (the caller enables the branch only then).
-pub(super) async fn wait(paused: Option<&Paused>) -> Resume {
-    match paused {
-        Some(paused) => paused.wait().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `deadline` if there is one, forever otherwise.
-pub(super) async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

@@ -33,17 +33,16 @@ pub(super) async fn read_some<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
 ) -> io::Result<usize> {
-    poll_fn(|cx| poll_read_some(Pin::new(&mut *reader), cx, buf)).await
+    poll_fn(|cx| poll_read_some(reader, cx, buf)).await
 }
 
-/// `read_some` as a poll function, for a future that also writes.
+/// `read_some` as a poll function, for a task that also writes.
 pub(super) fn poll_read_some<R: AsyncRead + Unpin>(
-    reader: Pin<&mut R>,
+    reader: &mut R,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
     release_if_empty(buf);
-    let reader = reader.get_mut();
     if buf.capacity() - buf.len() >= READ_CHUNK {
         // A large packet is arriving and the buffer has grown for it: no copy. (The
         // future reads at most once per poll, so a new one per poll is equivalent.)

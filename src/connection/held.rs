@@ -5,10 +5,13 @@
 //! goes for SUBACK, UNSUBACK and CONNACK and the subscription or session they confirm.
 //! Such a packet waits here with its writes; packets produced after it wait behind it
 //! even when they need no write, because MQTT requires acknowledgements in the order of
-//! the packets they answer. Waiting happens inside the connection's `select!`, so the
+//! the packets they answer. Waiting is one of the events the connection polls for, so the
 //! connection keeps reading, and the other clients are never blocked by it.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use crate::protocol::Packet;
 use crate::storage::{Completion, StoreError};
@@ -52,20 +55,22 @@ impl HeldPackets {
         });
     }
 
-    /// Waits until the oldest held packet's writes have all resolved (pending forever
-    /// when nothing is held). Cancel-safe: a resolved write is recorded before the next
-    /// one is awaited, so a `select!` that drops this future loses nothing.
-    pub(super) async fn front_settled(&mut self) {
+    /// Polls the oldest held packet's writes; ready once they have all resolved
+    /// (pending, with no wake-up, while nothing is held: holding happens on the
+    /// connection's own task, which polls again). A resolved write is recorded at once,
+    /// so nothing is lost between polls.
+    pub(super) fn poll_front_settled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(front) = self.queue.front_mut() else {
-            return std::future::pending().await;
+            return Poll::Pending;
         };
         while front.settled < front.writes.len() {
-            let result = (&mut front.writes[front.settled]).await;
+            let result = ready!(Pin::new(&mut front.writes[front.settled]).poll(cx));
             front.settled += 1;
             if let Err(error) = result {
                 front.failure.get_or_insert(error);
             }
         }
+        Poll::Ready(())
     }
 
     /// Takes the held packets from the front whose writes have all resolved, in order;

@@ -1,7 +1,7 @@
 //! The per-client task: moves bytes between the socket and the session.
 //!
 //! One task per connection, over any transport (`crate::listener::ClientStream`): `open`
-//! reads CONNECT and attaches the session, then `Connected::serve` runs one `select!` over
+//! reads CONNECT and attaches the session, then `Connected::serve` polls, in one place,
 //! socket reads, socket writes (while encoded bytes wait), the session's wake-up (also
 //! rung for a takeover and at server shutdown) and the keep-alive deadline. An idle connection
 //! holds no buffers (`buffer`). Incoming packets are decoded and handed to the
@@ -21,20 +21,23 @@ mod held;
 mod open;
 mod policy;
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
-use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
-use tokio::time::Instant as TokioInstant;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::futures::Notified;
+use tokio::time::{sleep, Instant as TokioInstant, Sleep};
 
 use crate::auth::{Exchange, Security};
 use crate::broker::{now, Broker, Dropped, SessionHandle, Stats};
 use crate::config::Config;
-use crate::listener::ClientStream;
+use crate::listener::{ClientStream, ConnectionSlots};
 use crate::protocol::{decode, encode, reason, Disconnect, Packet, ProtocolVersion, QoS};
 use crate::session::Action;
 use crate::storage::Completion;
@@ -119,21 +122,6 @@ async fn write_counted(
     stream.shutdown().await
 }
 
-/// Waits for the keep-alive deadline; never, without keep alive.
-async fn keep_alive(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Runs the future `make` gives in a box allocated when first polled. For `select!`
-/// branches that are seldom enabled (and hold timers): every branch's future is part of
-/// the connection task whether enabled or not, and the task is what an idle client costs.
-async fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> F::Output {
-    Box::pin(make()).await
-}
-
 /// What one write step achieved.
 enum WriteProgress {
     /// This many bytes left the write buffer.
@@ -144,20 +132,22 @@ enum WriteProgress {
 
 /// Writes some of `buf`, or flushes once it is empty (TLS and WebSocket hold written
 /// bytes until flushed). A buffer written out gives its memory back.
-async fn write_or_flush<W: AsyncWrite + Unpin>(
+fn poll_write_or_flush<W: AsyncWrite + Unpin>(
     writer: &mut W,
+    cx: &mut Context<'_>,
     buf: &mut BytesMut,
-) -> std::io::Result<WriteProgress> {
+) -> Poll<std::io::Result<WriteProgress>> {
     if buf.is_empty() {
-        writer.flush().await?;
-        return Ok(WriteProgress::Flushed);
+        ready!(Pin::new(writer).poll_flush(cx))?;
+        return Poll::Ready(Ok(WriteProgress::Flushed));
     }
-    let written = writer.write_buf(buf).await?;
+    let written = ready!(Pin::new(writer).poll_write(cx, buf))?;
+    buf.advance(written);
     buffer::release_if_empty(buf);
-    match written {
+    Poll::Ready(match written {
         0 => Err(std::io::ErrorKind::WriteZero.into()),
         written => Ok(WriteProgress::Wrote(written)),
-    }
+    })
 }
 
 /// What woke the connection task.
@@ -200,18 +190,28 @@ struct Connection {
     security: Arc<Security>,
     /// The authenticated username; `None` for an anonymous client.
     username: Option<String>,
-    /// The MQTT 5 enhanced authentication method of CONNECT (re-authentication uses it).
-    auth_method: Option<ByteString>,
-    /// A re-authentication in progress.
-    exchange: Option<Box<dyn Exchange>>,
+    /// MQTT 5 enhanced authentication, for a client that used it in CONNECT; boxed, as
+    /// few do.
+    enhanced_auth: Option<Box<EnhancedAuth>>,
     rate: policy::PublishRate,
     /// Reading is paused until this subscriber drained (backpressure).
     paused: Option<Paused>,
-    /// Since when the outbox has been full while queued messages waited.
-    outbox_full_since: Option<TokioInstant>,
+    /// When a client whose outbox stays full while queued messages wait is cut off as a
+    /// slow consumer; set (and allocated) only while that is so.
+    outbox_deadline: Option<Pin<Box<Sleep>>>,
     /// The session had more to send than the outbox took at the last drain; drain again
     /// once the socket took half of it.
     output_waiting: bool,
+    /// The connection's place under the connection limits, until it is dropped.
+    _slots: ConnectionSlots,
+}
+
+/// What re-authentication (AUTH after CONNACK) needs.
+struct EnhancedAuth {
+    /// The authentication method of CONNECT; re-authentication must use it.
+    method: ByteString,
+    /// A re-authentication in progress.
+    exchange: Option<Box<dyn Exchange>>,
 }
 
 impl Drop for Connection {
@@ -221,105 +221,147 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Its future is most of what an idle client costs, so it holds little: the
-    /// keep-alive timer only when there is keep alive, the wake-up (rung for deliveries
-    /// and for a takeover) and the socket halves; closing is boxed.
-    async fn run(&mut self, stream: ClientStream) {
-        let mut keep_alive_timer = self
-            .keep_alive
-            .map(|period| Box::pin(tokio::time::sleep(period)));
-        // Borrowed by the wake-up future while the loop borrows `self`.
-        let handle = self.handle.clone();
-        // Packets pipelined behind CONNECT are already in the read buffer.
-        let mut result = self.process_input();
-        if result.is_ok() {
-            result = self.drain_session();
-        }
-        let (mut reader, mut writer) = tokio::io::split(stream);
-        let exit = loop {
-            if let Err(exit) = result {
-                break exit;
+    /// Its future is most of what an idle client costs, so it holds little: the socket,
+    /// the keep-alive timer only when there is keep alive, and the wake-up (rung for
+    /// deliveries, a takeover and shutdown). The rest of the state is in the boxed
+    /// `Connection`; what the connection waits for is polled by `poll_event`, which keeps
+    /// no future of its own, and closing is boxed.
+    ///
+    /// Not an `async fn`: its future would keep a second copy of its arguments.
+    #[allow(clippy::manual_async_fn)]
+    fn run(mut self: Box<Self>, mut stream: ClientStream) -> impl Future<Output = ()> + Send {
+        async move {
+            let mut keep_alive_timer = self.keep_alive.map(|period| Box::pin(sleep(period)));
+            // Borrowed by the wake-up future while the loop borrows `self`.
+            let handle = self.handle.clone();
+            // Packets pipelined behind CONNECT are already in the read buffer.
+            let mut result = self.process_input();
+            if result.is_ok() {
+                result = self.drain_session();
             }
-            let has_output = !self.write_buf.is_empty() || self.unflushed;
-            let reading = self.paused.is_none();
-            let outbox_deadline = self
-                .outbox_full_since
-                .map(|since| since + self.slow_consumer_timeout());
-            // Created before the generation and shutdown are checked: a `Notified`
-            // receives every `notify_waiters` (takeover, shutdown) from its creation on,
-            // so one signalled in between still wakes it. Not `enable`d: that would take a delivery's permit,
-            // lost if another branch wins the select.
-            let wake = handle.wake.notified();
-            tokio::pin!(wake);
-            if handle.generation() != self.generation {
-                break Exit::TakenOver;
-            }
-            if self.broker.is_shutting_down() {
-                break Exit::Shutdown;
-            }
-            let paused = self.paused.as_ref();
-            let event = tokio::select! {
-                biased;
-                _ = keep_alive(&mut keep_alive_timer), if reading => Event::KeepAliveExpired,
-                written = write_or_flush(&mut writer, &mut self.write_buf), if has_output => Event::Written(written),
-                read = buffer::read_some(&mut reader, &mut self.read_buf), if reading => Event::Read(read),
-                _ = &mut wake => Event::Wake,
-                _ = self.held.front_settled(), if !self.held.is_empty() => Event::Settled,
-                resume = boxed(|| backpressure::wait(paused)), if !reading => Event::Resume(resume),
-                _ = boxed(|| backpressure::sleep_until(outbox_deadline)), if outbox_deadline.is_some() => Event::OutboxTimeout,
-            };
-            result = match event {
-                Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
-                Event::Written(Err(_)) => Err(Exit::SocketClosed),
-                Event::Read(Ok(read)) => {
-                    Stats::add(&self.broker.stats().bytes_received, read as u64);
-                    let handled = self.process_input();
-                    if let (Some(period), Some(timer)) = (self.keep_alive, &mut keep_alive_timer) {
-                        timer.as_mut().reset(TokioInstant::now() + period);
-                    }
-                    handled.and_then(|()| self.drain_session())
+            let exit = loop {
+                if let Err(exit) = result {
+                    break exit;
                 }
-                Event::Written(Ok(WriteProgress::Wrote(written))) => {
-                    Stats::add(&self.broker.stats().bytes_sent, written as u64);
-                    self.unflushed = true;
-                    if self.write_buf.is_empty() {
-                        self.qos0_unwritten = 0;
-                    }
-                    if self.output_waiting
-                        && self.write_buf.len() <= self.config.limits.max_outbox_bytes / 2
-                    {
-                        self.drain_session()
-                    } else {
-                        Ok(())
-                    }
+                // Created before the generation and shutdown are checked: a `Notified`
+                // receives every `notify_waiters` (takeover, shutdown) from its creation on,
+                // so one signalled in between still wakes it. Not `enable`d: that would take
+                // a delivery's permit, lost if another event came first.
+                let wake = handle.wake.notified();
+                tokio::pin!(wake);
+                if handle.generation() != self.generation {
+                    break Exit::TakenOver;
                 }
-                Event::Written(Ok(WriteProgress::Flushed)) => {
-                    self.unflushed = false;
-                    Ok(())
+                if self.broker.is_shutting_down() {
+                    break Exit::Shutdown;
                 }
-                Event::Wake => self.drain_session(),
-                Event::Settled => self.drain_session(),
-                Event::Resume(resume) => {
-                    if let Some(paused) = self.paused.take() {
-                        if resume == Resume::TimedOut {
-                            paused.give_up();
+                let event = poll_fn(|cx| {
+                    self.poll_event(cx, &mut stream, &mut keep_alive_timer, wake.as_mut())
+                })
+                .await;
+                result = match event {
+                    Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
+                    Event::Written(Err(_)) => Err(Exit::SocketClosed),
+                    Event::Read(Ok(read)) => {
+                        Stats::add(&self.broker.stats().bytes_received, read as u64);
+                        let handled = self.process_input();
+                        if let (Some(period), Some(timer)) =
+                            (self.keep_alive, &mut keep_alive_timer)
+                        {
+                            timer.as_mut().reset(TokioInstant::now() + period);
+                        }
+                        handled.and_then(|()| self.drain_session())
+                    }
+                    Event::Written(Ok(WriteProgress::Wrote(written))) => {
+                        Stats::add(&self.broker.stats().bytes_sent, written as u64);
+                        self.unflushed = true;
+                        if self.write_buf.is_empty() {
+                            self.qos0_unwritten = 0;
+                        }
+                        if self.output_waiting
+                            && self.write_buf.len() <= self.config.limits.max_outbox_bytes / 2
+                        {
+                            self.drain_session()
+                        } else {
+                            Ok(())
                         }
                     }
-                    // The client was not read while paused; it was not silent.
-                    if let (Some(period), Some(timer)) = (self.keep_alive, &mut keep_alive_timer) {
-                        timer.as_mut().reset(TokioInstant::now() + period);
+                    Event::Written(Ok(WriteProgress::Flushed)) => {
+                        self.unflushed = false;
+                        Ok(())
                     }
-                    // What was read before the pause comes first.
-                    self.process_input().and_then(|()| self.drain_session())
-                }
-                Event::OutboxTimeout => self.drain_session(),
-                Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
+                    Event::Wake => self.drain_session(),
+                    Event::Settled => self.drain_session(),
+                    Event::Resume(resume) => {
+                        if let Some(paused) = self.paused.take() {
+                            if resume == Resume::TimedOut {
+                                paused.give_up();
+                            }
+                        }
+                        // The client was not read while paused; it was not silent.
+                        if let (Some(period), Some(timer)) =
+                            (self.keep_alive, &mut keep_alive_timer)
+                        {
+                            timer.as_mut().reset(TokioInstant::now() + period);
+                        }
+                        // What was read before the pause comes first.
+                        self.process_input().and_then(|()| self.drain_session())
+                    }
+                    Event::OutboxTimeout => self.drain_session(),
+                    Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
+                };
             };
-        };
-        let _ = reader;
-        // Boxed: closing happens once and would otherwise add its size to every
-        // connection.
-        Box::pin(self.close(&mut writer, exit)).await;
+            // Boxed: closing happens once and would otherwise add its size to every
+            // connection.
+            Box::pin(self.close(&mut stream, exit)).await;
+        }
+    }
+
+    /// Polls, in priority order, everything the connection waits for, and returns the
+    /// first event. One poll function over the whole socket instead of a `select!` over
+    /// futures: the futures of a `select!` (and the halves of a split socket) would be
+    /// part of every idle connection. While paused (backpressure), the client is neither
+    /// read nor timed out for silence.
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut ClientStream,
+        keep_alive_timer: &mut Option<Pin<Box<Sleep>>>,
+        wake: Pin<&mut Notified<'_>>,
+    ) -> Poll<Event> {
+        let reading = self.paused.is_none();
+        if let (true, Some(timer)) = (reading, keep_alive_timer) {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::KeepAliveExpired);
+            }
+        }
+        if !self.write_buf.is_empty() || self.unflushed {
+            if let Poll::Ready(written) = poll_write_or_flush(stream, cx, &mut self.write_buf) {
+                return Poll::Ready(Event::Written(written));
+            }
+        }
+        if reading {
+            if let Poll::Ready(read) = buffer::poll_read_some(stream, cx, &mut self.read_buf) {
+                return Poll::Ready(Event::Read(read));
+            }
+        }
+        if wake.poll(cx).is_ready() {
+            return Poll::Ready(Event::Wake);
+        }
+        if self.held.poll_front_settled(cx).is_ready() {
+            return Poll::Ready(Event::Settled);
+        }
+        if let Some(paused) = &mut self.paused {
+            if let Poll::Ready(resume) = paused.poll_resume(cx) {
+                return Poll::Ready(Event::Resume(resume));
+            }
+        }
+        if let Some(deadline) = &mut self.outbox_deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::OutboxTimeout);
+            }
+        }
+        Poll::Pending
     }
 
     /// Decodes and handles every complete packet in the read buffer, until a PUBLISH
@@ -487,7 +529,7 @@ impl Connection {
 
     async fn settle_all_held(&mut self) {
         while !self.held.is_empty() {
-            self.held.front_settled().await;
+            poll_fn(|cx| self.held.poll_front_settled(cx)).await;
             if self.release_held().is_err() {
                 return;
             }
@@ -519,18 +561,21 @@ impl Connection {
                 .lock_current(self.generation)
                 .ok_or(Exit::TakenOver)?;
             if !backlog_full {
-                self.outbox_full_since = None;
+                self.outbox_deadline = None;
                 let budget = max_outbox - self.write_buf.len();
                 session.poll_outgoing_within(now(), budget, &mut packets, &mut dropped);
                 // What went in flight or was dropped: nothing waits for these writes.
                 let _ = self.broker.submit_journal(&mut session);
             } else if session.has_queued_outgoing() {
-                let since = *self.outbox_full_since.get_or_insert_with(TokioInstant::now);
-                if since.elapsed() >= self.slow_consumer_timeout() {
+                let timeout = self.slow_consumer_timeout();
+                let deadline = self
+                    .outbox_deadline
+                    .get_or_insert_with(|| Box::pin(sleep(timeout)));
+                if deadline.deadline() <= TokioInstant::now() {
                     return Err(Exit::SlowConsumer);
                 }
             } else {
-                self.outbox_full_since = None;
+                self.outbox_deadline = None;
             }
             self.output_waiting = session.has_outgoing();
             if self.handle.congestion.needs_relief() && session.queue_relieved() {
@@ -557,7 +602,7 @@ impl Connection {
 
     /// Ends the connection: settles the session first (so a fast reconnect finds it
     /// detached), then flushes what is owed to the client and closes the socket.
-    async fn close(&mut self, stream: &mut WriteHalf<ClientStream>, exit: Exit) {
+    async fn close(&mut self, stream: &mut ClientStream, exit: Exit) {
         let client_id = &self.handle.client_id;
         match exit {
             Exit::TakenOver => {

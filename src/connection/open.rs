@@ -13,7 +13,7 @@ use crate::protocol::{encode, reason, ConnAck, Packet, ProtocolVersion};
 
 use super::handshake::{self, HandshakeError};
 use super::held::HeldPackets;
-use super::{authenticate, policy, write_counted, Connection, CLOSE_FLUSH_TIMEOUT};
+use super::{authenticate, policy, write_counted, Connection, EnhancedAuth, CLOSE_FLUSH_TIMEOUT};
 
 /// Counts the socket as closed on every way out of `open` that gives no `Connected`
 /// (whose `Connection` counts itself once dropped).
@@ -37,12 +37,8 @@ pub struct Connected {
 
 impl Connected {
     /// Serves the client until the connection ends, then closes it.
-    pub async fn serve(self) {
-        let Connected {
-            mut connection,
-            stream,
-        } = self;
-        connection.run(stream).await;
+    pub fn serve(self) -> impl std::future::Future<Output = ()> + Send {
+        self.connection.run(self.stream)
     }
 }
 
@@ -65,6 +61,7 @@ pub async fn open(
         mut stream,
         peer,
         certificate_identity,
+        slots,
     } = accepted;
     let mut shutdown = broker.shutdown_signal();
     let mut read_buf = BytesMut::new();
@@ -169,12 +166,17 @@ pub async fn open(
         unflushed: false,
         security: listener.security.clone(),
         username: admitted.username,
-        auth_method: admitted.method,
-        exchange: None,
+        enhanced_auth: admitted.method.map(|method| {
+            Box::new(EnhancedAuth {
+                method,
+                exchange: None,
+            })
+        }),
         rate: policy::PublishRate::new(broker.config().limits.max_publish_rate, now()),
         paused: None,
-        outbox_full_since: None,
+        outbox_deadline: None,
         output_waiting: false,
+        _slots: slots,
     });
     drop(connect);
     // The connection counts itself closed from here on.

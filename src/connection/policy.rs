@@ -24,19 +24,56 @@ pub(super) fn topic_within_limits(topic: &str, limits: &LimitsConfig) -> bool {
         && topic.split('/').count() <= usize::from(limits.max_topic_levels)
 }
 
-/// Publish rate state: a soft bucket at the configured rate (over it, messages are
-/// refused) and a hard one at twice the rate (over it, the client is disconnected).
+/// Publish rate state: a soft token bucket at the configured rate (over it, messages are
+/// refused) and a hard one at twice the rate (over it, the client is disconnected). Both
+/// refill at the same moments, so they share the rate and the clock: every connection
+/// holds one.
 pub(super) struct PublishRate {
-    soft: crate::listener::TokenBucket,
-    hard: crate::listener::TokenBucket,
+    /// Messages per second (at least 1); the soft bucket holds up to this, the hard one
+    /// twice this.
+    rate: f64,
+    soft: f64,
+    hard: f64,
+    last: Instant,
+}
+
+/// What the publish rate says about one more message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RateCheck {
+    Allowed,
+    /// Over the configured rate: refuse the message.
+    OverRate,
+    /// Over twice the rate: disconnect the client.
+    FarOverRate,
 }
 
 impl PublishRate {
+    /// Full buckets for `rate` messages per second.
     pub(super) fn new(rate: u32, now: Instant) -> PublishRate {
+        let rate = f64::from(rate.max(1));
         PublishRate {
-            soft: crate::listener::TokenBucket::new(rate, now),
-            hard: crate::listener::TokenBucket::new(rate.saturating_mul(2), now),
+            rate,
+            soft: rate,
+            hard: 2.0 * rate,
+            last: now,
         }
+    }
+
+    /// Takes a token from the hard bucket, then from the soft one.
+    pub(super) fn check(&mut self, now: Instant) -> RateCheck {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.soft = (self.soft + elapsed * self.rate).min(self.rate);
+        self.hard = (self.hard + elapsed * 2.0 * self.rate).min(2.0 * self.rate);
+        if self.hard < 1.0 {
+            return RateCheck::FarOverRate;
+        }
+        self.hard -= 1.0;
+        if self.soft < 1.0 {
+            return RateCheck::OverRate;
+        }
+        self.soft -= 1.0;
+        RateCheck::Allowed
     }
 }
 
@@ -53,14 +90,15 @@ impl Connection {
                 reason_code: reason::TOPIC_NAME_INVALID,
             });
         }
-        if !self.rate.hard.try_take(now) {
-            tracing::info!(client_id = %self.handle.client_id, "publish rate far above the limit");
-            return Err(Exit::Violation {
-                reason_code: reason::MESSAGE_RATE_TOO_HIGH,
-            });
-        }
-        if !self.rate.soft.try_take(now) {
-            return Ok(Some(reason::QUOTA_EXCEEDED));
+        match self.rate.check(now) {
+            RateCheck::Allowed => {}
+            RateCheck::OverRate => return Ok(Some(reason::QUOTA_EXCEEDED)),
+            RateCheck::FarOverRate => {
+                tracing::info!(client_id = %self.handle.client_id, "publish rate far above the limit");
+                return Err(Exit::Violation {
+                    reason_code: reason::MESSAGE_RATE_TOO_HIGH,
+                });
+            }
         }
         let allowed = self.security.allows(
             self.username.as_deref(),
@@ -145,21 +183,22 @@ impl Connection {
         let protocol_error = Exit::Violation {
             reason_code: reason::PROTOCOL_ERROR,
         };
-        let Some(method) = self.auth_method.clone() else {
+        let Some(enhanced) = self.enhanced_auth.as_mut() else {
             return Err(protocol_error);
         };
+        let method = enhanced.method.clone();
         if auth.properties.authentication_method.as_ref() != Some(&method) {
             return Err(protocol_error);
         }
         let data = auth.properties.authentication_data.unwrap_or_default();
-        let step = match (auth.reason_code, self.exchange.as_mut()) {
+        let step = match (auth.reason_code, enhanced.exchange.as_mut()) {
             (reason::RE_AUTHENTICATE, None) => {
                 let Some(authenticator) = self.security.authenticator(&method) else {
                     return Err(Exit::Violation {
                         reason_code: reason::NOT_AUTHORIZED,
                     });
                 };
-                let exchange = self.exchange.insert(authenticator.start());
+                let exchange = enhanced.exchange.insert(authenticator.start());
                 exchange.step(&data)
             }
             (reason::CONTINUE_AUTHENTICATION, Some(exchange)) => exchange.step(&data),
@@ -175,7 +214,7 @@ impl Connection {
                 Ok(())
             }
             Step::Success { username, data } if Some(&username) == self.username.as_ref() => {
-                self.exchange = None;
+                enhanced.exchange = None;
                 self.out.push(auth_packet(reason::SUCCESS, &method, data));
                 Ok(())
             }
@@ -186,5 +225,45 @@ impl Connection {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn publish_rate_refuses_over_the_rate_and_disconnects_over_twice_it() {
+        let start = Instant::now();
+        let mut rate = PublishRate::new(5, start);
+        let checks: Vec<RateCheck> = (0..11).map(|_| rate.check(start)).collect();
+        // A burst of the rate passes, the next as many are refused, then the client is
+        // far over the rate.
+        assert!(checks[..5].iter().all(|check| *check == RateCheck::Allowed));
+        assert!(checks[5..10]
+            .iter()
+            .all(|check| *check == RateCheck::OverRate));
+        assert_eq!(checks[10], RateCheck::FarOverRate);
+        // 400 ms refill 2 soft tokens and 4 hard ones.
+        let later = start + Duration::from_millis(400);
+        let checks: Vec<RateCheck> = (0..5).map(|_| rate.check(later)).collect();
+        assert_eq!(
+            checks,
+            [
+                RateCheck::Allowed,
+                RateCheck::Allowed,
+                RateCheck::OverRate,
+                RateCheck::OverRate,
+                RateCheck::FarOverRate
+            ]
+        );
+        // A quiet minute refills both to their size, no more.
+        let much_later = later + Duration::from_secs(60);
+        let allowed = (0..20)
+            .map(|_| rate.check(much_later))
+            .filter(|check| *check == RateCheck::Allowed)
+            .count();
+        assert_eq!(allowed, 5);
     }
 }

@@ -48,6 +48,15 @@ pub struct Accepted {
     /// The verified client certificate's identity, when the listener uses it as the
     /// username.
     pub certificate_identity: Option<String>,
+    /// Held for as long as the connection lives.
+    pub slots: ConnectionSlots,
+}
+
+/// A connection's place under the listener's and the broker's connection limits, given
+/// back when dropped.
+pub struct ConnectionSlots {
+    _listener: Slot,
+    _broker: Slot,
 }
 
 /// Open connections against a maximum; a slot is given back when dropped.
@@ -185,13 +194,17 @@ impl Listener {
                 path: self.config.websocket_path().to_string(),
                 max_packet_size: broker.config().limits.max_packet_size,
             };
+            let slots = ConnectionSlots {
+                _listener: own_slot,
+                _broker: global_slot,
+            };
             let context = self.context.clone();
             let broker = broker.clone();
             // Everything up to CONNACK runs in a box of its own, freed once the client is
             // connected: those futures, and what they start from, are larger than the
             // connection loop, which is all an idle client keeps.
             let opening = Box::pin(async move {
-                let establish = transport.establish(tcp, peer);
+                let establish = transport.establish(tcp, peer, slots);
                 let accepted = match tokio::time::timeout(handshake_timeout, establish).await {
                     Ok(Ok(accepted)) => accepted,
                     Ok(Err(error)) => {
@@ -207,15 +220,16 @@ impl Listener {
                 };
                 crate::connection::open(accepted, broker, context).await
             });
-            let slots = (own_slot, global_slot);
+            // The connection holds its slots; the task holds nothing but the two boxes,
+            // so tokio's task cell stays at its smallest size.
             let task = async move {
-                // The task owns the slots (not a copy of them) until it ends.
-                if let Some(connected) = opening.await {
-                    // Boxed too: the task then holds two pointers, not two copies of
-                    // what the future moved.
-                    Box::pin(connected.serve()).await;
-                }
-                drop(slots);
+                let Some(connected) = opening.await else {
+                    return;
+                };
+                // Boxed too: the task then holds two pointers, not two copies of what
+                // the future moved.
+                let serving = Box::pin(connected.serve());
+                serving.await;
             };
             connections.spawn(task);
         }
@@ -244,7 +258,12 @@ struct Transport {
 }
 
 impl Transport {
-    async fn establish(self, tcp: TcpStream, peer: SocketAddr) -> std::io::Result<Accepted> {
+    async fn establish(
+        self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        slots: ConnectionSlots,
+    ) -> std::io::Result<Accepted> {
         // MQTT packets are small and already batched per wake-up; Nagle would only delay.
         let _ = tcp.set_nodelay(true);
         let missing_tls = || std::io::Error::other("TLS listener without TLS settings");
@@ -275,6 +294,7 @@ impl Transport {
             stream,
             peer,
             certificate_identity,
+            slots,
         })
     }
 }

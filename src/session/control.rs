@@ -126,7 +126,7 @@ impl Session {
                 "AUTH without an authentication method in CONNECT",
             ));
         };
-        if auth.properties.authentication_method.as_ref() != Some(method) {
+        if auth.properties.authentication_method.as_ref() != Some(&**method) {
             return Err(protocol_error("AUTH with another authentication method"));
         }
         Err(Violation {

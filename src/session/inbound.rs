@@ -5,12 +5,13 @@
 //! before PUBREL is acknowledged again (PUBREC) but not routed a second time. That set is
 //! session state: it survives reconnects, as the spec requires.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
+use super::lazy_map::LazyMap;
 use super::{Action, Session, Violation};
 use crate::message::Message;
 use crate::protocol::reason;
@@ -21,7 +22,7 @@ use crate::topic::validate_topic_name;
 pub(super) struct Inbound {
     /// QoS 2 packet ids received (and routed) whose PUBREL has not arrived yet. Bounded by
     /// our Receive Maximum for MQTT 5 and by the 65535 packet ids for 3.x.
-    awaiting_release: HashSet<u16>,
+    awaiting_release: LazyMap<u16, ()>,
     /// Topic aliases the client set on this connection; at most our Topic Alias Maximum.
     /// Allocated by the first alias: every session holds this struct, and most clients
     /// never set an alias.
@@ -41,7 +42,9 @@ impl Inbound {
 
     /// Puts back the packet ids of a restored session.
     pub(super) fn restore_awaiting_release(&mut self, packet_ids: impl IntoIterator<Item = u16>) {
-        self.awaiting_release.extend(packet_ids);
+        for packet_id in packet_ids {
+            self.awaiting_release.insert(packet_id, ());
+        }
     }
 }
 
@@ -76,7 +79,10 @@ impl Session {
 
         // Check the QoS 2 quota before routing: a refused message must not be delivered.
         let qos2_duplicate = publish.qos == QoS::ExactlyOnce
-            && self.inbound.awaiting_release.contains(&publish.packet_id);
+            && self
+                .inbound
+                .awaiting_release
+                .contains_key(&publish.packet_id);
         if publish.qos == QoS::ExactlyOnce && !qos2_duplicate {
             // 3.x has no Receive Maximum: there the set is bounded by the packet id space,
             // and Mosquitto likewise only enforces the limit for MQTT 5 clients.
@@ -101,7 +107,12 @@ impl Session {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => actions.push(Action::Send(Packet::PubAck(ack(packet_id, 0)))),
             QoS::ExactlyOnce => {
-                if self.inbound.awaiting_release.insert(packet_id) {
+                if self
+                    .inbound
+                    .awaiting_release
+                    .insert(packet_id, ())
+                    .is_none()
+                {
                     self.journal.incoming_added(packet_id);
                 }
                 actions.push(Action::Send(Packet::PubRec(ack(packet_id, 0))));
@@ -112,7 +123,11 @@ impl Session {
 
     /// PUBREL from the client: the QoS 2 message is released; answer PUBCOMP either way.
     pub(super) fn handle_pubrel(&mut self, pubrel: PubResponse) -> Vec<Action> {
-        let known = self.inbound.awaiting_release.remove(&pubrel.packet_id);
+        let known = self
+            .inbound
+            .awaiting_release
+            .remove(&pubrel.packet_id)
+            .is_some();
         if known {
             self.journal.incoming_released(pubrel.packet_id);
         }

@@ -32,6 +32,11 @@ impl Journal {
         }
     }
 
+    /// The session's client id (the journal keeps the session's only copy).
+    pub(super) fn client_id(&self) -> &ByteString {
+        &self.client_id
+    }
+
     pub(super) fn is_persistent(&self) -> bool {
         self.persistent
     }

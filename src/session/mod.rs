@@ -32,6 +32,7 @@ mod alias;
 mod control;
 mod inbound;
 mod journal;
+mod lazy_map;
 mod outbound;
 mod retained_backlog;
 #[cfg(test)]
@@ -150,16 +151,17 @@ struct ConnectionParams {
     client_maximum_packet_size: Option<u32>,
     /// The client's Topic Alias Maximum (MQTT 5): how many aliases we may assign.
     client_topic_alias_maximum: u16,
-    /// Whether CONNECT carried an Authentication Method (enhanced authentication).
-    authentication_method: Option<ByteString>,
+    /// The Authentication Method of CONNECT, if any (enhanced authentication); boxed, as
+    /// few clients use one.
+    authentication_method: Option<Box<ByteString>>,
     /// MQTT 5 forbids raising a zero Session Expiry Interval from CONNECT in DISCONNECT.
     connect_expiry_was_zero: bool,
 }
 
 pub struct Session {
     key: SessionKey,
-    client_id: ByteString,
-    limits: SessionLimits,
+    /// Shared by every session created under the same configuration.
+    limits: Arc<SessionLimits>,
     params: ConnectionParams,
     expiry_interval: Duration,
     /// Boxed: most clients set no will, and an inline one would size every session.
@@ -191,10 +193,14 @@ impl Session {
     /// A new, empty session for `client_id`.
     ///
     /// Until the first `attach` the session assumes MQTT 3.1.1 and is not connected.
-    pub fn new(key: SessionKey, client_id: ByteString, limits: SessionLimits) -> Session {
+    pub fn new(
+        key: SessionKey,
+        client_id: ByteString,
+        limits: impl Into<Arc<SessionLimits>>,
+    ) -> Session {
         Session {
             key,
-            limits,
+            limits: limits.into(),
             params: ConnectionParams {
                 protocol: ProtocolVersion::V3_1_1,
                 connected: false,
@@ -209,8 +215,7 @@ impl Session {
             subscriptions: HashMap::new(),
             inbound: inbound::Inbound::default(),
             outbound: outbound::Outbound::new(),
-            journal: journal::Journal::new(client_id.clone()),
-            client_id,
+            journal: journal::Journal::new(client_id),
             detached_at: None,
         }
     }
@@ -221,7 +226,7 @@ impl Session {
     pub fn restored(
         key: SessionKey,
         client_id: ByteString,
-        limits: SessionLimits,
+        limits: impl Into<Arc<SessionLimits>>,
         parts: RestoredParts,
     ) -> Session {
         let mut session = Session::new(key, client_id, limits);
@@ -270,7 +275,7 @@ impl Session {
     }
 
     pub fn client_id(&self) -> &ByteString {
-        &self.client_id
+        self.journal.client_id()
     }
 
     pub fn protocol(&self) -> ProtocolVersion {
@@ -307,7 +312,7 @@ impl Session {
                 0
             },
             authentication_method: if v5 {
-                properties.authentication_method.clone()
+                properties.authentication_method.clone().map(Box::new)
             } else {
                 None
             },

@@ -8,7 +8,7 @@
 //! Retained messages owed since a SUBSCRIBE wait apart, in the `RetainedBacklog`, and
 //! go out in queue order, as far as the connection's outbox budget allows.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ use super::alias::{AliasPlan, OutgoingAliases};
 use super::control::protocol_error;
 use super::inbound::ack;
 use super::journal::Journal;
+use super::lazy_map::LazyMap;
 use super::retained_backlog::RetainedBacklog;
 use super::{Action, Delivery, DropReason, Session, SessionLimits, Violation};
 use crate::message::Message;
@@ -86,11 +87,12 @@ pub(super) struct Outbound {
     /// against it.
     queue_pushed: u64,
     queue_popped: u64,
-    retained: RetainedBacklog,
+    /// Allocated while retained messages wait: most of the time none do.
+    retained: Option<Box<RetainedBacklog>>,
     /// Inflight messages by send sequence, so redelivery keeps the original order.
     inflight: BTreeMap<u64, Inflight>,
     /// Packet id to send sequence, for the acknowledgements.
-    sequence_by_id: HashMap<u16, u64>,
+    sequence_by_id: LazyMap<u16, u64>,
     next_sequence: u64,
     next_packet_id: u16,
     /// Set by attach: the next poll resends every inflight message first.
@@ -105,9 +107,9 @@ impl Outbound {
             queued_bytes: 0,
             queue_pushed: 0,
             queue_popped: 0,
-            retained: RetainedBacklog::default(),
+            retained: None,
             inflight: BTreeMap::new(),
-            sequence_by_id: HashMap::new(),
+            sequence_by_id: LazyMap::default(),
             next_sequence: 0,
             next_packet_id: 1,
             redeliver: false,
@@ -138,7 +140,7 @@ impl Outbound {
     }
 
     pub(super) fn retained_backlog_len(&self) -> usize {
-        self.retained.len()
+        self.retained.as_ref().map_or(0, |backlog| backlog.len())
     }
 
     /// Adds the retained messages of one subscribed filter behind everything queued so
@@ -150,9 +152,13 @@ impl Outbound {
         messages: Vec<Arc<Message>>,
         max_backlog: usize,
     ) -> usize {
-        let room = max_backlog.saturating_sub(self.retained.len());
-        self.retained
-            .add(self.queue_pushed, granted, subscription_id, messages, room)
+        let room = max_backlog.saturating_sub(self.retained_backlog_len());
+        let backlog = self.retained.get_or_insert_with(Box::default);
+        let refused = backlog.add(self.queue_pushed, granted, subscription_id, messages, room);
+        if backlog.len() == 0 {
+            self.retained = None;
+        }
+        refused
     }
 
     /// Puts back an inflight message of a restored session, in send order; it is
@@ -217,10 +223,24 @@ impl Outbound {
         self.queue.push_front(delivery);
     }
 
+    /// The next retained message of the backlog; the backlog's memory goes once it is
+    /// empty.
+    fn pop_retained(&mut self) -> Option<Delivery> {
+        let backlog = self.retained.as_mut()?;
+        let delivery = backlog.pop();
+        if backlog.len() == 0 {
+            self.retained = None;
+        }
+        delivery
+    }
+
     /// The next message in delivery order, the backlog's or the queue's, with its QoS and
     /// where it comes from.
     fn next(&self) -> Option<(&Arc<Message>, QoS, Pending)> {
-        if let Some((message, qos)) = self.retained.next_due(self.queue_popped) {
+        let retained = self.retained.as_ref();
+        if let Some((message, qos)) =
+            retained.and_then(|backlog| backlog.next_due(self.queue_popped))
+        {
             return Some((message, qos, Pending::Retained));
         }
         self.queue
@@ -268,7 +288,7 @@ impl Outbound {
                 break;
             }
             let taken = if retained {
-                self.retained.pop()
+                self.pop_retained()
             } else {
                 self.pop_queued()
             };
@@ -285,7 +305,9 @@ impl Outbound {
                 // Unreachable while the window is at most 65535; keep the message.
                 Err(delivery) => {
                     if retained {
-                        self.retained.unpop(delivery);
+                        self.retained
+                            .get_or_insert_with(Box::default)
+                            .unpop(delivery);
                     } else {
                         self.unpop_queued(delivery);
                     }
