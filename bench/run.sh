@@ -18,7 +18,11 @@ usage: bench/run.sh [options]
   --pin                broker on CPU 0, load generator on CPU 1 (taskset)
   --scenarios "LIST"   among: fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1
                        latency idle retained persist (default: all)
-  --brokers "LIST"     among: fleetmq mosquitto discard (default: fleetmq mosquitto)
+  --brokers "LIST"     among: fleetmq mosquitto discard fleetmq-baseline
+                       (default: fleetmq mosquitto)
+  --baseline PATH      the fleetmq binary run as broker fleetmq-baseline, with the
+                       same configuration: A/B of two builds, e.g.
+                       --brokers "fleetmq fleetmq-baseline" --baseline /tmp/old/fleetmq
   --persist-brokers "LIST"
                        brokers of the persist scenario, among: fleetmq-always
                        fleetmq-batch fleetmq-never fleetmq mosquitto-persist
@@ -51,6 +55,7 @@ CONNECTIONS=10000
 TOPICS=100000
 OUT=""
 BUILD=1
+BASELINE=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --reps) REPS="$2"; shift 2 ;;
@@ -66,6 +71,7 @@ while [ $# -gt 0 ]; do
         --topics) TOPICS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --baseline) BASELINE="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -202,6 +208,11 @@ available() {
                 echo "skipping $1: this fleetmq build has no [storage] persistence/sync" >&2
                 return 1
             fi ;;
+        fleetmq-baseline)
+            if [ ! -x "$BASELINE" ]; then
+                echo "skipping $1: --baseline names no executable" >&2
+                return 1
+            fi ;;
         fleetmq|mosquitto|mosquitto-persist|discard) ;;
         *) echo "unknown broker $1" >&2; return 1 ;;
     esac
@@ -229,6 +240,12 @@ start_broker() {
             # shellcheck disable=SC2086
             "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
                 >>"$OUT/fleetmq.log" 2>&1 &
+            ;;
+        fleetmq-baseline)
+            write_fleetmq_conf ""
+            # shellcheck disable=SC2086
+            "${BROKER_CPU[@]}" "$BASELINE" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
+                >>"$OUT/fleetmq-baseline.log" 2>&1 &
             ;;
         mosquitto|mosquitto-persist)
             write_mosquitto_conf "$data"

@@ -2,7 +2,7 @@
 //!
 //! Map of the runtime (one `Arc<Broker>` shared by every task):
 //! - `crate::server` binds the listeners and spawns one task per accepted socket.
-//! - `crate::connection` is that task: a single `select!` over the socket, the session's
+//! - `crate::connection` is that task: one poll function over the socket, the session's
 //!   wake-up (also rung for a takeover and at shutdown) and the keep-alive deadline. It decodes
 //!   packets, drives the sans-IO `Session`, and carries out the resulting actions here.
 //! - `registry` (client id -> `SessionHandle`) is locked on connect, disconnect and expiry
