@@ -177,3 +177,26 @@ impl std::fmt::Debug for SessionHandle {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every session, connected or not, holds one handle, and every idle client one
+    /// session: what these weigh is most of what an idle connection costs (BENCHMARKS.md,
+    /// "Idle connections"). State that few clients use is allocated on first use; a
+    /// field that makes these larger should be a decision, not an accident.
+    #[test]
+    fn a_session_stays_small() {
+        assert!(
+            std::mem::size_of::<Session>() <= 344,
+            "Session is {} bytes",
+            std::mem::size_of::<Session>()
+        );
+        assert!(
+            std::mem::size_of::<SessionHandle>() <= 480,
+            "SessionHandle is {} bytes",
+            std::mem::size_of::<SessionHandle>()
+        );
+    }
+}

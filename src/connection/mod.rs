@@ -677,3 +677,19 @@ fn mark_ack(packet: &mut Packet, reason_code: u8) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connected client holds one `Connection`, idle or not (see
+    /// `crate::broker::handle`'s test of the session's size for why this is guarded).
+    #[test]
+    fn a_connection_stays_small() {
+        assert!(
+            std::mem::size_of::<Connection>() <= 344,
+            "Connection is {} bytes",
+            std::mem::size_of::<Connection>()
+        );
+    }
+}
