@@ -47,10 +47,21 @@ pub struct Route {
 /// to a hash index.
 const LINEAR_MERGE_LIMIT: usize = 16;
 
+/// The largest target list a worker thread keeps for the next message (entries).
+const SPARE_TARGETS_MAX: usize = 1024;
+
+type Targets = Vec<(Arc<SessionHandle>, Delivery)>;
+
+thread_local! {
+    /// The emptied target list of the last message routed on this thread: routing
+    /// reuses its allocation rather than grow a new list for every message.
+    static SPARE_TARGETS: std::cell::Cell<Targets> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// The deliveries of one message, at most one per session for plain subscriptions.
 #[derive(Default)]
 struct Fanout {
-    targets: Vec<(Arc<SessionHandle>, Delivery)>,
+    targets: Targets,
     /// Position of each session's merged delivery, once `targets` is large.
     index: HashMap<SessionKey, usize>,
     /// Shared-group deliveries are separate from (not merged into) plain ones.
@@ -58,12 +69,28 @@ struct Fanout {
 }
 
 impl Fanout {
-    fn add_direct(&mut self, route: &Route, message: &Arc<Message>) {
-        let key = route.session.key;
+    /// A fan-out whose target list is the thread's spare one.
+    fn new() -> Fanout {
+        Fanout {
+            targets: SPARE_TARGETS.take(),
+            ..Fanout::default()
+        }
+    }
+
+    /// Gives the (emptied) target list back to the thread for the next message.
+    fn recycle(mut targets: Targets) {
+        targets.clear();
+        if targets.capacity() <= SPARE_TARGETS_MAX {
+            SPARE_TARGETS.set(targets);
+        }
+    }
+
+    fn add_direct(&mut self, key: SessionKey, route: &Route, message: &Arc<Message>) {
         let position = if self.targets.len() <= LINEAR_MERGE_LIMIT {
+            // One handle per session: comparing pointers spares a read of every handle.
             self.targets
                 .iter()
-                .position(|(session, _)| session.key == key)
+                .position(|(session, _)| Arc::ptr_eq(session, &route.session))
         } else {
             if self.index.is_empty() {
                 for (position, (session, _)) in self.targets.iter().enumerate() {
@@ -219,11 +246,12 @@ impl Broker {
         let count = fanout.targets.len() + fanout.shared.len();
         let accepted = self.store_deliveries(message, &mut fanout);
         let mut congested = None;
-        for (session, delivery) in fanout.targets.into_iter().chain(fanout.shared) {
+        for (session, delivery) in fanout.targets.drain(..).chain(fanout.shared) {
             if self.deliver(&session, delivery, now) && congested.is_none() {
                 congested = Some(session);
             }
         }
+        Fanout::recycle(fanout.targets);
         (count, accepted, congested)
     }
 
@@ -255,17 +283,18 @@ impl Broker {
     }
 
     fn fan_out(&self, message: &Arc<Message>) -> usize {
-        let fanout = self.collect_targets(message);
+        let mut fanout = self.collect_targets(message);
         let now = super::now();
         let count = fanout.targets.len() + fanout.shared.len();
-        for (session, delivery) in fanout.targets.into_iter().chain(fanout.shared) {
+        for (session, delivery) in fanout.targets.drain(..).chain(fanout.shared) {
             self.deliver(&session, delivery, now);
         }
+        Fanout::recycle(fanout.targets);
         count
     }
 
     fn collect_targets(&self, message: &Arc<Message>) -> Fanout {
-        let mut fanout = Fanout::default();
+        let mut fanout = Fanout::new();
         {
             let routes = read(&self.routes);
             routes.for_each_match(&message.topic, |found| match found {
@@ -273,7 +302,7 @@ impl Broker {
                     if route.options.no_local && message.publisher == Some(*key) {
                         return;
                     }
-                    fanout.add_direct(route, message);
+                    fanout.add_direct(*key, route, message);
                 }
                 Match::Shared(group) => fanout.add_shared(group, message),
             });

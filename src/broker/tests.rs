@@ -145,6 +145,32 @@ fn overlapping_subscriptions_deliver_once_with_the_highest_qos_and_every_id() {
 }
 
 #[test]
+fn overlapping_subscriptions_of_many_sessions_deliver_once_each() {
+    // More targets than the linear merge handles: the hash index merges them. Two
+    // messages in a row also reuse the thread's target list.
+    let broker = broker();
+    let subscribers: Vec<_> = (0..40)
+        .map(|i| client(&broker, &format!("sub{i}")))
+        .collect();
+    for sub in &subscribers {
+        subscribe(&broker, sub, "a/+", options(QoS::AtMostOnce), None);
+        subscribe(&broker, sub, "a/#", options(QoS::AtLeastOnce), None);
+    }
+    for payload in [b"first", b"other"] {
+        assert_eq!(
+            broker.publish(&message("a/b", QoS::AtLeastOnce, false, payload)),
+            subscribers.len()
+        );
+        for sub in &subscribers {
+            let delivered = drain(sub);
+            assert_eq!(delivered.len(), 1, "one copy for {}", sub.handle.client_id);
+            assert_eq!(delivered[0].qos, QoS::AtLeastOnce);
+            assert_eq!(&delivered[0].payload[..], payload);
+        }
+    }
+}
+
+#[test]
 fn no_local_skips_the_publishing_session_only() {
     let broker = broker();
     let me = client(&broker, "me");
