@@ -13,6 +13,8 @@
 # cost of a message taken, routed and delivered. See "Where the time goes" in
 # BENCHMARKS.md.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<'EOF'
@@ -104,21 +106,14 @@ if [ -n "$SYNC" ]; then
 fi
 cp "$WORK/fleetmq.toml" "$OUT/fleetmq.toml"
 
-BROKER_PID=""
 PERF_PID=""
+# Under valgrind the broker writes its profile as it exits, which takes a while.
+STOP_WAIT_TENTHS=300
 cleanup() {
     [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
-    if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill -TERM "$BROKER_PID" 2>/dev/null || true
-        for _ in $(seq 300); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$BROKER_PID" 2>/dev/null || true
-    fi
+    stop_broker
     rm -rf "$WORK"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 if port_open "$PORT"; then echo "port $PORT is in use" >&2; exit 1; fi
 
 if [ "$TOOL" = callgrind ]; then

@@ -10,6 +10,8 @@
 # persistence and each sync mode (a fresh data directory per run, under $OUT/data),
 # Mosquitto with persistence, and both without.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<'EOF'
@@ -95,26 +97,6 @@ FLEETMQ_METRICS_PORT=18839
 
 # Ten thousand idle connections need descriptors on both ends.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-BROKER_PID=""
-stop_broker() {
-    if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill -TERM "$BROKER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$BROKER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-    fi
-    BROKER_PID=""
-}
-cleanup() {
-    stop_broker
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 BROKER_CPU=()
 BENCH_CPU=()
@@ -216,11 +198,6 @@ available() {
         fleetmq|mosquitto|mosquitto-persist|discard) ;;
         *) echo "unknown broker $1" >&2; return 1 ;;
     esac
-}
-
-# Starts broker $1 in the background and waits (bounded) until its port accepts.
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 # $2: the fresh data directory of a persistent variant.

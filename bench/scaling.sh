@@ -7,6 +7,8 @@
 # Self-contained: it builds nothing and needs only bash, coreutils, taskset, timeout,
 # the two release binaries and optionally mosquitto. See BENCHMARKS.md.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<'EOF'
@@ -112,30 +114,6 @@ FLEETMQ_PORT=18841
 MOSQUITTO_PORT=18842
 METRICS_PORT=18849
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-BROKER_PID=""
-stop_broker() {
-    if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill -TERM "$BROKER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$BROKER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-    fi
-    BROKER_PID=""
-}
-cleanup() {
-    stop_broker
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 
 # fleetmq's defaults with the per-client publish and per-listener connection rate
 # limits out of the way, queue and inflight limits as in bench/run.sh, the in-memory

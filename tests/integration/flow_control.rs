@@ -4,10 +4,12 @@
 //! time only.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use fleetmq::broker::Dropped;
 use fleetmq::config::Config;
+use tokio::task::JoinHandle;
 
 use crate::both_versions;
 use crate::common::raw::RawClient;
@@ -106,6 +108,34 @@ fn index_of(payload: &[u8]) -> u32 {
     u32::from_be_bytes(index)
 }
 
+/// A subscriber to `topic` at QoS 0 whose socket receive buffer is small, so that the
+/// broker's writes to it back up quickly.
+async fn small_buffer_subscriber(addr: SocketAddr, name: &str, topic: &str) -> RawClient {
+    let mut subscriber =
+        RawClient::connect_small_buffer(addr, V311, &client_id(name), 16 * 1024).await;
+    subscriber.subscribe(topic, 0).await;
+    subscriber
+}
+
+/// Connects a publisher and writes the whole burst to `topic` from a task of its own
+/// (a paused publisher blocks in that write); `publisher_done` gets the client back.
+async fn publish_burst(addr: SocketAddr, topic: &str) -> JoinHandle<RawClient> {
+    let mut publisher = RawClient::connect(addr, V311, &client_id("fast")).await;
+    let bytes = burst(topic);
+    tokio::spawn(async move {
+        publisher.send(&bytes).await;
+        publisher
+    })
+}
+
+/// The publisher of `publish_burst`, once it has written everything.
+async fn publisher_done(publishing: JoinHandle<RawClient>) -> RawClient {
+    tokio::time::timeout(GUARD, publishing)
+        .await
+        .expect("the publisher finished")
+        .expect("publisher task")
+}
+
 /// Reads the burst's messages until the last one, or until the broker closes the
 /// connection. With `pace`, waits a millisecond after every four messages (32 MB/s):
 /// a subscriber that keeps reading, only slowly.
@@ -131,15 +161,8 @@ async fn receive_burst(subscriber: &mut RawClient, pace: bool) -> Vec<u32> {
 async fn a_slow_subscriber_gets_every_message_of_a_fast_qos0_publisher() {
     let broker = start_broker(tight).await;
     let t = topic("paced");
-    let mut subscriber =
-        RawClient::connect_small_buffer(broker.addr, V311, &client_id("slow"), 16 * 1024).await;
-    subscriber.subscribe(&t, 0).await;
-    let mut publisher = RawClient::connect(broker.addr, V311, &client_id("fast")).await;
-    let bytes = burst(&t);
-    let publishing = tokio::spawn(async move {
-        publisher.send(&bytes).await;
-        publisher
-    });
+    let mut subscriber = small_buffer_subscriber(broker.addr, "slow", &t).await;
+    let publishing = publish_burst(broker.addr, &t).await;
 
     let received = receive_burst(&mut subscriber, true).await;
     assert_eq!(
@@ -147,10 +170,7 @@ async fn a_slow_subscriber_gets_every_message_of_a_fast_qos0_publisher() {
         (0..BURST).collect::<Vec<_>>(),
         "every message, in order"
     );
-    let publisher = tokio::time::timeout(GUARD, publishing)
-        .await
-        .expect("the publisher finished")
-        .expect("publisher task");
+    let publisher = publisher_done(publishing).await;
     if let Some(stats) = broker.stats() {
         assert!(stats.publishers_paused > 0, "{stats:?}");
         assert_eq!(stats.dropped_total(), 0, "{stats:?}");
@@ -168,22 +188,12 @@ async fn without_waiting_the_same_slow_subscriber_loses_messages() {
     })
     .await;
     let t = topic("unpaced");
-    let mut subscriber =
-        RawClient::connect_small_buffer(broker.addr, V311, &client_id("slow"), 16 * 1024).await;
-    subscriber.subscribe(&t, 0).await;
-    let mut publisher = RawClient::connect(broker.addr, V311, &client_id("fast")).await;
-    let bytes = burst(&t);
-    let publishing = tokio::spawn(async move {
-        publisher.send(&bytes).await;
-        publisher
-    });
+    let mut subscriber = small_buffer_subscriber(broker.addr, "slow", &t).await;
+    let publishing = publish_burst(broker.addr, &t).await;
 
     // Nothing holds the publisher back; once it is done (PINGRESP: everything it sent
     // was routed), the subscriber gets what was not dropped, or is cut off.
-    let mut publisher = tokio::time::timeout(GUARD, publishing)
-        .await
-        .expect("the publisher finished")
-        .expect("publisher task");
+    let mut publisher = publisher_done(publishing).await;
     publisher.ping().await;
     let Some(stats) = broker.stats() else {
         return;
@@ -217,17 +227,10 @@ async fn a_subscriber_that_stops_reading_holds_the_publisher_back_only_for_the_t
     })
     .await;
     let t = topic("stuck");
-    let mut stuck =
-        RawClient::connect_small_buffer(broker.addr, V311, &client_id("stuck"), 16 * 1024).await;
-    stuck.subscribe(&t, 0).await;
+    let mut stuck = small_buffer_subscriber(broker.addr, "stuck", &t).await;
     let mut healthy = RawClient::connect(broker.addr, V311, &client_id("healthy")).await;
     healthy.subscribe(&t, 0).await;
-    let mut publisher = RawClient::connect(broker.addr, V311, &client_id("fast")).await;
-    let bytes = burst(&t);
-    let publishing = tokio::spawn(async move {
-        publisher.send(&bytes).await;
-        publisher
-    });
+    let publishing = publish_burst(broker.addr, &t).await;
 
     // The other subscriber gets everything: the publisher waited for the stuck one at
     // most once, then its messages for it were dropped.
@@ -237,10 +240,7 @@ async fn a_subscriber_that_stops_reading_holds_the_publisher_back_only_for_the_t
         (0..BURST).collect::<Vec<_>>(),
         "every message, in order"
     );
-    let publisher = tokio::time::timeout(GUARD, publishing)
-        .await
-        .expect("the publisher finished")
-        .expect("publisher task");
+    let publisher = publisher_done(publishing).await;
 
     // The stuck subscriber was disconnected as a slow consumer: what its socket holds
     // (the last packet possibly cut short), then the end of the stream.
