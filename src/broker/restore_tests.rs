@@ -14,7 +14,9 @@ use crate::protocol::{
     QoS, Subscribe, SubscribeFilter, SubscriptionOptions, Will, WillProperties,
 };
 use crate::session::Action;
-use crate::storage::{MemoryStore, Store};
+use crate::storage::{
+    MemoryStore, MessageId, RestoredState, Store, StoreError, StoreStats, UnixMillis,
+};
 
 fn broker_on(store: &Arc<MemoryStore>) -> Arc<Broker> {
     Broker::new(Config::default(), store.clone())
@@ -285,4 +287,82 @@ fn a_will_still_owed_is_published_after_a_restart() {
     let delivered = publishes(drain(&broker, &watcher));
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].payload.as_ref(), b"gone");
+}
+
+/// A memory store that also keeps the operations of every submission, in order.
+#[derive(Default)]
+struct RecordingStore {
+    inner: MemoryStore,
+    submissions: std::sync::Mutex<Vec<Vec<StoreOp>>>,
+}
+
+impl RecordingStore {
+    fn last_submission(&self) -> Vec<StoreOp> {
+        let submissions = self.submissions.lock().expect("not poisoned");
+        submissions
+            .last()
+            .cloned()
+            .expect("something was submitted")
+    }
+}
+
+impl Store for RecordingStore {
+    fn submit(&self, ops: Vec<StoreOp>) -> Completion {
+        self.submissions
+            .lock()
+            .expect("not poisoned")
+            .push(ops.clone());
+        self.inner.submit(ops)
+    }
+
+    fn flush(&self) -> Completion {
+        self.inner.flush()
+    }
+
+    fn restore(&self, now: UnixMillis) -> Result<RestoredState, StoreError> {
+        self.inner.restore(now)
+    }
+
+    fn next_message_id(&self) -> MessageId {
+        self.inner.next_message_id()
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.inner.stats()
+    }
+}
+
+/// A crash between two writes must not keep a publisher's incoming QoS 2 packet id
+/// without its message (the client's resend would then be acknowledged and never
+/// routed), nor the message without the packet id (routed twice): both go in one write.
+#[test]
+fn a_qos2_packet_id_is_stored_in_the_same_write_as_its_message() {
+    let store = Arc::new(RecordingStore::default());
+    let broker = Broker::new(Config::default(), store.clone());
+    let sub = attach(&broker, &connect_packet("sub", true, 3600));
+    subscribe(&broker, &sub, "t/#", QoS::ExactlyOnce);
+    broker.disconnect(&sub.handle, sub.attachment.generation, false);
+    let incoming = |packet_id| StoreOp::AddIncomingQos2 {
+        client_id: "pub".into(),
+        packet_id,
+    };
+
+    let stored = broker.publish_durably_with(
+        &message("t/1", QoS::ExactlyOnce, false, b"one"),
+        vec![incoming(7)],
+    );
+    assert_eq!((stored.routed, stored.writes.len()), (1, 1));
+    let write = store.last_submission();
+    assert!(
+        matches!(&write[..], [StoreOp::Accept { .. }, op] if *op == incoming(7)),
+        "{write:?}"
+    );
+
+    // Nobody stores the message: the packet id is written on its own.
+    let unrouted = broker.publish_durably_with(
+        &message("elsewhere", QoS::ExactlyOnce, false, b"two"),
+        vec![incoming(8)],
+    );
+    assert_eq!((unrouted.routed, unrouted.writes.len()), (0, 1));
+    assert_eq!(store.last_submission(), vec![incoming(8)]);
 }

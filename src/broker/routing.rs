@@ -176,12 +176,26 @@ impl Broker {
     /// every persistent session that gets it at QoS 1 or 2. The publisher's
     /// acknowledgement waits for the returned writes.
     pub fn publish_durably(&self, message: &Arc<Message>) -> Published {
+        self.publish_durably_with(message, Vec::new())
+    }
+
+    /// `publish_durably`, with `publisher_ops` (the publisher's session changes that
+    /// receiving the message made: its incoming QoS 2 packet id) written in the same
+    /// store write as the message, so that a crash keeps both or neither: the packet id
+    /// without the message would make the broker acknowledge the client's resend
+    /// without routing it (a loss), the message without the packet id would route the
+    /// resend again (a duplicate).
+    pub fn publish_durably_with(
+        &self,
+        message: &Arc<Message>,
+        publisher_ops: Vec<StoreOp>,
+    ) -> Published {
         self.stats.message_received(message.qos);
         let mut writes = Vec::new();
         if message.retain {
             writes.extend(self.retain(message));
         }
-        let (routed, accepted, congested) = self.route_durably(message);
+        let (routed, accepted, congested) = self.route_durably(message, publisher_ops);
         if routed == 0 {
             Stats::incr(&self.stats.messages_unrouted);
         }
@@ -226,7 +240,7 @@ impl Broker {
     /// Hands `message` to every session with a matching subscription and wakes their
     /// connections. Returns the number of sessions it was handed to.
     pub fn route(&self, message: &Arc<Message>) -> usize {
-        let (count, _, _) = self.route_durably(message);
+        let (count, _, _) = self.route_durably(message, Vec::new());
         if count == 0 {
             Stats::incr(&self.stats.messages_unrouted);
         }
@@ -240,11 +254,12 @@ impl Broker {
     fn route_durably(
         &self,
         message: &Arc<Message>,
+        publisher_ops: Vec<StoreOp>,
     ) -> (usize, Option<Completion>, Option<Arc<SessionHandle>>) {
         let mut fanout = self.collect_targets(message);
         let now = super::now();
         let count = fanout.targets.len() + fanout.shared.len();
-        let accepted = self.store_deliveries(message, &mut fanout);
+        let accepted = self.store_deliveries(message, &mut fanout, publisher_ops);
         let mut congested = None;
         for (session, delivery) in fanout.targets.drain(..).chain(fanout.shared) {
             if self.deliver(&session, delivery, now) && congested.is_none() {
@@ -255,9 +270,16 @@ impl Broker {
         (count, accepted, congested)
     }
 
-    fn store_deliveries(&self, message: &Arc<Message>, fanout: &mut Fanout) -> Option<Completion> {
+    /// Submits the message with its queue entries for the persistent targets, and
+    /// `publisher_ops` in the same write (alone when no target stores the message).
+    fn store_deliveries(
+        &self,
+        message: &Arc<Message>,
+        fanout: &mut Fanout,
+        publisher_ops: Vec<StoreOp>,
+    ) -> Option<Completion> {
         if message.qos == QoS::AtMostOnce {
-            return None;
+            return self.submit(publisher_ops);
         }
         let mut queued = Vec::new();
         let mut message_id = None;
@@ -274,12 +296,16 @@ impl Broker {
                 subscription_ids: delivery.subscription_ids.clone(),
             });
         }
-        let message_id = message_id?;
-        Some(self.store.submit(vec![StoreOp::Accept {
+        let Some(message_id) = message_id else {
+            return self.submit(publisher_ops);
+        };
+        let mut ops = vec![StoreOp::Accept {
             message_id,
             message: Arc::new(StoredMessage::from_message(message, &self.clock)),
             deliveries: queued,
-        }]))
+        }];
+        ops.extend(publisher_ops);
+        Some(self.store.submit(ops))
     }
 
     fn fan_out(&self, message: &Arc<Message>) -> usize {

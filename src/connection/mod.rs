@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::listener::{ClientStream, ConnectionSlots};
 use crate::protocol::{decode, encode, reason, Disconnect, Packet, ProtocolVersion, QoS};
 use crate::session::Action;
-use crate::storage::Completion;
+use crate::storage::{Completion, StoreOp};
 
 use backpressure::{Paused, Resume};
 use held::{HeldPackets, Settled};
@@ -395,19 +395,28 @@ impl Connection {
             Packet::Auth(auth) if self.version.is_v5() => return self.handle_auth(auth),
             other => other,
         };
-        // What a PUBLISH changes in the session (an incoming QoS 2 packet id) must be as
-        // durable as the message before it is acknowledged; other packets' session
-        // changes need not hold anything back.
+        // What a PUBLISH changes in the session (an incoming QoS 2 packet id) goes to the
+        // store in the same write as the message (`publish_durably_with`), or after the
+        // PUBLISH was handled when it is not routed (`record_incoming`), and its
+        // acknowledgement waits for that write: after a crash, a packet id the store
+        // knows makes the broker acknowledge the client's resend without routing it, so
+        // the message must be stored with it. Other packets' session changes are
+        // submitted at once and hold nothing back.
         let is_publish = matches!(packet, Packet::Publish(_));
-        let (actions, journaled) = {
+        let (actions, mut incoming) = {
             let mut session = self
                 .handle
                 .lock_current(self.generation)
                 .ok_or(Exit::TakenOver)?;
             let actions = session.handle_packet(packet, now);
-            (actions, self.broker.submit_journal(&mut session))
+            if is_publish {
+                (actions, session.take_journal())
+            } else {
+                let _ = self.broker.submit_journal(&mut session);
+                (actions, Vec::new())
+            }
         };
-        let mut writes: Vec<Completion> = journaled.filter(|_| is_publish).into_iter().collect();
+        let mut writes: Vec<Completion> = Vec::new();
         let actions = actions.map_err(|violation| {
             tracing::debug!(client_id = %self.handle.client_id, %violation, "protocol violation");
             Exit::Violation {
@@ -423,6 +432,9 @@ impl Connection {
         for action in actions {
             match action {
                 Action::Send(mut packet) => {
+                    // A PUBLISH that was not routed (a resend, or refused) records its
+                    // packet id before it is acknowledged.
+                    writes.extend(self.record_incoming(std::mem::take(&mut incoming))?);
                     if let Some(reason_code) = ack_reason.take() {
                         mark_ack(&mut packet, reason_code);
                     }
@@ -443,10 +455,13 @@ impl Connection {
                         refused = Some(code);
                         continue;
                     }
-                    // Routed before its acknowledgement is queued, which then waits for
-                    // the writes that make the message durable.
-                    let published = self.broker.publish_durably(&message);
+                    // Routed before its acknowledgement is queued, with the session
+                    // changes of this PUBLISH in the same store write as the message.
+                    let recorded = std::mem::take(&mut incoming);
+                    let packet_ids = incoming_packet_ids(&recorded);
+                    let published = self.broker.publish_durably_with(&message, recorded);
                     writes.extend(published.writes);
+                    self.release_recorded_meanwhile(&packet_ids);
                     if let Some(target) = published.congested {
                         self.pause_for(target);
                     }
@@ -474,6 +489,49 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Submits the session changes of a PUBLISH that was not routed (a refused one),
+    /// before its acknowledgement. The session is locked again so that they stay in
+    /// order with its other changes; a packet id released meanwhile is not recorded.
+    fn record_incoming(&mut self, ops: Vec<StoreOp>) -> Result<Option<Completion>, Exit> {
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let session = self
+            .handle
+            .lock_current(self.generation)
+            .ok_or(Exit::TakenOver)?;
+        let ops: Vec<StoreOp> = ops
+            .into_iter()
+            .filter(|op| match op {
+                StoreOp::AddIncomingQos2 { packet_id, .. } => session.awaits_release(*packet_id),
+                _ => true,
+            })
+            .collect();
+        Ok(self.broker.submit(ops))
+    }
+
+    /// The packet ids recorded by `publish_durably_with` outside the session lock may
+    /// have been released meanwhile (the session taken over and the flow completed on
+    /// the new connection, whose release then reached the store first): the store is
+    /// told again, after them, so that it does not keep a released packet id.
+    fn release_recorded_meanwhile(&self, packet_ids: &[u16]) {
+        if packet_ids.is_empty() {
+            return;
+        }
+        let session = self.handle.lock();
+        let released: Vec<StoreOp> = packet_ids
+            .iter()
+            .filter(|packet_id| !session.awaits_release(**packet_id))
+            .map(|packet_id| StoreOp::RemoveIncomingQos2 {
+                client_id: session.client_id().clone(),
+                packet_id: *packet_id,
+            })
+            .collect();
+        if !released.is_empty() {
+            self.broker.submit_detached(released);
+        }
     }
 
     /// Stops reading until `target`, a subscriber this client's message left nearly
@@ -660,6 +718,16 @@ impl Connection {
         )
         .await;
     }
+}
+
+/// The incoming QoS 2 packet ids that `ops` record.
+fn incoming_packet_ids(ops: &[StoreOp]) -> Vec<u16> {
+    ops.iter()
+        .filter_map(|op| match op {
+            StoreOp::AddIncomingQos2 { packet_id, .. } => Some(*packet_id),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Gives the success acknowledgement of a PUBLISH that was not routed its reason

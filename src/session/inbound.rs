@@ -36,6 +36,10 @@ impl Inbound {
         self.aliases = None;
     }
 
+    pub(super) fn awaits_release(&self, packet_id: u16) -> bool {
+        self.awaiting_release.contains_key(&packet_id)
+    }
+
     pub(super) fn awaiting_release_len(&self) -> usize {
         self.awaiting_release.len()
     }

@@ -525,6 +525,11 @@ impl Session {
     }
 
     /// Incoming QoS 2 messages received and not yet released by PUBREL.
+    /// Whether incoming QoS 2 `packet_id` was received and awaits its PUBREL.
+    pub fn awaits_release(&self, packet_id: u16) -> bool {
+        self.inbound.awaits_release(packet_id)
+    }
+
     pub fn incoming_qos2_len(&self) -> usize {
         self.inbound.awaiting_release_len()
     }
