@@ -396,12 +396,12 @@ impl Connection {
             other => other,
         };
         // What a PUBLISH changes in the session (an incoming QoS 2 packet id) goes to the
-        // store in the same write as the message (`publish_durably_with`), or after the
-        // PUBLISH was handled when it is not routed (`record_incoming`), and its
-        // acknowledgement waits for that write: after a crash, a packet id the store
-        // knows makes the broker acknowledge the client's resend without routing it, so
-        // the message must be stored with it. Other packets' session changes are
-        // submitted at once and hold nothing back.
+        // store in the same write as the message (`publish_durably_with`), or on its own
+        // when the message is not routed (`record_incoming`), and its acknowledgement
+        // waits for that write: after a crash, a packet id the store knows makes the
+        // broker acknowledge the client's resend without routing it, so the message must
+        // be stored with it. Other packets' session changes are submitted at once and
+        // hold nothing back.
         let is_publish = matches!(packet, Packet::Publish(_));
         let (actions, mut incoming) = {
             let mut session = self
@@ -432,9 +432,10 @@ impl Connection {
         for action in actions {
             match action {
                 Action::Send(mut packet) => {
-                    // A PUBLISH that was not routed (a resend, or refused) records its
-                    // packet id before it is acknowledged.
-                    writes.extend(self.record_incoming(std::mem::take(&mut incoming))?);
+                    // A PUBLISH that was not routed (refused) records its packet id
+                    // before it is acknowledged.
+                    let recorded = std::mem::take(&mut incoming);
+                    writes.extend(self.record_incoming(recorded, |ops| self.broker.submit(ops)));
                     if let Some(reason_code) = ack_reason.take() {
                         mark_ack(&mut packet, reason_code);
                     }
@@ -458,10 +459,10 @@ impl Connection {
                     // Routed before its acknowledgement is queued, with the session
                     // changes of this PUBLISH in the same store write as the message.
                     let recorded = std::mem::take(&mut incoming);
-                    let packet_ids = incoming_packet_ids(&recorded);
-                    let published = self.broker.publish_durably_with(&message, recorded);
+                    let published = self.record_incoming(recorded, |ops| {
+                        self.broker.publish_durably_with(&message, ops)
+                    });
                     writes.extend(published.writes);
-                    self.release_recorded_meanwhile(&packet_ids);
                     if let Some(target) = published.congested {
                         self.pause_for(target);
                     }
@@ -491,47 +492,35 @@ impl Connection {
         Ok(())
     }
 
-    /// Submits the session changes of a PUBLISH that was not routed (a refused one),
-    /// before its acknowledgement. The session is locked again so that they stay in
-    /// order with its other changes; a packet id released meanwhile is not recorded.
-    fn record_incoming(&mut self, ops: Vec<StoreOp>) -> Result<Option<Completion>, Exit> {
-        if ops.is_empty() {
-            return Ok(None);
-        }
-        let session = self
-            .handle
-            .lock_current(self.generation)
-            .ok_or(Exit::TakenOver)?;
-        let ops: Vec<StoreOp> = ops
-            .into_iter()
-            .filter(|op| match op {
-                StoreOp::AddIncomingQos2 { packet_id, .. } => session.awaits_release(*packet_id),
-                _ => true,
-            })
-            .collect();
-        Ok(self.broker.submit(ops))
-    }
-
-    /// The packet ids recorded by `publish_durably_with` outside the session lock may
-    /// have been released meanwhile (the session taken over and the flow completed on
-    /// the new connection, whose release then reached the store first): the store is
-    /// told again, after them, so that it does not keep a released packet id.
-    fn release_recorded_meanwhile(&self, packet_ids: &[u16]) {
-        if packet_ids.is_empty() {
-            return;
-        }
-        let session = self.handle.lock();
-        let released: Vec<StoreOp> = packet_ids
+    /// Submits the session changes a PUBLISH made (`ops`, taken from the session under
+    /// its lock) with `submit`, outside the lock. A packet id they record may have been
+    /// released meanwhile (the session taken over and the flow completed on the new
+    /// connection, whose release then reached the store first): the store is told again,
+    /// after them, so that it does not keep a released packet id.
+    fn record_incoming<T>(&self, ops: Vec<StoreOp>, submit: impl FnOnce(Vec<StoreOp>) -> T) -> T {
+        let packet_ids: Vec<u16> = ops
             .iter()
-            .filter(|packet_id| !session.awaits_release(**packet_id))
-            .map(|packet_id| StoreOp::RemoveIncomingQos2 {
-                client_id: session.client_id().clone(),
-                packet_id: *packet_id,
+            .filter_map(|op| match op {
+                StoreOp::AddIncomingQos2 { packet_id, .. } => Some(*packet_id),
+                _ => None,
             })
             .collect();
-        if !released.is_empty() {
-            self.broker.submit_detached(released);
+        let submitted = submit(ops);
+        if !packet_ids.is_empty() {
+            let session = self.handle.lock();
+            let released: Vec<StoreOp> = packet_ids
+                .into_iter()
+                .filter(|packet_id| !session.awaits_release(*packet_id))
+                .map(|packet_id| StoreOp::RemoveIncomingQos2 {
+                    client_id: session.client_id().clone(),
+                    packet_id,
+                })
+                .collect();
+            if !released.is_empty() {
+                self.broker.submit_detached(released);
+            }
         }
+        submitted
     }
 
     /// Stops reading until `target`, a subscriber this client's message left nearly
@@ -718,16 +707,6 @@ impl Connection {
         )
         .await;
     }
-}
-
-/// The incoming QoS 2 packet ids that `ops` record.
-fn incoming_packet_ids(ops: &[StoreOp]) -> Vec<u16> {
-    ops.iter()
-        .filter_map(|op| match op {
-            StoreOp::AddIncomingQos2 { packet_id, .. } => Some(*packet_id),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Gives the success acknowledgement of a PUBLISH that was not routed its reason

@@ -5,7 +5,6 @@
 //! before PUBREL is acknowledged again (PUBREC) but not routed a second time. That set is
 //! session state: it survives reconnects, as the spec requires.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,16 +23,12 @@ pub(super) struct Inbound {
     /// our Receive Maximum for MQTT 5 and by the 65535 packet ids for 3.x.
     awaiting_release: LazyMap<u16, ()>,
     /// Topic aliases the client set on this connection; at most our Topic Alias Maximum.
-    /// Allocated by the first alias: every session holds this struct, and most clients
-    /// never set an alias.
-    /// (A box is 8 bytes inline; an empty `HashMap` is 48.)
-    #[allow(clippy::box_collection)]
-    aliases: Option<Box<HashMap<u16, ByteString>>>,
+    aliases: LazyMap<u16, ByteString>,
 }
 
 impl Inbound {
     pub(super) fn reset_aliases(&mut self) {
-        self.aliases = None;
+        self.aliases = LazyMap::default();
     }
 
     pub(super) fn awaits_release(&self, packet_id: u16) -> bool {
@@ -173,12 +168,7 @@ impl Session {
             ));
         }
         if publish.topic.is_empty() {
-            let known = self
-                .inbound
-                .aliases
-                .as_ref()
-                .and_then(|aliases| aliases.get(&alias));
-            return match known {
+            return match self.inbound.aliases.get(&alias) {
                 Some(topic) => Ok(topic.clone()),
                 None => Err(violation(
                     reason::PROTOCOL_ERROR,
@@ -188,8 +178,7 @@ impl Session {
         }
         validate_name(&publish.topic)?;
         // Bounded: alias <= topic_alias_maximum, so at most that many entries.
-        let aliases = self.inbound.aliases.get_or_insert_with(Box::default);
-        aliases.insert(alias, publish.topic.clone());
+        self.inbound.aliases.insert(alias, publish.topic.clone());
         Ok(publish.topic.clone())
     }
 

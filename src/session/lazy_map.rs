@@ -1,7 +1,8 @@
 //! A hash map allocated by its first insert.
 //!
 //! Every session holds a few maps that most clients never fill (incoming QoS 2 packet
-//! ids, packet ids in flight towards a client that subscribes at QoS 0 only). An empty
+//! ids, topic aliases, packet ids in flight towards a client that subscribes at QoS 0
+//! only). An empty
 //! `HashMap` is 48 bytes inline; this is 8 until something is inserted.
 
 use std::collections::HashMap;
