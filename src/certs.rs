@@ -8,16 +8,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
-/// A certificate and its private key, both PEM.
+use crate::file_replace;
+
+/// A certificate and its private key, both PEM, and the certificate's serial number (to
+/// revoke it).
 #[derive(Debug, Clone)]
 pub struct Pem {
     pub cert: String,
     pub key: String,
+    pub serial: SerialNumber,
 }
 
 /// A certificate authority that issues server and client certificates.
@@ -88,13 +93,44 @@ impl Authority {
         self.issue(params)
     }
 
-    fn issue(&self, params: CertificateParams) -> anyhow::Result<Pem> {
+    fn issue(&self, mut params: CertificateParams) -> anyhow::Result<Pem> {
+        // A random positive serial of 16 bytes (RFC 5280 allows up to 20).
+        let mut serial = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
+            .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+        serial[0] &= 0x7f;
+        let serial = SerialNumber::from_slice(&serial);
+        params.serial_number = Some(serial.clone());
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pem {
             cert: cert.pem(),
             key: key.serialize_pem(),
+            serial,
         })
+    }
+
+    /// A certificate revocation list (PEM) signed by this CA, listing `revoked` (serial
+    /// numbers of certificates it issued), valid for `days`.
+    pub fn revocation_list(&self, revoked: &[SerialNumber], days: u32) -> anyhow::Result<String> {
+        let (this_update, next_update) = validity(days);
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: serial.clone(),
+                    revocation_time: this_update,
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 }
 
@@ -109,16 +145,16 @@ pub fn generate(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let ca = Authority::new("fleetmq development CA", days)?;
     let mut written = Vec::new();
+    // An existing file keeps its owner and mode; a new key is 0600, a certificate 0644.
     let mut write = |file: &str, text: &str, secret: bool| -> anyhow::Result<()> {
         let path = dir.join(file);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        #[cfg(unix)]
-        if secret {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        }
-        #[cfg(not(unix))]
-        let _ = secret;
+        let mode = if secret {
+            file_replace::PRIVATE_KEY_MODE
+        } else {
+            file_replace::CERTIFICATE_MODE
+        };
+        file_replace::replace(&path, text.as_bytes(), mode)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
         Ok(())
     };

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod file_replace;
 pub mod limits;
 pub mod listener;
 pub mod logging;

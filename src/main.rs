@@ -33,7 +33,16 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::PrintDefaultConfig => print(DEFAULT_CONFIG_TOML),
         Command::CheckConfig(args) => {
-            Config::from_file(&args.config)?;
+            let config = Config::from_file(&args.config)?;
+            // The TLS files are read as the broker would read them.
+            let problems = fleetmq::listener::check_tls_files(&config);
+            if !problems.is_empty() {
+                anyhow::bail!(
+                    "{}: TLS files of the configuration are not usable:\n  {}",
+                    args.config.display(),
+                    problems.join("\n  ")
+                );
+            }
             print(&format!("configuration OK: {}\n", args.config.display()))
         }
         Command::Passwd(args) => {

@@ -224,3 +224,110 @@ fn readme_and_ci_agree_on_the_commands() {
     let default_bind = fleetmq::limits::DEFAULT_BIND;
     assert!(readme.contains(&format!("listens on `{default_bind}`")));
 }
+
+/// The permission bits of `path`.
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("file exists").mode() & 0o7777
+}
+
+#[test]
+fn passwd_and_gen_certs_keep_an_existing_files_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let passwd = dir.path().join("passwd");
+    let path = passwd.to_str().expect("UTF-8 path");
+    // A new password file is readable by its group (the service's), not by others.
+    let set = |user: &str| {
+        let output = fleetmq(&["passwd", path, user, "secret-pw", "--iterations", "4096"]);
+        assert!(output.status.success(), "stderr: {}", stderr(&output));
+    };
+    set("alice");
+    assert_eq!(mode_of(&passwd), 0o640);
+    // An administrator's choice survives a rewrite.
+    for mode in [0o640, 0o600, 0o660] {
+        std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(mode)).unwrap();
+        set("bob");
+        assert_eq!(mode_of(&passwd), mode, "after passwd set");
+    }
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let output = fleetmq(&["passwd", "-D", path, "bob"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert_eq!(mode_of(&passwd), 0o640, "after passwd -D");
+    let text = std::fs::read_to_string(&passwd).unwrap();
+    assert!(
+        text.starts_with("alice:") && !text.contains("bob:"),
+        "{text}"
+    );
+
+    // gen-certs: new keys 0600, certificates 0644; regenerated files keep their modes.
+    let certs = dir.path().join("certs");
+    let out = certs.to_str().expect("UTF-8 path");
+    let generate = || {
+        let output = fleetmq(&["gen-certs", "--out", out, "--client", "dev"]);
+        assert!(output.status.success(), "stderr: {}", stderr(&output));
+    };
+    generate();
+    assert_eq!(mode_of(&certs.join("server.key")), 0o600);
+    assert_eq!(mode_of(&certs.join("dev.key")), 0o600);
+    assert_eq!(mode_of(&certs.join("server.pem")), 0o644);
+    std::fs::set_permissions(
+        certs.join("server.key"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let before = std::fs::read(certs.join("server.key")).unwrap();
+    generate();
+    assert_ne!(std::fs::read(certs.join("server.key")).unwrap(), before);
+    assert_eq!(mode_of(&certs.join("server.key")), 0o640);
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&certs)
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn check_config_reads_the_tls_files_and_the_crl() {
+    use fleetmq::certs::{validity, Authority};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = Authority::new("check CA", 10).unwrap();
+    let server = ca.issue_server(&["localhost".into()], 10).unwrap();
+    let (not_before, not_after) = validity(10);
+    let client = ca.issue_client("dev", not_before, not_after).unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("ca.pem", ca.cert_pem());
+    write("server.pem", &server.cert);
+    write("server.key", &server.key);
+    write(
+        "crl.pem",
+        &ca.revocation_list(&[client.serial], 10).unwrap(),
+    );
+    let config = |crl: &str| {
+        ConfigFile::new(&format!(
+            "[[listeners]]\ntype = \"tls\"\nbind = \"127.0.0.1:8883\"\n\
+             [listeners.tls]\ncert = \"{0}/server.pem\"\nkey = \"{0}/server.key\"\n\
+             ca = \"{0}/ca.pem\"\nclient_auth = \"require\"\ncrl = \"{0}/{crl}\"\n",
+            dir.path().display()
+        ))
+    };
+    let good = config("crl.pem");
+    let output = fleetmq(&["check-config", "-c", good.path()]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let missing = config("missing.pem");
+    assert_fails_naming(
+        &fleetmq(&["check-config", "-c", missing.path()]),
+        &["listeners[0].tls", "missing.pem"],
+    );
+    write(
+        "garbage.pem",
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    );
+    let garbage = config("garbage.pem");
+    assert_fails_naming(
+        &fleetmq(&["check-config", "-c", garbage.path()]),
+        &["listeners[0].tls", "garbage.pem", "revocation list"],
+    );
+}

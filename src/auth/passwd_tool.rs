@@ -2,9 +2,11 @@
 //! keeping every other line (comments, mosquitto entries) as it was.
 //!
 //! The file is written to a temporary file beside it and renamed over it, so a broker
-//! reloading at the same moment reads either the old or the new file, never half.
+//! reloading at the same moment reads either the old or the new file, never half; an
+//! existing file keeps its owner and mode, a new one is mode 0640
+//! (`crate::file_replace`).
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -73,27 +75,12 @@ pub fn read_password(input: &mut dyn BufRead) -> anyhow::Result<String> {
 }
 
 fn write_atomically(file: &Path, text: &str) -> anyhow::Result<()> {
-    let name = file
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "passwd".into());
-    let temporary = file.with_file_name(format!(".{name}.tmp"));
-    let result = (|| {
-        let mut out = std::fs::File::create(&temporary)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // Hashes are secrets too: owner read/write only, like mosquitto_passwd.
-            out.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        }
-        out.write_all(text.as_bytes())?;
-        out.sync_all()?;
-        std::fs::rename(&temporary, file)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result.with_context(|| format!("cannot write {}", file.display()))
+    crate::file_replace::replace(
+        file,
+        text.as_bytes(),
+        crate::file_replace::PASSWORD_FILE_MODE,
+    )
+    .with_context(|| format!("cannot write {}", file.display()))
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ pub const DEFAULT_ITERATIONS: u32 = 10_000;
 /// Upper bound on iterations read from a file, so a corrupt entry cannot stall the
 /// broker for minutes per CONNECT.
 const MAX_ITERATIONS: u32 = 10_000_000;
-const SALT_LEN: usize = 16;
+/// Salt length of new entries, and of the salts SCRAM makes up for unknown users.
+pub const SALT_LEN: usize = 16;
 
 /// Why a password file was rejected. Never contains hash material.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +65,26 @@ enum Hash {
 }
 
 /// A parsed password file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswordFile {
     users: HashMap<String, Hash>,
+    /// What an unknown user's password is checked against: an entry of the kind, iteration
+    /// count and salt length most of the file's entries have, so checking an unknown user
+    /// costs what checking a known one does, whatever hash the file uses.
+    decoy: Hash,
+    /// The iteration count most `$scram-sha-256$` entries use (`DEFAULT_ITERATIONS` when
+    /// there are none): what SCRAM tells an unknown user.
+    scram_iterations: u32,
+}
+
+impl Default for PasswordFile {
+    fn default() -> PasswordFile {
+        PasswordFile {
+            users: HashMap::new(),
+            decoy: default_decoy(),
+            scram_iterations: DEFAULT_ITERATIONS,
+        }
+    }
 }
 
 impl PasswordFile {
@@ -82,6 +100,8 @@ impl PasswordFile {
     /// Parses the text of a password file. Blank lines and `#` comments are skipped.
     pub fn parse(text: &str) -> Result<PasswordFile, PasswordFileError> {
         let mut users = HashMap::new();
+        let mut costs = CostCount::default();
+        let mut scram_iterations = CostCount::default();
         for (index, raw) in text.lines().enumerate() {
             let line = raw.trim_end_matches('\r');
             if line.trim().is_empty() || line.starts_with('#') {
@@ -96,9 +116,23 @@ impl PasswordFile {
                 return Err(fail("empty username"));
             }
             let hash = parse_hash(hash).map_err(fail)?;
+            costs.add(decoy_like(&hash));
+            if let Hash::Scram(credentials) = &hash {
+                scram_iterations.add(credentials.iterations);
+            }
             users.insert(user.to_string(), hash);
         }
-        Ok(PasswordFile { users })
+        Ok(PasswordFile {
+            users,
+            decoy: costs.most_common().unwrap_or_else(default_decoy),
+            scram_iterations: scram_iterations.most_common().unwrap_or(DEFAULT_ITERATIONS),
+        })
+    }
+
+    /// The iteration count SCRAM-SHA-256 announces for a user without SCRAM credentials,
+    /// so that the answer looks like a known user's.
+    pub fn scram_iterations(&self) -> u32 {
+        self.scram_iterations
     }
 
     pub fn len(&self) -> usize {
@@ -115,7 +149,7 @@ impl PasswordFile {
             Some(hash) => verify_hash(hash, password),
             None => {
                 // Same work as a real check, then refuse.
-                let _ = verify_hash(&decoy(), password);
+                let _ = verify_hash(&self.decoy, password);
                 false
             }
         }
@@ -195,14 +229,73 @@ fn verify_hash(hash: &Hash, password: &[u8]) -> bool {
     }
 }
 
-/// A fixed entry checked for unknown users, so they cost one key derivation too.
-fn decoy() -> Hash {
-    Hash::Scram(ScramCredentials {
+/// What an unknown user is checked against in a file without entries: an entry as
+/// `fleetmq passwd` writes it.
+fn default_decoy() -> Hash {
+    decoy_like(&Hash::Scram(ScramCredentials {
         iterations: DEFAULT_ITERATIONS,
         salt: vec![0; SALT_LEN],
         stored_key: vec![0; 32],
         server_key: vec![0; 32],
-    })
+    }))
+}
+
+/// An entry that costs what `hash` costs to check (same kind, iterations and salt
+/// length) and that no password matches in practice (all-zero hash).
+fn decoy_like(hash: &Hash) -> Hash {
+    match hash {
+        Hash::Sha512 { salt, hash } => Hash::Sha512 {
+            salt: vec![0; salt.len()],
+            hash: vec![0; hash.len()],
+        },
+        Hash::Pbkdf2Sha512 {
+            iterations,
+            salt,
+            hash,
+        } => Hash::Pbkdf2Sha512 {
+            iterations: *iterations,
+            salt: vec![0; salt.len()],
+            hash: vec![0; hash.len()],
+        },
+        Hash::Scram(credentials) => Hash::Scram(ScramCredentials {
+            iterations: credentials.iterations,
+            salt: vec![0; credentials.salt.len()],
+            stored_key: vec![0; credentials.stored_key.len()],
+            server_key: vec![0; credentials.server_key.len()],
+        }),
+    }
+}
+
+/// Counts equal values, to find the most common one (the first seen wins a tie, so the
+/// result depends only on the file). A file has few distinct kinds of entry, so a list
+/// is enough.
+struct CostCount<T> {
+    seen: Vec<(T, usize)>,
+}
+
+impl<T> Default for CostCount<T> {
+    fn default() -> Self {
+        CostCount { seen: Vec::new() }
+    }
+}
+
+impl<T: PartialEq> CostCount<T> {
+    fn add(&mut self, value: T) {
+        match self.seen.iter_mut().find(|(seen, _)| *seen == value) {
+            Some((_, count)) => *count += 1,
+            None => self.seen.push((value, 1)),
+        }
+    }
+
+    fn most_common(self) -> Option<T> {
+        let mut best: Option<(T, usize)> = None;
+        for (value, count) in self.seen {
+            if best.as_ref().is_none_or(|(_, most)| count > *most) {
+                best = Some((value, count));
+            }
+        }
+        best.map(|(value, _)| value)
+    }
 }
 
 impl ScramCredentials {
@@ -332,6 +425,32 @@ mod tests {
         assert_eq!(file.len(), 1);
         assert!(file.verify("alice", b"secret"));
         assert!(!file.verify("alice", b"wrong"));
+    }
+
+    #[test]
+    fn an_unknown_user_is_checked_against_the_files_most_common_kind_of_hash() {
+        // A mosquitto file ($7$, 101 iterations) and one of our entries: the decoy is a
+        // $7$ of 101 iterations, not our SCRAM default of 10,000.
+        let ours = new_entry_hash(b"pw", 5000).unwrap();
+        let text = format!(
+            "{MOSQUITTO_7}\nbob:{ours}\n{}",
+            MOSQUITTO_7.replace("alice", "carl")
+        );
+        let file = PasswordFile::parse(&text).unwrap();
+        let alice = &file.users["alice"];
+        assert_eq!(file.decoy, decoy_like(alice));
+        assert!(matches!(
+            file.decoy,
+            Hash::Pbkdf2Sha512 { iterations, .. } if iterations.get() == 101
+        ));
+        assert!(!file.verify("nobody", b"secret"));
+        // SCRAM answers unknown users with the iterations of the SCRAM entries.
+        assert_eq!(file.scram_iterations(), 5000);
+        assert_eq!(
+            PasswordFile::parse("").unwrap().scram_iterations(),
+            DEFAULT_ITERATIONS
+        );
+        assert_eq!(PasswordFile::parse("").unwrap().decoy, default_decoy());
     }
 
     #[test]

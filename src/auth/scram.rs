@@ -5,8 +5,15 @@
 //! client-final-message with its proof; the broker ends with server-final-message (in
 //! CONNACK, or AUTH 0x00 after re-authentication). The broker only ever holds StoredKey
 //! and ServerKey, never the password. No channel binding.
+//!
+//! An unknown user (or one whose entry has no SCRAM credentials) gets the same exchange
+//! as a known one, failing only at the proof, so the answers do not reveal who exists:
+//! its salt, StoredKey and ServerKey are derived from the user name with a secret drawn
+//! at random when the process starts (`UNKNOWN_USER_SECRET`), so every attempt for the
+//! same name gets the same salt, as a known user does, and its iteration count is the
+//! one most of the file's SCRAM entries use.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -14,13 +21,45 @@ use ring::rand::SecureRandom;
 use ring::{digest, hmac};
 use subtle::ConstantTimeEq;
 
-use super::password::{PasswordFile, ScramCredentials, DEFAULT_ITERATIONS};
+use super::password::{PasswordFile, ScramCredentials, SALT_LEN};
 use super::{Authenticator, Exchange, Step};
 
 /// The method name clients put in Authentication Method.
 pub const METHOD: &str = "SCRAM-SHA-256";
 /// Longest SCRAM message accepted; real ones are around 100 bytes.
 const MAX_MESSAGE: usize = 1024;
+
+/// The key from which unknown users' credentials are derived: random, drawn once per
+/// process. A secret kept on disk would make the answers stable across restarts too; a
+/// random one needs no file to protect and only lets someone who compares answers from
+/// before and after a restart tell an unknown name (its salt changed) from a user's.
+static UNKNOWN_USER_SECRET: OnceLock<Option<hmac::Key>> = OnceLock::new();
+
+/// The credentials an unknown user is challenged with: fixed for the name (while the
+/// process runs) and shaped like a real entry's (16-byte salt, `iterations`), but with
+/// keys no password derives. `None` only if the system random generator failed.
+fn unknown_user_credentials(username: &str, iterations: u32) -> Option<ScramCredentials> {
+    let secret = UNKNOWN_USER_SECRET.get_or_init(|| {
+        let mut bytes = [0u8; 32];
+        ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+        Some(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
+    });
+    let secret = secret.as_ref()?;
+    let derive = |label: &[u8]| {
+        let mut context = hmac::Context::with_key(secret);
+        context.update(label);
+        context.update(username.as_bytes());
+        context.sign().as_ref().to_vec()
+    };
+    let mut salt = derive(b"salt\0");
+    salt.truncate(SALT_LEN);
+    Some(ScramCredentials {
+        iterations,
+        salt,
+        stored_key: derive(b"stored-key\0"),
+        server_key: derive(b"server-key\0"),
+    })
+}
 
 /// The SCRAM-SHA-256 authenticator over the current password file.
 pub struct Scram {
@@ -51,9 +90,11 @@ enum State {
     /// server-first sent; waiting for client-final.
     Challenged {
         username: String,
-        /// `None` for an unknown user: the exchange runs on, with made-up parameters,
-        /// and fails at the proof, so it does not reveal which users exist.
-        credentials: Option<ScramCredentials>,
+        /// An unknown user's are made up (`unknown_user_credentials`): the exchange
+        /// runs on the same way and fails at the proof, so it does not reveal which users
+        /// exist.
+        credentials: ScramCredentials,
+        known: bool,
         nonce: String,
         client_first_bare: String,
         server_first: String,
@@ -73,17 +114,19 @@ impl Exchange for ScramExchange {
             State::Challenged {
                 username,
                 credentials,
+                known,
                 nonce,
                 client_first_bare,
                 server_first,
             } => final_step(
                 data,
                 &username,
-                credentials.as_ref(),
+                &credentials,
                 &nonce,
                 &client_first_bare,
                 &server_first,
             )
+            .filter(|_| known)
             .unwrap_or(Step::Failure),
             State::Done => Step::Failure,
         }
@@ -114,16 +157,23 @@ impl ScramExchange {
         let mut random = [0u8; 18];
         ring::rand::SystemRandom::new().fill(&mut random).ok()?;
         let nonce = format!("{client_nonce}{}", BASE64.encode(random));
-        let credentials = self.passwords.scram(&username).cloned();
-        let (salt, iterations) = match &credentials {
-            Some(credentials) => (credentials.salt.clone(), credentials.iterations),
-            None => (random[..16].to_vec(), DEFAULT_ITERATIONS),
+        let (credentials, known) = match self.passwords.scram(&username) {
+            Some(credentials) => (credentials.clone(), true),
+            None => (
+                unknown_user_credentials(&username, self.passwords.scram_iterations())?,
+                false,
+            ),
         };
-        let server_first = format!("r={nonce},s={},i={iterations}", BASE64.encode(salt));
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            BASE64.encode(&credentials.salt),
+            credentials.iterations
+        );
         let reply = server_first.clone().into_bytes();
         self.state = State::Challenged {
             username,
             credentials,
+            known,
             nonce,
             client_first_bare: bare.to_string(),
             server_first,
@@ -135,7 +185,7 @@ impl ScramExchange {
 fn final_step(
     data: &[u8],
     username: &str,
-    credentials: Option<&ScramCredentials>,
+    credentials: &ScramCredentials,
     nonce: &str,
     client_first_bare: &str,
     server_first: &str,
@@ -152,7 +202,6 @@ fn final_step(
         return None;
     }
     let proof = BASE64.decode(proof).ok()?;
-    let credentials = credentials?;
     if proof.len() != credentials.stored_key.len() {
         return None;
     }
@@ -318,6 +367,48 @@ mod tests {
     fn wrong_password_and_unknown_user_fail_at_the_proof() {
         assert!(matches!(run("wrong", "user,=1"), Step::Failure));
         assert!(matches!(run("pencil", "nobody"), Step::Failure));
+    }
+
+    /// The salt and iteration count of the server-first-message for `username`, and the
+    /// server nonce's length.
+    fn challenge(scram: &Scram, username: &str) -> (String, String, usize) {
+        let mut exchange = scram.start();
+        let first = client::first(username, "clientnonce");
+        let Step::Continue(server_first) = exchange.step(first.as_bytes()) else {
+            panic!("{username}: expected a challenge");
+        };
+        let server_first = String::from_utf8(server_first).unwrap();
+        let [nonce, salt, iterations] =
+            <[&str; 3]>::try_from(server_first.split(',').collect::<Vec<_>>())
+                .unwrap_or_else(|_| panic!("three attributes: {server_first}"));
+        (salt.to_string(), iterations.to_string(), nonce.len())
+    }
+
+    #[test]
+    fn an_unknown_users_challenge_is_stable_and_shaped_like_a_known_users() {
+        let scram = scram();
+        let known = challenge(&scram, "user,=1");
+        let unknown = challenge(&scram, "nobody");
+        // The same answer every time, for a known user as for an unknown one.
+        for _ in 0..3 {
+            assert_eq!(challenge(&scram, "user,=1"), known);
+            assert_eq!(challenge(&scram, "nobody"), unknown);
+        }
+        // Shaped alike: salt length, iterations, nonce length.
+        let salt_len = |salt: &str| {
+            BASE64
+                .decode(salt.strip_prefix("s=").unwrap())
+                .unwrap()
+                .len()
+        };
+        assert_eq!(salt_len(&unknown.0), salt_len(&known.0));
+        assert_eq!(unknown.1, known.1);
+        assert_eq!(unknown.1, "i=4096");
+        assert_eq!(unknown.2, known.2);
+        // Each unknown name has its own salt, and a new password file (a reload) does
+        // not change it.
+        assert_ne!(challenge(&scram, "somebody").0, unknown.0);
+        assert_eq!(challenge(&self::scram(), "nobody"), unknown);
     }
 
     #[test]

@@ -261,3 +261,6 @@ mod tests;
 
 #[cfg(test)]
 mod restore_tests;
+
+#[cfg(test)]
+mod incoming_write_tests;

@@ -29,6 +29,10 @@ pub struct TlsConfig {
     /// when `client_auth` is `optional` or `require`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
+    /// PEM file with certificate revocation lists (CRLs) of the CA: a client certificate
+    /// they list is refused. Re-read on SIGHUP with the CA. Needs `client_auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
     /// Whether clients present a certificate.
     #[serde(default)]
     pub client_auth: ClientAuth,
@@ -141,6 +145,12 @@ impl Config {
                             "client_auth = \"optional\" or \"require\" needs the CA file client certificates are checked against",
                         ));
                     }
+                    if tls.crl.is_some() && tls.client_auth == ClientAuth::None {
+                        problems.push(Problem::new(
+                            format!("{key}.tls.crl"),
+                            "a certificate revocation list needs client_auth = \"optional\" or \"require\"",
+                        ));
+                    }
                     if tls.identity.is_some() && tls.client_auth == ClientAuth::None {
                         problems.push(Problem::new(
                             format!("{key}.tls.identity"),
@@ -244,6 +254,24 @@ mod tests {
         )
         .expect_err("tls needs certificates");
         assert!(err.to_string().contains("listeners[0].tls"), "{err}");
+    }
+
+    #[test]
+    fn a_crl_parses_and_needs_client_auth() {
+        let parsed = listener(
+            "[[listeners]]\ntype = \"tls\"\nbind = \"0.0.0.0:8883\"\n\
+             [listeners.tls]\ncert = \"s.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n\
+             crl = \"crl.pem\"\nclient_auth = \"require\"\n",
+        );
+        let tls = parsed.tls.expect("tls table");
+        assert_eq!(tls.crl, Some(PathBuf::from("crl.pem")));
+        let err = Config::from_toml_str(
+            "[[listeners]]\ntype = \"tls\"\nbind = \"127.0.0.1:8883\"\n\
+             [listeners.tls]\ncert = \"s.pem\"\nkey = \"k.pem\"\ncrl = \"crl.pem\"\n",
+            "test.toml",
+        )
+        .expect_err("a CRL needs client authentication");
+        assert!(err.to_string().contains("listeners[0].tls.crl"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::auth::{Credentials, Step, Want};
 use crate::broker::Broker;
 use crate::listener::ListenerContext;
 use crate::protocol::{
-    decode, encode, reason, Auth, AuthProperties, Connect, Packet, ProtocolVersion,
+    decode_from_client, encode, reason, Auth, AuthProperties, Connect, Packet, ProtocolVersion,
 };
 
 use super::buffer;
@@ -172,7 +172,7 @@ async fn read_packet<S: AsyncRead + Unpin>(
     max_packet_size: u32,
 ) -> Result<Packet, u8> {
     loop {
-        match decode(buf, Some(ProtocolVersion::V5), max_packet_size) {
+        match decode_from_client(buf, Some(ProtocolVersion::V5), max_packet_size) {
             Ok(Some(packet)) => return Ok(packet),
             Ok(None) => {}
             Err(error) => return Err(error.reason_code()),

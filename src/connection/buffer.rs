@@ -59,6 +59,40 @@ pub(super) fn poll_read_some<R: AsyncRead + Unpin>(
     })
 }
 
+/// Reads and throws away what the peer sends, through the scratch buffer, until the end
+/// of the stream, an error, or `limit` bytes; returns how many were discarded.
+pub(super) async fn discard_input<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+    stats: &crate::broker::Stats,
+) -> usize {
+    let mut discarded = 0;
+    while discarded < limit {
+        match poll_fn(|cx| poll_discard(reader, cx)).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => {
+                crate::broker::Stats::add(&stats.bytes_received, read as u64);
+                discarded += read;
+            }
+        }
+    }
+    discarded
+}
+
+fn poll_discard<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.len() < READ_CHUNK {
+            scratch.resize(READ_CHUNK, 0);
+        }
+        let mut read = ReadBuf::new(scratch);
+        ready!(Pin::new(reader).poll_read(cx, &mut read))?;
+        Poll::Ready(Ok(read.filled().len()))
+    })
+}
+
 /// Drops the allocation of an empty buffer (packets split off it keep theirs).
 pub(super) fn release_if_empty(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() != 0 {

@@ -10,7 +10,8 @@ use tokio::io::AsyncRead;
 use crate::broker::{Broker, Refusal, Stats};
 use crate::config::Config;
 use crate::protocol::{
-    decode, reason, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion,
+    decode_from_client, reason, ConnAck, ConnAckProperties, Connect, DecodeError, Packet,
+    ProtocolVersion,
 };
 
 use super::buffer;
@@ -52,7 +53,7 @@ pub(super) async fn read_connect<S: AsyncRead + Unpin>(
     let timeout = Duration::from_secs(config.limits.connect_timeout_secs);
     let read = async {
         loop {
-            match decode(buf, None, config.limits.max_packet_size) {
+            match decode_from_client(buf, None, config.limits.max_packet_size) {
                 Ok(Some(Packet::Connect(connect))) => {
                     Stats::incr(&stats.packets_received);
                     return Ok(connect);
@@ -82,10 +83,26 @@ pub(super) struct Terms {
     pub connack: ConnAck,
 }
 
+/// Why a decoded CONNECT is not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rejection {
+    /// Refused with a CONNACK carrying this reason code.
+    ConnAck(u8),
+    /// A MQTT 3.x CONNECT that does not conform to the specification: the connection is
+    /// closed without a CONNACK [MQTT-3.1.4-1]. (MQTT 5 may answer such a CONNECT with
+    /// a failure CONNACK first, and does.)
+    NonConforming(&'static str),
+}
+
+impl From<u8> for Rejection {
+    fn from(reason_code: u8) -> Rejection {
+        Rejection::ConnAck(reason_code)
+    }
+}
+
 /// Decides whether to accept `connect` and on which terms. Assigns a client identifier
-/// when the client sent none and may have one. `Err` carries the reason code of the
-/// refusing CONNACK.
-pub(super) fn negotiate(broker: &Broker, connect: &mut Connect) -> Result<Terms, u8> {
+/// when the client sent none and may have one.
+pub(super) fn negotiate(broker: &Broker, connect: &mut Connect) -> Result<Terms, Rejection> {
     let config = &*broker.config();
     let v5 = connect.protocol.is_v5();
 
@@ -94,19 +111,27 @@ pub(super) fn negotiate(broker: &Broker, connect: &mut Connect) -> Result<Terms,
         // MQTT 3.1 requires 1 to 23 characters; 3.1.1 lets a server assign an identifier,
         // but only to a clean session (3.1.3-8).
         if connect.protocol == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
-            return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+            return Err(reason::CLIENT_IDENTIFIER_NOT_VALID.into());
         }
         connect.client_id = broker.assign_client_id();
         assigned = Some(connect.client_id.clone());
     }
     if connect.client_id.len() > usize::from(config.limits.max_client_id_length) {
-        return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+        return Err(reason::CLIENT_IDENTIFIER_NOT_VALID.into());
     }
     if let Some(will) = &connect.will {
-        if crate::topic::validate_topic_name(&will.topic).is_err()
-            || !super::policy::topic_within_limits(&will.topic, &config.limits)
-        {
-            return Err(reason::TOPIC_NAME_INVALID);
+        // An empty will topic or one with wildcards breaks the specification
+        // ([MQTT-3.1.3-10], [MQTT-4.7.1-1], [MQTT-4.7.3-1]); one beyond this broker's
+        // limits does not, and is refused with a CONNACK in every version.
+        if crate::topic::validate_topic_name(&will.topic).is_err() {
+            return Err(if v5 {
+                Rejection::ConnAck(reason::TOPIC_NAME_INVALID)
+            } else {
+                Rejection::NonConforming("[MQTT-3.1.3-10] invalid will topic")
+            });
+        }
+        if !super::policy::topic_within_limits(&will.topic, &config.limits) {
+            return Err(reason::TOPIC_NAME_INVALID.into());
         }
     }
 
@@ -120,7 +145,7 @@ pub(super) fn negotiate(broker: &Broker, connect: &mut Connect) -> Result<Terms,
     let exceeds_max = keep_alive > max_keep_alive || (v5 && keep_alive == 0);
     if max_keep_alive != 0 && exceeds_max {
         if !v5 {
-            return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+            return Err(reason::CLIENT_IDENTIFIER_NOT_VALID.into());
         }
         keep_alive = max_keep_alive;
         server_keep_alive = Some(max_keep_alive);

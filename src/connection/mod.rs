@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::Notified;
 use tokio::time::{sleep, Instant as TokioInstant, Sleep};
 
@@ -38,7 +38,9 @@ use crate::auth::{Exchange, Security};
 use crate::broker::{now, Broker, Dropped, SessionHandle, Stats};
 use crate::config::Config;
 use crate::listener::{ClientStream, ConnectionSlots};
-use crate::protocol::{decode, encode, reason, Disconnect, Packet, ProtocolVersion, QoS};
+use crate::protocol::{
+    decode_from_client, encode, reason, Disconnect, Packet, ProtocolVersion, QoS,
+};
 use crate::session::Action;
 use crate::storage::{Completion, StoreOp};
 
@@ -56,6 +58,10 @@ thread_local! {
 /// How long a closing connection may take to deliver its last packets (CONNACK refusal,
 /// DISCONNECT with a reason) before the socket is dropped anyway.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long, at most, a closing connection goes on reading (and discarding) what the
+/// client still sends after the last packets were written, and how much of it.
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+const CLOSE_DRAIN_BYTES: usize = 1024 * 1024;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +126,33 @@ async fn write_counted(
     stream.flush().await?;
     Stats::add(&stats.bytes_sent, buf.len() as u64);
     stream.shutdown().await
+}
+
+/// Delivers a closing connection's last packets (`buf`: a refusing CONNACK,
+/// acknowledgements, a DISCONNECT with a reason) and closes.
+///
+/// Writes and flushes them, shuts the sending side down, then reads and discards what
+/// the client still sends until it closes its side, for at most `CLOSE_DRAIN_TIMEOUT`
+/// and `CLOSE_DRAIN_BYTES`. Closing a socket with unread input makes the kernel answer
+/// with a reset, and a reset can make the client's kernel discard what it received and
+/// the client has not read yet: a client that keeps sending (one over Receive Maximum
+/// with QoS 2) would lose the DISCONNECT telling it why. Discarded bytes pass through
+/// the thread's scratch buffer, so this costs no memory per connection.
+async fn send_last_and_close<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &[u8],
+    stats: &Stats,
+) {
+    let written =
+        tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write_counted(stream, buf, stats)).await;
+    if buf.is_empty() || !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(
+        CLOSE_DRAIN_TIMEOUT,
+        buffer::discard_input(stream, CLOSE_DRAIN_BYTES, stats),
+    )
+    .await;
 }
 
 /// What one write step achieved.
@@ -372,7 +405,7 @@ impl Connection {
             if self.paused.is_some() {
                 return Ok(());
             }
-            match decode(&mut self.read_buf, Some(self.version), max_packet_size) {
+            match decode_from_client(&mut self.read_buf, Some(self.version), max_packet_size) {
                 Ok(Some(packet)) => {
                     Stats::incr(&self.broker.stats().packets_received);
                     self.handle_packet(packet)?
@@ -402,18 +435,30 @@ impl Connection {
         // broker acknowledge the client's resend without routing it, so the message must
         // be stored with it. Other packets' session changes are submitted at once and
         // hold nothing back.
+        //
+        // Until that write completes, the packet id the session now knows stands for a
+        // message not yet durable: the write is promised to the session under the lock
+        // where the packet id appears (`promise_incoming_write`), and every PUBREC for it,
+        // this one or a resend's on a later connection, waits for it (`incoming_write`).
         let is_publish = matches!(packet, Packet::Publish(_));
-        let (actions, mut incoming) = {
+        let qos2_packet_id = match &packet {
+            Packet::Publish(publish) if publish.qos == QoS::ExactlyOnce => Some(publish.packet_id),
+            _ => None,
+        };
+        let (actions, mut incoming, mut promise, mut stored_by) = {
             let mut session = self
                 .handle
                 .lock_current(self.generation)
                 .ok_or(Exit::TakenOver)?;
             let actions = session.handle_packet(packet, now);
             if is_publish {
-                (actions, session.take_journal())
+                let ops = session.take_journal();
+                let promise = session.promise_incoming_write(&ops);
+                let stored_by = qos2_packet_id.and_then(|id| session.incoming_write(id));
+                (actions, ops, promise, stored_by)
             } else {
                 let _ = self.broker.submit_journal(&mut session);
-                (actions, Vec::new())
+                (actions, Vec::new(), None, None)
             }
         };
         let mut writes: Vec<Completion> = Vec::new();
@@ -435,7 +480,14 @@ impl Connection {
                     // A PUBLISH that was not routed (refused) records its packet id
                     // before it is acknowledged.
                     let recorded = std::mem::take(&mut incoming);
-                    writes.extend(self.record_incoming(recorded, |ops| self.broker.submit(ops)));
+                    let submitted: Vec<Completion> = self
+                        .record_incoming(recorded, |ops| self.broker.submit(ops))
+                        .into_iter()
+                        .collect();
+                    keep_promise(&mut promise, submitted, &mut writes);
+                    if matches!(packet, Packet::PubRec(_)) {
+                        writes.extend(stored_by.take());
+                    }
                     if let Some(reason_code) = ack_reason.take() {
                         mark_ack(&mut packet, reason_code);
                     }
@@ -462,7 +514,7 @@ impl Connection {
                     let published = self.record_incoming(recorded, |ops| {
                         self.broker.publish_durably_with(&message, ops)
                     });
-                    writes.extend(published.writes);
+                    keep_promise(&mut promise, published.writes, &mut writes);
                     if let Some(target) = published.congested {
                         self.pause_for(target);
                     }
@@ -701,11 +753,24 @@ impl Connection {
                 );
             }
         }
-        let _ = tokio::time::timeout(
-            CLOSE_FLUSH_TIMEOUT,
-            write_counted(stream, &self.write_buf, self.broker.stats()),
-        )
-        .await;
+        // Unprocessed input is not needed any more.
+        self.read_buf = BytesMut::new();
+        send_last_and_close(stream, &self.write_buf, self.broker.stats()).await;
+    }
+}
+
+/// Hands the completions of the write that stores an incoming QoS 2 packet id to the
+/// session's `promise` (the acknowledgement then waits for them through
+/// `Session::incoming_write`); without a promise, the acknowledgement waits for them
+/// itself (`writes`).
+fn keep_promise(
+    promise: &mut Option<crate::storage::WritePromise>,
+    submitted: Vec<Completion>,
+    writes: &mut Vec<Completion>,
+) {
+    match promise.take() {
+        Some(promise) => promise.fulfil(submitted),
+        None => writes.extend(submitted),
     }
 }
 

@@ -11,9 +11,9 @@ use crate::broker::{now, Broker, Refusal, Stats};
 use crate::listener::{Accepted, ClientStream, ListenerContext};
 use crate::protocol::{encode, reason, ConnAck, Packet, ProtocolVersion};
 
-use super::handshake::{self, HandshakeError};
+use super::handshake::{self, HandshakeError, Rejection};
 use super::held::HeldPackets;
-use super::{authenticate, policy, write_counted, Connection, EnhancedAuth, CLOSE_FLUSH_TIMEOUT};
+use super::{authenticate, policy, send_last_and_close, Connection, EnhancedAuth};
 
 /// Counts the socket as closed on every way out of `open` that gives no `Connected`
 /// (whose `Connection` counts itself once dropped).
@@ -98,9 +98,14 @@ pub async fn open(
     let version = connect.protocol;
     let terms = match handshake::negotiate(&broker, &mut connect) {
         Ok(terms) => terms,
-        Err(reason_code) => {
+        Err(Rejection::ConnAck(reason_code)) => {
             tracing::debug!(%peer, client_id = %connect.client_id, reason_code, "connection refused");
             refuse(&mut stream, &broker, version, reason_code).await;
+            return None;
+        }
+        Err(Rejection::NonConforming(rule)) => {
+            broker.stats().refused(Refusal::Malformed);
+            tracing::debug!(%peer, client_id = %connect.client_id, rule, "non-conforming CONNECT closed without CONNACK");
             return None;
         }
     };
@@ -202,7 +207,7 @@ async fn refuse(
     send_and_close(stream, Packet::ConnAck(refusal), version, broker.stats()).await;
 }
 
-/// Writes one packet and closes, within `CLOSE_FLUSH_TIMEOUT`.
+/// Writes one packet and closes (`send_last_and_close`).
 async fn send_and_close(
     stream: &mut ClientStream,
     packet: Packet,
@@ -212,5 +217,5 @@ async fn send_and_close(
     let mut buf = BytesMut::new();
     encode(&packet, version, &mut buf);
     Stats::incr(&stats.packets_sent);
-    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write_counted(stream, &buf, stats)).await;
+    send_last_and_close(stream, &buf, stats).await;
 }

@@ -28,7 +28,7 @@ use crate::config::{ListenerConfig, ListenerKind};
 
 pub use rate::TokenBucket;
 pub use stream::{ClientStream, WsStream};
-pub use tls::{TlsError, TlsTerminator};
+pub use tls::{check_files as check_tls_files, TlsError, TlsTerminator};
 
 /// First and largest pause after a failed accept.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);

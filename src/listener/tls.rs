@@ -2,14 +2,20 @@
 //! TLS 1.2 and 1.3), client-certificate verification, and its reload.
 //!
 //! The whole `ServerConfig` is rebuilt on reload and swapped behind a lock; each
-//! handshake takes the configuration current at accept time, so a new certificate or CA
-//! applies to new connections while established ones keep theirs.
+//! handshake takes the configuration current at accept time, so a new certificate, CA
+//! or certificate revocation list applies to new connections while established ones keep
+//! theirs.
+//!
+//! A CRL (`crl`) is checked for the client's own certificate, as Mosquitto's
+//! `crlfile` is: a certificate it lists is refused, and so is one whose issuer it does
+//! not cover (its revocation status is unknown). An expired CRL (past its next update)
+//! is still used rather than locking every client out: replace it and reload.
 
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
@@ -94,18 +100,65 @@ fn build(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
                     .add(certificate)
                     .map_err(|error| file_error(ca, format!("invalid CA certificate: {error}")))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crl) = &config.crl {
+                verifier = verifier
+                    .with_crls(read_crls(crl)?)
+                    .only_check_end_entity_revocation();
+            }
             let verifier = if mode == ClientAuth::Optional {
                 verifier.allow_unauthenticated()
             } else {
                 verifier
             };
-            builder.with_client_cert_verifier(verifier.build()?)
+            let verifier = verifier
+                .build()
+                .map_err(|error| match (&config.crl, error) {
+                    (Some(crl), rustls::server::VerifierBuilderError::InvalidCrl(error)) => {
+                        file_error(
+                            crl,
+                            format!("invalid certificate revocation list: {error:?}"),
+                        )
+                    }
+                    (_, error) => TlsError::Verifier(error),
+                })?;
+            builder.with_client_cert_verifier(verifier)
         }
         // Config validation requires a CA for client authentication.
         (_, None) => return Err(file_error(Path::new("ca"), "client_auth needs a CA file")),
     };
     Ok(Arc::new(builder.with_single_cert(certificates, key)?))
+}
+
+/// Reads `path` as a PEM file of certificate revocation lists.
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|error| file_error(path, error))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| file_error(path, error))?;
+    if crls.is_empty() {
+        return Err(file_error(path, "no PEM certificate revocation list found"));
+    }
+    Ok(crls)
+}
+
+/// Reads every TLS file the listeners of `config` name (certificate, key, CA,
+/// certificate revocation list) and builds their TLS configurations, as the broker does
+/// at start and on SIGHUP, without binding anything: for `fleetmq check-config`. Each
+/// problem names the listener and the file.
+pub fn check_files(config: &crate::config::Config) -> Vec<String> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(index, listener)| {
+            let tls = listener.tls.as_ref()?;
+            build(tls)
+                .err()
+                .map(|error| format!("listeners[{index}].tls: {error}"))
+        })
+        .collect()
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

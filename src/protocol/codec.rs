@@ -96,6 +96,28 @@ pub fn decode(
     Ok(Some(packet))
 }
 
+/// Decodes one packet a client sent, like `decode`, after refusing the packet types only
+/// a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP) from their first byte: receiving
+/// one is a Protocol Error (MQTT 5 section 4.13, 0x82), whatever its body holds, so
+/// the answer does not depend on whether the body happens to parse. A packet type that
+/// does not exist (0, or AUTH in MQTT 3) stays Malformed.
+pub fn decode_from_client(
+    buf: &mut BytesMut,
+    version: Option<ProtocolVersion>,
+    max_packet_size: u32,
+) -> Result<Option<Packet>, DecodeError> {
+    if version.is_some() {
+        if let Some(&first) = buf.first() {
+            if matches!(first >> 4, 2 | 9 | 11 | 13) {
+                return Err(DecodeError::Protocol(
+                    "[MQTT-4.13] a client sent a packet only a server may send",
+                ));
+            }
+        }
+    }
+    decode(buf, version, max_packet_size)
+}
+
 /// Fixed-header flags (spec 2.1.3): PUBLISH carries its own, PUBREL, SUBSCRIBE and
 /// UNSUBSCRIBE must have 0b0010 and every other type 0. MQTT 3.1 set QoS 1 and DUP on
 /// those three like on a PUBLISH, so for 3.1 only the QoS bits are checked there.

@@ -4,6 +4,12 @@
 //! remembering the packet ids received and not yet released: a PUBLISH the client re-sends
 //! before PUBREL is acknowledged again (PUBREC) but not routed a second time. That set is
 //! session state: it survives reconnects, as the spec requires.
+//!
+//! A persistent session's packet id is durable only once the write storing it with its
+//! message completed; until then the set remembers that write (`IncomingWrite`), and a
+//! PUBREC for the id, a resend's included, waits for it (`Session::incoming_write`). A
+//! packet id whose write failed is forgotten when the client sends it again, so the
+//! message is handled as new rather than acknowledged without having been stored.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +21,25 @@ use super::{Action, Session, Violation};
 use crate::message::Message;
 use crate::protocol::reason;
 use crate::protocol::{Packet, PubResponse, Publish, PublishProperties, QoS};
+use crate::storage::{write_promise, Completion, SharedCompletion, StoreOp, WritePromise};
 use crate::topic::validate_topic_name;
+
+/// The store write of an incoming QoS 2 packet id.
+#[derive(Debug, Default)]
+pub(super) enum IncomingWrite {
+    /// Nothing to wait for: written, or never to be (a session the store does not keep).
+    #[default]
+    Settled,
+    /// Written by this write, which may not have completed (or even been submitted).
+    Pending(SharedCompletion),
+}
 
 #[derive(Debug, Default)]
 pub(super) struct Inbound {
-    /// QoS 2 packet ids received (and routed) whose PUBREL has not arrived yet. Bounded by
-    /// our Receive Maximum for MQTT 5 and by the 65535 packet ids for 3.x.
-    awaiting_release: LazyMap<u16, ()>,
+    /// QoS 2 packet ids received (and routed) whose PUBREL has not arrived yet, with the
+    /// write that stores each. Bounded by our Receive Maximum for MQTT 5 and by the 65535
+    /// packet ids for 3.x.
+    awaiting_release: LazyMap<u16, IncomingWrite>,
     /// Topic aliases the client set on this connection; at most our Topic Alias Maximum.
     aliases: LazyMap<u16, ByteString>,
 }
@@ -42,7 +60,63 @@ impl Inbound {
     /// Puts back the packet ids of a restored session.
     pub(super) fn restore_awaiting_release(&mut self, packet_ids: impl IntoIterator<Item = u16>) {
         for packet_id in packet_ids {
-            self.awaiting_release.insert(packet_id, ());
+            self.awaiting_release
+                .insert(packet_id, IncomingWrite::Settled);
+        }
+    }
+
+    /// Whether `packet_id` awaits PUBREL, as a duplicate would see it: a packet id whose
+    /// write failed is forgotten (and `false`).
+    fn knows(&mut self, packet_id: u16) -> bool {
+        let failed = match self.awaiting_release.get_mut(&packet_id) {
+            None => return false,
+            Some(IncomingWrite::Settled) => false,
+            Some(IncomingWrite::Pending(write)) => matches!(write.try_result(), Some(Err(_))),
+        };
+        if failed {
+            self.awaiting_release.remove(&packet_id);
+        }
+        !failed
+    }
+}
+
+impl Session {
+    /// For the write that records the incoming QoS 2 packet ids among `ops` (taken from
+    /// this session's journal after a PUBLISH): a promise for whoever submits `ops` to
+    /// fulfil, while the session keeps its completion beside each packet id. `None` when
+    /// `ops` record no packet id. Call under the same lock as `handle_packet`.
+    pub fn promise_incoming_write(&mut self, ops: &[StoreOp]) -> Option<WritePromise> {
+        let mut promised: Option<(WritePromise, SharedCompletion)> = None;
+        for op in ops {
+            let StoreOp::AddIncomingQos2 { packet_id, .. } = op else {
+                continue;
+            };
+            if let Some(entry) = self.inbound.awaiting_release.get_mut(packet_id) {
+                let (_, write) = promised.get_or_insert_with(write_promise);
+                *entry = IncomingWrite::Pending(write.clone());
+            }
+        }
+        promised.map(|(promise, _)| promise)
+    }
+
+    /// What a PUBREC for incoming QoS 2 `packet_id` must wait for: the write that stores
+    /// the packet id, if it has not completed. `None` when there is nothing to wait for.
+    pub fn incoming_write(&mut self, packet_id: u16) -> Option<Completion> {
+        // A session the store does not keep never waits (and pays no lookup).
+        if !self.journal.is_persistent() {
+            return None;
+        }
+        let entry = self.inbound.awaiting_release.get_mut(&packet_id)?;
+        let IncomingWrite::Pending(write) = entry else {
+            return None;
+        };
+        match write.try_result() {
+            Some(Ok(())) => {
+                *entry = IncomingWrite::Settled;
+                None
+            }
+            // Pending, or failed: the acknowledgement must say so, not confirm.
+            _ => Some(Completion::shared(write.clone())),
         }
     }
 }
@@ -77,11 +151,8 @@ impl Session {
         let topic = self.resolve_topic(&publish)?;
 
         // Check the QoS 2 quota before routing: a refused message must not be delivered.
-        let qos2_duplicate = publish.qos == QoS::ExactlyOnce
-            && self
-                .inbound
-                .awaiting_release
-                .contains_key(&publish.packet_id);
+        let qos2_duplicate =
+            publish.qos == QoS::ExactlyOnce && self.inbound.knows(publish.packet_id);
         if publish.qos == QoS::ExactlyOnce && !qos2_duplicate {
             // 3.x has no Receive Maximum: there the set is bounded by the packet id space,
             // and Mosquitto likewise only enforces the limit for MQTT 5 clients.
@@ -106,12 +177,10 @@ impl Session {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => actions.push(Action::Send(Packet::PubAck(ack(packet_id, 0)))),
             QoS::ExactlyOnce => {
-                if self
-                    .inbound
-                    .awaiting_release
-                    .insert(packet_id, ())
-                    .is_none()
-                {
+                if !qos2_duplicate {
+                    self.inbound
+                        .awaiting_release
+                        .insert(packet_id, IncomingWrite::Settled);
                     self.journal.incoming_added(packet_id);
                 }
                 actions.push(Action::Send(Packet::PubRec(ack(packet_id, 0))));

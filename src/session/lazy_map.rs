@@ -28,6 +28,10 @@ impl<K: Eq + Hash, V> LazyMap<K, V> {
         self.0.as_ref()?.get(key)
     }
 
+    pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.0.as_mut()?.get_mut(key)
+    }
+
     pub(super) fn contains_key(&self, key: &K) -> bool {
         self.get(key).is_some()
     }

@@ -29,6 +29,7 @@ mod memory;
 mod record;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+mod shared;
 #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
 mod writer;
 
@@ -47,6 +48,7 @@ pub use record::{
 };
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksOptions, RocksStore, SCHEMA_VERSION};
+pub use shared::{write_promise, SharedCompletion, WritePromise};
 
 /// The broker's persistence backend.
 ///
@@ -173,6 +175,8 @@ pub struct Completion {
 enum CompletionState {
     Done(Option<CompletionResult>),
     Waiting(oneshot::Receiver<CompletionResult>),
+    /// Another holder's write, shared (`shared`).
+    Shared(Option<SharedCompletion>),
 }
 
 impl Completion {
@@ -191,6 +195,13 @@ impl Completion {
         (sender, completion)
     }
 
+    /// Waits for a write that others wait for too (`SharedCompletion`).
+    pub fn shared(shared: SharedCompletion) -> Completion {
+        Completion {
+            state: CompletionState::Shared(Some(shared)),
+        }
+    }
+
     /// The result if the write has resolved, without waiting. Each result is handed out
     /// once: call neither this nor `poll` again after it returned `Some`.
     pub fn try_result(&mut self) -> Option<CompletionResult> {
@@ -200,6 +211,14 @@ impl Completion {
                 Ok(result) => Some(result),
                 Err(oneshot::error::TryRecvError::Empty) => None,
                 Err(oneshot::error::TryRecvError::Closed) => Some(Err(StoreError::Closed)),
+            },
+            CompletionState::Shared(shared) => match shared {
+                Some(pending) => {
+                    let result = pending.try_result()?;
+                    *shared = None;
+                    Some(result)
+                }
+                None => Some(Err(StoreError::Closed)),
             },
         }
     }
@@ -211,6 +230,9 @@ impl Completion {
             CompletionState::Done(result) => result.unwrap_or(Err(StoreError::Closed)),
             CompletionState::Waiting(receiver) => {
                 receiver.blocking_recv().unwrap_or(Err(StoreError::Closed))
+            }
+            CompletionState::Shared(shared) => {
+                shared.map_or(Err(StoreError::Closed), |shared| shared.wait())
             }
         }
     }
@@ -228,6 +250,14 @@ impl Future for Completion {
             CompletionState::Waiting(receiver) => Pin::new(receiver)
                 .poll(context)
                 .map(|result| result.unwrap_or(Err(StoreError::Closed))),
+            CompletionState::Shared(shared) => match shared {
+                Some(pending) => {
+                    let result = std::task::ready!(Pin::new(pending).poll(context));
+                    *shared = None;
+                    Poll::Ready(result)
+                }
+                None => Poll::Ready(Err(StoreError::Closed)),
+            },
         }
     }
 }

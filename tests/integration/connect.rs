@@ -379,3 +379,86 @@ async fn shutdown_disconnects_clients() {
         "the listener is closed after shutdown"
     );
 }
+
+/// A 3.1.1 CONNECT body: protocol name, level 4, `flags`, keep alive 60, then `payload`.
+fn v311_connect(name: &[u8], flags: u8, payload: &[&[u8]]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name);
+    body.extend_from_slice(&[4, flags, 0, 60]);
+    for field in payload {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    crate::common::wire::frame(0x10, &body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_conforming_v311_connect_is_closed_without_connack() {
+    let broker = start_default().await;
+    // Will flag (0x04) with clean session (0x02): client id, will topic, will payload.
+    let cases: [(&str, Vec<u8>); 9] = [
+        (
+            "empty will topic",
+            v311_connect(b"MQTT", 0x06, &[b"c1", b"", b"x"]),
+        ),
+        (
+            "will topic not UTF-8",
+            v311_connect(b"MQTT", 0x06, &[b"c2", &[b'a', 0xff], b"x"]),
+        ),
+        (
+            "wildcard in the will topic",
+            v311_connect(b"MQTT", 0x06, &[b"c3", b"a/#", b"x"]),
+        ),
+        ("protocol name", v311_connect(b"MQTX", 0x02, &[b"c4"])),
+        ("reserved flag", v311_connect(b"MQTT", 0x03, &[b"c5"])),
+        (
+            "will QoS without the will flag",
+            v311_connect(b"MQTT", 0x0a, &[b"c6"]),
+        ),
+        (
+            "will retain without the will flag",
+            v311_connect(b"MQTT", 0x22, &[b"c7"]),
+        ),
+        (
+            "will QoS 3",
+            v311_connect(b"MQTT", 0x1e, &[b"c8", b"w", b"x"]),
+        ),
+        (
+            "password without user name",
+            v311_connect(b"MQTT", 0x42, &[b"c9", b"secret"]),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut c = RawClient::open(broker.addr, V311).await;
+        c.send_lossy(&bytes).await;
+        match c.recv_or_closed().await {
+            None => {}
+            Some(packet) => panic!("{what}: expected a close without CONNACK, got {packet:?}"),
+        }
+    }
+    // The same CONNECT with a valid will topic is accepted, so the cases above fail for
+    // the reason they name.
+    let mut c = RawClient::open(broker.addr, V311).await;
+    c.send(&v311_connect(b"MQTT", 0x06, &[b"c10", b"w/t", b"x"]))
+        .await;
+    assert!(
+        matches!(c.recv().await, Packet::ConnAck { code: 0, .. }),
+        "a conforming CONNECT is accepted"
+    );
+    assert_still_serving(broker.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_invalid_will_topic_still_gets_connack_0x90() {
+    let broker = start_default().await;
+    let mut spec = ConnectSpec::new(V5, &client_id("will"));
+    spec.will = Some(crate::common::wire::WillSpec::new("a/+", b"x", 0));
+    let mut c = RawClient::open(broker.addr, V5).await;
+    c.send(&spec.encode()).await;
+    match c.recv().await {
+        Packet::ConnAck { code, .. } => assert_eq!(code, 0x90),
+        other => panic!("expected CONNACK 0x90, got {other:?}"),
+    }
+    c.expect_closed().await;
+}

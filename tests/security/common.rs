@@ -168,10 +168,14 @@ pub fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &str) -> Packet {
 }
 
 /// A development PKI in a temporary directory: a CA, a server certificate for
-/// localhost/127.0.0.1, a client certificate (CN "device-1"), one from another CA and an
-/// expired one.
+/// localhost/127.0.0.1, client certificates (CN "device-1" in `client`, "device-2" in
+/// `client2`), one from another CA and an expired one.
 pub struct Pki {
     pub dir: tempfile::TempDir,
+    /// The CA, to sign certificate revocation lists.
+    pub ca: Authority,
+    /// Serial numbers of `client` and `client2`.
+    pub serials: [rcgen::SerialNumber; 2],
 }
 
 impl Pki {
@@ -190,6 +194,9 @@ impl Pki {
         let client = ca.issue_client("device-1", not_before, not_after).unwrap();
         write("client.pem", &client.cert);
         write("client.key", &client.key);
+        let client2 = ca.issue_client("device-2", not_before, not_after).unwrap();
+        write("client2.pem", &client2.cert);
+        write("client2.key", &client2.key);
         let stranger = other
             .issue_client("device-1", not_before, not_after)
             .unwrap();
@@ -201,7 +208,11 @@ impl Pki {
             .unwrap();
         write("expired.pem", &expired.cert);
         write("expired.key", &expired.key);
-        Pki { dir }
+        Pki {
+            dir,
+            ca,
+            serials: [client.serial, client2.serial],
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -214,6 +225,7 @@ impl Pki {
             cert: self.path("server.pem"),
             key: self.path("server.key"),
             ca: (client_auth != ClientAuth::None).then(|| self.path("ca.pem")),
+            crl: None,
             client_auth,
             identity: None,
         });

@@ -264,3 +264,45 @@ async fn a_bad_certificate_reload_keeps_the_old_one() {
     );
     server.shutdown().await;
 }
+
+/// A TLS client with certificate `cert` connects and gets CONNACK 0.
+async fn admitted(pki: &Pki, addr: std::net::SocketAddr, cert: &str) {
+    let stream = pki.tls_connect(addr, Some(cert)).await.unwrap();
+    let mut client = Raw::new(stream, ProtocolVersion::V5);
+    let connect = connect_packet(ProtocolVersion::V5, cert, None, None);
+    assert_eq!(client.connect(connect).await, Some(0), "{cert} is admitted");
+}
+
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused_after_a_crl_reload() {
+    let pki = Pki::new();
+    let crl = pki.path("crl.pem");
+    std::fs::write(&crl, pki.ca.revocation_list(&[], 30).unwrap()).unwrap();
+    let mut listener = pki.listener(ListenerKind::Tls, ClientAuth::Require);
+    if let Some(tls) = &mut listener.tls {
+        tls.crl = Some(crl.clone());
+    }
+    let server = start(config_with(vec![listener])).await;
+    let addr = server.listener_addrs()[1];
+    admitted(&pki, addr, "client").await;
+    admitted(&pki, addr, "client2").await;
+    // The CA revokes the first client's certificate; the new list applies on reload.
+    let revoked = pki.serials[0].clone();
+    std::fs::write(&crl, pki.ca.revocation_list(&[revoked], 30).unwrap()).unwrap();
+    admitted(&pki, addr, "client").await;
+    assert!(server.reload().is_empty());
+    refused(&pki, addr, Some("client")).await;
+    admitted(&pki, addr, "client2").await;
+    // A broken list is refused by the reload, and the one in force stays.
+    std::fs::write(
+        &crl,
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    let errors = server.reload();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("crl.pem"), "{errors:?}");
+    refused(&pki, addr, Some("client")).await;
+    admitted(&pki, addr, "client2").await;
+    server.shutdown().await;
+}

@@ -36,7 +36,14 @@ pub(crate) fn connect(r: &mut Reader) -> Result<Connect> {
         (b"MQTT", 4) => ProtocolVersion::V3_1_1,
         (b"MQTT", 5) => ProtocolVersion::V5,
         (b"MQIsdp", 3) => ProtocolVersion::V3_1,
-        _ => return Err(DecodeError::UnsupportedProtocol),
+        // A known name at another level is answered with CONNACK 0x01 [MQTT-3.1.2-2];
+        // any other name is not MQTT at all and is closed without one [MQTT-3.1.2-1].
+        (b"MQTT" | b"MQIsdp", _) => return Err(DecodeError::UnsupportedProtocol),
+        _ => {
+            return Err(protocol(
+                "[MQTT-3.1.2-1] protocol name is neither MQTT nor MQIsdp",
+            ))
+        }
     };
     let v5 = protocol_version.is_v5();
     let flags = r.u8()?;

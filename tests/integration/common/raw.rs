@@ -102,6 +102,12 @@ impl RawClient {
         }
     }
 
+    /// The socket and the bytes read but not yet decoded, for a test that reads and
+    /// writes at the same time (packets already decoded are dropped).
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
     pub fn packet_id(&mut self) -> u16 {
         let id = self.next_packet_id;
         self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);

@@ -78,14 +78,20 @@ fn largest_remaining_length_waits_or_is_refused() {
 
 #[test]
 fn unsupported_protocol() {
+    // A known protocol name at a level this broker does not speak gets CONNACK 0x01...
     for bytes in [
         &b"\x10\x0c\x00\x04MQTT\x06\x02\x00\x3c\x00\x00"[..],
         b"\x10\x0c\x00\x04MQTT\x03\x02\x00\x3c\x00\x00",
         b"\x10\x0e\x00\x06MQIsdp\x04\x02\x00\x3c\x00\x00",
-        b"\x10\x0c\x00\x04MQTZ\x04\x02\x00\x3c\x00\x00",
     ] {
         assert_eq!(decode_err(bytes, None), DecodeError::UnsupportedProtocol);
     }
+    // ...while an unknown name is not MQTT: closed without CONNACK, as a Protocol error.
+    check(&[
+        (b"\x10\x0c\x00\x04MQTZ\x04\x02\x00\x3c\x00\x00", None, P),
+        (b"\x10\x0c\x00\x04mqtt\x04\x02\x00\x3c\x00\x00", None, P),
+        (b"\x10\x08\x00\x00\x04\x02\x00\x3c\x00\x00", None, P),
+    ]);
 }
 
 #[test]
@@ -103,6 +109,52 @@ fn fixed_header_flags() {
         (b"\x38\x03\x00\x01t", Some(V3_1_1), M),
         (b"\x39\x03\x00\x01t", Some(V5), M),
     ]);
+}
+
+#[test]
+fn server_only_packets_from_a_client_are_protocol_errors() {
+    use crate::protocol::codec::decode_from_client;
+    for version in [V3_1, V3_1_1, V5] {
+        for bytes in [
+            // CONNACK, SUBACK, UNSUBACK, PINGRESP: well formed, with a body that does not
+            // parse, and with wrong fixed-header flags.
+            &b"\x20\x02\x00\x00"[..],
+            b"\x20\x00",
+            b"\x90\x03\x00\x01\x00",
+            b"\x9f\x01\x00",
+            b"\xb0\x02\x00\x01",
+            b"\xb0\x00",
+            b"\xd0\x00",
+            b"\xd0\x01\x00",
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(
+                matches!(
+                    decode_from_client(&mut buf, Some(version), NO_LIMIT),
+                    Err(DecodeError::Protocol(_))
+                ),
+                "{bytes:02x?} as {version:?}"
+            );
+        }
+        // What a client may send still decodes, and Malformed stays Malformed.
+        let mut buf = BytesMut::from(&b"\xc0\x00"[..]);
+        assert_eq!(
+            decode_from_client(&mut buf, Some(version), NO_LIMIT),
+            Ok(Some(Packet::PingReq))
+        );
+        let mut buf = BytesMut::from(&b"\xc0\x01\x00"[..]);
+        assert!(matches!(
+            decode_from_client(&mut buf, Some(version), NO_LIMIT),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+    // A property not valid for its packet type stays Malformed (spec 2.2.2.2): Session
+    // Expiry Interval in PUBLISH.
+    let mut buf = BytesMut::from(&b"\x30\x09\x00\x01t\x05\x11\x00\x00\x00\x01"[..]);
+    assert!(matches!(
+        crate::protocol::codec::decode_from_client(&mut buf, Some(V5), NO_LIMIT),
+        Err(DecodeError::Malformed(_))
+    ));
 }
 
 #[test]
