@@ -11,9 +11,10 @@ use crate::broker::{now, Broker, Refusal, Stats};
 use crate::listener::{Accepted, ClientStream, ListenerContext};
 use crate::protocol::{encode, reason, ConnAck, Packet, ProtocolVersion};
 
+use super::close::send_last_and_close;
 use super::handshake::{self, HandshakeError, Rejection};
 use super::held::HeldPackets;
-use super::{authenticate, policy, send_last_and_close, Connection, EnhancedAuth};
+use super::{authenticate, policy, Connection, EnhancedAuth};
 
 /// Counts the socket as closed on every way out of `open` that gives no `Connected`
 /// (whose `Connection` counts itself once dropped).
