@@ -380,12 +380,17 @@ async fn shutdown_disconnects_clients() {
     );
 }
 
-/// A 3.1.1 CONNECT body: protocol name, level 4, `flags`, keep alive 60, then `payload`.
+/// A 3.1.1 CONNECT: protocol name, level 4, `flags`, keep alive 60, then `payload`.
 fn v311_connect(name: &[u8], flags: u8, payload: &[&[u8]]) -> Vec<u8> {
+    v3_connect(name, 4, flags, payload)
+}
+
+/// A MQTT 3.x CONNECT of protocol `level`.
+fn v3_connect(name: &[u8], level: u8, flags: u8, payload: &[&[u8]]) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&(name.len() as u16).to_be_bytes());
     body.extend_from_slice(name);
-    body.extend_from_slice(&[4, flags, 0, 60]);
+    body.extend_from_slice(&[level, flags, 0, 60]);
     for field in payload {
         body.extend_from_slice(&(field.len() as u16).to_be_bytes());
         body.extend_from_slice(field);
@@ -435,6 +440,23 @@ async fn non_conforming_v311_connect_is_closed_without_connack() {
         match c.recv_or_closed().await {
             None => {}
             Some(packet) => panic!("{what}: expected a close without CONNACK, got {packet:?}"),
+        }
+    }
+    // MQTT 3.1 follows the same rules.
+    for (what, bytes) in [
+        (
+            "3.1 empty will topic",
+            v3_connect(b"MQIsdp", 3, 0x06, &[b"c11", b"", b"x"]),
+        ),
+        (
+            "3.1 reserved flag",
+            v3_connect(b"MQIsdp", 3, 0x03, &[b"c12"]),
+        ),
+    ] {
+        let mut c = RawClient::open(broker.addr, V31).await;
+        c.send_lossy(&bytes).await;
+        if let Some(packet) = c.recv_or_closed().await {
+            panic!("{what}: expected a close without CONNACK, got {packet:?}");
         }
     }
     // The same CONNECT with a valid will topic is accepted, so the cases above fail for

@@ -393,3 +393,60 @@ async fn reloading_the_acl_applies_to_new_checks_and_a_bad_file_keeps_the_old() 
     assert_eq!(suback(&mut alice, &["b/2"]).await, [1]);
     server.shutdown().await;
 }
+
+/// Starts a SCRAM exchange for `user`; returns the client with the exchange open, its
+/// client-first-message and the server-first-message.
+async fn scram_challenge(
+    server: &ServerHandle,
+    user: &str,
+) -> (Raw<tokio::net::TcpStream>, String, String) {
+    let mut client = Raw::tcp(server.local_addr(), V5).await;
+    let first = scram::first(user, "client-nonce");
+    let mut connect = connect_packet(V5, "scram-probe", None, None);
+    connect.properties.authentication_method = Some("SCRAM-SHA-256".into());
+    connect.properties.authentication_data = Some(Bytes::from(first.clone()));
+    client.send(Packet::Connect(Box::new(connect))).await;
+    let server_first = auth_data(client.next().await, reason::CONTINUE_AUTHENTICATION);
+    (client, first, server_first)
+}
+
+/// The salt and iteration count of a server-first-message (`s=...,i=...`): what does not
+/// change from one attempt to the next (the nonce does).
+async fn salt_and_iterations(server: &ServerHandle, user: &str) -> String {
+    let (_, _, server_first) = scram_challenge(server, user).await;
+    let (_, rest) = server_first
+        .split_once(",s=")
+        .unwrap_or_else(|| panic!("server-first-message without a salt: {server_first}"));
+    format!("s={rest}")
+}
+
+#[tokio::test]
+async fn scram_answers_an_unknown_user_the_same_way_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    password_file(&dir);
+    let server = secured(&dir, None).await;
+    let known = salt_and_iterations(&server, "carol").await;
+    let unknown = salt_and_iterations(&server, "mallory").await;
+    for _ in 0..2 {
+        assert_eq!(salt_and_iterations(&server, "carol").await, known);
+        assert_eq!(salt_and_iterations(&server, "mallory").await, unknown);
+    }
+    // Shaped like carol's: a salt of the same length and the same iteration count.
+    let parts = |answer: &str| {
+        let (salt, iterations) = answer.split_once(",i=").expect("an iteration count");
+        (salt.len(), iterations.to_string())
+    };
+    assert_eq!(parts(&unknown), parts(&known));
+    assert_ne!(unknown, known);
+    // And the exchange ends as a wrong password does.
+    let (mut client, first, server_first) = scram_challenge(&server, "mallory").await;
+    let (client_final, _) = scram::finish(&first, &server_first, "guess").unwrap();
+    client
+        .send(auth(reason::CONTINUE_AUTHENTICATION, &client_final))
+        .await;
+    assert!(matches!(
+        client.next().await,
+        Some(Packet::ConnAck(c)) if c.reason_code == reason::BAD_USER_NAME_OR_PASSWORD
+    ));
+    server.shutdown().await;
+}
