@@ -1,0 +1,123 @@
+//! Whether the broker is healthy and ready, as `/health` and `/ready` (on the metrics
+//! and the admin listeners) tell load balancers and service managers.
+//!
+//! - Healthy: no listener, scheduler or `$SYS` task has stopped, the store's latest
+//!   write succeeded, the scheduler is not behind its own deadlines (a stalled timer
+//!   task shows as a deadline long past), and the broker is not shutting down.
+//! - Ready: healthy, and start-up finished: the store restored and every listener bound
+//!   (`crate::server::start` marks it last).
+//!
+//! Tasks report their own end (`HealthState::task_stopped`, from a wrapper around each
+//! task), so checking costs a few atomic loads and one short lock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::broker::{lock, Broker};
+
+/// How far past its earliest deadline the scheduler may be before it counts as stalled.
+pub const SCHEDULER_STALL: Duration = Duration::from_secs(10);
+
+/// What the broker's tasks report about themselves.
+#[derive(Debug, Default)]
+pub struct HealthState {
+    ready: AtomicBool,
+    stopped: Mutex<Vec<String>>,
+}
+
+impl HealthState {
+    /// Start-up finished: the store was restored and every listener is bound.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// A task that should run as long as the broker ended (`what` names it).
+    pub fn task_stopped(&self, what: String) {
+        lock(&self.stopped).push(what);
+    }
+
+    fn stopped(&self) -> Vec<String> {
+        lock(&self.stopped).clone()
+    }
+}
+
+/// The answer of `/health` and `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthReport {
+    /// "ok" or "unhealthy".
+    pub status: &'static str,
+    pub ready: bool,
+    /// Every reason it is not healthy; empty when it is.
+    pub problems: Vec<String>,
+}
+
+impl HealthReport {
+    pub fn healthy(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks `broker` now.
+pub fn check(broker: &Broker) -> HealthReport {
+    let state = broker.health();
+    let mut problems = Vec::new();
+    if broker.is_shutting_down() {
+        problems.push("shutting down".to_string());
+    } else {
+        for what in state.stopped() {
+            problems.push(format!("{what} stopped"));
+        }
+    }
+    if broker.store().stats().failing {
+        problems.push("the store is failing writes".to_string());
+    }
+    if let Some(late) = broker.scheduler_lag() {
+        if late > SCHEDULER_STALL {
+            problems.push(format!(
+                "the session scheduler is {} s behind its timers",
+                late.as_secs()
+            ));
+        }
+    }
+    HealthReport {
+        status: if problems.is_empty() {
+            "ok"
+        } else {
+            "unhealthy"
+        },
+        ready: state.is_ready() && problems.is_empty(),
+        problems,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::storage::MemoryStore;
+    use std::sync::Arc;
+
+    #[test]
+    fn ready_only_once_marked_and_healthy_until_a_task_stops() {
+        let broker = Broker::new(Config::default(), Arc::new(MemoryStore::new()));
+        let report = check(&broker);
+        assert!(report.healthy() && !report.ready, "{report:?}");
+        broker.health().mark_ready();
+        assert!(check(&broker).ready);
+        broker
+            .health()
+            .task_stopped("listener 127.0.0.1:1883".into());
+        let report = check(&broker);
+        assert!(!report.healthy() && !report.ready);
+        assert_eq!(report.problems, ["listener 127.0.0.1:1883 stopped"]);
+        broker.begin_shutdown();
+        assert_eq!(check(&broker).problems, ["shutting down"]);
+    }
+}
