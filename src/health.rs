@@ -120,4 +120,44 @@ mod tests {
         broker.begin_shutdown();
         assert_eq!(check(&broker).problems, ["shutting down"]);
     }
+
+    /// A memory store whose latest write failed.
+    struct FailingStore(MemoryStore);
+
+    impl crate::storage::Store for FailingStore {
+        fn submit(&self, ops: Vec<crate::storage::StoreOp>) -> crate::storage::Completion {
+            self.0.submit(ops)
+        }
+        fn flush(&self) -> crate::storage::Completion {
+            self.0.flush()
+        }
+        fn restore(
+            &self,
+            now: crate::storage::UnixMillis,
+        ) -> Result<crate::storage::RestoredState, crate::storage::StoreError> {
+            self.0.restore(now)
+        }
+        fn next_message_id(&self) -> crate::storage::MessageId {
+            self.0.next_message_id()
+        }
+        fn stats(&self) -> crate::storage::StoreStats {
+            crate::storage::StoreStats {
+                failing: true,
+                ..self.0.stats()
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_store_is_unhealthy_and_not_ready() {
+        let broker = Broker::new(
+            Config::default(),
+            Arc::new(FailingStore(MemoryStore::new())),
+        );
+        broker.health().mark_ready();
+        let report = check(&broker);
+        assert_eq!(report.problems, ["the store is failing writes"]);
+        assert!(!report.ready);
+        assert_eq!(report.status, "unhealthy");
+    }
 }

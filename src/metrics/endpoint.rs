@@ -3,8 +3,9 @@
 //! /ready` (200 once started and healthy), on its own address, loopback by default.
 //!
 //! A scrape is one short request from a known collector; the listener is the small
-//! bounded HTTP/1.1 server of `crate::http` with tight limits: a request head of at
-//! most `MAX_REQUEST_HEAD` bytes, no body, at most `MAX_CONCURRENT_REQUESTS` served at
+//! bounded HTTP/1.1 server of `crate::http` with tight limits: one request per
+//! connection, a request head of at most `MAX_REQUEST_HEAD` bytes, no body, at most
+//! `MAX_CONCURRENT_REQUESTS` served at
 //! once (more are closed unanswered, so a flood on this port cannot take memory or
 //! tasks from the MQTT side).
 
@@ -78,7 +79,9 @@ pub async fn start(bind: SocketAddr, broker: Arc<Broker>) -> anyhow::Result<Metr
         max_concurrent: MAX_CONCURRENT_REQUESTS,
         request_timeout: REQUEST_TIMEOUT,
         idle_timeout: REQUEST_TIMEOUT,
-        max_requests_per_connection: 100,
+        // One request, then close, as before the listener shared `crate::http`: a
+        // scrape every few seconds gains nothing from keep-alive.
+        max_requests_per_connection: 1,
     };
     let shutdown = broker.shutdown_signal();
     let handler = Arc::new(Metrics { broker });
@@ -109,11 +112,7 @@ mod tests {
             .await
             .unwrap();
         let addr = endpoint.local_addr();
-        let metrics = get(
-            addr,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+        let metrics = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
         assert!(metrics.contains(PROMETHEUS_CONTENT_TYPE), "{metrics}");
         assert!(

@@ -51,10 +51,15 @@ fn config_text(token_file: Option<&std::path::Path>) -> String {
 impl Broker {
     /// Starts the broker; with `with_token`, the admin API needs `TOKEN`.
     pub async fn start(with_token: bool) -> Broker {
+        Broker::start_with(with_token, "").await
+    }
+
+    /// `start`, with `extra` appended to the configuration (after `[admin]`'s keys).
+    pub async fn start_with(with_token: bool, extra: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("admin.token");
         std::fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
-        let config = config_text(with_token.then_some(token_path.as_path()));
+        let config = config_text(with_token.then_some(token_path.as_path())) + extra;
         let config_path = dir.path().join("fleetmq.toml");
         std::fs::write(&config_path, config).unwrap();
         let notify_path = dir.path().join("notify.sock");
@@ -86,7 +91,9 @@ impl Broker {
         })
         .await;
         let mqtt = address_after(&status, "listening on ").expect("MQTT address in READY");
-        let admin = address_after(&status, "admin on http://").expect("admin address in READY");
+        let admin = address_after(&status, "admin on http://")
+            .or_else(|| address_after(&status, "admin on https://"))
+            .expect("admin address in READY");
         Broker {
             _child: child,
             dir,

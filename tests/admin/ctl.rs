@@ -163,3 +163,58 @@ async fn every_ctl_command_works_against_a_running_broker() {
     .unwrap();
     assert!(output.status.success(), "{output:?}");
 }
+
+#[tokio::test]
+async fn ctl_reaches_an_https_admin_listener_with_its_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let generated = std::process::Command::new(env!("CARGO_BIN_EXE_fleetmq"))
+        .args(["gen-certs", "--out"])
+        .arg(certs.path())
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{generated:?}");
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let extra = format!(
+        "\n[admin.tls]\ncert = {:?}\nkey = {:?}\n",
+        file("server.pem"),
+        file("server.key")
+    );
+    let broker = Broker::start_with(true, &extra).await;
+    let url = format!("https://127.0.0.1:{}", broker.admin.port());
+    let token = broker.dir.path().join("admin.token");
+    let run = |ca: Option<String>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetmq"));
+        command
+            .args(["ctl", "--url", &url, "--token-file"])
+            .arg(&token);
+        if let Some(ca) = ca {
+            command.args(["--ca", &ca]);
+        }
+        command.arg("stats");
+        command
+    };
+    let output = within("ctl over https", run(Some(file("ca.pem"))).output())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("fleetmq_connections_current 0"),
+        "{output:?}"
+    );
+    let output = within("ctl over https", run(None).output()).await.unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--ca FILE"),
+        "{output:?}"
+    );
+    // Plain HTTP to the TLS port gets no answer it could take for the API's.
+    let plain = within(
+        "ctl over http",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetmq"))
+            .args(["ctl", "--url", &format!("http://{}", broker.admin), "stats"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!plain.status.success(), "{plain:?}");
+}
