@@ -514,3 +514,36 @@ async fn check_config_refuses_an_admin_api_beyond_loopback_without_a_token() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_kicked_mqtt_3_client_loses_its_connection_and_its_clean_session() {
+    use rumqttc::{Event, Packet};
+    let broker = Broker::start(false).await;
+    let mut options = rumqttc::MqttOptions::new("v3-dev", "127.0.0.1", broker.mqtt.port());
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    within("CONNACK", async {
+        loop {
+            if let Event::Incoming(Packet::ConnAck(_)) = eventloop.poll().await.unwrap() {
+                return;
+            }
+        }
+    })
+    .await;
+    let detail = broker.get("/api/v1/clients/v3-dev").await;
+    assert_eq!(detail["client"]["protocol"], 4, "{detail}");
+    assert_eq!(detail["client"]["clean_start"], true);
+    let (status, body) = broker.api("DELETE", "/api/v1/clients/v3-dev", None).await;
+    assert_eq!(status, 200, "{body}");
+    // MQTT 3 has no DISCONNECT from the server: the connection just closes.
+    within("the 3.1.1 client to lose its connection", async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+    within("the clean session to end", async {
+        while broker.api("GET", "/api/v1/clients/v3-dev", None).await.0 != 404 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

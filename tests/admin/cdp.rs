@@ -170,10 +170,14 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// Waits until `expression` is true in the page.
+    /// Waits until `expression` is true in the page. Until the page navigated to has
+    /// loaded, the expression may run in the previous document and throw: that counts
+    /// as not yet.
     pub async fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = tokio::time::Instant::now() + crate::common::WAIT;
-        while self.eval(expression).await != json!(true) {
+        let guarded =
+            format!("(() => {{ try {{ return {expression}; }} catch (e) {{ return false; }} }})()");
+        while self.eval(&guarded).await != json!(true) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "timed out waiting for {what}"
