@@ -97,9 +97,16 @@ pub async fn start(config: &AdminConfig, context: AdminContext) -> anyhow::Resul
         None => None,
     };
     let tls = match &config.tls {
-        Some(tls) => Some(Arc::new(
-            TlsTerminator::new(tls).context("cannot load the admin listener's certificates")?,
-        )),
+        Some(tls) => {
+            let terminator = Arc::new(
+                TlsTerminator::new(tls).context("cannot load the admin listener's certificates")?,
+            );
+            // Re-read on every reload, like the MQTT listeners' certificates.
+            context
+                .broker
+                .add_reloadable(Arc::new(AdminCertificates(terminator.clone())));
+            Some(terminator)
+        }
         None => None,
     };
     let limits = Limits {
@@ -113,6 +120,24 @@ pub async fn start(config: &AdminConfig, context: AdminContext) -> anyhow::Resul
     let shutdown = context.broker.shutdown_signal();
     let admin = Arc::new(Admin { context, token });
     HttpServer::start("admin", config.bind, tls, limits, admin, shutdown).await
+}
+
+/// The admin listener's certificates, re-read on reload (a failure keeps the old ones).
+struct AdminCertificates(Arc<TlsTerminator>);
+
+impl crate::reload::Reloadable for AdminCertificates {
+    fn name(&self) -> &str {
+        "admin TLS certificates"
+    }
+
+    fn keys(&self) -> &[&str] {
+        &[]
+    }
+
+    fn reload(&self, _: &crate::config::Config) -> anyhow::Result<()> {
+        self.0.reload()?;
+        Ok(())
+    }
 }
 
 impl Handler for Admin {

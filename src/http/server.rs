@@ -17,6 +17,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{read_request, write_response, Limits, ReadError, Request, Response};
+use crate::broker::log_throttle::LogThrottle;
 use crate::listener::TlsTerminator;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -79,6 +80,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_concurrent));
+    let refusals = LogThrottle::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -94,6 +96,13 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if let Some(count) = refusals.occurred(std::time::Instant::now()) {
+                tracing::warn!(
+                    count,
+                    max = limits.max_concurrent,
+                    "http connections closed unanswered: too many served at once"
+                );
+            }
             continue;
         };
         let handler = handler.clone();

@@ -182,7 +182,7 @@ async fn ctl_reaches_an_https_admin_listener_with_its_ca() {
     let broker = Broker::start_with(true, &extra).await;
     let url = format!("https://127.0.0.1:{}", broker.admin.port());
     let token = broker.dir.path().join("admin.token");
-    let run = |ca: Option<String>| {
+    let run = |ca: Option<String>, args: &[&str]| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetmq"));
         command
             .args(["ctl", "--url", &url, "--token-file"])
@@ -190,10 +190,11 @@ async fn ctl_reaches_an_https_admin_listener_with_its_ca() {
         if let Some(ca) = ca {
             command.args(["--ca", &ca]);
         }
-        command.arg("stats");
+        command.args(args);
         command
     };
-    let output = within("ctl over https", run(Some(file("ca.pem"))).output())
+    let ca = || Some(file("ca.pem"));
+    let output = within("ctl over https", run(ca(), &["stats"]).output())
         .await
         .unwrap();
     assert!(output.status.success(), "{output:?}");
@@ -201,12 +202,30 @@ async fn ctl_reaches_an_https_admin_listener_with_its_ca() {
         String::from_utf8_lossy(&output.stdout).contains("fleetmq_connections_current 0"),
         "{output:?}"
     );
-    let output = within("ctl over https", run(None).output()).await.unwrap();
+    let output = within("ctl over https", run(None, &["stats"]).output())
+        .await
+        .unwrap();
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("--ca FILE"),
         "{output:?}"
     );
+    // Reload re-reads the admin certificates; a broken file is reported and the
+    // listener keeps the certificates it has.
+    std::fs::write(file("server.pem"), "not a certificate\n").unwrap();
+    let output = within("ctl reload", run(ca(), &["--json", "reload"]).output())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["failures"][0]["part"], "admin TLS certificates",
+        "{report}"
+    );
+    let output = within("ctl over https", run(ca(), &["stats"]).output())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
     // Plain HTTP to the TLS port gets no answer it could take for the API's.
     let plain = within(
         "ctl over http",
