@@ -11,6 +11,10 @@
 //!   when `admin.token_file` is set; a bad or missing token gets 401 and nothing else.
 //!   The dashboard page itself holds no data: it asks for the token and sends it with
 //!   each of its requests.
+//! - Cross-site requests are refused: POST bodies must be `application/json` (415
+//!   otherwise), which a browser sends cross-site only after a CORS preflight this API
+//!   never grants; without a token, `Host` must be an IP address or localhost (403), so
+//!   a DNS name rebound to 127.0.0.1 cannot reach it either.
 //! - Errors are `{"error":{"code":"...","message":"..."}}` with stable codes
 //!   (`not_found`, `method_not_allowed`, `unauthorized`, `bad_request`, `conflict`,
 //!   `body_too_large`, `headers_too_large`, `invalid_config`, `storage_failed`...).
@@ -143,15 +147,57 @@ impl crate::reload::Reloadable for AdminCertificates {
 impl Handler for Admin {
     fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
         Box::pin(async move {
-            let response = if needs_token(&request.path) && !self.authorized(&request) {
+            let response = if self.token.is_none() && !local_host(request.header("host")) {
+                // Without a token, a web page the operator visits could reach this
+                // loopback listener through a DNS name it rebinds to 127.0.0.1.
+                Response::error(
+                    403,
+                    "forbidden_host",
+                    "without admin.token_file, requests must name an IP address or localhost in Host",
+                )
+            } else if needs_token(&request.path) && !self.authorized(&request) {
                 Response::error(401, "unauthorized", "unauthorized")
                     .with_header("WWW-Authenticate", "Bearer")
+            } else if request.method == "POST" && !is_json(&request) {
+                // A form or a no-cors fetch from another site cannot send this type
+                // without the browser asking first (CORS preflight), which is never
+                // granted: the API is not open to cross-site requests.
+                Response::error(
+                    415,
+                    "unsupported_media_type",
+                    "POST bodies must be sent as Content-Type: application/json",
+                )
             } else {
                 routes::dispatch(&self.context, &request).await
             };
             response.with_header("Cache-Control", "no-store")
         })
     }
+}
+
+/// Whether `Host` names an IP address or localhost (with or without a port), or is
+/// absent (HTTP/1.0).
+fn local_host(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = match host.rsplit_once(':') {
+        // `[::1]:9884`, `127.0.0.1:9884`, `localhost:9884`; a bare IPv6 has colons too.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.is_empty() => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+fn is_json(request: &Request) -> bool {
+    request
+        .header("content-type")
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// `/`, `/health` and `/ready` answer without a token: the page holds no data, and load
@@ -167,7 +213,9 @@ impl Admin {
         };
         let Some(sent) = request
             .header("authorization")
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, sent)| sent)
         else {
             return false;
         };
@@ -206,4 +254,32 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(request: &Request) -> Re
     serde_json::from_slice(&request.body).map_err(|error| {
         Response::error(400, "bad_json", &format!("invalid request body: {error}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ip_addresses_and_localhost_are_local_hosts() {
+        for host in [
+            None,
+            Some("127.0.0.1:9884"),
+            Some("localhost"),
+            Some("LOCALHOST:1"),
+            Some("[::1]:9884"),
+            Some("::1"),
+            Some("10.0.0.1"),
+        ] {
+            assert!(local_host(host), "{host:?}");
+        }
+        for host in [
+            Some("evil.example:9884"),
+            Some("evil.example"),
+            Some(""),
+            Some("127.0.0.1.evil:80"),
+        ] {
+            assert!(!local_host(host), "{host:?}");
+        }
+    }
 }

@@ -132,6 +132,20 @@ async fn an_offline_session_is_discarded_with_its_stored_state() {
     assert_eq!(body["disconnected"], false);
     let (_device, present) = connect_v5(broker.mqtt, "sleeper", false, "other").await;
     assert!(!present);
+    // Without a token, only requests naming an IP address or localhost are served (a
+    // rebound DNS name is not).
+    let rebound = raw(
+        broker.admin,
+        b"GET /api/v1/clients HTTP/1.1\r\nHost: evil.example:9884\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(rebound.status, 403, "{}", rebound.head);
+    let local = raw(
+        broker.admin,
+        b"GET /api/v1/clients HTTP/1.1\r\nHost: localhost:9884\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(local.status, 200, "{}", local.head);
 }
 
 #[tokio::test]
@@ -341,6 +355,13 @@ async fn the_token_is_required_and_bad_requests_get_clear_errors_without_affecti
         "{}",
         unknown.1
     );
+
+    // Cross-site protections: a POST body must be declared JSON.
+    let form = format!(
+        "POST /api/v1/publish HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\n{{\"topic\":\"a\"}}"
+    );
+    let answer = raw(broker.admin, form.as_bytes()).await;
+    assert_eq!(answer.status, 415, "{}", answer.head);
 
     let huge = format!(
         "GET /api/v1/stats HTTP/1.1\r\nX-Filler: {}\r\n\r\n",
