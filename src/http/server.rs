@@ -122,6 +122,30 @@ async fn accept_loop(
     }
 }
 
+/// How long, and how many bytes, a refused request's connection is still read after
+/// its answer (a "lingering close"): closing with unread bytes would reset the
+/// connection, and a client still sending its oversized request could lose the answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Closes the sending side, then reads and discards what the client still sends,
+/// bounded by `LINGER` and `LINGER_BYTES`.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(LINGER, stream.shutdown()).await;
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut discarded = 0;
+        let mut chunk = [0u8; 8192];
+        while discarded < LINGER_BYTES {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => discarded += read,
+            }
+        }
+    })
+    .await;
+}
+
 /// Serves requests on one connection until the client closes it, asks to, errs, idles
 /// past `idle_timeout`, or used up `max_requests_per_connection`.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -151,7 +175,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     write_response(&mut stream, &response, false),
                 )
                 .await;
-                break;
+                linger(&mut stream).await;
+                return;
             }
             Ok(Err(ReadError::Closed | ReadError::Io(_))) | Err(_) => break,
         };
