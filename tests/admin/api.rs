@@ -123,8 +123,22 @@ async fn an_offline_session_is_discarded_with_its_stored_state() {
         )
         .await;
     assert_eq!(status, 200);
+    // QoS 0 for an offline session is dropped, and counted for it.
+    let (status, _) = broker
+        .api(
+            "POST",
+            "/api/v1/publish",
+            Some(r#"{"topic":"sleep/later","payload":"z","qos":0}"#),
+        )
+        .await;
+    assert_eq!(status, 200);
     let detail = broker.get("/api/v1/clients/sleeper").await;
-    assert_eq!(detail["client"]["queued_messages"], 1, "{detail}");
+    let client = &detail["client"];
+    assert_eq!(client["queued_messages"], 1, "{detail}");
+    assert!(client["queued_bytes"].as_u64().unwrap() > 2, "{detail}");
+    assert_eq!(client["dropped_messages"], 1, "{detail}");
+    assert_eq!(client["connected"], false);
+    assert!(client["disconnected_at_ms"].as_u64().is_some(), "{detail}");
     let (status, body) = broker
         .api("DELETE", "/api/v1/clients/sleeper?session=discard", None)
         .await;
@@ -565,6 +579,59 @@ async fn a_kicked_mqtt_3_client_loses_its_connection_and_its_clean_session() {
         while broker.api("GET", "/api/v1/clients/v3-dev", None).await.0 != 404 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_admin_connections_is_bounded_and_mqtt_goes_on() {
+    use tokio::io::AsyncReadExt;
+    let broker = Broker::start(false).await;
+    // More idle connections than the admin listener serves at once (16).
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tokio::net::TcpStream::connect(broker.admin).await.unwrap());
+    }
+    // Beyond the bound a connection is closed unanswered.
+    let admin = broker.admin;
+    let answered = || async move {
+        let mut extra = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let _ = tokio::io::AsyncWriteExt::write_all(
+            &mut extra,
+            b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let mut answer = Vec::new();
+        let _ = extra.read_to_end(&mut answer).await;
+        answer.starts_with(b"HTTP/1.1 200 ")
+    };
+    within("a connection beyond the bound to be closed", async {
+        while answered().await {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // MQTT is not affected.
+    let (mut subscriber, _) = connect_v5(broker.mqtt, "flood-sub", true, "flood/t").await;
+    let (publisher, _) = connect_v5(broker.mqtt, "flood-pub", true, "unused").await;
+    publisher
+        .client
+        .publish(
+            "flood/t",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            "ok",
+        )
+        .await
+        .unwrap();
+    let received = within("the message", subscriber.publishes.recv())
+        .await
+        .unwrap();
+    assert_eq!(&received.payload[..], b"ok");
+    // Once the idle connections go, the API answers again.
+    drop(idle);
+    within("the API to answer again", async {
+        while !answered().await {}
     })
     .await;
 }
