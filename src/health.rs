@@ -121,6 +121,47 @@ mod tests {
         assert_eq!(check(&broker).problems, ["shutting down"]);
     }
 
+    /// The scheduler task is not running here: an offline session's expiry comes due
+    /// and stays due, which is what a stalled scheduler looks like.
+    #[tokio::test(start_paused = true)]
+    async fn a_scheduler_behind_its_timers_is_unhealthy() {
+        use crate::protocol::{Connect, ConnectProperties, ProtocolVersion};
+        let broker = Broker::new(Config::default(), Arc::new(MemoryStore::new()));
+        let connect = Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "sleepy".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        };
+        let connected = broker.connect(&connect, Duration::from_secs(5));
+        broker.disconnect(&connected.handle, connected.attachment.generation, false);
+        tokio::time::advance(Duration::from_secs(5) + SCHEDULER_STALL).await;
+        assert!(
+            check(&broker).healthy(),
+            "exactly at the limit is not yet late"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let report = check(&broker);
+        assert_eq!(
+            report.problems,
+            ["the session scheduler is 12 s behind its timers"]
+        );
+        // Running, it catches up and the broker is healthy again.
+        tokio::spawn(broker.clone().run_scheduler());
+        for _ in 0..1000 {
+            if check(&broker).healthy() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(check(&broker).healthy());
+        assert!(broker.session("sleepy").is_none());
+    }
+
     /// A memory store whose latest write failed.
     struct FailingStore(MemoryStore);
 
