@@ -57,12 +57,16 @@ impl Browser {
                 "--disable-component-update",
                 "--disable-sync",
                 "--disable-extensions",
+                // Containers often have a small /dev/shm.
+                "--disable-dev-shm-usage",
                 "--window-size=1280,1100",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
+            // Whatever the environment, the browser's own files go to the profile.
+            .env("HOME", profile.path())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
