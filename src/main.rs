@@ -111,7 +111,14 @@ async fn serve(
         let args = args.clone();
         let broker = handle.broker().clone();
         let files = handle.security_files();
-        Arc::new(move || reload(&args, &broker, &files))
+        // SIGHUP and the admin API may ask at the same time: one reload at a time.
+        let one_at_a_time = std::sync::Mutex::new(());
+        Arc::new(move || {
+            let _turn = one_at_a_time
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            reload(&args, &broker, &files)
+        })
     };
     let admin = if config.admin.enabled {
         let listeners = config
