@@ -8,10 +8,11 @@
 //!   (`crate::server::start` marks it last).
 //!
 //! Tasks report their own end (`HealthState::task_stopped`, from a wrapper around each
-//! task), so checking costs a few atomic loads and one short lock.
+//! task), so checking costs a few atomic loads and one short lock. Subsystems beside the
+//! broker (a cluster: no leader) add their own conditions as a `HealthCheck`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -21,11 +22,28 @@ use crate::broker::{lock, Broker};
 /// How far past its earliest deadline the scheduler may be before it counts as stalled.
 pub const SCHEDULER_STALL: Duration = Duration::from_secs(10);
 
+/// A subsystem's own health, asked at every check: a cluster without a leader, a
+/// bridge that must be up... Registered with `HealthState::add_check`.
+pub trait HealthCheck: Send + Sync {
+    /// Why the subsystem is not healthy now; empty when it is.
+    fn problems(&self) -> Vec<String>;
+}
+
 /// What the broker's tasks report about themselves.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct HealthState {
     ready: AtomicBool,
     stopped: Mutex<Vec<String>>,
+    checks: Mutex<Vec<Arc<dyn HealthCheck>>>,
+}
+
+impl std::fmt::Debug for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthState")
+            .field("ready", &self.is_ready())
+            .field("stopped", &self.stopped())
+            .finish_non_exhaustive()
+    }
 }
 
 impl HealthState {
@@ -45,6 +63,15 @@ impl HealthState {
 
     fn stopped(&self) -> Vec<String> {
         lock(&self.stopped).clone()
+    }
+
+    /// Adds a subsystem's check to every later `check`.
+    pub fn add_check(&self, check: Arc<dyn HealthCheck>) {
+        lock(&self.checks).push(check);
+    }
+
+    fn checks(&self) -> Vec<Arc<dyn HealthCheck>> {
+        lock(&self.checks).clone()
     }
 }
 
@@ -78,6 +105,10 @@ pub fn check(broker: &Broker) -> HealthReport {
     if broker.store().stats().failing {
         problems.push("the store is failing writes".to_string());
     }
+    // Asked without the list's lock held: a check may take its own locks.
+    for check in state.checks() {
+        problems.extend(check.problems());
+    }
     if let Some(late) = broker.scheduler_lag() {
         if late > SCHEDULER_STALL {
             problems.push(format!(
@@ -102,7 +133,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::storage::MemoryStore;
-    use std::sync::Arc;
 
     #[test]
     fn ready_only_once_marked_and_healthy_until_a_task_stops() {
@@ -160,6 +190,24 @@ mod tests {
         }
         assert!(check(&broker).healthy());
         assert!(broker.session("sleepy").is_none());
+    }
+
+    struct NoLeader;
+
+    impl HealthCheck for NoLeader {
+        fn problems(&self) -> Vec<String> {
+            vec!["the cluster has no leader".to_string()]
+        }
+    }
+
+    #[test]
+    fn a_subsystem_check_makes_the_broker_unhealthy() {
+        let broker = Broker::new(Config::default(), Arc::new(MemoryStore::new()));
+        broker.health().mark_ready();
+        broker.health().add_check(Arc::new(NoLeader));
+        let report = check(&broker);
+        assert_eq!(report.problems, ["the cluster has no leader"]);
+        assert!(!report.ready);
     }
 
     /// A memory store whose latest write failed.
