@@ -2,13 +2,17 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the path of a PUBLISH.
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod file_replace;
+pub mod health;
+pub mod http;
 pub mod limits;
 pub mod listener;
 pub mod logging;

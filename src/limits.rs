@@ -159,6 +159,30 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// MQTT's 1883 and is not registered to a common exporter.
 pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9883";
 
+/// The admin API listens on loopback only, next to the metrics port: it can kick clients
+/// and publish, so reaching it from the network needs a token (`admin.token_file`).
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9884";
+
+/// Longest bearer token read from `admin.token_file`.
+pub const ADMIN_MAX_TOKEN_LENGTH: usize = 4096;
+
+/// Admin requests served at once; more connections are closed unanswered, so the API
+/// cannot take tasks or memory from the MQTT side.
+pub const ADMIN_MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// Largest admin request head (request line and headers): a browser's is a few KiB.
+pub const ADMIN_MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// Largest admin request body: a publish carries at most one MQTT payload of the
+/// default `max_packet_size` (1 MiB), base64 grows it by a third.
+pub const ADMIN_MAX_REQUEST_BODY: usize = 2 * 1024 * 1024;
+
+/// Most items one page of a list answers (clients, subscriptions, retained messages).
+pub const ADMIN_MAX_PAGE_SIZE: usize = 1000;
+
+/// Items a list answers when the request names no `limit`.
+pub const ADMIN_DEFAULT_PAGE_SIZE: usize = 100;
+
 /// 10 seconds between `$SYS` publications, Mosquitto's `sys_interval` default.
 pub const DEFAULT_SYS_INTERVAL_SECS: u64 = 10;
 

@@ -9,10 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use fleetmq::admin::{AdminContext, ListenerView, Reloader};
+use fleetmq::broker::Broker;
 use fleetmq::cli::{Cli, Command, ServeArgs, SignalAction, Signals};
 use fleetmq::config::{Config, DEFAULT_CONFIG_TOML};
+use fleetmq::http::server::HttpServer;
 use fleetmq::metrics::endpoint::MetricsEndpoint;
-use fleetmq::server::ServerHandle;
+use fleetmq::reload::ReloadReport;
+use fleetmq::server::{SecurityFiles, ServerHandle};
 use fleetmq::systemd::Notifier;
 
 /// Time allowed, beyond `shutdown.grace_secs`, for the last steps of shutdown (closing
@@ -75,6 +79,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             print(&text)
         }
+        Command::Ctl(args) => fleetmq::ctl::run(args),
         Command::Serve(args) => {
             let config = args.load_config()?;
             let log = fleetmq::logging::init(&config.log)?;
@@ -111,7 +116,48 @@ async fn serve(
     } else {
         None
     };
-    let status = ready_status(&handle, metrics.as_ref());
+    let reloader: Reloader = {
+        let args = args.clone();
+        let broker = handle.broker().clone();
+        let files = handle.security_files();
+        // SIGHUP and the admin API may ask at the same time: one reload at a time.
+        let one_at_a_time = std::sync::Mutex::new(());
+        Arc::new(move || {
+            let _turn = one_at_a_time
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            reload(&args, &broker, &files)
+        })
+    };
+    let admin = if config.admin.enabled {
+        let listeners = config
+            .listeners
+            .iter()
+            .zip(handle.listener_addrs())
+            .map(|(listener, address)| ListenerView {
+                kind: listener.kind,
+                bind: listener.bind,
+                address,
+            })
+            .collect();
+        let context = AdminContext {
+            broker: handle.broker().clone(),
+            reload: reloader.clone(),
+            listeners,
+            metrics: metrics.as_ref().map(MetricsEndpoint::local_addr),
+            providers: Vec::new(),
+        };
+        match fleetmq::admin::start(&config.admin, context).await {
+            Ok(admin) => Some(admin),
+            Err(error) => {
+                handle.shutdown().await;
+                return Err(error);
+            }
+        }
+    } else {
+        None
+    };
+    let status = ready_status(&handle, metrics.as_ref(), admin.as_ref(), &config);
     tracing::info!("ready, {status}");
     notifier.ready(&status);
 
@@ -128,7 +174,8 @@ async fn serve(
                 SignalAction::Stop(name) => break name,
                 SignalAction::Reload => {
                     notifier.reloading();
-                    reload(&args, &handle);
+                    tracing::info!("SIGHUP received");
+                    let _ = reloader();
                     notifier.ready(&status);
                 }
             },
@@ -149,6 +196,9 @@ async fn serve(
         if let Some(metrics) = metrics {
             metrics.stopped().await;
         }
+        if let Some(admin) = admin {
+            admin.stopped().await;
+        }
     })
     .await;
     if stopped.is_err() {
@@ -158,27 +208,48 @@ async fn serve(
     Ok(())
 }
 
-/// Re-reads the configuration file with the command-line flags on top, as at start. A
-/// bad file is logged and changes nothing.
-fn reload(args: &ServeArgs, handle: &ServerHandle) {
-    tracing::info!(
-        "SIGHUP received, reloading the configuration, certificates, passwords and ACLs"
-    );
-    match args.load_config() {
-        Ok(config) => fleetmq::reload::reload(handle.broker(), config).log(),
+/// Re-reads the configuration file with the command-line flags on top, as at start,
+/// and the files it names (SIGHUP and the admin API's reload). A bad configuration file
+/// is logged and changes nothing; its error is returned.
+fn reload(
+    args: &ServeArgs,
+    broker: &Broker,
+    files: &SecurityFiles,
+) -> Result<ReloadReport, String> {
+    tracing::info!("reloading the configuration, certificates, passwords and ACLs");
+    let outcome = match args.load_config() {
+        Ok(config) => {
+            let report = fleetmq::reload::reload(broker, config);
+            report.log();
+            Ok(report)
+        }
         Err(error) => {
             tracing::error!(
                 "configuration not reloaded, still running with the previous one: {error:#}"
-            )
+            );
+            Err(format!("{error:#}"))
         }
-    }
+    };
     // Certificates, the password file and the ACL file are re-read even when the
     // configuration file is unchanged: rotating a certificate should not need an edit.
     // Failures are logged there and keep the files in force.
-    let _ = handle.reload();
+    let file_errors = files.reload();
+    outcome.map(|mut report| {
+        report.failures.extend(
+            file_errors
+                .into_iter()
+                .map(|error| ("security files".to_string(), error)),
+        );
+        report
+    })
 }
 
-fn ready_status(handle: &ServerHandle, metrics: Option<&MetricsEndpoint>) -> String {
+fn ready_status(
+    handle: &ServerHandle,
+    metrics: Option<&MetricsEndpoint>,
+    admin: Option<&HttpServer>,
+    config: &Config,
+) -> String {
     let addrs: Vec<String> = handle
         .listener_addrs()
         .iter()
@@ -190,6 +261,14 @@ fn ready_status(handle: &ServerHandle, metrics: Option<&MetricsEndpoint>) -> Str
             "; metrics on http://{}/metrics",
             metrics.local_addr()
         ));
+    }
+    if let Some(admin) = admin {
+        let scheme = if config.admin.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        status.push_str(&format!("; admin on {scheme}://{}/", admin.local_addr()));
     }
     status
 }

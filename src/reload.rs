@@ -10,7 +10,8 @@
 //!   keys they claim: the log filter (`log.level`), and, from the security layer, the
 //!   password and ACL files and the TLS certificates. A part that fails keeps its old
 //!   state and says why.
-//! - Any other change (listeners, storage, metrics endpoint, log format) needs a restart;
+//! - Any other change (listeners, storage, metrics endpoint, admin API, log format) needs a
+//!   restart;
 //!   the running values are kept, so every later reload reports it again until then.
 
 use crate::broker::Broker;
@@ -103,6 +104,7 @@ pub fn reload(broker: &Broker, mut new: Config) -> ReloadReport {
     new.listeners = old.listeners.clone();
     new.storage = old.storage.clone();
     new.metrics = old.metrics.clone();
+    new.admin = old.admin.clone();
     new.log.format = old.log.format;
     broker.replace_config(new);
     report

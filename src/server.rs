@@ -27,9 +27,39 @@ pub struct ServerHandle {
     accept_loops: Vec<JoinHandle<()>>,
     scheduler: JoinHandle<()>,
     sys_topics: JoinHandle<()>,
+    files: Arc<SecurityFiles>,
+    connections: Arc<ConnectionCounter>,
+}
+
+/// The files the broker re-reads on reload without a restart: the password and ACL
+/// files, and each TLS listener's certificates. Shared with the admin API's reload.
+pub struct SecurityFiles {
     security: Arc<Security>,
     tls: Vec<(SocketAddr, Arc<TlsTerminator>)>,
-    connections: Arc<ConnectionCounter>,
+}
+
+impl SecurityFiles {
+    /// Reads certificates, keys, CA files, the password file and the ACL file again.
+    /// Connected clients stay connected. A file that fails to load keeps the version in
+    /// force; each failure is logged and returned as a message.
+    pub fn reload(&self) -> Vec<String> {
+        let mut errors: Vec<String> = self
+            .security
+            .reload()
+            .into_iter()
+            .map(|error| error.to_string())
+            .collect();
+        for (addr, tls) in &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!(%addr, "TLS certificates reloaded"),
+                Err(error) => {
+                    tracing::error!(%addr, %error, "TLS reload failed; keeping the previous certificates");
+                    errors.push(format!("listener {addr}: {error}"));
+                }
+            }
+        }
+        errors
+    }
 }
 
 impl ServerHandle {
@@ -64,25 +94,14 @@ impl ServerHandle {
     }
 
     /// Reads certificates, keys, CA files, the password file and the ACL file again
-    /// (SIGHUP). Connected clients stay connected. A file that fails to load keeps the
-    /// version in force; each failure is logged and returned as a message.
+    /// (SIGHUP); see `SecurityFiles::reload`.
     pub fn reload(&self) -> Vec<String> {
-        let mut errors: Vec<String> = self
-            .security
-            .reload()
-            .into_iter()
-            .map(|error| error.to_string())
-            .collect();
-        for (addr, tls) in &self.tls {
-            match tls.reload() {
-                Ok(()) => tracing::info!(%addr, "TLS certificates reloaded"),
-                Err(error) => {
-                    tracing::error!(%addr, %error, "TLS reload failed; keeping the previous certificates");
-                    errors.push(format!("listener {addr}: {error}"));
-                }
-            }
-        }
-        errors
+        self.files.reload()
+    }
+
+    /// The files `reload` re-reads, for the admin API's reload.
+    pub fn security_files(&self) -> Arc<SecurityFiles> {
+        self.files.clone()
     }
 
     /// Stops accepting, disconnects clients (MQTT 5: DISCONNECT 0x8B), waits for the
@@ -98,6 +117,22 @@ impl ServerHandle {
         let _ = self.sys_topics.await;
         self.broker.flush_store().await;
     }
+}
+
+/// Spawns a task that runs as long as the broker does; if it ends, `/health` names it.
+fn spawn_watched(
+    broker: &Arc<Broker>,
+    what: String,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        task.await;
+        if !broker.is_shutting_down() {
+            tracing::error!("{what} stopped");
+        }
+        broker.health().task_stopped(what);
+    })
 }
 
 /// Opens the store `config` asks for: RocksDB under `data_dir`, or memory.
@@ -182,24 +217,37 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .map(|listener| listener.kind)
         .collect();
 
-    let scheduler = tokio::spawn(broker.clone().run_scheduler());
-    let sys_topics = tokio::spawn(crate::sys_topics::run(broker.clone()));
+    let scheduler = spawn_watched(
+        &broker,
+        "the session scheduler".to_string(),
+        broker.clone().run_scheduler(),
+    );
+    let sys_topics = spawn_watched(
+        &broker,
+        "the $SYS publisher".to_string(),
+        crate::sys_topics::run(broker.clone()),
+    );
     let accept_loops = listeners
         .into_iter()
         .zip(addrs.iter().zip(kinds))
         .map(|(listener, (addr, kind))| {
             tracing::info!(%addr, transport = ?kind, "listening");
-            tokio::spawn(listener.run(broker.clone(), connections.clone()))
+            spawn_watched(
+                &broker,
+                format!("listener {addr}"),
+                listener.run(broker.clone(), connections.clone()),
+            )
         })
         .collect();
+    // Restored and listening: `/ready` may say so.
+    broker.health().mark_ready();
     Ok(ServerHandle {
         addrs,
         broker,
         accept_loops,
         scheduler,
         sys_topics,
-        security,
-        tls,
+        files: Arc::new(SecurityFiles { security, tls }),
         connections,
     })
 }

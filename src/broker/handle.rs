@@ -42,6 +42,9 @@ pub struct SessionHandle {
     persistent: AtomicBool,
     /// Set once the session ended; nothing queued for it any more will be delivered.
     retired: AtomicBool,
+    /// An operator asked the attached connection to close (MQTT 5: DISCONNECT 0x98
+    /// Administrative action). Set with `state` locked, cleared by the next attach.
+    kicked: AtomicBool,
 }
 
 /// What a connection task gets back from attaching to a session.
@@ -83,6 +86,7 @@ impl SessionHandle {
             generation: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            kicked: AtomicBool::new(false),
         }
     }
 
@@ -126,6 +130,7 @@ impl SessionHandle {
     /// Attaches a new connection: kicks any previous one, hands the CONNECT to the session.
     pub fn attach(&self, connect: &Connect, session_expiry: Duration, now: Instant) -> Attachment {
         let mut session = lock(&self.state);
+        self.kicked.store(false, Ordering::Release);
         let generation = self.bump_generation();
         session.attach(connect, session_expiry, now);
         self.connected.store(true, Ordering::Release);
@@ -159,6 +164,24 @@ impl SessionHandle {
         self.bump_generation();
     }
 
+    /// Asks the attached connection, if any, to close with DISCONNECT 0x98
+    /// (Administrative action) and detach as after any server-side disconnect. Called
+    /// with `session` locked from this handle; returns whether a connection was attached.
+    pub fn kick_locked(&self, session: &Session) -> bool {
+        if !session.is_connected() {
+            return false;
+        }
+        self.kicked.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+        true
+    }
+
+    /// Whether an operator kicked the connection attached now (or, for a retired
+    /// session, the last one).
+    pub fn is_kicked(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
+    }
+
     fn bump_generation(&self) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         // A watch channel would cost every session a few hundred bytes.
@@ -185,16 +208,17 @@ mod tests {
     /// Every session, connected or not, holds one handle, and every idle client one
     /// session: what these weigh is most of what an idle connection costs (BENCHMARKS.md,
     /// "Idle connections"). State that few clients use is allocated on first use; a
-    /// field that makes these larger should be a decision, not an accident.
+    /// field that makes these larger should be a decision, not an accident. (352 and 488:
+    /// the operators' view of a session, one pointer, see ARCHITECTURE.md.)
     #[test]
     fn a_session_stays_small() {
         assert!(
-            std::mem::size_of::<Session>() <= 344,
+            std::mem::size_of::<Session>() <= 352,
             "Session is {} bytes",
             std::mem::size_of::<Session>()
         );
         assert!(
-            std::mem::size_of::<SessionHandle>() <= 480,
+            std::mem::size_of::<SessionHandle>() <= 488,
             "SessionHandle is {} bytes",
             std::mem::size_of::<SessionHandle>()
         );

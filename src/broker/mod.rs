@@ -27,6 +27,7 @@
 
 pub mod congestion;
 pub mod handle;
+pub mod inspect;
 pub mod lifecycle;
 pub mod log_throttle;
 pub mod restore;
@@ -76,6 +77,8 @@ pub struct Broker {
     next_session_key: AtomicU64,
     next_client_number: AtomicU64,
     shutdown: watch::Sender<bool>,
+    /// What `/health` and `/ready` report (`crate::health`).
+    health: crate::health::HealthState,
 }
 
 impl Broker {
@@ -101,6 +104,7 @@ impl Broker {
             next_session_key: AtomicU64::new(1),
             next_client_number: AtomicU64::new(1),
             shutdown,
+            health: crate::health::HealthState::default(),
         })
     }
 
@@ -131,6 +135,18 @@ impl Broker {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Readiness and the tasks that stopped (see `crate::health`).
+    pub fn health(&self) -> &crate::health::HealthState {
+        &self.health
+    }
+
+    /// How far the scheduler is behind its earliest timer; `None` when it is not
+    /// behind. A running scheduler fires a timer within milliseconds of its deadline.
+    pub fn scheduler_lag(&self) -> Option<std::time::Duration> {
+        let deadline = self.scheduler.next_deadline()?;
+        now().checked_duration_since(deadline)
     }
 
     /// Every session the broker holds, to sample gauges (queues, subscriptions) one

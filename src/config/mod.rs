@@ -8,6 +8,7 @@
 //! Loading and error reporting (file, line and key of each problem) live in `load`, the
 //! range and cross-field checks in `validate`.
 
+mod admin;
 mod load;
 mod security;
 mod validate;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use admin::{read_token, AdminConfig};
 pub use load::{ConfigError, Problem};
 pub use security::{AuthConfig, CertIdentity, ClientAuth, TlsConfig};
 
@@ -34,6 +36,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    /// The operator's HTTP API, `fleetmq ctl` and the dashboard.
+    pub admin: AdminConfig,
     pub sys: SysConfig,
     pub shutdown: ShutdownConfig,
     /// Password and ACL files.
@@ -203,6 +207,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            admin: AdminConfig::default(),
             sys: SysConfig::default(),
             shutdown: ShutdownConfig::default(),
             auth: AuthConfig::default(),

@@ -71,6 +71,8 @@ enum Exit {
     SocketClosed,
     /// Another connection attached to the session (or discarded it).
     TakenOver,
+    /// An operator disconnected the client (`crate::admin`).
+    Kicked,
     Shutdown,
     /// The client did not read fast enough; its write buffer overflowed.
     SlowConsumer,
@@ -86,6 +88,7 @@ impl Exit {
             Exit::Violation { reason_code } => Some(reason_code),
             Exit::KeepAliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
             Exit::TakenOver => Some(reason::SESSION_TAKEN_OVER),
+            Exit::Kicked => Some(reason::ADMINISTRATIVE_ACTION),
             Exit::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
             Exit::StorageFailed => Some(reason::UNSPECIFIED_ERROR),
             Exit::ClientDisconnect { .. } | Exit::SocketClosed | Exit::SlowConsumer => None,
@@ -100,6 +103,7 @@ impl Exit {
             Exit::TakenOver | Exit::Shutdown => false,
             Exit::Violation { .. }
             | Exit::KeepAliveTimeout
+            | Exit::Kicked
             | Exit::SocketClosed
             | Exit::SlowConsumer
             | Exit::StorageFailed => true,
@@ -237,6 +241,9 @@ impl Connection {
                 if handle.generation() != self.generation {
                     break Exit::TakenOver;
                 }
+                if handle.is_kicked() {
+                    break Exit::Kicked;
+                }
                 if self.broker.is_shutting_down() {
                     break Exit::Shutdown;
                 }
@@ -295,6 +302,13 @@ impl Connection {
                     Event::OutboxTimeout => self.drain_session(),
                     Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
                 };
+            };
+            // An operator's kick that also ended the session retired it, which looks like
+            // a takeover from here.
+            let exit = if exit == Exit::TakenOver && handle.is_kicked() && handle.is_retired() {
+                Exit::Kicked
+            } else {
+                exit
             };
             // Boxed: closing happens once and would otherwise add its size to every
             // connection.

@@ -10,6 +10,8 @@ use bytes::BytesMut;
 use crate::broker::{now, Broker, Refusal, Stats};
 use crate::listener::{Accepted, ClientStream, ListenerContext};
 use crate::protocol::{encode, reason, ConnAck, Packet, ProtocolVersion};
+use crate::session::ClientInfo;
+use crate::storage::WallClock;
 
 use super::close::send_last_and_close;
 use super::handshake::{self, HandshakeError, Rejection};
@@ -129,6 +131,18 @@ pub async fn open(
     };
 
     let connected = broker.connect(&connect, terms.session_expiry);
+    if let Some(mut session) = connected
+        .handle
+        .lock_current(connected.attachment.generation)
+    {
+        session.set_client_info(ClientInfo {
+            peer,
+            username: admitted.username.clone(),
+            connected_at_ms: WallClock::now().unix_millis(),
+            keep_alive: terms.keep_alive,
+            clean_start: connect.clean_start,
+        });
+    }
     tracing::info!(
         %peer,
         client_id = %connect.client_id,

@@ -1,23 +1,21 @@
-//! The HTTP listener of the metrics: `GET /metrics` (Prometheus text format) and
-//! `GET /health` (200 while the broker serves), on its own address, loopback by default.
+//! The HTTP listener of the metrics: `GET /metrics` (Prometheus text format), `GET
+//! /health` (200 while the broker is healthy, 503 with the reasons otherwise) and `GET
+//! /ready` (200 once started and healthy), on its own address, loopback by default.
 //!
-//! A scrape is one short request from a known collector, so this is a deliberately small
-//! HTTP/1.1 responder instead of a web stack: it reads one request head (bounded in size
-//! and time), answers, and closes. Requests are served one task each, at most
-//! `MAX_CONCURRENT_REQUESTS` at once; more are closed unanswered, so a flood on this port
-//! cannot take memory or tasks from the MQTT side.
+//! A scrape is one short request from a known collector; the listener is the small
+//! bounded HTTP/1.1 server of `crate::http` with tight limits: one request per
+//! connection, a request head of at most `MAX_REQUEST_HEAD` bytes, no body, at most
+//! `MAX_CONCURRENT_REQUESTS` served at
+//! once (more are closed unanswered, so a flood on this port cannot take memory or
+//! tasks from the MQTT side).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
-
 use crate::broker::Broker;
+use crate::http::server::{BoxFuture, Handler, HttpServer};
+use crate::http::{Limits, Request, Response};
 
 /// Largest request head read; a scrape request is a few hundred bytes.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -28,112 +26,67 @@ const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8"
 
 /// The running endpoint; it stops when the broker shuts down.
 pub struct MetricsEndpoint {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
+    server: HttpServer,
 }
 
 impl MetricsEndpoint {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.server.local_addr()
     }
 
     /// Waits for the accept loop to end (after the broker began shutting down).
     pub async fn stopped(self) {
-        let _ = self.task.await;
+        self.server.stopped().await
+    }
+}
+
+struct Metrics {
+    broker: Arc<Broker>,
+}
+
+impl Handler for Metrics {
+    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+        let response = match (request.method.as_str(), request.path.as_str()) {
+            // The query string (e.g. Prometheus' ?format=) does not change the answer.
+            ("GET", "/metrics") => Response::new(
+                200,
+                PROMETHEUS_CONTENT_TYPE,
+                self.broker.metrics().render(&self.broker),
+            ),
+            ("GET", "/health" | "/ready") => {
+                let report = crate::health::check(&self.broker);
+                let ok = if request.path == "/ready" {
+                    report.ready
+                } else {
+                    report.healthy()
+                };
+                Response::json(if ok { 200 } else { 503 }, &report)
+            }
+            ("GET", _) => Response::error(404, "not_found", "not found"),
+            _ => Response::error(405, "method_not_allowed", "only GET is served")
+                .with_header("Allow", "GET"),
+        };
+        Box::pin(std::future::ready(response))
     }
 }
 
 /// Binds `bind` and serves the metrics of `broker` until it shuts down.
 pub async fn start(bind: SocketAddr, broker: Arc<Broker>) -> anyhow::Result<MetricsEndpoint> {
-    let listener = TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("cannot listen on {bind} for metrics"))?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the metrics listener's address")?;
-    tracing::info!(%addr, "listening (metrics/http)");
-    let task = tokio::spawn(accept_loop(listener, broker));
-    Ok(MetricsEndpoint { addr, task })
-}
-
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
-    let mut shutdown = broker.shutdown_signal();
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stopping| *stopping) => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::debug!(%error, "metrics accept failed");
-                // Out of descriptors and the like: let the MQTT side have them first.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            continue;
-        };
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &broker)).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn serve(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        if head.len() >= MAX_REQUEST_HEAD {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "",
-            )
-            .await;
-        }
-        let read = stream.read(&mut chunk).await?;
-        if read == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..read]);
-    }
-    let request_line = head.split(|byte| *byte == b'\r').next().unwrap_or_default();
-    let request_line = String::from_utf8_lossy(request_line);
-    let mut parts = request_line.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    // The query string (e.g. Prometheus' ?format=) does not change the answer.
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") => {
-            let body = broker.metrics().render(broker);
-            respond(&mut stream, "200 OK", PROMETHEUS_CONTENT_TYPE, &body).await
-        }
-        ("GET", "/health") => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
-        ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "").await,
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    let limits = Limits {
+        max_head: MAX_REQUEST_HEAD,
+        max_body: 0,
+        max_concurrent: MAX_CONCURRENT_REQUESTS,
+        request_timeout: REQUEST_TIMEOUT,
+        idle_timeout: REQUEST_TIMEOUT,
+        // One request, then close, as before the listener shared `crate::http`: a
+        // scrape every few seconds gains nothing from keep-alive.
+        max_requests_per_connection: 1,
+    };
+    let shutdown = broker.shutdown_signal();
+    let handler = Arc::new(Metrics { broker });
+    let server = HttpServer::start("metrics", bind, None, limits, handler, shutdown).await?;
+    Ok(MetricsEndpoint { server })
 }
 
 #[cfg(test)]
@@ -141,6 +94,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::storage::MemoryStore;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     async fn get(addr: SocketAddr, request: &str) -> String {
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -165,10 +120,17 @@ mod tests {
             "{metrics}"
         );
         let health = get(addr, "GET /health HTTP/1.0\r\n\r\n").await;
-        assert!(health.starts_with("HTTP/1.1 200 OK\r\n") && health.ends_with("\r\n\r\nok\n"));
-        let missing = get(addr, "GET /nothing HTTP/1.1\r\n\r\n").await;
+        assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+        assert!(health.contains("\"status\":\"ok\""), "{health}");
+        // Not started by `server::start`: healthy, but not ready.
+        let ready = get(addr, "GET /ready HTTP/1.0\r\n\r\n").await;
+        assert!(ready.starts_with("HTTP/1.1 503 "), "{ready}");
+        broker.health().mark_ready();
+        let ready = get(addr, "GET /ready HTTP/1.0\r\n\r\n").await;
+        assert!(ready.starts_with("HTTP/1.1 200 "), "{ready}");
+        let missing = get(addr, "GET /nothing HTTP/1.0\r\n\r\n").await;
         assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
-        let post = get(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
+        let post = get(addr, "POST /metrics HTTP/1.0\r\n\r\n").await;
         assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
         // Exactly the limit and no end of head: all of it is read, so the close is clean.
         let mut huge = String::from("GET /metrics HTTP/1.1\r\nX: ");

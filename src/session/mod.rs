@@ -158,6 +158,20 @@ struct ConnectionParams {
     connect_expiry_was_zero: bool,
 }
 
+/// Who is connected, for operators (`crate::admin`): set by the connection right after
+/// it attached, kept after it went away (the last client seen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub peer: std::net::SocketAddr,
+    /// The authenticated username; `None` for an anonymous client.
+    pub username: Option<String>,
+    /// When the connection attached, wall-clock Unix milliseconds.
+    pub connected_at_ms: u64,
+    /// The keep alive in force (seconds, 0: none).
+    pub keep_alive: u16,
+    pub clean_start: bool,
+}
+
 pub struct Session {
     key: SessionKey,
     /// Shared by every session created under the same configuration.
@@ -172,6 +186,17 @@ pub struct Session {
     journal: journal::Journal,
     /// When the last connection went away; `None` while connected or never connected.
     detached_at: Option<Instant>,
+    /// What operators see of the session (`crate::admin`); boxed, as only they read
+    /// it, so it costs a session one pointer.
+    operator: Option<Box<OperatorView>>,
+}
+
+/// The operators' view of a session: who is (or was last) connected and how many
+/// messages for it were dropped.
+#[derive(Debug, Default)]
+struct OperatorView {
+    client: Option<ClientInfo>,
+    dropped: u64,
 }
 
 /// What a restarted broker knows of a session the store kept.
@@ -217,6 +242,7 @@ impl Session {
             outbound: outbound::Outbound::new(),
             journal: journal::Journal::new(client_id),
             detached_at: None,
+            operator: None,
         }
     }
 
@@ -272,6 +298,29 @@ impl Session {
 
     pub fn key(&self) -> SessionKey {
         self.key
+    }
+
+    /// Who is (or was last) connected; `None` before the first connection of this run.
+    pub fn client_info(&self) -> Option<&ClientInfo> {
+        self.operator.as_ref()?.client.as_ref()
+    }
+
+    pub fn set_client_info(&mut self, info: ClientInfo) {
+        self.operator.get_or_insert_with(Box::default).client = Some(info);
+    }
+
+    /// Messages for this session dropped so far (queue full, expired, offline QoS 0,
+    /// too large for the client, retained backlog full).
+    pub fn dropped_count(&self) -> u64 {
+        self.operator.as_ref().map_or(0, |view| view.dropped)
+    }
+
+    /// Counts `count` dropped messages (not on the delivery path: only when some were
+    /// dropped).
+    fn count_dropped(&mut self, count: usize) {
+        if count > 0 {
+            self.operator.get_or_insert_with(Box::default).dropped += count as u64;
+        }
     }
 
     pub fn client_id(&self) -> &ByteString {
@@ -403,6 +452,7 @@ impl Session {
             return Ok(());
         };
         self.journal.dropped(&delivery);
+        self.count_dropped(1);
         Err(refused)
     }
 
@@ -433,8 +483,10 @@ impl Session {
             return;
         }
         let context = self.outgoing_context();
+        let dropped_before = dropped.len();
         self.outbound
             .poll(&context, now, budget, out, dropped, &mut self.journal);
+        self.count_dropped(dropped.len() - dropped_before);
     }
 
     /// True if `poll_outgoing` would produce something.
@@ -464,12 +516,14 @@ impl Session {
         subscription_id: Option<u32>,
         messages: Vec<Arc<Message>>,
     ) -> usize {
-        self.outbound.add_retained(
+        let refused = self.outbound.add_retained(
             granted,
             subscription_id,
             messages,
             self.limits.max_retained_backlog,
-        )
+        );
+        self.count_dropped(refused);
+        refused
     }
 
     /// Retained messages owed since SUBSCRIBEs and not yet sent.
@@ -522,6 +576,12 @@ impl Session {
     /// Outgoing QoS 1/2 messages awaiting acknowledgement.
     pub fn inflight_len(&self) -> usize {
         self.outbound.inflight_len()
+    }
+
+    /// Bytes (as `Message::size_bytes` counts them) of the messages in flight. Walks the
+    /// inflight window: for operators, not for the message path.
+    pub fn inflight_bytes(&self) -> usize {
+        self.outbound.inflight_bytes()
     }
 
     /// Incoming QoS 2 messages received and not yet released by PUBREL.

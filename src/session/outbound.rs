@@ -139,6 +139,13 @@ impl Outbound {
         self.inflight.len()
     }
 
+    pub(super) fn inflight_bytes(&self) -> usize {
+        self.inflight
+            .values()
+            .map(|inflight| inflight.delivery.message.size_bytes())
+            .sum()
+    }
+
     pub(super) fn retained_backlog_len(&self) -> usize {
         self.retained.as_ref().map_or(0, |backlog| backlog.len())
     }

@@ -128,6 +128,8 @@ pub struct StoreStats {
     pub refused: u64,
     /// Message bodies stored now.
     pub message_bodies: u64,
+    /// The latest write failed: the store is not taking writes now (`/health` says so).
+    pub failing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +141,7 @@ pub(crate) struct Counters {
     write_errors: AtomicU64,
     refused: AtomicU64,
     message_bodies: AtomicU64,
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {
@@ -156,6 +159,7 @@ impl Counters {
             write_errors: get(&self.write_errors),
             refused: get(&self.refused),
             message_bodies: get(&self.message_bodies),
+            failing: self.failing.load(Ordering::Relaxed),
         }
     }
 }

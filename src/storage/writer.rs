@@ -324,6 +324,9 @@ fn commit(
     }
     let counters = &shared.counters;
     Counters::add(&counters.writes, 1);
+    counters
+        .failing
+        .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
     match &result {
         Ok(()) if sync => Counters::add(&counters.syncs, 1),
         Ok(()) => {}

@@ -154,9 +154,12 @@ fn a_failed_write_fails_its_waiters_and_the_writer_carries_on() {
     h.log.lock().unwrap().fail_next = true;
     let failed = h.writer.submit(state_op(1)).wait();
     assert!(matches!(failed, Err(StoreError::Io(ref detail)) if detail == "disk full"));
+    // `/health` reports the store as failing until a write succeeds again.
+    assert!(h.counters.snapshot().failing);
     h.writer.submit(state_op(2)).wait().unwrap();
     let stats = h.counters.snapshot();
     assert_eq!((stats.write_errors, stats.writes, stats.syncs), (1, 2, 1));
+    assert!(!stats.failing);
 }
 
 #[test]

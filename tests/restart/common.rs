@@ -101,7 +101,7 @@ impl Node {
             ));
         }
         config.push_str(
-            "\n[metrics]\nenabled = false\n\n[sys]\ninterval_secs = 0\n\n[shutdown]\ngrace_secs = 2\n",
+            "\n[metrics]\nenabled = false\n\n[admin]\nenabled = false\n\n[sys]\ninterval_secs = 0\n\n[shutdown]\ngrace_secs = 2\n",
         );
         std::fs::write(&config_path, config).unwrap();
         Node {
