@@ -115,20 +115,17 @@ impl Config {
                 ),
             ));
         }
-        // A message larger than the queue or the outbox could never be delivered.
+        // A message larger than the queue could never be delivered. The outbox needs no
+        // such rule: a drain always takes at least one packet, whatever its size.
         let max_packet = limits.max_packet_size as usize;
-        for (key, value) in [
-            ("limits.max_queued_bytes", limits.max_queued_bytes),
-            ("limits.max_outbox_bytes", limits.max_outbox_bytes),
-        ] {
-            if value < max_packet {
-                problems.push(Problem::new(
-                    key,
-                    format!(
-                        "{value} bytes is smaller than limits.max_packet_size ({max_packet}); it must hold at least one packet of the largest size"
-                    ),
-                ));
-            }
+        if limits.max_queued_bytes < max_packet {
+            problems.push(Problem::new(
+                "limits.max_queued_bytes",
+                format!(
+                    "{} bytes is smaller than limits.max_packet_size ({max_packet}); it must hold at least one packet of the largest size",
+                    limits.max_queued_bytes
+                ),
+            ));
         }
     }
 
@@ -291,7 +288,6 @@ mod tests {
     fn max_packet_size_bounds_are_inclusive() {
         let mut config = Config::default();
         config.limits.max_queued_bytes = MAX_MAX_PACKET_SIZE as usize;
-        config.limits.max_outbox_bytes = MAX_MAX_PACKET_SIZE as usize;
         for (size, valid) in [
             (0, false),
             (MIN_MAX_PACKET_SIZE - 1, false),
@@ -360,18 +356,14 @@ mod tests {
     }
 
     #[test]
-    fn queue_and_outbox_must_hold_one_maximum_size_packet() {
+    fn the_queue_must_hold_one_maximum_size_packet_the_outbox_need_not() {
         let mut config = Config::default();
         config.limits.max_packet_size = 4096;
         config.limits.max_queued_bytes = 4096;
-        config.limits.max_outbox_bytes = 4096;
+        config.limits.max_outbox_bytes = 1024;
         assert!(keys(&config).is_empty());
         config.limits.max_queued_bytes = 4095;
-        config.limits.max_outbox_bytes = 4095;
-        assert_eq!(
-            keys(&config),
-            ["limits.max_queued_bytes", "limits.max_outbox_bytes"]
-        );
+        assert_eq!(keys(&config), ["limits.max_queued_bytes"]);
     }
 
     #[test]

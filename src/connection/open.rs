@@ -109,6 +109,7 @@ pub async fn open(
         &mut read_buf,
         &broker,
         &listener,
+        peer,
         certificate_identity,
         &connect,
     )
@@ -122,7 +123,7 @@ pub async fn open(
         }
     };
 
-    let connected = broker.connect(&connect, terms.session_expiry);
+    let connected = broker.connect(&connect, terms.session_expiry, admitted.username.as_deref());
     tracing::info!(
         %peer,
         client_id = %connect.client_id,

@@ -79,7 +79,7 @@ async fn sighup_applies_a_new_log_level_and_limits_without_disconnecting_anyone(
     // A change that needs a restart is reported and not applied; a broken file is
     // reported and changes nothing.
     service.rewrite_config(
-        "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[metrics]\nenabled = false\nbind = \"127.0.0.1:0\"\n",
+        "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n\n[metrics]\nenabled = false\nbind = \"127.0.0.1:0\"\n",
     );
     service.signal("HUP");
     service.notification("READY=1").await;
