@@ -115,11 +115,11 @@ pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 64;
 /// without end.
 pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
 
-/// 256 MiB waiting per session: room for one message of the largest size the protocol
-/// allows (`DEFAULT_MAX_PACKET_SIZE`), and the bound that holds when messages are large
-/// and few. Mosquitto has no byte limit by default; with ordinary messages the count
-/// limit above is the one reached first.
-pub const DEFAULT_MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
+/// 16 MiB waiting per session: the bound that holds when messages are large and few
+/// (Mosquitto has none by default). A message larger than this still gets into an empty
+/// queue, so the largest packet a client may publish is delayed, never undeliverable,
+/// and a session holds at most this plus one message.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
 /// 1,000,000 retained messages owed to one session after its SUBSCRIBE. They wait apart
 /// from the queue above (a new `#` subscriber gets every retained message, as with

@@ -189,3 +189,22 @@ async fn a_long_valid_filter_is_granted_and_matches(version: u8) {
     subscriber.disconnect().await;
     publisher.disconnect().await;
 }
+
+/// 20 MiB in one PUBLISH: refused at the old 1 MiB packet limit, served by Mosquitto
+/// at its defaults, and larger than a session's 16 MiB queue byte limit, which an empty
+/// queue lets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20_mib_message_is_delivered() {
+    let broker = start_default().await;
+    let t = topic("large");
+    let mut subscriber = RawClient::connect(broker.addr, V5, &client_id("large-sub")).await;
+    subscriber.subscribe(&t, 1).await;
+    let mut publisher = RawClient::connect(broker.addr, V311, &client_id("large-pub")).await;
+    let payload: Vec<u8> = (0..20 * 1024 * 1024).map(|n| (n % 251) as u8).collect();
+    publisher.publish_simple(&t, 1, &payload).await;
+    let received = subscriber.recv_publish().await;
+    assert_eq!(received.topic, t);
+    assert!(received.payload == payload, "the payload arrives intact");
+    publisher.disconnect().await;
+    subscriber.disconnect().await;
+}

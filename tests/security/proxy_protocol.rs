@@ -173,3 +173,55 @@ async fn the_header_comes_before_the_tls_handshake() {
     assert_eq!(refused(&server, Refusal::ProxyHeader), 1);
     server.shutdown().await;
 }
+
+/// Sends `header`, upgrades to WebSocket (subprotocol `mqtt`) and connects anonymously;
+/// returns the CONNACK code.
+async fn anonymous_over_websocket(addr: SocketAddr, header: &[u8]) -> u8 {
+    use bytes::BytesMut;
+    use fleetmq::protocol::{decode, encode, Packet};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(header).await.unwrap();
+    let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (mut ws, _) = within(
+        "the WebSocket upgrade",
+        tokio_tungstenite::client_async(request, tcp),
+    )
+    .await
+    .expect("WebSocket after the PROXY header");
+    let mut out = BytesMut::new();
+    let connect = connect_packet(V5, "ws-behind-balancer", None, None);
+    encode(&Packet::Connect(Box::new(connect)), V5, &mut out);
+    ws.send(Message::binary(out.to_vec())).await.unwrap();
+    let reply = within("CONNACK over WebSocket", ws.next())
+        .await
+        .expect("a message")
+        .expect("a binary message");
+    let mut bytes = BytesMut::from(&reply.into_data()[..]);
+    match decode(&mut bytes, Some(V5), u32::MAX) {
+        Ok(Some(Packet::ConnAck(connack))) => connack.reason_code,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_header_comes_before_the_websocket_upgrade() {
+    let server = start(Config {
+        listeners: vec![behind_balancer(ListenerKind::Ws, &["127.0.0.1/32"])],
+        ..Config::default()
+    })
+    .await;
+    let addr = server.local_addr();
+    assert_eq!(anonymous_over_websocket(addr, &v1("127.0.0.1")).await, 0);
+    assert_eq!(
+        anonymous_over_websocket(addr, &v2([203, 0, 113, 7])).await,
+        reason::NOT_AUTHORIZED
+    );
+    assert_eq!(refused(&server, Refusal::ProxyHeader), 0);
+    server.shutdown().await;
+}
