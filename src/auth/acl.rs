@@ -167,7 +167,7 @@ impl Acl {
         !self.patterns.is_empty() && (dangerous(client_id) || username.is_some_and(dangerous))
     }
 
-    /// The rules that apply to one client, patterns substituted, deny rules first.
+    /// The rules that apply to one client, its patterns substituted.
     pub fn session_rules(&self, username: Option<&str>, client_id: &str) -> SessionRules {
         let patterns_blocked = self.patterns_blocked(username, client_id);
         let patterns: Vec<Rule> = if patterns_blocked {
@@ -232,22 +232,27 @@ impl SessionRules {
 }
 
 /// What `rules` say about `topic`: a matching deny rule refuses whatever its place in
-/// the file (Mosquitto puts them first), then the first matching rule with the wanted
-/// access allows; `None` when no rule decides.
+/// the file (Mosquitto puts them first), otherwise a matching rule with the wanted
+/// access allows; `None` when no rule decides. One pass; rules that could not change
+/// the outcome are not matched.
 fn decide_in(rules: &[Rule], want: Want, topic: &str) -> Option<bool> {
     // A `$` topic is only ever reached by a rule that names it.
     let dollar = topic.starts_with('$');
-    let relevant = rules
-        .iter()
-        .filter(|rule| !dollar || rule.topic.starts_with('$'))
-        .filter(|rule| filter_matches(&rule.topic, topic));
-    if relevant.clone().any(|rule| rule.access == Access::Deny) {
-        return Some(false);
+    let mut granted = false;
+    for rule in rules {
+        let deny = rule.access == Access::Deny;
+        let relevant = deny || (!granted && rule.access.grants(want));
+        if !relevant || (dollar && !rule.topic.starts_with('$')) {
+            continue;
+        }
+        if filter_matches(&rule.topic, topic) {
+            if deny {
+                return Some(false);
+            }
+            granted = true;
+        }
     }
-    relevant
-        .clone()
-        .any(|rule| rule.access.grants(want))
-        .then_some(true)
+    granted.then_some(true)
 }
 
 fn may_ever_read_in(rules: &[Rule], filter: &str) -> Option<bool> {

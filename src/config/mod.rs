@@ -328,6 +328,23 @@ mod tests {
         assert_eq!(shipped, defaults);
     }
 
+    /// The rates are off by default; the file recommends values for device fleets.
+    #[test]
+    fn shipped_config_file_recommends_the_device_rates() {
+        use crate::limits::{RECOMMENDED_DEVICE_CONNECTION_RATE, RECOMMENDED_DEVICE_PUBLISH_RATE};
+        let defaults = Config::default();
+        assert_eq!(defaults.limits.max_publish_rate, 0);
+        assert_eq!(defaults.limits.max_connection_rate, 0);
+        for recommended in [
+            format!("Recommended where devices connect: {RECOMMENDED_DEVICE_CONNECTION_RATE}."),
+            format!(
+                "Recommended where every client is a device: {RECOMMENDED_DEVICE_PUBLISH_RATE}."
+            ),
+        ] {
+            assert!(DEFAULT_CONFIG_TOML.contains(&recommended), "{recommended}");
+        }
+    }
+
     #[test]
     fn an_empty_file_gives_the_defaults() {
         let parsed = Config::from_toml_str("", "empty.toml");

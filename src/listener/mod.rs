@@ -249,17 +249,18 @@ impl Listener {
             // connected: those futures, and what they start from, are larger than the
             // connection loop, which is all an idle client keeps.
             let opening = Box::pin(async move {
-                let establish = transport.establish(tcp, peer, slots);
-                let accepted = match tokio::time::timeout(handshake_timeout, establish).await {
+                let deadline = tokio::time::Instant::now() + handshake_timeout;
+                let establish = transport.establish(tcp, peer, slots, deadline);
+                let accepted = match tokio::time::timeout_at(deadline, establish).await {
                     Ok(Ok(accepted)) => accepted,
                     Ok(Err(EstablishError::Proxy(error))) => {
                         broker.stats().refused(Refusal::ProxyHeader);
                         tracing::debug!(%peer, %error, "PROXY protocol header refused");
                         return None;
                     }
-                    Ok(Err(EstablishError::Transport(error))) => {
+                    Ok(Err(EstablishError::Transport { error, client })) => {
                         broker.stats().refused(Refusal::TransportHandshake);
-                        tracing::debug!(%peer, %error, "handshake failed");
+                        tracing::debug!(peer = %client, %error, "handshake failed");
                         return None;
                     }
                     Err(_) => {
@@ -312,13 +313,12 @@ struct Transport {
 /// Why a socket did not become a [`ClientStream`].
 enum EstablishError {
     Proxy(ProxyHeaderError),
-    Transport(std::io::Error),
-}
-
-impl From<std::io::Error> for EstablishError {
-    fn from(error: std::io::Error) -> Self {
-        EstablishError::Transport(error)
-    }
+    /// The TLS handshake or WebSocket upgrade of `client` (the address behind the PROXY
+    /// header, if any) failed.
+    Transport {
+        error: std::io::Error,
+        client: SocketAddr,
+    },
 }
 
 impl Transport {
@@ -327,24 +327,46 @@ impl Transport {
         mut tcp: TcpStream,
         mut peer: SocketAddr,
         slots: ConnectionSlots,
+        deadline: tokio::time::Instant,
     ) -> Result<Accepted, EstablishError> {
         // MQTT packets are small and already batched per wake-up; Nagle would only delay.
         let _ = tcp.set_nodelay(true);
         if self.proxy_protocol {
             // Boxed like the handshakes below: only PROXY listeners pay for its future.
-            let header = Box::pin(proxy_protocol::read_header(&mut tcp))
+            // Under the connection's own deadline (the caller's, polled after this one),
+            // so a header that never completes is counted as a PROXY refusal.
+            let reading = Box::pin(proxy_protocol::read_header(&mut tcp));
+            let header = tokio::time::timeout_at(deadline, reading)
                 .await
+                .map_err(|_| EstablishError::Proxy(ProxyHeaderError::TimedOut))?
                 .map_err(EstablishError::Proxy)?;
             if let proxy_protocol::Header::Proxied(client) = header {
                 tracing::debug!(balancer = %peer, %client, "PROXY protocol client address");
                 peer = client;
             }
         }
+        let (stream, certificate_identity) =
+            self.handshake(tcp)
+                .await
+                .map_err(|error| EstablishError::Transport {
+                    error,
+                    client: peer,
+                })?;
+        Ok(Accepted {
+            stream,
+            peer,
+            certificate_identity,
+            slots,
+        })
+    }
+
+    /// The TLS handshake and WebSocket upgrade the listener's kind asks for.
+    async fn handshake(self, tcp: TcpStream) -> std::io::Result<(ClientStream, Option<String>)> {
         let missing_tls = || std::io::Error::other("TLS listener without TLS settings");
         // The TLS handshake and the WebSocket upgrade are boxed: their futures (kilobytes)
         // would otherwise size the task of every connection, plain TCP included, for as
         // long as it lives.
-        let (stream, certificate_identity) = match self.kind {
+        Ok(match self.kind {
             ListenerKind::Tcp => (ClientStream::Tcp(tcp), None),
             ListenerKind::Tls => {
                 let tls = self.tls.ok_or_else(missing_tls)?;
@@ -363,12 +385,6 @@ impl Transport {
                     Box::pin(websocket::upgrade(tls, &self.path, self.max_packet_size)).await?;
                 (ClientStream::Wss(Box::new(ws)), identity)
             }
-        };
-        Ok(Accepted {
-            stream,
-            peer,
-            certificate_identity,
-            slots,
         })
     }
 }

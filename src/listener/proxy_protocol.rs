@@ -54,6 +54,8 @@ pub enum ProxyHeaderError {
     V2(&'static str),
     #[error("connection closed inside the PROXY protocol header")]
     Truncated,
+    #[error("no complete PROXY protocol header within the CONNECT timeout")]
+    TimedOut,
 }
 
 /// Parses a header at the start of `bytes`. `Ok(None)`: the bytes so far are a valid

@@ -225,3 +225,23 @@ async fn the_header_comes_before_the_websocket_upgrade() {
     assert_eq!(refused(&server, Refusal::ProxyHeader), 0);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_header_that_never_completes_is_cut_at_the_connect_timeout() {
+    let mut listener = behind_balancer(ListenerKind::Tcp, &["127.0.0.1/32"]);
+    listener.allow_anonymous = Some(true);
+    let mut config = Config {
+        listeners: vec![listener],
+        ..Config::default()
+    };
+    config.limits.connect_timeout_secs = 1;
+    let server = start(config).await;
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    // The start of a v1 header, then nothing.
+    stream.write_all(b"PROXY TCP4 192.0.2").await.unwrap();
+    let mut slow = Raw::new(stream, V5);
+    assert_eq!(slow.next().await, None, "closed without a packet");
+    assert_eq!(refused(&server, Refusal::ProxyHeader), 1);
+    assert_eq!(refused(&server, Refusal::TransportHandshake), 0);
+    server.shutdown().await;
+}
