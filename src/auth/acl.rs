@@ -236,16 +236,11 @@ impl SessionRules {
 /// access allows; `None` when no rule decides. One pass; rules that could not change
 /// the outcome are not matched.
 fn decide_in(rules: &[Rule], want: Want, topic: &str) -> Option<bool> {
-    // A `$` topic is only ever reached by a rule that names it.
-    let dollar = topic.starts_with('$');
     let mut granted = false;
     for rule in rules {
         let deny = rule.access == Access::Deny;
         let relevant = deny || (!granted && rule.access.grants(want));
-        if !relevant || (dollar && !rule.topic.starts_with('$')) {
-            continue;
-        }
-        if filter_matches(&rule.topic, topic) {
+        if relevant && filter_matches(&rule.topic, topic) {
             if deny {
                 return Some(false);
             }
@@ -331,7 +326,8 @@ fn dollar_mismatch(a: &str, b: &str) -> bool {
 /// Whether the topic name `topic` matches `filter`. Walks the levels without recursion
 /// or allocation, so a deep topic costs time in proportion, never stack.
 fn filter_matches(filter: &str, topic: &str) -> bool {
-    if dollar_mismatch(filter, topic) {
+    // Only a filter naming it reaches a `$` topic (a first-level wildcard never does).
+    if topic.starts_with('$') && !filter.starts_with('$') {
         return false;
     }
     let (mut filter, mut topic) = (filter.split('/'), topic.split('/'));
