@@ -85,6 +85,7 @@ cat >"$WORK/fleetmq.toml" <<EOF
 [[listeners]]
 type = "tcp"
 bind = "127.0.0.1:$PORT"
+allow_anonymous = true
 
 [limits]
 max_queued_messages = 10000000

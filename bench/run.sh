@@ -131,6 +131,7 @@ write_fleetmq_conf() {
 [[listeners]]
 type = "tcp"
 bind = "127.0.0.1:${PORT[fleetmq]}"
+allow_anonymous = true
 
 [limits]
 max_queued_messages = $MAX_QUEUED

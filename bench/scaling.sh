@@ -130,6 +130,7 @@ cat >"$WORK/fleetmq.toml" <<EOF
 [[listeners]]
 type = "tcp"
 bind = "127.0.0.1:$FLEETMQ_PORT"
+allow_anonymous = true
 
 [limits]
 max_queued_messages = 1000

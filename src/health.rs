@@ -167,7 +167,7 @@ mod tests {
             password: None,
             properties: ConnectProperties::default(),
         };
-        let connected = broker.connect(&connect, Duration::from_secs(5));
+        let connected = broker.connect(&connect, Duration::from_secs(5), None);
         broker.disconnect(&connected.handle, connected.attachment.generation, false);
         tokio::time::advance(Duration::from_secs(5) + SCHEDULER_STALL).await;
         assert!(

@@ -18,10 +18,16 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:1883";
 /// while staying well below the usual 65,536 file-descriptor limit of a service.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
-/// 200 new connections per second per listener (and as many at once). A fleet
-/// reconnecting after an outage gets in within seconds; a flood of handshakes, the
-/// expensive part of TLS, is cut before it reaches the handshake.
-pub const DEFAULT_MAX_CONNECTION_RATE: u32 = 200;
+/// 0: no limit on new connections per second, as in Mosquitto and EMQX, so a test
+/// client or a fleet reconnecting after an outage is never refused. An operator turns
+/// it on per listener or for all (`RECOMMENDED_DEVICE_CONNECTION_RATE`); a flood of
+/// handshakes, the expensive part of TLS, is then cut before it reaches the handshake.
+pub const DEFAULT_MAX_CONNECTION_RATE: u32 = 0;
+
+/// The connection rate `config/fleetmq.toml` and deploy/README.md recommend for a
+/// listener that faces a device fleet: a fleet of 10,000 reconnecting after an outage
+/// gets in within a minute, a flood of handshakes is cut.
+pub const RECOMMENDED_DEVICE_CONNECTION_RATE: u32 = 200;
 
 /// Path of WebSocket listeners, the one MQTT.js and Paho JS examples use.
 pub const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
@@ -30,10 +36,11 @@ pub const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
 // Packets and connections
 // ---------------------------------------------------------------------------------------
 
-/// 1 MiB: far above typical telemetry (tens to hundreds of bytes), small enough that one
-/// client cannot make the broker buffer much memory per connection. The codec rejects a
-/// larger packet from its fixed header, before buffering the body.
-pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+/// 268,435,455 bytes, the protocol's largest packet, as Mosquitto's default: whatever a
+/// client may send to Mosquitto it may send here. Buffers grow only to the packets that
+/// actually arrive; an operator who knows the fleet's largest message lowers it (the
+/// codec then rejects a larger packet from its fixed header, before buffering the body).
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = MAX_MAX_PACKET_SIZE;
 
 /// Smallest `max_packet_size` accepted. Below this an ordinary CONNECT (client id,
 /// username, password, a will) no longer fits, and MQTT 5 clients could not receive the
@@ -62,26 +69,33 @@ pub const DEFAULT_MAX_KEEP_ALIVE_SECS: u16 = 65535;
 /// maximum-size packets, or thousands of telemetry messages.
 pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
 
-/// 1000 PUBLISH packets per second per client (and as many at once): two orders of
-/// magnitude above a chatty sensor, low enough that one compromised device cannot
-/// monopolise the broker's fan-out.
-pub const DEFAULT_MAX_PUBLISH_RATE: u32 = 1000;
+/// 0: no limit on PUBLISH packets per second per client, as in Mosquitto and EMQX, so a
+/// load test or a bulk upload is never cut off. Backpressure (`slow_consumer_timeout_ms`)
+/// already keeps a fast publisher from outrunning its subscribers. An operator turns it
+/// on for device-facing brokers (`RECOMMENDED_DEVICE_PUBLISH_RATE`).
+pub const DEFAULT_MAX_PUBLISH_RATE: u32 = 0;
 
-/// 1000 subscriptions per session: far above what a device needs, and a bound on the
-/// routes one client can add to the shared subscription index.
-pub const DEFAULT_MAX_SUBSCRIPTIONS: u32 = 1000;
+/// The publish rate `config/fleetmq.toml` and deploy/README.md recommend where every
+/// client is a device: two orders of magnitude above a chatty sensor, low enough that
+/// one compromised device cannot monopolise the broker's fan-out.
+pub const RECOMMENDED_DEVICE_PUBLISH_RATE: u32 = 1000;
 
-/// 32 levels per topic name or filter: deep hierarchies stay possible, and the
-/// per-level work of matching and ACL checks stays small.
-pub const DEFAULT_MAX_TOPIC_LEVELS: u16 = 32;
+/// 100,000 subscriptions per session. Mosquitto has no such limit; this one is far above
+/// what an application subscribes to (a gateway subscribing per device included) and
+/// still bounds the routes one client can add to the shared index (about 200 bytes each).
+pub const DEFAULT_MAX_SUBSCRIPTIONS: u32 = 100_000;
 
-/// 1024 bytes per topic name or filter, generous for `fleet/site/device/sensor/...`
-/// names while far below the protocol's 65,535.
-pub const DEFAULT_MAX_TOPIC_LENGTH: u16 = 1024;
+/// 65,535 levels per topic name or filter: no limit beyond the protocol's (a topic of
+/// 65,535 bytes has at most 32,768 levels), as in Mosquitto. Matching and ACL checks
+/// walk levels iteratively, so depth costs time in proportion, never stack.
+pub const DEFAULT_MAX_TOPIC_LEVELS: u16 = u16::MAX;
 
-/// 256 bytes per client identifier: room for UUIDs, serial numbers and prefixes; the
-/// identifier is logged and used as a map key, so it stays short.
-pub const DEFAULT_MAX_CLIENT_ID_LENGTH: u16 = 256;
+/// 65,535 bytes per topic name or filter, the protocol's largest, as in Mosquitto.
+pub const DEFAULT_MAX_TOPIC_LENGTH: u16 = u16::MAX;
+
+/// 65,535 bytes per client identifier, the protocol's largest string, as in Mosquitto:
+/// identifiers built from long prefixes, certificates or URLs are accepted.
+pub const DEFAULT_MAX_CLIENT_ID_LENGTH: u16 = u16::MAX;
 
 // ---------------------------------------------------------------------------------------
 // Flow control and queues
@@ -101,8 +115,10 @@ pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 64;
 /// without end.
 pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
 
-/// 16 MiB waiting per session: sixteen maximum-size packets, and the bound that holds
-/// when messages are large and few.
+/// 16 MiB waiting per session: the bound that holds when messages are large and few
+/// (Mosquitto has none by default). A message larger than this still gets into an empty
+/// queue, so the largest packet a client may publish is delayed, never undeliverable,
+/// and a session holds at most this plus one message.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
 /// 1,000,000 retained messages owed to one session after its SUBSCRIBE. They wait apart

@@ -195,6 +195,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let security =
         Arc::new(Security::load(&config.auth).context("cannot load the security files")?);
     let broker = restore_broker(config.clone()).await?;
+    broker.check_reads_with(security.clone());
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         listeners

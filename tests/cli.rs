@@ -145,6 +145,26 @@ fn check_config_reports_every_problem_at_once() {
 }
 
 #[test]
+fn check_config_checks_the_proxy_protocol_settings() {
+    let file = ConfigFile::new(
+        "[[listeners]]\ntype = \"tcp\"\nbind = \"0.0.0.0:1883\"\nproxy_protocol = true\n\
+         proxy_protocol_trusted = [\"10.0.0.5\", \"10.0.0.0/33\"]\n\n\
+         [[listeners]]\ntype = \"tls\"\nbind = \"0.0.0.0:8883\"\nproxy_protocol = true\n\
+         [listeners.tls]\ncert = \"s.pem\"\nkey = \"k.pem\"\n",
+    );
+    let output = fleetmq(&["check-config", "-c", file.path()]);
+    assert_fails_naming(
+        &output,
+        &[
+            "2 problems",
+            &format!("{}:5: listeners[0].proxy_protocol_trusted[1]", file.path()),
+            "the prefix length must be 0 to 32",
+            "listeners[1].proxy_protocol_trusted",
+        ],
+    );
+}
+
+#[test]
 fn check_config_names_a_missing_file() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let missing = dir.path().join("absent.toml");

@@ -10,11 +10,17 @@
 //! pattern write devices/%c/status
 //! ```
 //!
-//! As in Mosquitto, deny rules are checked first and win; otherwise access needs a rule
-//! that grants it; what no rule grants is denied. A subscription needs read access to
-//! every topic its filter can match, so a filter wider than the rules (`#` against
-//! `sensors/#`) is refused rather than checked per message; a filter that overlaps a
-//! deny rule is refused too.
+//! The decision for one topic name is Mosquitto 2's: the client's own rules (its `user`
+//! section, or the anonymous rules) are tried first, deny rules before the others; a
+//! matching deny refuses, a matching rule with the wanted access allows; then the
+//! patterns, in the same way; what no rule allows is denied. A client id or username
+//! with `+` or `#` gets nothing from the patterns.
+//!
+//! Reading is checked per delivered message (`SessionRules`, compiled once per session
+//! and ACL version, then matched without allocating). A SUBSCRIBE is refused only when
+//! its filter could never deliver anything: a deny rule covers all of it, or no rule
+//! granting read access overlaps it. `#` under `topic readwrite #` + `topic deny
+//! secret/#` is granted, and `secret/...` messages are not delivered.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,7 +51,7 @@ impl Access {
         matches!(
             (self, want),
             (Access::ReadWrite, _)
-                | (Access::Read, Want::Subscribe)
+                | (Access::Read, Want::Read | Want::Subscribe)
                 | (Access::Write, Want::Publish)
         )
     }
@@ -56,7 +62,9 @@ impl Access {
 pub enum Want {
     /// Publish to a topic name.
     Publish,
-    /// Subscribe to a topic filter.
+    /// Receive a message published to a topic name.
+    Read,
+    /// Subscribe to a topic filter: allowed when some topic it matches may be read.
     Subscribe,
 }
 
@@ -122,30 +130,140 @@ impl Acl {
         Ok(acl)
     }
 
-    /// Whether the client may publish to the topic name or subscribe to the filter
-    /// `topic`. `username` is `None` for anonymous clients.
+    /// Whether the client may publish to or read the topic name, or subscribe to the
+    /// filter, `topic`. `username` is `None` for anonymous clients.
     pub fn allows(&self, username: Option<&str>, client_id: &str, want: Want, topic: &str) -> bool {
-        // A shared subscription reads what its inner filter matches.
-        let topic = match crate::topic::parse_shared(topic) {
-            Ok(Some((_, filter))) => filter,
-            _ => topic,
-        };
-        let wanted: Vec<&str> = topic.split('/').collect();
-        let own = match username {
-            Some(name) => self.users.get(name).map(Vec::as_slice).unwrap_or(&[]),
-            None => &self.anonymous,
-        };
-        let substituted: Vec<Rule> = self
+        if want == Want::Subscribe {
+            return self.session_rules(username, client_id).allows(want, topic);
+        }
+        // A single decision (a PUBLISH): nothing is compiled, patterns are substituted
+        // only when the client's own rules do not decide.
+        if let Some(decided) = decide_in(self.own_rules(username), want, topic) {
+            return decided;
+        }
+        if self.patterns.is_empty() || self.patterns_blocked(username, client_id) {
+            return false;
+        }
+        let patterns: Vec<Rule> = self
             .patterns
             .iter()
             .filter_map(|rule| substitute(rule, username, client_id))
             .collect();
-        let rules = || own.iter().chain(substituted.iter());
-        let denied = rules()
-            .any(|rule| rule.access == Access::Deny && intersects(&levels(&rule.topic), &wanted));
-        !denied
-            && rules().any(|rule| rule.access.grants(want) && covers(&levels(&rule.topic), &wanted))
+        decide_in(&patterns, want, topic).unwrap_or(false)
     }
+
+    /// The rules of the client's `user` section, or the anonymous rules.
+    fn own_rules(&self, username: Option<&str>) -> &[Rule] {
+        match username {
+            Some(name) => self.users.get(name).map(Vec::as_slice).unwrap_or(&[]),
+            None => &self.anonymous,
+        }
+    }
+
+    /// Mosquitto refuses patterns to a client id or username holding `+` or `#`, which
+    /// would turn a pattern into a wider filter.
+    fn patterns_blocked(&self, username: Option<&str>, client_id: &str) -> bool {
+        let dangerous = |value: &str| value.contains(['+', '#']);
+        !self.patterns.is_empty() && (dangerous(client_id) || username.is_some_and(dangerous))
+    }
+
+    /// The rules that apply to one client, its patterns substituted.
+    pub fn session_rules(&self, username: Option<&str>, client_id: &str) -> SessionRules {
+        let patterns_blocked = self.patterns_blocked(username, client_id);
+        let patterns: Vec<Rule> = if patterns_blocked {
+            Vec::new()
+        } else {
+            self.patterns
+                .iter()
+                .filter_map(|rule| substitute(rule, username, client_id))
+                .collect()
+        };
+        SessionRules {
+            own: self.own_rules(username).to_vec(),
+            patterns,
+            patterns_blocked,
+        }
+    }
+}
+
+/// One client's rules, ready to be matched without allocating: its own rules, then the
+/// substituted patterns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionRules {
+    own: Vec<Rule>,
+    patterns: Vec<Rule>,
+    /// The client id or username holds `+` or `#`: patterns deny everything.
+    patterns_blocked: bool,
+}
+
+impl SessionRules {
+    /// See [`Acl::allows`].
+    pub fn allows(&self, want: Want, topic: &str) -> bool {
+        match want {
+            Want::Subscribe => self.may_ever_read(topic),
+            Want::Publish | Want::Read => self.decide(want, topic),
+        }
+    }
+
+    /// Mosquitto's decision for a topic name.
+    fn decide(&self, want: Want, topic: &str) -> bool {
+        if let Some(decided) = decide_in(&self.own, want, topic) {
+            return decided;
+        }
+        if self.patterns_blocked {
+            return false;
+        }
+        decide_in(&self.patterns, want, topic).unwrap_or(false)
+    }
+
+    /// Whether some topic `filter` matches could be read: no deny rule covers all of it
+    /// and a rule granting read overlaps it, in the order `decide` looks at them.
+    fn may_ever_read(&self, filter: &str) -> bool {
+        // A shared subscription reads what its inner filter matches.
+        let filter = match crate::topic::parse_shared(filter) {
+            Ok(Some((_, inner))) => inner,
+            _ => filter,
+        };
+        if let Some(decided) = may_ever_read_in(&self.own, filter) {
+            return decided;
+        }
+        !self.patterns_blocked && may_ever_read_in(&self.patterns, filter).unwrap_or(false)
+    }
+}
+
+/// What `rules` say about `topic`: a matching deny rule refuses whatever its place in
+/// the file (Mosquitto puts them first), otherwise a matching rule with the wanted
+/// access allows; `None` when no rule decides. One pass; rules that could not change
+/// the outcome are not matched.
+fn decide_in(rules: &[Rule], want: Want, topic: &str) -> Option<bool> {
+    let mut granted = false;
+    for rule in rules {
+        let deny = rule.access == Access::Deny;
+        let relevant = deny || (!granted && rule.access.grants(want));
+        if relevant && filter_matches(&rule.topic, topic) {
+            if deny {
+                return Some(false);
+            }
+            granted = true;
+        }
+    }
+    granted.then_some(true)
+}
+
+fn may_ever_read_in(rules: &[Rule], filter: &str) -> Option<bool> {
+    let dollar = filter.starts_with('$');
+    let relevant = rules
+        .iter()
+        .filter(|rule| !dollar || rule.topic.starts_with('$'));
+    for rule in relevant.clone() {
+        if rule.access == Access::Deny && covers(&rule.topic, filter) {
+            return Some(false);
+        }
+    }
+    relevant
+        .filter(|rule| rule.access.grants(Want::Read))
+        .any(|rule| intersects(&rule.topic, filter))
+        .then_some(true)
 }
 
 fn parse_rule(rest: &str) -> Result<Rule, &'static str> {
@@ -192,55 +310,70 @@ fn substitute(rule: &Rule, username: Option<&str>, client_id: &str) -> Option<Ru
     })
 }
 
-fn levels(topic: &str) -> Vec<&str> {
-    topic.split('/').collect()
-}
-
 fn is_wildcard(level: &str) -> bool {
     level == "+" || level == "#"
 }
 
 /// A first-level wildcard never matches a `$` topic (MQTT 4.7.2).
-fn dollar_mismatch(a: &[&str], b: &[&str]) -> bool {
-    match (a.first(), b.first()) {
-        (Some(x), Some(y)) => {
-            (is_wildcard(x) && y.starts_with('$')) || (is_wildcard(y) && x.starts_with('$'))
+fn dollar_mismatch(a: &str, b: &str) -> bool {
+    fn first(text: &str) -> &str {
+        text.split('/').next().unwrap_or("")
+    }
+    let (x, y) = (first(a), first(b));
+    (is_wildcard(x) && y.starts_with('$')) || (is_wildcard(y) && x.starts_with('$'))
+}
+
+/// Whether the topic name `topic` matches `filter`. Walks the levels without recursion
+/// or allocation, so a deep topic costs time in proportion, never stack.
+fn filter_matches(filter: &str, topic: &str) -> bool {
+    // Only a filter naming it reaches a `$` topic (a first-level wildcard never does).
+    if topic.starts_with('$') && !filter.starts_with('$') {
+        return false;
+    }
+    let (mut filter, mut topic) = (filter.split('/'), topic.split('/'));
+    loop {
+        match (filter.next(), topic.next()) {
+            // `a/#` matches `a` too.
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(t)) if f == t => {}
+            (None, None) => return true,
+            _ => return false,
         }
-        _ => false,
     }
 }
 
 /// Whether every topic `filter` matches is also matched by `rule`.
-fn covers(rule: &[&str], filter: &[&str]) -> bool {
+fn covers(rule: &str, filter: &str) -> bool {
     if dollar_mismatch(rule, filter) {
         return false;
     }
-    fn walk(rule: &[&str], filter: &[&str]) -> bool {
-        match (rule.first(), filter.first()) {
-            (Some(&"#"), _) => true,
-            (Some(&"+"), Some(level)) if *level != "#" => walk(&rule[1..], &filter[1..]),
-            (Some(r), Some(f)) if r == f && !is_wildcard(r) => walk(&rule[1..], &filter[1..]),
-            (None, None) => true,
-            _ => false,
+    let (mut rule, mut filter) = (rule.split('/'), filter.split('/'));
+    loop {
+        match (rule.next(), filter.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(level)) if level != "#" => {}
+            (Some(r), Some(f)) if r == f && !is_wildcard(r) => {}
+            (None, None) => return true,
+            _ => return false,
         }
     }
-    walk(rule, filter)
 }
 
 /// Whether some topic is matched by both `a` and `b`.
-fn intersects(a: &[&str], b: &[&str]) -> bool {
+fn intersects(a: &str, b: &str) -> bool {
     if dollar_mismatch(a, b) {
         return false;
     }
-    fn walk(a: &[&str], b: &[&str]) -> bool {
-        match (a.first(), b.first()) {
-            (Some(&"#"), _) | (_, Some(&"#")) => true,
-            (Some(x), Some(y)) if *x == "+" || *y == "+" || x == y => walk(&a[1..], &b[1..]),
-            (None, None) => true,
-            _ => false,
+    let (mut a, mut b) = (a.split('/'), b.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some(x), Some(y)) if x == "+" || y == "+" || x == y => {}
+            (None, None) => return true,
+            _ => return false,
         }
     }
-    walk(a, b)
 }
 
 #[cfg(test)]
@@ -275,10 +408,51 @@ pattern read users/%u/inbox
         assert!(acl.allows(None, "c", Want::Subscribe, "public/news/+"));
         assert!(!acl.allows(None, "c", Want::Publish, "public/news"));
         assert!(!acl.allows(None, "c", Want::Subscribe, "alice/x"));
-        // Overlap the deny rule.
-        assert!(!acl.allows(None, "c", Want::Subscribe, "public/#"));
-        assert!(!acl.allows(None, "c", Want::Subscribe, "public/+"));
+        // Filters that overlap the deny rule are granted; its topics are not read.
+        assert!(acl.allows(None, "c", Want::Subscribe, "public/#"));
+        assert!(acl.allows(None, "c", Want::Subscribe, "public/+"));
+        assert!(acl.allows(None, "c", Want::Read, "public/news"));
+        assert!(!acl.allows(None, "c", Want::Read, "public/secret"));
+        // A filter the deny rule covers could never deliver anything.
         assert!(!acl.allows(None, "c", Want::Subscribe, "public/secret"));
+    }
+
+    #[test]
+    fn one_deny_rule_under_readwrite_everything_behaves_as_in_mosquitto() {
+        let acl = Acl::parse("topic readwrite #\ntopic deny secret/#\n").unwrap();
+        for filter in ["#", "+/+", "a/#", "+/x/#", "+"] {
+            assert!(acl.allows(None, "c", Want::Subscribe, filter), "{filter}");
+        }
+        for filter in ["secret/#", "secret/+", "secret", "secret/+/x/#"] {
+            assert!(!acl.allows(None, "c", Want::Subscribe, filter), "{filter}");
+        }
+        assert!(acl.allows(None, "c", Want::Read, "a/b"));
+        assert!(!acl.allows(None, "c", Want::Read, "secret/b"));
+        assert!(!acl.allows(None, "c", Want::Read, "secret"));
+        assert!(!acl.allows(None, "c", Want::Publish, "secret/b"));
+        assert!(!acl.allows(None, "c", Want::Read, "$SYS/broker/uptime"));
+    }
+
+    #[test]
+    fn own_rules_decide_before_patterns() {
+        // Mosquitto tries the client's own rules first, the patterns only after them.
+        let acl = Acl::parse("topic read a/#\npattern deny a/%c\npattern read b/%c\n").unwrap();
+        assert!(acl.allows(None, "c1", Want::Read, "a/c1"));
+        assert!(acl.allows(None, "c1", Want::Read, "b/c1"));
+        assert!(!acl.allows(None, "c1", Want::Read, "b/c2"));
+        let rules = acl.session_rules(None, "c1");
+        assert!(rules.allows(Want::Read, "a/c1"));
+        assert!(rules.allows(Want::Read, "b/c1"));
+        assert!(!rules.allows(Want::Read, "b/c2"));
+        assert!(rules.allows(Want::Subscribe, "+/c1"));
+    }
+
+    #[test]
+    fn deep_topics_are_matched_without_recursion() {
+        let acl = Acl::parse("topic read a/#\ntopic deny a/+/x\n").unwrap();
+        let deep = vec!["a"; 40_000].join("/");
+        assert!(acl.allows(None, "c", Want::Read, &deep));
+        assert!(acl.allows(None, "c", Want::Subscribe, &deep));
     }
 
     #[test]
@@ -286,11 +460,14 @@ pattern read users/%u/inbox
         let acl = acl();
         assert!(acl.allows(Some("alice"), "c", Want::Publish, "alice/a/b"));
         assert!(acl.allows(Some("alice"), "c", Want::Subscribe, "alice/inbox/#"));
-        assert!(!acl.allows(Some("alice"), "c", Want::Subscribe, "alice/#"));
+        assert!(acl.allows(Some("alice"), "c", Want::Subscribe, "alice/#"));
+        assert!(!acl.allows(Some("alice"), "c", Want::Subscribe, "alice/private/#"));
+        assert!(!acl.allows(Some("alice"), "c", Want::Read, "alice/private/x"));
         assert!(acl.allows(Some("alice"), "c", Want::Publish, "sensors/1/temp"));
         assert!(!acl.allows(Some("alice"), "c", Want::Publish, "sensors/1/hum"));
         assert!(!acl.allows(Some("alice"), "c", Want::Publish, "alice/private/x"));
-        assert!(!acl.allows(Some("alice"), "c", Want::Subscribe, "#"));
+        assert!(acl.allows(Some("alice"), "c", Want::Subscribe, "#"));
+        assert!(!acl.allows(Some("alice"), "c", Want::Subscribe, "bob/#"));
         assert!(acl.allows(Some("bob"), "c", Want::Publish, "bob/out"));
         assert!(!acl.allows(Some("bob"), "c", Want::Subscribe, "bob/out"));
         // A user without a section has only the patterns; no anonymous rules.

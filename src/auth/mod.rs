@@ -6,6 +6,9 @@
 //! a file that fails to load (logging why), so a typo never locks every device out.
 //! Connections read the current version on every check.
 //!
+//! With an ACL file, reading is checked for every delivered message (`read_gate`), as
+//! Mosquitto does; a SUBSCRIBE is refused only for a filter no rule could ever let read.
+//!
 //! The decision at CONNECT, in order: a client certificate identity (when the listener
 //! uses one) is the username without a password; a username with a password file must
 //! match its entry; otherwise the client is anonymous and admitted only where the
@@ -14,9 +17,11 @@
 pub mod acl;
 pub mod passwd_tool;
 pub mod password;
+pub mod read_gate;
 pub mod scram;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::config::AuthConfig;
@@ -24,6 +29,7 @@ use crate::protocol::reason;
 
 pub use acl::{Acl, Want};
 pub use password::PasswordFile;
+pub use read_gate::ReadGate;
 
 /// One step of an enhanced authentication exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +76,9 @@ pub struct Security {
     config: AuthConfig,
     passwords: RwLock<Option<Arc<PasswordFile>>>,
     acl: RwLock<Option<Arc<Acl>>>,
+    /// Bumped after each ACL (re)load, so per-session read decisions (`ReadGate`) know
+    /// theirs are out of date.
+    acl_generation: AtomicU64,
 }
 
 /// What a client presented at CONNECT.
@@ -90,12 +99,14 @@ impl Security {
             config: config.clone(),
             passwords: RwLock::new(None),
             acl: RwLock::new(None),
+            acl_generation: AtomicU64::new(0),
         };
         if let Some(path) = &config.password_file {
             *write(&security.passwords) = Some(Arc::new(load_passwords(path)?));
         }
         if let Some(path) = &config.acl_file {
             *write(&security.acl) = Some(Arc::new(load_acl(path)?));
+            security.acl_generation.store(1, Ordering::Release);
         }
         Ok(security)
     }
@@ -118,6 +129,8 @@ impl Security {
                 Ok(acl) => {
                     tracing::info!(path = %path.display(), "ACL file reloaded");
                     *write(&self.acl) = Some(Arc::new(acl));
+                    // After the swap: whoever sees the new generation finds the new ACL.
+                    self.acl_generation.fetch_add(1, Ordering::AcqRel);
                 }
                 Err(error) => errors.push(error),
             }
@@ -134,6 +147,17 @@ impl Security {
 
     pub fn acl(&self) -> Option<Arc<Acl>> {
         read(&self.acl).clone()
+    }
+
+    /// Whether an ACL file is configured, so each delivery must be checked for read
+    /// access. Without one the delivery path does no ACL work at all.
+    pub fn checks_reads(&self) -> bool {
+        self.config.acl_file.is_some()
+    }
+
+    /// Changes whenever a new ACL is put in force.
+    pub fn acl_generation(&self) -> u64 {
+        self.acl_generation.load(Ordering::Acquire)
     }
 
     /// The enhanced authentication method `method`, if the broker offers it. SCRAM
@@ -306,5 +330,6 @@ mod tests {
             .is_ok());
         assert!(security.allows(None, "c", Want::Subscribe, "b/x"));
         assert!(!security.allows(None, "c", Want::Subscribe, "a/x"));
+        assert_eq!(security.acl_generation(), 2);
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use tokio::sync::Notify;
 
+use crate::auth::ReadGate;
 use crate::message::SessionKey;
 use crate::protocol::Connect;
 use crate::session::{RestoredParts, Session, SessionLimits};
@@ -32,6 +33,9 @@ pub struct SessionHandle {
     pub wake: Notify,
     /// Publishers waiting for this session's queue to drain (backpressure).
     pub congestion: Congestion,
+    /// Whether the ACL lets this session's client read a message's topic; consulted by
+    /// the router only when an ACL file is configured.
+    pub read_gate: ReadGate,
     /// Changed only while `state` is locked, so a check under the lock is authoritative.
     generation: AtomicU64,
     /// Mirrors `Session::is_connected` so the router can prefer online members of a
@@ -83,6 +87,7 @@ impl SessionHandle {
             client_id,
             wake: Notify::new(),
             congestion: Congestion::default(),
+            read_gate: ReadGate::default(),
             generation: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             retired: AtomicBool::new(false),
@@ -208,8 +213,9 @@ mod tests {
     /// Every session, connected or not, holds one handle, and every idle client one
     /// session: what these weigh is most of what an idle connection costs (BENCHMARKS.md,
     /// "Idle connections"). State that few clients use is allocated on first use; a
-    /// field that makes these larger should be a decision, not an accident. (352 and 488:
-    /// the operators' view of a session, one pointer, see ARCHITECTURE.md.)
+    /// field that makes these larger should be a decision, not an accident. (504: the
+    /// operators' view of a session, one pointer, and the read gate, 16 bytes, whose
+    /// state is allocated only with an ACL file; see ARCHITECTURE.md.)
     #[test]
     fn a_session_stays_small() {
         assert!(
@@ -218,7 +224,7 @@ mod tests {
             std::mem::size_of::<Session>()
         );
         assert!(
-            std::mem::size_of::<SessionHandle>() <= 488,
+            std::mem::size_of::<SessionHandle>() <= 504,
             "SessionHandle is {} bytes",
             std::mem::size_of::<SessionHandle>()
         );

@@ -154,7 +154,7 @@ fn a_resend_after_takeover_is_acknowledged_only_once_the_first_write_completed()
     let broker = Broker::new(Config::default(), store.clone());
     let connect = persistent_connect("pub");
     let expiry = Duration::from_secs(3600);
-    let old = broker.connect(&connect, expiry);
+    let old = broker.connect(&connect, expiry, None);
     store.release();
 
     // The old connection has handled the PUBLISH but not yet submitted its write.
@@ -162,7 +162,7 @@ fn a_resend_after_takeover_is_acknowledged_only_once_the_first_write_completed()
     let mut first_pubrec = first.pubrec_waits_for.take().expect("PUBREC waits");
     // The client reconnects and resends it: a duplicate, not routed again, and its PUBREC
     // waits too.
-    let new = broker.connect(&connect, expiry);
+    let new = broker.connect(&connect, expiry, None);
     store.release();
     let mut resent = handle(&new, qos2_publish(7, true));
     assert!(resent.routed.is_none(), "a duplicate is not routed again");
@@ -192,12 +192,12 @@ fn a_packet_id_whose_write_never_happened_is_not_acknowledged_and_is_handled_ane
     let broker = Broker::new(Config::default(), store.clone());
     let connect = persistent_connect("pub");
     let expiry = Duration::from_secs(3600);
-    let old = broker.connect(&connect, expiry);
+    let old = broker.connect(&connect, expiry, None);
     store.release();
 
     // The old connection ends before it submitted anything.
     let first = handle(&old, qos2_publish(9, false));
-    let new = broker.connect(&connect, expiry);
+    let new = broker.connect(&connect, expiry, None);
     store.release();
     let mut resent = handle(&new, qos2_publish(9, true));
     assert!(resent.routed.is_none());
@@ -222,7 +222,7 @@ fn a_clean_session_waits_for_nothing() {
     let mut connect = persistent_connect("clean");
     connect.clean_start = true;
     connect.properties.session_expiry_interval = None;
-    let client = broker.connect(&connect, Duration::ZERO);
+    let client = broker.connect(&connect, Duration::ZERO, None);
     let handled = handle(&client, qos2_publish(1, false));
     assert!(handled.promise.is_none() && handled.pubrec_waits_for.is_none());
     assert!(handled.ops.is_empty(), "a clean session writes nothing");

@@ -59,7 +59,15 @@ impl Broker {
     ///
     /// A session that outlives its connection (`session_expiry` > 0) is written to the
     /// store, with the will, so that a restart finds it; CONNACK waits for that write.
-    pub fn connect(&self, connect: &Connect, session_expiry: Duration) -> Connected {
+    ///
+    /// `username` is who the client authenticated as (`None`: anonymous); with an ACL,
+    /// messages reach the session only where that user may read.
+    pub fn connect(
+        &self,
+        connect: &Connect,
+        session_expiry: Duration,
+        username: Option<&str>,
+    ) -> Connected {
         let now = super::now();
         let mut wills = Vec::new();
         let mut ended = None;
@@ -110,6 +118,10 @@ impl Broker {
             }
             None => (self.new_handle(connect.client_id.clone()), false),
         };
+        if self.read_checks().is_some() {
+            // Before attaching: the new client's messages are checked as its own.
+            handle.read_gate.set_reader(username);
+        }
         // Attaching bumps the generation, which kicks a connection still attached.
         let attachment = handle.attach(connect, session_expiry, now);
         let written = {

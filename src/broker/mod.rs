@@ -37,12 +37,15 @@ pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::Instant;
 
 use bytestring::ByteString;
 use tokio::sync::watch;
 
+use crate::auth::Security;
 use crate::config::Config;
 use crate::message::{Message, SessionKey};
 use crate::metrics::Metrics;
@@ -65,6 +68,9 @@ pub struct Broker {
     live: RwLock<(Arc<Config>, Arc<SessionLimits>)>,
     /// Parts (password file, ACL, certificates) that re-read their own files on reload.
     reloadables: Mutex<Vec<Arc<dyn Reloadable>>>,
+    /// The password file and ACL in force, set once at start when an ACL file is
+    /// configured: the router then checks read access per delivery (`auth::read_gate`).
+    read_checks: OnceLock<Arc<Security>>,
     metrics: Metrics,
     registry: Mutex<HashMap<ByteString, Arc<SessionHandle>>>,
     routes: RwLock<SubscriptionTrie<SessionKey, Route>>,
@@ -93,6 +99,7 @@ impl Broker {
         Arc::new(Broker {
             live: RwLock::new((Arc::new(config.clone()), Arc::new(session_limits(&config)))),
             reloadables: Mutex::new(Vec::new()),
+            read_checks: OnceLock::new(),
             metrics,
             registry: Mutex::new(HashMap::new()),
             routes: RwLock::new(SubscriptionTrie::new()),
@@ -118,6 +125,19 @@ impl Broker {
     pub fn replace_config(&self, config: Config) {
         let limits = Arc::new(session_limits(&config));
         *write(&self.live) = (Arc::new(config), limits);
+    }
+
+    /// Makes every delivery depend on the subscriber's read access under `security`'s
+    /// ACL, when it has an ACL file (otherwise nothing changes). Called once, at start.
+    pub fn check_reads_with(&self, security: Arc<Security>) {
+        if security.checks_reads() {
+            let _ = self.read_checks.set(security);
+        }
+    }
+
+    /// The security files, when deliveries are checked against an ACL.
+    pub(crate) fn read_checks(&self) -> Option<&Security> {
+        self.read_checks.get().map(Arc::as_ref)
     }
 
     /// Registers a part that re-reads its own files on reload (see `crate::reload`).

@@ -50,7 +50,7 @@ fn connect_packet(client_id: &str, clean_start: bool, expiry: u32) -> Connect {
 
 fn attach(broker: &Broker, connect: &Connect) -> Connected {
     let expiry = connect.properties.session_expiry_interval.unwrap_or(0);
-    broker.connect(connect, Duration::from_secs(u64::from(expiry)))
+    broker.connect(connect, Duration::from_secs(u64::from(expiry)), None)
 }
 
 fn subscribe(broker: &Broker, client: &Connected, filter: &str, qos: QoS) {

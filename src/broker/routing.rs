@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytestring::ByteString;
 
+use crate::auth::Security;
 use crate::message::{Message, SessionKey};
 use crate::protocol::{reason, QoS, RetainHandling, SubAck, SubscriptionOptions, UnsubAck};
 use crate::session::{Delivery, SubscribeRequest, UnsubscribeRequest};
@@ -333,7 +334,28 @@ impl Broker {
                 Match::Shared(group) => fanout.add_shared(group, message),
             });
         }
+        if let Some(security) = self.read_checks() {
+            self.keep_readable(&mut fanout, security, &message.topic);
+        }
         fanout
+    }
+
+    /// Drops the targets whose client may not read `topic` (only with an ACL file), as
+    /// Mosquitto checks every delivery. A shared group's chosen member that may not read
+    /// it does not get it, and neither does another member (Mosquitto's rule too).
+    fn keep_readable(&self, fanout: &mut Fanout, security: &Security, topic: &str) {
+        let before = fanout.targets.len() + fanout.shared.len();
+        let readable = |(session, _): &(Arc<SessionHandle>, Delivery)| {
+            session
+                .read_gate
+                .allows(security, &session.client_id, topic)
+        };
+        fanout.targets.retain(readable);
+        fanout.shared.retain(readable);
+        let denied = before - fanout.targets.len() - fanout.shared.len();
+        if denied > 0 {
+            self.stats.dropped_many(Dropped::AclDenied, denied as u64);
+        }
     }
 
     /// Enqueues one delivery and wakes the session's connection. Returns whether the
@@ -421,9 +443,18 @@ impl Broker {
             let mut matched = Vec::with_capacity(retained_wanted.len());
             if !retained_wanted.is_empty() {
                 let retained = read(&self.retained);
+                let security = self.read_checks();
                 for (filter, entry) in &retained_wanted {
                     let mut messages = Vec::new();
                     retained.for_each_matching(filter, |message| messages.push(message.clone()));
+                    // Retained messages go out only where the client may read them too.
+                    if let Some(security) = security {
+                        messages.retain(|message| {
+                            handle
+                                .read_gate
+                                .allows(security, &handle.client_id, &message.topic)
+                        });
+                    }
                     matched.push((entry, messages));
                 }
             }

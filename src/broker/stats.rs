@@ -33,12 +33,17 @@ pub enum Refusal {
     ConnectionLimit,
     /// The TLS handshake or WebSocket upgrade failed or timed out.
     TransportHandshake,
+    /// A PROXY protocol listener got no valid header in time (missing, malformed,
+    /// truncated).
+    ProxyHeader,
+    /// Closed at accept: a PROXY protocol listener's peer is not a trusted balancer.
+    UntrustedProxy,
     /// Any other CONNACK failure reason (server busy, banned, quota...).
     Other,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::Timeout,
         Refusal::Closed,
         Refusal::Malformed,
@@ -49,6 +54,8 @@ impl Refusal {
         Refusal::ConnectionRate,
         Refusal::ConnectionLimit,
         Refusal::TransportHandshake,
+        Refusal::ProxyHeader,
+        Refusal::UntrustedProxy,
         Refusal::Other,
     ];
 
@@ -78,6 +85,8 @@ impl Refusal {
             Refusal::ConnectionRate => "connection_rate",
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::TransportHandshake => "transport_handshake",
+            Refusal::ProxyHeader => "proxy_header",
+            Refusal::UntrustedProxy => "untrusted_proxy",
             Refusal::Other => "other",
         }
     }

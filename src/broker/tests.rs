@@ -50,7 +50,7 @@ fn will(delay: Option<u32>) -> Will {
 
 fn attach(broker: &Broker, connect: &Connect) -> Connected {
     let expiry = connect.properties.session_expiry_interval.unwrap_or(0);
-    broker.connect(connect, Duration::from_secs(u64::from(expiry)))
+    broker.connect(connect, Duration::from_secs(u64::from(expiry)), None)
 }
 
 fn client(broker: &Broker, client_id: &str) -> Connected {

@@ -459,7 +459,7 @@ mod tests {
             err.to_string(),
             "test.toml:4:1: listeners[0].port: unknown key 'port' in [[listeners]]; \
              known keys: type, bind, allow_anonymous, max_connections, max_connection_rate, \
-             path, tls"
+             proxy_protocol, proxy_protocol_trusted, path, tls"
         );
     }
 
@@ -508,19 +508,13 @@ mod tests {
 
     #[test]
     fn problems_about_default_values_have_no_line() {
-        // The queue keeps its default size, now smaller than the packet limit.
-        let err = parse_err("[limits]\nmax_packet_size = 100000000\n");
+        // The metrics endpoint keeps its default address, now taken by a listener.
+        let err = parse_err("[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:9883\"\n");
         let ConfigError::Invalid { problems, .. } = err else {
             panic!("expected validation problems, got {err:?}");
         };
         let lines: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
-        assert_eq!(
-            lines,
-            [
-                ("limits.max_queued_bytes", None),
-                ("limits.max_outbox_bytes", None)
-            ]
-        );
+        assert_eq!(lines, [("metrics.bind", None)]);
         assert!(problems[0]
             .message
             .ends_with("(not set in the file: this is the default)"));

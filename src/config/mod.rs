@@ -64,17 +64,30 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     /// Address and port, e.g. "127.0.0.1:1883" or "0.0.0.0:1883". Port 0 picks a free port.
     pub bind: SocketAddr,
-    /// Admit clients that present no credentials. Default: true only when `bind` is a
-    /// loopback address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Admit clients that present no credentials. A listener named in a configuration
+    /// file refuses them unless this says `true` (Mosquitto 2's rule); a listener made
+    /// without a file (the built-in default, `--bind`) admits them only when `bind` is a
+    /// loopback address (and, behind the PROXY protocol, the client's own address too).
+    #[serde(
+        default = "security::anonymous_refused",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub allow_anonymous: Option<bool>,
     /// Open connections on this listener; default `limits.max_connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
     /// New connections per second on this listener, checked before any TLS handshake;
-    /// default `limits.max_connection_rate`.
+    /// default `limits.max_connection_rate`. 0: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_rate: Option<u32>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a load
+    /// balancer, whose client address then stands for the connection's everywhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
+    /// Addresses or CIDR blocks (`10.0.0.0/8`, `::1/128`) of the balancers allowed to
+    /// send the header; any other source is refused. Required with `proxy_protocol`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_protocol_trusted: Vec<String>,
     /// HTTP path of a `ws`/`wss` listener; default "/mqtt".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -116,9 +129,9 @@ pub struct LimitsConfig {
     pub max_outbox_bytes: usize,
     /// Open client connections, all listeners together.
     pub max_connections: u32,
-    /// New connections per second per listener (a listener may set its own).
+    /// New connections per second per listener (a listener may set its own); 0: no limit.
     pub max_connection_rate: u32,
-    /// PUBLISH packets per second one client may send.
+    /// PUBLISH packets per second one client may send; 0: no limit.
     pub max_publish_rate: u32,
     /// Subscriptions one session may hold.
     pub max_subscriptions: u32,
@@ -197,11 +210,16 @@ pub struct ShutdownConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listeners: vec![ListenerConfig::tcp(
-                crate::limits::DEFAULT_BIND
-                    .parse()
-                    .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 1883))),
-            )],
+            listeners: vec![ListenerConfig {
+                // Loopback only, so anonymous clients are safe to admit; spelled out so
+                // that the shipped file, which names this listener, means the same.
+                allow_anonymous: Some(true),
+                ..ListenerConfig::tcp(
+                    crate::limits::DEFAULT_BIND
+                        .parse()
+                        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 1883))),
+                )
+            }],
             limits: LimitsConfig::default(),
             sessions: SessionsConfig::default(),
             storage: StorageConfig::default(),
@@ -313,6 +331,23 @@ mod tests {
         let shipped: toml::Table = DEFAULT_CONFIG_TOML.parse().unwrap();
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         assert_eq!(shipped, defaults);
+    }
+
+    /// The rates are off by default; the file recommends values for device fleets.
+    #[test]
+    fn shipped_config_file_recommends_the_device_rates() {
+        use crate::limits::{RECOMMENDED_DEVICE_CONNECTION_RATE, RECOMMENDED_DEVICE_PUBLISH_RATE};
+        let defaults = Config::default();
+        assert_eq!(defaults.limits.max_publish_rate, 0);
+        assert_eq!(defaults.limits.max_connection_rate, 0);
+        for recommended in [
+            format!("Recommended where devices connect: {RECOMMENDED_DEVICE_CONNECTION_RATE}."),
+            format!(
+                "Recommended where every client is a device: {RECOMMENDED_DEVICE_PUBLISH_RATE}."
+            ),
+        ] {
+            assert!(DEFAULT_CONFIG_TOML.contains(&recommended), "{recommended}");
+        }
     }
 
     #[test]

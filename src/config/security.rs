@@ -3,8 +3,11 @@
 //! that say who is who (`[auth]`: password file and ACL file).
 //!
 //! The defaults keep a broker started without a file closed to the network: the only
-//! listener is loopback, and a listener on any other address refuses anonymous clients
-//! unless `allow_anonymous = true` says otherwise.
+//! listener is loopback. As in Mosquitto 2, a listener named in a configuration file
+//! refuses anonymous clients unless `allow_anonymous = true` says otherwise; a listener
+//! built in code (`--bind`) admits them only on a loopback address. A listener behind a
+//! load balancer reads the PROXY protocol from its trusted balancers
+//! (`proxy_protocol`, `proxy_protocol_trusted`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use super::validate::at_least_one;
 use super::{Config, ListenerConfig, ListenerKind, Problem};
+
+/// A listener read from a configuration file without `allow_anonymous` refuses
+/// anonymous clients, as Mosquitto 2 does once a file names listeners.
+pub(super) fn anonymous_refused() -> Option<bool> {
+    Some(false)
+}
 
 /// MQTT requires servers to accept client identifiers of 1 to 23 bytes (3.1.3-5).
 const MIN_CLIENT_ID_LENGTH: u16 = 23;
@@ -94,6 +103,8 @@ impl ListenerConfig {
             allow_anonymous: None,
             max_connections: None,
             max_connection_rate: None,
+            proxy_protocol: false,
+            proxy_protocol_trusted: Vec::new(),
             path: None,
             tls: None,
         }
@@ -116,6 +127,32 @@ impl ListenerConfig {
     /// Whether the transport runs over TLS.
     pub fn uses_tls(&self) -> bool {
         matches!(self.kind, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    /// PROXY protocol rules: trusted balancers are required with it, meaningless without
+    /// it, and each must be an address or CIDR block.
+    fn check_proxy_protocol(&self, key: &str, problems: &mut Vec<Problem>) {
+        let trusted = &self.proxy_protocol_trusted;
+        if self.proxy_protocol && trusted.is_empty() {
+            problems.push(Problem::new(
+                format!("{key}.proxy_protocol_trusted"),
+                "proxy_protocol = true needs the addresses of the balancers allowed to send the header, e.g. [\"10.0.0.5\", \"10.1.0.0/16\"]",
+            ));
+        }
+        if !self.proxy_protocol && !trusted.is_empty() {
+            problems.push(Problem::new(
+                format!("{key}.proxy_protocol_trusted"),
+                "only a listener with proxy_protocol = true has trusted PROXY sources",
+            ));
+        }
+        for (index, entry) in trusted.iter().enumerate() {
+            if let Err(message) = crate::listener::proxy_protocol::Cidr::parse(entry) {
+                problems.push(Problem::new(
+                    format!("{key}.proxy_protocol_trusted[{index}]"),
+                    message,
+                ));
+            }
+        }
     }
 
     /// Whether the transport is WebSocket.
@@ -173,23 +210,15 @@ impl Config {
                     ));
                 }
             }
-            for (name, value) in [
-                ("max_connections", listener.max_connections),
-                ("max_connection_rate", listener.max_connection_rate),
-            ] {
-                if let Some(value) = value {
-                    at_least_one(problems, &format!("{key}.{name}"), value as usize);
-                }
+            // A connection rate of 0 means no limit.
+            if let Some(value) = listener.max_connections {
+                at_least_one(problems, &format!("{key}.max_connections"), value as usize);
             }
+            listener.check_proxy_protocol(&key, problems);
         }
         let limits = &self.limits;
         for (key, value) in [
             ("limits.max_connections", limits.max_connections as usize),
-            (
-                "limits.max_connection_rate",
-                limits.max_connection_rate as usize,
-            ),
-            ("limits.max_publish_rate", limits.max_publish_rate as usize),
             (
                 "limits.max_subscriptions",
                 limits.max_subscriptions as usize,
@@ -244,6 +273,52 @@ mod tests {
         let tls = parsed.tls.expect("tls table");
         assert_eq!(tls.client_auth, ClientAuth::Require);
         assert_eq!(tls.identity, Some(CertIdentity::Cn));
+    }
+
+    #[test]
+    fn a_listener_from_a_file_refuses_anonymous_clients_unless_it_says_so() {
+        let named = listener("[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1883\"\n");
+        assert_eq!(named.allow_anonymous, Some(false));
+        assert!(!named.allows_anonymous());
+        let opened = listener(
+            "[[listeners]]\ntype = \"tcp\"\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true\n",
+        );
+        assert!(opened.allows_anonymous());
+        // No file (or a file without listeners): the built-in loopback listener admits them.
+        let builtin = Config::from_toml_str("[limits]\n", "test.toml").unwrap();
+        assert!(builtin.listeners[0].allows_anonymous());
+    }
+
+    #[test]
+    fn proxy_protocol_needs_valid_trusted_sources() {
+        let parsed = listener(
+            "[[listeners]]\ntype = \"tls\"\nbind = \"0.0.0.0:8883\"\nproxy_protocol = true\n\
+             proxy_protocol_trusted = [\"10.0.0.5\", \"10.1.0.0/16\", \"::1/128\"]\n\
+             [listeners.tls]\ncert = \"s.pem\"\nkey = \"k.pem\"\n",
+        );
+        assert!(parsed.proxy_protocol);
+        assert_eq!(parsed.proxy_protocol_trusted.len(), 3);
+        for (text, key) in [
+            (
+                "proxy_protocol = true\n",
+                "listeners[0].proxy_protocol_trusted",
+            ),
+            (
+                "proxy_protocol_trusted = [\"10.0.0.5\"]\n",
+                "listeners[0].proxy_protocol_trusted",
+            ),
+            (
+                "proxy_protocol = true\nproxy_protocol_trusted = [\"10.0.0.5\", \"10.0.0.0/40\"]\n",
+                "listeners[0].proxy_protocol_trusted[1]",
+            ),
+        ] {
+            let err = Config::from_toml_str(
+                &format!("[[listeners]]\ntype = \"tcp\"\nbind = \"0.0.0.0:1883\"\n{text}"),
+                "test.toml",
+            )
+            .expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

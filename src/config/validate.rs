@@ -116,21 +116,10 @@ impl Config {
                 ),
             ));
         }
-        // A message larger than the queue or the outbox could never be delivered.
-        let max_packet = limits.max_packet_size as usize;
-        for (key, value) in [
-            ("limits.max_queued_bytes", limits.max_queued_bytes),
-            ("limits.max_outbox_bytes", limits.max_outbox_bytes),
-        ] {
-            if value < max_packet {
-                problems.push(Problem::new(
-                    key,
-                    format!(
-                        "{value} bytes is smaller than limits.max_packet_size ({max_packet}); it must hold at least one packet of the largest size"
-                    ),
-                ));
-            }
-        }
+        // No byte limit needs to hold a maximum-size packet: an empty queue takes one
+        // message whatever its size, and a drain always takes at least one packet.
+        at_least_one(problems, "limits.max_queued_bytes", limits.max_queued_bytes);
+        at_least_one(problems, "limits.max_outbox_bytes", limits.max_outbox_bytes);
     }
 
     fn check_sessions(&self, problems: &mut Vec<Problem>) {
@@ -291,8 +280,6 @@ mod tests {
     #[test]
     fn max_packet_size_bounds_are_inclusive() {
         let mut config = Config::default();
-        config.limits.max_queued_bytes = MAX_MAX_PACKET_SIZE as usize;
-        config.limits.max_outbox_bytes = MAX_MAX_PACKET_SIZE as usize;
         for (size, valid) in [
             (0, false),
             (MIN_MAX_PACKET_SIZE - 1, false),
@@ -361,18 +348,12 @@ mod tests {
     }
 
     #[test]
-    fn queue_and_outbox_must_hold_one_maximum_size_packet() {
+    fn queue_and_outbox_may_be_smaller_than_the_largest_packet() {
         let mut config = Config::default();
         config.limits.max_packet_size = 4096;
-        config.limits.max_queued_bytes = 4096;
-        config.limits.max_outbox_bytes = 4096;
+        config.limits.max_queued_bytes = 1024;
+        config.limits.max_outbox_bytes = 1024;
         assert!(keys(&config).is_empty());
-        config.limits.max_queued_bytes = 4095;
-        config.limits.max_outbox_bytes = 4095;
-        assert_eq!(
-            keys(&config),
-            ["limits.max_queued_bytes", "limits.max_outbox_bytes"]
-        );
     }
 
     #[test]

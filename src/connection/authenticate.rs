@@ -40,6 +40,7 @@ pub(super) async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     broker: &Broker,
     listener: &ListenerContext,
+    peer: std::net::SocketAddr,
     certificate_identity: Option<String>,
     connect: &Connect,
 ) -> Result<Admitted, u8> {
@@ -51,7 +52,7 @@ pub(super) async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
             let security = listener.security.clone();
             let username = connect.username.as_ref().map(|name| name.to_string());
             let password = connect.password.clone();
-            let allow_anonymous = listener.allow_anonymous;
+            let allow_anonymous = listener.admits_anonymous(peer);
             let v5 = connect.protocol.is_v5();
             let decide = move || {
                 security.admit(Credentials {

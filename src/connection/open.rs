@@ -117,6 +117,7 @@ pub async fn open(
         &mut read_buf,
         &broker,
         &listener,
+        peer,
         certificate_identity,
         &connect,
     )
@@ -130,7 +131,7 @@ pub async fn open(
         }
     };
 
-    let connected = broker.connect(&connect, terms.session_expiry);
+    let connected = broker.connect(&connect, terms.session_expiry, admitted.username.as_deref());
     if let Some(mut session) = connected
         .handle
         .lock_current(connected.attachment.generation)

@@ -1,6 +1,8 @@
 //! What a connected client may do, checked on the connection task: ACLs on PUBLISH and
-//! SUBSCRIBE, no PUBLISH to `$` topics, the publish rate, the number of subscriptions,
-//! topic size limits, and MQTT 5 re-authentication (AUTH after CONNACK).
+//! SUBSCRIBE (a filter no rule could ever let read is refused; what may be read is then
+//! checked per message by the router, `auth::read_gate`), no PUBLISH to `$` topics, the
+//! publish rate (off by default), the number of subscriptions, topic size limits, and
+//! MQTT 5 re-authentication (AUTH after CONNACK).
 //!
 //! PUBLISH is checked where the session hands the message out for routing, after topic
 //! aliases are resolved, so an alias cannot bypass a rule. A refused message is not
@@ -27,10 +29,10 @@ pub(super) fn topic_within_limits(topic: &str, limits: &LimitsConfig) -> bool {
 /// Publish rate state: a soft token bucket at the configured rate (over it, messages are
 /// refused) and a hard one at twice the rate (over it, the client is disconnected). Both
 /// refill at the same moments, so they share the rate and the clock: every connection
-/// holds one.
+/// holds one. A rate of 0 (the default) allows everything.
 pub(super) struct PublishRate {
-    /// Messages per second (at least 1); the soft bucket holds up to this, the hard one
-    /// twice this.
+    /// Messages per second; the soft bucket holds up to this, the hard one twice this.
+    /// 0: no limit.
     rate: f64,
     soft: f64,
     hard: f64,
@@ -48,9 +50,9 @@ pub(super) enum RateCheck {
 }
 
 impl PublishRate {
-    /// Full buckets for `rate` messages per second.
+    /// Full buckets for `rate` messages per second; 0 for no limit.
     pub(super) fn new(rate: u32, now: Instant) -> PublishRate {
-        let rate = f64::from(rate.max(1));
+        let rate = f64::from(rate);
         PublishRate {
             rate,
             soft: rate,
@@ -61,6 +63,9 @@ impl PublishRate {
 
     /// Takes a token from the hard bucket, then from the soft one.
     pub(super) fn check(&mut self, now: Instant) -> RateCheck {
+        if self.rate == 0.0 {
+            return RateCheck::Allowed;
+        }
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.soft = (self.soft + elapsed * self.rate).min(self.rate);
@@ -265,5 +270,12 @@ mod tests {
             .filter(|check| *check == RateCheck::Allowed)
             .count();
         assert_eq!(allowed, 5);
+    }
+
+    #[test]
+    fn a_publish_rate_of_zero_allows_everything() {
+        let start = Instant::now();
+        let mut rate = PublishRate::new(0, start);
+        assert!((0..100_000).all(|_| rate.check(start) == RateCheck::Allowed));
     }
 }

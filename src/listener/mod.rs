@@ -6,8 +6,14 @@
 //! or if the listener's or the broker's connection limit is reached. The handshake and
 //! upgrade run in the connection's own task, under the CONNECT timeout, so a slow or
 //! hostile client never holds up the accept loop.
+//!
+//! A listener behind a load balancer (`proxy_protocol = true`) closes at accept every
+//! connection that does not come from a trusted balancer, then reads the PROXY header
+//! (`proxy_protocol`) first thing in the connection's task, before TLS or WebSocket;
+//! the client address it names replaces the socket's from then on.
 
 mod identity;
+pub mod proxy_protocol;
 pub mod rate;
 mod stream;
 pub mod tls;
@@ -26,6 +32,7 @@ use crate::auth::Security;
 use crate::broker::{now, Broker, Refusal};
 use crate::config::{ListenerConfig, ListenerKind};
 
+pub use proxy_protocol::{ProxyHeaderError, TrustedSources};
 pub use rate::TokenBucket;
 pub use stream::{ClientStream, WsStream};
 pub use tls::{check_files as check_tls_files, TlsError, TlsTerminator};
@@ -38,7 +45,19 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct ListenerContext {
     pub kind: ListenerKind,
     pub allow_anonymous: bool,
+    /// Anonymous clients are admitted only from loopback client addresses: a listener
+    /// without an explicit `allow_anonymous` that is bound to loopback, behind the PROXY
+    /// protocol (a balancer on the same machine relays clients from anywhere).
+    pub anonymous_only_from_loopback: bool,
     pub security: Arc<Security>,
+}
+
+impl ListenerContext {
+    /// Whether a client without credentials from `client` (its real address) may connect.
+    pub fn admits_anonymous(&self, client: SocketAddr) -> bool {
+        self.allow_anonymous
+            && (!self.anonymous_only_from_loopback || client.ip().to_canonical().is_loopback())
+    }
 }
 
 /// A socket accepted and made ready to carry MQTT.
@@ -102,6 +121,9 @@ pub struct Listener {
     tls: Option<Arc<TlsTerminator>>,
     context: Arc<ListenerContext>,
     own_connections: Arc<ConnectionCounter>,
+    /// The balancers whose PROXY headers this listener reads; `None` when it does not
+    /// use the PROXY protocol.
+    proxies: Option<Arc<TrustedSources>>,
 }
 
 impl Listener {
@@ -119,6 +141,14 @@ impl Listener {
             }
             _ => None,
         };
+        let proxies = if config.proxy_protocol {
+            let trusted = TrustedSources::parse(&config.proxy_protocol_trusted)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("proxy_protocol_trusted of {}", config.bind))?;
+            Some(Arc::new(trusted))
+        } else {
+            None
+        };
         let tcp = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -128,8 +158,11 @@ impl Listener {
             context: Arc::new(ListenerContext {
                 kind: config.kind,
                 allow_anonymous: config.allows_anonymous(),
+                anonymous_only_from_loopback: config.proxy_protocol
+                    && config.allow_anonymous.is_none(),
                 security,
             }),
+            proxies,
             own_connections: ConnectionCounter::new(
                 config.max_connections.unwrap_or(default_max_connections),
             ),
@@ -155,7 +188,8 @@ impl Listener {
             .config
             .max_connection_rate
             .unwrap_or(broker.config().limits.max_connection_rate);
-        let mut bucket = TokenBucket::new(rate, now());
+        // 0: no connection rate limit (the default).
+        let mut bucket = (rate > 0).then(|| TokenBucket::new(rate, now()));
         let handshake_timeout = Duration::from_secs(broker.config().limits.connect_timeout_secs);
         loop {
             while connections.try_join_next().is_some() {}
@@ -176,7 +210,17 @@ impl Listener {
                 }
             };
             backoff = ACCEPT_BACKOFF_MIN;
-            if !bucket.try_take(now()) {
+            if let Some(proxies) = &self.proxies {
+                if !proxies.contains(peer.ip()) {
+                    broker.stats().refused(Refusal::UntrustedProxy);
+                    tracing::debug!(%peer, "not a trusted PROXY protocol source; closed");
+                    continue;
+                }
+            }
+            if bucket
+                .as_mut()
+                .is_some_and(|bucket| !bucket.try_take(now()))
+            {
                 broker.stats().refused(Refusal::ConnectionRate);
                 continue;
             }
@@ -193,6 +237,7 @@ impl Listener {
                 tls: self.tls.clone(),
                 path: self.config.websocket_path().to_string(),
                 max_packet_size: broker.config().limits.max_packet_size,
+                proxy_protocol: self.proxies.is_some(),
             };
             let slots = ConnectionSlots {
                 _listener: own_slot,
@@ -204,12 +249,18 @@ impl Listener {
             // connected: those futures, and what they start from, are larger than the
             // connection loop, which is all an idle client keeps.
             let opening = Box::pin(async move {
-                let establish = transport.establish(tcp, peer, slots);
-                let accepted = match tokio::time::timeout(handshake_timeout, establish).await {
+                let deadline = tokio::time::Instant::now() + handshake_timeout;
+                let establish = transport.establish(tcp, peer, slots, deadline);
+                let accepted = match tokio::time::timeout_at(deadline, establish).await {
                     Ok(Ok(accepted)) => accepted,
-                    Ok(Err(error)) => {
+                    Ok(Err(EstablishError::Proxy(error))) => {
+                        broker.stats().refused(Refusal::ProxyHeader);
+                        tracing::debug!(%peer, %error, "PROXY protocol header refused");
+                        return None;
+                    }
+                    Ok(Err(EstablishError::Transport { error, client })) => {
                         broker.stats().refused(Refusal::TransportHandshake);
-                        tracing::debug!(%peer, %error, "handshake failed");
+                        tracing::debug!(peer = %client, %error, "handshake failed");
                         return None;
                     }
                     Err(_) => {
@@ -255,22 +306,67 @@ struct Transport {
     tls: Option<Arc<TlsTerminator>>,
     path: String,
     max_packet_size: u32,
+    /// Read a PROXY protocol header first.
+    proxy_protocol: bool,
+}
+
+/// Why a socket did not become a [`ClientStream`].
+enum EstablishError {
+    Proxy(ProxyHeaderError),
+    /// The TLS handshake or WebSocket upgrade of `client` (the address behind the PROXY
+    /// header, if any) failed.
+    Transport {
+        error: std::io::Error,
+        client: SocketAddr,
+    },
 }
 
 impl Transport {
     async fn establish(
         self,
-        tcp: TcpStream,
-        peer: SocketAddr,
+        mut tcp: TcpStream,
+        mut peer: SocketAddr,
         slots: ConnectionSlots,
-    ) -> std::io::Result<Accepted> {
+        deadline: tokio::time::Instant,
+    ) -> Result<Accepted, EstablishError> {
         // MQTT packets are small and already batched per wake-up; Nagle would only delay.
         let _ = tcp.set_nodelay(true);
+        if self.proxy_protocol {
+            // Boxed like the handshakes below: only PROXY listeners pay for its future.
+            // Under the connection's own deadline (the caller's, polled after this one),
+            // so a header that never completes is counted as a PROXY refusal.
+            let reading = Box::pin(proxy_protocol::read_header(&mut tcp));
+            let header = tokio::time::timeout_at(deadline, reading)
+                .await
+                .map_err(|_| EstablishError::Proxy(ProxyHeaderError::TimedOut))?
+                .map_err(EstablishError::Proxy)?;
+            if let proxy_protocol::Header::Proxied(client) = header {
+                tracing::debug!(balancer = %peer, %client, "PROXY protocol client address");
+                peer = client;
+            }
+        }
+        let (stream, certificate_identity) =
+            self.handshake(tcp)
+                .await
+                .map_err(|error| EstablishError::Transport {
+                    error,
+                    client: peer,
+                })?;
+        Ok(Accepted {
+            stream,
+            peer,
+            certificate_identity,
+            slots,
+        })
+    }
+
+    /// The TLS handshake and WebSocket upgrade the listener's kind asks for.
+    async fn handshake(self, tcp: TcpStream) -> std::io::Result<(ClientStream, Option<String>)> {
         let missing_tls = || std::io::Error::other("TLS listener without TLS settings");
         // The TLS handshake and the WebSocket upgrade are boxed: their futures (kilobytes)
         // would otherwise size the task of every connection, plain TCP included, for as
         // long as it lives.
-        let (stream, certificate_identity) = match self.kind {
+        Ok(match self.kind {
             ListenerKind::Tcp => (ClientStream::Tcp(tcp), None),
             ListenerKind::Tls => {
                 let tls = self.tls.ok_or_else(missing_tls)?;
@@ -289,12 +385,6 @@ impl Transport {
                     Box::pin(websocket::upgrade(tls, &self.path, self.max_packet_size)).await?;
                 (ClientStream::Wss(Box::new(ws)), identity)
             }
-        };
-        Ok(Accepted {
-            stream,
-            peer,
-            certificate_identity,
-            slots,
         })
     }
 }

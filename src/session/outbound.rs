@@ -198,13 +198,16 @@ impl Outbound {
         self.push(delivery);
     }
 
-    /// Whether the queue limits (messages and bytes) leave room for `delivery`.
+    /// Whether the queue limits (messages and bytes) leave room for `delivery`. An
+    /// empty queue takes one message whatever its size, so a message larger than the
+    /// byte limit (up to `max_packet_size`) is delayed, never undeliverable.
     pub(super) fn has_room(&self, delivery: &Delivery, limits: &SessionLimits) -> bool {
         self.queue.len() < limits.max_queued_messages
-            && self
-                .queued_bytes
-                .saturating_add(delivery.message.size_bytes())
-                <= limits.max_queued_bytes
+            && (self.queue.is_empty()
+                || self
+                    .queued_bytes
+                    .saturating_add(delivery.message.size_bytes())
+                    <= limits.max_queued_bytes)
     }
 
     /// Queues a delivery `has_room` accepted.

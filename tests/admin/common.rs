@@ -44,7 +44,7 @@ fn config_text(token_file: Option<&std::path::Path>) -> String {
         .map(|path| format!("token_file = {:?}\n", path.display().to_string()))
         .unwrap_or_default();
     format!(
-        "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[metrics]\nenabled = false\n\n[admin]\nbind = \"127.0.0.1:0\"\n{token}"
+        "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n\n[metrics]\nenabled = false\n\n[admin]\nbind = \"127.0.0.1:0\"\n{token}"
     )
 }
 

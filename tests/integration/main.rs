@@ -7,6 +7,7 @@
 mod common;
 
 mod connect;
+mod defaults;
 mod flow_control;
 mod mosquitto_clients;
 mod pubsub_qos;

@@ -312,6 +312,6 @@ pub fn connect_packet(client_id: &str, version: ProtocolVersion, clean: bool) ->
 /// The configuration most `ops_*` tests start from: ephemeral ports everywhere.
 pub fn base_config(extra: &str) -> String {
     format!(
-        "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[metrics]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n{extra}"
+        "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n\n[metrics]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n{extra}"
     )
 }

@@ -79,7 +79,7 @@ async fn sighup_applies_a_new_log_level_and_limits_without_disconnecting_anyone(
     // A change that needs a restart is reported and not applied; a broken file is
     // reported and changes nothing.
     service.rewrite_config(
-        "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[metrics]\nenabled = false\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n\n[metrics]\nenabled = false\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n",
     );
     service.signal("HUP");
     service.notification("READY=1").await;
@@ -103,6 +103,79 @@ async fn sighup_applies_a_new_log_level_and_limits_without_disconnecting_anyone(
     service.scrape().await;
     client.send(&Packet::PingReq).await;
     assert_eq!(client.next_packet().await, Some(Packet::PingResp));
+
+    service.signal("INT");
+    assert_eq!(service.exit_status().await.code(), Some(0));
+}
+
+/// SIGHUP to the real process: a new ACL file that takes read access away applies to a
+/// subscription made before it, from the next message on.
+#[tokio::test]
+async fn sighup_revokes_a_topic_from_an_existing_subscription() {
+    use fleetmq::protocol::{Publish, QoS, Subscribe, SubscribeFilter, SubscriptionOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite #\n").unwrap();
+    let config = base_config(&format!("[auth]\nacl_file = \"{}\"\n", acl.display()));
+    let mut service = Service::start(&config, &[], &[]).await;
+    let mut subscriber = RawClient::connect(service.mqtt, "reader", ProtocolVersion::V5).await;
+    subscriber
+        .send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![SubscribeFilter {
+                filter: "#".into(),
+                options: SubscriptionOptions::default(),
+            }],
+            ..Subscribe::default()
+        }))
+        .await;
+    assert!(matches!(
+        subscriber.next_packet().await,
+        Some(Packet::SubAck(suback)) if suback.reason_codes == [0]
+    ));
+    let mut publisher = RawClient::connect(service.mqtt, "writer", ProtocolVersion::V5).await;
+    let publish = |topic: &str, packet_id: u16| {
+        Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            topic: topic.into(),
+            packet_id,
+            payload: bytes::Bytes::from_static(b"x"),
+            ..Publish::default()
+        })
+    };
+    let next_topic = async |client: &mut RawClient| match client.next_packet().await {
+        Some(Packet::Publish(publish)) => publish.topic.to_string(),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    for (id, topic) in [(1, "secret/before"), (2, "open/before")] {
+        publisher.send(&publish(topic, id)).await;
+        assert!(matches!(
+            publisher.next_packet().await,
+            Some(Packet::PubAck(_))
+        ));
+    }
+    assert_eq!(next_topic(&mut subscriber).await, "secret/before");
+    assert_eq!(next_topic(&mut subscriber).await, "open/before");
+
+    // Anonymous clients may still write everywhere, and now read only open/... .
+    std::fs::write(&acl, "topic write #\ntopic read open/#\n").unwrap();
+    service.signal("HUP");
+    service.notification("RELOADING=1").await;
+    service.notification("READY=1").await;
+    assert!(
+        service.log().contains("ACL file reloaded"),
+        "{}",
+        service.log()
+    );
+    for (id, topic) in [(3, "secret/after"), (4, "open/after")] {
+        publisher.send(&publish(topic, id)).await;
+        assert!(matches!(
+            publisher.next_packet().await,
+            Some(Packet::PubAck(_))
+        ));
+    }
+    assert_eq!(next_topic(&mut subscriber).await, "open/after");
 
     service.signal("INT");
     assert_eq!(service.exit_status().await.code(), Some(0));

@@ -79,6 +79,7 @@ impl Node {
             "[[listeners]]\n\
              type = \"tcp\"\n\
              bind = \"127.0.0.1:0\"\n\
+             allow_anonymous = true\n\
              \n\
              [limits]\n\
              max_publish_rate = 1000000\n\

@@ -309,7 +309,7 @@ async fn acl_rules_patterns_deny_and_sys_protection() {
                 "devices/bob-dev/#",
                 "devices/other/#",
                 "inbox/bob",
-                "#"
+                "private/#"
             ]
         )
         .await,
@@ -354,7 +354,9 @@ async fn acl_rules_patterns_deny_and_sys_protection() {
     assert!(matches!(bob.next().await, Some(Packet::Publish(p)) if &p.topic[..] == "shared/b/x"));
     // v3: bob's denied publish is acknowledged but not delivered.
     let mut watcher = logged_in(&server, V5, "alice-2", "alice", "alice-pw").await;
-    assert_eq!(suback(&mut watcher, &["shared/#"]).await, [0x87]);
+    // Overlapping the deny rule is no reason to refuse: shared/secret is filtered per
+    // message instead.
+    assert_eq!(suback(&mut watcher, &["shared/#"]).await, [1]);
     assert_eq!(suback(&mut watcher, &["shared/news/#"]).await, [1]);
     bob.send(publish("shared/news/x", QoS::AtLeastOnce, 9, "bob"))
         .await;
@@ -448,5 +450,61 @@ async fn scram_answers_an_unknown_user_the_same_way_every_time() {
         client.next().await,
         Some(Packet::ConnAck(c)) if c.reason_code == reason::BAD_USER_NAME_OR_PASSWORD
     ));
+    server.shutdown().await;
+}
+
+/// Mosquitto 2's rule: once a configuration file names listeners, anonymous clients are
+/// refused unless `allow_anonymous = true` says so; the built-in default (no file) keeps
+/// admitting them on its loopback listener.
+#[tokio::test]
+async fn listeners_named_in_a_file_refuse_anonymous_clients_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    password_file(&dir);
+    let text = format!(
+        "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n\n\
+         [auth]\npassword_file = \"{}\"\n",
+        dir.path().join("passwd").display()
+    );
+    let config = Config::from_toml_str(&text, "fleetmq.toml").expect("valid file");
+    let server = start(config).await;
+    let [named, opened] = server.listener_addrs()[..] else {
+        panic!("two listeners")
+    };
+    for (version, refused) in [(V3, V3_NOT_AUTHORISED), (V5, reason::NOT_AUTHORIZED)] {
+        let mut anonymous = Raw::tcp(named, version).await;
+        assert_eq!(
+            anonymous
+                .connect(connect_packet(version, "anon", None, None))
+                .await,
+            Some(refused)
+        );
+        let mut alice = Raw::tcp(named, version).await;
+        assert_eq!(
+            alice
+                .connect(connect_packet(
+                    version,
+                    "a",
+                    Some("alice"),
+                    Some("alice-pw")
+                ))
+                .await,
+            Some(0)
+        );
+        let mut welcome = Raw::tcp(opened, version).await;
+        assert_eq!(
+            welcome
+                .connect(connect_packet(version, "anon", None, None))
+                .await,
+            Some(0)
+        );
+    }
+    server.shutdown().await;
+
+    // No file: the built-in listener (moved to a free port) admits anonymous clients.
+    let mut builtin = Config::default();
+    builtin.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+    let server = start(builtin).await;
+    still_serving(server.local_addr()).await;
     server.shutdown().await;
 }

@@ -4,8 +4,10 @@
 //! goes on serving other clients after refusing or closing one.
 
 mod access;
+mod acl_deliveries;
 mod common;
 mod hostile;
 mod limits;
+mod proxy_protocol;
 mod tls;
 mod websocket;

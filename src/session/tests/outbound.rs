@@ -266,6 +266,26 @@ fn queue_is_bounded_in_messages_and_bytes() {
 }
 
 #[test]
+fn an_empty_queue_takes_one_message_larger_than_its_byte_limit() {
+    let mut limits = limits();
+    limits.max_queued_bytes = 100;
+    let (mut session, now) = attached_with(&connect(ProtocolVersion::V3_1_1), limits);
+    // Nothing is polled: whatever is enqueued stays queued.
+    let mut big = message("a", QoS::AtLeastOnce);
+    big.payload = Bytes::from(vec![0u8; 500]);
+    enqueue_ok(
+        &mut session,
+        delivery_of(big.clone(), QoS::AtLeastOnce),
+        now,
+    );
+    assert_eq!(session.queued_len(), 1);
+    assert_eq!(
+        session.enqueue(delivery("a", QoS::AtLeastOnce), now),
+        Err(DropReason::QueueFull)
+    );
+}
+
+#[test]
 fn qos0_is_not_queued_for_an_offline_client() {
     let (mut session, now) = attached(ProtocolVersion::V5);
     session.detach(now);
