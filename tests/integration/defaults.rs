@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::both_versions;
 use crate::common::raw::RawClient;
 use crate::common::wire::{ConnectSpec, PublishSpec, V311, V5};
-use crate::common::{client_id, start_default, topic};
+use crate::common::{client_id, raise_open_files_limit, start_default, topic};
 
 /// Generous bound for the bulk tests below; only turns a hang into a failure.
 const BULK_GUARD: Duration = Duration::from_secs(60);
@@ -139,6 +139,8 @@ async fn open_one(addr: std::net::SocketAddr, id: String) -> std::io::Result<(u8
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_connections_at_once_are_all_accepted() {
     const CONNECTIONS: usize = 5_000;
+    // Both ends of every connection live in this process.
+    raise_open_files_limit(2 * CONNECTIONS as u64 + 1_000);
     let broker = start_default().await;
     let addr = broker.addr;
     let mut opening = tokio::task::JoinSet::new();

@@ -88,6 +88,31 @@ pub async fn start_broker(tweak: impl FnOnce(&mut Config)) -> Broker {
     }
 }
 
+/// Raises this process's soft limit on open files to at least `needed` (up to the hard
+/// limit), for tests that hold thousands of connections: Debian's default soft limit is
+/// 1,024. Panics, naming both limits, when the hard limit is too low.
+pub fn raise_open_files_limit(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(read, 0, "getrlimit(RLIMIT_NOFILE) failed");
+    if limit.rlim_cur >= needed {
+        return;
+    }
+    assert!(
+        limit.rlim_max >= needed,
+        "this test needs {needed} open files; the hard limit is {} (raise it with ulimit -Hn)",
+        limit.rlim_max
+    );
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    assert_eq!(set, 0, "setrlimit(RLIMIT_NOFILE) failed");
+}
+
 /// Starts with the default configuration.
 pub async fn start_default() -> Broker {
     start_broker(|_| {}).await
