@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map of modules and the path of a PUBLISH.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod certs;
 pub mod cli;

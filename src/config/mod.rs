@@ -8,6 +8,7 @@
 //! Loading and error reporting (file, line and key of each problem) live in `load`, the
 //! range and cross-field checks in `validate`.
 
+mod bridge;
 mod load;
 mod security;
 mod validate;
@@ -17,6 +18,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use bridge::{
+    split_host_port, BridgeConfig, BridgeProtocol, BridgeTlsConfig, BridgeTopic, Direction,
+    OutboxConfig, WhenFull,
+};
 pub use load::{ConfigError, Problem};
 pub use security::{AuthConfig, CertIdentity, ClientAuth, TlsConfig};
 
@@ -38,6 +43,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Password and ACL files.
     pub auth: AuthConfig,
+    /// Connections to remote brokers (`[[bridges]]`); none by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<BridgeConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +214,7 @@ impl Default for Config {
             sys: SysConfig::default(),
             shutdown: ShutdownConfig::default(),
             auth: AuthConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }

@@ -24,6 +24,7 @@ impl Config {
         self.check_security(&mut problems);
         self.check_storage_and_log(&mut problems);
         self.check_operations(&mut problems);
+        self.check_bridges(&mut problems);
         problems
     }
 

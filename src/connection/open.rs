@@ -96,6 +96,22 @@ pub async fn open(
         }
     };
     let version = connect.protocol;
+    // A bridge's local session holds its outbox: no client may take it over.
+    if !listener.internal
+        && connect
+            .client_id
+            .starts_with(crate::bridge::LOCAL_SESSION_PREFIX)
+    {
+        tracing::debug!(%peer, client_id = %connect.client_id, "client id reserved for bridges");
+        refuse(
+            &mut stream,
+            &broker,
+            version,
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+        )
+        .await;
+        return None;
+    }
     let terms = match handshake::negotiate(&broker, &mut connect) {
         Ok(terms) => terms,
         Err(reason_code) => {

@@ -39,6 +39,9 @@ pub struct ListenerContext {
     pub kind: ListenerKind,
     pub allow_anonymous: bool,
     pub security: Arc<Security>,
+    /// The in-process connections of bridges: the only ones that may use a bridge's
+    /// local session (`$bridge/<name>`).
+    pub internal: bool,
 }
 
 /// A socket accepted and made ready to carry MQTT.
@@ -55,8 +58,19 @@ pub struct Accepted {
 /// A connection's place under the listener's and the broker's connection limits, given
 /// back when dropped.
 pub struct ConnectionSlots {
-    _listener: Slot,
-    _broker: Slot,
+    _listener: Option<Slot>,
+    _broker: Option<Slot>,
+}
+
+impl ConnectionSlots {
+    /// An in-process connection of a bridge: it counts against no listener and no
+    /// connection limit (a full broker must still forward its outbox).
+    pub fn internal() -> ConnectionSlots {
+        ConnectionSlots {
+            _listener: None,
+            _broker: None,
+        }
+    }
 }
 
 /// Open connections against a maximum; a slot is given back when dropped.
@@ -129,6 +143,7 @@ impl Listener {
                 kind: config.kind,
                 allow_anonymous: config.allows_anonymous(),
                 security,
+                internal: false,
             }),
             own_connections: ConnectionCounter::new(
                 config.max_connections.unwrap_or(default_max_connections),
@@ -195,8 +210,8 @@ impl Listener {
                 max_packet_size: broker.config().limits.max_packet_size,
             };
             let slots = ConnectionSlots {
-                _listener: own_slot,
-                _broker: global_slot,
+                _listener: Some(own_slot),
+                _broker: Some(global_slot),
             };
             let context = self.context.clone();
             let broker = broker.clone();

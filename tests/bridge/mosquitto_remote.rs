@@ -1,0 +1,106 @@
+//! A bridge from fleetmq to the real Mosquitto broker, MQTT 3.1.1 with Mosquitto's bridge
+//! flag, through a proxy the test cuts; and loop prevention on a two-way rule.
+
+use fleetmq::config::{BridgeProtocol, Direction};
+
+use super::support::*;
+
+/// A local fleetmq bridged through `proxy` (to Mosquitto) with the given rules.
+async fn local_bridged(proxy: &Proxy, topics: Vec<fleetmq::config::BridgeTopic>) -> Fleetmq {
+    let remote = proxy.addr;
+    Fleetmq::start(move |config| {
+        let mut link = bridge(remote, BridgeProtocol::Mqttv311, topics);
+        link.try_private = true;
+        config.bridges = vec![link];
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_reach_mosquitto_across_a_cut_and_commands_come_back() {
+    let mosquitto = Mosquitto::start("").await;
+    let proxy = Proxy::start(mosquitto.addr).await;
+    let local = local_bridged(
+        &proxy,
+        vec![
+            rule("telemetry/#", Direction::Out, 2, "", "site/"),
+            rule("commands/#", Direction::In, 1, "", "site/"),
+        ],
+    )
+    .await;
+    let (cloud, cloud_task) =
+        subscribe(mosquitto.addr, "cloud-app", "site/telemetry/#", 2, true).await;
+    until("the bridge link", || local.bridge().connected).await;
+    publish_acknowledged(local.addr, "device-q2", "telemetry/q2", 2, 0..200).await;
+    cloud.wait_distinct("site/telemetry/q2", 200).await;
+
+    proxy.set(Mode::Cut);
+    until("the bridge to notice the cut", || !local.bridge().connected).await;
+    let q1 = publish_acknowledged(local.addr, "device-q1", "telemetry/q1", 1, 0..300);
+    let q2 = publish_acknowledged(local.addr, "device-q2", "telemetry/q2", 2, 200..500);
+    tokio::join!(q1, q2);
+    proxy.set(Mode::Forward);
+    cloud.wait_distinct("site/telemetry/q1", 300).await;
+    cloud.wait_distinct("site/telemetry/q2", 500).await;
+    assert_complete_in_order(&cloud, "site/telemetry/q1", 300, false);
+    assert_complete_in_order(&cloud, "site/telemetry/q2", 500, true);
+
+    let (commands, commands_task) = subscribe(local.addr, "device", "commands/#", 1, true).await;
+    until("the bridge link", || local.bridge().connected).await;
+    publish_acknowledged(mosquitto.addr, "cloud-cmd", "site/commands/reboot", 1, 0..5).await;
+    commands.wait_distinct("commands/reboot", 5).await;
+    assert_complete_in_order(&commands, "commands/reboot", 5, false);
+    commands_task.abort();
+    cloud_task.abort();
+    local.stop().await;
+}
+
+/// Counts what a local subscriber of a two-way topic got once a marker published on the
+/// remote after everything else has arrived: an echo would have come before it.
+async fn assert_no_echo(local: &Fleetmq, remote: std::net::SocketAddr) {
+    let (device, device_task) = subscribe(local.addr, "device-sub", "echo/#", 1, true).await;
+    let (cloud, cloud_task) = subscribe(remote, "cloud-sub", "site/echo/#", 1, true).await;
+    until("the bridge link", || local.bridge().connected).await;
+    publish_acknowledged(local.addr, "device-pub", "echo/x", 1, 0..10).await;
+    cloud.wait_distinct("site/echo/x", 10).await;
+    publish_acknowledged(remote, "cloud-pub", "site/echo/marker", 1, 0..1).await;
+    device.wait_distinct("echo/marker", 1).await;
+    assert_eq!(
+        device.count("echo/x"),
+        10,
+        "a message came back over the bridge"
+    );
+    assert_eq!(cloud.count("site/echo/x"), 10);
+    device_task.abort();
+    cloud_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_two_way_rule_does_not_echo_with_mosquitto_s_bridge_flag() {
+    let mosquitto = Mosquitto::start("").await;
+    let proxy = Proxy::start(mosquitto.addr).await;
+    let local = local_bridged(
+        &proxy,
+        vec![rule("echo/#", Direction::Both, 1, "", "site/")],
+    )
+    .await;
+    assert_no_echo(&local, mosquitto.addr).await;
+    local.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_two_way_rule_does_not_echo_with_mqtt5_no_local() {
+    let remote = Fleetmq::start(|_| {}).await;
+    let remote_addr = remote.addr;
+    let local = Fleetmq::start(move |config| {
+        config.bridges = vec![bridge(
+            remote_addr,
+            BridgeProtocol::Mqttv5,
+            vec![rule("echo/#", Direction::Both, 1, "", "site/")],
+        )];
+    })
+    .await;
+    assert_no_echo(&local, remote.addr).await;
+    local.stop().await;
+    remote.stop().await;
+}
