@@ -125,6 +125,9 @@ pub struct Relay<'a> {
     local_terminated: HashSet<u16>,
     /// The same for QoS 2 messages from the remote.
     remote_terminated: HashSet<u16>,
+    /// In-bound QoS 2 ids the bridge released on the local session itself (the remote
+    /// lost its session, so their PUBREL will never come): their PUBCOMP stays here.
+    released_locally: HashSet<u16>,
     /// Send times of out-bound QoS 1/2 messages, for the round-trip time.
     sent_at: HashMap<u16, Instant>,
     rate: Option<DrainRate>,
@@ -148,8 +151,19 @@ impl<'a> Relay<'a> {
             keep_alive,
             local_terminated: HashSet::new(),
             remote_terminated: HashSet::new(),
+            released_locally: HashSet::new(),
             sent_at: HashMap::new(),
             rate: config.outbox.max_rate_per_sec.map(DrainRate::new),
+        }
+    }
+
+    /// Releases in-bound QoS 2 ids the local session still holds from a remote session
+    /// that no longer exists: the remote would reuse those ids for new messages, which
+    /// the local session would then take for duplicates and drop.
+    pub fn release_stale(&mut self, packet_ids: &[u16]) {
+        for packet_id in packet_ids {
+            self.local.queue(&Packet::PubRel(response(*packet_id)));
+            self.released_locally.insert(*packet_id);
         }
     }
 
@@ -210,7 +224,9 @@ impl<'a> Relay<'a> {
                 Ok(())
             }
             Packet::PubComp(ack) => {
-                self.remote.queue(&Packet::PubComp(ack));
+                if !self.released_locally.remove(&ack.packet_id) {
+                    self.remote.queue(&Packet::PubComp(ack));
+                }
                 Ok(())
             }
             Packet::PubRel(release) => {

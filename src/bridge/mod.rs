@@ -26,7 +26,7 @@ mod status;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use tokio::sync::{watch, Notify};
@@ -347,8 +347,8 @@ async fn supervise(
                 let pause = backoff(&current, failures);
                 if was_up {
                     tracing::warn!(bridge = %current.name, %error, "bridge link down; reconnecting in {pause:?}");
-                } else {
-                    tracing::warn!(bridge = %current.name, %error, "bridge cannot connect; retrying in {pause:?}");
+                } else if let Some(attempts) = stats.connect_failure_log.occurred(Instant::now()) {
+                    tracing::warn!(bridge = %current.name, %error, attempts, "bridge cannot connect; retrying in {pause:?}");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
@@ -486,6 +486,21 @@ fn subscribe_local(local: &mut Link, broker: &Broker, config: &BridgeConfig) -> 
     true
 }
 
+/// In-bound QoS 2 packet ids the bridge's local session holds (received, PUBREL not
+/// yet seen). Scans the id space only when there are any.
+fn stale_incoming_ids(broker: &Broker, config: &BridgeConfig) -> Vec<u16> {
+    let Some(handle) = broker.session(&local_client_id(&config.name)) else {
+        return Vec::new();
+    };
+    let session = handle.lock();
+    if session.incoming_qos2_len() == 0 {
+        return Vec::new();
+    }
+    (1..=u16::MAX)
+        .filter(|packet_id| session.awaits_release(*packet_id))
+        .collect()
+}
+
 /// Queues SUBSCRIBE for the in-bound rules on the remote link.
 fn subscribe_remote(remote: &mut Link, config: &BridgeConfig) {
     let filters: Vec<SubscribeFilter> = config
@@ -561,6 +576,9 @@ impl Attempt<'_> {
             local.flush().await?;
             let mut relay =
                 forward::Relay::new(config, &rules, self.stats, local, remote, keep_alive);
+            if !connack.session_present {
+                relay.release_stale(&stale_incoming_ids(self.broker, config));
+            }
             let outcome = relay.run(shutdown, restart).await;
             if matches!(outcome, Ok(Stop::Shutdown)) {
                 relay

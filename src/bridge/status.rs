@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::broker::log_throttle::LogThrottle;
 use crate::broker::Broker;
 use crate::session::OutboxDrops;
 
@@ -39,6 +40,8 @@ pub struct BridgeStats {
     pub outbox_drops: Arc<OutboxDrops>,
     /// Last measured PUBLISH-to-acknowledgement time, microseconds.
     pub round_trip_micros: AtomicU64,
+    /// Thins out the log of failed connection attempts while the remote stays away.
+    pub connect_failure_log: LogThrottle,
 }
 
 impl BridgeStats {

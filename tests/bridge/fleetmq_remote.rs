@@ -127,9 +127,10 @@ async fn a_remote_restarted_while_devices_publish_gets_everything_exactly_once()
     let proxy = Proxy::start(remote_addr).await;
     let local = local_with_bridge(&proxy, BridgeProtocol::Mqttv5).await;
     until("the bridge link", || local.bridge().connected).await;
-    // A persistent subscriber on the remote, so it keeps its messages over the restart.
+    // A persistent subscriber on the remote, so it keeps its messages over the restart
+    // (QoS 1: a QoS 2 exchange cut by the test would confuse a new client instance).
     let (cloud, cloud_task) =
-        subscribe(remote_addr, "cloud-app", "site/telemetry/#", 2, false).await;
+        subscribe(remote_addr, "cloud-app", "site/telemetry/#", 1, false).await;
     publish_both(&local, 0..200).await;
     cloud
         .wait_distinct(&format!("site/{TELEMETRY_Q2}"), 200)
@@ -143,19 +144,18 @@ async fn a_remote_restarted_while_devices_publish_gets_everything_exactly_once()
     publish_both(&local, 200..500).await;
     let mut remote = start_binary(&remote_config, port, &dir.path().join("remote-2.log")).await;
     let (cloud, cloud_task) =
-        subscribe(remote_addr, "cloud-app", "site/telemetry/#", 2, false).await;
+        subscribe(remote_addr, "cloud-app", "site/telemetry/#", 1, false).await;
     let (q1, q2) = (
         format!("site/{TELEMETRY_Q1}"),
         format!("site/{TELEMETRY_Q2}"),
     );
-    cloud.wait_distinct(&q1, 300).await;
-    cloud.wait_distinct(&q2, 300).await;
     // What the subscriber got after its reconnect: 200..500 in order, QoS 2 once (an
     // in-flight QoS 1 message of the first run may come again).
     for (topic, exactly_once) in [(&q1, false), (&q2, true)] {
         let expected: Vec<String> = (200..500)
             .map(|n| format!("{}:{n}", topic.trim_start_matches("site/")))
             .collect();
+        cloud.wait_all(topic, &expected).await;
         // Messages of the first run still in flight to the first subscriber come again
         // to the second one: only 200..500 are this run's.
         let this_run: Vec<String> = cloud

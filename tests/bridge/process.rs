@@ -67,3 +67,100 @@ async fn kill_9_of_the_local_broker_during_an_outage_loses_nothing_acknowledged(
     cloud_task.abort();
     remote.stop().await;
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_outage_grows_memory_only_up_to_the_outbox_bounds() {
+    // The remote never answers; the outbox holds at most 5,000 messages. Once it is
+    // full, another 20,000 messages of 2 KiB (40 MiB) published locally must not grow
+    // the broker (the memory store, so that the database's own caches do not blur it).
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nowhere = free_port();
+    let config = dir.path().join("fleetmq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\n\
+             [limits]\nmax_publish_rate = 1000000\n\n\
+             [storage]\npersistence = false\n\n\
+             [metrics]\nenabled = false\n\n[sys]\ninterval_secs = 0\n\n\
+             [[bridges]]\nname = \"cloud\"\naddresses = [\"127.0.0.1:{nowhere}\"]\n\
+             reconnect_min_ms = 50\nreconnect_max_ms = 200\n\n\
+             [bridges.outbox]\nmax_messages = 5000\n\n\
+             [[bridges.topics]]\nfilter = \"telemetry/#\"\ndirection = \"out\"\nqos = 1\n"
+        ),
+    )
+    .unwrap();
+    let mut local = start_binary(&config, port, &dir.path().join("local.log")).await;
+    let pid = local.id().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let payload = "x".repeat(2048);
+    publish_sized(addr, "device", &payload, 0..5_000).await;
+    let full = rss_kib(pid);
+    let t = std::time::Instant::now();
+    publish_sized(addr, "device", &payload, 5_000..25_000).await;
+    eprintln!("phase 2 took {:?}", t.elapsed());
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(dir.path().join("local.log")).unwrap()
+    );
+    let after = rss_kib(pid);
+    assert!(
+        after < full + 12 * 1024,
+        "the broker grew from {full} KiB to {after} KiB while its outbox was full"
+    );
+    local.start_kill().unwrap();
+    let _ = local.wait().await;
+}
+
+/// Publishes `numbers.len()` QoS 1 messages with `payload` and waits for every PUBACK.
+async fn publish_sized(
+    addr: SocketAddr,
+    client_id: &str,
+    payload: &str,
+    numbers: std::ops::Range<usize>,
+) {
+    let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", addr.port());
+    options.set_inflight(100);
+    options.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+    let count = numbers.len();
+    let body = payload.to_string();
+    let publisher = tokio::spawn(async move {
+        for n in numbers {
+            client
+                .publish(
+                    format!("telemetry/{}", n % 10),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    body.clone(),
+                )
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acknowledged = 0;
+    within("every publish to be acknowledged", async {
+        while acknowledged < count {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acknowledged += 1,
+                Ok(_) => {}
+                Err(error) => panic!("publisher connection failed: {error}"),
+            }
+        }
+    })
+    .await;
+    let client = publisher.await.unwrap();
+    let _ = client.disconnect().await;
+}

@@ -417,6 +417,24 @@ impl Received {
         self.payloads(topic).len()
     }
 
+    /// Waits until every payload of `expected` arrived on `topic`.
+    pub async fn wait_all(&self, topic: &str, expected: &[String]) {
+        within(
+            &format!("{} given messages on {topic}", expected.len()),
+            async {
+                loop {
+                    let notified = self.arrived.notified();
+                    let payloads = self.payloads(topic);
+                    if expected.iter().all(|wanted| payloads.contains(wanted)) {
+                        return;
+                    }
+                    notified.await;
+                }
+            },
+        )
+        .await;
+    }
+
     /// Waits until `topic` has `count` distinct payloads.
     pub async fn wait_distinct(&self, topic: &str, count: usize) {
         within(&format!("{count} distinct messages on {topic}"), async {
@@ -506,11 +524,19 @@ pub fn assert_complete_in_order(
                 .unwrap_or_else(|| panic!("unexpected payload {payload}"))
         })
         .collect();
-    assert_eq!(
-        firsts,
-        (0..count).collect::<Vec<_>>(),
-        "{topic}: messages missing or out of order"
-    );
+    if firsts != (0..count).collect::<Vec<_>>() {
+        let at = firsts
+            .iter()
+            .enumerate()
+            .position(|(index, n)| index != *n)
+            .unwrap_or(firsts.len());
+        let around = &firsts[at.saturating_sub(3)..(at + 5).min(firsts.len())];
+        panic!(
+            "{topic}: messages missing or out of order: {} distinct of {count}, first difference at {at}: {around:?}; all arrivals: {} ",
+            firsts.len(),
+            payloads.len()
+        );
+    }
     if exactly_once {
         assert_eq!(
             payloads.len(),
