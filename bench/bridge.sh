@@ -17,7 +17,9 @@ DURATION="${DURATION:-10}"
 BACKLOG="${BACKLOG:-1000000}"
 PUBLISHERS="${PUBLISHERS:-8}"
 MOSQUITTO="${MOSQUITTO:-/usr/sbin/mosquitto}"
-TARGET="${CARGO_TARGET_DIR:-./target}/release"
+# PROFILE=debug runs the debug build (a functional check of the script, not figures).
+PROFILE="${PROFILE:-release}"
+TARGET="${CARGO_TARGET_DIR:-./target}/$PROFILE"
 OUT="${OUT:-/tmp/fleetmq-bench/bridge-$(date +%Y%m%d-%H%M%S)}"
 LOCAL_PORT="${LOCAL_PORT:-21883}"
 REMOTE_PORT="${REMOTE_PORT:-21884}"
@@ -34,7 +36,11 @@ cleanup() {
 trap 'cleanup' EXIT
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
-    cargo build --release --bin fleetmq --bin fleetmq-bench
+    if [ "$PROFILE" = release ]; then
+        cargo build --release --bin fleetmq --bin fleetmq-bench
+    else
+        cargo build --bin fleetmq --bin fleetmq-bench
+    fi
 fi
 
 wait_port() {
@@ -128,7 +134,7 @@ EOF
     wait_port "$LOCAL_PORT"
 }
 
-echo "bridge benchmark $(date -u +%FT%TZ), $(nproc) CPUs, duration ${DURATION}s, backlog $BACKLOG" | tee "$OUT/bridge.txt"
+echo "bridge benchmark $(date -u +%FT%TZ), $PROFILE build, $(nproc) CPUs, duration ${DURATION}s, backlog $BACKLOG" | tee "$OUT/bridge.txt"
 for broker in $BROKERS; do
     # Throughput.
     rm -rf "$WORK/remote-data"
@@ -145,9 +151,15 @@ for broker in $BROKERS; do
     mosquitto_sub -p "$REMOTE_PORT" -c -i drain-sub -q 1 -t 'bench/#' -E
     stop_remote
     start_local "$broker"
+    # fleetmq-bench's publishers stop at BACKLOG/PUBLISHERS messages each, every one
+    # acknowledged (its subscriber runs on the local broker: a second consumer there).
+    # (mosquitto_pub -l exits at the end of its input before everything is sent.)
     fill_start=$(date +%s.%N)
-    seq "$BACKLOG" | mosquitto_pub -p "$LOCAL_PORT" -q 1 -t bench/drain -l
+    "$TARGET/fleetmq-bench" fanin --addr "127.0.0.1:$LOCAL_PORT" --label "$broker-fill" --qos 1 \
+        --publishers "$PUBLISHERS" --messages "$((BACKLOG / PUBLISHERS))" --duration 3600 \
+        --drain-idle-ms 1000 >"$WORK/fill.txt"
     fill_end=$(date +%s.%N)
+    BACKLOG=$((BACKLOG / PUBLISHERS * PUBLISHERS))
     start_remote
     drain_start=$(date +%s.%N)
     mosquitto_sub -p "$REMOTE_PORT" -c -i drain-sub -q 1 -t 'bench/#' -C "$BACKLOG" >/dev/null

@@ -176,3 +176,48 @@ impl DroppedCounts {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sys_topics_name_the_bridge_and_sum_the_drops() {
+        let status = BridgeStatus {
+            name: "cloud".into(),
+            connected: true,
+            reconnects: 2,
+            link_failures: 3,
+            outbox_messages: 10,
+            outbox_bytes: 1000,
+            outbox_inflight: 5,
+            sent: 40,
+            acknowledged: 30,
+            received: 7,
+            dropped: DroppedCounts {
+                outbox_full: 1,
+                evicted: 2,
+                expired: 0,
+                qos0_link_down: 3,
+                too_large: 0,
+                no_rule: 0,
+                remote_refused: 1,
+            },
+            round_trip_ms: 1.5,
+        };
+        let values = status.sys_values();
+        let value = |topic: &str| {
+            values
+                .iter()
+                .find(|(name, _)| name == topic)
+                .map(|(_, value)| value.as_str())
+        };
+        assert_eq!(value("bridges/cloud/state"), Some("1"));
+        assert_eq!(value("bridges/cloud/outbox/messages"), Some("15"));
+        assert_eq!(value("bridges/cloud/messages/dropped"), Some("7"));
+        assert_eq!(value("bridges/cloud/messages/acknowledged"), Some("30"));
+        // Serialisable for the admin API (TOML here: no JSON crate in the library).
+        let text = toml::to_string(&status).unwrap_or_default();
+        assert!(text.contains("outbox_full = 1"), "{text}");
+    }
+}

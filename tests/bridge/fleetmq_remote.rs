@@ -102,6 +102,16 @@ async fn messages_published_during_a_cut_and_a_black_hole_all_arrive_in_order() 
             "{status:?}"
         );
         assert!(status.acknowledged >= 1800, "{status:?}");
+        let broker = local.handle().broker();
+        let metrics = broker.metrics().render(broker);
+        for line in [
+            "fleetmq_bridge_up{bridge=\"cloud\"} 1",
+            "fleetmq_bridge_outbox_messages{bridge=\"cloud\"} 0",
+            "fleetmq_bridge_messages_dropped_total{bridge=\"cloud\",reason=\"outbox_full\"} 0",
+        ] {
+            assert!(metrics.contains(line), "no {line} in\n{metrics}");
+        }
+        assert!(metrics.contains("fleetmq_bridge_messages_acknowledged_total{bridge=\"cloud\"}"));
 
         command_reaches_local(&local, &remote, &format!("{protocol:?}")).await;
         cloud_task.abort();
@@ -316,6 +326,65 @@ async fn a_reload_with_new_rules_reconnects_and_keeps_the_outbox() {
     cloud.wait_distinct("site-b/telemetry/a", 20).await;
     publish_acknowledged(local.addr, "device", "alarms/fire", 1, 0..3).await;
     cloud.wait_distinct("site-b/alarms/fire", 3).await;
+    cloud_task.abort();
+    local.stop().await;
+    remote.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_cannot_take_a_bridge_s_local_session() {
+    let remote = Fleetmq::start(|_| {}).await;
+    let proxy = Proxy::start(remote.addr).await;
+    proxy.set(Mode::Cut);
+    let local = local_with_bridge(&proxy, BridgeProtocol::Mqttv311).await;
+    let mut options = rumqttc::MqttOptions::new("$bridge/cloud", "127.0.0.1", local.addr.port());
+    options.set_clean_session(false);
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let refused = within("CONNACK", eventloop.poll()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::BadClientId
+            ))
+        ),
+        "{refused:?}"
+    );
+    // The outbox still collects.
+    publish_acknowledged(local.addr, "device", "telemetry/a", 1, 0..3).await;
+    assert_eq!(local.bridge().outbox_messages, 3);
+    local.stop().await;
+    remote.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capped_drain_rate_holds_a_backlog_to_it() {
+    let remote = Fleetmq::start(|_| {}).await;
+    let proxy = Proxy::start(remote.addr).await;
+    proxy.set(Mode::Cut);
+    let remote_addr = proxy.addr;
+    let local = Fleetmq::start(move |config| {
+        let mut link = bridge(
+            remote_addr,
+            BridgeProtocol::Mqttv5,
+            vec![rule("telemetry/#", Direction::Out, 1, "", "site/")],
+        );
+        link.outbox.max_rate_per_sec = Some(50);
+        config.bridges = vec![link];
+    })
+    .await;
+    publish_acknowledged(local.addr, "device", "telemetry/a", 1, 0..100).await;
+    let (cloud, cloud_task) = subscribe(remote.addr, "cloud-app", "site/#", 1, true).await;
+    let start = std::time::Instant::now();
+    proxy.set(Mode::Forward);
+    cloud.wait_distinct("site/telemetry/a", 100).await;
+    // 100 messages at 50 per second take about two seconds, never less than one.
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_complete_in_order(&cloud, "site/telemetry/a", 100, false);
     cloud_task.abort();
     local.stop().await;
     remote.stop().await;
