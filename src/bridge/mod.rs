@@ -330,9 +330,12 @@ async fn supervise(
             next_address: &mut next_address,
             up: false,
         };
+        // A connection attempt can take up to CONNECT_DEADLINE: shutdown does not wait.
+        let mut stopping = broker.shutdown_signal();
         let outcome = tokio::select! {
             outcome = attempt.run(&mut shutdown, &restart) => outcome,
             _ = signalled(&mut stopped) => Ok(Stop::Shutdown),
+            _ = signalled(&mut stopping) => Ok(Stop::Shutdown),
         };
         let was_up = attempt.up;
         if was_up {
