@@ -11,6 +11,8 @@ mod fleetmq_remote;
 mod mosquitto_remote;
 #[path = "bridge/process.rs"]
 mod process;
+#[path = "bridge/properties.rs"]
+mod properties;
 #[path = "bridge/support.rs"]
 mod support;
 #[path = "bridge/tls.rs"]
