@@ -128,6 +128,11 @@ pub struct Relay<'a> {
     /// In-bound QoS 2 ids the bridge released on the local session itself (the remote
     /// lost its session, so their PUBREL will never come): their PUBCOMP stays here.
     released_locally: HashSet<u16>,
+    /// The highest QoS the remote accepts (MQTT 5 CONNACK Maximum QoS).
+    remote_max_qos: QoS,
+    /// Out-bound QoS 2 messages sent as QoS 1 to a remote that takes no QoS 2: its
+    /// PUBACK becomes the local PUBREC, and the local PUBREL is answered here.
+    downgraded: HashSet<u16>,
     /// Send times of out-bound QoS 1/2 messages, for the round-trip time.
     sent_at: HashMap<u16, Instant>,
     rate: Option<DrainRate>,
@@ -152,9 +157,18 @@ impl<'a> Relay<'a> {
             local_terminated: HashSet::new(),
             remote_terminated: HashSet::new(),
             released_locally: HashSet::new(),
+            remote_max_qos: QoS::ExactlyOnce,
+            downgraded: HashSet::new(),
             sent_at: HashMap::new(),
             rate: config.outbox.max_rate_per_sec.map(DrainRate::new),
         }
+    }
+
+    /// The remote's Maximum QoS (MQTT 5 CONNACK): out-bound messages above it go at
+    /// it, QoS 2 as QoS 1 (at least once), anything as QoS 0 to a QoS 0 remote (at most
+    /// once, acknowledged locally when sent).
+    pub fn limit_qos(&mut self, maximum: QoS) {
+        self.remote_max_qos = maximum;
     }
 
     /// Releases in-bound QoS 2 ids the local session still holds from a remote session
@@ -230,7 +244,9 @@ impl<'a> Relay<'a> {
                 Ok(())
             }
             Packet::PubRel(release) => {
-                if self.local_terminated.remove(&release.packet_id) {
+                if self.local_terminated.remove(&release.packet_id)
+                    || self.downgraded.remove(&release.packet_id)
+                {
                     self.local
                         .queue(&Packet::PubComp(response(release.packet_id)));
                 } else {
@@ -269,6 +285,15 @@ impl<'a> Relay<'a> {
         publish.retain &= keep_retain;
         publish.properties.subscription_identifiers.clear();
         publish.properties.topic_alias = None;
+        if publish.qos > self.remote_max_qos {
+            if self.remote_max_qos == QoS::AtMostOnce {
+                acknowledge_self(&mut self.local, &mut self.local_terminated, &publish);
+                publish.packet_id = 0;
+            } else {
+                self.downgraded.insert(publish.packet_id);
+            }
+            publish.qos = self.remote_max_qos;
+        }
         if publish.qos != QoS::AtMostOnce && self.sent_at.len() < MAX_TIMED {
             self.sent_at.insert(publish.packet_id, Instant::now());
         }
@@ -296,7 +321,18 @@ impl<'a> Relay<'a> {
             }
             Packet::PubAck(ack) => {
                 self.acknowledged(&ack);
-                self.local.queue(&Packet::PubAck(ack));
+                let downgraded = if ack.reason_code >= 0x80 {
+                    // A refusal ends the exchange: no PUBREL follows.
+                    self.downgraded.remove(&ack.packet_id)
+                } else {
+                    self.downgraded.contains(&ack.packet_id)
+                };
+                if downgraded {
+                    // A QoS 2 message sent as QoS 1: the local session goes on to PUBREL.
+                    self.local.queue(&Packet::PubRec(ack));
+                } else {
+                    self.local.queue(&Packet::PubAck(ack));
+                }
             }
             Packet::PubRec(ack) => {
                 if ack.reason_code >= 0x80 {

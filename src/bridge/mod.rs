@@ -582,6 +582,9 @@ impl Attempt<'_> {
             if !connack.session_present {
                 relay.release_stale(&stale_incoming_ids(self.broker, config));
             }
+            if let Some(maximum) = connack.properties.maximum_qos {
+                relay.limit_qos(maximum);
+            }
             let outcome = relay.run(shutdown, restart).await;
             if matches!(outcome, Ok(Stop::Shutdown)) {
                 relay

@@ -108,3 +108,32 @@ async fn a_two_way_rule_does_not_echo_with_mqtt5_no_local() {
     local.stop().await;
     remote.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn qos2_goes_as_qos1_to_a_remote_whose_maximum_qos_is_1() {
+    let mosquitto = Mosquitto::start("max_qos 1").await;
+    let remote = mosquitto.addr;
+    let local = Fleetmq::start(move |config| {
+        config.bridges = vec![bridge(
+            remote,
+            BridgeProtocol::Mqttv5,
+            vec![rule("telemetry/#", Direction::Out, 2, "", "site/")],
+        )];
+    })
+    .await;
+    let (cloud, cloud_task) = subscribe(mosquitto.addr, "cloud-app", "site/#", 1, true).await;
+    until("the bridge link", || local.bridge().connected).await;
+    publish_acknowledged(local.addr, "device", "telemetry/q2", 2, 0..100).await;
+    cloud.wait_distinct("site/telemetry/q2", 100).await;
+    assert_complete_in_order(&cloud, "site/telemetry/q2", 100, false);
+    until("the outbox to empty", || {
+        let status = local.bridge();
+        status.outbox_messages + status.outbox_inflight == 0
+    })
+    .await;
+    let status = local.bridge();
+    assert_eq!(status.link_failures, 0, "{status:?}");
+    assert_eq!(status.acknowledged, 100, "{status:?}");
+    cloud_task.abort();
+    local.stop().await;
+}
