@@ -164,3 +164,51 @@ async fn publish_sized(
     let client = publisher.await.unwrap();
     let _ = client.disconnect().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_applies_new_bridge_settings_and_keeps_the_outbox() {
+    let remote = Fleetmq::start(|_| {}).await;
+    let proxy = Proxy::start(remote.addr).await;
+    proxy.set(Mode::Cut);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let local_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = write_config(dir.path(), port, proxy.addr);
+    let mut local = start_binary(&config, port, &dir.path().join("local.log")).await;
+    // Accepted while the link is down: in the outbox.
+    publish_acknowledged(local_addr, "device", "telemetry/a", 1, 0..20).await;
+
+    // New prefix on the remote side, applied by SIGHUP.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("remote_prefix = \"site/\"", "remote_prefix = \"site-b/\""),
+    )
+    .unwrap();
+    let pid = local.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let log = dir.path().join("local.log");
+    within("the reload to be logged", async {
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("bridge settings changed")
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let (cloud, cloud_task) = subscribe(remote.addr, "cloud-app", "#", 1, true).await;
+    proxy.set(Mode::Forward);
+    cloud.wait_distinct("site-b/telemetry/a", 20).await;
+    assert_complete_in_order(&cloud, "site-b/telemetry/a", 20, false);
+    assert_eq!(cloud.count("site/telemetry/a"), 0);
+    cloud_task.abort();
+    local.start_kill().unwrap();
+    let _ = local.wait().await;
+    remote.stop().await;
+}
