@@ -1,5 +1,6 @@
 //! A bridge from fleetmq to the real Mosquitto broker, MQTT 3.1.1 with Mosquitto's bridge
-//! flag, through a proxy the test cuts; and loop prevention on a two-way rule.
+//! flag, through a proxy the test cuts and black-holes; loop prevention on a two-way
+//! rule; a remote that takes no QoS 2.
 
 use fleetmq::config::{BridgeProtocol, Direction};
 
@@ -17,7 +18,7 @@ async fn local_bridged(proxy: &Proxy, topics: Vec<fleetmq::config::BridgeTopic>)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn messages_reach_mosquitto_across_a_cut_and_commands_come_back() {
+async fn messages_reach_mosquitto_across_a_cut_and_a_black_hole_and_commands_come_back() {
     let mosquitto = Mosquitto::start("").await;
     let proxy = Proxy::start(mosquitto.addr).await;
     let local = local_bridged(
@@ -45,8 +46,19 @@ async fn messages_reach_mosquitto_across_a_cut_and_commands_come_back() {
     proxy.set(Mode::Forward);
     cloud_q1.wait_distinct("site/telemetry/q1", 300).await;
     cloud.wait_distinct("site/telemetry/q2", 500).await;
-    assert_complete_in_order(&cloud_q1, "site/telemetry/q1", 300, false);
-    assert_complete_in_order(&cloud, "site/telemetry/q2", 500, true);
+
+    // Black hole: only the keep alive (1 s) notices; Mosquitto keeps the session.
+    until("the link back up", || local.bridge().connected).await;
+    proxy.set(Mode::BlackHole);
+    let q1 = publish_acknowledged(local.addr, "device-q1", "telemetry/q1", 1, 300..400);
+    let q2 = publish_acknowledged(local.addr, "device-q2", "telemetry/q2", 2, 500..600);
+    tokio::join!(q1, q2);
+    until("the keep alive to notice", || !local.bridge().connected).await;
+    proxy.set(Mode::Forward);
+    cloud_q1.wait_distinct("site/telemetry/q1", 400).await;
+    cloud.wait_distinct("site/telemetry/q2", 600).await;
+    assert_complete_in_order(&cloud_q1, "site/telemetry/q1", 400, false);
+    assert_complete_in_order(&cloud, "site/telemetry/q2", 600, true);
 
     let (commands, commands_task) = subscribe(local.addr, "device", "commands/#", 1, true).await;
     until("the bridge link", || local.bridge().connected).await;
