@@ -203,7 +203,8 @@ impl Broker {
         // connection (which brings its own).
         let will = session.take_will().filter(|_| publish_will);
         handle.detach_locked(&mut session, now);
-        if session.protocol().is_v5() {
+        // A bridge's session (its outbox) is not capped: it lives as long as its bridge.
+        if session.protocol().is_v5() && session.limits().outbox.is_none() {
             // DISCONNECT may have raised the interval past what CONNECT was granted.
             let max =
                 Duration::from_secs(u64::from(self.config().sessions.max_session_expiry_secs));

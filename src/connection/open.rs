@@ -112,7 +112,7 @@ pub async fn open(
         .await;
         return None;
     }
-    let terms = match handshake::negotiate(&broker, &mut connect) {
+    let mut terms = match handshake::negotiate(&broker, &mut connect) {
         Ok(terms) => terms,
         Err(reason_code) => {
             tracing::debug!(%peer, client_id = %connect.client_id, reason_code, "connection refused");
@@ -120,6 +120,11 @@ pub async fn open(
             return None;
         }
     };
+    // A bridge's session is its outbox: `sessions.max_session_expiry_secs` caps clients'
+    // sessions, not that one, which lives as long as its bridge is configured.
+    if listener.internal {
+        terms.session_expiry = crate::broker::lifecycle::NEVER_EXPIRES;
+    }
     let admitted = authenticate::admit(
         &mut stream,
         &mut read_buf,

@@ -332,11 +332,20 @@ async fn a_reload_with_new_rules_reconnects_and_keeps_the_outbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn clients_cannot_take_a_bridge_s_local_session() {
+async fn the_outbox_session_is_reserved_and_never_expires() {
     let remote = Fleetmq::start(|_| {}).await;
     let proxy = Proxy::start(remote.addr).await;
     proxy.set(Mode::Cut);
-    let local = local_with_bridge(&proxy, BridgeProtocol::Mqttv311).await;
+    let remote_addr = proxy.addr;
+    let local = Fleetmq::start(move |config| {
+        config.sessions.max_session_expiry_secs = 1;
+        config.bridges = vec![bridge(
+            remote_addr,
+            BridgeProtocol::Mqttv311,
+            vec![rule("telemetry/#", Direction::Out, 1, "", "site/")],
+        )];
+    })
+    .await;
     let mut options = rumqttc::MqttOptions::new("$bridge/cloud", "127.0.0.1", local.addr.port());
     options.set_clean_session(false);
     let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
@@ -353,6 +362,16 @@ async fn clients_cannot_take_a_bridge_s_local_session() {
     // The outbox still collects.
     publish_acknowledged(local.addr, "device", "telemetry/a", 1, 0..3).await;
     assert_eq!(local.bridge().outbox_messages, 3);
+    // And it never expires, whatever the cap on clients' sessions (1 s here).
+    let outbox = local
+        .handle()
+        .broker()
+        .session("$bridge/cloud")
+        .expect("the outbox session");
+    assert_eq!(
+        outbox.lock().expiry_interval(),
+        Duration::from_secs(u64::from(u32::MAX))
+    );
     local.stop().await;
     remote.stop().await;
 }
