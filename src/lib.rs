@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod certs;
 pub mod cli;

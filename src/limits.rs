@@ -214,3 +214,38 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 5;
 /// Largest `shutdown.grace_secs` accepted. The service manager must wait longer than
 /// this before it kills the broker (`TimeoutStopSec`).
 pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 600;
+
+// ---------------------------------------------------------------------------------------
+// Bridges
+// ---------------------------------------------------------------------------------------
+
+/// Longest bridge name: it is part of the local session's client identifier, of metric
+/// labels and of `$SYS` topics.
+pub const MAX_BRIDGE_NAME_LENGTH: usize = 64;
+
+/// 60 seconds, Mosquitto's `keepalive_interval` for bridges: a black-holed link is
+/// noticed within 90 seconds without pinging a metered uplink often.
+pub const DEFAULT_BRIDGE_KEEP_ALIVE_SECS: u16 = 60;
+
+/// A week: the remote keeps the bridge's session (and with it QoS 2 exactly-once state
+/// and in-bound messages) through any ordinary outage.
+pub const DEFAULT_BRIDGE_SESSION_EXPIRY_SECS: u32 = 604_800;
+
+/// Reconnect after 1 second at first, doubling per failure up to 30 seconds (Mosquitto's
+/// `restart_timeout` backoff cap), plus up to half again at random so that many
+/// gateways do not hammer a recovering remote in step.
+pub const DEFAULT_BRIDGE_RECONNECT_MIN_MS: u64 = 1_000;
+pub const DEFAULT_BRIDGE_RECONNECT_MAX_MS: u64 = 30_000;
+
+/// 100,000 messages accepted for the remote and not yet acknowledged by it: hours of
+/// ordinary gateway telemetry.
+pub const DEFAULT_OUTBOX_MAX_MESSAGES: usize = 100_000;
+
+/// 64 MiB of outbox: bounds the memory and disk a long outage can take.
+pub const DEFAULT_OUTBOX_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// 20 messages sent to the remote and not yet acknowledged: Mosquitto's
+/// `max_inflight_messages` default. A MQTT 3.1.1 remote cannot announce its limit, and
+/// Mosquitto acknowledges, then silently discards, QoS 2 messages beyond it; a MQTT 5
+/// remote's Receive Maximum lowers it further.
+pub const DEFAULT_BRIDGE_MAX_INFLIGHT: u16 = 20;

@@ -145,7 +145,11 @@ async fn serve(
             reload: reloader.clone(),
             listeners,
             metrics: metrics.as_ref().map(MetricsEndpoint::local_addr),
-            providers: Vec::new(),
+            providers: if config.bridges.is_empty() {
+                Vec::new()
+            } else {
+                vec![handle.bridges().clone() as Arc<dyn fleetmq::admin::StatusProvider>]
+            },
         };
         match fleetmq::admin::start(&config.admin, context).await {
             Ok(admin) => Some(admin),

@@ -6,6 +6,7 @@
 //! Each listener's accept loop owns the tasks of the connections it accepted, so
 //! shutdown can wait for them.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 
 use crate::auth::Security;
+use crate::bridge::{BridgeStats, Bridges};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::config::StorageConfig;
@@ -29,6 +31,7 @@ pub struct ServerHandle {
     sys_topics: JoinHandle<()>,
     files: Arc<SecurityFiles>,
     connections: Arc<ConnectionCounter>,
+    bridges: Arc<Bridges>,
 }
 
 /// The files the broker re-reads on reload without a restart: the password and ACL
@@ -79,6 +82,11 @@ impl ServerHandle {
         &self.broker
     }
 
+    /// The bridges to remote brokers (status, for operators and tests).
+    pub fn bridges(&self) -> &Arc<Bridges> {
+        &self.bridges
+    }
+
     /// Whether every task of the broker still runs and its registry can be locked (a
     /// deadlock would block this call, which stops the systemd watchdog pings).
     pub fn is_healthy(&self) -> bool {
@@ -115,6 +123,7 @@ impl ServerHandle {
         }
         let _ = self.scheduler.await;
         let _ = self.sys_topics.await;
+        self.bridges.stopped().await;
         self.broker.flush_store().await;
     }
 }
@@ -163,7 +172,9 @@ fn open_rocks(_: &StorageConfig, _: StorageMetrics) -> anyhow::Result<Arc<dyn St
 
 /// Opens the store and builds the broker from what it holds. Blocking work (opening and
 /// reading the database) runs off the async executor.
-async fn restore_broker(config: Config) -> anyhow::Result<Arc<Broker>> {
+async fn restore_broker(
+    config: Config,
+) -> anyhow::Result<(Arc<Broker>, HashMap<String, Arc<BridgeStats>>)> {
     let metrics = Metrics::new();
     let latency = metrics.storage().clone();
     let storage = config.storage.clone();
@@ -174,7 +185,9 @@ async fn restore_broker(config: Config) -> anyhow::Result<Arc<Broker>> {
     })
     .await
     .context("the storage task failed")??;
-    let broker = Broker::with_metrics(config, store, metrics);
+    let broker = Broker::with_metrics(config.clone(), store, metrics);
+    // Bridges' outboxes are restored with their own limits.
+    let bridges = Bridges::prepare(&broker, &config);
     let restored = broker.restore(state);
     tracing::info!(
         sessions = restored.sessions,
@@ -185,7 +198,7 @@ async fn restore_broker(config: Config) -> anyhow::Result<Arc<Broker>> {
         wills_published = restored.wills_published,
         "state restored"
     );
-    Ok(broker)
+    Ok((broker, bridges))
 }
 
 /// Restores the broker's state from its store, then binds every listener and starts
@@ -194,7 +207,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     anyhow::ensure!(!config.listeners.is_empty(), "no listener configured");
     let security =
         Arc::new(Security::load(&config.auth).context("cannot load the security files")?);
-    let broker = restore_broker(config.clone()).await?;
+    let (broker, prepared_bridges) = restore_broker(config.clone()).await?;
     broker.check_reads_with(security.clone());
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
@@ -223,6 +236,9 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         "the session scheduler".to_string(),
         broker.clone().run_scheduler(),
     );
+    // Before the listeners accept: the bridges' outboxes collect from the first publish.
+    let bridges = Bridges::start(broker.clone(), &config, prepared_bridges).await;
+    broker.add_reloadable(bridges.clone());
     let sys_topics = spawn_watched(
         &broker,
         "the $SYS publisher".to_string(),
@@ -250,5 +266,6 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         sys_topics,
         files: Arc::new(SecurityFiles { security, tls }),
         connections,
+        bridges,
     })
 }

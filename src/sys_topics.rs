@@ -79,6 +79,9 @@ impl Publisher {
         let stats = broker.stats().snapshot();
         let gauges = Gauges::sample(broker);
         let mut values = values(&stats, &gauges, broker.metrics().uptime());
+        for bridge in broker.bridge_stats() {
+            values.extend(bridge.status(broker).sys_values());
+        }
         let elapsed = now
             .saturating_duration_since(self.previous_at)
             .as_secs_f64();

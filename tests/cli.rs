@@ -127,6 +127,25 @@ fn check_config_names_an_out_of_range_value() {
 }
 
 #[test]
+fn check_config_names_bridge_problems_with_their_line() {
+    let file = ConfigFile::new(
+        "[[bridges]]\nname = \"cloud\"\naddresses = [\"cloud.example.com\"]\n\n\
+         [[bridges.topics]]\nfilter = \"telemetry/#\"\ndirection = \"out\"\nqos = 3\n",
+    );
+    let output = fleetmq(&["check-config", "-c", file.path()]);
+    assert_fails_naming(
+        &output,
+        &[
+            &format!("{}:3:", file.path()),
+            "bridges[0].addresses[0]",
+            "is not HOST:PORT",
+            &format!("{}:8:", file.path()),
+            "bridges[0].topics[0].qos",
+        ],
+    );
+}
+
+#[test]
 fn check_config_reports_every_problem_at_once() {
     let file = ConfigFile::new(
         "[[listeners]]\ntype = \"tcp\"\nbind = \"127.0.0.1:1883\"\n\n\

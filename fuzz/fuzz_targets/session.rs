@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
         max_queued_bytes: 4096,
         max_retained_backlog: 8,
         topic_alias_maximum: 4,
+        outbox: None,
     };
     let mut now = Instant::now();
     let mut session = Session::new(1, "fuzz".into(), limits.clone());

@@ -118,7 +118,12 @@ impl Broker {
             }
             None => (self.new_handle(connect.client_id.clone()), false),
         };
-        if self.read_checks().is_some() {
+        // A bridge's local session forwards what its rules say, whatever the ACL lets
+        // clients read (as Mosquitto's bridges do): its gate stays open.
+        let bridge = connect
+            .client_id
+            .starts_with(crate::bridge::LOCAL_SESSION_PREFIX);
+        if self.read_checks().is_some() && !bridge {
             // Before attaching: the new client's messages are checked as its own.
             handle.read_gate.set_reader(username);
         }
@@ -215,7 +220,8 @@ impl Broker {
         // connection (which brings its own).
         let will = session.take_will().filter(|_| publish_will);
         handle.detach_locked(&mut session, now);
-        if session.protocol().is_v5() {
+        // A bridge's session (its outbox) is not capped: it lives as long as its bridge.
+        if session.protocol().is_v5() && session.limits().outbox.is_none() {
             // DISCONNECT may have raised the interval past what CONNECT was granted.
             let max =
                 Duration::from_secs(u64::from(self.config().sessions.max_session_expiry_secs));

@@ -85,6 +85,10 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     /// What `/health` and `/ready` report (`crate::health`).
     health: crate::health::HealthState,
+    /// Limits of the local sessions of bridges (their outboxes), by client id.
+    outboxes: RwLock<HashMap<ByteString, Arc<SessionLimits>>>,
+    /// Counters of the running bridges, for metrics and `$SYS`.
+    bridge_stats: RwLock<Vec<Arc<crate::bridge::BridgeStats>>>,
 }
 
 impl Broker {
@@ -112,6 +116,8 @@ impl Broker {
             next_client_number: AtomicU64::new(1),
             shutdown,
             health: crate::health::HealthState::default(),
+            outboxes: RwLock::new(HashMap::new()),
+            bridge_stats: RwLock::new(Vec::new()),
         })
     }
 
@@ -228,8 +234,52 @@ impl Broker {
 
     fn new_handle(&self, client_id: ByteString) -> Arc<SessionHandle> {
         let key = self.next_session_key();
-        let limits = read(&self.live).1.clone();
+        let limits = self.limits_for(&client_id);
         Arc::new(SessionHandle::new(key, client_id, limits))
+    }
+
+    /// The limits of a new session of `client_id`: a bridge's outbox settings for the
+    /// local session of a bridge, the configured client limits for everyone else.
+    pub(crate) fn limits_for(&self, client_id: &str) -> Arc<SessionLimits> {
+        if client_id.starts_with(crate::bridge::LOCAL_SESSION_PREFIX) {
+            if let Some(limits) = read(&self.outboxes).get(client_id) {
+                return limits.clone();
+            }
+        }
+        read(&self.live).1.clone()
+    }
+
+    /// Makes `client_id` the local session of a bridge whose outbox has these bounds and
+    /// policy (`limits.outbox`); applies them to its session now if the broker holds one
+    /// (restored at start, or kept across a reload).
+    pub fn set_outbox_limits(&self, client_id: &str, limits: SessionLimits) {
+        let limits = Arc::new(limits);
+        write(&self.outboxes).insert(ByteString::from(client_id), limits.clone());
+        if let Some(handle) = self.session(client_id) {
+            handle.lock().set_limits(limits);
+        }
+    }
+
+    /// Makes a bridge's counters visible to metrics and `$SYS` (replacing any of the
+    /// same name).
+    pub fn add_bridge_stats(&self, stats: Arc<crate::bridge::BridgeStats>) {
+        let mut all = write(&self.bridge_stats);
+        all.retain(|existing| existing.name != stats.name);
+        all.push(stats);
+    }
+
+    pub fn remove_bridge_stats(&self, name: &str) {
+        write(&self.bridge_stats).retain(|existing| existing.name != name);
+    }
+
+    /// The counters of every running bridge.
+    pub fn bridge_stats(&self) -> Vec<Arc<crate::bridge::BridgeStats>> {
+        read(&self.bridge_stats).clone()
+    }
+
+    /// The client limits in force (the base of a bridge's outbox limits).
+    pub fn client_limits(&self) -> SessionLimits {
+        (*read(&self.live).1).clone()
     }
 
     /// The store the broker writes its durable state to.
@@ -270,6 +320,7 @@ fn session_limits(config: &Config) -> SessionLimits {
         max_queued_bytes: limits.max_queued_bytes,
         max_retained_backlog: limits.max_retained_backlog,
         topic_alias_maximum: limits.topic_alias_maximum,
+        outbox: None,
     }
 }
 

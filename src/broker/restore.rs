@@ -19,7 +19,7 @@ use crate::storage::{MessageId, RestoredDelivery, RestoredState, StoreOp, EXPIRY
 use super::lifecycle::{will_delay, NEVER_EXPIRES};
 use super::routing::trie_key;
 use super::scheduler::Pending;
-use super::{lock, read, write, Broker, Route, SessionHandle};
+use super::{lock, write, Broker, Route, SessionHandle};
 
 /// What a restore brought back, for the start-up log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,7 +64,6 @@ impl Broker {
             stored: Some(restored.message_id),
         };
 
-        let limits = read(&self.live).1.clone();
         let mut wills_due: Vec<Will> = Vec::new();
         let mut ops = Vec::new();
         let mut registry = lock(&self.registry);
@@ -129,7 +128,7 @@ impl Broker {
             let handle = Arc::new(SessionHandle::restored(
                 key,
                 record.client_id.clone(),
-                limits.clone(),
+                self.limits_for(&record.client_id),
                 parts,
             ));
             {

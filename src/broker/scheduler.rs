@@ -213,6 +213,7 @@ mod tests {
             max_queued_bytes: 1000,
             max_retained_backlog: 10,
             topic_alias_maximum: 0,
+            outbox: None,
         };
         Arc::new(SessionHandle::new(key, "c".into(), limits))
     }

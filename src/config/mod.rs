@@ -9,6 +9,7 @@
 //! range and cross-field checks in `validate`.
 
 mod admin;
+mod bridge;
 mod load;
 mod security;
 mod validate;
@@ -19,6 +20,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{read_token, AdminConfig};
+pub use bridge::{
+    split_host_port, BridgeConfig, BridgeProtocol, BridgeTlsConfig, BridgeTopic, Direction,
+    OutboxConfig, WhenFull,
+};
 pub use load::{ConfigError, Problem};
 pub use security::{AuthConfig, CertIdentity, ClientAuth, TlsConfig};
 
@@ -42,6 +47,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Password and ACL files.
     pub auth: AuthConfig,
+    /// Connections to remote brokers (`[[bridges]]`); none by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<BridgeConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +237,7 @@ impl Default for Config {
             sys: SysConfig::default(),
             shutdown: ShutdownConfig::default(),
             auth: AuthConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }

@@ -25,6 +25,7 @@ impl Config {
         self.check_storage_and_log(&mut problems);
         self.check_operations(&mut problems);
         self.check_admin(&mut problems);
+        self.check_bridges(&mut problems);
         problems
     }
 

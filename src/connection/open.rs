@@ -99,7 +99,23 @@ pub async fn open(
         }
     };
     let version = connect.protocol;
-    let terms = match handshake::negotiate(&broker, &mut connect) {
+    // A bridge's local session holds its outbox: no client may take it over.
+    if !listener.internal
+        && connect
+            .client_id
+            .starts_with(crate::bridge::LOCAL_SESSION_PREFIX)
+    {
+        tracing::debug!(%peer, client_id = %connect.client_id, "client id reserved for bridges");
+        refuse(
+            &mut stream,
+            &broker,
+            version,
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+        )
+        .await;
+        return None;
+    }
+    let mut terms = match handshake::negotiate(&broker, &mut connect) {
         Ok(terms) => terms,
         Err(Rejection::ConnAck(reason_code)) => {
             tracing::debug!(%peer, client_id = %connect.client_id, reason_code, "connection refused");
@@ -112,6 +128,11 @@ pub async fn open(
             return None;
         }
     };
+    // A bridge's session is its outbox: `sessions.max_session_expiry_secs` caps clients'
+    // sessions, not that one, which lives as long as its bridge is configured.
+    if listener.internal {
+        terms.session_expiry = crate::broker::lifecycle::NEVER_EXPIRES;
+    }
     let admitted = authenticate::admit(
         &mut stream,
         &mut read_buf,

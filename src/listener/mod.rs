@@ -50,6 +50,9 @@ pub struct ListenerContext {
     /// protocol (a balancer on the same machine relays clients from anywhere).
     pub anonymous_only_from_loopback: bool,
     pub security: Arc<Security>,
+    /// The in-process connections of bridges: the only ones that may use a bridge's
+    /// local session (`$bridge/<name>`).
+    pub internal: bool,
 }
 
 impl ListenerContext {
@@ -74,8 +77,19 @@ pub struct Accepted {
 /// A connection's place under the listener's and the broker's connection limits, given
 /// back when dropped.
 pub struct ConnectionSlots {
-    _listener: Slot,
-    _broker: Slot,
+    _listener: Option<Slot>,
+    _broker: Option<Slot>,
+}
+
+impl ConnectionSlots {
+    /// An in-process connection of a bridge: it counts against no listener and no
+    /// connection limit (a full broker must still forward its outbox).
+    pub fn internal() -> ConnectionSlots {
+        ConnectionSlots {
+            _listener: None,
+            _broker: None,
+        }
+    }
 }
 
 /// Open connections against a maximum; a slot is given back when dropped.
@@ -161,6 +175,7 @@ impl Listener {
                 anonymous_only_from_loopback: config.proxy_protocol
                     && config.allow_anonymous.is_none(),
                 security,
+                internal: false,
             }),
             proxies,
             own_connections: ConnectionCounter::new(
@@ -240,8 +255,8 @@ impl Listener {
                 proxy_protocol: self.proxies.is_some(),
             };
             let slots = ConnectionSlots {
-                _listener: own_slot,
-                _broker: global_slot,
+                _listener: Some(own_slot),
+                _broker: Some(global_slot),
             };
             let context = self.context.clone();
             let broker = broker.clone();

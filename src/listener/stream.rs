@@ -11,6 +11,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use futures_util::{Sink, Stream};
+use tokio::io::DuplexStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -23,6 +24,8 @@ pub enum ClientStream {
     Tls(Box<TlsStream<TcpStream>>),
     Ws(Box<WsStream<TcpStream>>),
     Wss(Box<WsStream<TlsStream<TcpStream>>>),
+    /// The in-process connection of a bridge to this broker (`crate::bridge`).
+    Local(Box<DuplexStream>),
 }
 
 /// MQTT bytes over a WebSocket connection.
@@ -109,6 +112,7 @@ impl AsyncRead for ClientStream {
             ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
             ClientStream::Ws(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
             ClientStream::Wss(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            ClientStream::Local(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -124,6 +128,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, data),
             ClientStream::Ws(stream) => Pin::new(stream.as_mut()).poll_write(cx, data),
             ClientStream::Wss(stream) => Pin::new(stream.as_mut()).poll_write(cx, data),
+            ClientStream::Local(stream) => Pin::new(stream.as_mut()).poll_write(cx, data),
         }
     }
 
@@ -133,6 +138,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
             ClientStream::Ws(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
             ClientStream::Wss(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            ClientStream::Local(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
     }
 
@@ -142,6 +148,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
             ClientStream::Ws(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
             ClientStream::Wss(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            ClientStream::Local(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -35,7 +35,7 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
+pub(crate) fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
     TlsError::File {
         path: path.display().to_string(),
         message: message.to_string(),
@@ -161,7 +161,7 @@ pub fn check_files(config: &crate::config::Config) -> Vec<String> {
         .collect()
 }
 
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certificates = CertificateDer::pem_file_iter(path)
         .map_err(|error| file_error(path, error))?
         .collect::<Result<Vec<_>, _>>()

@@ -57,9 +57,19 @@ pub mod names {
     pub const STORAGE_WRITE_SECONDS: &str = "fleetmq_storage_write_seconds";
     pub const STORAGE_SYNC_SECONDS: &str = "fleetmq_storage_sync_seconds";
     pub const STORAGE_ERRORS_TOTAL: &str = "fleetmq_storage_errors_total";
+    pub const BRIDGE_UP: &str = "fleetmq_bridge_up";
+    pub const BRIDGE_RECONNECTS_TOTAL: &str = "fleetmq_bridge_reconnects_total";
+    pub const BRIDGE_OUTBOX_MESSAGES: &str = "fleetmq_bridge_outbox_messages";
+    pub const BRIDGE_OUTBOX_BYTES: &str = "fleetmq_bridge_outbox_bytes";
+    pub const BRIDGE_MESSAGES_SENT_TOTAL: &str = "fleetmq_bridge_messages_sent_total";
+    pub const BRIDGE_MESSAGES_ACKNOWLEDGED_TOTAL: &str =
+        "fleetmq_bridge_messages_acknowledged_total";
+    pub const BRIDGE_MESSAGES_RECEIVED_TOTAL: &str = "fleetmq_bridge_messages_received_total";
+    pub const BRIDGE_MESSAGES_DROPPED_TOTAL: &str = "fleetmq_bridge_messages_dropped_total";
+    pub const BRIDGE_ROUND_TRIP_SECONDS: &str = "fleetmq_bridge_round_trip_seconds";
 
     /// Every name above, for checks that a dashboard or alert uses real metrics.
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 39] = [
         BUILD_INFO,
         UPTIME_SECONDS,
         CONNECTIONS_CURRENT,
@@ -90,6 +100,15 @@ pub mod names {
         STORAGE_WRITE_SECONDS,
         STORAGE_SYNC_SECONDS,
         STORAGE_ERRORS_TOTAL,
+        BRIDGE_UP,
+        BRIDGE_RECONNECTS_TOTAL,
+        BRIDGE_OUTBOX_MESSAGES,
+        BRIDGE_OUTBOX_BYTES,
+        BRIDGE_MESSAGES_SENT_TOTAL,
+        BRIDGE_MESSAGES_ACKNOWLEDGED_TOTAL,
+        BRIDGE_MESSAGES_RECEIVED_TOTAL,
+        BRIDGE_MESSAGES_DROPPED_TOTAL,
+        BRIDGE_ROUND_TRIP_SECONDS,
     ];
 }
 
@@ -213,9 +232,17 @@ impl Metrics {
         let gauges = Gauges::sample(broker);
         let uptime = self.uptime();
         let store = broker.store().stats();
+        let bridges: Vec<_> = broker
+            .bridge_stats()
+            .iter()
+            .map(|bridge| bridge.status(broker))
+            .collect();
         metrics::with_local_recorder(&self.recorder, || {
             record_snapshot(&stats, &gauges, uptime);
             metrics::counter!(STORAGE_ERRORS_TOTAL).absolute(store.write_errors + store.refused);
+            for bridge in &bridges {
+                record_bridge(bridge);
+            }
         });
         self.handle.render()
     }
@@ -259,6 +286,27 @@ fn record_snapshot(stats: &StatsSnapshot, gauges: &Gauges, uptime: Duration) {
     counter!(PROTOCOL_VIOLATIONS_TOTAL).absolute(stats.protocol_violations);
     counter!(WILLS_PUBLISHED_TOTAL).absolute(stats.wills_published);
     counter!(SESSIONS_EXPIRED_TOTAL).absolute(stats.sessions_expired);
+}
+
+/// One bridge's metrics, labelled with its name (a handful of configured bridges, so the
+/// label stays a small set).
+fn record_bridge(status: &crate::bridge::BridgeStatus) {
+    use metrics::{counter, gauge};
+    let name = status.name.clone();
+    gauge!(BRIDGE_UP, "bridge" => name.clone()).set(if status.connected { 1.0 } else { 0.0 });
+    counter!(BRIDGE_RECONNECTS_TOTAL, "bridge" => name.clone()).absolute(status.reconnects);
+    gauge!(BRIDGE_OUTBOX_MESSAGES, "bridge" => name.clone())
+        .set((status.outbox_messages + status.outbox_inflight) as f64);
+    gauge!(BRIDGE_OUTBOX_BYTES, "bridge" => name.clone()).set(status.outbox_bytes as f64);
+    counter!(BRIDGE_MESSAGES_SENT_TOTAL, "bridge" => name.clone()).absolute(status.sent);
+    counter!(BRIDGE_MESSAGES_ACKNOWLEDGED_TOTAL, "bridge" => name.clone())
+        .absolute(status.acknowledged);
+    counter!(BRIDGE_MESSAGES_RECEIVED_TOTAL, "bridge" => name.clone()).absolute(status.received);
+    for (reason, count) in status.dropped.by_reason() {
+        counter!(BRIDGE_MESSAGES_DROPPED_TOTAL, "bridge" => name.clone(), "reason" => reason)
+            .absolute(count);
+    }
+    gauge!(BRIDGE_ROUND_TRIP_SECONDS, "bridge" => name).set(status.round_trip_ms / 1000.0);
 }
 
 /// HELP lines: what each metric means, as an operator reads it in Prometheus.
@@ -354,6 +402,44 @@ fn describe() {
     describe_counter!(
         STORAGE_ERRORS_TOTAL,
         "Store writes that failed (I/O error, disk full) or were refused (writer overloaded); what waited for them was not acknowledged"
+    );
+    describe_gauge!(
+        BRIDGE_UP,
+        "1 while the bridge's link to its remote broker is up"
+    );
+    describe_counter!(
+        BRIDGE_RECONNECTS_TOTAL,
+        "Bridge links established again after a failure"
+    );
+    describe_gauge!(
+        BRIDGE_OUTBOX_MESSAGES,
+        "Messages in the bridge's outbox: waiting, or sent and not yet acknowledged"
+    );
+    describe_gauge!(
+        BRIDGE_OUTBOX_BYTES,
+        Unit::Bytes,
+        "Bytes of the messages waiting in the bridge's outbox"
+    );
+    describe_counter!(
+        BRIDGE_MESSAGES_SENT_TOTAL,
+        "PUBLISH packets the bridge sent to its remote (redeliveries included)"
+    );
+    describe_counter!(
+        BRIDGE_MESSAGES_ACKNOWLEDGED_TOTAL,
+        "QoS 1/2 messages the remote acknowledged (removed from the outbox)"
+    );
+    describe_counter!(
+        BRIDGE_MESSAGES_RECEIVED_TOTAL,
+        "Messages the bridge received from its remote and published locally"
+    );
+    describe_counter!(
+        BRIDGE_MESSAGES_DROPPED_TOTAL,
+        "Messages the bridge did not forward, by reason"
+    );
+    describe_gauge!(
+        BRIDGE_ROUND_TRIP_SECONDS,
+        Unit::Seconds,
+        "Last time from sending a QoS 1/2 message to the remote's acknowledgement"
     );
 }
 

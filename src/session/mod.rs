@@ -19,6 +19,7 @@
 //! client may not send).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,53 @@ pub struct SessionLimits {
     pub max_retained_backlog: usize,
     /// Topic aliases the client may use towards us (our Topic Alias Maximum).
     pub topic_alias_maximum: u16,
+    /// Set for the local session of a bridge, whose queue is the bridge's outbox.
+    pub outbox: Option<OutboxMode>,
+}
+
+/// How the queue of a bridge's local session differs from a client's: it never makes
+/// publishers wait (a slow or unreachable remote must not slow the site down), a full
+/// queue drops its oldest QoS 0 messages first and, under `drop_oldest`, then its
+/// oldest messages, and every drop is counted for the bridge.
+#[derive(Debug, Clone)]
+pub struct OutboxMode {
+    pub drop_oldest: bool,
+    pub drops: Arc<OutboxDrops>,
+}
+
+impl PartialEq for OutboxMode {
+    fn eq(&self, other: &OutboxMode) -> bool {
+        self.drop_oldest == other.drop_oldest && Arc::ptr_eq(&self.drops, &other.drops)
+    }
+}
+
+impl Eq for OutboxMode {}
+
+/// Messages a bridge's outbox did not keep, by reason.
+#[derive(Debug, Default)]
+pub struct OutboxDrops {
+    /// New messages refused by a full outbox.
+    pub refused: AtomicU64,
+    /// Waiting messages dropped to make room (QoS 0 first, then the oldest).
+    pub evicted: AtomicU64,
+    /// Messages whose Message Expiry Interval passed before they could be sent.
+    pub expired: AtomicU64,
+    /// QoS 0 messages while the link was down (never kept, as for any client).
+    pub offline_qos0: AtomicU64,
+    /// Larger than the remote accepts.
+    pub too_large: AtomicU64,
+}
+
+impl OutboxDrops {
+    pub fn count(&self, reason: DropReason) {
+        let counter = match reason {
+            DropReason::QueueFull | DropReason::RetainedBacklogFull => &self.refused,
+            DropReason::Expired => &self.expired,
+            DropReason::OfflineQos0 => &self.offline_qos0,
+            DropReason::TooLargeForClient => &self.too_large,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One message on its way to one session.
@@ -336,6 +384,12 @@ impl Session {
         &self.limits
     }
 
+    /// Replaces the limits (a bridge's outbox settings, reloaded). What is queued stays,
+    /// even beyond new, smaller limits: nothing accepted is dropped by a reload.
+    pub fn set_limits(&mut self, limits: Arc<SessionLimits>) {
+        self.limits = limits;
+    }
+
     /// A connection attaches (first connect, reconnect or takeover). Takes the client's
     /// version, Receive Maximum, Maximum Packet Size, Topic Alias Maximum, session expiry
     /// and will from CONNECT, resets topic aliases (they live per connection), and marks
@@ -445,7 +499,7 @@ impl Session {
             DropReason::Expired
         } else if !self.params.connected && delivery.qos == QoS::AtMostOnce {
             DropReason::OfflineQos0
-        } else if !self.outbound.has_room(&delivery, &self.limits) {
+        } else if !self.outbound.has_room(&delivery, &self.limits) && !self.make_room(&delivery) {
             DropReason::QueueFull
         } else {
             self.outbound.push(delivery);
@@ -453,7 +507,30 @@ impl Session {
         };
         self.journal.dropped(&delivery);
         self.count_dropped(1);
+        if let Some(outbox) = &self.limits.outbox {
+            outbox.drops.count(refused);
+        }
         Err(refused)
+    }
+
+    /// A bridge's outbox is full: drops waiting QoS 0 messages, then (under
+    /// `drop_oldest`, for a QoS 1/2 newcomer) the oldest ones, until `delivery` fits.
+    /// Whether it fits now. Client sessions never drop what they queued.
+    fn make_room(&mut self, delivery: &Delivery) -> bool {
+        let Some(outbox) = &self.limits.outbox else {
+            return false;
+        };
+        let any_qos = outbox.drop_oldest && delivery.qos != QoS::AtMostOnce;
+        let drops = outbox.drops.clone();
+        while !self.outbound.has_room(delivery, &self.limits) {
+            let Some(evicted) = self.outbound.evict_oldest(any_qos) else {
+                return false;
+            };
+            self.journal.dropped(&evicted);
+            self.count_dropped(1);
+            drops.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Moves what may be sent now into `out`: redeliveries first, then queued and
@@ -535,6 +612,10 @@ impl Session {
     /// publisher that can wait should, rather than have its messages dropped.
     pub fn queue_congested(&self) -> bool {
         let limits = &self.limits;
+        // A bridge's outbox never holds publishers back: it drops by its policy instead.
+        if limits.outbox.is_some() {
+            return false;
+        }
         let messages = limits.max_queued_messages;
         let bytes = limits.max_queued_bytes;
         self.queued_len() >= messages - messages / 8 || self.queued_bytes() >= bytes - bytes / 8

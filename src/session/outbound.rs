@@ -83,6 +83,9 @@ pub(super) enum Pending {
 pub(super) struct Outbound {
     queue: VecDeque<Delivery>,
     queued_bytes: usize,
+    /// QoS 0 deliveries in `queue`: a bridge's outbox drops those first when full.
+    /// (u32 fits beside the small fields below: a session does not grow for it.)
+    queued_qos0: u32,
     /// Deliveries that ever entered / left the queue; they order the retained backlog
     /// against it.
     queue_pushed: u64,
@@ -105,6 +108,7 @@ impl Outbound {
         Outbound {
             queue: VecDeque::new(),
             queued_bytes: 0,
+            queued_qos0: 0,
             queue_pushed: 0,
             queue_popped: 0,
             retained: None,
@@ -213,6 +217,9 @@ impl Outbound {
     /// Queues a delivery `has_room` accepted.
     pub(super) fn push(&mut self, delivery: Delivery) {
         self.queued_bytes += delivery.message.size_bytes();
+        self.queued_qos0 = self
+            .queued_qos0
+            .saturating_add(u32::from(delivery.qos == QoS::AtMostOnce));
         self.queue_pushed += 1;
         self.queue.push_back(delivery);
     }
@@ -220,6 +227,9 @@ impl Outbound {
     fn pop_queued(&mut self) -> Option<Delivery> {
         let delivery = self.queue.pop_front()?;
         self.queue_popped += 1;
+        self.queued_qos0 = self
+            .queued_qos0
+            .saturating_sub(u32::from(delivery.qos == QoS::AtMostOnce));
         self.queued_bytes = self
             .queued_bytes
             .saturating_sub(delivery.message.size_bytes());
@@ -230,7 +240,35 @@ impl Outbound {
     fn unpop_queued(&mut self, delivery: Delivery) {
         self.queue_popped -= 1;
         self.queued_bytes += delivery.message.size_bytes();
+        self.queued_qos0 = self
+            .queued_qos0
+            .saturating_add(u32::from(delivery.qos == QoS::AtMostOnce));
         self.queue.push_front(delivery);
+    }
+
+    /// Removes the oldest queued delivery to make room in a bridge's outbox: the oldest
+    /// QoS 0 one if any is queued, else (only when `any_qos`) the oldest of all.
+    pub(super) fn evict_oldest(&mut self, any_qos: bool) -> Option<Delivery> {
+        let position = if self.queued_qos0 > 0 {
+            self.queue
+                .iter()
+                .position(|delivery| delivery.qos == QoS::AtMostOnce)?
+        } else if any_qos {
+            0
+        } else {
+            return None;
+        };
+        let delivery = self.queue.remove(position)?;
+        // Counts as having left the queue, like a delivery sent: the retained backlog
+        // is ordered against the number of deliveries ahead of it.
+        self.queue_popped += 1;
+        self.queued_qos0 = self
+            .queued_qos0
+            .saturating_sub(u32::from(delivery.qos == QoS::AtMostOnce));
+        self.queued_bytes = self
+            .queued_bytes
+            .saturating_sub(delivery.message.size_bytes());
+        Some(delivery)
     }
 
     /// The next retained message of the backlog; the backlog's memory goes once it is

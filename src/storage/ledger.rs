@@ -79,6 +79,10 @@ struct SessionEntry {
     subscriptions: BTreeMap<ByteString, SubscriptionEntry>,
     /// By sequence: queue order.
     queue: BTreeMap<u64, QueueValue>,
+    /// The queue's message ids do not decrease from front to back (what the broker
+    /// writes: ids are assigned in order), so the references to one message sit
+    /// together and a lookup can stop early.
+    ids_ascending: bool,
     /// By the sequence the entry had in the queue, so first sent first.
     inflight: BTreeMap<u64, Inflight>,
     incoming: BTreeSet<u16>,
@@ -90,18 +94,55 @@ impl SessionEntry {
             record,
             subscriptions: BTreeMap::new(),
             queue: BTreeMap::new(),
+            ids_ascending: true,
             inflight: BTreeMap::new(),
             incoming: BTreeSet::new(),
         }
     }
 
+    fn insert_queued(&mut self, sequence: u64, value: QueueValue) {
+        if let Some((last_sequence, last)) = self.queue.last_key_value() {
+            if sequence < *last_sequence || value.message_id < last.message_id {
+                self.ids_ascending = false;
+            }
+        }
+        self.queue.insert(sequence, value);
+    }
+
+    fn remove_queued(&mut self, sequence: u64) -> Option<QueueValue> {
+        let value = self.queue.remove(&sequence);
+        if self.queue.is_empty() {
+            self.ids_ascending = true;
+        }
+        value
+    }
+
     /// The oldest queued reference to `message_id`. Deliveries leave the queue from the
-    /// front, so this is normally the first entry.
+    /// front, so this is normally the first entry; a delivery refused by a full queue
+    /// (stored with its message, then dropped) is the newest. With ascending ids the
+    /// scan runs from the back and stops at the first older message, so a full queue
+    /// of thousands does not cost a scan per refused message.
     fn queued_sequence(&self, message_id: MessageId) -> Option<u64> {
-        self.queue
-            .iter()
-            .find(|(_, value)| value.message_id == message_id)
-            .map(|(sequence, _)| *sequence)
+        let (first_sequence, first) = self.queue.first_key_value()?;
+        if first.message_id == message_id {
+            return Some(*first_sequence);
+        }
+        if !self.ids_ascending {
+            return self
+                .queue
+                .iter()
+                .find(|(_, value)| value.message_id == message_id)
+                .map(|(sequence, _)| *sequence);
+        }
+        let mut oldest = None;
+        for (sequence, value) in self.queue.iter().rev() {
+            match value.message_id.cmp(&message_id) {
+                std::cmp::Ordering::Greater => {}
+                std::cmp::Ordering::Equal => oldest = Some(*sequence),
+                std::cmp::Ordering::Less => break,
+            }
+        }
+        oldest
     }
 
     /// Inflight entries are bounded by the inflight window, so a scan is cheap.
@@ -225,7 +266,7 @@ impl Ledger {
                         subscription_ids: delivery.subscription_ids.clone(),
                     };
                     out.put_queued(&delivery.client_id, sequence, &value);
-                    session.queue.insert(sequence, value);
+                    session.insert_queued(sequence, value);
                     references += 1;
                 }
                 if references > 0 {
@@ -275,7 +316,7 @@ impl Ledger {
                 let Some(sequence) = session.queued_sequence(*message_id) else {
                     return;
                 };
-                session.queue.remove(&sequence);
+                session.remove_queued(sequence);
                 out.delete_queued(client_id, sequence);
                 self.release(*message_id, out);
             }
@@ -345,7 +386,7 @@ impl Ledger {
         let Some(sequence) = session.queued_sequence(message_id) else {
             return;
         };
-        let Some(value) = session.queue.remove(&sequence) else {
+        let Some(value) = session.remove_queued(sequence) else {
             return;
         };
         out.delete_queued(client_id, sequence);
@@ -446,8 +487,7 @@ impl Ledger {
         self.loaded_session(client_id)?;
         self.reference(value.message_id, sequence)?;
         self.loaded_session(client_id)?
-            .queue
-            .insert(sequence, value);
+            .insert_queued(sequence, value);
         Ok(())
     }
 

@@ -635,3 +635,26 @@ async fn a_flood_of_idle_admin_connections_is_bounded_and_mqtt_goes_on() {
     })
     .await;
 }
+
+/// A configured bridge appears in `GET /api/v1/bridges` and in the sections the
+/// dashboard shows, with its link state and outbox.
+#[tokio::test]
+async fn a_bridge_is_reported_with_its_link_and_outbox() {
+    let remote = Broker::start(false).await;
+    let extra = format!(
+        "\n[[bridges]]\nname = \"cloud\"\naddresses = [\"{}\"]\n\n\
+         [[bridges.topics]]\nfilter = \"telemetry/#\"\ndirection = \"out\"\n",
+        remote.mqtt
+    );
+    let local = Broker::start_with(true, &extra).await;
+    let bridges = eventually(&local, "/api/v1/bridges", |body| {
+        body[0]["connected"] == json!(true)
+    })
+    .await;
+    assert_eq!(bridges[0]["name"], "cloud", "{bridges}");
+    assert_eq!(bridges[0]["outbox_messages"], 0, "{bridges}");
+    assert_eq!(
+        local.get("/api/v1/sections").await["sections"],
+        json!(["bridges"])
+    );
+}

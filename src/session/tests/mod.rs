@@ -4,6 +4,7 @@ mod control;
 mod inbound;
 mod model;
 mod outbound;
+mod outbox;
 mod retained_backlog;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ fn limits() -> SessionLimits {
         max_queued_bytes: 10_000,
         max_retained_backlog: 20,
         topic_alias_maximum: 3,
+        outbox: None,
     }
 }
 

@@ -26,6 +26,8 @@ use crate::wire::{self, Frame, PublishTemplate, WireError};
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// Where throughput subscribers connect (a bridge's remote); usually `addr`.
+    pub subscribe_addr: SocketAddr,
     /// Name printed with the results ("fleetmq", "mosquitto", "discard").
     pub label: String,
     pub probe: ProcProbe,
