@@ -6,6 +6,7 @@ pub mod auth;
 pub mod broker;
 pub mod certs;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod limits;

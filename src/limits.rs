@@ -159,6 +159,18 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// MQTT's 1883 and is not registered to a common exporter.
 pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9883";
 
+/// The cluster administration endpoint (`fleetmq cluster ...`) listens on loopback, next
+/// to the metrics port.
+pub const DEFAULT_CLUSTER_ADMIN_PORT: u16 = 9885;
+
+/// 16 MiB of forwarded messages may wait for one peer: about a second of a busy link,
+/// enough to ride out a short stall without holding unbounded memory for a dead peer.
+pub const DEFAULT_CLUSTER_LINK_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+
+/// 100 ms between Raft heartbeats: an election after 300 to 600 ms of silence, quick
+/// enough for a takeover and slow enough for a loaded machine not to elect spuriously.
+pub const DEFAULT_CLUSTER_HEARTBEAT_MS: u64 = 100;
+
 /// 10 seconds between `$SYS` publications, Mosquitto's `sys_interval` default.
 pub const DEFAULT_SYS_INTERVAL_SECS: u64 = 10;
 

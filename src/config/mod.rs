@@ -38,6 +38,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Password and ACL files.
     pub auth: AuthConfig,
+    /// Cluster membership (`crate::cluster`); absent on a single node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +209,7 @@ impl Default for Config {
             sys: SysConfig::default(),
             shutdown: ShutdownConfig::default(),
             auth: AuthConfig::default(),
+            cluster: None,
         }
     }
 }

@@ -24,6 +24,9 @@ impl Config {
         self.check_security(&mut problems);
         self.check_storage_and_log(&mut problems);
         self.check_operations(&mut problems);
+        if let Some(cluster) = &self.cluster {
+            problems.extend(cluster.problems());
+        }
         problems
     }
 

@@ -37,7 +37,7 @@ const MESSAGES: &str = "messages";
 const QUEUE: &str = "queue";
 const INFLIGHT: &str = "inflight";
 const INCOMING: &str = "incoming";
-const COLUMN_FAMILIES: [&str; 8] = [
+const COLUMN_FAMILIES: [&str; 10] = [
     META,
     SESSIONS,
     SUBSCRIPTIONS,
@@ -46,6 +46,11 @@ const COLUMN_FAMILIES: [&str; 8] = [
     QUEUE,
     INFLIGHT,
     INCOMING,
+    // The cluster's Raft log and state (`crate::cluster::storage`); empty on a single
+    // node. Always opened, since RocksDB refuses to open a database without all of its
+    // families.
+    crate::cluster::storage::RAFT_LOG,
+    crate::cluster::storage::RAFT_STATE,
 ];
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
@@ -76,6 +81,7 @@ pub struct RocksStore {
     counters: Arc<Counters>,
     next_message_id: AtomicU64,
     path: PathBuf,
+    db: Arc<DB>,
 }
 
 impl RocksStore {
@@ -98,9 +104,9 @@ impl RocksStore {
             path: path.clone(),
             detail: error.to_string(),
         })?;
-        let db = open_db(&path)?;
+        let db = Arc::new(open_db(&path)?);
         check_schema(&db, &path)?;
-        let committer = RocksCommitter::load(db, path.clone())?;
+        let committer = RocksCommitter::load(db.clone(), path.clone())?;
         let next_message_id = committer
             .max_message_id()
             .map_or(1, |id| id.saturating_add(1));
@@ -122,12 +128,19 @@ impl RocksStore {
             counters,
             next_message_id: AtomicU64::new(next_message_id),
             path,
+            db,
         })
     }
 
     /// The database directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database itself, for the cluster's Raft column families (which it writes
+    /// directly, beside the writer thread: the two touch disjoint families).
+    pub fn database(&self) -> Arc<DB> {
+        self.db.clone()
     }
 }
 

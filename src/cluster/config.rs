@@ -1,0 +1,230 @@
+//! The `[cluster]` table: which node this is, where the node-to-node link listens, the
+//! initial members, TLS for the link, and the link's bounds. Present only on cluster
+//! members; a node without it is a single broker and nothing of `crate::cluster` runs.
+//!
+//! Validation (`problems`) is called from `crate::config::validate` so that `fleetmq
+//! check-config` reports cluster mistakes with the rest, each naming its key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Problem;
+
+/// A node's identity in the cluster: stable for the life of its data directory.
+pub type NodeId = u64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id (>= 1), unique in the cluster, listed in `peers`.
+    pub node_id: NodeId,
+    /// `HOST:PORT` the node-to-node link listens on.
+    pub bind: SocketAddr,
+    /// The initial members as `"ID@HOST:PORT"`, this node included; the same list on
+    /// every node.
+    pub peers: Vec<String>,
+    /// Loopback `HOST:PORT` of the cluster administration endpoint used by `fleetmq
+    /// cluster ...`.
+    #[serde(default = "default_admin_bind")]
+    pub admin_bind: SocketAddr,
+    /// Bytes of forwarded messages waiting for one peer's link before new ones are
+    /// dropped (and counted).
+    #[serde(default = "default_link_buffer_bytes")]
+    pub link_buffer_bytes: usize,
+    /// Milliseconds between leader heartbeats; elections start after 3 to 6 of them
+    /// without one.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+}
+
+fn default_admin_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], crate::limits::DEFAULT_CLUSTER_ADMIN_PORT))
+}
+
+fn default_link_buffer_bytes() -> usize {
+    crate::limits::DEFAULT_CLUSTER_LINK_BUFFER_BYTES
+}
+
+fn default_heartbeat_ms() -> u64 {
+    crate::limits::DEFAULT_CLUSTER_HEARTBEAT_MS
+}
+
+/// One entry of `peers`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    /// `HOST:PORT` as written (a host name is resolved when connecting).
+    pub addr: String,
+}
+
+/// Parses `"ID@HOST:PORT"`.
+pub fn parse_peer(text: &str) -> Result<Peer, String> {
+    let (id, addr) = text
+        .split_once('@')
+        .ok_or_else(|| format!("'{text}' is not ID@HOST:PORT"))?;
+    let id: NodeId = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}': the id '{id}' is not a number"))?;
+    if id == 0 {
+        return Err(format!("'{text}': node ids start at 1"));
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{text}': '{addr}' has no :PORT"))?;
+    if host.is_empty() {
+        return Err(format!("'{text}': the host is empty"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => {}
+        _ => return Err(format!("'{text}': '{port}' is not a port (1 to 65535)")),
+    }
+    Ok(Peer {
+        id,
+        addr: addr.to_string(),
+    })
+}
+
+impl ClusterConfig {
+    /// The parsed `peers`, skipping entries that do not parse (`problems` reports them).
+    pub fn members(&self) -> Vec<Peer> {
+        self.peers
+            .iter()
+            .filter_map(|text| parse_peer(text).ok())
+            .collect()
+    }
+
+    /// Every rule the table breaks, keys prefixed with `cluster.`.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.node_id == 0 {
+            problems.push(Problem::new("cluster.node_id", "node ids start at 1"));
+        }
+        if self.peers.is_empty() {
+            problems.push(Problem::new(
+                "cluster.peers",
+                "list every initial member as \"ID@HOST:PORT\", this node included",
+            ));
+        }
+        let mut ids: HashMap<NodeId, usize> = HashMap::new();
+        let mut addrs: HashMap<String, usize> = HashMap::new();
+        for (index, text) in self.peers.iter().enumerate() {
+            let key = format!("cluster.peers[{index}]");
+            match parse_peer(text) {
+                Err(message) => problems.push(Problem::new(key, message)),
+                Ok(peer) => {
+                    if let Some(first) = ids.insert(peer.id, index) {
+                        problems.push(Problem::new(
+                            key.clone(),
+                            format!(
+                                "node id {} is already used by cluster.peers[{first}]",
+                                peer.id
+                            ),
+                        ));
+                    }
+                    if let Some(first) = addrs.insert(peer.addr.clone(), index) {
+                        problems.push(Problem::new(
+                            key,
+                            format!("{} is already used by cluster.peers[{first}]", peer.addr),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.node_id != 0 && !self.peers.is_empty() && !ids.contains_key(&self.node_id) {
+            problems.push(Problem::new(
+                "cluster.peers",
+                format!(
+                    "this node (cluster.node_id = {}) is not listed; every node lists all initial members, itself included",
+                    self.node_id
+                ),
+            ));
+        }
+        if !self.admin_bind.ip().is_loopback() {
+            problems.push(Problem::new(
+                "cluster.admin_bind",
+                format!("{} is not a loopback address; the administration endpoint has no authentication", self.admin_bind),
+            ));
+        }
+        if self.admin_bind == self.bind && self.bind.port() != 0 {
+            problems.push(Problem::new(
+                "cluster.admin_bind",
+                format!("{} is already used by cluster.bind", self.admin_bind),
+            ));
+        }
+        if self.link_buffer_bytes < 64 * 1024 {
+            problems.push(Problem::new(
+                "cluster.link_buffer_bytes",
+                format!("{} is too small; minimum: 65536", self.link_buffer_bytes),
+            ));
+        }
+        if !(10..=10_000).contains(&self.heartbeat_ms) {
+            problems.push(Problem::new(
+                "cluster.heartbeat_ms",
+                format!(
+                    "{} is out of range; allowed: 10 to 10000 milliseconds",
+                    self.heartbeat_ms
+                ),
+            ));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(node_id: NodeId, peers: &[&str]) -> ClusterConfig {
+        ClusterConfig {
+            node_id,
+            bind: "127.0.0.1:7001".parse().unwrap(),
+            peers: peers.iter().map(|peer| peer.to_string()).collect(),
+            admin_bind: default_admin_bind(),
+            link_buffer_bytes: default_link_buffer_bytes(),
+            heartbeat_ms: default_heartbeat_ms(),
+        }
+    }
+
+    fn keys(config: &ClusterConfig) -> Vec<String> {
+        config.problems().into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn a_full_peer_list_with_this_node_is_valid() {
+        let c = config(2, &["1@10.0.0.1:7001", "2@10.0.0.2:7001", "3@node3:7001"]);
+        assert!(c.problems().is_empty());
+        assert_eq!(c.members().len(), 3);
+        assert_eq!(c.members()[2].addr, "node3:7001");
+    }
+
+    #[test]
+    fn own_id_missing_duplicates_and_malformed_entries_are_each_reported() {
+        let c = config(
+            4,
+            &["1@a:1", "1@b:2", "2@a:1", "x@c:3", "3@nohost", "5@h:0"],
+        );
+        let keys = keys(&c);
+        assert!(keys.contains(&"cluster.peers[1]".to_string()), "{keys:?}");
+        assert!(keys.contains(&"cluster.peers[2]".to_string()), "{keys:?}");
+        assert!(keys.contains(&"cluster.peers[3]".to_string()), "{keys:?}");
+        assert!(keys.contains(&"cluster.peers[4]".to_string()), "{keys:?}");
+        assert!(keys.contains(&"cluster.peers[5]".to_string()), "{keys:?}");
+        assert!(keys.contains(&"cluster.peers".to_string()), "{keys:?}");
+    }
+
+    #[test]
+    fn node_id_zero_and_empty_peers_are_problems() {
+        let keys = keys(&config(0, &[]));
+        assert_eq!(keys, vec!["cluster.node_id", "cluster.peers"]);
+    }
+
+    #[test]
+    fn a_non_loopback_admin_endpoint_is_refused() {
+        let mut c = config(1, &["1@a:1"]);
+        c.admin_bind = "0.0.0.0:9885".parse().unwrap();
+        assert_eq!(keys(&c), vec!["cluster.admin_bind"]);
+    }
+}
