@@ -1,5 +1,5 @@
 //! Command line: `fleetmq [serve] | check-config | print-default-config | passwd |
-//! gen-certs`, and the start-up steps `main` strings together (configuration, the
+//! gen-certs | cluster`, and the start-up steps `main` strings together (configuration, the
 //! signals it serves by).
 //!
 //! `serve` is the default, so `fleetmq -c FILE` runs the broker. Flags override the file;
@@ -45,6 +45,8 @@ pub enum Command {
     Passwd(PasswdArgs),
     /// Write a development CA and server and client certificates (not for production).
     GenCerts(GenCertsArgs),
+    /// Show or change the cluster this node belongs to (`[cluster]`).
+    Cluster(crate::cluster::command::ClusterArgs),
 }
 
 #[derive(Debug, Clone, PartialEq, Args)]

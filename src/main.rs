@@ -66,6 +66,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             print(&text)
         }
+        Command::Cluster(args) => print(&fleetmq::cluster::command::run(&args)?),
         Command::Serve(args) => {
             let config = args.load_config()?;
             let log = fleetmq::logging::init(&config.log)?;

@@ -30,6 +30,7 @@ pub struct ServerHandle {
     security: Arc<Security>,
     tls: Vec<(SocketAddr, Arc<TlsTerminator>)>,
     connections: Arc<ConnectionCounter>,
+    cluster: Option<crate::cluster::Running>,
 }
 
 impl ServerHandle {
@@ -56,6 +57,12 @@ impl ServerHandle {
         !self.scheduler.is_finished()
             && !self.sys_topics.is_finished()
             && self.accept_loops.iter().all(|task| !task.is_finished())
+    }
+
+    /// This node's cluster membership (`[cluster]`), if any.
+    #[cfg(feature = "rocksdb")]
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterNode>> {
+        self.cluster.as_ref().map(|running| &running.node)
     }
 
     /// Open client connections, all listeners together.
@@ -91,6 +98,9 @@ impl ServerHandle {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.broker.begin_shutdown();
+        if let Some(cluster) = &self.cluster {
+            cluster.stop().await;
+        }
         for accept_loop in self.accept_loops {
             let _ = accept_loop.await;
         }
@@ -101,16 +111,28 @@ impl ServerHandle {
 }
 
 /// Opens the store `config` asks for: RocksDB under `data_dir`, or memory.
-fn open_store(config: &StorageConfig, latency: StorageMetrics) -> anyhow::Result<Arc<dyn Store>> {
+/// The RocksDB database behind the store, for the cluster's Raft column families.
+#[cfg(feature = "rocksdb")]
+type Database = Option<Arc<rocksdb::DB>>;
+#[cfg(not(feature = "rocksdb"))]
+type Database = Option<()>;
+
+fn open_store(
+    config: &StorageConfig,
+    latency: StorageMetrics,
+) -> anyhow::Result<(Arc<dyn Store>, Database)> {
     if !config.persistence {
         tracing::warn!("persistence is off: sessions, queued and retained messages live in memory only and a restart loses them");
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok((Arc::new(MemoryStore::new()), None));
     }
     open_rocks(config, latency)
 }
 
 #[cfg(feature = "rocksdb")]
-fn open_rocks(config: &StorageConfig, latency: StorageMetrics) -> anyhow::Result<Arc<dyn Store>> {
+fn open_rocks(
+    config: &StorageConfig,
+    latency: StorageMetrics,
+) -> anyhow::Result<(Arc<dyn Store>, Database)> {
     use crate::storage::{RocksOptions, RocksStore};
     let options = RocksOptions {
         sync: config.sync,
@@ -118,24 +140,25 @@ fn open_rocks(config: &StorageConfig, latency: StorageMetrics) -> anyhow::Result
     };
     let store = RocksStore::open_with_metrics(&config.data_dir, options, Some(latency))?;
     tracing::info!(path = %config.data_dir.display(), sync = ?config.sync, "storage opened");
-    Ok(Arc::new(store))
+    let database = store.database();
+    Ok((Arc::new(store), Some(database)))
 }
 
 #[cfg(not(feature = "rocksdb"))]
-fn open_rocks(_: &StorageConfig, _: StorageMetrics) -> anyhow::Result<Arc<dyn Store>> {
+fn open_rocks(_: &StorageConfig, _: StorageMetrics) -> anyhow::Result<(Arc<dyn Store>, Database)> {
     anyhow::bail!("this build has no durable store (built without the `rocksdb` feature); set storage.persistence = false")
 }
 
 /// Opens the store and builds the broker from what it holds. Blocking work (opening and
 /// reading the database) runs off the async executor.
-async fn restore_broker(config: Config) -> anyhow::Result<Arc<Broker>> {
+async fn restore_broker(config: Config) -> anyhow::Result<(Arc<Broker>, Database)> {
     let metrics = Metrics::new();
     let latency = metrics.storage().clone();
     let storage = config.storage.clone();
-    let (store, state) = tokio::task::spawn_blocking(move || {
-        let store = open_store(&storage, latency)?;
+    let (store, database, state) = tokio::task::spawn_blocking(move || {
+        let (store, database) = open_store(&storage, latency)?;
         let state = store.restore(WallClock::now().unix_millis())?;
-        anyhow::Ok((store, state))
+        anyhow::Ok((store, database, state))
     })
     .await
     .context("the storage task failed")??;
@@ -150,7 +173,7 @@ async fn restore_broker(config: Config) -> anyhow::Result<Arc<Broker>> {
         wills_published = restored.wills_published,
         "state restored"
     );
-    Ok(broker)
+    Ok((broker, database))
 }
 
 /// Restores the broker's state from its store, then binds every listener and starts
@@ -159,7 +182,11 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     anyhow::ensure!(!config.listeners.is_empty(), "no listener configured");
     let security =
         Arc::new(Security::load(&config.auth).context("cannot load the security files")?);
-    let broker = restore_broker(config.clone()).await?;
+    let (broker, database) = restore_broker(config.clone()).await?;
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::Running::start(cluster, database, &broker).await?),
+        None => None,
+    };
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         listeners
@@ -201,5 +228,6 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         security,
         tls,
         connections,
+        cluster,
     })
 }

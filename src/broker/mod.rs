@@ -29,6 +29,7 @@ pub mod congestion;
 pub mod handle;
 pub mod lifecycle;
 pub mod log_throttle;
+pub mod remote;
 pub mod restore;
 pub mod routing;
 pub mod scheduler;
@@ -36,7 +37,9 @@ pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::Instant;
 
 use bytestring::ByteString;
@@ -52,6 +55,7 @@ use crate::topic::{RetainedTree, SubscriptionTrie};
 
 pub use handle::{Attachment, SessionHandle};
 pub use lifecycle::Connected;
+pub use remote::ClusterHook;
 pub use restore::Restored;
 pub use routing::{Published, Route};
 pub use stats::{Dropped, Refusal, Stats, StatsSnapshot};
@@ -76,6 +80,9 @@ pub struct Broker {
     next_session_key: AtomicU64,
     next_client_number: AtomicU64,
     shutdown: watch::Sender<bool>,
+    /// The cluster this node belongs to (`crate::cluster`); unset on a single node, where
+    /// the only cost is one check per PUBLISH.
+    cluster: OnceLock<Arc<dyn ClusterHook>>,
 }
 
 impl Broker {
@@ -101,6 +108,7 @@ impl Broker {
             next_session_key: AtomicU64::new(1),
             next_client_number: AtomicU64::new(1),
             shutdown,
+            cluster: OnceLock::new(),
         })
     }
 

@@ -25,6 +25,10 @@ pub struct ClusterConfig {
     /// The initial members as `"ID@HOST:PORT"`, this node included; the same list on
     /// every node.
     pub peers: Vec<String>,
+    /// This node joins a running cluster (`fleetmq cluster add-node` on a member): it
+    /// never forms a new one from `peers`.
+    #[serde(default)]
+    pub join: bool,
     /// Loopback `HOST:PORT` of the cluster administration endpoint used by `fleetmq
     /// cluster ...`.
     #[serde(default = "default_admin_bind")]
@@ -182,6 +186,7 @@ mod tests {
             node_id,
             bind: "127.0.0.1:7001".parse().unwrap(),
             peers: peers.iter().map(|peer| peer.to_string()).collect(),
+            join: false,
             admin_bind: default_admin_bind(),
             link_buffer_bytes: default_link_buffer_bytes(),
             heartbeat_ms: default_heartbeat_ms(),

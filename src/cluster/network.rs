@@ -28,6 +28,14 @@ pub enum Request {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A command for the leader to commit.
     Propose(Command),
+    /// Membership changes for the leader to carry out.
+    AddNode {
+        id: NodeId,
+        addr: String,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
 }
 
 /// The answer to a `Request`, variant for variant.
@@ -39,6 +47,7 @@ pub enum Response {
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
     Propose(Result<CommandResult, ProposeError>),
+    Membership(Result<(), String>),
     /// The request could not be decoded.
     Invalid(String),
 }

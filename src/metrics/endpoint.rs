@@ -115,7 +115,19 @@ async fn serve(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
             let body = broker.metrics().render(broker);
             respond(&mut stream, "200 OK", PROMETHEUS_CONTENT_TYPE, &body).await
         }
-        ("GET", "/health") => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
+        ("GET", "/health") if broker.cluster_healthy() => {
+            respond(&mut stream, "200 OK", "text/plain", "ok\n").await
+        }
+        // A cluster node without a leader refuses new persistent sessions: not healthy.
+        ("GET", "/health") => {
+            respond(
+                &mut stream,
+                "503 Service Unavailable",
+                "text/plain",
+                "no cluster leader\n",
+            )
+            .await
+        }
         ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
         _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "").await,
     }

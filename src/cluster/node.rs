@@ -1,0 +1,553 @@
+//! A running cluster node: starts openraft over our storage and link, forms the cluster
+//! from `peers` on first start, keeps the link's peers in line with the membership,
+//! proposes this node's route changes and retained messages, applies what consensus
+//! decided to the local broker, and forwards PUBLISHes (`super::forward`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use bytestring::ByteString;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
+use rocksdb::DB;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::broker::{Broker, ClusterHook};
+use crate::message::Message;
+
+use super::config::{ClusterConfig, NodeId};
+use super::forward::{self, RouteTable};
+use super::link::{self, LinkHandler, Links};
+use super::network::{self, NetworkFactory, Request, Response};
+use super::state::{encode_base64, ClusterState, Command, CommandResult, Effect};
+use super::storage::{EffectSink, LogStore, StateMachineStore};
+use super::types::{ProposeError, Raft};
+
+/// How long a proposal may take before it counts as failed (a leader cut off from the
+/// majority never commits it).
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Retained changes waiting to be proposed; more are dropped and counted.
+const MAX_PENDING_RETAINED: usize = 10_000;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counters exported as metrics.
+#[derive(Default)]
+pub struct ClusterStats {
+    pub forwarded_messages: AtomicU64,
+    pub forwarded_bytes: AtomicU64,
+    pub forward_dropped: AtomicU64,
+    pub received_messages: AtomicU64,
+    pub retained_dropped: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub ownership_moves: AtomicU64,
+}
+
+/// This node's subscriptions as the cluster should know them.
+#[derive(Default)]
+struct FilterBook {
+    counts: HashMap<String, usize>,
+    /// Filters whose presence changed since the last proposal.
+    dirty: BTreeSet<String>,
+    /// The full set must be proposed (at start).
+    replace: bool,
+    retained: VecDeque<(String, Option<String>)>,
+}
+
+pub struct ClusterNode {
+    me: NodeId,
+    raft: Raft,
+    links: Arc<Links>,
+    state: Arc<RwLock<ClusterState>>,
+    routes: Arc<RouteTable>,
+    broker: Weak<Broker>,
+    book: Mutex<FilterBook>,
+    book_changed: Notify,
+    pub stats: Arc<ClusterStats>,
+    link_addr: std::net::SocketAddr,
+}
+
+/// Applies committed changes to the local broker.
+struct BrokerSink {
+    me: NodeId,
+    broker: Weak<Broker>,
+    routes: Arc<RouteTable>,
+    links: Arc<Links>,
+    stats: Arc<ClusterStats>,
+}
+
+impl BrokerSink {
+    fn retained(&self, broker: &Broker, topic: &str, message: Option<Vec<u8>>) {
+        let message = message.and_then(|bytes| {
+            crate::storage::codec::decode_message(&bytes)
+                .ok()
+                .map(|stored| Arc::new(stored.to_message(broker.wall_clock())))
+        });
+        broker.apply_replicated_retained(&ByteString::from(topic), message);
+    }
+
+    fn members(&self, state: &ClusterState) {
+        for (id, node) in state.membership.nodes() {
+            if *id != self.me {
+                self.links.ensure_peer(*id, &node.addr);
+            }
+        }
+    }
+}
+
+impl EffectSink for BrokerSink {
+    fn applied(&self, state: &ClusterState, effects: Vec<Effect>) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        for effect in effects {
+            match effect {
+                Effect::RouteChanged { filter } => self.routes.update(state, &filter),
+                Effect::Retained { topic, message } => self.retained(&broker, &topic, message),
+                Effect::Owner { client_id, owner } => {
+                    if owner.node != self.me && broker.kick_moved_session(&client_id) {
+                        self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        self.members(state);
+    }
+
+    fn reset(&self, state: &ClusterState) {
+        self.routes.reset(state);
+        self.members(state);
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        for topic in broker.retained_topics() {
+            if !state.retained.contains_key(&*topic) {
+                broker.apply_replicated_retained(&topic, None);
+            }
+        }
+        for (topic, encoded) in &state.retained {
+            self.retained(&broker, topic, super::state::decode_base64(encoded));
+        }
+    }
+}
+
+/// Starts this node's part of the cluster: binds the link, opens consensus over the
+/// RocksDB `db`, and makes `broker` a cluster member. Call before the listeners open.
+pub async fn start(
+    config: &ClusterConfig,
+    db: Arc<DB>,
+    broker: &Arc<Broker>,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    let me = config.node_id;
+    let links = Links::new(me, config.link_buffer_bytes);
+    let members = config.members();
+    for peer in &members {
+        if peer.id != me {
+            links.ensure_peer(peer.id, &peer.addr);
+        }
+    }
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} for the cluster link", config.bind))?;
+    let link_addr = listener
+        .local_addr()
+        .context("cannot read the cluster link's address")?;
+    tracing::info!(addr = %link_addr, node_id = me, "listening (cluster link)");
+
+    let routes = Arc::new(RouteTable::new(me));
+    let stats = Arc::new(ClusterStats::default());
+    let sink = Arc::new(BrokerSink {
+        me,
+        broker: Arc::downgrade(broker),
+        routes: routes.clone(),
+        links: links.clone(),
+        stats: stats.clone(),
+    });
+    let state_machine = StateMachineStore::open(db.clone(), Some(sink))
+        .map_err(|error| anyhow::anyhow!("cannot open the cluster state: {error}"))?;
+    let state = state_machine.state();
+    let raft_config = openraft::Config {
+        cluster_name: "fleetmq".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.heartbeat_ms * 3,
+        election_timeout_max: config.heartbeat_ms * 6,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(1_000),
+        max_in_snapshot_log_to_keep: 100,
+        ..openraft::Config::default()
+    }
+    .validate()
+    .context("invalid consensus settings")?;
+    let raft = Raft::new(
+        me,
+        Arc::new(raft_config),
+        NetworkFactory {
+            links: links.clone(),
+        },
+        LogStore::new(db),
+        state_machine,
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("cannot start consensus: {error}"))?;
+
+    let mut book = FilterBook {
+        replace: true,
+        ..FilterBook::default()
+    };
+    for (filter, count) in broker.local_filters() {
+        book.counts.insert(filter.to_string(), count);
+    }
+    let node = Arc::new(ClusterNode {
+        me,
+        raft: raft.clone(),
+        links: links.clone(),
+        state,
+        routes,
+        broker: Arc::downgrade(broker),
+        book: Mutex::new(book),
+        book_changed: Notify::new(),
+        stats,
+        link_addr,
+    });
+    links.set_handler(node.clone());
+    tokio::spawn(links.clone().accept_loop(listener));
+
+    if !config.join
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|error| anyhow::anyhow!("consensus stopped: {error}"))?
+    {
+        let initial: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|peer| (peer.id, BasicNode::new(&peer.addr)))
+            .collect();
+        match raft.initialize(initial).await {
+            Ok(()) => tracing::info!(members = members.len(), "cluster initialised"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(error) => anyhow::bail!("cannot initialise the cluster: {error}"),
+        }
+    }
+    tokio::spawn(node.clone().propose_loop());
+    broker.set_cluster(node.clone());
+    Ok(node)
+}
+
+impl ClusterNode {
+    pub fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn link_addr(&self) -> std::net::SocketAddr {
+        self.link_addr
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn links(&self) -> &Arc<Links> {
+        &self.links
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The replicated state as applied here.
+    pub fn with_state<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> T {
+        read(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Commits `command` through the leader, wherever it is.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        let result = self.propose_inner(command).await;
+        if result.is_err() {
+            self.stats.proposals_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn propose_inner(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        let leader = self.leader().ok_or(ProposeError::NoLeader)?;
+        if leader == self.me {
+            self.propose_local(command).await
+        } else {
+            network::propose_remote(&self.links, leader, command, PROPOSE_TIMEOUT).await
+        }
+    }
+
+    /// Commits `command` on this node, which must be the leader.
+    async fn propose_local(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        match tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(command)).await {
+            Err(_) => Err(ProposeError::Failed("not committed in time".into())),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(ProposeError::NoLeader)
+            }
+            Ok(Err(error)) => Err(ProposeError::Failed(error.to_string())),
+        }
+    }
+
+    /// Adds a voting member (as a learner first, caught up, then promoted: joint
+    /// consensus), from the leader or forwarded to it.
+    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), String> {
+        let leader = self
+            .leader()
+            .ok_or_else(|| ProposeError::NoLeader.to_string())?;
+        if leader != self.me {
+            return self
+                .forward_membership(leader, Request::AddNode { id, addr })
+                .await;
+        }
+        self.links.ensure_peer(id, &addr);
+        self.raft
+            .add_learner(id, BasicNode::new(&addr), true)
+            .await
+            .map_err(|error| error.to_string())?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(())
+    }
+
+    /// Removes a member (joint consensus), from the leader or forwarded to it.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), String> {
+        let leader = self
+            .leader()
+            .ok_or_else(|| ProposeError::NoLeader.to_string())?;
+        if leader != self.me {
+            return self
+                .forward_membership(leader, Request::RemoveNode { id })
+                .await;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map_err(|error| error.to_string())?;
+        // Its routes go with it: nothing is forwarded to a node that left.
+        self.propose(Command::ReplaceRoutes {
+            node: id,
+            filters: Vec::new(),
+        })
+        .await
+        .map_err(|error| error.to_string())?;
+        Ok(())
+    }
+
+    async fn forward_membership(&self, leader: NodeId, request: Request) -> Result<(), String> {
+        let body = serde_json::to_vec(&request).map_err(|error| error.to_string())?;
+        let answer = self
+            .links
+            .request(leader, &body, Duration::from_secs(60))
+            .await?;
+        match serde_json::from_slice(&answer) {
+            Ok(Response::Membership(result)) => result,
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Proposes this node's route changes and retained messages, in order, retrying
+    /// while there is no leader.
+    async fn propose_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let notified = self.book_changed.notified();
+            let (command, retained) = {
+                let mut book = lock(&self.book);
+                let command = if book.replace {
+                    book.replace = false;
+                    book.dirty.clear();
+                    Some(Command::ReplaceRoutes {
+                        node: self.me,
+                        filters: book.counts.keys().cloned().collect(),
+                    })
+                } else if !book.dirty.is_empty() {
+                    let dirty = std::mem::take(&mut book.dirty);
+                    let (add, remove): (Vec<String>, Vec<String>) = dirty
+                        .into_iter()
+                        .partition(|filter| book.counts.contains_key(filter));
+                    Some(Command::Routes {
+                        node: self.me,
+                        add,
+                        remove,
+                    })
+                } else {
+                    None
+                };
+                (command, book.retained.pop_front())
+            };
+            if command.is_none() && retained.is_none() {
+                notified.await;
+                continue;
+            }
+            let mut failed = false;
+            if let Some(command) = command {
+                if let Err(error) = self.propose(command.clone()).await {
+                    tracing::debug!(%error, "route change not committed; retrying");
+                    let mut book = lock(&self.book);
+                    match command {
+                        Command::ReplaceRoutes { .. } => book.replace = true,
+                        Command::Routes { add, remove, .. } => {
+                            book.dirty.extend(add.into_iter().chain(remove))
+                        }
+                        _ => {}
+                    }
+                    failed = true;
+                }
+            }
+            if let Some((topic, message)) = retained {
+                let command = Command::Retain {
+                    topic: topic.clone(),
+                    message: message.clone(),
+                };
+                if let Err(error) = self.propose(command).await {
+                    tracing::debug!(%error, "retained message not replicated yet; retrying");
+                    lock(&self.book).retained.push_front((topic, message));
+                    failed = true;
+                }
+            }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            } else {
+                backoff = Duration::from_millis(50);
+            }
+        }
+    }
+
+    /// Whether this node knows a leader (`/health`).
+    pub fn has_leader(&self) -> bool {
+        self.leader().is_some()
+    }
+}
+
+impl ClusterHook for ClusterNode {
+    fn published(&self, message: &Arc<Message>) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        if message.retain {
+            let encoded = (!message.payload.is_empty()).then(|| {
+                let stored =
+                    crate::storage::StoredMessage::from_message(message, broker.wall_clock());
+                encode_base64(&crate::storage::codec::encode_message(&stored))
+            });
+            let mut book = lock(&self.book);
+            if book.retained.len() < MAX_PENDING_RETAINED {
+                book.retained
+                    .push_back((message.topic.to_string(), encoded));
+                drop(book);
+                self.book_changed.notify_one();
+            } else {
+                drop(book);
+                self.stats.retained_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let destinations = self.routes.destinations(&message.topic);
+        for (node, groups) in destinations {
+            let Some(peer) = self.links.peer(node) else {
+                continue;
+            };
+            let body = forward::encode(message, broker.wall_clock(), &groups);
+            let frame = link::frame(link::FORWARD, &body);
+            let bytes = frame.len() as u64;
+            if peer.send(frame) {
+                self.stats
+                    .forwarded_messages
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .forwarded_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+                peer.stats
+                    .forwarded_messages
+                    .fetch_add(1, Ordering::Relaxed);
+                peer.stats
+                    .forwarded_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+            } else {
+                self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn filter_added(&self, filter: &str) {
+        let mut book = lock(&self.book);
+        let count = book.counts.entry(filter.to_string()).or_default();
+        *count += 1;
+        if *count == 1 {
+            book.dirty.insert(filter.to_string());
+            drop(book);
+            self.book_changed.notify_one();
+        }
+    }
+
+    fn filter_removed(&self, filter: &str) {
+        let mut book = lock(&self.book);
+        let Some(count) = book.counts.get_mut(filter) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            book.counts.remove(filter);
+            book.dirty.insert(filter.to_string());
+            drop(book);
+            self.book_changed.notify_one();
+        }
+    }
+
+    fn has_leader(&self) -> bool {
+        ClusterNode::has_leader(self)
+    }
+}
+
+impl LinkHandler for ClusterNode {
+    fn request(
+        &self,
+        _from: NodeId,
+        body: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + '_>> {
+        Box::pin(async move {
+            let response = match serde_json::from_slice::<Request>(&body) {
+                Err(error) => Response::Invalid(error.to_string()),
+                Ok(Request::AppendEntries(rpc)) => {
+                    Response::AppendEntries(self.raft.append_entries(rpc).await)
+                }
+                Ok(Request::Vote(rpc)) => Response::Vote(self.raft.vote(rpc).await),
+                Ok(Request::InstallSnapshot(rpc)) => {
+                    Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+                }
+                Ok(Request::Propose(command)) => {
+                    Response::Propose(self.propose_local(command).await)
+                }
+                Ok(Request::AddNode { id, addr }) => {
+                    Response::Membership(self.add_node(id, addr).await)
+                }
+                Ok(Request::RemoveNode { id }) => Response::Membership(self.remove_node(id).await),
+            };
+            serde_json::to_vec(&response).unwrap_or_default()
+        })
+    }
+
+    fn forwarded(&self, _from: NodeId, body: Bytes) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        match forward::decode(body, broker.wall_clock()) {
+            Some((message, groups)) => {
+                self.stats.received_messages.fetch_add(1, Ordering::Relaxed);
+                broker.route_forwarded(&Arc::new(message), &groups);
+            }
+            None => tracing::warn!("malformed forwarded message dropped"),
+        }
+    }
+}
