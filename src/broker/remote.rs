@@ -27,12 +27,47 @@ pub trait ClusterHook: Send + Sync + 'static {
     fn filter_removed(&self, filter: &str);
     /// Whether the node knows a cluster leader (`/health`).
     fn has_leader(&self) -> bool;
+    /// Takes `client_id`'s session for this node through consensus before a CONNECT
+    /// attaches: `Ok(Some(epoch))` once owned, `Ok(None)` for a clean session admitted
+    /// without an owner (no leader), `Err(reason code)` to refuse the CONNECT.
+    fn claim(&self, client_id: &str, persistent: bool) -> ClaimFuture<'_>;
+    /// Whether this node still owns `client_id`'s session with `epoch`.
+    fn owns(&self, client_id: &str, epoch: u64) -> bool;
+    /// `client_id`'s session ended on this node: its ownership can be released.
+    fn session_ended(&self, client_id: &str);
 }
+
+/// What `ClusterHook::claim` returns.
+pub type ClaimFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<u64>, u8>> + Send + 'a>>;
 
 impl Broker {
     /// Makes this broker a cluster node. Set once, before the listeners open.
     pub fn set_cluster(&self, hook: Arc<dyn ClusterHook>) {
         let _ = self.cluster.set(hook);
+    }
+
+    /// On a cluster node, takes the session's ownership before a CONNECT attaches (see
+    /// `ClusterHook::claim`); on a single node, `Ok(None)` at once.
+    pub async fn claim_session(
+        &self,
+        client_id: &str,
+        persistent: bool,
+    ) -> Result<Option<u64>, u8> {
+        match self.cluster.get() {
+            None => Ok(None),
+            Some(cluster) => cluster.claim(client_id, persistent).await,
+        }
+    }
+
+    /// Whether a claim made before attaching still holds once attached: another node's
+    /// claim committed in between fences this one (exactly one of two concurrent
+    /// connects of one client id wins).
+    pub fn still_owner(&self, client_id: &str, claim: Option<u64>) -> bool {
+        match (self.cluster.get(), claim) {
+            (Some(cluster), Some(epoch)) => cluster.owns(client_id, epoch),
+            _ => true,
+        }
     }
 
     /// False on a cluster node that knows no leader (cut off from the majority).

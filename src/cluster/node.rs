@@ -24,7 +24,7 @@ use super::config::{ClusterConfig, NodeId};
 use super::forward::{self, RouteTable};
 use super::link::{self, LinkHandler, Links};
 use super::network::{self, NetworkFactory, Request, Response};
-use super::state::{encode_base64, ClusterState, Command, CommandResult, Effect};
+use super::state::{encode_base64, ClusterState, Command, CommandResult, Effect, Owner};
 use super::storage::{EffectSink, LogStore, StateMachineStore};
 use super::types::{ProposeError, Raft};
 
@@ -59,6 +59,8 @@ struct FilterBook {
     /// The full set must be proposed (at start).
     replace: bool,
     retained: VecDeque<(String, Option<String>)>,
+    /// Sessions that ended here, whose ownership is to be released.
+    released: VecDeque<String>,
 }
 
 pub struct ClusterNode {
@@ -362,7 +364,7 @@ impl ClusterNode {
         let mut backoff = Duration::from_millis(50);
         loop {
             let notified = self.book_changed.notified();
-            let (command, retained) = {
+            let command = {
                 let mut book = lock(&self.book);
                 let command = if book.replace {
                     book.replace = false;
@@ -384,8 +386,14 @@ impl ClusterNode {
                 } else {
                     None
                 };
-                (command, book.retained.pop_front())
+                let released = book.released.pop_front();
+                (command, book.retained.pop_front(), released)
             };
+            let (command, retained, released) = (command.0, command.1, command.2);
+            if let Some(client_id) = released {
+                self.release(client_id).await;
+                continue;
+            }
             if command.is_none() && retained.is_none() {
                 notified.await;
                 continue;
@@ -428,6 +436,71 @@ impl ClusterNode {
     /// Whether this node knows a leader (`/health`).
     pub fn has_leader(&self) -> bool {
         self.leader().is_some()
+    }
+
+    /// The owner of `client_id`'s session as applied here.
+    pub fn owner(&self, client_id: &str) -> Option<Owner> {
+        self.with_state(|state| state.owners.get(client_id).copied())
+    }
+
+    /// Releases an ended session's ownership unless a session of that id is back here
+    /// (the epoch makes a late release harmless to a newer owner). Best effort: an
+    /// unreleased entry only keeps the id in the owner table until it is claimed again.
+    async fn release(&self, client_id: String) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        if broker.session(&client_id).is_some() {
+            return;
+        }
+        let Some(owner) = self.owner(&client_id).filter(|owner| owner.node == self.me) else {
+            return;
+        };
+        let _ = self
+            .propose(Command::Release {
+                client_id,
+                node: self.me,
+                epoch: owner.epoch,
+            })
+            .await;
+    }
+
+    async fn claim_session(&self, client_id: &str, persistent: bool) -> Result<Option<u64>, u8> {
+        use crate::protocol::reason;
+        if self.has_leader() {
+            if let Some(owner) = self.owner(client_id).filter(|owner| owner.node == self.me) {
+                return Ok(Some(owner.epoch));
+            }
+        }
+        let command = Command::Claim {
+            client_id: client_id.to_string(),
+            node: self.me,
+        };
+        match self.propose(command).await {
+            Ok(result) => {
+                if result.previous_owner.is_some() {
+                    self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+                }
+                // Applied on the leader; wait until this node applied it too, so that
+                // `owns` sees it.
+                let wait = self.raft.wait(Some(PROPOSE_TIMEOUT));
+                let applied = wait
+                    .metrics(
+                        |metrics| metrics.last_applied.map_or(0, |id| id.index) >= result.log_index,
+                        "claim applied",
+                    )
+                    .await;
+                if applied.is_err() {
+                    return Err(reason::SERVER_UNAVAILABLE);
+                }
+                Ok(Some(result.epoch))
+            }
+            Err(error) if persistent => {
+                tracing::info!(client_id, %error, "persistent session refused: no cluster majority");
+                Err(reason::SERVER_UNAVAILABLE)
+            }
+            Err(_) => Ok(None),
+        }
     }
 }
 
@@ -507,6 +580,25 @@ impl ClusterHook for ClusterNode {
 
     fn has_leader(&self) -> bool {
         ClusterNode::has_leader(self)
+    }
+
+    fn claim(&self, client_id: &str, persistent: bool) -> crate::broker::remote::ClaimFuture<'_> {
+        let client_id = client_id.to_string();
+        Box::pin(async move { self.claim_session(&client_id, persistent).await })
+    }
+
+    fn owns(&self, client_id: &str, epoch: u64) -> bool {
+        self.owner(client_id)
+            .is_some_and(|owner| owner.node == self.me && owner.epoch == epoch)
+    }
+
+    fn session_ended(&self, client_id: &str) {
+        let mut book = lock(&self.book);
+        if book.released.len() < MAX_PENDING_RETAINED {
+            book.released.push_back(client_id.to_string());
+            drop(book);
+            self.book_changed.notify_one();
+        }
     }
 }
 

@@ -53,6 +53,8 @@ pub struct CommandResult {
     /// For `Claim`: the new fencing epoch and the previous owner (if another node).
     pub epoch: u64,
     pub previous_owner: Option<NodeId>,
+    /// The log index the command was applied at.
+    pub log_index: u64,
 }
 
 /// The owner of a session.
@@ -160,6 +162,7 @@ impl ClusterState {
                 CommandResult {
                     epoch: owner.epoch,
                     previous_owner: previous.map(|p| p.node).filter(|p| p != node),
+                    log_index: 0,
                 }
             }
             Command::Release {

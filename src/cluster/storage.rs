@@ -350,7 +350,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             match entry.payload {
                 EntryPayload::Blank => results.push(CommandResult::default()),
                 EntryPayload::Normal(command) => {
-                    results.push(apply_command(&mut state, &command, &mut effects))
+                    let mut result = apply_command(&mut state, &command, &mut effects);
+                    result.log_index = entry.log_id.index;
+                    results.push(result);
                 }
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);

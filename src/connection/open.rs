@@ -122,7 +122,23 @@ pub async fn open(
         }
     };
 
+    // A cluster node takes the session's ownership through consensus first; one cut off
+    // from the majority refuses (`Broker::claim_session`).
+    let persistent = !terms.session_expiry.is_zero();
+    let claim = match broker.claim_session(&connect.client_id, persistent).await {
+        Ok(claim) => claim,
+        Err(reason_code) => {
+            refuse(&mut stream, &broker, version, reason_code).await;
+            return None;
+        }
+    };
     let connected = broker.connect(&connect, terms.session_expiry);
+    if !broker.still_owner(&connect.client_id, claim) {
+        // Another node's claim for this client id committed after ours: it wins.
+        broker.disconnect(&connected.handle, connected.attachment.generation, false);
+        refuse(&mut stream, &broker, version, reason::SERVER_UNAVAILABLE).await;
+        return None;
+    }
     tracing::info!(
         %peer,
         client_id = %connect.client_id,
