@@ -35,6 +35,8 @@ pub trait ClusterHook: Send + Sync + 'static {
     fn owns(&self, client_id: &str, epoch: u64) -> bool;
     /// `client_id`'s session ended on this node: its ownership can be released.
     fn session_ended(&self, client_id: &str);
+    /// The cluster's metrics in the Prometheus text format.
+    fn render_metrics(&self) -> String;
 }
 
 /// What `ClusterHook::claim` returns.
@@ -68,6 +70,14 @@ impl Broker {
             (Some(cluster), Some(epoch)) => cluster.owns(client_id, epoch),
             _ => true,
         }
+    }
+
+    /// The cluster's metrics (Prometheus text), empty on a single node.
+    pub fn cluster_metrics(&self) -> String {
+        self.cluster
+            .get()
+            .map(|cluster| cluster.render_metrics())
+            .unwrap_or_default()
     }
 
     /// False on a cluster node that knows no leader (cut off from the majority).

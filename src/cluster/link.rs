@@ -80,10 +80,6 @@ impl PeerLink {
         lock(&self.addr).clone()
     }
 
-    pub fn set_addr(&self, addr: String) {
-        *lock(&self.addr) = addr;
-    }
-
     pub fn is_connected(&self) -> bool {
         self.stats.connected.load(Ordering::Relaxed)
     }
@@ -164,7 +160,9 @@ impl Links {
         peers
     }
 
-    /// Adds (or re-addresses) a peer; the lower id of the pair starts dialing it.
+    /// Adds a peer not known yet; the lower id of the pair starts dialing it. A known
+    /// peer keeps its address: the one in this node's `peers` wins over the membership's
+    /// (so a node may reach a peer through its own route, e.g. a proxy).
     pub fn ensure_peer(self: &Arc<Self>, id: NodeId, addr: &str) -> Arc<PeerLink> {
         if id == self.me {
             // Never a link to oneself; callers skip it, this keeps it harmless.
@@ -172,9 +170,6 @@ impl Links {
         }
         let mut peers = lock(&self.peers);
         if let Some(peer) = peers.get(&id) {
-            if peer.addr() != addr {
-                peer.set_addr(addr.to_string());
-            }
             return peer.clone();
         }
         let peer = Arc::new(self.new_peer(id, addr));

@@ -19,6 +19,8 @@ pub mod forward;
 #[cfg(feature = "rocksdb")]
 pub mod link;
 #[cfg(feature = "rocksdb")]
+pub mod metrics;
+#[cfg(feature = "rocksdb")]
 pub mod network;
 #[cfg(feature = "rocksdb")]
 pub mod node;

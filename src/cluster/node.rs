@@ -592,6 +592,10 @@ impl ClusterHook for ClusterNode {
             .is_some_and(|owner| owner.node == self.me && owner.epoch == epoch)
     }
 
+    fn render_metrics(&self) -> String {
+        super::metrics::render(self)
+    }
+
     fn session_ended(&self, client_id: &str) {
         let mut book = lock(&self.book);
         if book.released.len() < MAX_PENDING_RETAINED {

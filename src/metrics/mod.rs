@@ -217,7 +217,9 @@ impl Metrics {
             record_snapshot(&stats, &gauges, uptime);
             metrics::counter!(STORAGE_ERRORS_TOTAL).absolute(store.write_errors + store.refused);
         });
-        self.handle.render()
+        let mut text = self.handle.render();
+        text.push_str(&broker.cluster_metrics());
+        text
     }
 }
 
