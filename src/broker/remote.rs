@@ -114,7 +114,7 @@ impl Broker {
             routes.for_each_match(&message.topic, |found| match found {
                 Match::Direct(key, route) => fanout.add_direct(*key, route, message),
                 Match::Shared(group) => {
-                    if shared_groups.iter().any(|name| *name == group.name) {
+                    if shared_groups.contains(&group.name) {
                         fanout.add_shared(group, message);
                     }
                 }

@@ -115,7 +115,8 @@ pub fn status(node: &ClusterNode) -> ClusterStatus {
         .collect();
     ClusterStatus {
         node_id: node.node_id(),
-        leader: metrics.current_leader,
+        // Effective: a leader cut off from the majority reports none.
+        leader: node.leader(),
         term: metrics.current_term,
         role: format!("{:?}", metrics.state),
         last_log_index: last,

@@ -113,6 +113,7 @@ impl EffectSink for BrokerSink {
             match effect {
                 Effect::RouteChanged { filter } => self.routes.update(state, &filter),
                 Effect::Retained { topic, message } => self.retained(&broker, &topic, message),
+                Effect::MembersChanged => {}
                 Effect::Owner { client_id, owner } => {
                     if owner.node != self.me && broker.kick_moved_session(&client_id) {
                         self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
@@ -258,9 +259,28 @@ impl ClusterNode {
         &self.links
     }
 
-    /// The leader this node knows of.
+    /// The leader this node knows of. A leader that cannot reach a majority of the
+    /// voters over its links counts as none: openraft keeps such a leader in office (it
+    /// commits nothing), and this node must refuse what needs a commit at once.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        if leader != self.me {
+            return Some(leader);
+        }
+        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let reachable = voters
+            .iter()
+            .filter(|id| {
+                **id == self.me
+                    || self
+                        .links
+                        .peer(**id)
+                        .is_some_and(|peer| peer.is_connected())
+            })
+            .count();
+        (reachable * 2 > voters.len()).then_some(leader)
     }
 
     /// The replicated state as applied here.

@@ -76,6 +76,8 @@ pub enum Effect {
     },
     /// `client_id`'s session now belongs to `owner`.
     Owner { client_id: String, owner: Owner },
+    /// The membership changed (the link must know every member).
+    MembersChanged,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,10 @@
 //! Writes are small and rare (metadata: routes, retained, ownership), so they run on the
 //! calling task rather than on a writer thread.
 
+// openraft's traits fix the error type (`StorageError`, a large enum); our helpers
+// return it too rather than convert at every call.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -356,6 +360,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    effects.push(Effect::MembersChanged);
                     results.push(CommandResult::default());
                 }
             }
