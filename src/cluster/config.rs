@@ -41,6 +41,11 @@ pub struct ClusterConfig {
     /// without one.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// TLS on the node links, with the listeners' settings: `cert`/`key` (presented in
+    /// both directions), `ca` (which node certificates are trusted; required), and
+    /// `client_auth = "require"` for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::config::TlsConfig>,
 }
 
 fn default_admin_bind() -> SocketAddr {
@@ -173,6 +178,20 @@ impl ClusterConfig {
                 ),
             ));
         }
+        if let Some(tls) = &self.tls {
+            if tls.ca.is_none() {
+                problems.push(Problem::new(
+                    "cluster.tls.ca",
+                    "required: the CA that node certificates chain to (nodes verify each other)",
+                ));
+            }
+            if tls.identity.is_some() {
+                problems.push(Problem::new(
+                    "cluster.tls.identity",
+                    "not used on node links; remove it",
+                ));
+            }
+        }
         problems
     }
 }
@@ -190,6 +209,7 @@ mod tests {
             admin_bind: default_admin_bind(),
             link_buffer_bytes: default_link_buffer_bytes(),
             heartbeat_ms: default_heartbeat_ms(),
+            tls: None,
         }
     }
 

@@ -11,7 +11,8 @@
 //! everything queued into one buffer and writes it with one call (batching under load).
 //! A frame that does not fit, or that is queued while the peer is disconnected, is
 //! dropped and counted; a dropped request fails at once so Raft retries it. The dialing
-//! side reconnects with exponential backoff (50 ms to 2 s).
+//! side reconnects with exponential backoff (50 ms to 2 s). With `[cluster.tls]` every
+//! link is TLS (mutual TLS with `client_auth = "require"`), the listeners' settings.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,9 +20,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
+
+use crate::config::{ClientAuth, TlsConfig};
+use crate::listener::TlsTerminator;
 
 use super::config::NodeId;
 
@@ -105,8 +109,62 @@ impl PeerLink {
     }
 }
 
+/// Any stream a link runs over: TCP, or TLS over TCP.
+pub trait LinkStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> LinkStream for T {}
+
+/// TLS on the links: the accepting side is a listener's terminator, the dialling side
+/// verifies the peer against the same CA and (mutual TLS) presents the same certificate.
+pub struct LinkTls {
+    acceptor: TlsTerminator,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl LinkTls {
+    pub fn new(config: &TlsConfig) -> anyhow::Result<LinkTls> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let acceptor = TlsTerminator::new(config)?;
+        let ca = config
+            .ca
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("cluster.tls.ca is required"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_file_iter(ca)
+            .map_err(|error| anyhow::anyhow!("{}: {error}", ca.display()))?
+        {
+            let certificate =
+                certificate.map_err(|error| anyhow::anyhow!("{}: {error}", ca.display()))?;
+            roots
+                .add(certificate)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", ca.display()))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots);
+        let client = if config.client_auth == ClientAuth::None {
+            builder.with_no_client_auth()
+        } else {
+            let chain = CertificateDer::pem_file_iter(&config.cert)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", config.cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| anyhow::anyhow!("{}: {error}", config.cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(&config.key)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", config.key.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        };
+        Ok(LinkTls {
+            acceptor,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        })
+    }
+}
+
 pub struct Links {
     me: NodeId,
+    tls: Option<LinkTls>,
     peers: Mutex<HashMap<NodeId, Arc<PeerLink>>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
     next_request: AtomicU64,
@@ -129,10 +187,11 @@ pub fn frame(kind: u8, body: &[u8]) -> Bytes {
 }
 
 impl Links {
-    pub fn new(me: NodeId, limit: usize) -> Arc<Links> {
+    pub fn new(me: NodeId, limit: usize, tls: Option<LinkTls>) -> Arc<Links> {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Arc::new(Links {
             me,
+            tls,
             peers: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
@@ -264,8 +323,17 @@ impl Links {
         }
     }
 
-    async fn serve_incoming(self: Arc<Self>, mut stream: TcpStream) -> std::io::Result<()> {
-        let _ = stream.set_nodelay(true);
+    async fn serve_incoming(self: Arc<Self>, tcp: TcpStream) -> std::io::Result<()> {
+        let _ = tcp.set_nodelay(true);
+        let mut stream: Box<dyn LinkStream> = match &self.tls {
+            Some(tls) => Box::new(
+                tokio::time::timeout(Duration::from_secs(5), tls.acceptor.accept(tcp))
+                    .await
+                    .map_err(|_| std::io::Error::other("no TLS handshake within 5 s"))??
+                    .0,
+            ),
+            None => Box::new(tcp),
+        };
         let from = tokio::time::timeout(Duration::from_secs(5), read_hello(&mut stream))
             .await
             .map_err(|_| std::io::Error::other("no hello within 5 s"))??;
@@ -288,8 +356,21 @@ impl Links {
                 return;
             }
             let attempt = async {
-                let mut stream = TcpStream::connect(peer.addr()).await?;
-                let _ = stream.set_nodelay(true);
+                let addr = peer.addr();
+                let tcp = TcpStream::connect(&addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let mut stream: Box<dyn LinkStream> = match &self.tls {
+                    Some(tls) => {
+                        let host = addr
+                            .rsplit_once(':')
+                            .map_or(addr.as_str(), |(host, _)| host);
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                            .map_err(|error| std::io::Error::other(format!("{host}: {error}")))?;
+                        Box::new(tls.connector.connect(name, tcp).await?)
+                    }
+                    None => Box::new(tcp),
+                };
                 stream
                     .write_all(&frame(HELLO, &self.me.to_be_bytes()))
                     .await?;
@@ -332,7 +413,7 @@ impl Links {
     async fn run_connection(
         self: Arc<Self>,
         peer: Arc<PeerLink>,
-        stream: TcpStream,
+        stream: Box<dyn LinkStream>,
     ) -> std::io::Result<()> {
         let connection = {
             let mut outbox = lock(&peer.outbox);
@@ -345,7 +426,7 @@ impl Links {
         peer.stats.connected.store(true, Ordering::Relaxed);
         peer.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer = peer.id, "cluster link up");
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let writer_peer = peer.clone();
         let mut shutdown = self.shutdown.subscribe();
         let write_loop = async move {
@@ -442,7 +523,7 @@ async fn read_frame(
     Ok((kind, Bytes::from(body)))
 }
 
-async fn read_hello(stream: &mut TcpStream) -> std::io::Result<NodeId> {
+async fn read_hello(stream: &mut Box<dyn LinkStream>) -> std::io::Result<NodeId> {
     let (kind, mut body) = read_frame(stream).await?;
     if kind != HELLO || body.len() != 8 {
         return Err(std::io::Error::other("the first frame is not a hello"));

@@ -149,7 +149,11 @@ pub async fn start(
     broker: &Arc<Broker>,
 ) -> anyhow::Result<Arc<ClusterNode>> {
     let me = config.node_id;
-    let links = Links::new(me, config.link_buffer_bytes);
+    let tls = match &config.tls {
+        Some(tls) => Some(link::LinkTls::new(tls).context("cluster.tls")?),
+        None => None,
+    };
+    let links = Links::new(me, config.link_buffer_bytes, tls);
     let members = config.members();
     for peer in &members {
         if peer.id != me {

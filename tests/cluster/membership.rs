@@ -146,3 +146,38 @@ async fn check_config_names_cluster_mistakes() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_links_run_over_mutual_tls() {
+    let mut cluster = Cluster::configure_with(3, &[], true).await;
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let mut sub = Subscriber::v4(cluster.mqtt(3), "tls-sub", true);
+    sub.connected().await;
+    sub.subscribe("tls/#", 1, None).await;
+    wait_routed(cluster.mqtt(1), "tls/probe", &mut sub).await;
+    let mut publisher = Publisher::v4(cluster.mqtt(1), "tls-pub").await;
+    publisher.publish("tls/x", 1, false, b"encrypted hop").await;
+    assert_eq!(sub.next_publish().await.payload, b"encrypted hop");
+
+    // A peer speaking plain TCP gets no hello back: the link wants a TLS handshake.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plain = tokio::net::TcpStream::connect(cluster.node(2).link)
+        .await
+        .unwrap();
+    let mut hello = vec![0, 0, 0, 9, 1];
+    hello.extend_from_slice(&1u64.to_be_bytes());
+    plain.write_all(&hello).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = crate::common::within(
+        "the link to close a plain connection",
+        plain.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(
+        !answer.starts_with(&[0, 0, 0, 9, 1]),
+        "a plain hello was answered: {answer:?}"
+    );
+}

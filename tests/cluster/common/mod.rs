@@ -100,8 +100,18 @@ impl Cluster {
     /// Writes the configuration of nodes `1..=size` and of `joiners` (started later with
     /// `join = true`), with a proxy on each link between the initial members.
     pub async fn configure(size: u64, joiners: &[u64]) -> Cluster {
+        Cluster::configure_with(size, joiners, false).await
+    }
+
+    /// `configure`, with mutual TLS on the node links when `tls` (certificates from
+    /// `fleetmq::certs`, for 127.0.0.1).
+    pub async fn configure_with(size: u64, joiners: &[u64], tls: bool) -> Cluster {
         let turn = ONE_AT_A_TIME.acquire().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        if tls {
+            fleetmq::certs::generate(&certs, &["127.0.0.1".to_string()], &[], 30).unwrap();
+        }
         let mut nodes = BTreeMap::new();
         for id in (1..=size).chain(joiners.iter().copied()) {
             let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -160,6 +170,16 @@ impl Cluster {
                 join = !initial,
                 peers = peers.join(", "),
             );
+            let config = if tls {
+                format!(
+                    "{config}\n[cluster.tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\nclient_auth = \"require\"\n",
+                    cert = certs.join("server.pem").display().to_string(),
+                    key = certs.join("server.key").display().to_string(),
+                    ca = certs.join("ca.pem").display().to_string(),
+                )
+            } else {
+                config
+            };
             std::fs::write(&node.config, config).unwrap();
         }
         Cluster {
