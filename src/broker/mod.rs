@@ -269,3 +269,6 @@ mod tests;
 
 #[cfg(test)]
 mod restore_tests;
+
+#[cfg(test)]
+mod remote_tests;

@@ -492,7 +492,8 @@ impl Broker {
                 for (filter, existed) in &request.filters {
                     let removed = session.remove_subscription(filter);
                     remove_route(&mut routes, filter, handle.key);
-                    if removed {
+                    // The session may have dropped the filter already (`existed`).
+                    if *existed || removed {
                         if let Some(cluster) = self.cluster.get() {
                             cluster.filter_removed(filter);
                         }
