@@ -42,6 +42,9 @@ struct Common {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     addr: SocketAddr,
+    /// Where the subscribers connect, when not to `--addr` (another node of a cluster).
+    #[arg(long)]
+    subscriber_addr: Option<SocketAddr>,
     /// Broker process id: enables broker CPU and memory figures (read from /proc).
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -211,6 +214,7 @@ fn seconds(value: f64) -> anyhow::Result<Duration> {
 fn target(common: &Common) -> Target {
     Target {
         addr: common.addr,
+        subscriber_addr: common.subscriber_addr.unwrap_or(common.addr),
         label: common.label.clone(),
         probe: ProcProbe::new(common.broker_pid, common.clk_tck),
         own: ProcProbe::new(Some(std::process::id()), common.clk_tck),

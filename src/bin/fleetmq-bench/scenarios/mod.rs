@@ -26,6 +26,8 @@ use crate::wire::{self, Frame, PublishTemplate, WireError};
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// Where subscribers connect (`addr` unless another cluster node is given).
+    pub subscriber_addr: SocketAddr,
     /// Name printed with the results ("fleetmq", "mosquitto", "discard").
     pub label: String,
     pub probe: ProcProbe,
