@@ -171,6 +171,11 @@ pub const DEFAULT_CLUSTER_LINK_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 /// enough for a takeover and slow enough for a loaded machine not to elect spuriously.
 pub const DEFAULT_CLUSTER_HEARTBEAT_MS: u64 = 100;
 
+/// A snapshot of the replicated state every 1,000 log entries: the state is small
+/// (routes, retained messages, owners), so snapshots are cheap, and a restarted node
+/// replays at most this many entries.
+pub const DEFAULT_CLUSTER_SNAPSHOT_ENTRIES: u64 = 1_000;
+
 /// 10 seconds between `$SYS` publications, Mosquitto's `sys_interval` default.
 pub const DEFAULT_SYS_INTERVAL_SECS: u64 = 10;
 

@@ -25,6 +25,8 @@ use super::config::{parse_peer, NodeId};
 use super::node::ClusterNode;
 
 const MAX_REQUEST: usize = 16 * 1024;
+/// Requests served at once; more are closed unanswered.
+const MAX_CONCURRENT_REQUESTS: usize = 4;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A membership change waits for the new member to catch up.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -167,15 +169,20 @@ pub async fn serve(
         .local_addr()
         .context("cannot read the admin address")?;
     tracing::info!(%addr, "listening (cluster administration)");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
             let node = node.clone();
             tokio::spawn(async move {
                 let _ = answer(stream, &node).await;
+                drop(slot);
             });
         }
     });

@@ -41,6 +41,10 @@ pub struct ClusterConfig {
     /// without one.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// Log entries between two snapshots of the replicated state; entries before a
+    /// snapshot are purged, and a node further behind receives the snapshot.
+    #[serde(default = "default_snapshot_entries")]
+    pub snapshot_entries: u64,
     /// TLS on the node links, with the listeners' settings: `cert`/`key` (presented in
     /// both directions), `ca` (which node certificates are trusted; required), and
     /// `client_auth = "require"` for mutual TLS.
@@ -58,6 +62,10 @@ fn default_link_buffer_bytes() -> usize {
 
 fn default_heartbeat_ms() -> u64 {
     crate::limits::DEFAULT_CLUSTER_HEARTBEAT_MS
+}
+
+fn default_snapshot_entries() -> u64 {
+    crate::limits::DEFAULT_CLUSTER_SNAPSHOT_ENTRIES
 }
 
 /// One entry of `peers`, parsed.
@@ -178,6 +186,15 @@ impl ClusterConfig {
                 ),
             ));
         }
+        if !(10..=1_000_000).contains(&self.snapshot_entries) {
+            problems.push(Problem::new(
+                "cluster.snapshot_entries",
+                format!(
+                    "{} is out of range; allowed: 10 to 1000000 entries",
+                    self.snapshot_entries
+                ),
+            ));
+        }
         if let Some(tls) = &self.tls {
             if tls.ca.is_none() {
                 problems.push(Problem::new(
@@ -209,6 +226,7 @@ mod tests {
             admin_bind: default_admin_bind(),
             link_buffer_bytes: default_link_buffer_bytes(),
             heartbeat_ms: default_heartbeat_ms(),
+            snapshot_entries: default_snapshot_entries(),
             tls: None,
         }
     }

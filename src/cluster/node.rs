@@ -33,6 +33,8 @@ use super::types::{ProposeError, Raft};
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retained changes waiting to be proposed; more are dropped and counted.
 const MAX_PENDING_RETAINED: usize = 10_000;
+/// Retained changes proposed in one log entry.
+const MAX_RETAINED_PER_ENTRY: usize = 256;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -138,6 +140,16 @@ impl EffectSink for BrokerSink {
         for (topic, encoded) in &state.retained {
             self.retained(&broker, topic, super::state::decode_base64(encoded));
         }
+        // Sessions that moved to another node while this one was behind.
+        for handle in broker.sessions() {
+            let moved = state
+                .owners
+                .get(&*handle.client_id)
+                .is_some_and(|owner| owner.node != self.me);
+            if moved && broker.kick_moved_session(&handle.client_id) {
+                self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -185,8 +197,9 @@ pub async fn start(
         heartbeat_interval: config.heartbeat_ms,
         election_timeout_min: config.heartbeat_ms * 3,
         election_timeout_max: config.heartbeat_ms * 6,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(1_000),
-        max_in_snapshot_log_to_keep: 100,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+        // Enough for a follower a little behind to catch up from the log.
+        max_in_snapshot_log_to_keep: (config.snapshot_entries / 10).max(1),
         ..openraft::Config::default()
     }
     .validate()
@@ -411,14 +424,16 @@ impl ClusterNode {
                     None
                 };
                 let released = book.released.pop_front();
-                (command, book.retained.pop_front(), released)
+                let take = book.retained.len().min(MAX_RETAINED_PER_ENTRY);
+                let retained: Vec<_> = book.retained.drain(..take).collect();
+                (command, retained, released)
             };
             let (command, retained, released) = (command.0, command.1, command.2);
             if let Some(client_id) = released {
                 self.release(client_id).await;
                 continue;
             }
-            if command.is_none() && retained.is_none() {
+            if command.is_none() && retained.is_empty() {
                 notified.await;
                 continue;
             }
@@ -437,14 +452,22 @@ impl ClusterNode {
                     failed = true;
                 }
             }
-            if let Some((topic, message)) = retained {
-                let command = Command::Retain {
-                    topic: topic.clone(),
-                    message: message.clone(),
-                };
+            if !retained.is_empty() {
+                let command = Command::Batch(
+                    retained
+                        .iter()
+                        .map(|(topic, message)| Command::Retain {
+                            topic: topic.clone(),
+                            message: message.clone(),
+                        })
+                        .collect(),
+                );
                 if let Err(error) = self.propose(command).await {
-                    tracing::debug!(%error, "retained message not replicated yet; retrying");
-                    lock(&self.book).retained.push_front((topic, message));
+                    tracing::debug!(%error, "retained messages not replicated yet; retrying");
+                    let mut book = lock(&self.book);
+                    for change in retained.into_iter().rev() {
+                        book.retained.push_front(change);
+                    }
                     failed = true;
                 }
             }

@@ -45,6 +45,9 @@ pub enum Command {
         node: NodeId,
         epoch: u64,
     },
+    /// Several commands in one log entry, applied in order (the result is the last
+    /// one's).
+    Batch(Vec<Command>),
 }
 
 /// The state machine's answer to a command.
@@ -95,6 +98,11 @@ impl ClusterState {
     /// Applies one command, appending what changed to `effects`.
     pub fn apply(&mut self, command: &Command, effects: &mut Vec<Effect>) -> CommandResult {
         match command {
+            Command::Batch(commands) => commands
+                .iter()
+                .map(|command| self.apply(command, effects))
+                .last()
+                .unwrap_or_default(),
             Command::Routes { node, add, remove } => {
                 for filter in add {
                     if self.routes.entry(filter.clone()).or_default().insert(*node) {

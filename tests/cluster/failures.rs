@@ -91,3 +91,59 @@ async fn a_node_cut_off_refuses_persistent_sessions_while_the_majority_serves_an
     let mut back = Subscriber::v5(cluster.mqtt(3), "minority-v5", 600);
     back.connected().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_more_than_a_snapshot_catches_up_from_the_snapshot() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    let away = if leader == 3 { 2 } else { 3 };
+    let others: Vec<u64> = (1..=3).filter(|id| *id != away).collect();
+    cluster.kill(away).await;
+    cluster.wait_for_leader(&others).await;
+
+    // The test nodes snapshot every 50 entries (`snapshot_entries`): route changes of
+    // 120 subscribers, each its own entry, take the log well past two snapshots, after
+    // which the entries before them are purged; and 1,200 retained messages.
+    let mut publisher = Publisher::v4(cluster.mqtt(others[0]), "snapshotter").await;
+    for i in 0..1_200 {
+        publisher
+            .publish(&format!("snap/{i}"), 1, true, b"kept")
+            .await;
+    }
+    for i in 0..120 {
+        let mut subscriber = Subscriber::v4(cluster.mqtt(others[1]), &format!("churn{i}"), true);
+        subscriber.connected().await;
+        subscriber.subscribe(&format!("churn/{i}"), 0, None).await;
+    }
+    // The last retained message (and the others before it, proposed in order) is in the
+    // replicated state once a late subscriber on another survivor receives it.
+    eventually("every retained message to be replicated", || async {
+        let mut check = Subscriber::v4(cluster.mqtt(others[1]), "snap-check", true);
+        check.connected().await;
+        check.subscribe("snap/1199", 1, None).await;
+        check.probe("snap/1199").await.then_some(())
+    })
+    .await;
+    eventually("a snapshot past the restarted node's log", || async {
+        let status = cluster.status(others[0]).await?;
+        (status.applied_index? > 200).then_some(())
+    })
+    .await;
+
+    cluster.spawn(away);
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let mut sub = Subscriber::v4(cluster.mqtt(away), "snap-reader", true);
+    sub.connected().await;
+    sub.subscribe("snap/#", 1, None).await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 1_200 {
+        let p = sub.next_publish().await;
+        assert!(p.retain);
+        seen.insert(p.topic);
+    }
+    let metrics = cluster.metrics(away).await;
+    assert!(
+        metrics.contains("fleetmq_cluster_applied_index"),
+        "{metrics}"
+    );
+}

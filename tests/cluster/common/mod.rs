@@ -156,7 +156,7 @@ impl Cluster {
                  [shutdown]\ngrace_secs = 1\n\n\
                  [log]\nlevel = \"info,openraft=warn\"\n\n\
                  [cluster]\nnode_id = {id}\nbind = \"{link}\"\nadmin_bind = \"{admin}\"\n\
-                 heartbeat_ms = 100\njoin = {join}\npeers = [{peers}]\n",
+                 heartbeat_ms = 100\nsnapshot_entries = 50\njoin = {join}\npeers = [{peers}]\n",
                 mqtt = node.mqtt,
                 data = dir
                     .path()
