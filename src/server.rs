@@ -120,22 +120,25 @@ type Database = Option<()>;
 fn open_store(
     config: &StorageConfig,
     latency: StorageMetrics,
+    cluster: bool,
 ) -> anyhow::Result<(Arc<dyn Store>, Database)> {
     if !config.persistence {
         tracing::warn!("persistence is off: sessions, queued and retained messages live in memory only and a restart loses them");
         return Ok((Arc::new(MemoryStore::new()), None));
     }
-    open_rocks(config, latency)
+    open_rocks(config, latency, cluster)
 }
 
 #[cfg(feature = "rocksdb")]
 fn open_rocks(
     config: &StorageConfig,
     latency: StorageMetrics,
+    cluster: bool,
 ) -> anyhow::Result<(Arc<dyn Store>, Database)> {
     use crate::storage::{RocksOptions, RocksStore};
     let options = RocksOptions {
         sync: config.sync,
+        raft_families: cluster,
         ..RocksOptions::default()
     };
     let store = RocksStore::open_with_metrics(&config.data_dir, options, Some(latency))?;
@@ -145,7 +148,11 @@ fn open_rocks(
 }
 
 #[cfg(not(feature = "rocksdb"))]
-fn open_rocks(_: &StorageConfig, _: StorageMetrics) -> anyhow::Result<(Arc<dyn Store>, Database)> {
+fn open_rocks(
+    _: &StorageConfig,
+    _: StorageMetrics,
+    _: bool,
+) -> anyhow::Result<(Arc<dyn Store>, Database)> {
     anyhow::bail!("this build has no durable store (built without the `rocksdb` feature); set storage.persistence = false")
 }
 
@@ -155,8 +162,9 @@ async fn restore_broker(config: Config) -> anyhow::Result<(Arc<Broker>, Database
     let metrics = Metrics::new();
     let latency = metrics.storage().clone();
     let storage = config.storage.clone();
+    let cluster = config.cluster.is_some();
     let (store, database, state) = tokio::task::spawn_blocking(move || {
-        let (store, database) = open_store(&storage, latency)?;
+        let (store, database) = open_store(&storage, latency, cluster)?;
         let state = store.restore(WallClock::now().unix_millis())?;
         anyhow::Ok((store, database, state))
     })

@@ -551,6 +551,21 @@ impl ClusterNode {
     }
 }
 
+/// openraft seen through our trait: what the rest of the cluster code needs from
+/// consensus, so that another Raft library could stand in for it.
+impl super::types::Consensus for ClusterNode {
+    fn propose(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<CommandResult, ProposeError>> + Send {
+        ClusterNode::propose(self, command)
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        ClusterNode::leader(self)
+    }
+}
+
 impl ClusterHook for ClusterNode {
     fn published(&self, message: &Arc<Message>) {
         let Some(broker) = self.broker.upgrade() else {

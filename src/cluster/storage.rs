@@ -426,8 +426,11 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
             let dir = tempfile::tempdir().map_err(io_write)?;
-            let store = crate::storage::RocksStore::open(dir.path(), Default::default())
-                .map_err(io_write)?;
+            let options = crate::storage::RocksOptions {
+                raft_families: true,
+                ..Default::default()
+            };
+            let store = crate::storage::RocksStore::open(dir.path(), options).map_err(io_write)?;
             let db = store.database();
             Ok((
                 dir,

@@ -37,7 +37,7 @@ const MESSAGES: &str = "messages";
 const QUEUE: &str = "queue";
 const INFLIGHT: &str = "inflight";
 const INCOMING: &str = "incoming";
-const COLUMN_FAMILIES: [&str; 10] = [
+const COLUMN_FAMILIES: [&str; 8] = [
     META,
     SESSIONS,
     SUBSCRIPTIONS,
@@ -46,9 +46,11 @@ const COLUMN_FAMILIES: [&str; 10] = [
     QUEUE,
     INFLIGHT,
     INCOMING,
-    // The cluster's Raft log and state (`crate::cluster::storage`); empty on a single
-    // node. Always opened, since RocksDB refuses to open a database without all of its
-    // families.
+];
+/// The cluster's Raft log and state (`crate::cluster::storage`), created on cluster
+/// nodes only (`RocksOptions::raft_families`), so a single node's database keeps the
+/// families older builds know.
+const RAFT_FAMILIES: [&str; 2] = [
     crate::cluster::storage::RAFT_LOG,
     crate::cluster::storage::RAFT_STATE,
 ];
@@ -63,6 +65,9 @@ pub struct RocksOptions {
     pub max_batch_delay: Duration,
     /// Queue bound (see `defaults::QUEUE_CAPACITY`).
     pub queue_capacity: usize,
+    /// Create the cluster's Raft column families (a `[cluster]` node). Families that
+    /// exist are opened in any case: a former cluster node's database opens without.
+    pub raft_families: bool,
 }
 
 impl Default for RocksOptions {
@@ -72,6 +77,7 @@ impl Default for RocksOptions {
             max_batch_ops: defaults::MAX_BATCH_OPS,
             max_batch_delay: defaults::MAX_BATCH_DELAY,
             queue_capacity: defaults::QUEUE_CAPACITY,
+            raft_families: false,
         }
     }
 }
@@ -104,7 +110,7 @@ impl RocksStore {
             path: path.clone(),
             detail: error.to_string(),
         })?;
-        let db = Arc::new(open_db(&path)?);
+        let db = Arc::new(open_db(&path, options.raft_families)?);
         check_schema(&db, &path)?;
         let committer = RocksCommitter::load(db.clone(), path.clone())?;
         let next_message_id = committer
@@ -178,9 +184,22 @@ fn db_options() -> Options {
     options
 }
 
-fn open_db(path: &Path) -> Result<DB, StoreError> {
+fn open_db(path: &Path, raft_families: bool) -> Result<DB, StoreError> {
     let options = db_options();
-    let families = COLUMN_FAMILIES.map(|name| {
+    let mut names: Vec<String> = COLUMN_FAMILIES
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    if raft_families {
+        names.extend(RAFT_FAMILIES.iter().map(|name| name.to_string()));
+    }
+    // RocksDB opens a database only with all of its families: whatever exists too.
+    for existing in DB::list_cf(&options, path).unwrap_or_default() {
+        if existing != "default" && !names.contains(&existing) {
+            names.push(existing);
+        }
+    }
+    let families = names.into_iter().map(|name| {
         let mut family = Options::default();
         family.set_compression_type(DBCompressionType::Lz4);
         ColumnFamilyDescriptor::new(name, family)
