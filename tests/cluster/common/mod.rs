@@ -52,12 +52,20 @@ pub async fn eventually<T, F: Future<Output = Option<T>>>(
     .await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port free now, below Linux's ephemeral range (32768 and up): a port the system
+/// picked for `:0` could meanwhile become some client connection's local port, and the
+/// node configured with it would fail to bind.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 20_000 + (random % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Node {
@@ -113,8 +121,14 @@ impl Cluster {
             fleetmq::certs::generate(&certs, &["127.0.0.1".to_string()], &[], 30).unwrap();
         }
         let mut nodes = BTreeMap::new();
+        let mut taken = std::collections::HashSet::new();
         for id in (1..=size).chain(joiners.iter().copied()) {
-            let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut port = |_| loop {
+                let port = free_port();
+                if taken.insert(port) {
+                    return SocketAddr::from(([127, 0, 0, 1], port));
+                }
+            };
             nodes.insert(
                 id,
                 Node {
