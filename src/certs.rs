@@ -68,11 +68,16 @@ impl Authority {
         &self.cert_pem
     }
 
-    /// A server certificate for `hosts` (DNS names or IP addresses).
+    /// A server certificate for `hosts` (DNS names or IP addresses). It may also
+    /// authenticate as a client, so that cluster nodes can use it on their links in both
+    /// directions (mutual TLS).
     pub fn issue_server(&self, hosts: &[String], days: u32) -> anyhow::Result<Pem> {
         let mut params = CertificateParams::new(hosts.to_vec())?;
         params.distinguished_name = name(hosts.first().map(String::as_str).unwrap_or("server"));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         (params.not_before, params.not_after) = validity(days);
         self.issue(params)
     }

@@ -1,5 +1,5 @@
 //! Command line: `fleetmq [serve] | check-config | print-default-config | passwd |
-//! gen-certs | ctl`, and the start-up steps `main` strings together (configuration, the
+//! gen-certs | ctl | cluster`, and the start-up steps `main` strings together (configuration, the
 //! signals it serves by).
 //!
 //! `serve` is the default, so `fleetmq -c FILE` runs the broker. Flags override the file;
@@ -47,6 +47,8 @@ pub enum Command {
     GenCerts(GenCertsArgs),
     /// Inspect and manage a running broker through its admin API.
     Ctl(crate::ctl::CtlArgs),
+    /// Show or change the cluster this node belongs to (`[cluster]`).
+    Cluster(crate::cluster::command::ClusterArgs),
 }
 
 #[derive(Debug, Clone, PartialEq, Args)]

@@ -105,6 +105,10 @@ pub fn check(broker: &Broker) -> HealthReport {
     if broker.store().stats().failing {
         problems.push("the store is failing writes".to_string());
     }
+    // A cluster node cut off from the majority refuses new persistent sessions.
+    if !broker.cluster_healthy() {
+        problems.push("no cluster leader".to_string());
+    }
     // Asked without the list's lock held: a check may take its own locks.
     for check in state.checks() {
         problems.extend(check.problems());

@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod broker;
 pub mod certs;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod ctl;

@@ -199,6 +199,19 @@ pub const ADMIN_MAX_PAGE_SIZE: usize = 1000;
 /// Items a list answers when the request names no `limit`.
 pub const ADMIN_DEFAULT_PAGE_SIZE: usize = 100;
 
+/// 16 MiB of forwarded messages may wait for one peer: about a second of a busy link,
+/// enough to ride out a short stall without holding unbounded memory for a dead peer.
+pub const DEFAULT_CLUSTER_LINK_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+
+/// 100 ms between Raft heartbeats: an election after 300 to 600 ms of silence, quick
+/// enough for a takeover and slow enough for a loaded machine not to elect spuriously.
+pub const DEFAULT_CLUSTER_HEARTBEAT_MS: u64 = 100;
+
+/// A snapshot of the replicated state every 1,000 log entries: the state is small
+/// (routes, retained messages, owners), so snapshots are cheap, and a restarted node
+/// replays at most this many entries.
+pub const DEFAULT_CLUSTER_SNAPSHOT_ENTRIES: u64 = 1_000;
+
 /// 10 seconds between `$SYS` publications, Mosquitto's `sys_interval` default.
 pub const DEFAULT_SYS_INTERVAL_SECS: u64 = 10;
 

@@ -80,6 +80,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             print(&text)
         }
         Command::Ctl(args) => fleetmq::ctl::run(args),
+        Command::Cluster(args) => print(&fleetmq::cluster::command::run(&args)?),
         Command::Serve(args) => {
             let config = args.load_config()?;
             let log = fleetmq::logging::init(&config.log)?;
@@ -140,16 +141,21 @@ async fn serve(
                 address,
             })
             .collect();
+        let cluster = handle.cluster_admin();
+        let mut providers: Vec<Arc<dyn fleetmq::admin::StatusProvider>> = Vec::new();
+        if !config.bridges.is_empty() {
+            providers.push(handle.bridges().clone());
+        }
+        if let Some(cluster) = &cluster {
+            providers.push(Arc::new(fleetmq::admin::ClusterSection(cluster.clone())));
+        }
         let context = AdminContext {
             broker: handle.broker().clone(),
             reload: reloader.clone(),
             listeners,
             metrics: metrics.as_ref().map(MetricsEndpoint::local_addr),
-            providers: if config.bridges.is_empty() {
-                Vec::new()
-            } else {
-                vec![handle.bridges().clone() as Arc<dyn fleetmq::admin::StatusProvider>]
-            },
+            providers,
+            cluster,
         };
         match fleetmq::admin::start(&config.admin, context).await {
             Ok(admin) => Some(admin),

@@ -32,6 +32,7 @@ pub struct ServerHandle {
     files: Arc<SecurityFiles>,
     connections: Arc<ConnectionCounter>,
     bridges: Arc<Bridges>,
+    cluster: Option<crate::cluster::Running>,
 }
 
 /// The files the broker re-reads on reload without a restart: the password and ACL
@@ -87,6 +88,17 @@ impl ServerHandle {
         &self.bridges
     }
 
+    /// The cluster's administration (status, membership changes), on a cluster node.
+    pub fn cluster_admin(&self) -> Option<Arc<dyn crate::admin::ClusterAdmin>> {
+        #[cfg(feature = "rocksdb")]
+        return self
+            .cluster
+            .as_ref()
+            .map(|running| running.node.clone() as Arc<dyn crate::admin::ClusterAdmin>);
+        #[cfg(not(feature = "rocksdb"))]
+        return None;
+    }
+
     /// Whether every task of the broker still runs and its registry can be locked (a
     /// deadlock would block this call, which stops the systemd watchdog pings).
     pub fn is_healthy(&self) -> bool {
@@ -94,6 +106,12 @@ impl ServerHandle {
         !self.scheduler.is_finished()
             && !self.sys_topics.is_finished()
             && self.accept_loops.iter().all(|task| !task.is_finished())
+    }
+
+    /// This node's cluster membership (`[cluster]`), if any.
+    #[cfg(feature = "rocksdb")]
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterNode>> {
+        self.cluster.as_ref().map(|running| &running.node)
     }
 
     /// Open client connections, all listeners together.
@@ -118,6 +136,9 @@ impl ServerHandle {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.broker.begin_shutdown();
+        if let Some(cluster) = &self.cluster {
+            cluster.stop().await;
+        }
         for accept_loop in self.accept_loops {
             let _ = accept_loop.await;
         }
@@ -145,43 +166,66 @@ fn spawn_watched(
 }
 
 /// Opens the store `config` asks for: RocksDB under `data_dir`, or memory.
-fn open_store(config: &StorageConfig, latency: StorageMetrics) -> anyhow::Result<Arc<dyn Store>> {
+/// The RocksDB database behind the store, for the cluster's Raft column families.
+#[cfg(feature = "rocksdb")]
+type Database = Option<Arc<rocksdb::DB>>;
+#[cfg(not(feature = "rocksdb"))]
+type Database = Option<()>;
+
+fn open_store(
+    config: &StorageConfig,
+    latency: StorageMetrics,
+    cluster: bool,
+) -> anyhow::Result<(Arc<dyn Store>, Database)> {
     if !config.persistence {
         tracing::warn!("persistence is off: sessions, queued and retained messages live in memory only and a restart loses them");
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok((Arc::new(MemoryStore::new()), None));
     }
-    open_rocks(config, latency)
+    open_rocks(config, latency, cluster)
 }
 
 #[cfg(feature = "rocksdb")]
-fn open_rocks(config: &StorageConfig, latency: StorageMetrics) -> anyhow::Result<Arc<dyn Store>> {
+fn open_rocks(
+    config: &StorageConfig,
+    latency: StorageMetrics,
+    cluster: bool,
+) -> anyhow::Result<(Arc<dyn Store>, Database)> {
     use crate::storage::{RocksOptions, RocksStore};
     let options = RocksOptions {
         sync: config.sync,
+        raft_families: cluster,
         ..RocksOptions::default()
     };
     let store = RocksStore::open_with_metrics(&config.data_dir, options, Some(latency))?;
     tracing::info!(path = %config.data_dir.display(), sync = ?config.sync, "storage opened");
-    Ok(Arc::new(store))
+    let database = store.database();
+    Ok((Arc::new(store), Some(database)))
 }
 
 #[cfg(not(feature = "rocksdb"))]
-fn open_rocks(_: &StorageConfig, _: StorageMetrics) -> anyhow::Result<Arc<dyn Store>> {
+fn open_rocks(
+    _: &StorageConfig,
+    _: StorageMetrics,
+    _: bool,
+) -> anyhow::Result<(Arc<dyn Store>, Database)> {
     anyhow::bail!("this build has no durable store (built without the `rocksdb` feature); set storage.persistence = false")
 }
 
 /// Opens the store and builds the broker from what it holds. Blocking work (opening and
 /// reading the database) runs off the async executor.
-async fn restore_broker(
-    config: Config,
-) -> anyhow::Result<(Arc<Broker>, HashMap<String, Arc<BridgeStats>>)> {
+/// What `restore_broker` hands to `start`: the broker, the bridges prepared with their
+/// outboxes' limits, and the database (a cluster node keeps its Raft state in it).
+type Restored = (Arc<Broker>, HashMap<String, Arc<BridgeStats>>, Database);
+
+async fn restore_broker(config: Config) -> anyhow::Result<Restored> {
     let metrics = Metrics::new();
     let latency = metrics.storage().clone();
     let storage = config.storage.clone();
-    let (store, state) = tokio::task::spawn_blocking(move || {
-        let store = open_store(&storage, latency)?;
+    let cluster = config.cluster.is_some();
+    let (store, database, state) = tokio::task::spawn_blocking(move || {
+        let (store, database) = open_store(&storage, latency, cluster)?;
         let state = store.restore(WallClock::now().unix_millis())?;
-        anyhow::Ok((store, state))
+        anyhow::Ok((store, database, state))
     })
     .await
     .context("the storage task failed")??;
@@ -198,7 +242,7 @@ async fn restore_broker(
         wills_published = restored.wills_published,
         "state restored"
     );
-    Ok((broker, bridges))
+    Ok((broker, bridges, database))
 }
 
 /// Restores the broker's state from its store, then binds every listener and starts
@@ -207,8 +251,12 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     anyhow::ensure!(!config.listeners.is_empty(), "no listener configured");
     let security =
         Arc::new(Security::load(&config.auth).context("cannot load the security files")?);
-    let (broker, prepared_bridges) = restore_broker(config.clone()).await?;
+    let (broker, prepared_bridges, database) = restore_broker(config.clone()).await?;
     broker.check_reads_with(security.clone());
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::Running::start(cluster, database, &broker).await?),
+        None => None,
+    };
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         listeners
@@ -267,5 +315,6 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         files: Arc::new(SecurityFiles { security, tls }),
         connections,
         bridges,
+        cluster,
     })
 }

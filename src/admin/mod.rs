@@ -27,6 +27,7 @@
 //! and answers 404 `not_configured` until one is registered.
 
 mod clients;
+mod cluster;
 mod messages;
 mod routes;
 mod system;
@@ -36,6 +37,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+
+pub use cluster::{Change, ClusterAdmin, ClusterSection};
 
 use crate::broker::Broker;
 use crate::config::{AdminConfig, ListenerKind};
@@ -85,6 +88,8 @@ pub struct AdminContext {
     /// The metrics endpoint's bound address, if it runs.
     pub metrics: Option<SocketAddr>,
     pub providers: Vec<Arc<dyn StatusProvider>>,
+    /// Membership changes, on a cluster node.
+    pub cluster: Option<Arc<dyn ClusterAdmin>>,
 }
 
 struct Admin {

@@ -3,7 +3,7 @@
 
 use crate::http::{Request, Response};
 
-use super::{clients, messages, system, AdminContext, DASHBOARD_HTML};
+use super::{clients, cluster, messages, system, AdminContext, DASHBOARD_HTML};
 
 const API: &str = "/api/v1/";
 
@@ -20,7 +20,8 @@ fn allowed(segments: &[String]) -> &'static [&'static str] {
         | ["sections"] => &["GET"],
         ["clients", _] => &["GET", "DELETE"],
         ["retained", topic @ ..] if !topic.is_empty() => &["DELETE"],
-        ["publish"] | ["reload"] => &["POST"],
+        ["publish"] | ["reload"] | ["cluster", "nodes"] => &["POST"],
+        ["cluster", "nodes", _] => &["DELETE"],
         [section] if super::KNOWN_SECTIONS.contains(section) => &["GET"],
         _ => &[],
     }
@@ -75,6 +76,8 @@ pub(super) async fn dispatch(context: &AdminContext, request: &Request) -> Respo
         ("GET", ["config"]) => system::config(context),
         ("POST", ["reload"]) => system::reload(context).await,
         ("GET", ["sections"]) => system::sections(context),
+        ("POST", ["cluster", "nodes"]) => cluster::add_node(context, request).await,
+        ("DELETE", ["cluster", "nodes", id]) => cluster::remove_node(context, id).await,
         ("GET", [section]) => system::section(context, section),
         _ => not_found(request),
     }

@@ -350,6 +350,9 @@ impl Broker {
 
     fn end(&self, ended: Ended) {
         self.remove_routes(ended.handle.key, &ended.filters);
+        if let Some(cluster) = self.cluster.get() {
+            cluster.session_ended(&ended.handle.client_id);
+        }
     }
 
     /// Publishes a will as an application message from no session.

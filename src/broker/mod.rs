@@ -30,6 +30,7 @@ pub mod handle;
 pub mod inspect;
 pub mod lifecycle;
 pub mod log_throttle;
+pub mod remote;
 pub mod restore;
 pub mod routing;
 pub mod scheduler;
@@ -56,6 +57,7 @@ use crate::topic::{RetainedTree, SubscriptionTrie};
 
 pub use handle::{Attachment, SessionHandle};
 pub use lifecycle::Connected;
+pub use remote::ClusterHook;
 pub use restore::Restored;
 pub use routing::{Published, Route};
 pub use stats::{Dropped, Refusal, Stats, StatsSnapshot};
@@ -89,6 +91,9 @@ pub struct Broker {
     outboxes: RwLock<HashMap<ByteString, Arc<SessionLimits>>>,
     /// Counters of the running bridges, for metrics and `$SYS`.
     bridge_stats: RwLock<Vec<Arc<crate::bridge::BridgeStats>>>,
+    /// The cluster this node belongs to (`crate::cluster`); unset on a single node, where
+    /// the only cost is one check per PUBLISH.
+    cluster: OnceLock<Arc<dyn ClusterHook>>,
 }
 
 impl Broker {
@@ -118,6 +123,7 @@ impl Broker {
             health: crate::health::HealthState::default(),
             outboxes: RwLock::new(HashMap::new()),
             bridge_stats: RwLock::new(Vec::new()),
+            cluster: OnceLock::new(),
         })
     }
 
@@ -351,3 +357,5 @@ mod restore_tests;
 
 #[cfg(test)]
 mod incoming_write_tests;
+#[cfg(test)]
+mod remote_tests;

@@ -61,17 +61,17 @@ thread_local! {
 
 /// The deliveries of one message, at most one per session for plain subscriptions.
 #[derive(Default)]
-struct Fanout {
-    targets: Targets,
+pub(super) struct Fanout {
+    pub(super) targets: Targets,
     /// Position of each session's merged delivery, once `targets` is large.
     index: HashMap<SessionKey, usize>,
     /// Shared-group deliveries are separate from (not merged into) plain ones.
-    shared: Vec<(Arc<SessionHandle>, Delivery)>,
+    pub(super) shared: Vec<(Arc<SessionHandle>, Delivery)>,
 }
 
 impl Fanout {
     /// A fan-out whose target list is the thread's spare one.
-    fn new() -> Fanout {
+    pub(super) fn new() -> Fanout {
         Fanout {
             targets: SPARE_TARGETS.take(),
             ..Fanout::default()
@@ -79,14 +79,14 @@ impl Fanout {
     }
 
     /// Gives the (emptied) target list back to the thread for the next message.
-    fn recycle(mut targets: Targets) {
+    pub(super) fn recycle(mut targets: Targets) {
         targets.clear();
         if targets.capacity() <= SPARE_TARGETS_MAX {
             SPARE_TARGETS.set(targets);
         }
     }
 
-    fn add_direct(&mut self, key: SessionKey, route: &Route, message: &Arc<Message>) {
+    pub(super) fn add_direct(&mut self, key: SessionKey, route: &Route, message: &Arc<Message>) {
         let position = if self.targets.len() <= LINEAR_MERGE_LIMIT {
             // One handle per session: comparing pointers spares a read of every handle.
             self.targets
@@ -117,7 +117,11 @@ impl Fanout {
         }
     }
 
-    fn add_shared(&mut self, group: &SharedGroup<SessionKey, Route>, message: &Arc<Message>) {
+    pub(super) fn add_shared(
+        &mut self,
+        group: &SharedGroup<SessionKey, Route>,
+        message: &Arc<Message>,
+    ) {
         if let Some((_, route)) = pick_member(group) {
             self.shared
                 .push((route.session.clone(), delivery_for(route, message)));
@@ -197,6 +201,9 @@ impl Broker {
             writes.extend(self.retain(message));
         }
         let (routed, accepted, congested) = self.route_durably(message, publisher_ops);
+        if let Some(cluster) = self.cluster.get() {
+            cluster.published(message);
+        }
         if routed == 0 {
             Stats::incr(&self.stats.messages_unrouted);
         }
@@ -273,7 +280,7 @@ impl Broker {
 
     /// Submits the message with its queue entries for the persistent targets, and
     /// `publisher_ops` in the same write (alone when no target stores the message).
-    fn store_deliveries(
+    pub(super) fn store_deliveries(
         &self,
         message: &Arc<Message>,
         fanout: &mut Fanout,
@@ -360,7 +367,12 @@ impl Broker {
 
     /// Enqueues one delivery and wakes the session's connection. Returns whether the
     /// session is now congested: connected, with its queue nearly full.
-    fn deliver(&self, session: &SessionHandle, delivery: Delivery, now: Instant) -> bool {
+    pub(super) fn deliver(
+        &self,
+        session: &SessionHandle,
+        delivery: Delivery,
+        now: Instant,
+    ) -> bool {
         let (result, congested) = {
             let mut state = session.lock();
             if session.is_retired() {
@@ -426,6 +438,11 @@ impl Broker {
                         subscription_id: filter.entry.subscription_id,
                     };
                     routes.insert(plain, group, handle.key, route);
+                    if !existed {
+                        if let Some(cluster) = self.cluster.get() {
+                            cluster.filter_added(&filter.filter);
+                        }
+                    }
                     reason_codes.push(filter.entry.options.qos as u8);
                     let send_retained = match filter.entry.options.retain_handling {
                         RetainHandling::SendAtSubscribe => true,
@@ -506,6 +523,12 @@ impl Broker {
                 for (filter, existed) in &request.filters {
                     let removed = session.remove_subscription(filter);
                     remove_route(&mut routes, filter, handle.key);
+                    // The session may have dropped the filter already (`existed`).
+                    if *existed || removed {
+                        if let Some(cluster) = self.cluster.get() {
+                            cluster.filter_removed(filter);
+                        }
+                    }
                     if removed && session.is_persistent() {
                         ops.push(StoreOp::RemoveSubscription {
                             client_id: handle.client_id.clone(),
@@ -537,6 +560,12 @@ impl Broker {
         let mut routes = write(&self.routes);
         for filter in filters {
             remove_route(&mut routes, filter, key);
+        }
+        drop(routes);
+        if let Some(cluster) = self.cluster.get() {
+            for filter in filters {
+                cluster.filter_removed(filter);
+            }
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct Config {
     /// Connections to remote brokers (`[[bridges]]`); none by default.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bridges: Vec<BridgeConfig>,
+    /// Cluster membership (`crate::cluster`); absent on a single node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +241,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             auth: AuthConfig::default(),
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 }

@@ -26,6 +26,9 @@ impl Config {
         self.check_operations(&mut problems);
         self.check_admin(&mut problems);
         self.check_bridges(&mut problems);
+        if let Some(cluster) = &self.cluster {
+            problems.extend(cluster.problems());
+        }
         problems
     }
 

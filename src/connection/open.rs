@@ -152,7 +152,29 @@ pub async fn open(
         }
     };
 
+    // A cluster node takes the session's ownership through consensus first; one cut off
+    // from the majority refuses (`Broker::claim_session`).
+    let persistent = !terms.session_expiry.is_zero();
+    // A bridge's local session belongs to this node (its outbox lives here): no claim.
+    let claim = if listener.internal {
+        Ok(None)
+    } else {
+        broker.claim_session(&connect.client_id, persistent).await
+    };
+    let claim = match claim {
+        Ok(claim) => claim,
+        Err(reason_code) => {
+            refuse(&mut stream, &broker, version, reason_code).await;
+            return None;
+        }
+    };
     let connected = broker.connect(&connect, terms.session_expiry, admitted.username.as_deref());
+    if !broker.still_owner(&connect.client_id, claim) {
+        // Another node's claim for this client id committed after ours: it wins.
+        broker.disconnect(&connected.handle, connected.attachment.generation, false);
+        refuse(&mut stream, &broker, version, reason::SERVER_UNAVAILABLE).await;
+        return None;
+    }
     if let Some(mut session) = connected
         .handle
         .lock_current(connected.attachment.generation)

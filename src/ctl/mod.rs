@@ -161,7 +161,24 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
 
 /// The admin URL, token and CA from the flags, else from the configuration.
 fn endpoint(args: &CtlArgs) -> anyhow::Result<Endpoint> {
-    let config = match &args.config {
+    admin_endpoint(
+        args.config.as_deref(),
+        args.url.as_deref(),
+        args.token_file.as_deref(),
+        args.ca.clone(),
+    )
+}
+
+/// Where the local broker's admin API is and its token: `url` and `token_file` when
+/// given, else the configuration's `[admin]` (`config`, default the packaged file when
+/// it exists, else the built-in defaults). `fleetmq ctl` and `fleetmq cluster` use it.
+pub fn admin_endpoint(
+    config: Option<&std::path::Path>,
+    url: Option<&str>,
+    token_file: Option<&std::path::Path>,
+    ca: Option<PathBuf>,
+) -> anyhow::Result<Endpoint> {
+    let config = match config {
         Some(path) => Some(Config::from_file(path)?),
         None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
             Some(Config::from_file(DEFAULT_CONFIG_PATH)?)
@@ -169,13 +186,13 @@ fn endpoint(args: &CtlArgs) -> anyhow::Result<Endpoint> {
         None => None,
     };
     let admin = config.map(|config| config.admin).unwrap_or_default();
-    let token_file = args.token_file.clone().or(admin.token_file.clone());
+    let token_file = token_file.map(PathBuf::from).or(admin.token_file.clone());
     let token = match token_file {
         Some(path) => Some(crate::config::read_token(&path).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let url = match &args.url {
-        Some(url) => url.clone(),
+    let url = match url {
+        Some(url) => url.to_string(),
         None => {
             anyhow::ensure!(
                 admin.enabled,
@@ -194,7 +211,7 @@ fn endpoint(args: &CtlArgs) -> anyhow::Result<Endpoint> {
             format!("{scheme}://{addr}")
         }
     };
-    Endpoint::from_url(&url, token, args.ca.clone())
+    Endpoint::from_url(&url, token, ca)
 }
 
 type RequestParts = (&'static str, String, Option<Vec<u8>>);

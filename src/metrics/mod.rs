@@ -244,7 +244,9 @@ impl Metrics {
                 record_bridge(bridge);
             }
         });
-        self.handle.render()
+        let mut text = self.handle.render();
+        text.push_str(&broker.cluster_metrics());
+        text
     }
 }
 

@@ -23,7 +23,7 @@
 // The on-disk layout and the writer thread serve the RocksDB backend; their unit tests run
 // in every build.
 #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
-mod codec;
+pub(crate) mod codec;
 mod ledger;
 mod memory;
 mod record;

@@ -42,10 +42,10 @@ struct Common {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     addr: SocketAddr,
-    /// Where the throughput scenarios' subscribers connect (default: --addr); e.g. the
-    /// remote broker of a bridge, with publishers on the local one.
-    #[arg(long)]
-    sub_addr: Option<SocketAddr>,
+    /// Where the subscribers connect, when not to `--addr`: another node of a cluster,
+    /// or the remote broker of a bridge (with publishers on the local one).
+    #[arg(long, alias = "sub-addr")]
+    subscriber_addr: Option<SocketAddr>,
     /// Broker process id: enables broker CPU and memory figures (read from /proc).
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -215,7 +215,7 @@ fn seconds(value: f64) -> anyhow::Result<Duration> {
 fn target(common: &Common) -> Target {
     Target {
         addr: common.addr,
-        subscribe_addr: common.sub_addr.unwrap_or(common.addr),
+        subscriber_addr: common.subscriber_addr.unwrap_or(common.addr),
         label: common.label.clone(),
         probe: ProcProbe::new(common.broker_pid, common.clk_tck),
         own: ProcProbe::new(Some(std::process::id()), common.clk_tck),

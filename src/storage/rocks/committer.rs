@@ -124,7 +124,7 @@ impl Mutations for BatchMutations<'_> {
 }
 
 pub(super) struct RocksCommitter {
-    db: DB,
+    db: std::sync::Arc<DB>,
     path: PathBuf,
     /// The ledger without bodies: what is stored, to translate operations into keys.
     index: Ledger,
@@ -135,7 +135,10 @@ pub(super) struct RocksCommitter {
 
 impl RocksCommitter {
     /// Scans the database into an index, deleting unreferenced bodies.
-    pub(super) fn load(db: DB, path: PathBuf) -> Result<RocksCommitter, StoreError> {
+    pub(super) fn load(
+        db: std::sync::Arc<DB>,
+        path: PathBuf,
+    ) -> Result<RocksCommitter, StoreError> {
         let mut committer = RocksCommitter {
             db,
             path,

@@ -47,6 +47,13 @@ const COLUMN_FAMILIES: [&str; 8] = [
     INFLIGHT,
     INCOMING,
 ];
+/// The cluster's Raft log and state (`crate::cluster::storage`), created on cluster
+/// nodes only (`RocksOptions::raft_families`), so a single node's database keeps the
+/// families older builds know.
+const RAFT_FAMILIES: [&str; 2] = [
+    crate::cluster::storage::RAFT_LOG,
+    crate::cluster::storage::RAFT_STATE,
+];
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +65,9 @@ pub struct RocksOptions {
     pub max_batch_delay: Duration,
     /// Queue bound (see `defaults::QUEUE_CAPACITY`).
     pub queue_capacity: usize,
+    /// Create the cluster's Raft column families (a `[cluster]` node). Families that
+    /// exist are opened in any case: a former cluster node's database opens without.
+    pub raft_families: bool,
 }
 
 impl Default for RocksOptions {
@@ -67,6 +77,7 @@ impl Default for RocksOptions {
             max_batch_ops: defaults::MAX_BATCH_OPS,
             max_batch_delay: defaults::MAX_BATCH_DELAY,
             queue_capacity: defaults::QUEUE_CAPACITY,
+            raft_families: false,
         }
     }
 }
@@ -76,6 +87,7 @@ pub struct RocksStore {
     counters: Arc<Counters>,
     next_message_id: AtomicU64,
     path: PathBuf,
+    db: Arc<DB>,
 }
 
 impl RocksStore {
@@ -98,9 +110,9 @@ impl RocksStore {
             path: path.clone(),
             detail: error.to_string(),
         })?;
-        let db = open_db(&path)?;
+        let db = Arc::new(open_db(&path, options.raft_families)?);
         check_schema(&db, &path)?;
-        let committer = RocksCommitter::load(db, path.clone())?;
+        let committer = RocksCommitter::load(db.clone(), path.clone())?;
         let next_message_id = committer
             .max_message_id()
             .map_or(1, |id| id.saturating_add(1));
@@ -122,12 +134,19 @@ impl RocksStore {
             counters,
             next_message_id: AtomicU64::new(next_message_id),
             path,
+            db,
         })
     }
 
     /// The database directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database itself, for the cluster's Raft column families (which it writes
+    /// directly, beside the writer thread: the two touch disjoint families).
+    pub fn database(&self) -> Arc<DB> {
+        self.db.clone()
     }
 }
 
@@ -165,9 +184,22 @@ fn db_options() -> Options {
     options
 }
 
-fn open_db(path: &Path) -> Result<DB, StoreError> {
+fn open_db(path: &Path, raft_families: bool) -> Result<DB, StoreError> {
     let options = db_options();
-    let families = COLUMN_FAMILIES.map(|name| {
+    let mut names: Vec<String> = COLUMN_FAMILIES
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    if raft_families {
+        names.extend(RAFT_FAMILIES.iter().map(|name| name.to_string()));
+    }
+    // RocksDB opens a database only with all of its families: whatever exists too.
+    for existing in DB::list_cf(&options, path).unwrap_or_default() {
+        if existing != "default" && !names.contains(&existing) {
+            names.push(existing);
+        }
+    }
+    let families = names.into_iter().map(|name| {
         let mut family = Options::default();
         family.set_compression_type(DBCompressionType::Lz4);
         ColumnFamilyDescriptor::new(name, family)

@@ -36,7 +36,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     let case = "latency-q1";
     let before = target.sample()?;
     let mut subscriber = Conn::connect(
-        target.addr,
+        target.subscriber_addr,
         &target.client_id("sub", 0),
         ConnectOptions::default(),
     )

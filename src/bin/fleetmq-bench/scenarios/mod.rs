@@ -26,8 +26,9 @@ use crate::wire::{self, Frame, PublishTemplate, WireError};
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
-    /// Where throughput subscribers connect (a bridge's remote); usually `addr`.
-    pub subscribe_addr: SocketAddr,
+    /// Where subscribers connect: `addr`, unless another cluster node or a bridge's
+    /// remote is given.
+    pub subscriber_addr: SocketAddr,
     /// Name printed with the results ("fleetmq", "mosquitto", "discard").
     pub label: String,
     pub probe: ProcProbe,

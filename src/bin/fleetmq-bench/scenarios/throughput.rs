@@ -71,7 +71,8 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     let mut subscriber_conns = Vec::with_capacity(subscribers);
     for index in 0..subscribers {
         let id = target.client_id("sub", index);
-        let mut conn = Conn::connect(target.subscribe_addr, &id, ConnectOptions::default()).await?;
+        let mut conn =
+            Conn::connect(target.subscriber_addr, &id, ConnectOptions::default()).await?;
         let filters = filters(params.shape, index, subscribers, publishers);
         let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
         conn.subscribe(&filters, params.qos).await?;

@@ -1,0 +1,136 @@
+//! The cluster's Prometheus metrics, appended to the broker's `/metrics` on cluster
+//! nodes (absent on a single node).
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use super::node::ClusterNode;
+
+fn metric(out: &mut String, kind: &str, name: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+fn one(value: u64) -> Vec<(String, f64)> {
+    vec![(String::new(), value as f64)]
+}
+
+/// The metrics of `node` in the Prometheus text format.
+pub fn render(node: &ClusterNode) -> String {
+    let metrics = node.raft().metrics().borrow().clone();
+    let stats = &node.stats;
+    let mut out = String::new();
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_node_id",
+        "This node's id",
+        &one(node.node_id()),
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_term",
+        "The current Raft term",
+        &one(metrics.current_term),
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_leader",
+        "The id of the leader this node follows (0: none known)",
+        &one(metrics.current_leader.unwrap_or(0)),
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_is_leader",
+        "1 on the leader",
+        &one(u64::from(metrics.current_leader == Some(node.node_id()))),
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_last_log_index",
+        "Index of the last entry in this node's Raft log",
+        &one(metrics.last_log_index.unwrap_or(0)),
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_applied_index",
+        "Index of the last committed entry applied on this node",
+        &one(metrics.last_applied.map_or(0, |id| id.index)),
+    );
+    let last = metrics.last_log_index.unwrap_or(0);
+    let lag: Vec<(String, f64)> = metrics
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(id, _)| **id != node.node_id())
+        .map(|(id, matched)| {
+            let matched = matched.map_or(0, |log_id| log_id.index);
+            (
+                format!("{{peer=\"{id}\"}}"),
+                last.saturating_sub(matched) as f64,
+            )
+        })
+        .collect();
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_replication_lag",
+        "Entries each follower is behind the leader's log (on the leader only)",
+        &lag,
+    );
+    let peers = node.links().peers();
+    let per_peer = |value: &dyn Fn(&super::link::PeerLink) -> u64| -> Vec<(String, f64)> {
+        peers
+            .iter()
+            .map(|peer| (format!("{{peer=\"{}\"}}", peer.id), value(peer) as f64))
+            .collect()
+    };
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_link_up",
+        "1 while the link to the peer is connected",
+        &per_peer(&|peer| u64::from(peer.is_connected())),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_link_connects_total",
+        "Connections established to the peer (reconnects are this minus 1)",
+        &per_peer(&|peer| peer.stats.connects.load(Ordering::Relaxed)),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_link_dropped_frames_total",
+        "Frames for the peer dropped: link down or its buffer full",
+        &per_peer(&|peer| peer.stats.dropped_frames.load(Ordering::Relaxed)),
+    );
+    let counters = [
+        ("fleetmq_cluster_forwarded_messages_total", "PUBLISHes forwarded to other nodes", &stats.forwarded_messages),
+        ("fleetmq_cluster_forwarded_bytes_total", "Bytes of forwarded PUBLISH frames", &stats.forwarded_bytes),
+        ("fleetmq_cluster_forward_dropped_total", "PUBLISHes not forwarded: link down or buffer full", &stats.forward_dropped),
+        ("fleetmq_cluster_received_messages_total", "PUBLISHes other nodes forwarded to this one", &stats.received_messages),
+        ("fleetmq_cluster_ownership_moves_total", "Sessions that moved between nodes (claimed here from another owner, or taken from here)", &stats.ownership_moves),
+        ("fleetmq_cluster_proposals_failed_total", "Changes that did not commit (no leader, timeout)", &stats.proposals_failed),
+        ("fleetmq_cluster_retained_dropped_total", "Retained messages not replicated: too many waiting", &stats.retained_dropped),
+    ];
+    for (name, help, counter) in counters {
+        metric(
+            &mut out,
+            "counter",
+            name,
+            help,
+            &one(counter.load(Ordering::Relaxed)),
+        );
+    }
+    out
+}

@@ -1,0 +1,711 @@
+//! A running cluster node: starts openraft over our storage and link, forms the cluster
+//! from `peers` on first start, keeps the link's peers in line with the membership,
+//! proposes this node's route changes and retained messages, applies what consensus
+//! decided to the local broker, and forwards PUBLISHes (`super::forward`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use bytestring::ByteString;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
+use rocksdb::DB;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::broker::{Broker, ClusterHook};
+use crate::message::Message;
+
+use super::config::{ClusterConfig, NodeId};
+use super::forward::{self, RouteTable};
+use super::link::{self, LinkHandler, Links};
+use super::network::{self, NetworkFactory, Request, Response};
+use super::state::{encode_base64, ClusterState, Command, CommandResult, Effect, Owner};
+use super::storage::{EffectSink, LogStore, StateMachineStore};
+use super::types::{ProposeError, Raft};
+
+/// How long a proposal may take before it counts as failed (a leader cut off from the
+/// majority never commits it).
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Retained changes waiting to be proposed; more are dropped and counted.
+const MAX_PENDING_RETAINED: usize = 10_000;
+/// Retained changes proposed in one log entry.
+const MAX_RETAINED_PER_ENTRY: usize = 256;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counters exported as metrics.
+#[derive(Default)]
+pub struct ClusterStats {
+    pub forwarded_messages: AtomicU64,
+    pub forwarded_bytes: AtomicU64,
+    pub forward_dropped: AtomicU64,
+    pub received_messages: AtomicU64,
+    pub retained_dropped: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub ownership_moves: AtomicU64,
+}
+
+/// This node's subscriptions as the cluster should know them.
+#[derive(Default)]
+struct FilterBook {
+    counts: HashMap<String, usize>,
+    /// Filters whose presence changed since the last proposal.
+    dirty: BTreeSet<String>,
+    /// The full set must be proposed (at start).
+    replace: bool,
+    retained: VecDeque<(String, Option<String>)>,
+    /// Sessions that ended here, whose ownership is to be released.
+    released: VecDeque<String>,
+}
+
+pub struct ClusterNode {
+    me: NodeId,
+    raft: Raft,
+    links: Arc<Links>,
+    state: Arc<RwLock<ClusterState>>,
+    routes: Arc<RouteTable>,
+    broker: Weak<Broker>,
+    book: Mutex<FilterBook>,
+    book_changed: Notify,
+    pub stats: Arc<ClusterStats>,
+    link_addr: std::net::SocketAddr,
+}
+
+/// Applies committed changes to the local broker.
+struct BrokerSink {
+    me: NodeId,
+    broker: Weak<Broker>,
+    routes: Arc<RouteTable>,
+    links: Arc<Links>,
+    stats: Arc<ClusterStats>,
+}
+
+impl BrokerSink {
+    fn retained(&self, broker: &Broker, topic: &str, message: Option<Vec<u8>>) {
+        let message = message.and_then(|bytes| {
+            crate::storage::codec::decode_message(&bytes)
+                .ok()
+                .map(|stored| Arc::new(stored.to_message(broker.wall_clock())))
+        });
+        broker.apply_replicated_retained(&ByteString::from(topic), message);
+    }
+
+    fn members(&self, state: &ClusterState) {
+        for (id, node) in state.membership.nodes() {
+            if *id != self.me {
+                self.links.ensure_peer(*id, &node.addr);
+            }
+        }
+    }
+}
+
+impl EffectSink for BrokerSink {
+    fn applied(&self, state: &ClusterState, effects: Vec<Effect>) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        for effect in effects {
+            match effect {
+                Effect::RouteChanged { filter } => self.routes.update(state, &filter),
+                Effect::Retained { topic, message } => self.retained(&broker, &topic, message),
+                Effect::MembersChanged => {}
+                Effect::Owner { client_id, owner } => {
+                    if owner.node != self.me && broker.kick_moved_session(&client_id) {
+                        self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        self.members(state);
+    }
+
+    fn reset(&self, state: &ClusterState) {
+        self.routes.reset(state);
+        self.members(state);
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        for topic in broker.retained_topics() {
+            if !state.retained.contains_key(&*topic) {
+                broker.apply_replicated_retained(&topic, None);
+            }
+        }
+        for (topic, encoded) in &state.retained {
+            self.retained(&broker, topic, super::state::decode_base64(encoded));
+        }
+        // Sessions that moved to another node while this one was behind.
+        for handle in broker.sessions() {
+            let moved = state
+                .owners
+                .get(&*handle.client_id)
+                .is_some_and(|owner| owner.node != self.me);
+            if moved && broker.kick_moved_session(&handle.client_id) {
+                self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Starts this node's part of the cluster: binds the link, opens consensus over the
+/// RocksDB `db`, and makes `broker` a cluster member. Call before the listeners open.
+pub async fn start(
+    config: &ClusterConfig,
+    db: Arc<DB>,
+    broker: &Arc<Broker>,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    let me = config.node_id;
+    let tls = match &config.tls {
+        Some(tls) => Some(link::LinkTls::new(tls).context("cluster.tls")?),
+        None => None,
+    };
+    let links = Links::new(me, config.link_buffer_bytes, tls);
+    let members = config.members();
+    for peer in &members {
+        if peer.id != me {
+            links.ensure_peer(peer.id, &peer.addr);
+        }
+    }
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} for the cluster link", config.bind))?;
+    let link_addr = listener
+        .local_addr()
+        .context("cannot read the cluster link's address")?;
+    tracing::info!(addr = %link_addr, node_id = me, "listening (cluster link)");
+
+    let routes = Arc::new(RouteTable::new(me));
+    let stats = Arc::new(ClusterStats::default());
+    let sink = Arc::new(BrokerSink {
+        me,
+        broker: Arc::downgrade(broker),
+        routes: routes.clone(),
+        links: links.clone(),
+        stats: stats.clone(),
+    });
+    let state_machine = StateMachineStore::open(db.clone(), Some(sink))
+        .map_err(|error| anyhow::anyhow!("cannot open the cluster state: {error}"))?;
+    let state = state_machine.state();
+    let raft_config = openraft::Config {
+        cluster_name: "fleetmq".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.heartbeat_ms * 3,
+        election_timeout_max: config.heartbeat_ms * 6,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+        // Enough for a follower a little behind to catch up from the log.
+        max_in_snapshot_log_to_keep: (config.snapshot_entries / 10).max(1),
+        ..openraft::Config::default()
+    }
+    .validate()
+    .context("invalid consensus settings")?;
+    let raft = Raft::new(
+        me,
+        Arc::new(raft_config),
+        NetworkFactory {
+            links: links.clone(),
+        },
+        LogStore::new(db),
+        state_machine,
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("cannot start consensus: {error}"))?;
+
+    let mut book = FilterBook {
+        replace: true,
+        ..FilterBook::default()
+    };
+    for (filter, count) in broker.local_filters() {
+        book.counts.insert(filter.to_string(), count);
+    }
+    let node = Arc::new(ClusterNode {
+        me,
+        raft: raft.clone(),
+        links: links.clone(),
+        state,
+        routes,
+        broker: Arc::downgrade(broker),
+        book: Mutex::new(book),
+        book_changed: Notify::new(),
+        stats,
+        link_addr,
+    });
+    links.set_handler(node.clone());
+    tokio::spawn(links.clone().accept_loop(listener));
+
+    if !config.join
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|error| anyhow::anyhow!("consensus stopped: {error}"))?
+    {
+        let initial: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|peer| (peer.id, BasicNode::new(&peer.addr)))
+            .collect();
+        match raft.initialize(initial).await {
+            Ok(()) => tracing::info!(members = members.len(), "cluster initialised"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(error) => anyhow::bail!("cannot initialise the cluster: {error}"),
+        }
+    }
+    tokio::spawn(node.clone().propose_loop());
+    broker.set_cluster(node.clone());
+    Ok(node)
+}
+
+impl ClusterNode {
+    pub fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn link_addr(&self) -> std::net::SocketAddr {
+        self.link_addr
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn links(&self) -> &Arc<Links> {
+        &self.links
+    }
+
+    /// The leader this node knows of. A leader that cannot reach a majority of the
+    /// voters over its links counts as none: openraft keeps such a leader in office (it
+    /// commits nothing), and this node must refuse what needs a commit at once.
+    pub fn leader(&self) -> Option<NodeId> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        if leader != self.me {
+            return Some(leader);
+        }
+        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let reachable = voters
+            .iter()
+            .filter(|id| {
+                **id == self.me
+                    || self
+                        .links
+                        .peer(**id)
+                        .is_some_and(|peer| peer.is_connected())
+            })
+            .count();
+        (reachable * 2 > voters.len()).then_some(leader)
+    }
+
+    /// The replicated state as applied here.
+    pub fn with_state<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> T {
+        read(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Commits `command` through the leader, wherever it is.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        let result = self.propose_inner(command).await;
+        if result.is_err() {
+            self.stats.proposals_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn propose_inner(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        let leader = self.leader().ok_or(ProposeError::NoLeader)?;
+        if leader == self.me {
+            self.propose_local(command).await
+        } else {
+            network::propose_remote(&self.links, leader, command, PROPOSE_TIMEOUT).await
+        }
+    }
+
+    /// Commits `command` on this node, which must be the leader.
+    async fn propose_local(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        match tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(command)).await {
+            Err(_) => Err(ProposeError::Failed("not committed in time".into())),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(ProposeError::NoLeader)
+            }
+            Ok(Err(error)) => Err(ProposeError::Failed(error.to_string())),
+        }
+    }
+
+    /// Adds a voting member (as a learner first, caught up, then promoted: joint
+    /// consensus), from the leader or forwarded to it.
+    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), String> {
+        let leader = self
+            .leader()
+            .ok_or_else(|| ProposeError::NoLeader.to_string())?;
+        if leader != self.me {
+            return self
+                .forward_membership(leader, Request::AddNode { id, addr })
+                .await;
+        }
+        self.links.ensure_peer(id, &addr);
+        self.raft
+            .add_learner(id, BasicNode::new(&addr), true)
+            .await
+            .map_err(|error| error.to_string())?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(())
+    }
+
+    /// Removes a member (joint consensus), from the leader or forwarded to it.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), String> {
+        let leader = self
+            .leader()
+            .ok_or_else(|| ProposeError::NoLeader.to_string())?;
+        if leader != self.me {
+            return self
+                .forward_membership(leader, Request::RemoveNode { id })
+                .await;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map_err(|error| error.to_string())?;
+        // Its routes go with it: nothing is forwarded to a node that left.
+        self.propose(Command::ReplaceRoutes {
+            node: id,
+            filters: Vec::new(),
+        })
+        .await
+        .map_err(|error| error.to_string())?;
+        Ok(())
+    }
+
+    async fn forward_membership(&self, leader: NodeId, request: Request) -> Result<(), String> {
+        let body = serde_json::to_vec(&request).map_err(|error| error.to_string())?;
+        let answer = self
+            .links
+            .request(leader, &body, Duration::from_secs(60))
+            .await?;
+        match serde_json::from_slice(&answer) {
+            Ok(Response::Membership(result)) => result,
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Proposes this node's route changes and retained messages, in order, retrying
+    /// while there is no leader.
+    async fn propose_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let notified = self.book_changed.notified();
+            let command = {
+                let mut book = lock(&self.book);
+                let command = if book.replace {
+                    book.replace = false;
+                    book.dirty.clear();
+                    Some(Command::ReplaceRoutes {
+                        node: self.me,
+                        filters: book.counts.keys().cloned().collect(),
+                    })
+                } else if !book.dirty.is_empty() {
+                    let dirty = std::mem::take(&mut book.dirty);
+                    let (add, remove): (Vec<String>, Vec<String>) = dirty
+                        .into_iter()
+                        .partition(|filter| book.counts.contains_key(filter));
+                    Some(Command::Routes {
+                        node: self.me,
+                        add,
+                        remove,
+                    })
+                } else {
+                    None
+                };
+                let released = book.released.pop_front();
+                let take = book.retained.len().min(MAX_RETAINED_PER_ENTRY);
+                let retained: Vec<_> = book.retained.drain(..take).collect();
+                (command, retained, released)
+            };
+            let (command, retained, released) = (command.0, command.1, command.2);
+            if let Some(client_id) = released {
+                self.release(client_id).await;
+                continue;
+            }
+            if command.is_none() && retained.is_empty() {
+                notified.await;
+                continue;
+            }
+            let mut failed = false;
+            if let Some(command) = command {
+                if let Err(error) = self.propose(command.clone()).await {
+                    tracing::debug!(%error, "route change not committed; retrying");
+                    let mut book = lock(&self.book);
+                    match command {
+                        Command::ReplaceRoutes { .. } => book.replace = true,
+                        Command::Routes { add, remove, .. } => {
+                            book.dirty.extend(add.into_iter().chain(remove))
+                        }
+                        _ => {}
+                    }
+                    failed = true;
+                }
+            }
+            if !retained.is_empty() {
+                let command = Command::Batch(
+                    retained
+                        .iter()
+                        .map(|(topic, message)| Command::Retain {
+                            topic: topic.clone(),
+                            message: message.clone(),
+                        })
+                        .collect(),
+                );
+                if let Err(error) = self.propose(command).await {
+                    tracing::debug!(%error, "retained messages not replicated yet; retrying");
+                    let mut book = lock(&self.book);
+                    for change in retained.into_iter().rev() {
+                        book.retained.push_front(change);
+                    }
+                    failed = true;
+                }
+            }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            } else {
+                backoff = Duration::from_millis(50);
+            }
+        }
+    }
+
+    /// Whether this node knows a leader (`/health`).
+    pub fn has_leader(&self) -> bool {
+        self.leader().is_some()
+    }
+
+    /// The owner of `client_id`'s session as applied here.
+    pub fn owner(&self, client_id: &str) -> Option<Owner> {
+        self.with_state(|state| state.owners.get(client_id).copied())
+    }
+
+    /// Releases an ended session's ownership unless a session of that id is back here
+    /// (the epoch makes a late release harmless to a newer owner). Best effort: an
+    /// unreleased entry only keeps the id in the owner table until it is claimed again.
+    async fn release(&self, client_id: String) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        if broker.session(&client_id).is_some() {
+            return;
+        }
+        let Some(owner) = self.owner(&client_id).filter(|owner| owner.node == self.me) else {
+            return;
+        };
+        let _ = self
+            .propose(Command::Release {
+                client_id,
+                node: self.me,
+                epoch: owner.epoch,
+            })
+            .await;
+    }
+
+    async fn claim_session(&self, client_id: &str, persistent: bool) -> Result<Option<u64>, u8> {
+        use crate::protocol::reason;
+        if self.has_leader() {
+            if let Some(owner) = self.owner(client_id).filter(|owner| owner.node == self.me) {
+                return Ok(Some(owner.epoch));
+            }
+        }
+        let command = Command::Claim {
+            client_id: client_id.to_string(),
+            node: self.me,
+        };
+        match self.propose(command).await {
+            Ok(result) => {
+                if result.previous_owner.is_some() {
+                    self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+                }
+                // Applied on the leader; wait until this node applied it too, so that
+                // `owns` sees it.
+                let wait = self.raft.wait(Some(PROPOSE_TIMEOUT));
+                let applied = wait
+                    .metrics(
+                        |metrics| metrics.last_applied.map_or(0, |id| id.index) >= result.log_index,
+                        "claim applied",
+                    )
+                    .await;
+                if applied.is_err() {
+                    return Err(reason::SERVER_UNAVAILABLE);
+                }
+                Ok(Some(result.epoch))
+            }
+            Err(error) if persistent => {
+                tracing::info!(client_id, %error, "persistent session refused: no cluster majority");
+                Err(reason::SERVER_UNAVAILABLE)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// openraft seen through our trait: what the rest of the cluster code needs from
+/// consensus, so that another Raft library could stand in for it.
+impl super::types::Consensus for ClusterNode {
+    fn propose(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<CommandResult, ProposeError>> + Send {
+        ClusterNode::propose(self, command)
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        ClusterNode::leader(self)
+    }
+}
+
+impl ClusterHook for ClusterNode {
+    fn published(&self, message: &Arc<Message>) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        if message.retain {
+            let encoded = (!message.payload.is_empty()).then(|| {
+                let stored =
+                    crate::storage::StoredMessage::from_message(message, broker.wall_clock());
+                encode_base64(&crate::storage::codec::encode_message(&stored))
+            });
+            let mut book = lock(&self.book);
+            if book.retained.len() < MAX_PENDING_RETAINED {
+                book.retained
+                    .push_back((message.topic.to_string(), encoded));
+                drop(book);
+                self.book_changed.notify_one();
+            } else {
+                drop(book);
+                self.stats.retained_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let destinations = self.routes.destinations(&message.topic);
+        for (node, groups) in destinations {
+            let Some(peer) = self.links.peer(node) else {
+                continue;
+            };
+            let body = forward::encode(message, broker.wall_clock(), &groups);
+            let frame = link::frame(link::FORWARD, &body);
+            let bytes = frame.len() as u64;
+            if peer.send(frame) {
+                self.stats
+                    .forwarded_messages
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .forwarded_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+                peer.stats
+                    .forwarded_messages
+                    .fetch_add(1, Ordering::Relaxed);
+                peer.stats
+                    .forwarded_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+            } else {
+                self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn filter_added(&self, filter: &str) {
+        let mut book = lock(&self.book);
+        let count = book.counts.entry(filter.to_string()).or_default();
+        *count += 1;
+        if *count == 1 {
+            book.dirty.insert(filter.to_string());
+            drop(book);
+            self.book_changed.notify_one();
+        }
+    }
+
+    fn filter_removed(&self, filter: &str) {
+        let mut book = lock(&self.book);
+        let Some(count) = book.counts.get_mut(filter) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            book.counts.remove(filter);
+            book.dirty.insert(filter.to_string());
+            drop(book);
+            self.book_changed.notify_one();
+        }
+    }
+
+    fn has_leader(&self) -> bool {
+        ClusterNode::has_leader(self)
+    }
+
+    fn claim(&self, client_id: &str, persistent: bool) -> crate::broker::remote::ClaimFuture<'_> {
+        let client_id = client_id.to_string();
+        Box::pin(async move { self.claim_session(&client_id, persistent).await })
+    }
+
+    fn owns(&self, client_id: &str, epoch: u64) -> bool {
+        self.owner(client_id)
+            .is_some_and(|owner| owner.node == self.me && owner.epoch == epoch)
+    }
+
+    fn render_metrics(&self) -> String {
+        super::metrics::render(self)
+    }
+
+    fn session_ended(&self, client_id: &str) {
+        let mut book = lock(&self.book);
+        if book.released.len() < MAX_PENDING_RETAINED {
+            book.released.push_back(client_id.to_string());
+            drop(book);
+            self.book_changed.notify_one();
+        }
+    }
+}
+
+impl LinkHandler for ClusterNode {
+    fn request(
+        &self,
+        _from: NodeId,
+        body: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + '_>> {
+        Box::pin(async move {
+            let response = match serde_json::from_slice::<Request>(&body) {
+                Err(error) => Response::Invalid(error.to_string()),
+                Ok(Request::AppendEntries(rpc)) => {
+                    Response::AppendEntries(self.raft.append_entries(rpc).await)
+                }
+                Ok(Request::Vote(rpc)) => Response::Vote(self.raft.vote(rpc).await),
+                Ok(Request::InstallSnapshot(rpc)) => {
+                    Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+                }
+                Ok(Request::Propose(command)) => {
+                    Response::Propose(self.propose_local(command).await)
+                }
+                Ok(Request::AddNode { id, addr }) => {
+                    Response::Membership(self.add_node(id, addr).await)
+                }
+                Ok(Request::RemoveNode { id }) => Response::Membership(self.remove_node(id).await),
+            };
+            serde_json::to_vec(&response).unwrap_or_default()
+        })
+    }
+
+    fn forwarded(&self, _from: NodeId, body: Bytes) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        match forward::decode(body, broker.wall_clock()) {
+            Some((message, groups)) => {
+                self.stats.received_messages.fetch_add(1, Ordering::Relaxed);
+                broker.route_forwarded(&Arc::new(message), &groups);
+            }
+            None => tracing::warn!("malformed forwarded message dropped"),
+        }
+    }
+}

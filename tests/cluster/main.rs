@@ -1,0 +1,9 @@
+//! The cluster through real processes: three `fleetmq` nodes on 127.0.0.1 (see
+//! `common`), rumqttc and mosquitto clients spread over them.
+
+mod common;
+
+mod failures;
+mod membership;
+mod pubsub;
+mod sessions;
