@@ -658,3 +658,42 @@ async fn a_bridge_is_reported_with_its_link_and_outbox() {
         json!(["bridges"])
     );
 }
+
+/// The cluster's part of the API answers `not_configured` on a single node, behind the
+/// same token as the rest; `fleetmq cluster` says so too.
+#[tokio::test]
+async fn cluster_endpoints_need_the_token_and_a_cluster() {
+    let broker = Broker::start(true).await;
+    let answer = http(broker.admin, "GET", "/api/v1/cluster", None, None).await;
+    assert_eq!(answer.status, 401);
+    for (method, path, body) in [
+        ("GET", "/api/v1/cluster", None),
+        (
+            "POST",
+            "/api/v1/cluster/nodes",
+            Some(r#"{"node":"4@127.0.0.1:7884"}"#),
+        ),
+        ("DELETE", "/api/v1/cluster/nodes/4", None),
+    ] {
+        let (status, answer) = broker.api(method, path, body).await;
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (404, &json!("not_configured")),
+            "{method} {path}: {answer}"
+        );
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fleetmq"))
+        .args([
+            "cluster",
+            "status",
+            "--url",
+            &format!("http://{}", broker.admin),
+            "-c",
+        ])
+        .arg(&broker.config_path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not_configured"), "{stderr}");
+}
