@@ -17,7 +17,7 @@ use rocksdb::DB;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::broker::{Broker, ClusterHook};
+use crate::broker::{Broker, Claimed, ClusterHook};
 use crate::message::Message;
 
 use super::config::{ClusterConfig, NodeId};
@@ -33,6 +33,8 @@ use super::types::{ProposeError, Raft};
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retained changes waiting to be proposed; more are dropped and counted.
 const MAX_PENDING_RETAINED: usize = 10_000;
+/// How long a new owner asks the previous one for a session's subscriptions.
+const HANDOVER_WAIT: Duration = Duration::from_secs(1);
 /// Retained changes proposed in one log entry.
 const MAX_RETAINED_PER_ENTRY: usize = 256;
 
@@ -50,7 +52,17 @@ pub struct ClusterStats {
     pub retained_dropped: AtomicU64,
     pub proposals_failed: AtomicU64,
     pub ownership_moves: AtomicU64,
+    /// Queued and in-flight messages left behind by sessions that moved away.
+    pub handover_dropped: AtomicU64,
 }
+
+/// Subscriptions of sessions that moved to another node, kept for the new owner to
+/// fetch: client id -> (the new owner's epoch, the subscriptions).
+type Handovers =
+    Mutex<HashMap<String, (u64, Vec<(ByteString, crate::session::SubscriptionEntry)>)>>;
+
+/// Sessions whose handover may wait for their new owner; beyond, the oldest go.
+const MAX_HANDOVERS: usize = 10_000;
 
 /// This node's subscriptions as the cluster should know them.
 #[derive(Default)]
@@ -76,6 +88,7 @@ pub struct ClusterNode {
     book_changed: Notify,
     pub stats: Arc<ClusterStats>,
     link_addr: std::net::SocketAddr,
+    handovers: Arc<Handovers>,
 }
 
 /// Applies committed changes to the local broker.
@@ -85,6 +98,7 @@ struct BrokerSink {
     routes: Arc<RouteTable>,
     links: Arc<Links>,
     stats: Arc<ClusterStats>,
+    handovers: Arc<Handovers>,
 }
 
 impl BrokerSink {
@@ -95,6 +109,29 @@ impl BrokerSink {
                 .map(|stored| Arc::new(stored.to_message(broker.wall_clock())))
         });
         broker.apply_replicated_retained(&ByteString::from(topic), message);
+    }
+
+    /// Ends the local copy of a session that moved to another node, keeping its
+    /// subscriptions for the new owner.
+    fn moved(&self, broker: &Broker, client_id: &str, epoch: u64) {
+        let Some(moved) = broker.kick_moved_session(client_id) else {
+            return;
+        };
+        self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .handover_dropped
+            .fetch_add(moved.dropped_messages as u64, Ordering::Relaxed);
+        let mut handovers = lock(&self.handovers);
+        if handovers.len() >= MAX_HANDOVERS {
+            if let Some(oldest) = handovers
+                .iter()
+                .min_by_key(|(_, (epoch, _))| *epoch)
+                .map(|(id, _)| id.clone())
+            {
+                handovers.remove(&oldest);
+            }
+        }
+        handovers.insert(client_id.to_string(), (epoch, moved.subscriptions));
     }
 
     fn members(&self, state: &ClusterState) {
@@ -117,8 +154,8 @@ impl EffectSink for BrokerSink {
                 Effect::Retained { topic, message } => self.retained(&broker, &topic, message),
                 Effect::MembersChanged => {}
                 Effect::Owner { client_id, owner } => {
-                    if owner.node != self.me && broker.kick_moved_session(&client_id) {
-                        self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+                    if owner.node != self.me {
+                        self.moved(&broker, &client_id, owner.epoch);
                     }
                 }
             }
@@ -142,12 +179,12 @@ impl EffectSink for BrokerSink {
         }
         // Sessions that moved to another node while this one was behind.
         for handle in broker.sessions() {
-            let moved = state
+            if let Some(owner) = state
                 .owners
                 .get(&*handle.client_id)
-                .is_some_and(|owner| owner.node != self.me);
-            if moved && broker.kick_moved_session(&handle.client_id) {
-                self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+                .filter(|owner| owner.node != self.me)
+            {
+                self.moved(&broker, &handle.client_id, owner.epoch);
             }
         }
     }
@@ -182,12 +219,14 @@ pub async fn start(
 
     let routes = Arc::new(RouteTable::new(me));
     let stats = Arc::new(ClusterStats::default());
+    let handovers = Arc::new(Handovers::default());
     let sink = Arc::new(BrokerSink {
         me,
         broker: Arc::downgrade(broker),
         routes: routes.clone(),
         links: links.clone(),
         stats: stats.clone(),
+        handovers: handovers.clone(),
     });
     let state_machine = StateMachineStore::open(db.clone(), Some(sink))
         .map_err(|error| anyhow::anyhow!("cannot open the cluster state: {error}"))?;
@@ -234,6 +273,7 @@ pub async fn start(
         book_changed: Notify::new(),
         stats,
         link_addr,
+        handovers,
     });
     links.set_handler(node.clone());
     tokio::spawn(links.clone().accept_loop(listener));
@@ -490,6 +530,47 @@ impl ClusterNode {
         self.with_state(|state| state.owners.get(client_id).copied())
     }
 
+    /// The subscriptions `previous` kept for a session this node took with `epoch`. The
+    /// previous owner may apply the claim a little after this node: asked again for up
+    /// to `HANDOVER_WAIT`. Nothing when it is unreachable (the session starts fresh).
+    async fn fetch_handover(
+        &self,
+        previous: NodeId,
+        client_id: &str,
+        epoch: u64,
+    ) -> Vec<(ByteString, crate::session::SubscriptionEntry)> {
+        let request = Request::Handover {
+            client_id: client_id.to_string(),
+            epoch,
+        };
+        let Ok(body) = serde_json::to_vec(&request) else {
+            return Vec::new();
+        };
+        let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let Ok(answer) = self.links.request(previous, &body, HANDOVER_WAIT).await else {
+                return Vec::new();
+            };
+            match serde_json::from_slice(&answer) {
+                Ok(Response::Handover(Some(entries))) => {
+                    return entries
+                        .into_iter()
+                        .filter_map(|(filter, entry): (String, String)| {
+                            let bytes = super::state::decode_base64(&entry)?;
+                            let entry = crate::storage::codec::decode_subscription(&bytes).ok()?;
+                            Some((ByteString::from(filter), entry))
+                        })
+                        .collect();
+                }
+                Ok(Response::Handover(None)) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return Vec::new(),
+            }
+        }
+        Vec::new()
+    }
+
     /// Releases an ended session's ownership unless a session of that id is back here
     /// (the epoch makes a late release harmless to a newer owner). Best effort: an
     /// unreleased entry only keeps the id in the owner table until it is claimed again.
@@ -512,11 +593,18 @@ impl ClusterNode {
             .await;
     }
 
-    async fn claim_session(&self, client_id: &str, persistent: bool) -> Result<Option<u64>, u8> {
+    async fn claim_session(
+        &self,
+        client_id: &str,
+        persistent: bool,
+    ) -> Result<Option<Claimed>, u8> {
         use crate::protocol::reason;
         if self.has_leader() {
             if let Some(owner) = self.owner(client_id).filter(|owner| owner.node == self.me) {
-                return Ok(Some(owner.epoch));
+                return Ok(Some(Claimed {
+                    epoch: owner.epoch,
+                    adopted: Vec::new(),
+                }));
             }
         }
         let command = Command::Claim {
@@ -540,7 +628,16 @@ impl ClusterNode {
                 if applied.is_err() {
                     return Err(reason::SERVER_UNAVAILABLE);
                 }
-                Ok(Some(result.epoch))
+                let adopted = match result.previous_owner {
+                    Some(previous) if persistent => {
+                        self.fetch_handover(previous, client_id, result.epoch).await
+                    }
+                    _ => Vec::new(),
+                };
+                Ok(Some(Claimed {
+                    epoch: result.epoch,
+                    adopted,
+                }))
             }
             Err(error) if persistent => {
                 tracing::info!(client_id, %error, "persistent session refused: no cluster majority");
@@ -553,6 +650,44 @@ impl ClusterNode {
 
 /// openraft seen through our trait: what the rest of the cluster code needs from
 /// consensus, so that another Raft library could stand in for it.
+impl ClusterNode {
+    /// What this node kept of a session that moved to the node that claimed it with
+    /// `epoch` (handed over once). `Some(empty)` when this node held no such session.
+    fn take_handover(&self, client_id: &str, epoch: u64) -> Option<Vec<(String, String)>> {
+        // The owner first: the state's lock is held while an applied claim's effects
+        // (the handover kept below) are carried out, so once the claim shows here its
+        // handover is in place.
+        let applied = self
+            .owner(client_id)
+            .is_some_and(|owner| owner.epoch >= epoch);
+        if !applied {
+            return None;
+        }
+        let mut handovers = lock(&self.handovers);
+        let kept = handovers
+            .get(client_id)
+            .is_some_and(|(kept, _)| *kept == epoch);
+        let subscriptions = if kept {
+            handovers
+                .remove(client_id)
+                .map(|(_, subscriptions)| subscriptions)
+        } else {
+            None
+        };
+        // Applied, and nothing kept: this node held no such session.
+        Some(
+            subscriptions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(filter, entry)| {
+                    let encoded = crate::storage::codec::encode_subscription(&entry);
+                    (filter.to_string(), encode_base64(&encoded))
+                })
+                .collect(),
+        )
+    }
+}
+
 impl super::types::Consensus for ClusterNode {
     fn propose(
         &self,
@@ -691,6 +826,9 @@ impl LinkHandler for ClusterNode {
                     Response::Membership(self.add_node(id, addr).await)
                 }
                 Ok(Request::RemoveNode { id }) => Response::Membership(self.remove_node(id).await),
+                Ok(Request::Handover { client_id, epoch }) => {
+                    Response::Handover(self.take_handover(&client_id, epoch))
+                }
             };
             serde_json::to_vec(&response).unwrap_or_default()
         })
