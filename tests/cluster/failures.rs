@@ -25,6 +25,16 @@ async fn kill_9_of_the_leader_leaves_the_others_serving_and_the_restarted_node_c
         .await;
     assert_eq!(sub.next_publish().await.payload, b"retained-while-down");
 
+    // Retained messages reach consensus after the PUBACK: wait until the other
+    // survivor has it (committed), so that the restarted node must catch up on it.
+    eventually("the retained message to be committed", || async {
+        let mut check = Subscriber::v4(cluster.mqtt(others[1]), "retained-check", true);
+        check.connected().await;
+        check.subscribe("after/kill", 1, None).await;
+        check.probe("after/kill").await.then_some(())
+    })
+    .await;
+
     // The killed node restarts, catches up from the log and serves what it missed: the
     // retained message published while it was down, and forwarding from it.
     cluster.spawn(leader);
