@@ -17,28 +17,26 @@ use rocksdb::DB;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::broker::{Broker, Claimed, ClusterHook};
+use crate::broker::{Broker, ClusterHook};
 use crate::message::Message;
 
 use super::config::{ClusterConfig, NodeId};
 use super::forward::{self, RouteTable};
 use super::link::{self, LinkHandler, Links};
 use super::network::{self, NetworkFactory, Request, Response};
-use super::state::{encode_base64, ClusterState, Command, CommandResult, Effect, Owner};
+use super::state::{encode_base64, ClusterState, Command, CommandResult, Effect};
 use super::storage::{EffectSink, LogStore, StateMachineStore};
 use super::types::{ProposeError, Raft};
 
 /// How long a proposal may take before it counts as failed (a leader cut off from the
 /// majority never commits it).
-const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retained changes waiting to be proposed; more are dropped and counted.
 const MAX_PENDING_RETAINED: usize = 10_000;
-/// How long a new owner asks the previous one for a session's subscriptions.
-const HANDOVER_WAIT: Duration = Duration::from_secs(1);
 /// Retained changes proposed in one log entry.
 const MAX_RETAINED_PER_ENTRY: usize = 256;
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -78,17 +76,17 @@ struct FilterBook {
 }
 
 pub struct ClusterNode {
-    me: NodeId,
-    raft: Raft,
-    links: Arc<Links>,
+    pub(super) me: NodeId,
+    pub(super) raft: Raft,
+    pub(super) links: Arc<Links>,
     state: Arc<RwLock<ClusterState>>,
     routes: Arc<RouteTable>,
-    broker: Weak<Broker>,
+    pub(super) broker: Weak<Broker>,
     book: Mutex<FilterBook>,
     book_changed: Notify,
     pub stats: Arc<ClusterStats>,
     link_addr: std::net::SocketAddr,
-    handovers: Arc<Handovers>,
+    pub(super) handovers: Arc<Handovers>,
 }
 
 /// Applies committed changes to the local broker.
@@ -524,170 +522,10 @@ impl ClusterNode {
     pub fn has_leader(&self) -> bool {
         self.leader().is_some()
     }
-
-    /// The owner of `client_id`'s session as applied here.
-    pub fn owner(&self, client_id: &str) -> Option<Owner> {
-        self.with_state(|state| state.owners.get(client_id).copied())
-    }
-
-    /// The subscriptions `previous` kept for a session this node took with `epoch`. The
-    /// previous owner may apply the claim a little after this node: asked again for up
-    /// to `HANDOVER_WAIT`. Nothing when it is unreachable (the session starts fresh).
-    async fn fetch_handover(
-        &self,
-        previous: NodeId,
-        client_id: &str,
-        epoch: u64,
-    ) -> Vec<(ByteString, crate::session::SubscriptionEntry)> {
-        let request = Request::Handover {
-            client_id: client_id.to_string(),
-            epoch,
-        };
-        let Ok(body) = serde_json::to_vec(&request) else {
-            return Vec::new();
-        };
-        let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
-        while tokio::time::Instant::now() < deadline {
-            let Ok(answer) = self.links.request(previous, &body, HANDOVER_WAIT).await else {
-                return Vec::new();
-            };
-            match serde_json::from_slice(&answer) {
-                Ok(Response::Handover(Some(entries))) => {
-                    return entries
-                        .into_iter()
-                        .filter_map(|(filter, entry): (String, String)| {
-                            let bytes = super::state::decode_base64(&entry)?;
-                            let entry = crate::storage::codec::decode_subscription(&bytes).ok()?;
-                            Some((ByteString::from(filter), entry))
-                        })
-                        .collect();
-                }
-                Ok(Response::Handover(None)) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                _ => return Vec::new(),
-            }
-        }
-        Vec::new()
-    }
-
-    /// Releases an ended session's ownership unless a session of that id is back here
-    /// (the epoch makes a late release harmless to a newer owner). Best effort: an
-    /// unreleased entry only keeps the id in the owner table until it is claimed again.
-    async fn release(&self, client_id: String) {
-        let Some(broker) = self.broker.upgrade() else {
-            return;
-        };
-        if broker.session(&client_id).is_some() {
-            return;
-        }
-        let Some(owner) = self.owner(&client_id).filter(|owner| owner.node == self.me) else {
-            return;
-        };
-        let _ = self
-            .propose(Command::Release {
-                client_id,
-                node: self.me,
-                epoch: owner.epoch,
-            })
-            .await;
-    }
-
-    async fn claim_session(
-        &self,
-        client_id: &str,
-        persistent: bool,
-    ) -> Result<Option<Claimed>, u8> {
-        use crate::protocol::reason;
-        if self.has_leader() {
-            if let Some(owner) = self.owner(client_id).filter(|owner| owner.node == self.me) {
-                return Ok(Some(Claimed {
-                    epoch: owner.epoch,
-                    adopted: Vec::new(),
-                }));
-            }
-        }
-        let command = Command::Claim {
-            client_id: client_id.to_string(),
-            node: self.me,
-        };
-        match self.propose(command).await {
-            Ok(result) => {
-                if result.previous_owner.is_some() {
-                    self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
-                }
-                // Applied on the leader; wait until this node applied it too, so that
-                // `owns` sees it.
-                let wait = self.raft.wait(Some(PROPOSE_TIMEOUT));
-                let applied = wait
-                    .metrics(
-                        |metrics| metrics.last_applied.map_or(0, |id| id.index) >= result.log_index,
-                        "claim applied",
-                    )
-                    .await;
-                if applied.is_err() {
-                    return Err(reason::SERVER_UNAVAILABLE);
-                }
-                let adopted = match result.previous_owner {
-                    Some(previous) if persistent => {
-                        self.fetch_handover(previous, client_id, result.epoch).await
-                    }
-                    _ => Vec::new(),
-                };
-                Ok(Some(Claimed {
-                    epoch: result.epoch,
-                    adopted,
-                }))
-            }
-            Err(error) if persistent => {
-                tracing::info!(client_id, %error, "persistent session refused: no cluster majority");
-                Err(reason::SERVER_UNAVAILABLE)
-            }
-            Err(_) => Ok(None),
-        }
-    }
 }
 
 /// openraft seen through our trait: what the rest of the cluster code needs from
 /// consensus, so that another Raft library could stand in for it.
-impl ClusterNode {
-    /// What this node kept of a session that moved to the node that claimed it with
-    /// `epoch` (handed over once). `Some(empty)` when this node held no such session.
-    fn take_handover(&self, client_id: &str, epoch: u64) -> Option<Vec<(String, String)>> {
-        // The owner first: the state's lock is held while an applied claim's effects
-        // (the handover kept below) are carried out, so once the claim shows here its
-        // handover is in place.
-        let applied = self
-            .owner(client_id)
-            .is_some_and(|owner| owner.epoch >= epoch);
-        if !applied {
-            return None;
-        }
-        let mut handovers = lock(&self.handovers);
-        let kept = handovers
-            .get(client_id)
-            .is_some_and(|(kept, _)| *kept == epoch);
-        let subscriptions = if kept {
-            handovers
-                .remove(client_id)
-                .map(|(_, subscriptions)| subscriptions)
-        } else {
-            None
-        };
-        // Applied, and nothing kept: this node held no such session.
-        Some(
-            subscriptions
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(filter, entry)| {
-                    let encoded = crate::storage::codec::encode_subscription(&entry);
-                    (filter.to_string(), encode_base64(&encoded))
-                })
-                .collect(),
-        )
-    }
-}
-
 impl super::types::Consensus for ClusterNode {
     fn propose(
         &self,

@@ -3,7 +3,7 @@
 //! serves), and healing.
 
 use crate::common::mqtt::{Event, Publisher, Subscriber};
-use crate::common::{eventually, wait_routed, Cluster};
+use crate::common::{eventually, wait_routed, Cluster, RETAINED_WINDOW};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_leaves_the_others_serving_and_the_restarted_node_catches_up() {
@@ -31,7 +31,10 @@ async fn kill_9_of_the_leader_leaves_the_others_serving_and_the_restarted_node_c
         let mut check = Subscriber::v4(cluster.mqtt(others[1]), "retained-check", true);
         check.connected().await;
         check.subscribe("after/kill", 1, None).await;
-        check.probe("after/kill").await.then_some(())
+        check
+            .probe_for("after/kill", RETAINED_WINDOW)
+            .await
+            .then_some(())
     })
     .await;
 
@@ -131,7 +134,10 @@ async fn a_node_that_missed_more_than_a_snapshot_catches_up_from_the_snapshot() 
         let mut check = Subscriber::v4(cluster.mqtt(others[1]), "snap-check", true);
         check.connected().await;
         check.subscribe("snap/1199", 1, None).await;
-        check.probe("snap/1199").await.then_some(())
+        check
+            .probe_for("snap/1199", RETAINED_WINDOW)
+            .await
+            .then_some(())
     })
     .await;
     eventually("a snapshot past the restarted node's log", || async {

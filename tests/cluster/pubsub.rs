@@ -5,7 +5,7 @@
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 use crate::common::mqtt::{Publisher, Subscriber};
-use crate::common::{eventually, wait_routed, within, Cluster};
+use crate::common::{eventually, wait_routed, within, Cluster, RETAINED_WINDOW};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_on_one_node_reaches_subscribers_on_the_others_at_each_qos_and_version() {
@@ -112,7 +112,7 @@ async fn retained_messages_are_the_same_from_every_node() {
             let mut sub = Subscriber::v4(cluster.mqtt(node), &format!("r{node}"), true);
             sub.connected().await;
             sub.subscribe("state/#", 1, None).await;
-            let found = sub.probe("state/lamp").await;
+            let found = sub.probe_for("state/lamp", RETAINED_WINDOW).await;
             found.then_some(())
         })
         .await;
@@ -128,7 +128,7 @@ async fn retained_messages_are_the_same_from_every_node() {
                 let mut sub = Subscriber::v4(cluster.mqtt(node), &format!("c{node}"), true);
                 sub.connected().await;
                 sub.subscribe("state/#", 1, None).await;
-                (!sub.probe("state/lamp").await).then_some(())
+                (!sub.probe_for("state/lamp", RETAINED_WINDOW).await).then_some(())
             },
         )
         .await;
