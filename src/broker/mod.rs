@@ -57,7 +57,7 @@ use crate::topic::{RetainedTree, SubscriptionTrie};
 
 pub use handle::{Attachment, SessionHandle};
 pub use lifecycle::Connected;
-pub use remote::ClusterHook;
+pub use remote::{Claimed, ClusterHook, MovedSession};
 pub use restore::Restored;
 pub use routing::{Published, Route};
 pub use stats::{Dropped, Refusal, Stats, StatsSnapshot};

@@ -34,7 +34,12 @@ impl ClusterHook for Recorder {
         true
     }
     fn claim(&self, _: &str, _: bool) -> remote::ClaimFuture<'_> {
-        Box::pin(async { Ok(Some(1)) })
+        Box::pin(async {
+            Ok(Some(remote::Claimed {
+                epoch: 1,
+                adopted: Vec::new(),
+            }))
+        })
     }
     fn owns(&self, _: &str, epoch: u64) -> bool {
         epoch == 1
@@ -202,7 +207,11 @@ fn a_session_moved_to_another_node_ends_here_and_its_connection_is_kicked() {
     let device = connect(&broker, "device", 3600);
     subscribe(&broker, &device, "cmd/device");
     calls(&recorder);
-    assert!(broker.kick_moved_session("device"));
+    let moved = broker
+        .kick_moved_session("device")
+        .expect("a session to move");
+    assert_eq!(moved.subscriptions.len(), 1);
+    assert_eq!(moved.subscriptions[0].0, "cmd/device");
     assert!(
         device
             .handle
@@ -213,7 +222,27 @@ fn a_session_moved_to_another_node_ends_here_and_its_connection_is_kicked() {
     assert!(broker.session("device").is_none());
     assert_eq!(calls(&recorder), vec!["removed cmd/device"]);
     assert_eq!(broker.route(&message("cmd/device", false)), 0);
-    assert!(!broker.kick_moved_session("device"), "nothing left to move");
+    assert!(
+        broker.kick_moved_session("device").is_none(),
+        "nothing left to move"
+    );
+
+    // The new owner adopts what was handed over: routes, session, cluster routes.
+    let again = connect(&broker, "device", 3600);
+    let (_, adopted) = broker
+        .adopt_subscriptions(
+            &again.handle,
+            again.attachment.generation,
+            moved.subscriptions,
+        )
+        .unwrap();
+    assert!(adopted);
+    assert_eq!(calls(&recorder), vec!["added cmd/device"]);
+    assert_eq!(broker.route(&message("cmd/device", false)), 1);
+    assert_eq!(
+        drain(&again)[0].properties.subscription_identifiers,
+        vec![9]
+    );
 }
 
 #[test]
@@ -241,6 +270,7 @@ fn replicated_retained_messages_are_set_and_cleared_without_routing() {
 async fn a_single_node_claims_nothing() {
     let broker = Broker::new(Config::default(), Arc::new(MemoryStore::new()));
     assert_eq!(broker.claim_session("x", true).await, Ok(None));
+    assert!(broker.still_owner("x", None));
     assert!(broker.still_owner("x", None));
     assert!(broker.cluster_healthy());
     assert!(broker.cluster_metrics().is_empty());

@@ -10,6 +10,7 @@
 //! - `network`: Raft RPCs and proposals over the link.
 //! - `forward`: the cluster route table and forwarded PUBLISHes.
 //! - `node`: a running node: consensus, proposals, the broker hook.
+//! - `ownership`: session claims, handover of a moved session, release.
 
 #[cfg(feature = "rocksdb")]
 pub mod admin;
@@ -24,6 +25,8 @@ pub mod metrics;
 pub mod network;
 #[cfg(feature = "rocksdb")]
 pub mod node;
+#[cfg(feature = "rocksdb")]
+mod ownership;
 pub mod state;
 #[cfg(feature = "rocksdb")]
 pub mod storage;

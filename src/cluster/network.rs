@@ -36,6 +36,11 @@ pub enum Request {
     RemoveNode {
         id: NodeId,
     },
+    /// The subscriptions of a session the asking node took with `epoch`.
+    Handover {
+        client_id: String,
+        epoch: u64,
+    },
 }
 
 /// The answer to a `Request`, variant for variant.
@@ -48,6 +53,9 @@ pub enum Response {
     ),
     Propose(Result<CommandResult, ProposeError>),
     Membership(Result<(), String>),
+    /// `(filter, subscription entry in the store's encoding, base64)`; `None` until this
+    /// node applied the claim.
+    Handover(Option<Vec<(String, String)>>),
     /// The request could not be decoded.
     Invalid(String),
 }

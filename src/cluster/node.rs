@@ -24,19 +24,19 @@ use super::config::{ClusterConfig, NodeId};
 use super::forward::{self, RouteTable};
 use super::link::{self, LinkHandler, Links};
 use super::network::{self, NetworkFactory, Request, Response};
-use super::state::{encode_base64, ClusterState, Command, CommandResult, Effect, Owner};
+use super::state::{encode_base64, ClusterState, Command, CommandResult, Effect};
 use super::storage::{EffectSink, LogStore, StateMachineStore};
 use super::types::{ProposeError, Raft};
 
 /// How long a proposal may take before it counts as failed (a leader cut off from the
 /// majority never commits it).
-const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retained changes waiting to be proposed; more are dropped and counted.
 const MAX_PENDING_RETAINED: usize = 10_000;
 /// Retained changes proposed in one log entry.
 const MAX_RETAINED_PER_ENTRY: usize = 256;
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -50,7 +50,17 @@ pub struct ClusterStats {
     pub retained_dropped: AtomicU64,
     pub proposals_failed: AtomicU64,
     pub ownership_moves: AtomicU64,
+    /// Queued and in-flight messages left behind by sessions that moved away.
+    pub handover_dropped: AtomicU64,
 }
+
+/// Subscriptions of sessions that moved to another node, kept for the new owner to
+/// fetch: client id -> (the new owner's epoch, the subscriptions).
+type Handovers =
+    Mutex<HashMap<String, (u64, Vec<(ByteString, crate::session::SubscriptionEntry)>)>>;
+
+/// Sessions whose handover may wait for their new owner; beyond, the oldest go.
+const MAX_HANDOVERS: usize = 10_000;
 
 /// This node's subscriptions as the cluster should know them.
 #[derive(Default)]
@@ -66,16 +76,17 @@ struct FilterBook {
 }
 
 pub struct ClusterNode {
-    me: NodeId,
-    raft: Raft,
-    links: Arc<Links>,
+    pub(super) me: NodeId,
+    pub(super) raft: Raft,
+    pub(super) links: Arc<Links>,
     state: Arc<RwLock<ClusterState>>,
     routes: Arc<RouteTable>,
-    broker: Weak<Broker>,
+    pub(super) broker: Weak<Broker>,
     book: Mutex<FilterBook>,
     book_changed: Notify,
     pub stats: Arc<ClusterStats>,
     link_addr: std::net::SocketAddr,
+    pub(super) handovers: Arc<Handovers>,
 }
 
 /// Applies committed changes to the local broker.
@@ -85,6 +96,7 @@ struct BrokerSink {
     routes: Arc<RouteTable>,
     links: Arc<Links>,
     stats: Arc<ClusterStats>,
+    handovers: Arc<Handovers>,
 }
 
 impl BrokerSink {
@@ -95,6 +107,29 @@ impl BrokerSink {
                 .map(|stored| Arc::new(stored.to_message(broker.wall_clock())))
         });
         broker.apply_replicated_retained(&ByteString::from(topic), message);
+    }
+
+    /// Ends the local copy of a session that moved to another node, keeping its
+    /// subscriptions for the new owner.
+    fn moved(&self, broker: &Broker, client_id: &str, epoch: u64) {
+        let Some(moved) = broker.kick_moved_session(client_id) else {
+            return;
+        };
+        self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .handover_dropped
+            .fetch_add(moved.dropped_messages as u64, Ordering::Relaxed);
+        let mut handovers = lock(&self.handovers);
+        if handovers.len() >= MAX_HANDOVERS {
+            if let Some(oldest) = handovers
+                .iter()
+                .min_by_key(|(_, (epoch, _))| *epoch)
+                .map(|(id, _)| id.clone())
+            {
+                handovers.remove(&oldest);
+            }
+        }
+        handovers.insert(client_id.to_string(), (epoch, moved.subscriptions));
     }
 
     fn members(&self, state: &ClusterState) {
@@ -117,8 +152,8 @@ impl EffectSink for BrokerSink {
                 Effect::Retained { topic, message } => self.retained(&broker, &topic, message),
                 Effect::MembersChanged => {}
                 Effect::Owner { client_id, owner } => {
-                    if owner.node != self.me && broker.kick_moved_session(&client_id) {
-                        self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+                    if owner.node != self.me {
+                        self.moved(&broker, &client_id, owner.epoch);
                     }
                 }
             }
@@ -142,12 +177,12 @@ impl EffectSink for BrokerSink {
         }
         // Sessions that moved to another node while this one was behind.
         for handle in broker.sessions() {
-            let moved = state
+            if let Some(owner) = state
                 .owners
                 .get(&*handle.client_id)
-                .is_some_and(|owner| owner.node != self.me);
-            if moved && broker.kick_moved_session(&handle.client_id) {
-                self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+                .filter(|owner| owner.node != self.me)
+            {
+                self.moved(&broker, &handle.client_id, owner.epoch);
             }
         }
     }
@@ -182,12 +217,14 @@ pub async fn start(
 
     let routes = Arc::new(RouteTable::new(me));
     let stats = Arc::new(ClusterStats::default());
+    let handovers = Arc::new(Handovers::default());
     let sink = Arc::new(BrokerSink {
         me,
         broker: Arc::downgrade(broker),
         routes: routes.clone(),
         links: links.clone(),
         stats: stats.clone(),
+        handovers: handovers.clone(),
     });
     let state_machine = StateMachineStore::open(db.clone(), Some(sink))
         .map_err(|error| anyhow::anyhow!("cannot open the cluster state: {error}"))?;
@@ -234,6 +271,7 @@ pub async fn start(
         book_changed: Notify::new(),
         stats,
         link_addr,
+        handovers,
     });
     links.set_handler(node.clone());
     tokio::spawn(links.clone().accept_loop(listener));
@@ -484,71 +522,6 @@ impl ClusterNode {
     pub fn has_leader(&self) -> bool {
         self.leader().is_some()
     }
-
-    /// The owner of `client_id`'s session as applied here.
-    pub fn owner(&self, client_id: &str) -> Option<Owner> {
-        self.with_state(|state| state.owners.get(client_id).copied())
-    }
-
-    /// Releases an ended session's ownership unless a session of that id is back here
-    /// (the epoch makes a late release harmless to a newer owner). Best effort: an
-    /// unreleased entry only keeps the id in the owner table until it is claimed again.
-    async fn release(&self, client_id: String) {
-        let Some(broker) = self.broker.upgrade() else {
-            return;
-        };
-        if broker.session(&client_id).is_some() {
-            return;
-        }
-        let Some(owner) = self.owner(&client_id).filter(|owner| owner.node == self.me) else {
-            return;
-        };
-        let _ = self
-            .propose(Command::Release {
-                client_id,
-                node: self.me,
-                epoch: owner.epoch,
-            })
-            .await;
-    }
-
-    async fn claim_session(&self, client_id: &str, persistent: bool) -> Result<Option<u64>, u8> {
-        use crate::protocol::reason;
-        if self.has_leader() {
-            if let Some(owner) = self.owner(client_id).filter(|owner| owner.node == self.me) {
-                return Ok(Some(owner.epoch));
-            }
-        }
-        let command = Command::Claim {
-            client_id: client_id.to_string(),
-            node: self.me,
-        };
-        match self.propose(command).await {
-            Ok(result) => {
-                if result.previous_owner.is_some() {
-                    self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
-                }
-                // Applied on the leader; wait until this node applied it too, so that
-                // `owns` sees it.
-                let wait = self.raft.wait(Some(PROPOSE_TIMEOUT));
-                let applied = wait
-                    .metrics(
-                        |metrics| metrics.last_applied.map_or(0, |id| id.index) >= result.log_index,
-                        "claim applied",
-                    )
-                    .await;
-                if applied.is_err() {
-                    return Err(reason::SERVER_UNAVAILABLE);
-                }
-                Ok(Some(result.epoch))
-            }
-            Err(error) if persistent => {
-                tracing::info!(client_id, %error, "persistent session refused: no cluster majority");
-                Err(reason::SERVER_UNAVAILABLE)
-            }
-            Err(_) => Ok(None),
-        }
-    }
 }
 
 /// openraft seen through our trait: what the rest of the cluster code needs from
@@ -691,6 +664,9 @@ impl LinkHandler for ClusterNode {
                     Response::Membership(self.add_node(id, addr).await)
                 }
                 Ok(Request::RemoveNode { id }) => Response::Membership(self.remove_node(id).await),
+                Ok(Request::Handover { client_id, epoch }) => {
+                    Response::Handover(self.take_handover(&client_id, epoch))
+                }
             };
             serde_json::to_vec(&response).unwrap_or_default()
         })

@@ -3,7 +3,7 @@
 //! serves), and healing.
 
 use crate::common::mqtt::{Event, Publisher, Subscriber};
-use crate::common::{eventually, wait_routed, Cluster};
+use crate::common::{eventually, wait_routed, Cluster, RETAINED_WINDOW};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_leaves_the_others_serving_and_the_restarted_node_catches_up() {
@@ -24,6 +24,19 @@ async fn kill_9_of_the_leader_leaves_the_others_serving_and_the_restarted_node_c
         .publish("after/kill", 1, true, b"retained-while-down")
         .await;
     assert_eq!(sub.next_publish().await.payload, b"retained-while-down");
+
+    // Retained messages reach consensus after the PUBACK: wait until the other
+    // survivor has it (committed), so that the restarted node must catch up on it.
+    eventually("the retained message to be committed", || async {
+        let mut check = Subscriber::v4(cluster.mqtt(others[1]), "retained-check", true);
+        check.connected().await;
+        check.subscribe("after/kill", 1, None).await;
+        check
+            .probe_for("after/kill", RETAINED_WINDOW)
+            .await
+            .then_some(())
+    })
+    .await;
 
     // The killed node restarts, catches up from the log and serves what it missed: the
     // retained message published while it was down, and forwarding from it.
@@ -121,7 +134,10 @@ async fn a_node_that_missed_more_than_a_snapshot_catches_up_from_the_snapshot() 
         let mut check = Subscriber::v4(cluster.mqtt(others[1]), "snap-check", true);
         check.connected().await;
         check.subscribe("snap/1199", 1, None).await;
-        check.probe("snap/1199").await.then_some(())
+        check
+            .probe_for("snap/1199", RETAINED_WINDOW)
+            .await
+            .then_some(())
     })
     .await;
     eventually("a snapshot past the restarted node's log", || async {

@@ -5,7 +5,7 @@
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 use crate::common::mqtt::{Publisher, Subscriber};
-use crate::common::{eventually, wait_routed, within, Cluster};
+use crate::common::{eventually, wait_routed, within, Cluster, RETAINED_WINDOW};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_on_one_node_reaches_subscribers_on_the_others_at_each_qos_and_version() {
@@ -60,8 +60,8 @@ async fn publish_on_one_node_reaches_subscribers_on_the_others_at_each_qos_and_v
         }
     }
 
-    // The mosquitto clients: mosquitto_sub on node 3, mosquitto_pub on node 2, which
-    // publishes until mosquitto_sub (-C 1) got one message and exited.
+    // The mosquitto clients: mosquitto_sub (3.1.1) on node 3, mosquitto_pub (MQTT 3.1)
+    // on node 2, which publishes until mosquitto_sub (-C 1) got one message and exited.
     let mut sub = tokio::process::Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &cluster.mqtt(3).port().to_string()])
         .args(["-t", "mosq/#", "-q", "1", "-C", "1", "-i", "mosq-sub"])
@@ -73,7 +73,16 @@ async fn publish_on_one_node_reaches_subscribers_on_the_others_at_each_qos_and_v
         while sub.try_wait().unwrap().is_none() {
             let status = tokio::process::Command::new("mosquitto_pub")
                 .args(["-h", "127.0.0.1", "-p", &cluster.mqtt(2).port().to_string()])
-                .args(["-t", "mosq/x", "-q", "1", "-m", "from-mosquitto"])
+                .args([
+                    "-t",
+                    "mosq/x",
+                    "-q",
+                    "1",
+                    "-m",
+                    "from-mosquitto",
+                    "-V",
+                    "mqttv31",
+                ])
                 .status()
                 .await
                 .unwrap();
@@ -103,7 +112,7 @@ async fn retained_messages_are_the_same_from_every_node() {
             let mut sub = Subscriber::v4(cluster.mqtt(node), &format!("r{node}"), true);
             sub.connected().await;
             sub.subscribe("state/#", 1, None).await;
-            let found = sub.probe("state/lamp").await;
+            let found = sub.probe_for("state/lamp", RETAINED_WINDOW).await;
             found.then_some(())
         })
         .await;
@@ -119,7 +128,7 @@ async fn retained_messages_are_the_same_from_every_node() {
                 let mut sub = Subscriber::v4(cluster.mqtt(node), &format!("c{node}"), true);
                 sub.connected().await;
                 sub.subscribe("state/#", 1, None).await;
-                (!sub.probe("state/lamp").await).then_some(())
+                (!sub.probe_for("state/lamp", RETAINED_WINDOW).await).then_some(())
             },
         )
         .await;

@@ -2,16 +2,20 @@
 //! old connection gets DISCONNECT 0x8E), and of two concurrent connects of one client id
 //! on two nodes exactly one keeps the session.
 
-use crate::common::mqtt::{Event, Subscriber};
-use crate::common::{within, Cluster};
+use crate::common::mqtt::{Event, Publisher, Subscriber};
+use crate::common::{wait_routed, within, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_on_another_node_takes_the_session_over() {
     let cluster = Cluster::start(3).await;
     let mut first = Subscriber::v5(cluster.mqtt(1), "device-7", 3600);
     first.connected().await;
+    first.subscribe("cmd/device-7/#", 1, Some(4)).await;
     let mut second = Subscriber::v5(cluster.mqtt(2), "device-7", 3600);
-    second.connected().await;
+    assert!(
+        second.connected().await,
+        "the session moved with its subscriptions: present"
+    );
     loop {
         match first.next_event().await {
             Event::Disconnect(code) => {
@@ -34,6 +38,15 @@ async fn a_connect_on_another_node_takes_the_session_over() {
         metrics.contains("fleetmq_cluster_ownership_moves_total 1"),
         "{metrics}"
     );
+    // Its subscription serves it on its new node, from a publisher on a third.
+    wait_routed(cluster.mqtt(3), "cmd/device-7/probe", &mut second).await;
+    let mut publisher = Publisher::v4(cluster.mqtt(3), "commander").await;
+    publisher
+        .publish("cmd/device-7/reboot", 1, false, b"now")
+        .await;
+    let command = second.next_publish().await;
+    assert_eq!(command.payload, b"now");
+    assert_eq!(command.subscription_ids, vec![4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,8 @@ use tokio::process::{Child, Command};
 use proxy::Proxy;
 
 pub const WAIT: Duration = Duration::from_secs(20);
+/// How long a check waits for a retained message after its SUBACK.
+pub const RETAINED_WINDOW: Duration = Duration::from_secs(1);
 /// Between two polls of a condition.
 const POLL: Duration = Duration::from_millis(50);
 

@@ -275,7 +275,13 @@ impl Subscriber {
     /// Whether a PUBLISH to `topic` arrives within a short while (a probe; not a wait
     /// for correctness: the caller repeats it until it succeeds).
     pub async fn probe(&mut self, topic: &str) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        self.probe_for(topic, Duration::from_millis(200)).await
+    }
+
+    /// `probe` with its own window: a retained message follows its SUBACK at once, but a
+    /// loaded machine may take a while to send it.
+    pub async fn probe_for(&mut self, topic: &str, window: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + window;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(Event::Publish(p))) if p.topic == topic => return true,
