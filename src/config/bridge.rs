@@ -396,6 +396,8 @@ mod tests {
             .expect("the shipped file has a bridge example");
         DEFAULT_CONFIG_TOML[start..]
             .lines()
+            // Up to the next section of the file.
+            .take_while(|line| !line.starts_with("# ====="))
             .filter_map(|line| line.strip_prefix("# ").or(line.strip_prefix("#")))
             .filter(|line| !line.trim_start().starts_with('#'))
             .collect::<Vec<_>>()
