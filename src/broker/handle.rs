@@ -11,15 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytestring::ByteString;
-use tokio::sync::Notify;
-
 use crate::message::SessionKey;
 use crate::protocol::Connect;
 use crate::session::{RestoredParts, Session, SessionLimits};
+use bytestring::ByteString;
 
 use super::congestion::Congestion;
 use super::lock;
+use super::wakeup::Wakeup;
 
 pub struct SessionHandle {
     pub key: SessionKey,
@@ -27,9 +26,9 @@ pub struct SessionHandle {
     /// The session state machine. Held only for short, non-async critical sections.
     pub state: Mutex<Session>,
     /// Woken whenever something was enqueued; the attached connection then drains the
-    /// session with `poll_outgoing`. Also woken (all waiters) when the generation moves
-    /// and at shutdown: a connection checks both before it waits.
-    pub wake: Notify,
+    /// session with `poll_outgoing`. Also woken when the generation moves and at
+    /// shutdown: a connection checks both whenever woken.
+    pub wake: Wakeup,
     /// Publishers waiting for this session's queue to drain (backpressure).
     pub congestion: Congestion,
     /// Changed only while `state` is locked, so a check under the lock is authoritative.
@@ -78,7 +77,7 @@ impl SessionHandle {
             persistent: AtomicBool::new(session.is_persistent()),
             state: Mutex::new(session),
             client_id,
-            wake: Notify::new(),
+            wake: Wakeup::default(),
             congestion: Congestion::default(),
             generation: AtomicU64::new(0),
             connected: AtomicBool::new(false),
@@ -161,7 +160,8 @@ impl SessionHandle {
 
     fn bump_generation(&self) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        // A watch channel would cost every session a few hundred bytes.
+        // A watch channel would cost every session a few hundred bytes. The new generation
+        // is visible before the waiter is woken (see `Wakeup`).
         self.wake.notify_waiters();
         generation
     }

@@ -18,7 +18,6 @@
 //! topic alias cache) and `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
 //! client may not send).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +34,7 @@ mod journal;
 mod lazy_map;
 mod outbound;
 mod retained_backlog;
+mod subscription_set;
 #[cfg(test)]
 mod tests;
 
@@ -166,7 +166,8 @@ pub struct Session {
     expiry_interval: Duration,
     /// Boxed: most clients set no will, and an inline one would size every session.
     will: Option<Box<Will>>,
-    subscriptions: HashMap<ByteString, SubscriptionEntry>,
+    /// Vector-backed for the usual few filters (`subscription_set`).
+    subscriptions: subscription_set::SubscriptionSet,
     inbound: inbound::Inbound,
     outbound: outbound::Outbound,
     journal: journal::Journal,
@@ -212,7 +213,7 @@ impl Session {
             },
             expiry_interval: Duration::ZERO,
             will: None,
-            subscriptions: HashMap::new(),
+            subscriptions: Default::default(),
             inbound: inbound::Inbound::default(),
             outbound: outbound::Outbound::new(),
             journal: journal::Journal::new(client_id),

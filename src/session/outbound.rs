@@ -18,7 +18,7 @@ use super::alias::{AliasPlan, OutgoingAliases};
 use super::control::protocol_error;
 use super::inbound::ack;
 use super::journal::Journal;
-use super::lazy_map::LazyMap;
+use super::lazy_map::{LazyMap, OwnPacketIds};
 use super::retained_backlog::RetainedBacklog;
 use super::{Action, Delivery, DropReason, Session, SessionLimits, Violation};
 use crate::message::Message;
@@ -92,7 +92,7 @@ pub(super) struct Outbound {
     /// Inflight messages by send sequence, so redelivery keeps the original order.
     inflight: BTreeMap<u64, Inflight>,
     /// Packet id to send sequence, for the acknowledgements.
-    sequence_by_id: LazyMap<u16, u64>,
+    sequence_by_id: LazyMap<u16, u64, OwnPacketIds>,
     next_sequence: u64,
     next_packet_id: u16,
     /// Set by attach: the next poll resends every inflight message first.
