@@ -328,8 +328,9 @@ impl AsyncWrite for TlsStream {
         if this.outgoing.len() - this.outgoing_sent >= MAX_OUTGOING {
             ready!(this.poll_write_outgoing(cx))?;
         }
-        // Encrypted now; written as far as the socket takes it, the rest by later
-        // writes or the flush.
+        // Encrypted now, at most `MAX_OUTGOING` at a time; written as far as the socket
+        // takes it, the rest by later writes or the flush.
+        let data = &data[..data.len().min(MAX_OUTGOING)];
         this.produce(Want::Encrypt(data))?;
         if let Poll::Ready(Err(error)) = this.poll_write_outgoing(cx) {
             return Poll::Ready(Err(error));
@@ -352,5 +353,126 @@ impl AsyncWrite for TlsStream {
         }
         ready!(this.poll_write_outgoing(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsConnector;
+
+    fn configs() -> (Arc<ServerConfig>, TlsConnector) {
+        let authority = crate::certs::Authority::new("test CA", 1).unwrap();
+        let server = authority.issue_server(&["localhost".into()], 1).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain = CertificateDer::pem_slice_iter(server.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
+        let mut server_config = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        server_config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(authority.cert_pem().as_bytes()) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (
+            Arc::new(server_config),
+            TlsConnector::from(Arc::new(client_config)),
+        )
+    }
+
+    fn holds_no_buffers(stream: &TlsStream) -> bool {
+        stream.incoming.capacity() == 0
+            && stream.plaintext.capacity() == 0
+            && stream.outgoing.capacity() == 0
+    }
+
+    /// Large writes both ways (records split across reads, several records per write), a
+    /// key update from the client, session resumption, close_notify; and no buffer kept
+    /// between exchanges.
+    #[tokio::test]
+    async fn echoes_large_data_and_keeps_no_buffers_between_exchanges() {
+        let (server_config, connector) = configs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut tls = TlsStream::accept(server_config.clone(), tcp).await.unwrap();
+                // (The client's first data may already be here.)
+                for _ in 0..2 {
+                    let mut message = vec![0u8; 100_000];
+                    tls.read_exact(&mut message).await.unwrap();
+                    tls.write_all(&message).await.unwrap();
+                    tls.flush().await.unwrap();
+                    assert!(holds_no_buffers(&tls), "after an exchange");
+                }
+                let mut rest = Vec::new();
+                tls.read_to_end(&mut rest).await.unwrap();
+                assert!(rest.is_empty());
+                tls.shutdown().await.unwrap();
+            }
+        });
+        let message: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut resumed = Vec::new();
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut client = connector.connect(name, tcp).await.unwrap();
+            for round in 0..2 {
+                if round == 1 {
+                    client.get_mut().1.refresh_traffic_keys().unwrap();
+                }
+                client.write_all(&message).await.unwrap();
+                let mut echoed = vec![0u8; message.len()];
+                client.read_exact(&mut echoed).await.unwrap();
+                assert_eq!(echoed, message);
+            }
+            resumed.push(client.get_ref().1.handshake_kind());
+            client.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+        }
+        server.await.unwrap();
+        assert_eq!(
+            resumed,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_is_not_tls_fails_the_handshake() {
+        let (server_config, _) = configs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // A MQTT CONNECT where a ClientHello belongs.
+            tcp.write_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")
+                .await
+                .unwrap();
+            let mut rest = Vec::new();
+            let _ = tcp.read_to_end(&mut rest).await;
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        assert!(TlsStream::accept(server_config, tcp).await.is_err());
+        client.await.unwrap();
     }
 }
