@@ -48,7 +48,8 @@ usage: bench/run.sh [options]
 Environment: FLEETMQ_ARGS replaces the arguments of every fleetmq variant
 ("-c GENERATED.toml"); MOSQUITTO (default /usr/sbin/mosquitto); CARGO_TARGET_DIR
 (default ./target) is where the release binaries are built and taken from; RUMQTTD
-(default: rumqttd on PATH or in ~/.cargo/bin, installed with `cargo install rumqttd`).
+(default: rumqttd on PATH or in ~/.cargo/bin, installed with `cargo install rumqttd`);
+BENCH_PORT_BASE (default 18830): the brokers listen on the ports above it.
 EOF
 }
 
@@ -110,9 +111,10 @@ CLK_TCK="$(getconf CLK_TCK)"
 # Mosquitto's queue and inflight limits are set to fleetmq's defaults (src/limits.rs).
 MAX_QUEUED=1000
 MAX_INFLIGHT=32
-declare -A PORT=([fleetmq]=18831 [mosquitto]=18832 [discard]=18833 [rumqttd]=18834)
-declare -A TLS_PORT=([fleetmq]=18841 [mosquitto]=18842)
-FLEETMQ_METRICS_PORT=18839
+P="${BENCH_PORT_BASE:-18830}"
+declare -A PORT=([fleetmq]=$((P + 1)) [mosquitto]=$((P + 2)) [discard]=$((P + 3)) [rumqttd]=$((P + 4)))
+declare -A TLS_PORT=([fleetmq]=$((P + 11)) [mosquitto]=$((P + 12)))
+FLEETMQ_METRICS_PORT=$((P + 9))
 # fleetmq's connection rate limit; the storm scenario sets its own.
 CONNECTION_RATE=1000000000
 

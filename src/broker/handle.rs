@@ -189,12 +189,12 @@ mod tests {
     #[test]
     fn a_session_stays_small() {
         assert!(
-            std::mem::size_of::<Session>() <= 344,
+            std::mem::size_of::<Session>() <= 320,
             "Session is {} bytes",
             std::mem::size_of::<Session>()
         );
         assert!(
-            std::mem::size_of::<SessionHandle>() <= 480,
+            std::mem::size_of::<SessionHandle>() <= 456,
             "SessionHandle is {} bytes",
             std::mem::size_of::<SessionHandle>()
         );

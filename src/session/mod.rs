@@ -26,6 +26,7 @@ use bytestring::ByteString;
 use crate::message::{Message, SessionKey};
 use crate::protocol::{Connect, Packet, ProtocolVersion, QoS, SubscriptionOptions, Will};
 use crate::storage::{InflightState, MessageId, StoreOp};
+use crate::topic::SmallMap;
 
 mod alias;
 mod control;
@@ -34,7 +35,6 @@ mod journal;
 mod lazy_map;
 mod outbound;
 mod retained_backlog;
-mod subscription_set;
 #[cfg(test)]
 mod tests;
 
@@ -166,8 +166,8 @@ pub struct Session {
     expiry_interval: Duration,
     /// Boxed: most clients set no will, and an inline one would size every session.
     will: Option<Box<Will>>,
-    /// Vector-backed for the usual few filters (`subscription_set`).
-    subscriptions: subscription_set::SubscriptionSet,
+    /// Vector-backed for the usual one or few filters (`SmallMap`).
+    subscriptions: SmallMap<ByteString, SubscriptionEntry>,
     inbound: inbound::Inbound,
     outbound: outbound::Outbound,
     journal: journal::Journal,

@@ -147,6 +147,9 @@ enum Command {
         /// as a device listening for its commands does.
         #[arg(long)]
         subscribe: bool,
+        /// Seconds the connections stay open after the measurement.
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
     },
     /// A reconnect storm: many clients connecting at once (retrying when refused) while
     /// a connected client measures PINGREQ round trips; admitted rate and peak memory.
@@ -342,6 +345,7 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
             keep_alive,
             duration,
             subscribe,
+            hold,
         } => {
             let params = idle::Params {
                 connections,
@@ -349,6 +353,7 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
                 keep_alive_secs: keep_alive,
                 duration: seconds(duration)?,
                 subscribe,
+                hold: seconds(hold)?,
             };
             idle::run(&target(&common)?, &params).await?
         }

@@ -25,6 +25,9 @@ pub struct Params {
     pub duration: Duration,
     /// Each connection subscribes to `idle/<client id>` at QoS 1.
     pub subscribe: bool,
+    /// How long the connections stay open after the measurement (for a heap profile of
+    /// the broker meanwhile).
+    pub hold: Duration,
 }
 
 pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
@@ -109,6 +112,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     if let Some(error) = &first_error {
         record.text("error", &format!("{error:#}"));
     }
+    tokio::time::sleep(params.hold).await;
     // Closing ten thousand sockets is the broker's work, not part of the figures.
     drop(conns);
 
