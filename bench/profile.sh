@@ -105,6 +105,10 @@ if [ -n "$SYNC" ]; then
     mkdir -p "$OUT/data"
     printf '\n[storage]\npersistence = true\nsync = "%s"\ndata_dir = "%s"\n' \
         "$SYNC" "$OUT/data" >>"$WORK/fleetmq.toml"
+else
+    # The in-memory broker, as bench/run.sh compares it (clean sessions write nothing
+    # either way); also what a build without the rocksdb feature can run.
+    printf '\n[storage]\npersistence = false\n' >>"$WORK/fleetmq.toml"
 fi
 cp "$WORK/fleetmq.toml" "$OUT/fleetmq.toml"
 

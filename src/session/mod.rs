@@ -31,6 +31,7 @@ use crate::topic::SmallMap;
 mod alias;
 mod control;
 mod inbound;
+mod inflight;
 mod journal;
 mod lazy_map;
 mod outbound;
@@ -496,8 +497,14 @@ impl Session {
     }
 
     /// Records an accepted subscription; returns whether it existed before.
+    ///
+    /// The filter is kept as a copy of its own: a view of the SUBSCRIBE would keep the
+    /// whole packet (and the header of its read buffer) for as long as the subscription
+    /// lasts.
     pub fn add_subscription(&mut self, filter: ByteString, entry: SubscriptionEntry) -> bool {
-        self.subscriptions.insert(filter, entry).is_some()
+        self.subscriptions
+            .insert(ByteString::from(&*filter), entry)
+            .is_some()
     }
 
     /// Forgets a subscription; returns whether it existed.

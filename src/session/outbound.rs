@@ -8,7 +8,7 @@
 //! Retained messages owed since a SUBSCRIBE wait apart, in the `RetainedBacklog`, and
 //! go out in queue order, as far as the connection's outbox budget allows.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +17,7 @@ use bytestring::ByteString;
 use super::alias::{AliasPlan, OutgoingAliases};
 use super::control::protocol_error;
 use super::inbound::ack;
+use super::inflight::InflightQueue;
 use super::journal::Journal;
 use super::lazy_map::{LazyMap, OwnPacketIds};
 use super::retained_backlog::RetainedBacklog;
@@ -90,10 +91,9 @@ pub(super) struct Outbound {
     /// Allocated while retained messages wait: most of the time none do.
     retained: Option<Box<RetainedBacklog>>,
     /// Inflight messages by send sequence, so redelivery keeps the original order.
-    inflight: BTreeMap<u64, Inflight>,
+    inflight: InflightQueue<Inflight>,
     /// Packet id to send sequence, for the acknowledgements.
     sequence_by_id: LazyMap<u16, u64, OwnPacketIds>,
-    next_sequence: u64,
     next_packet_id: u16,
     /// Set by attach: the next poll resends every inflight message first.
     redeliver: bool,
@@ -108,9 +108,8 @@ impl Outbound {
             queue_pushed: 0,
             queue_popped: 0,
             retained: None,
-            inflight: BTreeMap::new(),
+            inflight: InflightQueue::default(),
             sequence_by_id: LazyMap::default(),
-            next_sequence: 0,
             next_packet_id: 1,
             redeliver: false,
             aliases: OutgoingAliases::default(),
@@ -172,17 +171,12 @@ impl Outbound {
         if packet_id == 0 || self.sequence_by_id.contains_key(&packet_id) {
             return;
         }
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
+        let sequence = self.inflight.push(Inflight {
+            packet_id,
+            delivery,
+            state: InflightState::from_stored(state),
+        });
         self.sequence_by_id.insert(packet_id, sequence);
-        self.inflight.insert(
-            sequence,
-            Inflight {
-                packet_id,
-                delivery,
-                state: InflightState::from_stored(state),
-            },
-        );
     }
 
     /// Puts back a queued message of a restored session. The queue limits were checked
@@ -368,17 +362,12 @@ impl Outbound {
                 InflightState::Qos2Published
             };
             journal.sent(&delivery, packet_id, state.stored());
-            let sequence = self.next_sequence;
-            self.next_sequence += 1;
+            let sequence = self.inflight.push(Inflight {
+                packet_id,
+                delivery,
+                state,
+            });
             self.sequence_by_id.insert(packet_id, sequence);
-            self.inflight.insert(
-                sequence,
-                Inflight {
-                    packet_id,
-                    delivery,
-                    state,
-                },
-            );
         }
         self.aliases.commit(&topic, plan);
         out.push(packet);
@@ -396,7 +385,7 @@ impl Outbound {
         journal: &mut Journal,
     ) {
         let mut removed = Vec::new();
-        for (sequence, entry) in &self.inflight {
+        for (sequence, entry) in self.inflight.iter() {
             if entry.state == InflightState::Qos2Released {
                 out.push(Packet::PubRel(ack(entry.packet_id, reason::SUCCESS)));
                 continue;
@@ -405,7 +394,7 @@ impl Outbound {
             // sent again; a PUBREL is, since the client already has the message.
             if entry.delivery.message.is_expired(now) {
                 dropped.push(DropReason::Expired);
-                removed.push(*sequence);
+                removed.push(sequence);
                 continue;
             }
             let packet = Packet::Publish(build_publish(
@@ -418,7 +407,7 @@ impl Outbound {
             ));
             if fitting_len(&packet, context).is_none() {
                 dropped.push(DropReason::TooLargeForClient);
-                removed.push(*sequence);
+                removed.push(sequence);
                 continue;
             }
             out.push(packet);
