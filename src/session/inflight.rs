@@ -51,10 +51,18 @@ impl<T> InflightQueue<T> {
         sequence
     }
 
+    /// Where `sequence` is: most often the front (acknowledgements in send order), so
+    /// that is looked at before searching.
     fn position(&self, sequence: u64) -> Option<usize> {
-        self.entries
-            .binary_search_by_key(&sequence, |(known, _)| *known)
-            .ok()
+        match self.entries.front() {
+            Some((first, _)) if *first == sequence => Some(0),
+            Some((first, _)) if *first > sequence => None,
+            None => None,
+            Some(_) => self
+                .entries
+                .binary_search_by_key(&sequence, |(known, _)| *known)
+                .ok(),
+        }
     }
 
     pub(super) fn get(&self, sequence: &u64) -> Option<&T> {
