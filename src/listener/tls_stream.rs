@@ -13,6 +13,12 @@
 //! The handshake runs in `accept`; afterwards reads decrypt (answering what the peer's
 //! records require, such as a TLS 1.3 key update, on the way) and writes encrypt one
 //! buffer into records at a time.
+//!
+//! A handshake rustls refuses (a bad or missing client certificate, not TLS at all) ends
+//! with the socket closed but without the TLS alert naming the reason: the unbuffered
+//! API keeps that alert queued inside the failed connection, and processing again after
+//! an error is not supported (rustls asserts). Clients report a closed connection
+//! instead of, say, "certificate required"; the broker logs the reason (debug level).
 
 use std::cell::RefCell;
 use std::future::poll_fn;
