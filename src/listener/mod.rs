@@ -318,3 +318,32 @@ impl Transport {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The listener's wait at shutdown ends once the last connection gave its slot
+    /// back, and not before.
+    #[tokio::test]
+    async fn waiting_until_empty_ends_with_the_last_slot() {
+        let counter = ConnectionCounter::new(10);
+        let first = counter.try_acquire().unwrap();
+        let second = counter.try_acquire().unwrap();
+        let waiting = tokio::spawn({
+            let counter = counter.clone();
+            async move { counter.wait_until_empty().await }
+        });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one connection is still open");
+        assert_eq!(counter.open(), 1);
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the wait ends once every slot is back")
+            .unwrap();
+        // Nothing open: resolves at once.
+        counter.wait_until_empty().await;
+    }
+}
