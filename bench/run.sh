@@ -123,6 +123,10 @@ MOST_CONNECTIONS=$((CONNECTIONS > STORM_CONNECTIONS ? CONNECTIONS : STORM_CONNEC
 WANT_FDS=$((MOST_CONNECTIONS * 2 + 4096))
 [ "$WANT_FDS" -ge 65536 ] || WANT_FDS=65536
 ulimit -n "$WANT_FDS" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$WANT_FDS" ]; then
+    echo "warning: descriptor limit $(ulimit -n) is below the $WANT_FDS that $MOST_CONNECTIONS" \
+        "connections need (raising it needs root); runs will stop short" >&2
+fi
 # One source address has about 28,000 ephemeral ports towards one broker port.
 SOURCES=$((MOST_CONNECTIONS / 20000 + 1))
 
