@@ -120,11 +120,11 @@ CONNECTION_RATE=1000000000
 
 # Idle connections need descriptors on both ends (raising the hard limit needs root).
 MOST_CONNECTIONS=$((CONNECTIONS > STORM_CONNECTIONS ? CONNECTIONS : STORM_CONNECTIONS))
-WANT_FDS=$((MOST_CONNECTIONS * 2 + 4096))
-[ "$WANT_FDS" -ge 65536 ] || WANT_FDS=65536
+NEED_FDS=$((MOST_CONNECTIONS * 2 + 4096))
+WANT_FDS=$((NEED_FDS > 65536 ? NEED_FDS : 65536))
 ulimit -n "$WANT_FDS" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$WANT_FDS" ]; then
-    echo "warning: descriptor limit $(ulimit -n) is below the $WANT_FDS that $MOST_CONNECTIONS" \
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$NEED_FDS" ]; then
+    echo "warning: descriptor limit $(ulimit -n) is below the $NEED_FDS that $MOST_CONNECTIONS" \
         "connections need (raising it needs root); runs will stop short" >&2
 fi
 # One source address has about 28,000 ephemeral ports towards one broker port.

@@ -54,19 +54,23 @@ impl Wakeup {
     /// `is_current` (evaluated under the slot's lock) says the caller's connection is no
     /// longer the session's: it must then look at what changed, and leaves both the slot
     /// and the pending wake-up to the current connection. Otherwise registers the task.
+    ///
+    /// A task that takes the wake-up leaves no waker behind: it is running, and a
+    /// delivery meanwhile only sets the flag instead of scheduling it again. The flag is
+    /// taken and the waker stored under the slot's lock, which a notifier takes after
+    /// setting the flag, so no wake-up falls between the two.
     pub fn poll_wake(&self, cx: &mut Context<'_>, is_current: impl FnOnce() -> bool) -> Poll<()> {
-        {
-            let mut waiter = lock(&self.waiter);
-            if !is_current() {
-                return Poll::Ready(());
-            }
-            match &mut *waiter {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
+        let mut waiter = lock(&self.waiter);
+        if !is_current() {
+            return Poll::Ready(());
         }
         if self.pending.swap(false, Ordering::AcqRel) {
+            *waiter = None;
             return Poll::Ready(());
+        }
+        match &mut *waiter {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
@@ -83,6 +87,10 @@ mod tests {
         let wakeup = Wakeup::default();
         wakeup.notify_one();
         poll_fn(|cx| wakeup.poll_wake(cx, || true)).await;
+        assert!(
+            lock(&wakeup.waiter).is_none(),
+            "a running task leaves no waker"
+        );
         // Taken: the next poll waits.
         let mut cx = Context::from_waker(Waker::noop());
         assert!(wakeup.poll_wake(&mut cx, || true).is_pending());
