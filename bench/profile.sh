@@ -19,12 +19,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
     cat <<'EOF'
 usage: bench/profile.sh [options]
-  --scenario NAME   fanout-q0 (1 publisher, 16 subscribers), fanin-q1 (8 publishers,
+  --scenario NAME   fanout-q0 or fanout-q1 (1 publisher, 16 subscribers), fanin-q0 (8
+                    publishers, 1 subscriber), fanin-q1 (8 publishers,
                     window 32, 1 subscriber), persist-batch (persist scenario, 8
                     publishers, window 1, sync = "batch"), persist-never, persist-always
                     (default fanout-q0)
   --tool NAME       callgrind or perf (default callgrind)
-  --messages N      messages per publisher (default: 20000 fanout-q0, 5000 fanin-q1,
+  --messages N      messages per publisher (default: 20000 fanout-q0 and fanin-q0, 5000 fanout-q1
+                    and fanin-q1,
                     2000 persist-*)
   --duration S      perf only: seconds of load (default 5)
   --out DIR         output directory (default /tmp/fleetmq-profile/DATE)
@@ -68,6 +70,8 @@ CLK_TCK="$(getconf CLK_TCK)"
 SYNC=""
 case "$SCENARIO" in
     fanout-q0) ARGS=(fanout --qos 0 --subscribers 16); : "${MESSAGES:=20000}" ;;
+    fanout-q1) ARGS=(fanout --qos 1 --subscribers 16); : "${MESSAGES:=5000}" ;;
+    fanin-q0) ARGS=(fanin --qos 0 --publishers 8); : "${MESSAGES:=20000}" ;;
     fanin-q1) ARGS=(fanin --qos 1 --publishers 8); : "${MESSAGES:=5000}" ;;
     persist-batch|persist-never|persist-always)
         ARGS=(persist --publishers 8 --window 1); : "${MESSAGES:=2000}"
@@ -104,6 +108,10 @@ if [ -n "$SYNC" ]; then
     mkdir -p "$OUT/data"
     printf '\n[storage]\npersistence = true\nsync = "%s"\ndata_dir = "%s"\n' \
         "$SYNC" "$OUT/data" >>"$WORK/fleetmq.toml"
+else
+    # The in-memory broker, as bench/run.sh compares it (clean sessions write nothing
+    # either way); also what a build without the rocksdb feature can run.
+    printf '\n[storage]\npersistence = false\n' >>"$WORK/fleetmq.toml"
 fi
 cp "$WORK/fleetmq.toml" "$OUT/fleetmq.toml"
 

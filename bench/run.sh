@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# A/B benchmark of fleetmq against Mosquitto on loopback.
+# A/B benchmark of fleetmq against Mosquitto (and rumqttd, when installed) on loopback.
 #
 # Each run starts a fresh broker, runs one scenario of fleetmq-bench against it and
-# stops it, alternating brokers (A, B, A, B, ...) so that background load hits both
-# alike. Results: one JSON line per run in $OUT/results.jsonl, medians and ratios in
+# stops it, alternating brokers (A, B, C, A, B, C, ...) so that background load hits
+# them alike. Results: one JSON line per run in $OUT/results.jsonl, medians and ratios in
 # $OUT/summary.txt and a markdown table in $OUT/table.md. See BENCHMARKS.md.
 #
 # The persist scenario runs against its own list of broker variants: fleetmq with
@@ -19,9 +19,12 @@ usage: bench/run.sh [options]
   --reps N             runs per scenario and broker (default 3)
   --pin                broker on CPU 0, load generator on CPU 1 (taskset)
   --scenarios "LIST"   among: fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1
-                       latency idle retained persist (default: all)
-  --brokers "LIST"     among: fleetmq mosquitto discard fleetmq-baseline
-                       (default: fleetmq mosquitto)
+                       latency idle idle-bare retained persist idle-tls
+                       tls-handshake-full tls-handshake-resumed fanin-tls-q1 storm
+                       (default: all)
+  --brokers "LIST"     among: fleetmq mosquitto rumqttd discard fleetmq-baseline
+                       (default: fleetmq mosquitto, and rumqttd when installed);
+                       rumqttd runs without TLS, so TLS scenarios skip it
   --baseline PATH      the fleetmq binary run as broker fleetmq-baseline, with the
                        same configuration: A/B of two builds, e.g.
                        --brokers "fleetmq fleetmq-baseline" --baseline /tmp/old/fleetmq
@@ -34,26 +37,34 @@ usage: bench/run.sh [options]
                        (default 1)
   --keep-data          keep the persist runs' data directories
   --duration S         seconds of load per throughput/latency run (default 5)
-  --connections N      idle scenario connections (default 10000)
+  --connections N      idle scenario connections (default 10000); from 20,000 on
+                       they come from several 127.0.0.x source addresses
+  --storm-connections N  storm scenario clients (default: --connections)
+  --storm-rate N       fleetmq's max_connection_rate in the storm scenario
+                       (default 5000/s; the other scenarios raise it out of the way)
   --topics N           retained scenario topics (default 100000)
   --out DIR            results directory (default /tmp/fleetmq-bench/DATE)
   --no-build           use the existing release binaries
 Environment: FLEETMQ_ARGS replaces the arguments of every fleetmq variant
 ("-c GENERATED.toml"); MOSQUITTO (default /usr/sbin/mosquitto); CARGO_TARGET_DIR
-(default ./target) is where the release binaries are built and taken from.
+(default ./target) is where the release binaries are built and taken from; RUMQTTD
+(default: rumqttd on PATH or in ~/.cargo/bin, installed with `cargo install rumqttd`);
+BENCH_PORT_BASE (default 18830): the brokers listen on the ports above it.
 EOF
 }
 
 REPS=3
 PIN=0
-SCENARIOS="fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1 latency idle retained persist"
-BROKERS="fleetmq mosquitto"
+SCENARIOS="fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1 latency idle idle-bare retained persist idle-tls tls-handshake-full tls-handshake-resumed fanin-tls-q1 storm"
+BROKERS=""
 PERSIST_BROKERS="fleetmq-batch fleetmq-never fleetmq-always mosquitto-persist fleetmq mosquitto"
 PUBLISHERS=8
 WINDOW=1
 KEEP_DATA=0
 DURATION=5
 CONNECTIONS=10000
+STORM_CONNECTIONS=""
+STORM_RATE=5000
 TOPICS=100000
 OUT=""
 BUILD=1
@@ -70,6 +81,8 @@ while [ $# -gt 0 ]; do
         --keep-data) KEEP_DATA=1; shift ;;
         --duration) DURATION="$2"; shift 2 ;;
         --connections) CONNECTIONS="$2"; shift 2 ;;
+        --storm-connections) STORM_CONNECTIONS="$2"; shift 2 ;;
+        --storm-rate) STORM_RATE="$2"; shift 2 ;;
         --topics) TOPICS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
@@ -85,6 +98,12 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BENCH="$TARGET_DIR/release/fleetmq-bench"
 FLEETMQ="$TARGET_DIR/release/fleetmq"
 MOSQUITTO="${MOSQUITTO:-/usr/sbin/mosquitto}"
+RUMQTTD="${RUMQTTD:-$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")}"
+if [ -z "$BROKERS" ]; then
+    BROKERS="fleetmq mosquitto"
+    [ -x "$RUMQTTD" ] && BROKERS="$BROKERS rumqttd"
+fi
+STORM_CONNECTIONS="${STORM_CONNECTIONS:-$CONNECTIONS}"
 OUT="${OUT:-${TMPDIR:-/tmp}/fleetmq-bench/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 WORK="$(mktemp -d)"
@@ -92,11 +111,24 @@ CLK_TCK="$(getconf CLK_TCK)"
 # Mosquitto's queue and inflight limits are set to fleetmq's defaults (src/limits.rs).
 MAX_QUEUED=1000
 MAX_INFLIGHT=32
-declare -A PORT=([fleetmq]=18831 [mosquitto]=18832 [discard]=18833)
-FLEETMQ_METRICS_PORT=18839
+P="${BENCH_PORT_BASE:-18830}"
+declare -A PORT=([fleetmq]=$((P + 1)) [mosquitto]=$((P + 2)) [discard]=$((P + 3)) [rumqttd]=$((P + 4)))
+declare -A TLS_PORT=([fleetmq]=$((P + 11)) [mosquitto]=$((P + 12)))
+FLEETMQ_METRICS_PORT=$((P + 9))
+# fleetmq's connection rate limit; the storm scenario sets its own.
+CONNECTION_RATE=1000000000
 
-# Ten thousand idle connections need descriptors on both ends.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# Idle connections need descriptors on both ends (raising the hard limit needs root).
+MOST_CONNECTIONS=$((CONNECTIONS > STORM_CONNECTIONS ? CONNECTIONS : STORM_CONNECTIONS))
+NEED_FDS=$((MOST_CONNECTIONS * 2 + 4096))
+WANT_FDS=$((NEED_FDS > 65536 ? NEED_FDS : 65536))
+ulimit -n "$WANT_FDS" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$NEED_FDS" ]; then
+    echo "warning: descriptor limit $(ulimit -n) is below the $NEED_FDS that $MOST_CONNECTIONS" \
+        "connections need (raising it needs root); runs will stop short" >&2
+fi
+# One source address has about 28,000 ephemeral ports towards one broker port.
+SOURCES=$((MOST_CONNECTIONS / 20000 + 1))
 
 BROKER_CPU=()
 BENCH_CPU=()
@@ -108,6 +140,12 @@ fi
 if [ "$BUILD" = 1 ]; then
     cargo build --release --bin fleetmq --bin fleetmq-bench
 fi
+
+# A CA and a server certificate for localhost, for every broker's TLS listener.
+"$FLEETMQ" gen-certs --out "$WORK/certs" >/dev/null
+# Mosquitto drops its privileges before it reads them.
+chmod a+r "$WORK"/certs/*
+chmod a+rx "$WORK" "$WORK/certs"
 
 # Whether this fleetmq build knows [storage] persistence and sync (older builds refuse
 # unknown keys). Without them the persistent variants are skipped.
@@ -133,11 +171,19 @@ type = "tcp"
 bind = "127.0.0.1:${PORT[fleetmq]}"
 allow_anonymous = true
 
+[[listeners]]
+type = "tls"
+bind = "127.0.0.1:${TLS_PORT[fleetmq]}"
+
+[listeners.tls]
+cert = "$WORK/certs/server.pem"
+key = "$WORK/certs/server.key"
+
 [limits]
 max_queued_messages = $MAX_QUEUED
 max_inflight_messages = $MAX_INFLIGHT
-max_connections = 100000
-max_connection_rate = 1000000000
+max_connections = $((MOST_CONNECTIONS + 1000))
+max_connection_rate = $CONNECTION_RATE
 max_publish_rate = 1000000000
 
 [metrics]
@@ -164,18 +210,47 @@ EOF
 write_mosquitto_conf() {
     local data="$1"
     cat >"$WORK/mosquitto.conf" <<EOF
-listener ${PORT[mosquitto]} 127.0.0.1
 allow_anonymous true
 max_queued_messages $MAX_QUEUED
 max_inflight_messages $MAX_INFLIGHT
 set_tcp_nodelay true
 log_dest none
+listener ${PORT[mosquitto]} 127.0.0.1
+listener ${TLS_PORT[mosquitto]} 127.0.0.1
+certfile $WORK/certs/server.pem
+keyfile $WORK/certs/server.key
 EOF
     if [ -n "$data" ]; then
         printf 'persistence true\npersistence_location %s/\n' "$data" >>"$WORK/mosquitto.conf"
     else
         echo "persistence false" >>"$WORK/mosquitto.conf"
     fi
+}
+
+# rumqttd 0.20 with one MQTT 3.1.1 listener, its connection limit above the idle
+# scenario's, and no delay between accepted connections.
+write_rumqttd_conf() {
+    cat >"$WORK/rumqttd.toml" <<EOF
+id = 0
+
+[router]
+id = 0
+max_connections = $((MOST_CONNECTIONS + 1000))
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:${PORT[rumqttd]}"
+next_connection_delay_ms = 0
+
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 20480
+max_inflight_count = 100
+dynamic_filters = true
+EOF
 }
 
 # Broker variant -> the port of its family (fleetmq-batch -> fleetmq).
@@ -194,6 +269,11 @@ available() {
         fleetmq-baseline)
             if [ ! -x "$BASELINE" ]; then
                 echo "skipping $1: --baseline names no executable" >&2
+                return 1
+            fi ;;
+        rumqttd)
+            if [ ! -x "$RUMQTTD" ]; then
+                echo "skipping $1: not installed (cargo install rumqttd)" >&2
                 return 1
             fi ;;
         fleetmq|mosquitto|mosquitto-persist|discard) ;;
@@ -229,6 +309,10 @@ start_broker() {
             write_mosquitto_conf "$data"
             "${BROKER_CPU[@]}" "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$OUT/mosquitto.log" 2>&1 &
             ;;
+        rumqttd)
+            write_rumqttd_conf
+            "${BROKER_CPU[@]}" "$RUMQTTD" -c "$WORK/rumqttd.toml" >>"$OUT/rumqttd.log" 2>&1 &
+            ;;
         discard)
             "${BROKER_CPU[@]}" "$BENCH" discard-server --bind "127.0.0.1:$port" \
                 >>"$OUT/discard.log" 2>&1 &
@@ -253,7 +337,13 @@ scenario_args() {
         fanin-q0|fanin-q1|fanin-q2) echo "fanin --qos ${1#fanin-q} --duration $DURATION" ;;
         fanout-q0|fanout-q1) echo "fanout --qos ${1#fanout-q} --duration $DURATION" ;;
         latency) echo "latency --duration $DURATION --warmup 1" ;;
-        idle) echo "idle --connections $CONNECTIONS" ;;
+        idle) echo "idle --connections $CONNECTIONS --keep-alive 60 --subscribe --sources $SOURCES" ;;
+        idle-bare) echo "idle --connections $CONNECTIONS --sources $SOURCES" ;;
+        idle-tls) echo "idle --connections $CONNECTIONS --keep-alive 60 --subscribe --sources $SOURCES --tls-ca $WORK/certs/ca.pem" ;;
+        tls-handshake-full) echo "tls-handshake --connections 2000 --tls-ca $WORK/certs/ca.pem" ;;
+        tls-handshake-resumed) echo "tls-handshake --connections 2000 --resume --tls-ca $WORK/certs/ca.pem" ;;
+        fanin-tls-q1) echo "fanin --qos 1 --duration $DURATION --tls-ca $WORK/certs/ca.pem" ;;
+        storm) echo "storm --connections $STORM_CONNECTIONS --sources $SOURCES" ;;
         retained) echo "retained --topics $TOPICS" ;;
         persist) echo "persist --duration $DURATION --publishers $PUBLISHERS --window $WINDOW" ;;
         *) echo "unknown scenario $1" >&2; return 1 ;;
@@ -266,6 +356,7 @@ scenario_args() {
     echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "options: reps=$REPS pin=$PIN duration=${DURATION}s connections=$CONNECTIONS topics=$TOPICS publishers=$PUBLISHERS window=$WINDOW"
     echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
+    echo "rumqttd: $([ -x "$RUMQTTD" ] && "$RUMQTTD" --version 2>/dev/null || echo "not installed")"
     echo "load before: $(uptime)"
 } >"$OUT/meta.txt"
 
@@ -286,9 +377,19 @@ for scenario in $SCENARIOS; do
     SELECTED=""
     for broker in $RUN_BROKERS; do
         if available "$broker"; then
+            if [[ "$scenario" == *tls* && -z "${TLS_PORT[${broker%%-*}]:-}" ]]; then
+                echo "skipping $broker in $scenario: no TLS listener configured" >&2
+                continue
+            fi
             SELECTED="$SELECTED $broker"
         fi
     done
+    CONNECTION_RATE=1000000000
+    [ "$scenario" = storm ] && CONNECTION_RATE="$STORM_RATE"
+    # Storms and 100,000 idle connections take longer than the throughput runs.
+    case "$scenario" in
+        idle*|storm) LIMIT=$((LIMIT + MOST_CONNECTIONS / 200)) ;;
+    esac
     for rep in $(seq "$REPS"); do
         for broker in $SELECTED; do
             DATA=""
@@ -304,8 +405,10 @@ for scenario in $SCENARIOS; do
                 FAILED=$((FAILED + 1))
                 continue
             fi
+            ADDR_PORT="$(port_of "$broker")"
+            [[ "$scenario" == *tls* ]] && ADDR_PORT="${TLS_PORT[${broker%%-*}]}"
             if ! timeout "$LIMIT" "${BENCH_CPU[@]}" "$BENCH" "${ARGS[@]}" \
-                --addr "127.0.0.1:$(port_of "$broker")" --broker-pid "$BROKER_PID" \
+                --addr "127.0.0.1:$ADDR_PORT" --broker-pid "$BROKER_PID" \
                 --label "$broker" --clk-tck "$CLK_TCK" \
                 >>"$OUT/results.jsonl" 2>"$WORK/stderr"; then
                 echo "run failed: $scenario #$rep on $broker" >&2
@@ -326,11 +429,16 @@ done
 echo "load after: $(uptime)" | tee -a "$OUT/meta.txt"
 A="$(echo "$BROKERS" | awk '{print $1}')"
 B="$(echo "$BROKERS" | awk '{print ($2 == "" ? "mosquitto" : $2)}')"
+# The first broker against every other one.
+MORE_RATIOS=()
+for other in $(echo "$BROKERS" | cut -s -d' ' -f3-); do
+    [ "$other" = "$A" ] || [ "$other" = "$B" ] || MORE_RATIOS+=(--ratio "$A/$other")
+done
 : >"$OUT/summary.txt"
 : >"$OUT/table.md"
 if grep -qv '"case":"persist-q1"' "$OUT/results.jsonl" 2>/dev/null; then
-    "$BENCH" report --a "$A" --b "$B" --skip-cases persist-q1 "$OUT/results.jsonl" | tee "$OUT/summary.txt"
-    "$BENCH" report --a "$A" --b "$B" --skip-cases persist-q1 --markdown "$OUT/results.jsonl" >"$OUT/table.md"
+    "$BENCH" report --a "$A" --b "$B" "${MORE_RATIOS[@]}" --skip-cases persist-q1 "$OUT/results.jsonl" | tee "$OUT/summary.txt"
+    "$BENCH" report --a "$A" --b "$B" "${MORE_RATIOS[@]}" --skip-cases persist-q1 --markdown "$OUT/results.jsonl" >"$OUT/table.md"
 fi
 # The persist scenario: batch against never (the cost of durable acknowledgements),
 # fleetmq batch against Mosquitto with persistence, and the in-memory pair.

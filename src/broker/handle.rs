@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use tokio::sync::Notify;
 
 use crate::auth::ReadGate;
 use crate::message::SessionKey;
@@ -21,6 +20,7 @@ use crate::session::{RestoredParts, Session, SessionLimits};
 
 use super::congestion::Congestion;
 use super::lock;
+use super::wakeup::Wakeup;
 
 pub struct SessionHandle {
     pub key: SessionKey,
@@ -28,9 +28,9 @@ pub struct SessionHandle {
     /// The session state machine. Held only for short, non-async critical sections.
     pub state: Mutex<Session>,
     /// Woken whenever something was enqueued; the attached connection then drains the
-    /// session with `poll_outgoing`. Also woken (all waiters) when the generation moves
-    /// and at shutdown: a connection checks both before it waits.
-    pub wake: Notify,
+    /// session with `poll_outgoing`. Also woken when the generation moves and at
+    /// shutdown: a connection checks both whenever woken.
+    pub wake: Wakeup,
     /// Publishers waiting for this session's queue to drain (backpressure).
     pub congestion: Congestion,
     /// Whether the ACL lets this session's client read a message's topic; consulted by
@@ -85,7 +85,7 @@ impl SessionHandle {
             persistent: AtomicBool::new(session.is_persistent()),
             state: Mutex::new(session),
             client_id,
-            wake: Notify::new(),
+            wake: Wakeup::default(),
             congestion: Congestion::default(),
             read_gate: ReadGate::default(),
             generation: AtomicU64::new(0),
@@ -189,7 +189,8 @@ impl SessionHandle {
 
     fn bump_generation(&self) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        // A watch channel would cost every session a few hundred bytes.
+        // A watch channel would cost every session a few hundred bytes. The new generation
+        // is visible before the waiter is woken (see `Wakeup`).
         self.wake.notify_waiters();
         generation
     }
@@ -219,12 +220,12 @@ mod tests {
     #[test]
     fn a_session_stays_small() {
         assert!(
-            std::mem::size_of::<Session>() <= 352,
+            std::mem::size_of::<Session>() <= 344,
             "Session is {} bytes",
             std::mem::size_of::<Session>()
         );
         assert!(
-            std::mem::size_of::<SessionHandle>() <= 504,
+            std::mem::size_of::<SessionHandle>() <= 496,
             "SessionHandle is {} bytes",
             std::mem::size_of::<SessionHandle>()
         );

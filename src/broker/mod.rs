@@ -35,6 +35,7 @@ pub mod restore;
 pub mod routing;
 pub mod scheduler;
 pub mod stats;
+pub mod wakeup;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -33,7 +33,6 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
 use tokio::io::AsyncWrite;
-use tokio::sync::futures::Notified;
 use tokio::time::{sleep, Instant as TokioInstant, Sleep};
 
 use crate::auth::{Exchange, Security};
@@ -210,19 +209,17 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Its future is most of what an idle client costs, so it holds little: the socket,
-    /// the keep-alive timer only when there is keep alive, and the wake-up (rung for
-    /// deliveries, a takeover and shutdown). The rest of the state is in the boxed
-    /// `Connection`; what the connection waits for is polled by `poll_event`, which keeps
-    /// no future of its own, and closing is boxed.
+    /// Its future is most of what an idle client costs, so it holds little: the socket
+    /// and the keep-alive timer only when there is keep alive. The rest of the state is
+    /// in the boxed `Connection`; what the connection waits for (the socket, the
+    /// session's wake-up, rung for deliveries, a takeover and shutdown, and the rest) is
+    /// polled by `poll_event`, which keeps no future of its own, and closing is boxed.
     ///
     /// Not an `async fn`: its future would keep a second copy of its arguments.
     #[allow(clippy::manual_async_fn)]
     fn run(mut self: Box<Self>, mut stream: ClientStream) -> impl Future<Output = ()> + Send {
         async move {
             let mut keep_alive_timer = self.keep_alive.map(|period| Box::pin(sleep(period)));
-            // Borrowed by the wake-up future while the loop borrows `self`.
-            let handle = self.handle.clone();
             // Packets pipelined behind CONNECT are already in the read buffer.
             let mut result = self.process_input();
             if result.is_ok() {
@@ -232,25 +229,19 @@ impl Connection {
                 if let Err(exit) = result {
                     break exit;
                 }
-                // Created before the generation and shutdown are checked: a `Notified`
-                // receives every `notify_waiters` (takeover, shutdown) from its creation on,
-                // so one signalled in between still wakes it. Not `enable`d: that would take
-                // a delivery's permit, lost if another event came first.
-                let wake = handle.wake.notified();
-                tokio::pin!(wake);
-                if handle.generation() != self.generation {
+                // A takeover or shutdown signalled after these checks wakes the wait
+                // (`poll_event`).
+                if self.handle.generation() != self.generation {
                     break Exit::TakenOver;
                 }
-                if handle.is_kicked() {
+                if self.handle.is_kicked() {
                     break Exit::Kicked;
                 }
                 if self.broker.is_shutting_down() {
                     break Exit::Shutdown;
                 }
-                let event = poll_fn(|cx| {
-                    self.poll_event(cx, &mut stream, &mut keep_alive_timer, wake.as_mut())
-                })
-                .await;
+                let event =
+                    poll_fn(|cx| self.poll_event(cx, &mut stream, &mut keep_alive_timer)).await;
                 result = match event {
                     Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
                     Event::Written(Err(_)) => Err(Exit::SocketClosed),
@@ -305,11 +296,12 @@ impl Connection {
             };
             // An operator's kick that also ended the session retired it, which looks like
             // a takeover from here.
-            let exit = if exit == Exit::TakenOver && handle.is_kicked() && handle.is_retired() {
-                Exit::Kicked
-            } else {
-                exit
-            };
+            let exit =
+                if exit == Exit::TakenOver && self.handle.is_kicked() && self.handle.is_retired() {
+                    Exit::Kicked
+                } else {
+                    exit
+                };
             // Boxed: closing happens once and would otherwise add its size to every
             // connection.
             Box::pin(self.close(&mut stream, exit)).await;
@@ -326,7 +318,6 @@ impl Connection {
         cx: &mut Context<'_>,
         stream: &mut ClientStream,
         keep_alive_timer: &mut Option<Pin<Box<Sleep>>>,
-        wake: Pin<&mut Notified<'_>>,
     ) -> Poll<Event> {
         let reading = self.paused.is_none();
         if let (true, Some(timer)) = (reading, keep_alive_timer) {
@@ -344,7 +335,17 @@ impl Connection {
                 return Poll::Ready(Event::Read(read));
             }
         }
-        if wake.poll(cx).is_ready() {
+        let generation = self.generation;
+        let handle = &self.handle;
+        // Registered only while this connection is the session's (a taken-over one must
+        // not hold the slot); shutdown is checked after registering, as `begin_shutdown`
+        // sets its flag before it wakes.
+        if handle
+            .wake
+            .poll_wake(cx, || handle.generation() == generation)
+            .is_ready()
+            || self.broker.is_shutting_down()
+        {
             return Poll::Ready(Event::Wake);
         }
         if self.held.poll_front_settled(cx).is_ready() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use bytestring::ByteString;
 
 use crate::broker::{now, Broker, Refusal, Stats};
 use crate::listener::{Accepted, ClientStream, ListenerContext};
@@ -152,6 +153,10 @@ pub async fn open(
         }
     };
 
+    // The session, its registry entry and its log lines keep the client id for as long
+    // as the session lives: a copy of its own, rather than a view that would keep the
+    // whole CONNECT (password included) in memory.
+    connect.client_id = ByteString::from(&*connect.client_id);
     // A cluster node takes the session's ownership through consensus first; one cut off
     // from the majority refuses (`Broker::claim_session`).
     let persistent = !terms.session_expiry.is_zero();

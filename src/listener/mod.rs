@@ -17,6 +17,7 @@ pub mod proxy_protocol;
 pub mod rate;
 mod stream;
 pub mod tls;
+mod tls_stream;
 mod websocket;
 
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 
 use crate::auth::Security;
 use crate::broker::{now, Broker, Refusal};
@@ -96,6 +97,8 @@ impl ConnectionSlots {
 pub struct ConnectionCounter {
     open: AtomicU32,
     max: u32,
+    /// Woken (all waiters) when the last slot is given back.
+    emptied: Notify,
 }
 
 impl ConnectionCounter {
@@ -103,7 +106,23 @@ impl ConnectionCounter {
         Arc::new(ConnectionCounter {
             open: AtomicU32::new(0),
             max,
+            emptied: Notify::new(),
         })
+    }
+
+    /// Resolves once no slot is held.
+    async fn wait_until_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Registered before the count is read, so a last slot given back in between
+            // still wakes it.
+            emptied.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     pub fn open(&self) -> u32 {
@@ -124,7 +143,9 @@ struct Slot(Arc<ConnectionCounter>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.emptied.notify_waiters();
+        }
     }
 }
 
@@ -195,9 +216,13 @@ impl Listener {
     }
 
     /// Accepts until shutdown, then waits (up to `shutdown.grace_secs`) for its connections.
+    ///
+    /// Connection tasks are spawned detached, not into a `JoinSet` (whose entry would
+    /// cost every connection 56 bytes more): the listener waits for their slots, which
+    /// each connection holds until its task ends, and every connection closes by itself
+    /// within bounded time once it sees the shutdown.
     pub async fn run(self, broker: Arc<Broker>, all_connections: Arc<ConnectionCounter>) {
         let mut shutdown = broker.shutdown_signal();
-        let mut connections = JoinSet::new();
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let rate = self
             .config
@@ -207,7 +232,6 @@ impl Listener {
         let mut bucket = (rate > 0).then(|| TokenBucket::new(rate, now()));
         let handshake_timeout = Duration::from_secs(broker.config().limits.connect_timeout_secs);
         loop {
-            while connections.try_join_next().is_some() {}
             let accepted = tokio::select! {
                 accepted = self.tcp.accept() => accepted,
                 _ = shutdown.wait_for(|stopping| *stopping) => break,
@@ -297,20 +321,16 @@ impl Listener {
                 let serving = Box::pin(connected.serve());
                 serving.await;
             };
-            connections.spawn(task);
+            tokio::spawn(task);
         }
         drop(self.tcp);
         let grace = Duration::from_secs(broker.config().shutdown.grace_secs);
-        let drained = tokio::time::timeout(grace, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
+        let drained = tokio::time::timeout(grace, self.own_connections.wait_until_empty()).await;
         if drained.is_err() {
             tracing::warn!(
-                remaining = connections.len(),
-                "connections still open after the grace period; aborting them"
+                remaining = self.own_connections.open(),
+                "connections still open after the grace period; leaving them to the runtime's end"
             );
-            connections.shutdown().await;
         }
     }
 }
@@ -401,5 +421,34 @@ impl Transport {
                 (ClientStream::Wss(Box::new(ws)), identity)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The listener's wait at shutdown ends once the last connection gave its slot
+    /// back, and not before.
+    #[tokio::test]
+    async fn waiting_until_empty_ends_with_the_last_slot() {
+        let counter = ConnectionCounter::new(10);
+        let first = counter.try_acquire().unwrap();
+        let second = counter.try_acquire().unwrap();
+        let waiting = tokio::spawn({
+            let counter = counter.clone();
+            async move { counter.wait_until_empty().await }
+        });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one connection is still open");
+        assert_eq!(counter.open(), 1);
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the wait ends once every slot is back")
+            .unwrap();
+        // Nothing open: resolves at once.
+        counter.wait_until_empty().await;
     }
 }

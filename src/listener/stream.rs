@@ -14,16 +14,17 @@ use futures_util::{Sink, Stream};
 use tokio::io::DuplexStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+
+use super::tls_stream::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// An accepted client connection, after its TLS handshake and WebSocket upgrade.
 pub enum ClientStream {
     Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream>),
     Ws(Box<WsStream<TcpStream>>),
-    Wss(Box<WsStream<TlsStream<TcpStream>>>),
+    Wss(Box<WsStream<TlsStream>>),
     /// The in-process connection of a bridge to this broker (`crate::bridge`).
     Local(Box<DuplexStream>),
 }

@@ -6,6 +6,13 @@
 //! or certificate revocation list applies to new connections while established ones keep
 //! theirs.
 //!
+//! Clients resume sessions with stateless tickets (TLS 1.3 and 1.2, rustls's ring
+//! `Ticketer`, keys rotated every 6 hours): a resumed handshake skips the certificate
+//! exchange and its signatures, so a reconnect storm costs a fraction of full
+//! handshakes, and the broker keeps no per-session state for it. Each configuration,
+//! rebuilt on reload, has its own ticket keys, so a reload (new CA or CRL) also ends
+//! resumption of sessions established under the old files.
+//!
 //! A CRL (`crl`) is checked for the client's own certificate, as Mosquitto's
 //! `crlfile` is: a certificate it lists is refused, and so is one whose issuer it does
 //! not cover (its revocation status is unknown). An expired CRL (past its next update)
@@ -19,8 +26,8 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+
+use super::tls_stream::TlsStream;
 
 use crate::config::{CertIdentity, ClientAuth, TlsConfig};
 
@@ -65,19 +72,15 @@ impl TlsTerminator {
 
     /// Runs the handshake; returns the stream and the client certificate's identity when
     /// the listener uses one.
-    pub async fn accept(
-        &self,
-        tcp: TcpStream,
-    ) -> std::io::Result<(TlsStream<TcpStream>, Option<String>)> {
+    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<(TlsStream, Option<String>)> {
         let config = self
             .current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let stream = TlsAcceptor::from(config).accept(tcp).await?;
+        let stream = TlsStream::accept(config, tcp).await?;
         let identity = self.config.identity.and_then(|kind| {
-            let (_, connection) = stream.get_ref();
-            let certificate = connection.peer_certificates()?.first()?;
+            let certificate = stream.peer_certificates()?.first()?;
             super::identity::extract(certificate.as_ref(), kind == CertIdentity::San)
         });
         Ok((stream, identity))
@@ -128,7 +131,9 @@ fn build(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         // Config validation requires a CA for client authentication.
         (_, None) => return Err(file_error(Path::new("ca"), "client_auth needs a CA file")),
     };
-    Ok(Arc::new(builder.with_single_cert(certificates, key)?))
+    let mut server = builder.with_single_cert(certificates, key)?;
+    server.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::new(server))
 }
 
 /// Reads `path` as a PEM file of certificate revocation lists.

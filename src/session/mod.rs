@@ -18,7 +18,6 @@
 //! topic alias cache) and `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
 //! client may not send).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,10 +27,12 @@ use bytestring::ByteString;
 use crate::message::{Message, SessionKey};
 use crate::protocol::{Connect, Packet, ProtocolVersion, QoS, SubscriptionOptions, Will};
 use crate::storage::{InflightState, MessageId, StoreOp};
+use crate::topic::SmallMap;
 
 mod alias;
 mod control;
 mod inbound;
+mod inflight;
 mod journal;
 mod lazy_map;
 mod outbound;
@@ -228,7 +229,8 @@ pub struct Session {
     expiry_interval: Duration,
     /// Boxed: most clients set no will, and an inline one would size every session.
     will: Option<Box<Will>>,
-    subscriptions: HashMap<ByteString, SubscriptionEntry>,
+    /// Vector-backed for the usual one or few filters (`SmallMap`).
+    subscriptions: SmallMap<ByteString, SubscriptionEntry>,
     inbound: inbound::Inbound,
     outbound: outbound::Outbound,
     journal: journal::Journal,
@@ -285,7 +287,7 @@ impl Session {
             },
             expiry_interval: Duration::ZERO,
             will: None,
-            subscriptions: HashMap::new(),
+            subscriptions: Default::default(),
             inbound: inbound::Inbound::default(),
             outbound: outbound::Outbound::new(),
             journal: journal::Journal::new(client_id),
@@ -630,8 +632,14 @@ impl Session {
     }
 
     /// Records an accepted subscription; returns whether it existed before.
+    ///
+    /// The filter is kept as a copy of its own: a view of the SUBSCRIBE would keep the
+    /// whole packet (and the header of its read buffer) for as long as the subscription
+    /// lasts.
     pub fn add_subscription(&mut self, filter: ByteString, entry: SubscriptionEntry) -> bool {
-        self.subscriptions.insert(filter, entry).is_some()
+        self.subscriptions
+            .insert(ByteString::from(&*filter), entry)
+            .is_some()
     }
 
     /// Forgets a subscription; returns whether it existed.

@@ -8,7 +8,7 @@
 //! Retained messages owed since a SUBSCRIBE wait apart, in the `RetainedBacklog`, and
 //! go out in queue order, as far as the connection's outbox budget allows.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,8 +17,9 @@ use bytestring::ByteString;
 use super::alias::{AliasPlan, OutgoingAliases};
 use super::control::protocol_error;
 use super::inbound::ack;
+use super::inflight::InflightQueue;
 use super::journal::Journal;
-use super::lazy_map::LazyMap;
+use super::lazy_map::{LazyMap, OwnPacketIds};
 use super::retained_backlog::RetainedBacklog;
 use super::{Action, Delivery, DropReason, Session, SessionLimits, Violation};
 use crate::message::Message;
@@ -93,10 +94,9 @@ pub(super) struct Outbound {
     /// Allocated while retained messages wait: most of the time none do.
     retained: Option<Box<RetainedBacklog>>,
     /// Inflight messages by send sequence, so redelivery keeps the original order.
-    inflight: BTreeMap<u64, Inflight>,
+    inflight: InflightQueue<Inflight>,
     /// Packet id to send sequence, for the acknowledgements.
-    sequence_by_id: LazyMap<u16, u64>,
-    next_sequence: u64,
+    sequence_by_id: LazyMap<u16, u64, OwnPacketIds>,
     next_packet_id: u16,
     /// Set by attach: the next poll resends every inflight message first.
     redeliver: bool,
@@ -112,9 +112,8 @@ impl Outbound {
             queue_pushed: 0,
             queue_popped: 0,
             retained: None,
-            inflight: BTreeMap::new(),
+            inflight: InflightQueue::default(),
             sequence_by_id: LazyMap::default(),
-            next_sequence: 0,
             next_packet_id: 1,
             redeliver: false,
             aliases: OutgoingAliases::default(),
@@ -145,8 +144,8 @@ impl Outbound {
 
     pub(super) fn inflight_bytes(&self) -> usize {
         self.inflight
-            .values()
-            .map(|inflight| inflight.delivery.message.size_bytes())
+            .iter()
+            .map(|(_, inflight)| inflight.delivery.message.size_bytes())
             .sum()
     }
 
@@ -183,17 +182,12 @@ impl Outbound {
         if packet_id == 0 || self.sequence_by_id.contains_key(&packet_id) {
             return;
         }
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
+        let sequence = self.inflight.push(Inflight {
+            packet_id,
+            delivery,
+            state: InflightState::from_stored(state),
+        });
         self.sequence_by_id.insert(packet_id, sequence);
-        self.inflight.insert(
-            sequence,
-            Inflight {
-                packet_id,
-                delivery,
-                state: InflightState::from_stored(state),
-            },
-        );
     }
 
     /// Puts back a queued message of a restored session. The queue limits were checked
@@ -416,17 +410,12 @@ impl Outbound {
                 InflightState::Qos2Published
             };
             journal.sent(&delivery, packet_id, state.stored());
-            let sequence = self.next_sequence;
-            self.next_sequence += 1;
+            let sequence = self.inflight.push(Inflight {
+                packet_id,
+                delivery,
+                state,
+            });
             self.sequence_by_id.insert(packet_id, sequence);
-            self.inflight.insert(
-                sequence,
-                Inflight {
-                    packet_id,
-                    delivery,
-                    state,
-                },
-            );
         }
         self.aliases.commit(&topic, plan);
         out.push(packet);
@@ -444,7 +433,7 @@ impl Outbound {
         journal: &mut Journal,
     ) {
         let mut removed = Vec::new();
-        for (sequence, entry) in &self.inflight {
+        for (sequence, entry) in self.inflight.iter() {
             if entry.state == InflightState::Qos2Released {
                 out.push(Packet::PubRel(ack(entry.packet_id, reason::SUCCESS)));
                 continue;
@@ -453,7 +442,7 @@ impl Outbound {
             // sent again; a PUBREL is, since the client already has the message.
             if entry.delivery.message.is_expired(now) {
                 dropped.push(DropReason::Expired);
-                removed.push(*sequence);
+                removed.push(sequence);
                 continue;
             }
             let packet = Packet::Publish(build_publish(
@@ -466,7 +455,7 @@ impl Outbound {
             ));
             if fitting_len(&packet, context).is_none() {
                 dropped.push(DropReason::TooLargeForClient);
-                removed.push(*sequence);
+                removed.push(sequence);
                 continue;
             }
             out.push(packet);

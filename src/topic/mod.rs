@@ -3,11 +3,13 @@
 
 mod level_tree;
 pub mod retained_tree;
+pub mod small_map;
 pub mod subscription_trie;
 #[cfg(test)]
 mod tests;
 
 pub use retained_tree::RetainedTree;
+pub use small_map::SmallMap;
 pub use subscription_trie::{Match, SharedGroup, SubscriptionTrie};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,13 +6,13 @@
 //! and the `$share` groups whose inner filter ends there (one group per name, so a group
 //! is identified by its name and filter together, as in MQTT 5, 4.8.2).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::str::Split;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::level_tree::{self, LevelNode};
+use super::small_map::SmallMap;
 
 /// Subscribers of one `$share/{group}/{filter}` group; one member receives each message.
 pub struct SharedGroup<K, V> {
@@ -85,39 +85,45 @@ pub enum Match<'a, K, V> {
 
 /// One filter level. Wildcards live in their own slots rather than under the keys `+`
 /// and `#`, so a match never hashes a wildcard and never confuses one with a literal.
+///
+/// A fleet's devices each subscribe to topics of their own, so most nodes are leaves
+/// with one subscriber: the maps are `SmallMap`s (24 bytes, one entry allocated at its
+/// size) rather than `HashMap`s (48 bytes, four buckets for the first entry), which
+/// took a few hundred bytes per subscribed device.
 struct Node<K, V> {
-    literal: HashMap<Box<str>, Node<K, V>>,
+    literal: SmallMap<Box<str>, Node<K, V>>,
     plus: Option<Box<Node<K, V>>>,
     hash: Option<Box<Node<K, V>>>,
-    subscribers: HashMap<K, V>,
-    shared: HashMap<Box<str>, SharedGroup<K, V>>,
+    subscribers: SmallMap<K, V>,
+    shared: SmallMap<Box<str>, SharedGroup<K, V>>,
 }
 
 impl<K, V> Node<K, V> {
     fn new() -> Self {
         Self {
-            literal: HashMap::new(),
+            literal: SmallMap::default(),
             plus: None,
             hash: None,
-            subscribers: HashMap::new(),
-            shared: HashMap::new(),
+            subscribers: SmallMap::default(),
+            shared: SmallMap::default(),
         }
     }
+}
 
+impl<K: Eq + Hash, V> Node<K, V> {
     fn child_or_insert(&mut self, level: &str) -> &mut Self {
         match level {
             "+" => self.plus.get_or_insert_with(|| Box::new(Node::new())),
             "#" => self.hash.get_or_insert_with(|| Box::new(Node::new())),
             _ => self
                 .literal
-                .entry(Box::from(level))
-                .or_insert_with(Node::new),
+                .get_or_insert_with(level, || Box::from(level), Node::new),
         }
     }
 
     /// Reports every subscription whose filter ends at this node.
     fn visit_here<'a>(&'a self, visit: &mut impl FnMut(Match<'a, K, V>)) {
-        for (key, value) in &self.subscribers {
+        for (key, value) in self.subscribers.iter() {
             visit(Match::Direct(key, value));
         }
         for group in self.shared.values() {
@@ -193,7 +199,7 @@ impl<K, V> LevelNode for Node<K, V> {
     }
 
     fn drain_children(&mut self, out: &mut Vec<Self>) {
-        out.extend(self.literal.drain().map(|(_, child)| child));
+        out.extend(self.literal.drain_values());
         out.extend(self.plus.take().map(|child| *child));
         out.extend(self.hash.take().map(|child| *child));
     }
@@ -251,8 +257,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
             None => node.subscribers.insert(key, value),
             Some(name) => node
                 .shared
-                .entry(Box::from(name))
-                .or_insert_with(|| SharedGroup::new(name))
+                .get_or_insert_with(name, || Box::from(name), || SharedGroup::new(name))
                 .upsert(key, value),
         };
         if replaced.is_none() {

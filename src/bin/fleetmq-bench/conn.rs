@@ -1,17 +1,26 @@
-//! One raw MQTT 3.1.1 client connection over tokio TCP: connect, subscribe, batched
-//! writes and a read buffer that hands out borrowed frames.
+//! One raw MQTT 3.1.1 client connection over tokio TCP, or TLS (rustls) when the
+//! scenario is given a CA: connect, subscribe, batched writes and a read buffer that
+//! hands out borrowed frames.
 //!
 //! Reads go into one large buffer and every complete frame in it is processed before
 //! the next read, so one syscall serves hundreds of packets. Replies (acks) are
 //! collected into the write buffer while frames are processed and sent in one write.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 use crate::wire::{self, Frame, WireError};
 
@@ -41,8 +50,134 @@ impl Default for ConnectOptions {
     }
 }
 
+/// How scenarios reach the broker: its address, TLS or not, and the local addresses
+/// connections come from.
+pub struct Dial {
+    pub addr: SocketAddr,
+    /// TLS with this client configuration, for the name `localhost`.
+    pub tls: Option<TlsConnector>,
+    /// Connections come from 127.0.0.1 .. 127.0.0.N in turn (N = 1: the kernel's
+    /// choice): one source address has about 28,000 ephemeral ports towards one broker
+    /// port, so 100,000 connections need several.
+    pub sources: u8,
+    next_source: AtomicUsize,
+}
+
+impl Dial {
+    pub fn new(addr: SocketAddr, tls: Option<TlsConnector>, sources: u8) -> Dial {
+        Dial {
+            addr,
+            tls,
+            sources: sources.max(1),
+            next_source: AtomicUsize::new(0),
+        }
+    }
+
+    async fn tcp(&self) -> io::Result<TcpStream> {
+        if self.sources <= 1 {
+            return TcpStream::connect(self.addr).await;
+        }
+        let index = self.next_source.fetch_add(1, Ordering::Relaxed) % usize::from(self.sources);
+        let source = Ipv4Addr::new(127, 0, 0, 1 + index as u8);
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+        socket.connect(self.addr).await
+    }
+
+    /// TCP, then the TLS handshake if configured; bounded by `HANDSHAKE_TIMEOUT`.
+    pub async fn open(&self) -> anyhow::Result<(BenchStream, bool)> {
+        let opening = async {
+            let tcp = self
+                .tcp()
+                .await
+                .with_context(|| format!("TCP connect to {}", self.addr))?;
+            tcp.set_nodelay(true)?;
+            let Some(tls) = &self.tls else {
+                return Ok((BenchStream::Tcp(tcp), false));
+            };
+            let name = ServerName::try_from("localhost").context("server name")?;
+            let stream = tls.connect(name, tcp).await.context("TLS handshake")?;
+            let resumed = stream.get_ref().1.handshake_kind()
+                == Some(tokio_rustls::rustls::HandshakeKind::Resumed);
+            Ok((BenchStream::Tls(Box::new(stream)), resumed))
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, opening)
+            .await
+            .context("connect timed out")?
+    }
+}
+
+/// A client socket: plain TCP or TLS.
+pub enum BenchStream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for BenchStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BenchStream::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            BenchStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BenchStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BenchStream::Tcp(stream) => Pin::new(stream).poll_write(cx, data),
+            BenchStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BenchStream::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            BenchStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BenchStream::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            BenchStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A TLS client configuration trusting the CA certificates in `ca_file` (PEM), with
+/// session resumption (rustls's default ticket cache) or without.
+pub fn tls_connector(ca_file: &std::path::Path, resume: bool) -> anyhow::Result<TlsConnector> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(ca_file)
+        .with_context(|| format!("reading {}", ca_file.display()))?
+    {
+        roots.add(certificate.with_context(|| format!("reading {}", ca_file.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
 pub struct Conn {
-    stream: TcpStream,
+    stream: BenchStream,
     read_buf: BytesMut,
     read_chunk: usize,
     /// Packets to send at the next `flush`.
@@ -50,17 +185,23 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Opens TCP, sends CONNECT and waits for a successful CONNACK.
+    /// Opens TCP (and TLS), sends CONNECT and waits for a successful CONNACK.
     pub async fn connect(
-        addr: SocketAddr,
+        dial: &Dial,
         client_id: &str,
         options: ConnectOptions,
     ) -> anyhow::Result<Conn> {
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .context("TCP connect timed out")?
-            .with_context(|| format!("TCP connect to {addr}"))?;
-        let mut conn = Conn::from_stream(stream)?;
+        Ok(Conn::connect_resumed(dial, client_id, options).await?.0)
+    }
+
+    /// `connect`, also saying whether the TLS handshake resumed a session.
+    pub async fn connect_resumed(
+        dial: &Dial,
+        client_id: &str,
+        options: ConnectOptions,
+    ) -> anyhow::Result<(Conn, bool)> {
+        let (stream, resumed) = dial.open().await?;
+        let mut conn = Conn::with_stream(stream);
         wire::connect(
             &mut conn.write_buf,
             client_id,
@@ -79,7 +220,7 @@ impl Conn {
         .await
         .context("waiting for CONNACK")?;
         match return_code {
-            Some(0) => Ok(conn),
+            Some(0) => Ok((conn, resumed)),
             Some(code) => bail!("CONNACK refused the connection with return code {code}"),
             None => bail!("CONNACK too short"),
         }
@@ -88,12 +229,16 @@ impl Conn {
     /// Wraps an established stream (the discard server's accepted sockets).
     pub fn from_stream(stream: TcpStream) -> anyhow::Result<Conn> {
         stream.set_nodelay(true)?;
-        Ok(Conn {
+        Ok(Conn::with_stream(BenchStream::Tcp(stream)))
+    }
+
+    fn with_stream(stream: BenchStream) -> Conn {
+        Conn {
             stream,
             read_buf: BytesMut::new(),
             read_chunk: MIN_READ_CHUNK,
             write_buf: Vec::new(),
-        })
+        }
     }
 
     /// Sends SUBSCRIBE and waits for its SUBACK; fails if any filter was refused.
@@ -114,6 +259,17 @@ impl Conn {
             bail!("SUBACK refused a subscription: {granted:?}");
         }
         Ok(())
+    }
+
+    /// Sends PINGREQ and waits for PINGRESP.
+    pub async fn ping(&mut self) -> anyhow::Result<()> {
+        self.write_buf.extend_from_slice(&[wire::PINGREQ << 4, 0]);
+        self.flush().await?;
+        self.until(HANDSHAKE_TIMEOUT, |frame, _| {
+            Ok(frame.packet_type == wire::PINGRESP)
+        })
+        .await
+        .context("waiting for PINGRESP")
     }
 
     /// Writes bytes that were built outside the write buffer (pre-encoded batches).

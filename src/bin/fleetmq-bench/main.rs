@@ -24,7 +24,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::record::Record;
-use crate::scenarios::{idle, latency, persist, retained, throughput, Outcome, Target};
+use crate::scenarios::{
+    handshake, idle, latency, persist, retained, storm, throughput, Outcome, Target,
+};
 use crate::stats::ProcProbe;
 
 #[derive(Parser)]
@@ -55,6 +57,13 @@ struct Common {
     /// Kernel clock ticks per second (`getconf CLK_TCK`), the unit of /proc/PID/stat.
     #[arg(long, default_value_t = 100)]
     clk_tck: u64,
+    /// Connect with TLS (server name `localhost`), trusting the CA certificates in this
+    /// PEM file.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Connections come from 127.0.0.1 .. 127.0.0.N in turn (1: the kernel chooses).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
 }
 
 #[derive(Args, Clone)]
@@ -138,6 +147,45 @@ enum Command {
         /// Seconds after which no new connection is started.
         #[arg(long, default_value_t = 60.0)]
         duration: f64,
+        /// Each connection subscribes to a topic of its own (`idle/<client id>`, QoS 1),
+        /// as a device listening for its commands does.
+        #[arg(long)]
+        subscribe: bool,
+        /// Seconds the connections stay open after the measurement.
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
+    },
+    /// A reconnect storm: many clients connecting at once (retrying when refused) while
+    /// a connected client measures PINGREQ round trips; admitted rate and peak memory.
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Connection attempts in progress at once (default: all of them).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        #[arg(long, default_value_t = 60)]
+        keep_alive: u16,
+        /// Seconds after which no attempt is started.
+        #[arg(long, default_value_t = 120.0)]
+        duration: f64,
+    },
+    /// TLS handshakes: connect (TLS and MQTT CONNECT/CONNACK) and disconnect, over and
+    /// over; full handshakes, or resumed ones with `--resume`. Needs `--tls-ca`.
+    TlsHandshake {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 2_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Resume TLS sessions (tickets) after each worker's first handshake.
+        #[arg(long)]
+        resume: bool,
+        /// Seconds after which no new connection is started.
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
     },
     /// QoS 1 publishers to a persistent (clean session = false) QoS 1 subscriber:
     /// acknowledged msg/s and PUBACK latency.
@@ -212,15 +260,28 @@ fn seconds(value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value).with_context(|| format!("invalid duration {value}"))
 }
 
-fn target(common: &Common) -> Target {
-    Target {
-        addr: common.addr,
-        subscriber_addr: common.subscriber_addr.unwrap_or(common.addr),
+fn target(common: &Common) -> anyhow::Result<Target> {
+    target_with(common, true)
+}
+
+fn target_with(common: &Common, resume: bool) -> anyhow::Result<Target> {
+    let tls = common
+        .tls_ca
+        .as_deref()
+        .map(|ca| conn::tls_connector(ca, resume))
+        .transpose()?;
+    Ok(Target {
+        dial: std::sync::Arc::new(conn::Dial::new(common.addr, tls.clone(), common.sources)),
+        subscriber_dial: std::sync::Arc::new(conn::Dial::new(
+            common.subscriber_addr.unwrap_or(common.addr),
+            tls,
+            common.sources,
+        )),
         label: common.label.clone(),
         probe: ProcProbe::new(common.broker_pid, common.clk_tck),
         own: ProcProbe::new(Some(std::process::id()), common.clk_tck),
         run_id: format!("{}-{}", std::process::id(), unique_suffix()),
-    }
+    })
 }
 
 /// Differs between runs started within the same process id (rare, but possible).
@@ -259,7 +320,7 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
             subscribers,
         } => {
             let params = flow_params(&flow, throughput::Shape::FanIn, publishers, subscribers)?;
-            throughput::run(&target(&common), &params).await?
+            throughput::run(&target(&common)?, &params).await?
         }
         Command::Fanout {
             common,
@@ -267,7 +328,7 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
             subscribers,
         } => {
             let params = flow_params(&flow, throughput::Shape::FanOut, 1, subscribers)?;
-            throughput::run(&target(&common), &params).await?
+            throughput::run(&target(&common)?, &params).await?
         }
         Command::Latency {
             common,
@@ -284,7 +345,7 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
                 payload,
                 window,
             };
-            latency::run(&target(&common), &params).await?
+            latency::run(&target(&common)?, &params).await?
         }
         Command::Idle {
             common,
@@ -292,14 +353,49 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
             concurrency,
             keep_alive,
             duration,
+            subscribe,
+            hold,
         } => {
             let params = idle::Params {
                 connections,
                 concurrency,
                 keep_alive_secs: keep_alive,
                 duration: seconds(duration)?,
+                subscribe,
+                hold: seconds(hold)?,
             };
-            idle::run(&target(&common), &params).await?
+            idle::run(&target(&common)?, &params).await?
+        }
+        Command::Storm {
+            common,
+            connections,
+            concurrency,
+            keep_alive,
+            duration,
+        } => {
+            let params = storm::Params {
+                connections,
+                concurrency: concurrency.unwrap_or(connections),
+                keep_alive_secs: keep_alive,
+                duration: seconds(duration)?,
+            };
+            storm::run(&target(&common)?, &params).await?
+        }
+        Command::TlsHandshake {
+            common,
+            connections,
+            concurrency,
+            resume,
+            duration,
+        } => {
+            anyhow::ensure!(common.tls_ca.is_some(), "tls-handshake needs --tls-ca");
+            let params = handshake::Params {
+                connections,
+                concurrency,
+                resume,
+                duration: seconds(duration)?,
+            };
+            handshake::run(&target_with(&common, resume)?, &params).await?
         }
         Command::Persist {
             common,
@@ -318,7 +414,7 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
                 window,
                 drain_idle: Duration::from_millis(drain_idle_ms),
             };
-            persist::run(&target(&common), &params).await?
+            persist::run(&target(&common)?, &params).await?
         }
         Command::Retained {
             common,
@@ -335,7 +431,7 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
                 duration: seconds(duration)?,
                 drain_idle: Duration::from_millis(drain_idle_ms),
             };
-            retained::run(&target(&common), &params).await?
+            retained::run(&target(&common)?, &params).await?
         }
         Command::DiscardServer { bind, max_seconds } => {
             discard::serve(bind, seconds(max_seconds)?).await?;

@@ -1,5 +1,6 @@
 //! Idle connections: how fast the broker accepts CONNECTs and how much memory each
-//! open connection costs it (resident set before and after, per connection).
+//! open connection costs it (resident set before and after, per connection), over
+//! TCP or TLS, only connected or also subscribed to a topic of its own.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,10 +23,21 @@ pub struct Params {
     pub keep_alive_secs: u16,
     /// No new connection is started after this.
     pub duration: Duration,
+    /// Each connection subscribes to `idle/<client id>` at QoS 1.
+    pub subscribe: bool,
+    /// How long the connections stay open after the measurement (for a heap profile of
+    /// the broker meanwhile).
+    pub hold: Duration,
 }
 
 pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
-    let case = "idle";
+    // `idle` is a device as fleets have them (subscribed to its own topic, keep alive);
+    // `idle-bare` only connected.
+    let case = &target.case(if params.subscribe {
+        "idle"
+    } else {
+        "idle-bare"
+    });
     let before = target.sample()?;
     let next = Arc::new(AtomicUsize::new(0));
     let options = ConnectOptions {
@@ -37,6 +49,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     let workers: Vec<_> = (0..params.concurrency.clamp(1, params.connections.max(1)))
         .map(|_| {
             let (next, target, total) = (Arc::clone(&next), target.clone(), params.connections);
+            let subscribe = params.subscribe;
             tokio::spawn(async move {
                 let mut conns = Vec::new();
                 loop {
@@ -45,7 +58,14 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
                         return (conns, None);
                     }
                     let id = target.client_id("idle", index);
-                    match Conn::connect(target.addr, &id, options).await {
+                    let opened = async {
+                        let mut conn = Conn::connect(&target.dial, &id, options).await?;
+                        if subscribe {
+                            conn.subscribe(&[&format!("idle/{id}")], 1).await?;
+                        }
+                        anyhow::Ok(conn)
+                    };
+                    match opened.await {
                         Ok(conn) => conns.push(conn),
                         Err(error) => return (conns, Some(error)),
                     }
@@ -68,6 +88,8 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     record
         .number("connections", params.connections as f64)
         .number("connected", connected as f64)
+        .number("keep_alive_s", f64::from(params.keep_alive_secs))
+        .number("subscribed", if params.subscribe { 1.0 } else { 0.0 })
         .number("connect_per_s", rate(connected, elapsed));
     let mut memory = String::new();
     if let (Some(before), Some(after)) = (before.broker, after) {
@@ -90,6 +112,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     if let Some(error) = &first_error {
         record.text("error", &format!("{error:#}"));
     }
+    tokio::time::sleep(params.hold).await;
     // Closing ten thousand sockets is the broker's work, not part of the figures.
     drop(conns);
 

@@ -33,17 +33,17 @@ pub struct Params {
 }
 
 pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
-    let case = "latency-q1";
+    let case = &target.case("latency-q1");
     let before = target.sample()?;
     let mut subscriber = Conn::connect(
-        target.subscriber_addr,
+        &target.subscriber_dial,
         &target.client_id("sub", 0),
         ConnectOptions::default(),
     )
     .await?;
     subscriber.subscribe(&[TOPIC], 1).await?;
     let mut publisher = Conn::connect(
-        target.addr,
+        &target.dial,
         &target.client_id("pub", 0),
         ConnectOptions::default(),
     )

@@ -4,31 +4,33 @@
 //!
 //! Every loop has two bounds: a message count and a wall-clock deadline.
 
+pub mod handshake;
 pub mod idle;
 pub mod latency;
 pub mod persist;
 pub mod retained;
+pub mod storm;
 pub mod throughput;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Dial};
 use crate::record::Record;
 use crate::stats::{cores_busy, cpu_us_per, ProcProbe, ProcSample};
 use crate::wire::{self, Frame, PublishTemplate, WireError};
 
 /// What every scenario needs to know about the broker under test.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
-    pub addr: SocketAddr,
-    /// Where subscribers connect: `addr`, unless another cluster node or a bridge's
-    /// remote is given.
-    pub subscriber_addr: SocketAddr,
+    /// Address, transport (TLS or not) and source addresses of its connections.
+    pub dial: Arc<Dial>,
+    /// Where subscribers connect: the same as `dial`, unless another cluster node or a
+    /// bridge's remote is given.
+    pub subscriber_dial: Arc<Dial>,
     /// Name printed with the results ("fleetmq", "mosquitto", "discard").
     pub label: String,
     pub probe: ProcProbe,
@@ -53,6 +55,18 @@ impl Target {
             own: self.own.sample()?,
             at: Instant::now(),
         })
+    }
+
+    /// The scenario's name in the results: `-tls` follows its first word over TLS
+    /// (`idle-tls`, `fanin-tls-q1`).
+    pub fn case(&self, name: &str) -> String {
+        if self.dial.tls.is_none() {
+            return name.to_string();
+        }
+        match name.split_once('-') {
+            Some((first, rest)) => format!("{first}-tls-{rest}"),
+            None => format!("{name}-tls"),
+        }
     }
 
     pub fn client_id(&self, role: &str, index: usize) -> String {

@@ -58,12 +58,12 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         clean_session: false,
         ..ConnectOptions::default()
     };
-    let mut subscriber = Conn::connect(target.addr, &subscriber_id, persistent).await?;
+    let mut subscriber = Conn::connect(&target.dial, &subscriber_id, persistent).await?;
     subscriber.subscribe(&[FILTER], 1).await?;
     let mut publisher_conns = Vec::with_capacity(publishers);
     for index in 0..publishers {
         let id = target.client_id("pub", index);
-        publisher_conns.push(Conn::connect(target.addr, &id, ConnectOptions::default()).await?);
+        publisher_conns.push(Conn::connect(&target.dial, &id, ConnectOptions::default()).await?);
     }
 
     let payload = vec![b'p'; params.payload];
@@ -169,7 +169,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
 /// Ends the persistent session: a clean-session CONNECT with its client id discards it.
 /// Failures only leave a session behind, so they are reported and otherwise ignored.
 async fn discard_session(target: &Target, client_id: &str) {
-    match Conn::connect(target.addr, client_id, ConnectOptions::default()).await {
+    match Conn::connect(&target.dial, client_id, ConnectOptions::default()).await {
         Ok(conn) => conn.disconnect().await,
         Err(error) => eprintln!("persist: could not discard session {client_id}: {error:#}"),
     }

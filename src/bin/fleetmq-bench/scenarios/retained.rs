@@ -36,7 +36,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
 
     let before_store = target.sample()?;
     let mut publisher = Conn::connect(
-        target.addr,
+        &target.dial,
         &target.client_id("pub", 0),
         ConnectOptions::default(),
     )
@@ -60,7 +60,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     let before_receive = target.sample()?;
 
     let mut subscriber = Conn::connect(
-        target.addr,
+        &target.dial,
         &target.client_id("sub", 0),
         ConnectOptions::default(),
     )

@@ -65,14 +65,14 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         }
         Shape::FanOut => ("fanout", 1, params.subscribers.max(1)),
     };
-    let case = format!("{case_name}-q{}", params.qos);
+    let case = target.case(&format!("{case_name}-q{}", params.qos));
     let before = target.sample()?;
 
     let mut subscriber_conns = Vec::with_capacity(subscribers);
     for index in 0..subscribers {
         let id = target.client_id("sub", index);
         let mut conn =
-            Conn::connect(target.subscriber_addr, &id, ConnectOptions::default()).await?;
+            Conn::connect(&target.subscriber_dial, &id, ConnectOptions::default()).await?;
         let filters = filters(params.shape, index, subscribers, publishers);
         let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
         conn.subscribe(&filters, params.qos).await?;
@@ -81,7 +81,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     let mut publisher_conns = Vec::with_capacity(publishers);
     for index in 0..publishers {
         let id = target.client_id("pub", index);
-        publisher_conns.push(Conn::connect(target.addr, &id, ConnectOptions::default()).await?);
+        publisher_conns.push(Conn::connect(&target.dial, &id, ConnectOptions::default()).await?);
     }
 
     let payload = vec![b'x'; params.payload];
