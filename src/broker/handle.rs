@@ -177,7 +177,9 @@ impl SessionHandle {
             return false;
         }
         self.kicked.store(true, Ordering::Release);
-        self.wake.notify_waiters();
+        // A wake-up left pending: the connection may be between its checks and its
+        // next wait, and must still see the kick.
+        self.wake.notify_one();
         true
     }
 
