@@ -27,6 +27,7 @@
 
 pub mod congestion;
 pub mod handle;
+mod handover;
 pub mod inspect;
 pub mod lifecycle;
 pub mod log_throttle;
@@ -58,7 +59,7 @@ use crate::topic::{RetainedTree, SubscriptionTrie};
 
 pub use handle::{Attachment, SessionHandle};
 pub use lifecycle::Connected;
-pub use remote::{Claimed, ClusterHook, MovedSession};
+pub use remote::{Claimed, ClusterHook};
 pub use restore::Restored;
 pub use routing::{Published, Route};
 pub use stats::{Dropped, Refusal, Stats, StatsSnapshot};

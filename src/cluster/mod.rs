@@ -10,13 +10,16 @@
 //! - `network`: Raft RPCs and proposals over the link.
 //! - `forward`: the cluster route table and forwarded PUBLISHes.
 //! - `node`: a running node: consensus, proposals, the broker hook.
-//! - `ownership`: session claims, handover of a moved session, release.
+//! - `ownership`: session claims, the hand-over of a moved session, release.
+//! - `handover`: a session on the link (`SessionDump`).
 
 #[cfg(feature = "rocksdb")]
 pub mod admin;
 pub mod command;
 pub mod config;
 pub mod forward;
+#[cfg(feature = "rocksdb")]
+pub mod handover;
 #[cfg(feature = "rocksdb")]
 pub mod link;
 #[cfg(feature = "rocksdb")]

@@ -50,14 +50,18 @@ pub struct ClusterStats {
     pub retained_dropped: AtomicU64,
     pub proposals_failed: AtomicU64,
     pub ownership_moves: AtomicU64,
-    /// Queued and in-flight messages left behind by sessions that moved away.
+    /// Sessions handed over to another node that never fetched them (their stored copy
+    /// is kept here).
     pub handover_dropped: AtomicU64,
+    /// Sessions this node took over whole from another node.
+    pub handover_moves: AtomicU64,
+    /// Queued and in-flight messages that came with them.
+    pub handover_messages: AtomicU64,
 }
 
-/// Subscriptions of sessions that moved to another node, kept for the new owner to
-/// fetch: client id -> (the new owner's epoch, the subscriptions).
-type Handovers =
-    Mutex<HashMap<String, (u64, Vec<(ByteString, crate::session::SubscriptionEntry)>)>>;
+/// Sessions that moved to another node, kept for the new owner to fetch until it confirms
+/// it stored them: client id -> (the new owner's epoch, the session).
+type Handovers = Mutex<HashMap<String, (u64, crate::storage::RestoredSession)>>;
 
 /// Sessions whose handover may wait for their new owner; beyond, the oldest go.
 const MAX_HANDOVERS: usize = 10_000;
@@ -109,16 +113,16 @@ impl BrokerSink {
         broker.apply_replicated_retained(&ByteString::from(topic), message);
     }
 
-    /// Ends the local copy of a session that moved to another node, keeping its
-    /// subscriptions for the new owner.
+    /// Ends the local copy of a session that moved to another node, keeping it whole
+    /// for the new owner (`ownership::take_handover`).
     fn moved(&self, broker: &Broker, client_id: &str, epoch: u64) {
-        let Some(moved) = broker.kick_moved_session(client_id) else {
+        if broker.session(client_id).is_none() {
+            return;
+        }
+        self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+        let Some(session) = broker.hand_over_session(client_id) else {
             return;
         };
-        self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .handover_dropped
-            .fetch_add(moved.dropped_messages as u64, Ordering::Relaxed);
         let mut handovers = lock(&self.handovers);
         if handovers.len() >= MAX_HANDOVERS {
             if let Some(oldest) = handovers
@@ -126,10 +130,12 @@ impl BrokerSink {
                 .min_by_key(|(_, (epoch, _))| *epoch)
                 .map(|(id, _)| id.clone())
             {
+                // Its stored copy stays: a restart offers it again.
                 handovers.remove(&oldest);
+                self.stats.handover_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        handovers.insert(client_id.to_string(), (epoch, moved.subscriptions));
+        handovers.insert(client_id.to_string(), (epoch, session));
     }
 
     fn members(&self, state: &ClusterState) {
@@ -666,6 +672,10 @@ impl LinkHandler for ClusterNode {
                 Ok(Request::RemoveNode { id }) => Response::Membership(self.remove_node(id).await),
                 Ok(Request::Handover { client_id, epoch }) => {
                     Response::Handover(self.take_handover(&client_id, epoch))
+                }
+                Ok(Request::HandoverDone { client_id, epoch }) => {
+                    self.handover_done(&client_id, epoch);
+                    Response::HandoverDone
                 }
             };
             serde_json::to_vec(&response).unwrap_or_default()

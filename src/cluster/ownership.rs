@@ -1,21 +1,22 @@
 //! Who owns a session: claiming it through consensus before a CONNECT attaches (with
-//! the fencing epoch), handing a moved session's subscriptions over to its new owner,
-//! and releasing the ownership of sessions that ended here.
+//! the fencing epoch), moving a session whole from its previous owner (the hand-over
+//! protocol, ARCHITECTURE.md "The cluster"), and releasing the ownership of sessions
+//! that ended here.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytestring::ByteString;
-
 use crate::broker::Claimed;
 
 use super::config::NodeId;
-use super::network::{Request, Response};
+use super::handover::SessionDump;
+use super::network::{HandoverAnswer, Request, Response};
 use super::node::{lock, ClusterNode, PROPOSE_TIMEOUT};
-use super::state::{encode_base64, Command, Owner};
+use super::state::{Command, Owner};
 
-/// How long a new owner asks the previous one for a session's subscriptions.
-const HANDOVER_WAIT: Duration = Duration::from_secs(1);
+/// How long a new owner asks the previous one for a moved session: the previous owner
+/// may apply the claim a little after this node, or be restarting.
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 
 impl ClusterNode {
     /// The owner of `client_id`'s session as applied here.
@@ -23,45 +24,83 @@ impl ClusterNode {
         self.with_state(|state| state.owners.get(client_id).copied())
     }
 
-    /// The subscriptions `previous` kept for a session this node took with `epoch`. The
-    /// previous owner may apply the claim a little after this node: asked again for up
-    /// to `HANDOVER_WAIT`. Nothing when it is unreachable (the session starts fresh).
-    pub(super) async fn fetch_handover(
+    /// Takes over the session `previous` held for `client_id`, which this node claimed
+    /// with `epoch`: fetches it (asked again while `previous` has not applied the claim
+    /// yet, for up to `HANDOVER_WAIT`), imports it into the local broker and store, and
+    /// once that write is durable tells `previous` to delete its copy. Whether a session
+    /// was imported; nothing when `previous` held none or is unreachable (the session
+    /// then starts fresh).
+    pub(super) async fn take_over(&self, previous: NodeId, client_id: &str, epoch: u64) -> bool {
+        let Some(broker) = self.broker.upgrade() else {
+            return false;
+        };
+        let Some(dump) = self.fetch_handover(previous, client_id, epoch).await else {
+            return false;
+        };
+        let Some(session) = dump.into_session() else {
+            tracing::warn!(
+                client_id,
+                previous,
+                "a session handed over did not decode; it starts fresh"
+            );
+            return false;
+        };
+        let moved = session.queue.len() + session.inflight.len();
+        let Some(written) = broker.import_session(session) else {
+            return false;
+        };
+        if let Err(error) = written.await {
+            // The old owner keeps its copy: nothing is lost, the session is not resumed.
+            tracing::warn!(client_id, %error, "a session handed over could not be stored");
+            return false;
+        }
+        self.stats.handover_moves.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .handover_messages
+            .fetch_add(moved as u64, Ordering::Relaxed);
+        let done = Request::HandoverDone {
+            client_id: client_id.to_string(),
+            epoch,
+        };
+        if let Ok(body) = serde_json::to_vec(&done) {
+            // Best effort: an old owner that misses it keeps a stale copy, which it drops
+            // when it applies a later owner change or restarts (fencing).
+            let _ = self.links.request(previous, &body, HANDOVER_WAIT).await;
+        }
+        true
+    }
+
+    async fn fetch_handover(
         &self,
         previous: NodeId,
         client_id: &str,
         epoch: u64,
-    ) -> Vec<(ByteString, crate::session::SubscriptionEntry)> {
+    ) -> Option<SessionDump> {
         let request = Request::Handover {
             client_id: client_id.to_string(),
             epoch,
         };
-        let Ok(body) = serde_json::to_vec(&request) else {
-            return Vec::new();
-        };
+        let body = serde_json::to_vec(&request).ok()?;
         let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
         while tokio::time::Instant::now() < deadline {
-            let Ok(answer) = self.links.request(previous, &body, HANDOVER_WAIT).await else {
-                return Vec::new();
+            let answer = match self.links.request(previous, &body, HANDOVER_WAIT).await {
+                Ok(answer) => answer,
+                // Not reachable (yet): a restarting node comes back within the wait.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             match serde_json::from_slice(&answer) {
-                Ok(Response::Handover(Some(entries))) => {
-                    return entries
-                        .into_iter()
-                        .filter_map(|(filter, entry): (String, String)| {
-                            let bytes = super::state::decode_base64(&entry)?;
-                            let entry = crate::storage::codec::decode_subscription(&bytes).ok()?;
-                            Some((ByteString::from(filter), entry))
-                        })
-                        .collect();
-                }
-                Ok(Response::Handover(None)) => {
+                Ok(Response::Handover(HandoverAnswer::Session(dump))) => return Some(*dump),
+                Ok(Response::Handover(HandoverAnswer::Nothing)) => return None,
+                Ok(Response::Handover(HandoverAnswer::NotApplied)) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                _ => return Vec::new(),
+                _ => return None,
             }
         }
-        Vec::new()
+        None
     }
 
     /// Releases an ended session's ownership unless a session of that id is back here
@@ -94,10 +133,7 @@ impl ClusterNode {
         use crate::protocol::reason;
         if self.has_leader() {
             if let Some(owner) = self.owner(client_id).filter(|owner| owner.node == self.me) {
-                return Ok(Some(Claimed {
-                    epoch: owner.epoch,
-                    adopted: Vec::new(),
-                }));
+                return Ok(Some(Claimed { epoch: owner.epoch }));
             }
         }
         let command = Command::Claim {
@@ -121,15 +157,13 @@ impl ClusterNode {
                 if applied.is_err() {
                     return Err(reason::SERVER_UNAVAILABLE);
                 }
-                let adopted = match result.previous_owner {
-                    Some(previous) if persistent => {
-                        self.fetch_handover(previous, client_id, result.epoch).await
-                    }
-                    _ => Vec::new(),
-                };
+                // The whole session moves here before the CONNECT attaches, which then
+                // resumes it (or, with a clean start, ends it as on one node).
+                if let Some(previous) = result.previous_owner {
+                    self.take_over(previous, client_id, result.epoch).await;
+                }
                 Ok(Some(Claimed {
                     epoch: result.epoch,
-                    adopted,
                 }))
             }
             Err(error) if persistent => {
@@ -140,43 +174,44 @@ impl ClusterNode {
         }
     }
 
-    /// What this node kept of a session that moved to the node that claimed it with
-    /// `epoch` (handed over once). `Some(empty)` when this node held no such session.
-    pub(super) fn take_handover(
-        &self,
-        client_id: &str,
-        epoch: u64,
-    ) -> Option<Vec<(String, String)>> {
+    /// The session this node handed over to the node that claimed it with `epoch`.
+    pub(super) fn take_handover(&self, client_id: &str, epoch: u64) -> HandoverAnswer {
         // The owner first: the state's lock is held while an applied claim's effects
-        // (the handover kept below) are carried out, so once the claim shows here its
-        // handover is in place.
+        // (the hand-over kept below) are carried out, so once the claim shows here its
+        // session is in place.
         let applied = self
             .owner(client_id)
             .is_some_and(|owner| owner.epoch >= epoch);
         if !applied {
-            return None;
+            return HandoverAnswer::NotApplied;
         }
-        let mut handovers = lock(&self.handovers);
-        let kept = handovers
-            .get(client_id)
-            .is_some_and(|(kept, _)| *kept == epoch);
-        let subscriptions = if kept {
-            handovers
-                .remove(client_id)
-                .map(|(_, subscriptions)| subscriptions)
-        } else {
-            None
+        // Kept until the new owner confirms (`handover_done`): an answer lost on the
+        // link is asked for again.
+        let handovers = lock(&self.handovers);
+        match handovers.get(client_id) {
+            Some((kept, session)) if *kept == epoch => {
+                HandoverAnswer::Session(Box::new(SessionDump::from_session(session)))
+            }
+            _ => HandoverAnswer::Nothing,
+        }
+    }
+
+    /// The new owner holds the session durably: this node's copy goes.
+    pub(super) fn handover_done(&self, client_id: &str, epoch: u64) {
+        let kept = {
+            let mut handovers = lock(&self.handovers);
+            let kept = handovers
+                .get(client_id)
+                .is_some_and(|(kept, _)| *kept == epoch);
+            if kept {
+                handovers.remove(client_id);
+            }
+            kept
         };
-        // Applied, and nothing kept: this node held no such session.
-        Some(
-            subscriptions
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(filter, entry)| {
-                    let encoded = crate::storage::codec::encode_subscription(&entry);
-                    (filter.to_string(), encode_base64(&encoded))
-                })
-                .collect(),
-        )
+        if kept {
+            if let Some(broker) = self.broker.upgrade() {
+                broker.forget_moved_session(client_id);
+            }
+        }
     }
 }

@@ -1,0 +1,147 @@
+//! A persistent session moving between nodes goes whole: a client that reconnects to
+//! another node gets Session Present = 1, the messages that were in flight to it (resent
+//! with DUP, in their order) and those still queued, each exactly once.
+
+use crate::common::mqtt::{Event, Publisher, Received, Subscriber};
+use crate::common::{wait_routed, Cluster};
+
+/// More than the broker's inflight window (32 by default): some stay queued.
+const MESSAGES: usize = 60;
+
+/// A persistent subscriber that reads but never acknowledges: what it was sent stays
+/// in flight on the broker.
+fn silent(v5: bool, addr: std::net::SocketAddr, client_id: &str) -> Subscriber {
+    if v5 {
+        let mut options = Subscriber::v5_options(addr, client_id, 3600);
+        options.set_manual_acks(true);
+        Subscriber::v5_with(options)
+    } else {
+        let mut options = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        options.set_keep_alive(std::time::Duration::from_secs(30));
+        options.set_clean_session(false);
+        options.set_manual_acks(true);
+        Subscriber::v4_with(options)
+    }
+}
+
+fn resuming(v5: bool, addr: std::net::SocketAddr, client_id: &str) -> Subscriber {
+    if v5 {
+        Subscriber::v5(addr, client_id, 3600)
+    } else {
+        Subscriber::v4(addr, client_id, false)
+    }
+}
+
+async fn a_session_moves_with_its_queued_and_inflight_messages(v5: bool) {
+    let cluster = Cluster::start(3).await;
+    let id = if v5 { "mover-v5" } else { "mover-v4" };
+    let filter = format!("move/{id}/#");
+
+    // On node 1: the session, and a watcher that tells when node 1 has handled
+    // everything the publisher sent before its marker (one link, frames in order).
+    let mut first = silent(v5, cluster.mqtt(1), id);
+    assert!(!first.connected().await);
+    first.subscribe(&filter, 2, None).await;
+    let mut watcher = Subscriber::v4(cluster.mqtt(1), &format!("{id}-watcher"), true);
+    watcher.connected().await;
+    watcher.subscribe(&format!("marker/{id}/#"), 1, None).await;
+    wait_routed(cluster.mqtt(2), &format!("move/{id}/probe"), &mut first).await;
+    wait_routed(cluster.mqtt(2), &format!("marker/{id}/probe"), &mut watcher).await;
+
+    // QoS 1 and 2 alternately, from node 2.
+    let mut publisher = Publisher::v4(cluster.mqtt(2), &format!("{id}-publisher")).await;
+    for n in 0..MESSAGES {
+        let qos = 1 + (n % 2) as u8;
+        publisher
+            .publish(
+                &format!("move/{id}/{n}"),
+                qos,
+                false,
+                n.to_string().as_bytes(),
+            )
+            .await;
+    }
+    publisher
+        .publish(&format!("marker/{id}/done"), 1, false, b"all sent")
+        .await;
+    assert_eq!(watcher.next_publish().await.payload, b"all sent");
+    // Some are in flight to the silent client (unacknowledged), the rest queued.
+    let seen_by_first = first.next_publish().await;
+    assert_eq!(seen_by_first.payload, b"0");
+
+    // The client comes back on node 3.
+    let mut second = resuming(v5, cluster.mqtt(3), id);
+    assert!(second.connected().await, "session present");
+    if v5 {
+        loop {
+            match first.next_event().await {
+                Event::Disconnect(code) => {
+                    assert_eq!(code, 0x8E, "Session taken over");
+                    break;
+                }
+                Event::Closed(error) => {
+                    assert!(error.contains("SessionTakenOver"), "{error}");
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut received: Vec<Received> = Vec::new();
+    for _ in 0..MESSAGES {
+        received.push(second.next_publish().await);
+    }
+    let payloads: Vec<String> = received
+        .iter()
+        .map(|message| String::from_utf8_lossy(&message.payload).to_string())
+        .collect();
+    let expected: Vec<String> = (0..MESSAGES).map(|n| n.to_string()).collect();
+    assert_eq!(payloads, expected, "every message once, in order");
+    let resent = received.iter().take_while(|message| message.dup).count();
+    assert!(
+        (1..=32).contains(&resent),
+        "the ones in flight come first, with DUP: {resent}"
+    );
+    assert!(
+        received[resent..].iter().all(|message| !message.dup),
+        "then the queued ones, first sent"
+    );
+    for (n, message) in received.iter().enumerate() {
+        assert_eq!(message.qos, 1 + (n % 2) as u8, "message {n} keeps its QoS");
+    }
+    let metrics = cluster.metrics(3).await;
+    assert!(
+        metrics.contains("fleetmq_cluster_handover_moves_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "fleetmq_cluster_handover_messages_total {MESSAGES}"
+        )),
+        "{metrics}"
+    );
+
+    // Served on its new node from now on, and nothing more of the old messages: the next
+    // one is new.
+    wait_routed(
+        cluster.mqtt(2),
+        &format!("move/{id}/probe-again"),
+        &mut second,
+    )
+    .await;
+    publisher
+        .publish(&format!("move/{id}/after"), 2, false, b"after")
+        .await;
+    let next = second.next_publish().await;
+    assert_eq!(next.payload, b"after", "no duplicate before it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mqtt5_session_moves_with_its_queued_and_inflight_messages() {
+    a_session_moves_with_its_queued_and_inflight_messages(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mqtt311_session_moves_with_its_queued_and_inflight_messages() {
+    a_session_moves_with_its_queued_and_inflight_messages(false).await;
+}
