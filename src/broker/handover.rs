@@ -11,8 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::message::Message;
+use crate::message::{ClusterMessageId, Message};
 use crate::session::Delivery;
 use crate::storage::{
     Completion, MessageId, RestoredDelivery, RestoredInflight, RestoredSession, StoreOp,
@@ -20,6 +21,28 @@ use crate::storage::{
 
 use super::lifecycle::will_delay;
 use super::{lock, Broker, Stats};
+
+/// How long after a move a session drops second copies of messages it already had: longer
+/// than the old owner relays messages to it (`crate::cluster::relay`).
+pub const MOVE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A session on its way to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOver {
+    pub session: RestoredSession,
+    /// The cluster ids of its queued and inflight messages.
+    pub held: Vec<ClusterMessageId>,
+}
+
+/// A message the old owner of a moving session relays to the new one, as that session's
+/// subscriptions matched it there.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    pub message: Arc<Message>,
+    pub qos: crate::protocol::QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
 
 impl Broker {
     /// Another node took `client_id`'s session: a connection holding it here is
@@ -34,7 +57,7 @@ impl Broker {
     /// (a resuming client cancels it, a clean start publishes it).
     ///
     /// `None` when this node holds no session of that id.
-    pub fn hand_over_session(&self, client_id: &str) -> Option<RestoredSession> {
+    pub fn hand_over_session(&self, client_id: &str) -> Option<HandedOver> {
         let now = super::now();
         let mut registry = lock(&self.registry);
         let handle = registry.remove(client_id)?;
@@ -88,8 +111,17 @@ impl Broker {
         session: &crate::session::Session,
         record: crate::storage::SessionRecord,
         now: std::time::Instant,
-    ) -> RestoredSession {
+    ) -> HandedOver {
         let parts = session.export(now);
+        // Every copy of these messages has this identity: a copy that reaches the new
+        // owner by another way is recognised there.
+        let held = parts
+            .inflight
+            .iter()
+            .map(|(delivery, _, _)| delivery)
+            .chain(parts.queue.iter())
+            .map(|delivery| delivery.message.cluster_id())
+            .collect();
         let delivery = |delivery: Delivery| RestoredDelivery {
             message_id: delivery.stored.unwrap_or(0),
             message: Arc::new(crate::storage::StoredMessage::from_message(
@@ -102,7 +134,7 @@ impl Broker {
         };
         let mut subscriptions = parts.subscriptions;
         subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
-        RestoredSession {
+        let session = RestoredSession {
             record,
             subscriptions,
             queue: parts.queue.into_iter().map(delivery).collect(),
@@ -116,7 +148,8 @@ impl Broker {
                 })
                 .collect(),
             incoming_qos2: parts.incoming_qos2,
-        }
+        };
+        HandedOver { session, held }
     }
 
     /// Rebuilds a session handed over by its previous owner, offline, before the CONNECT
@@ -125,8 +158,10 @@ impl Broker {
     /// everything is written here; the returned write must be durable before the old
     /// owner is told to delete its copy. `None` (nothing imported) if a session of that
     /// id is already here.
-    pub fn import_session(&self, mut session: RestoredSession) -> Option<Completion> {
-        let now_ms = self.clock.to_unix_millis(super::now());
+    pub fn import_session(&self, handed: HandedOver) -> Option<Completion> {
+        let HandedOver { mut session, held } = handed;
+        let now = super::now();
+        let now_ms = self.clock.to_unix_millis(now);
         let mut registry = lock(&self.registry);
         if registry.contains_key(&session.record.client_id) {
             tracing::warn!(client_id = %session.record.client_id, "a session handed over is already here; kept the local one");
@@ -172,6 +207,19 @@ impl Broker {
             .map(|(filter, _)| filter.clone())
             .collect();
         let installed = self.install_session(session, now_ms, &mut delivery_of, &mut ops);
+        {
+            let mut recent = lock(&self.recent);
+            // Windows of sessions that ended before their window closed go here too.
+            recent.retain(|_, window| window.until > now);
+            recent.insert(
+                installed.handle.key,
+                super::recent::RecentIds::new(held, now + MOVE_WINDOW),
+            );
+        }
+        installed
+            .handle
+            .moved_recently
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         registry.insert(installed.handle.client_id.clone(), installed.handle);
         let written = self.submit(ops);
         drop(registry);
@@ -196,5 +244,68 @@ impl Broker {
         self.submit_detached(vec![StoreOp::RemoveSession {
             client_id: client_id.into(),
         }]);
+    }
+
+    /// Messages the old owner of `client_id`'s session relayed while the session moved
+    /// here: queued (and stored) like any delivery; copies the session already has are
+    /// dropped (`Session::remember_moved`). The returned write covers them.
+    pub fn deliver_relayed(&self, client_id: &str, relayed: Vec<Relayed>) -> Option<Completion> {
+        let handle = lock(&self.registry).get(client_id).cloned()?;
+        let now = super::now();
+        let mut written = None;
+        for relayed in relayed {
+            let mut delivery = Delivery {
+                message: relayed.message,
+                qos: relayed.qos,
+                retain: relayed.retain,
+                subscription_ids: relayed.subscription_ids,
+                stored: None,
+            };
+            if delivery.qos != crate::protocol::QoS::AtMostOnce && handle.is_persistent() {
+                let message_id = self.store.next_message_id();
+                delivery.stored = Some(message_id);
+                written = Some(self.store.submit(vec![StoreOp::Accept {
+                    message_id,
+                    message: Arc::new(crate::storage::StoredMessage::from_message(
+                        &delivery.message,
+                        &self.clock,
+                    )),
+                    deliveries: vec![crate::storage::QueuedDelivery {
+                        client_id: handle.client_id.clone(),
+                        qos: delivery.qos,
+                        retain: delivery.retain,
+                        subscription_ids: delivery.subscription_ids.clone(),
+                    }],
+                }]));
+            }
+            self.deliver(&handle, delivery, now);
+        }
+        written
+    }
+
+    /// Whether `delivery` is a copy of a message `session` (which moved here a short
+    /// while ago) already has; called with the session locked. The window closes by
+    /// itself after `MOVE_WINDOW`.
+    pub(super) fn is_second_copy(
+        &self,
+        session: &super::SessionHandle,
+        delivery: &Delivery,
+        now: std::time::Instant,
+    ) -> bool {
+        let mut recent = lock(&self.recent);
+        let Some(window) = recent.get_mut(&session.key) else {
+            session
+                .moved_recently
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        };
+        if now >= window.until {
+            recent.remove(&session.key);
+            session
+                .moved_recently
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        !window.admit(delivery.message.cluster_id())
     }
 }

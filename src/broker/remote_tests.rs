@@ -125,6 +125,7 @@ fn message(topic: &str, retain: bool) -> Arc<Message> {
         properties: PublishProperties::default(),
         expires_at: None,
         publisher: None,
+        cluster_id: Default::default(),
     })
 }
 
@@ -215,9 +216,10 @@ fn a_session_moved_to_another_node_goes_whole_with_its_messages_in_order() {
     let moved = old_owner
         .hand_over_session("device")
         .expect("a session to hand over");
-    assert_eq!(moved.subscriptions.len(), 1);
-    assert_eq!(moved.inflight.len(), 2);
-    assert_eq!(moved.queue.len(), 2);
+    assert_eq!(moved.session.subscriptions.len(), 1);
+    assert_eq!(moved.session.inflight.len(), 2);
+    assert_eq!(moved.session.queue.len(), 2);
+    assert_eq!(moved.held.len(), 4, "the cluster ids of what it holds");
     assert!(old_owner.session("device").is_none());
     assert_eq!(calls(&old_recorder), vec!["removed cmd/#"]);
     assert_eq!(
@@ -238,6 +240,7 @@ fn a_session_moved_to_another_node_goes_whole_with_its_messages_in_order() {
     assert_eq!(stored(&old_owner), 1);
 
     let (new_owner, new_recorder) = clustered();
+    let held = moved.held.clone();
     let written = new_owner.import_session(moved).expect("imported");
     written.wait().unwrap();
     assert_eq!(calls(&new_recorder), vec!["added cmd/#"]);
@@ -270,6 +273,35 @@ fn a_session_moved_to_another_node_goes_whole_with_its_messages_in_order() {
     );
     assert!(!out[2].dup && !out[3].dup);
     assert_eq!(new_owner.route(&message("cmd/6", false)), 1, "routed here");
+
+    // A copy of a message it already holds, relayed or forwarded meanwhile, is dropped;
+    // a new one is kept.
+    let copy = message("cmd/3", false);
+    copy.cluster_id.set(held[2]).unwrap();
+    let fresh = message("cmd/7", false);
+    let relayed = |message: &Arc<Message>| Relayed {
+        message: message.clone(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: vec![9],
+    };
+    let written = new_owner.deliver_relayed("device", vec![relayed(&copy), relayed(&fresh)]);
+    written.unwrap().wait().unwrap();
+    let out = drain(&resumed);
+    let topics: Vec<&str> = out.iter().map(|publish| &*publish.topic).collect();
+    assert_eq!(topics, ["cmd/6", "cmd/7"]);
+    new_owner.route(&fresh);
+    assert!(
+        drain(&resumed).is_empty(),
+        "the same message again is a copy too"
+    );
+    assert_eq!(
+        new_owner.stats().snapshot().dropped[Dropped::ALL
+            .iter()
+            .position(|reason| *reason == Dropped::Duplicate)
+            .unwrap()],
+        2
+    );
 }
 
 #[test]

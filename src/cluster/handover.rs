@@ -8,6 +8,8 @@ use std::sync::Arc;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
+use crate::broker::HandedOver;
+use crate::message::ClusterMessageId;
 use crate::protocol::QoS;
 use crate::storage::codec;
 use crate::storage::{InflightState, RestoredDelivery, RestoredInflight, RestoredSession};
@@ -25,6 +27,9 @@ pub struct SessionDump {
     inflight: Vec<DumpedInflight>,
     queue: Vec<DumpedDelivery>,
     incoming_qos2: Vec<u16>,
+    /// The cluster ids of the queued and inflight messages (`ClusterMessageId`: node,
+    /// sequence), so that copies relayed or forwarded meanwhile are recognised.
+    held: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +50,32 @@ struct DumpedInflight {
 }
 
 impl SessionDump {
+    pub fn from_handed(handed: &HandedOver) -> SessionDump {
+        let mut dump = SessionDump::from_session(&handed.session);
+        dump.held = handed
+            .held
+            .iter()
+            .map(|id| (id.node, id.sequence))
+            .collect();
+        dump
+    }
+
+    /// `into_session`, with the ids of the messages it holds.
+    pub fn into_handed(self) -> Option<HandedOver> {
+        let held = self
+            .held
+            .iter()
+            .map(|(node, sequence)| ClusterMessageId {
+                node: *node,
+                sequence: *sequence,
+            })
+            .collect();
+        Some(HandedOver {
+            session: self.into_session()?,
+            held,
+        })
+    }
+
     pub fn from_session(session: &RestoredSession) -> SessionDump {
         let delivery = |delivery: &RestoredDelivery| DumpedDelivery {
             message: encode_base64(&codec::encode_message(&delivery.message)),
@@ -80,6 +111,7 @@ impl SessionDump {
                 .collect(),
             queue: session.queue.iter().map(delivery).collect(),
             incoming_qos2: session.incoming_qos2.clone(),
+            held: Vec::new(),
         }
     }
 
@@ -221,6 +253,27 @@ mod tests {
         let json = serde_json::to_vec(&SessionDump::from_session(&session)).unwrap();
         let dump: SessionDump = serde_json::from_slice(&json).unwrap();
         assert_eq!(dump.into_session(), Some(without_ids(session)));
+    }
+
+    #[test]
+    fn the_ids_of_the_messages_held_cross_with_it() {
+        let held = vec![
+            ClusterMessageId {
+                node: 2,
+                sequence: 40,
+            },
+            ClusterMessageId {
+                node: 3,
+                sequence: 7,
+            },
+        ];
+        let handed = HandedOver {
+            session: without_ids(sample_session()),
+            held,
+        };
+        let json = serde_json::to_vec(&SessionDump::from_handed(&handed)).unwrap();
+        let dump: SessionDump = serde_json::from_slice(&json).unwrap();
+        assert_eq!(dump.into_handed(), Some(handed));
     }
 
     #[test]

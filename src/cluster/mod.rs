@@ -12,6 +12,7 @@
 //! - `node`: a running node: consensus, proposals, the broker hook.
 //! - `ownership`: session claims, the hand-over of a moved session, release.
 //! - `handover`: a session on the link (`SessionDump`).
+//! - `relay`: messages for a session that moved away, relayed to its new node.
 
 #[cfg(feature = "rocksdb")]
 pub mod admin;
@@ -30,6 +31,8 @@ pub mod network;
 pub mod node;
 #[cfg(feature = "rocksdb")]
 mod ownership;
+#[cfg(feature = "rocksdb")]
+mod relay;
 pub mod state;
 #[cfg(feature = "rocksdb")]
 pub mod storage;

@@ -46,6 +46,11 @@ pub enum Request {
         client_id: String,
         epoch: u64,
     },
+    /// Messages for a session that moved to the asked node (`super::relay`).
+    Relay {
+        client_id: String,
+        messages: Vec<super::relay::RelayedMessage>,
+    },
 }
 
 /// What the previous owner answers to `Request::Handover`.
@@ -70,6 +75,8 @@ pub enum Response {
     Membership(Result<(), String>),
     Handover(HandoverAnswer),
     HandoverDone,
+    /// Whether the relayed messages are stored (or had nowhere to go).
+    Relayed(bool),
     /// The request could not be decoded.
     Invalid(String),
 }

@@ -57,11 +57,16 @@ pub struct ClusterStats {
     pub handover_moves: AtomicU64,
     /// Queued and in-flight messages that came with them.
     pub handover_messages: AtomicU64,
+    /// Messages relayed to the new node of a session that moved away.
+    pub relayed_messages: AtomicU64,
+    /// Messages not relayed: the relay's buffer was full, or its new owner never
+    /// stored the session.
+    pub relay_dropped: AtomicU64,
 }
 
 /// Sessions that moved to another node, kept for the new owner to fetch until it confirms
 /// it stored them: client id -> (the new owner's epoch, the session).
-type Handovers = Mutex<HashMap<String, (u64, crate::storage::RestoredSession)>>;
+type Handovers = Mutex<HashMap<String, (u64, crate::broker::HandedOver)>>;
 
 /// Sessions whose handover may wait for their new owner; beyond, the oldest go.
 const MAX_HANDOVERS: usize = 10_000;
@@ -91,11 +96,16 @@ pub struct ClusterNode {
     pub stats: Arc<ClusterStats>,
     link_addr: std::net::SocketAddr,
     pub(super) handovers: Arc<Handovers>,
+    pub(super) relays: super::relay::Relays,
+    /// This node, for the tasks it spawns.
+    this: Weak<ClusterNode>,
 }
 
 /// Applies committed changes to the local broker.
 struct BrokerSink {
     me: NodeId,
+    /// The node, once started (a claim applied before cannot have a relay).
+    node: std::sync::OnceLock<Weak<ClusterNode>>,
     broker: Weak<Broker>,
     routes: Arc<RouteTable>,
     links: Arc<Links>,
@@ -115,11 +125,22 @@ impl BrokerSink {
 
     /// Ends the local copy of a session that moved to another node, keeping it whole
     /// for the new owner (`ownership::take_handover`).
-    fn moved(&self, broker: &Broker, client_id: &str, epoch: u64) {
-        if broker.session(client_id).is_none() {
+    fn moved(&self, broker: &Broker, client_id: &str, owner: super::state::Owner) {
+        let epoch = owner.epoch;
+        let Some(handle) = broker.session(client_id) else {
             return;
-        }
+        };
         self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
+        // The relay first: it holds this node's routes for the session's filters, and
+        // takes whatever arrives once the session left (`super::relay`).
+        if let Some(node) = self.node.get().and_then(Weak::upgrade) {
+            let subscriptions = handle
+                .lock()
+                .subscriptions()
+                .map(|(filter, entry)| (filter.clone(), *entry))
+                .collect();
+            node.start_relay(client_id, owner.node, epoch, subscriptions);
+        }
         let Some(session) = broker.hand_over_session(client_id) else {
             return;
         };
@@ -158,8 +179,14 @@ impl EffectSink for BrokerSink {
                 Effect::Retained { topic, message } => self.retained(&broker, &topic, message),
                 Effect::MembersChanged => {}
                 Effect::Owner { client_id, owner } => {
+                    // The latest owner decides: a node replaying the log after a restart
+                    // applies old moves of sessions that came back to it since.
+                    let owner = state.owners.get(&client_id).copied().unwrap_or(owner);
+                    if let Some(node) = self.node.get().and_then(Weak::upgrade) {
+                        node.owner_changed(&client_id, owner.node);
+                    }
                     if owner.node != self.me {
-                        self.moved(&broker, &client_id, owner.epoch);
+                        self.moved(&broker, &client_id, owner);
                     }
                 }
             }
@@ -188,7 +215,7 @@ impl EffectSink for BrokerSink {
                 .get(&*handle.client_id)
                 .filter(|owner| owner.node != self.me)
             {
-                self.moved(&broker, &handle.client_id, owner.epoch);
+                self.moved(&broker, &handle.client_id, *owner);
             }
         }
     }
@@ -224,15 +251,17 @@ pub async fn start(
     let routes = Arc::new(RouteTable::new(me));
     let stats = Arc::new(ClusterStats::default());
     let handovers = Arc::new(Handovers::default());
+    crate::message::ClusterMessageId::set_local_node(me);
     let sink = Arc::new(BrokerSink {
         me,
+        node: std::sync::OnceLock::new(),
         broker: Arc::downgrade(broker),
         routes: routes.clone(),
         links: links.clone(),
         stats: stats.clone(),
         handovers: handovers.clone(),
     });
-    let state_machine = StateMachineStore::open(db.clone(), Some(sink))
+    let state_machine = StateMachineStore::open(db.clone(), Some(sink.clone()))
         .map_err(|error| anyhow::anyhow!("cannot open the cluster state: {error}"))?;
     let state = state_machine.state();
     let raft_config = openraft::Config {
@@ -266,8 +295,10 @@ pub async fn start(
     for (filter, count) in broker.local_filters() {
         book.counts.insert(filter.to_string(), count);
     }
-    let node = Arc::new(ClusterNode {
+    let node = Arc::new_cyclic(|this| ClusterNode {
         me,
+        this: this.clone(),
+        relays: Default::default(),
         raft: raft.clone(),
         links: links.clone(),
         state,
@@ -279,6 +310,7 @@ pub async fn start(
         link_addr,
         handovers,
     });
+    let _ = sink.node.set(Arc::downgrade(&node));
     links.set_handler(node.clone());
     tokio::spawn(links.clone().accept_loop(listener));
 
@@ -306,6 +338,10 @@ pub async fn start(
 impl ClusterNode {
     pub fn node_id(&self) -> NodeId {
         self.me
+    }
+
+    pub(super) fn this(&self) -> Weak<ClusterNode> {
+        self.this.clone()
     }
 
     pub fn link_addr(&self) -> std::net::SocketAddr {
@@ -592,6 +628,7 @@ impl ClusterHook for ClusterNode {
                 self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.relay(message);
     }
 
     fn filter_added(&self, filter: &str) {
@@ -677,6 +714,10 @@ impl LinkHandler for ClusterNode {
                     self.handover_done(&client_id, epoch);
                     Response::HandoverDone
                 }
+                Ok(Request::Relay {
+                    client_id,
+                    messages,
+                }) => Response::Relayed(self.take_relayed(&client_id, messages).await),
             };
             serde_json::to_vec(&response).unwrap_or_default()
         })
@@ -689,7 +730,9 @@ impl LinkHandler for ClusterNode {
         match forward::decode(body, broker.wall_clock()) {
             Some((message, groups)) => {
                 self.stats.received_messages.fetch_add(1, Ordering::Relaxed);
-                broker.route_forwarded(&Arc::new(message), &groups);
+                let message = Arc::new(message);
+                broker.route_forwarded(&message, &groups);
+                self.relay(&message);
             }
             None => tracing::warn!("malformed forwarded message dropped"),
         }

@@ -37,7 +37,7 @@ impl ClusterNode {
         let Some(dump) = self.fetch_handover(previous, client_id, epoch).await else {
             return false;
         };
-        let Some(session) = dump.into_session() else {
+        let Some(handed) = dump.into_handed() else {
             tracing::warn!(
                 client_id,
                 previous,
@@ -45,8 +45,8 @@ impl ClusterNode {
             );
             return false;
         };
-        let moved = session.queue.len() + session.inflight.len();
-        let Some(written) = broker.import_session(session) else {
+        let moved = handed.session.queue.len() + handed.session.inflight.len();
+        let Some(written) = broker.import_session(handed) else {
             return false;
         };
         if let Err(error) = written.await {
@@ -189,8 +189,8 @@ impl ClusterNode {
         // link is asked for again.
         let handovers = lock(&self.handovers);
         match handovers.get(client_id) {
-            Some((kept, session)) if *kept == epoch => {
-                HandoverAnswer::Session(Box::new(SessionDump::from_session(session)))
+            Some((kept, handed)) if *kept == epoch => {
+                HandoverAnswer::Session(Box::new(SessionDump::from_handed(handed)))
             }
             _ => HandoverAnswer::Nothing,
         }
@@ -212,6 +212,27 @@ impl ClusterNode {
             if let Some(broker) = self.broker.upgrade() {
                 broker.forget_moved_session(client_id);
             }
+        }
+        self.confirm_relay(client_id, epoch);
+    }
+
+    /// Messages the old owner of a session that moved here relayed: queued for it (the
+    /// copies it already has dropped); true once stored.
+    pub(super) async fn take_relayed(
+        &self,
+        client_id: &str,
+        messages: Vec<super::relay::RelayedMessage>,
+    ) -> bool {
+        let Some(broker) = self.broker.upgrade() else {
+            return false;
+        };
+        let relayed = messages
+            .into_iter()
+            .filter_map(|message| message.decode(&broker))
+            .collect();
+        match broker.deliver_relayed(client_id, relayed) {
+            Some(written) => written.await.is_ok(),
+            None => true,
         }
     }
 }

@@ -295,6 +295,7 @@ impl Session {
             },
             expires_at,
             publisher: Some(self.key),
+            cluster_id: Default::default(),
         }
     }
 }

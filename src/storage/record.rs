@@ -87,6 +87,7 @@ impl StoredMessage {
             properties: self.properties.clone(),
             expires_at: self.expires_at.map(|at| clock.to_instant(at)),
             publisher: None,
+            cluster_id: Default::default(),
         }
     }
 

@@ -70,8 +70,10 @@ async fn a_session_moves_with_its_queued_and_inflight_messages(v5: bool) {
     assert_eq!(seen_by_first.payload, b"0");
 
     // The client comes back on node 3.
+    let reconnect = std::time::Instant::now();
     let mut second = resuming(v5, cluster.mqtt(3), id);
     assert!(second.connected().await, "session present");
+    let connack = reconnect.elapsed();
     if v5 {
         loop {
             match first.next_event().await {
@@ -91,6 +93,10 @@ async fn a_session_moves_with_its_queued_and_inflight_messages(v5: bool) {
     for _ in 0..MESSAGES {
         received.push(second.next_publish().await);
     }
+    println!(
+        "takeover across nodes with {MESSAGES} messages (v5: {v5}): CONNACK after {connack:?}, all received after {:?}",
+        reconnect.elapsed()
+    );
     let payloads: Vec<String> = received
         .iter()
         .map(|message| String::from_utf8_lossy(&message.payload).to_string())
@@ -144,4 +150,62 @@ async fn a_mqtt5_session_moves_with_its_queued_and_inflight_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mqtt311_session_moves_with_its_queued_and_inflight_messages() {
     a_session_moves_with_its_queued_and_inflight_messages(false).await;
+}
+
+/// Messages per publisher while the session moves: with the ones in flight, fewer than
+/// the broker queues for an offline client (1,000 by default).
+const FLOWING: usize = 450;
+
+/// Two publishers, on the old node and on a third one, keep publishing while the
+/// session moves: every message reaches the moved session exactly once (the old node
+/// relays what still arrives there; the new one drops the copies it already has).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_while_messages_flow_loses_and_duplicates_none() {
+    let cluster = Cluster::start(3).await;
+    let id = "mover-flow";
+    let mut first = silent(true, cluster.mqtt(1), id);
+    assert!(!first.connected().await);
+    first.subscribe("flow/#", 2, None).await;
+    wait_routed(cluster.mqtt(2), "flow/probe", &mut first).await;
+
+    let publish = |addr, prefix: &'static str| async move {
+        let mut publisher = Publisher::v4(addr, &format!("flow-{prefix}")).await;
+        for n in 0..FLOWING {
+            let qos = 1 + (n % 2) as u8;
+            publisher
+                .publish(&format!("flow/{prefix}/{n}"), qos, false, b"x")
+                .await;
+        }
+        publisher
+    };
+    let remote = tokio::spawn(publish(cluster.mqtt(2), "remote"));
+    let local = tokio::spawn(publish(cluster.mqtt(1), "local"));
+    // The flow is under way; the client comes back on node 3.
+    first.next_publish().await;
+    let mut second = resuming(true, cluster.mqtt(3), id);
+    assert!(second.connected().await, "session present");
+
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 2 * FLOWING {
+        let message = second.next_publish().await;
+        assert!(
+            seen.insert(message.topic.clone()),
+            "{} arrived twice (after {} others)",
+            message.topic,
+            seen.len()
+        );
+    }
+    let mut publisher = remote.await.unwrap();
+    drop(local.await.unwrap());
+    // Nothing more of them: the next message is a new one.
+    wait_routed(cluster.mqtt(2), "flow/probe-again", &mut second).await;
+    publisher.publish("flow/after", 2, false, b"after").await;
+    assert_eq!(second.next_publish().await.topic, "flow/after");
+    let relayed = cluster
+        .metrics(1)
+        .await
+        .lines()
+        .find(|line| line.starts_with("fleetmq_cluster_relayed_messages_total"))
+        .map(str::to_string);
+    println!("old node: {relayed:?}");
 }
