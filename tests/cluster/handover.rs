@@ -209,3 +209,44 @@ async fn a_session_moving_while_messages_flow_loses_and_duplicates_none() {
         .map(str::to_string);
     println!("old node: {relayed:?}");
 }
+
+/// What a session brought along is stored on its new node: kill -9 of that node right
+/// after the move, and the session comes back from its disk whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_session_is_durable_on_its_new_node() {
+    let mut cluster = Cluster::start(3).await;
+    let id = "mover-durable";
+    let mut first = silent(false, cluster.mqtt(1), id);
+    assert!(!first.connected().await);
+    first.subscribe("durable/#", 2, None).await;
+    let mut watcher = Subscriber::v4(cluster.mqtt(1), "durable-watcher", true);
+    watcher.connected().await;
+    watcher.subscribe("durable-marker", 1, None).await;
+    let mut publisher = Publisher::v5(cluster.mqtt(1), "durable-publisher").await;
+    for n in 0..MESSAGES {
+        publisher
+            .publish(&format!("durable/{n}"), 1 + (n % 2) as u8, false, b"x")
+            .await;
+    }
+    // Its connection's packets are handled in order: once the marker is routed, every
+    // message is queued or in flight.
+    publisher.publish("durable-marker", 1, false, b"").await;
+    watcher.next_publish().await;
+    assert_eq!(first.next_publish().await.topic, "durable/0");
+    let mut second = silent(false, cluster.mqtt(3), id);
+    assert!(second.connected().await, "session present");
+    assert_eq!(second.next_publish().await.topic, "durable/0");
+    drop(second);
+    cluster.kill(3).await;
+    cluster.spawn(3);
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let mut third = resuming(false, cluster.mqtt(3), id);
+    assert!(third.connected().await, "session present after the restart");
+    for n in 0..MESSAGES {
+        assert_eq!(
+            third.next_publish().await.topic,
+            format!("durable/{n}"),
+            "every message, in order"
+        );
+    }
+}
