@@ -97,12 +97,17 @@ pub struct ClusterNode {
     link_addr: std::net::SocketAddr,
     pub(super) handovers: Arc<Handovers>,
     pub(super) relays: super::relay::Relays,
+    /// Sessions on their way here from their previous owner (`ownership::take_over`).
+    pub(super) importing: Mutex<std::collections::HashSet<String>>,
+    /// What applies committed changes to the broker (a session that moved on while on
+    /// its way here is handed over the same way).
+    pub(super) sink: Arc<BrokerSink>,
     /// This node, for the tasks it spawns.
     this: Weak<ClusterNode>,
 }
 
 /// Applies committed changes to the local broker.
-struct BrokerSink {
+pub(super) struct BrokerSink {
     me: NodeId,
     /// The node, once started (a claim applied before cannot have a relay).
     node: std::sync::OnceLock<Weak<ClusterNode>>,
@@ -125,7 +130,7 @@ impl BrokerSink {
 
     /// Ends the local copy of a session that moved to another node, keeping it whole
     /// for the new owner (`ownership::take_handover`).
-    fn moved(&self, broker: &Broker, client_id: &str, owner: super::state::Owner) {
+    pub(super) fn moved(&self, broker: &Broker, client_id: &str, owner: super::state::Owner) {
         let epoch = owner.epoch;
         let Some(handle) = broker.session(client_id) else {
             return;
@@ -299,6 +304,8 @@ pub async fn start(
         me,
         this: this.clone(),
         relays: Default::default(),
+        importing: Mutex::default(),
+        sink: sink.clone(),
         raft: raft.clone(),
         links: links.clone(),
         state,

@@ -31,6 +31,18 @@ impl ClusterNode {
     /// was imported; nothing when `previous` held none or is unreachable (the session
     /// then starts fresh).
     pub(super) async fn take_over(&self, previous: NodeId, client_id: &str, epoch: u64) -> bool {
+        // A later claim applied here meanwhile must wait for the session to arrive
+        // (`take_handover`), then it moves on (`pass_on`).
+        lock(&self.importing).insert(client_id.to_string());
+        let imported = self.import_from(previous, client_id, epoch).await;
+        lock(&self.importing).remove(client_id);
+        if imported {
+            self.pass_on(client_id, epoch);
+        }
+        imported
+    }
+
+    async fn import_from(&self, previous: NodeId, client_id: &str, epoch: u64) -> bool {
         let Some(broker) = self.broker.upgrade() else {
             return false;
         };
@@ -63,11 +75,27 @@ impl ClusterNode {
             epoch,
         };
         if let Ok(body) = serde_json::to_vec(&done) {
-            // Best effort: an old owner that misses it keeps a stale copy, which it drops
-            // when it applies a later owner change or restarts (fencing).
+            // Best effort: an old owner that misses it keeps a stale copy in its store
+            // (offered again, to nobody, when it restarts).
             let _ = self.links.request(previous, &body, HANDOVER_WAIT).await;
         }
         true
+    }
+
+    /// A session that arrived after a later claim (another node's) was applied here: it
+    /// goes on to that node as any session that moved away.
+    fn pass_on(&self, client_id: &str, epoch: u64) {
+        let Some(owner) = self.owner(client_id) else {
+            return;
+        };
+        if owner.node == self.me && owner.epoch == epoch {
+            return;
+        }
+        if let Some(broker) = self.broker.upgrade() {
+            if owner.node != self.me {
+                self.sink.moved(&broker, client_id, owner);
+            }
+        }
     }
 
     async fn fetch_handover(
@@ -182,7 +210,8 @@ impl ClusterNode {
         let applied = self
             .owner(client_id)
             .is_some_and(|owner| owner.epoch >= epoch);
-        if !applied {
+        // Still on its way here from its previous owner: asked again after.
+        if !applied || lock(&self.importing).contains(client_id) {
             return HandoverAnswer::NotApplied;
         }
         // Kept until the new owner confirms (`handover_done`): an answer lost on the

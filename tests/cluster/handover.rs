@@ -250,3 +250,62 @@ async fn a_moved_session_is_durable_on_its_new_node() {
         );
     }
 }
+
+/// Two nodes claim a session at once while it is on another one, with messages queued:
+/// one connection keeps it, and between the two connections every message arrives (a
+/// session that reaches a node whose claim was already overtaken goes on to the winner).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connects_on_two_nodes_to_a_session_with_messages_keep_every_message() {
+    const QUEUED: usize = 10;
+    let cluster = Cluster::start(3).await;
+    for round in 0..3 {
+        let id = format!("contested-{round}");
+        let mut first = silent(true, cluster.mqtt(1), &id);
+        assert!(!first.connected().await);
+        first
+            .subscribe(&format!("contested/{round}/#"), 1, None)
+            .await;
+        let mut publisher = Publisher::v5(cluster.mqtt(1), &format!("{id}-pub")).await;
+        for n in 0..QUEUED {
+            publisher
+                .publish(&format!("contested/{round}/{n}"), 1, false, b"x")
+                .await;
+        }
+        // The last one reached the client: all are in flight.
+        while first.next_publish().await.topic != format!("contested/{round}/{}", QUEUED - 1) {}
+
+        let mut b = Subscriber::v5(cluster.mqtt(2), &id, 3600);
+        let mut c = Subscriber::v5(cluster.mqtt(3), &id, 3600);
+        let (first_b, first_c) = tokio::join!(b.next_event(), c.next_event());
+        let accepted = |event: &Event| matches!(event, Event::ConnAck { code: 0, .. });
+        assert!(
+            accepted(&first_b) || accepted(&first_c),
+            "{first_b:?} {first_c:?}"
+        );
+        cluster.wait_for_leader(&[1, 2, 3]).await;
+        let alive_b = accepted(&first_b) && b.try_subscribe("alive/check").await;
+        let alive_c = accepted(&first_c) && c.try_subscribe("alive/check").await;
+        assert!(
+            alive_b ^ alive_c,
+            "round {round}: one keeps it ({alive_b}, {alive_c})"
+        );
+        let (mut winner, mut loser, loser_accepted) = if alive_b {
+            (b, c, accepted(&first_c))
+        } else {
+            (c, b, accepted(&first_b))
+        };
+        let mut seen: std::collections::HashSet<String> = if loser_accepted {
+            loser
+                .received_until_closed()
+                .await
+                .into_iter()
+                .map(|message| message.topic)
+                .collect()
+        } else {
+            Default::default()
+        };
+        while seen.len() < QUEUED {
+            seen.insert(winner.next_publish().await.topic);
+        }
+    }
+}

@@ -307,6 +307,19 @@ impl Subscriber {
         }
     }
 
+    /// Every PUBLISH received until the connection ended (the caller knows it ended or
+    /// is ending: this waits for that, at most `WAIT` per event).
+    pub async fn received_until_closed(&mut self) -> Vec<Received> {
+        let mut received: Vec<Received> = self.pending.drain(..).collect();
+        loop {
+            match self.next_event().await {
+                Event::Publish(p) => received.push(p),
+                Event::Closed(_) | Event::Disconnect(_) => return received,
+                _ => {}
+            }
+        }
+    }
+
     /// Forgets probes to `topic`, queued or still to come (later probes may follow the
     /// first one received).
     pub fn drain_probes(&mut self, topic: &str) {
