@@ -98,7 +98,7 @@ pub struct ClusterNode {
     pub(super) handovers: Arc<Handovers>,
     pub(super) relays: super::relay::Relays,
     /// Sessions on their way here from their previous owner (`ownership::take_over`).
-    pub(super) importing: Mutex<std::collections::HashSet<String>>,
+    pub(super) importing: Mutex<HashMap<String, usize>>,
     /// What applies committed changes to the broker (a session that moved on while on
     /// its way here is handed over the same way).
     pub(super) sink: Arc<BrokerSink>,
@@ -184,13 +184,15 @@ impl EffectSink for BrokerSink {
                 Effect::Retained { topic, message } => self.retained(&broker, &topic, message),
                 Effect::MembersChanged => {}
                 Effect::Owner { client_id, owner } => {
-                    // The latest owner decides: a node replaying the log after a restart
-                    // applies old moves of sessions that came back to it since.
-                    let owner = state.owners.get(&client_id).copied().unwrap_or(owner);
                     if let Some(node) = self.node.get().and_then(Weak::upgrade) {
                         node.owner_changed(&client_id, owner.node);
                     }
-                    if owner.node != self.me {
+                    // Each move in log order (the node that claimed it asks for the
+                    // session with its own epoch), unless the session is back here by
+                    // the end of what was applied: a node replaying its log after a
+                    // restart applies old moves of sessions that came back since.
+                    let latest = state.owners.get(&client_id).map(|latest| latest.node);
+                    if owner.node != self.me && latest != Some(self.me) {
                         self.moved(&broker, &client_id, owner);
                     }
                 }

@@ -31,11 +31,7 @@ impl ClusterNode {
     /// was imported; nothing when `previous` held none or is unreachable (the session
     /// then starts fresh).
     pub(super) async fn take_over(&self, previous: NodeId, client_id: &str, epoch: u64) -> bool {
-        // A later claim applied here meanwhile must wait for the session to arrive
-        // (`take_handover`), then it moves on (`pass_on`).
-        lock(&self.importing).insert(client_id.to_string());
         let imported = self.import_from(previous, client_id, epoch).await;
-        lock(&self.importing).remove(client_id);
         if imported {
             self.pass_on(client_id, epoch);
         }
@@ -168,6 +164,10 @@ impl ClusterNode {
             client_id: client_id.to_string(),
             node: self.me,
         };
+        // From before the claim can be applied here until the session arrived: a later
+        // claim of another node applied here meanwhile waits for it (`take_handover`),
+        // then it moves on (`pass_on`).
+        let _importing = Importing::new(self, client_id);
         match self.propose(command).await {
             Ok(result) => {
                 if result.previous_owner.is_some() {
@@ -211,7 +211,7 @@ impl ClusterNode {
             .owner(client_id)
             .is_some_and(|owner| owner.epoch >= epoch);
         // Still on its way here from its previous owner: asked again after.
-        if !applied || lock(&self.importing).contains(client_id) {
+        if !applied || lock(&self.importing).contains_key(client_id) {
             return HandoverAnswer::NotApplied;
         }
         // Kept until the new owner confirms (`handover_done`): an answer lost on the
@@ -262,6 +262,34 @@ impl ClusterNode {
         match broker.deliver_relayed(client_id, relayed) {
             Some(written) => written.await.is_ok(),
             None => true,
+        }
+    }
+}
+
+/// Marks a client id as claimed here and its session possibly on its way, for as long
+/// as it lives (claims of one client id on one node may overlap: counted).
+struct Importing<'a> {
+    node: &'a ClusterNode,
+    client_id: &'a str,
+}
+
+impl<'a> Importing<'a> {
+    fn new(node: &'a ClusterNode, client_id: &'a str) -> Importing<'a> {
+        *lock(&node.importing)
+            .entry(client_id.to_string())
+            .or_default() += 1;
+        Importing { node, client_id }
+    }
+}
+
+impl Drop for Importing<'_> {
+    fn drop(&mut self) {
+        let mut importing = lock(&self.node.importing);
+        if let Some(count) = importing.get_mut(self.client_id) {
+            *count -= 1;
+            if *count == 0 {
+                importing.remove(self.client_id);
+            }
         }
     }
 }

@@ -191,6 +191,18 @@ impl ClusterNode {
                 if !crate::topic::matches(&message.topic, filter) {
                     continue;
                 }
+                // No Local: the new node may have the client publishing there already,
+                // and a message from that node cannot be told apart from its own. (One
+                // of another client there reaches the session on that node once it
+                // imported it.)
+                if entry.options.no_local
+                    && message
+                        .cluster_id
+                        .get()
+                        .is_some_and(|id| id.node == relay.to)
+                {
+                    continue;
+                }
                 let qos = message.qos.min(entry.options.qos) as u8;
                 let retain = message.retain && entry.options.retain_as_published;
                 let relayed = matched.get_or_insert_with(|| {
