@@ -50,8 +50,8 @@ pub struct ClusterStats {
     pub retained_dropped: AtomicU64,
     pub proposals_failed: AtomicU64,
     pub ownership_moves: AtomicU64,
-    /// Sessions handed over to another node that never fetched them (their stored copy
-    /// is kept here).
+    /// Sessions handed over to another node that never took them (it started them
+    /// fresh), deleted here.
     pub handover_dropped: AtomicU64,
     /// Sessions this node took over whole from another node.
     pub handover_moves: AtomicU64,
@@ -65,8 +65,18 @@ pub struct ClusterStats {
 }
 
 /// Sessions that moved to another node, kept for the new owner to fetch until it confirms
-/// it stored them: client id -> (the new owner's epoch, the session).
-type Handovers = Mutex<HashMap<String, (u64, crate::broker::HandedOver)>>;
+/// it stored them (`ownership`).
+pub(super) type Handovers = Mutex<HashMap<String, Kept>>;
+
+/// A session kept for its new owner.
+pub(super) struct Kept {
+    /// The new owner's epoch.
+    pub(super) epoch: u64,
+    pub(super) handed: crate::broker::HandedOver,
+    pub(super) since: std::time::Instant,
+    /// The new owner asked for it.
+    pub(super) fetched: bool,
+}
 
 /// Sessions whose handover may wait for their new owner; beyond, the oldest go.
 const MAX_HANDOVERS: usize = 10_000;
@@ -150,18 +160,36 @@ impl BrokerSink {
             return;
         };
         let mut handovers = lock(&self.handovers);
-        if handovers.len() >= MAX_HANDOVERS {
-            if let Some(oldest) = handovers
+        let evicted = if handovers.len() >= MAX_HANDOVERS {
+            let oldest = handovers
                 .iter()
-                .min_by_key(|(_, (epoch, _))| *epoch)
-                .map(|(id, _)| id.clone())
-            {
-                // Its stored copy stays: a restart offers it again.
-                handovers.remove(&oldest);
+                .min_by_key(|(_, kept)| kept.epoch)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = &oldest {
+                handovers.remove(oldest);
                 self.stats.handover_dropped.fetch_add(1, Ordering::Relaxed);
             }
+            oldest
+        } else {
+            None
+        };
+        handovers.insert(
+            client_id.to_string(),
+            Kept {
+                epoch,
+                handed: session,
+                since: std::time::Instant::now(),
+                fetched: false,
+            },
+        );
+        drop(handovers);
+        if let Some(evicted) = evicted {
+            tracing::warn!(
+                client_id = evicted,
+                "too many sessions handed over at once: the oldest deleted"
+            );
+            broker.forget_moved_session(&evicted);
         }
-        handovers.insert(client_id.to_string(), (epoch, session));
     }
 
     fn members(&self, state: &ClusterState) {
@@ -340,6 +368,7 @@ pub async fn start(
         }
     }
     tokio::spawn(node.clone().propose_loop());
+    tokio::spawn(super::ownership::sweep_handovers(Arc::downgrade(&node)));
     broker.set_cluster(node.clone());
     Ok(node)
 }

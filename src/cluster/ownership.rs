@@ -216,10 +216,11 @@ impl ClusterNode {
         }
         // Kept until the new owner confirms (`handover_done`): an answer lost on the
         // link is asked for again.
-        let handovers = lock(&self.handovers);
-        match handovers.get(client_id) {
-            Some((kept, handed)) if *kept == epoch => {
-                HandoverAnswer::Session(Box::new(SessionDump::from_handed(handed)))
+        let mut handovers = lock(&self.handovers);
+        match handovers.get_mut(client_id) {
+            Some(kept) if kept.epoch == epoch => {
+                kept.fetched = true;
+                HandoverAnswer::Session(Box::new(SessionDump::from_handed(&kept.handed)))
             }
             _ => HandoverAnswer::Nothing,
         }
@@ -231,7 +232,7 @@ impl ClusterNode {
             let mut handovers = lock(&self.handovers);
             let kept = handovers
                 .get(client_id)
-                .is_some_and(|(kept, _)| *kept == epoch);
+                .is_some_and(|kept| kept.epoch == epoch);
             if kept {
                 handovers.remove(client_id);
             }
@@ -290,6 +291,57 @@ impl Drop for Importing<'_> {
             if *count == 0 {
                 importing.remove(self.client_id);
             }
+        }
+    }
+}
+
+/// How long a session handed over waits for its new owner to ask for it. The new owner
+/// asks for `HANDOVER_WAIT` after its claim and otherwise starts the session fresh
+/// (CONNACK Session Present = 0), so a session nobody asked for by then never will be:
+/// one a restarted node hands over again while replaying old claims, or one whose new
+/// owner gave up (this node was down or cut off).
+const HANDOVER_UNCLAIMED: Duration = Duration::from_secs(10);
+/// How long a session its new owner fetched waits for its confirmation (the new owner
+/// crashed before storing it: its client, never acknowledged, starts afresh).
+const HANDOVER_UNCONFIRMED: Duration = Duration::from_secs(600);
+
+/// Deletes, here and in the store, the sessions handed over that their new owner will
+/// not take any more (fencing: this node never serves them again).
+pub(super) async fn sweep_handovers(node: std::sync::Weak<ClusterNode>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        let stale: Vec<String> = {
+            let mut handovers = lock(&node.handovers);
+            let stale: Vec<String> = handovers
+                .iter()
+                .filter(|(_, kept)| {
+                    let limit = if kept.fetched {
+                        HANDOVER_UNCONFIRMED
+                    } else {
+                        HANDOVER_UNCLAIMED
+                    };
+                    kept.since.elapsed() >= limit
+                })
+                .map(|(client_id, _)| client_id.clone())
+                .collect();
+            for client_id in &stale {
+                handovers.remove(client_id);
+            }
+            stale
+        };
+        let Some(broker) = node.broker.upgrade() else {
+            return;
+        };
+        for client_id in stale {
+            tracing::info!(
+                client_id,
+                "session handed over but never taken: deleted here"
+            );
+            node.stats.handover_dropped.fetch_add(1, Ordering::Relaxed);
+            broker.forget_moved_session(&client_id);
         }
     }
 }

@@ -309,3 +309,48 @@ async fn two_connects_on_two_nodes_to_a_session_with_messages_keep_every_message
         }
     }
 }
+
+/// The owner is killed: a client reconnecting elsewhere waits a bounded time for it,
+/// then starts afresh (Session Present = 0: sessions are not replicated). Restarted, the
+/// old owner never serves that session again and deletes its copy (fencing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_a_dead_node_starts_afresh_and_the_node_deletes_its_copy_when_back() {
+    let mut cluster = Cluster::start(3).await;
+    let id = "orphan";
+    let mut first = resuming(false, cluster.mqtt(1), id);
+    assert!(!first.connected().await);
+    first.subscribe("orphan/#", 1, None).await;
+    drop(first);
+    cluster.kill(1).await;
+    cluster.wait_for_leader(&[2, 3]).await;
+
+    let asked = std::time::Instant::now();
+    let mut second = resuming(false, cluster.mqtt(3), id);
+    assert!(!second.connected().await, "a fresh session");
+    let waited = asked.elapsed();
+    assert!(waited < std::time::Duration::from_secs(8), "{waited:?}");
+    drop(second);
+
+    cluster.spawn(1);
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    crate::common::eventually("the old owner to delete the session it kept", || async {
+        let metrics = cluster.metrics(1).await;
+        metrics
+            .lines()
+            .any(|line| line == "fleetmq_cluster_handover_dropped_total 1")
+            .then_some(())
+    })
+    .await;
+    // Deleted from its store too: a restart finds nothing.
+    cluster.kill(1).await;
+    cluster.spawn(1);
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let log = std::fs::read_to_string(&cluster.node(1).log).unwrap();
+    let restored: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("state restored"))
+        .collect();
+    assert_eq!(restored.len(), 3, "{restored:?}");
+    assert!(restored[1].contains("sessions=1"), "{}", restored[1]);
+    assert!(restored[2].contains("sessions=0"), "{}", restored[2]);
+}
