@@ -1,7 +1,8 @@
 //! Who owns a session: claiming it through consensus before a CONNECT attaches (with
 //! the fencing epoch), moving a session whole from its previous owner (the hand-over
-//! protocol, ARCHITECTURE.md "The cluster"), and releasing the ownership of sessions
-//! that ended here.
+//! protocol, ARCHITECTURE.md "The cluster"), deleting the sessions handed over that
+//! their new owner never took (`sweep_handovers`), and releasing the ownership of
+//! sessions that ended here.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
