@@ -3,6 +3,8 @@
 //! A PUBLISH is turned into one `Arc<Message>` when it arrives; every subscriber's queue,
 //! the retained store and (later) the storage layer share that one allocation.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -32,9 +34,57 @@ pub struct Message {
     /// The session that published it (`None` for wills and broker-generated messages
     /// such as `$SYS`), so No Local can skip it.
     pub publisher: Option<SessionKey>,
+    /// Its identity across a cluster, set the first time a cluster node needs it (see
+    /// `ClusterMessageId`); a single node never sets it.
+    pub cluster_id: OnceLock<ClusterMessageId>,
+}
+
+/// A message's identity in a cluster: the node where it was published and a sequence
+/// number of that node's. Copies of one message that reach a session by two ways while
+/// the session moves between nodes (forwarded to its new node, and relayed by its old
+/// one) carry the same id, so the session keeps one (`crate::session` de-duplicates).
+///
+/// The sequence starts at the process's start time in microseconds, so a restarted
+/// node does not reuse the ids of its previous run (unless it published more than a
+/// million messages a second on average).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClusterMessageId {
+    pub node: u64,
+    pub sequence: u64,
+}
+
+/// This process's node id and next sequence number for `ClusterMessageId`s. Process-wide
+/// because a message is created where a PUBLISH is parsed, far from the cluster code;
+/// only a cluster node sets the node id (once, at start).
+static LOCAL_NODE: AtomicU64 = AtomicU64::new(0);
+static NEXT_SEQUENCE: OnceLock<AtomicU64> = OnceLock::new();
+
+impl ClusterMessageId {
+    /// Names the local node in the ids this process hands out (a cluster node, at start).
+    pub fn set_local_node(node: u64) {
+        LOCAL_NODE.store(node, Ordering::Relaxed);
+    }
+
+    fn next() -> ClusterMessageId {
+        let sequence = NEXT_SEQUENCE.get_or_init(|| {
+            let micros = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_micros());
+            AtomicU64::new(u64::try_from(micros).unwrap_or(u64::MAX / 2))
+        });
+        ClusterMessageId {
+            node: LOCAL_NODE.load(Ordering::Relaxed),
+            sequence: sequence.fetch_add(1, Ordering::Relaxed),
+        }
+    }
 }
 
 impl Message {
+    /// This message's identity in the cluster, allocated by this node if it has none yet.
+    pub fn cluster_id(&self) -> ClusterMessageId {
+        *self.cluster_id.get_or_init(ClusterMessageId::next)
+    }
+
     /// True once the message expiry interval has run out.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)

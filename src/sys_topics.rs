@@ -104,6 +104,7 @@ impl Publisher {
                 properties: PublishProperties::default(),
                 expires_at: None,
                 publisher: None,
+                cluster_id: Default::default(),
             };
             broker.publish_system(&Arc::new(message));
         }

@@ -233,5 +233,6 @@ fn build_message(context: &AdminContext, body: PublishRequest) -> Result<Message
             .message_expiry_interval
             .and_then(|secs| now.checked_add(std::time::Duration::from_secs(u64::from(secs)))),
         publisher: None,
+        cluster_id: Default::default(),
     })
 }

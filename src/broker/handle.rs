@@ -46,6 +46,9 @@ pub struct SessionHandle {
     persistent: AtomicBool,
     /// Set once the session ended; nothing queued for it any more will be delivered.
     retired: AtomicBool,
+    /// The session moved here from another cluster node a short while ago: the broker
+    /// drops second copies of the messages it has (`super::recent`).
+    pub(super) moved_recently: AtomicBool,
     /// An operator asked the attached connection to close (MQTT 5: DISCONNECT 0x98
     /// Administrative action). Set with `state` locked, cleared by the next attach.
     kicked: AtomicBool,
@@ -91,6 +94,7 @@ impl SessionHandle {
             generation: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            moved_recently: AtomicBool::new(false),
             kicked: AtomicBool::new(false),
         }
     }

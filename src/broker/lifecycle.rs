@@ -387,5 +387,6 @@ pub fn will_message(will: Will, now: Instant) -> Message {
             .message_expiry_interval
             .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs)))),
         publisher: None,
+        cluster_id: Default::default(),
     }
 }

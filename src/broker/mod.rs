@@ -27,9 +27,11 @@
 
 pub mod congestion;
 pub mod handle;
+mod handover;
 pub mod inspect;
 pub mod lifecycle;
 pub mod log_throttle;
+mod recent;
 pub mod remote;
 pub mod restore;
 pub mod routing;
@@ -57,8 +59,9 @@ use crate::storage::{Completion, Store, StoreOp, WallClock};
 use crate::topic::{RetainedTree, SubscriptionTrie};
 
 pub use handle::{Attachment, SessionHandle};
+pub use handover::{HandedOver, Relayed, MOVE_WINDOW};
 pub use lifecycle::Connected;
-pub use remote::{Claimed, ClusterHook, MovedSession};
+pub use remote::{Claimed, ClusterHook};
 pub use restore::Restored;
 pub use routing::{Published, Route};
 pub use stats::{Dropped, Refusal, Stats, StatsSnapshot};
@@ -95,6 +98,9 @@ pub struct Broker {
     /// The cluster this node belongs to (`crate::cluster`); unset on a single node, where
     /// the only cost is one check per PUBLISH.
     cluster: OnceLock<Arc<dyn ClusterHook>>,
+    /// What sessions that moved here from another cluster node a short while ago hold
+    /// (`recent`), by session key; empty on a single node.
+    recent: Mutex<HashMap<SessionKey, recent::RecentIds>>,
 }
 
 impl Broker {
@@ -123,6 +129,7 @@ impl Broker {
             shutdown,
             health: crate::health::HealthState::default(),
             outboxes: RwLock::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
             bridge_stats: RwLock::new(Vec::new()),
             cluster: OnceLock::new(),
         })

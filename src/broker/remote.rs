@@ -10,12 +10,11 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use crate::message::Message;
-use crate::session::SubscriptionEntry;
 use crate::storage::{StoreOp, StoredMessage};
 use crate::topic::Match;
 
 use super::routing::Fanout;
-use super::{lock, read, write, Broker, SessionHandle, Stats};
+use super::{lock, read, write, Broker, Stats};
 
 /// What the broker tells the cluster. Called on the publishing or subscribing task;
 /// implementations only queue work, never block.
@@ -29,8 +28,8 @@ pub trait ClusterHook: Send + Sync + 'static {
     /// Whether the node knows a cluster leader (`/health`).
     fn has_leader(&self) -> bool;
     /// Takes `client_id`'s session for this node through consensus before a CONNECT
-    /// attaches: `Ok(Some(claimed))` once owned (with what the previous owner handed
-    /// over), `Ok(None)` for a clean session admitted without an owner (no leader),
+    /// attaches: `Ok(Some(claimed))` once owned (a session another node held has then
+    /// moved here whole, `Broker::import_session`), `Ok(None)` for a clean session admitted without an owner (no leader),
     /// `Err(reason code)` to refuse the CONNECT.
     fn claim(&self, client_id: &str, persistent: bool) -> ClaimFuture<'_>;
     /// Whether this node still owns `client_id`'s session with `epoch`.
@@ -42,20 +41,10 @@ pub trait ClusterHook: Send + Sync + 'static {
 }
 
 /// A session this node took through consensus.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claimed {
     /// The fencing epoch of this node's ownership.
     pub epoch: u64,
-    /// The subscriptions the previous owner (another node) handed over.
-    pub adopted: Vec<(ByteString, SubscriptionEntry)>,
-}
-
-/// What a node keeps of a session that moved away: its subscriptions, for the new owner.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MovedSession {
-    pub subscriptions: Vec<(ByteString, SubscriptionEntry)>,
-    /// Queued and in-flight messages that stay behind (dropped).
-    pub dropped_messages: usize,
 }
 
 /// What `ClusterHook::claim` returns.
@@ -89,78 +78,6 @@ impl Broker {
             (Some(cluster), Some(claimed)) => cluster.owns(client_id, claimed.epoch),
             _ => true,
         }
-    }
-
-    /// After a claim, gives the just-attached session of a resuming client (`resumes`:
-    /// persistent, no clean start) what its previous owner handed over, setting Session
-    /// Present when there was something; waits for the store write.
-    pub async fn adopt_handover(
-        &self,
-        connected: &mut super::Connected,
-        claim: Option<Claimed>,
-        resumes: bool,
-    ) -> Result<(), crate::storage::StoreError> {
-        let Some(claimed) = claim.filter(|claimed| resumes && !claimed.adopted.is_empty()) else {
-            return Ok(());
-        };
-        let generation = connected.attachment.generation;
-        let Some((written, adopted)) =
-            self.adopt_subscriptions(&connected.handle, generation, claimed.adopted)
-        else {
-            return Ok(());
-        };
-        connected.session_present |= adopted;
-        match written {
-            Some(written) => written.await,
-            None => Ok(()),
-        }
-    }
-
-    /// Gives a just-attached session the subscriptions its previous owner handed over
-    /// (routes, the session, the store). Returns the store write CONNACK waits for, and
-    /// whether anything was adopted (CONNACK Session Present). `None` if the
-    /// connection has been taken over meanwhile.
-    pub fn adopt_subscriptions(
-        &self,
-        handle: &Arc<SessionHandle>,
-        generation: u64,
-        subscriptions: Vec<(ByteString, SubscriptionEntry)>,
-    ) -> Option<(Option<crate::storage::Completion>, bool)> {
-        let mut session = handle.lock_current(generation)?;
-        let adopted = !subscriptions.is_empty();
-        let mut ops = Vec::new();
-        {
-            let mut routes = write(&self.routes);
-            for (filter, entry) in subscriptions {
-                let Some((plain, group)) = super::routing::trie_key(&filter) else {
-                    continue;
-                };
-                let existed = session.add_subscription(filter.clone(), entry);
-                routes.insert(
-                    plain,
-                    group,
-                    handle.key,
-                    super::Route {
-                        session: handle.clone(),
-                        options: entry.options,
-                        subscription_id: entry.subscription_id,
-                    },
-                );
-                if !existed {
-                    if let Some(cluster) = self.cluster.get() {
-                        cluster.filter_added(&filter);
-                    }
-                }
-                if session.is_persistent() {
-                    ops.push(StoreOp::AddSubscription {
-                        client_id: handle.client_id.clone(),
-                        filter,
-                        entry,
-                    });
-                }
-            }
-        }
-        Some((self.submit(ops), adopted))
     }
 
     /// The cluster's metrics (Prometheus text), empty on a single node.
@@ -255,45 +172,6 @@ impl Broker {
     /// The wall clock the broker converts message expiry with.
     pub fn wall_clock(&self) -> &crate::storage::WallClock {
         &self.clock
-    }
-
-    /// Another node took `client_id`'s session: a connection holding it here is
-    /// disconnected (MQTT 5: 0x8E Session taken over). Returns whether one was.
-    ///
-    /// The session ends here (its routes and stored record go): the node that took it
-    /// serves it from now on, with the subscriptions returned here for it; queued and
-    /// in-flight messages stay behind and are dropped (counted by the caller).
-    pub fn kick_moved_session(&self, client_id: &str) -> Option<MovedSession> {
-        let now = super::now();
-        let mut registry = lock(&self.registry);
-        let handle = registry.remove(client_id)?;
-        let (filters, moved) = {
-            let mut session = handle.lock();
-            let subscriptions: Vec<(ByteString, SubscriptionEntry)> = session
-                .subscriptions()
-                .map(|(filter, entry)| (filter.clone(), *entry))
-                .collect();
-            let filters: Vec<ByteString> = subscriptions
-                .iter()
-                .map(|(filter, _)| filter.clone())
-                .collect();
-            let moved = MovedSession {
-                subscriptions,
-                dropped_messages: session.queued_len() + session.inflight_len(),
-            };
-            if session.is_persistent() {
-                self.submit_detached(vec![StoreOp::RemoveSession {
-                    client_id: handle.client_id.clone(),
-                }]);
-            }
-            handle.retire_locked(&mut session, now);
-            (filters, moved)
-        };
-        drop(registry);
-        self.scheduler.cancel(handle.key);
-        self.remove_routes(handle.key, &filters);
-        Stats::incr(&self.stats.takeovers);
-        Some(moved)
     }
 
     /// Whether a client of this node holds `client_id`'s session right now.

@@ -34,12 +34,7 @@ impl ClusterHook for Recorder {
         true
     }
     fn claim(&self, _: &str, _: bool) -> remote::ClaimFuture<'_> {
-        Box::pin(async {
-            Ok(Some(remote::Claimed {
-                epoch: 1,
-                adopted: Vec::new(),
-            }))
-        })
+        Box::pin(async { Ok(Some(remote::Claimed { epoch: 1 })) })
     }
     fn owns(&self, _: &str, epoch: u64) -> bool {
         epoch == 1
@@ -130,6 +125,7 @@ fn message(topic: &str, retain: bool) -> Arc<Message> {
         properties: PublishProperties::default(),
         expires_at: None,
         publisher: None,
+        cluster_id: Default::default(),
     })
 }
 
@@ -202,46 +198,109 @@ fn a_forwarded_message_reaches_plain_subscribers_and_only_the_named_shared_group
 }
 
 #[test]
-fn a_session_moved_to_another_node_ends_here_and_its_connection_is_kicked() {
-    let (broker, recorder) = clustered();
-    let device = connect(&broker, "device", 3600);
-    subscribe(&broker, &device, "cmd/device");
-    calls(&recorder);
-    let moved = broker
-        .kick_moved_session("device")
-        .expect("a session to move");
-    assert_eq!(moved.subscriptions.len(), 1);
-    assert_eq!(moved.subscriptions[0].0, "cmd/device");
-    assert!(
-        device
-            .handle
-            .lock_current(device.attachment.generation)
-            .is_none(),
-        "the old connection no longer holds the session"
-    );
-    assert!(broker.session("device").is_none());
-    assert_eq!(calls(&recorder), vec!["removed cmd/device"]);
-    assert_eq!(broker.route(&message("cmd/device", false)), 0);
-    assert!(
-        broker.kick_moved_session("device").is_none(),
-        "nothing left to move"
-    );
+fn a_session_moved_to_another_node_goes_whole_with_its_messages_in_order() {
+    let (old_owner, old_recorder) = clustered();
+    let device = connect(&old_owner, "device", 3600);
+    subscribe(&old_owner, &device, "cmd/#");
+    for topic in ["cmd/1", "cmd/2"] {
+        old_owner.route(&message(topic, false));
+    }
+    let sent = drain(&device);
+    assert_eq!(sent.len(), 2, "two in flight, unacknowledged");
+    old_owner.disconnect(&device.handle, device.attachment.generation, false);
+    for topic in ["cmd/3", "cmd/4"] {
+        old_owner.route(&message(topic, false));
+    }
+    calls(&old_recorder);
 
-    // The new owner adopts what was handed over: routes, session, cluster routes.
-    let again = connect(&broker, "device", 3600);
-    let (_, adopted) = broker
-        .adopt_subscriptions(
-            &again.handle,
-            again.attachment.generation,
-            moved.subscriptions,
-        )
-        .unwrap();
-    assert!(adopted);
-    assert_eq!(calls(&recorder), vec!["added cmd/device"]);
-    assert_eq!(broker.route(&message("cmd/device", false)), 1);
+    let moved = old_owner
+        .hand_over_session("device")
+        .expect("a session to hand over");
+    assert_eq!(moved.session.subscriptions.len(), 1);
+    assert_eq!(moved.session.inflight.len(), 2);
+    assert_eq!(moved.session.queue.len(), 2);
+    assert_eq!(moved.held.len(), 4, "the cluster ids of what it holds");
+    assert!(old_owner.session("device").is_none());
+    assert_eq!(calls(&old_recorder), vec!["removed cmd/#"]);
     assert_eq!(
-        drain(&again)[0].properties.subscription_identifiers,
-        vec![9]
+        old_owner.route(&message("cmd/5", false)),
+        0,
+        "no longer routed here"
+    );
+    assert!(old_owner.hand_over_session("device").is_none());
+    // The old owner's stored copy stays until the new owner confirms.
+    let stored = |broker: &Broker| {
+        broker
+            .store()
+            .restore(crate::storage::WallClock::now().unix_millis())
+            .unwrap()
+            .sessions
+            .len()
+    };
+    assert_eq!(stored(&old_owner), 1);
+
+    let (new_owner, new_recorder) = clustered();
+    let held = moved.held.clone();
+    let written = new_owner.import_session(moved).expect("imported");
+    written.wait().unwrap();
+    assert_eq!(calls(&new_recorder), vec!["added cmd/#"]);
+    let restored = new_owner
+        .store()
+        .restore(crate::storage::WallClock::now().unix_millis())
+        .unwrap();
+    assert_eq!(
+        restored.sessions[0].inflight.len(),
+        2,
+        "stored where it is now"
+    );
+    assert_eq!(restored.sessions[0].queue.len(), 2);
+    old_owner.forget_moved_session("device");
+    assert_eq!(stored(&old_owner), 0);
+
+    let resumed = connect(&new_owner, "device", 3600);
+    assert!(resumed.session_present);
+    let out = drain(&resumed);
+    let topics: Vec<&str> = out.iter().map(|publish| &*publish.topic).collect();
+    assert_eq!(topics, ["cmd/1", "cmd/2", "cmd/3", "cmd/4"]);
+    assert!(
+        out[0].dup && out[1].dup,
+        "the ones in flight are resent first"
+    );
+    assert_eq!(
+        (out[0].packet_id, out[1].packet_id),
+        (sent[0].packet_id, sent[1].packet_id),
+        "with their packet ids"
+    );
+    assert!(!out[2].dup && !out[3].dup);
+    assert_eq!(new_owner.route(&message("cmd/6", false)), 1, "routed here");
+
+    // A copy of a message it already holds, relayed or forwarded meanwhile, is dropped;
+    // a new one is kept.
+    let copy = message("cmd/3", false);
+    copy.cluster_id.set(held[2]).unwrap();
+    let fresh = message("cmd/7", false);
+    let relayed = |message: &Arc<Message>| Relayed {
+        message: message.clone(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: vec![9],
+    };
+    let written = new_owner.deliver_relayed("device", vec![relayed(&copy), relayed(&fresh)]);
+    written.unwrap().wait().unwrap();
+    let out = drain(&resumed);
+    let topics: Vec<&str> = out.iter().map(|publish| &*publish.topic).collect();
+    assert_eq!(topics, ["cmd/6", "cmd/7"]);
+    new_owner.route(&fresh);
+    assert!(
+        drain(&resumed).is_empty(),
+        "the same message again is a copy too"
+    );
+    assert_eq!(
+        new_owner.stats().snapshot().dropped[Dropped::ALL
+            .iter()
+            .position(|reason| *reason == Dropped::Duplicate)
+            .unwrap()],
+        2
     );
 }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 use crate::message::Message;
 use crate::protocol::Will;
 use crate::session::{Delivery, RestoredParts};
-use crate::storage::{MessageId, RestoredDelivery, RestoredState, StoreOp, EXPIRY_NEVER};
+use crate::storage::{
+    MessageId, RestoredDelivery, RestoredSession, RestoredState, StoreOp, UnixMillis, EXPIRY_NEVER,
+};
 
 use super::lifecycle::{will_delay, NEVER_EXPIRES};
 use super::routing::trie_key;
@@ -68,92 +70,13 @@ impl Broker {
         let mut ops = Vec::new();
         let mut registry = lock(&self.registry);
         for restored in state.sessions {
-            let mut record = restored.record;
-            let expiry = if record.expiry_interval == EXPIRY_NEVER {
-                NEVER_EXPIRES
-            } else {
-                Duration::from_secs(u64::from(record.expiry_interval))
-            };
-            // A session whose client was connected when the broker stopped lost its
-            // connection then; as the store cannot know when, it counts from now.
-            let detached_ms = match record.disconnected_at {
-                Some(at) => at,
-                None => {
-                    record.disconnected_at = Some(now_ms);
-                    ops.push(StoreOp::PutSession(record.clone()));
-                    now_ms
-                }
-            };
-            let detached_at = clock.to_instant(detached_ms);
-            let will = match record.will.take() {
-                Some(will) => {
-                    let delay = will_delay(&will).min(expiry);
-                    let due_ms = detached_ms
-                        .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-                    if due_ms <= now_ms {
-                        wills_due.push(will);
-                        ops.push(StoreOp::PutSession(record.clone()));
-                        None
-                    } else {
-                        Some((clock.to_instant(due_ms), will))
-                    }
-                }
-                None => None,
-            };
-
             summary.sessions += 1;
             summary.subscriptions += restored.subscriptions.len();
             summary.queued_messages += restored.queue.len();
             summary.inflight_messages += restored.inflight.len();
-            let parts = RestoredParts {
-                protocol: record.protocol,
-                expiry_interval: expiry,
-                detached_at,
-                subscriptions: restored.subscriptions.clone(),
-                queue: restored.queue.into_iter().map(&mut delivery_of).collect(),
-                inflight: restored
-                    .inflight
-                    .into_iter()
-                    .map(|inflight| {
-                        (
-                            delivery_of(inflight.delivery),
-                            inflight.packet_id,
-                            inflight.state,
-                        )
-                    })
-                    .collect(),
-                incoming_qos2: restored.incoming_qos2,
-            };
-            let key = self.next_session_key();
-            let handle = Arc::new(SessionHandle::restored(
-                key,
-                record.client_id.clone(),
-                self.limits_for(&record.client_id),
-                parts,
-            ));
-            {
-                let mut routes = write(&self.routes);
-                for (filter, entry) in &restored.subscriptions {
-                    if let Some((plain, group)) = trie_key(filter) {
-                        let route = Route {
-                            session: handle.clone(),
-                            options: entry.options,
-                            subscription_id: entry.subscription_id,
-                        };
-                        routes.insert(plain, group, key, route);
-                    }
-                }
-            }
-            let expires_at = (expiry < NEVER_EXPIRES)
-                .then(|| detached_at.checked_add(expiry))
-                .flatten();
-            self.scheduler.schedule(Pending {
-                handle: handle.clone(),
-                generation: handle.generation(),
-                will,
-                expires_at,
-            });
-            registry.insert(record.client_id, handle);
+            let installed = self.install_session(restored, now_ms, &mut delivery_of, &mut ops);
+            wills_due.extend(installed.will_due);
+            registry.insert(installed.handle.client_id.clone(), installed.handle);
         }
         drop(registry);
         if !ops.is_empty() {
@@ -172,4 +95,107 @@ impl Broker {
         }
         summary
     }
+
+    /// Rebuilds one stored session offline (not yet in the registry): its handle with
+    /// queue, inflight messages and incoming QoS 2 ids, its routes, its expiry timer and
+    /// the delayed will it still owes. A will already due is returned to be published;
+    /// store operations that bring its record up to date go to `ops`.
+    pub(super) fn install_session(
+        &self,
+        restored: RestoredSession,
+        now_ms: UnixMillis,
+        delivery_of: &mut impl FnMut(RestoredDelivery) -> Delivery,
+        ops: &mut Vec<StoreOp>,
+    ) -> Installed {
+        let clock = self.clock;
+        let mut record = restored.record;
+        let expiry = if record.expiry_interval == EXPIRY_NEVER {
+            NEVER_EXPIRES
+        } else {
+            Duration::from_secs(u64::from(record.expiry_interval))
+        };
+        // A session whose client was connected when the broker stopped lost its
+        // connection then; as the store cannot know when, it counts from now.
+        let detached_ms = match record.disconnected_at {
+            Some(at) => at,
+            None => {
+                record.disconnected_at = Some(now_ms);
+                ops.push(StoreOp::PutSession(record.clone()));
+                now_ms
+            }
+        };
+        let detached_at = clock.to_instant(detached_ms);
+        let mut will_due = None;
+        let will = match record.will.take() {
+            Some(will) => {
+                let delay = will_delay(&will).min(expiry);
+                let due_ms = detached_ms
+                    .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                if due_ms <= now_ms {
+                    will_due = Some(will);
+                    ops.push(StoreOp::PutSession(record.clone()));
+                    None
+                } else {
+                    Some((clock.to_instant(due_ms), will))
+                }
+            }
+            None => None,
+        };
+        let parts = RestoredParts {
+            protocol: record.protocol,
+            expiry_interval: expiry,
+            detached_at,
+            subscriptions: restored.subscriptions.clone(),
+            queue: restored.queue.into_iter().map(&mut *delivery_of).collect(),
+            inflight: restored
+                .inflight
+                .into_iter()
+                .map(|inflight| {
+                    (
+                        delivery_of(inflight.delivery),
+                        inflight.packet_id,
+                        inflight.state,
+                    )
+                })
+                .collect(),
+            incoming_qos2: restored.incoming_qos2,
+        };
+        let key = self.next_session_key();
+        let handle = Arc::new(SessionHandle::restored(
+            key,
+            record.client_id.clone(),
+            self.limits_for(&record.client_id),
+            parts,
+        ));
+        {
+            let mut routes = write(&self.routes);
+            for (filter, entry) in &restored.subscriptions {
+                if let Some((plain, group)) = trie_key(filter) {
+                    let route = Route {
+                        session: handle.clone(),
+                        options: entry.options,
+                        subscription_id: entry.subscription_id,
+                    };
+                    routes.insert(plain, group, key, route);
+                }
+            }
+        }
+        let expires_at = (expiry < NEVER_EXPIRES)
+            .then(|| detached_at.checked_add(expiry))
+            .flatten();
+        self.scheduler.schedule(Pending {
+            handle: handle.clone(),
+            generation: handle.generation(),
+            will,
+            expires_at,
+        });
+        Installed { handle, will_due }
+    }
+}
+
+/// A session `install_session` rebuilt.
+pub(super) struct Installed {
+    pub(super) handle: Arc<SessionHandle>,
+    /// A will that came due while the session was away, to publish.
+    pub(super) will_due: Option<Will>,
 }

@@ -386,6 +386,20 @@ impl Broker {
                 }
                 return false;
             }
+            if session
+                .moved_recently
+                .load(std::sync::atomic::Ordering::Relaxed)
+                && self.is_second_copy(session, &delivery, now)
+            {
+                if let Some(message_id) = delivery.stored {
+                    self.submit_detached(vec![StoreOp::DropQueued {
+                        client_id: session.client_id.clone(),
+                        message_id,
+                    }]);
+                }
+                self.stats.dropped(super::Dropped::Duplicate);
+                return false;
+            }
             let result = state.enqueue(delivery, now);
             // A refused stored delivery journaled its removal from the stored queue.
             let _ = self.submit_journal(&mut state);

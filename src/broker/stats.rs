@@ -113,10 +113,13 @@ pub enum Dropped {
     RateLimited,
     /// Retained messages matched at SUBSCRIBE beyond `limits.max_retained_backlog`.
     RetainedBacklogFull,
+    /// Second copies of messages a session already had, dropped while it moves between
+    /// cluster nodes.
+    Duplicate,
 }
 
 impl Dropped {
-    pub const ALL: [Dropped; 8] = [
+    pub const ALL: [Dropped; 9] = [
         Dropped::QueueFull,
         Dropped::Expired,
         Dropped::OfflineQos0,
@@ -125,6 +128,7 @@ impl Dropped {
         Dropped::SlowConsumer,
         Dropped::RateLimited,
         Dropped::RetainedBacklogFull,
+        Dropped::Duplicate,
     ];
 
     pub fn label(self) -> &'static str {
@@ -137,6 +141,7 @@ impl Dropped {
             Dropped::SlowConsumer => "slow_consumer",
             Dropped::RateLimited => "rate_limited",
             Dropped::RetainedBacklogFull => "retained_backlog_full",
+            Dropped::Duplicate => "duplicate",
         }
     }
 }

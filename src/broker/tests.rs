@@ -106,6 +106,7 @@ fn message(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Arc<M
         properties: PublishProperties::default(),
         expires_at: None,
         publisher: None,
+        cluster_id: Default::default(),
     })
 }
 

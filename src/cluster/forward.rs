@@ -8,7 +8,8 @@
 //! one node with members is picked round robin and named in the frame, so each message
 //! reaches one member cluster-wide.
 //!
-//! Body: `u8` count of shared group names, each as `u16` BE length + UTF-8, then the
+//! Body: `u8` count of shared group names, each as `u16` BE length + UTF-8, the
+//! message's cluster id (`ClusterMessageId`: node and sequence, `u64` BE each), then the
 //! message in the store's encoding (`crate::storage::codec`), which keeps QoS, the
 //! RETAIN flag, every MQTT 5 property and the expiry as wall-clock time.
 
@@ -17,7 +18,7 @@ use std::sync::{PoisonError, RwLock};
 
 use bytes::{Buf, BufMut, Bytes};
 
-use crate::message::Message;
+use crate::message::{ClusterMessageId, Message};
 use crate::storage::codec;
 use crate::storage::{StoredMessage, WallClock};
 use crate::topic::{Match, SubscriptionTrie};
@@ -117,7 +118,7 @@ fn split(filter: &str) -> Option<(&str, Option<&str>)> {
 /// The body of a `FORWARD` frame.
 pub fn encode(message: &Message, clock: &WallClock, shared_groups: &[String]) -> Vec<u8> {
     let encoded = codec::encode_message(&StoredMessage::from_message(message, clock));
-    let mut out = Vec::with_capacity(1 + encoded.len() + 16 * shared_groups.len());
+    let mut out = Vec::with_capacity(17 + encoded.len() + 16 * shared_groups.len());
     let groups = &shared_groups[..shared_groups.len().min(255)];
     out.put_u8(groups.len() as u8);
     for group in groups {
@@ -125,6 +126,9 @@ pub fn encode(message: &Message, clock: &WallClock, shared_groups: &[String]) ->
         out.put_u16(name.len() as u16);
         out.put_slice(name);
     }
+    let id = message.cluster_id();
+    out.put_u64(id.node);
+    out.put_u64(id.sequence);
     out.extend_from_slice(&encoded);
     out
 }
@@ -147,8 +151,17 @@ pub fn decode(mut body: Bytes, clock: &WallClock) -> Option<(Message, Vec<String
         let name = body.split_to(length);
         groups.push(String::from_utf8(name.to_vec()).ok()?);
     }
+    if body.remaining() < 16 {
+        return None;
+    }
+    let id = ClusterMessageId {
+        node: body.get_u64(),
+        sequence: body.get_u64(),
+    };
     let stored = codec::decode_message(&body).ok()?;
-    Some((stored.to_message(clock), groups))
+    let message = stored.to_message(clock);
+    let _ = message.cluster_id.set(id);
+    Some((message, groups))
 }
 
 #[cfg(test)]
@@ -254,6 +267,7 @@ mod tests {
             },
             expires_at: Some(now + std::time::Duration::from_secs(30)),
             publisher: Some(7),
+            cluster_id: Default::default(),
         };
         let body = encode(&message, &clock, &["g1".to_string()]);
         let (decoded, groups) = decode(Bytes::from(body), &clock).unwrap();
@@ -263,6 +277,11 @@ mod tests {
         assert_eq!(decoded.qos, QoS::ExactlyOnce);
         assert!(decoded.retain);
         assert_eq!(decoded.properties, message.properties);
+        assert_eq!(
+            decoded.cluster_id(),
+            message.cluster_id(),
+            "one identity on every node"
+        );
         assert_eq!(
             decoded.publisher, None,
             "No Local concerns only the publisher's node"

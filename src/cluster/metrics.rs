@@ -120,7 +120,11 @@ pub fn render(node: &ClusterNode) -> String {
         ("fleetmq_cluster_forward_dropped_total", "PUBLISHes not forwarded: link down or buffer full", &stats.forward_dropped),
         ("fleetmq_cluster_received_messages_total", "PUBLISHes other nodes forwarded to this one", &stats.received_messages),
         ("fleetmq_cluster_ownership_moves_total", "Sessions that moved between nodes (claimed here from another owner, or taken from here)", &stats.ownership_moves),
-        ("fleetmq_cluster_handover_dropped_total", "Queued and in-flight messages left behind by sessions that moved to another node", &stats.handover_dropped),
+        ("fleetmq_cluster_handover_dropped_total", "Sessions handed over to another node that never took them (the new node started them fresh); deleted here", &stats.handover_dropped),
+        ("fleetmq_cluster_handover_moves_total", "Sessions taken over whole from another node (moved here with their messages)", &stats.handover_moves),
+        ("fleetmq_cluster_relayed_messages_total", "Messages relayed to the new node of a session that moved away", &stats.relayed_messages),
+        ("fleetmq_cluster_relay_dropped_total", "Messages for a session that moved away not relayed (relay buffer full, or the new node never stored the session)", &stats.relay_dropped),
+        ("fleetmq_cluster_handover_messages_total", "Queued and in-flight messages that came with sessions taken over from another node", &stats.handover_messages),
         ("fleetmq_cluster_proposals_failed_total", "Changes that did not commit (no leader, timeout)", &stats.proposals_failed),
         ("fleetmq_cluster_retained_dropped_total", "Retained messages not replicated: too many waiting", &stats.retained_dropped),
     ];

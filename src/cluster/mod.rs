@@ -10,13 +10,17 @@
 //! - `network`: Raft RPCs and proposals over the link.
 //! - `forward`: the cluster route table and forwarded PUBLISHes.
 //! - `node`: a running node: consensus, proposals, the broker hook.
-//! - `ownership`: session claims, handover of a moved session, release.
+//! - `ownership`: session claims, the hand-over of a moved session, release.
+//! - `handover`: a session on the link (`SessionDump`).
+//! - `relay`: messages for a session that moved away, relayed to its new node.
 
 #[cfg(feature = "rocksdb")]
 pub mod admin;
 pub mod command;
 pub mod config;
 pub mod forward;
+#[cfg(feature = "rocksdb")]
+pub mod handover;
 #[cfg(feature = "rocksdb")]
 pub mod link;
 #[cfg(feature = "rocksdb")]
@@ -27,6 +31,8 @@ pub mod network;
 pub mod node;
 #[cfg(feature = "rocksdb")]
 mod ownership;
+#[cfg(feature = "rocksdb")]
+mod relay;
 pub mod state;
 #[cfg(feature = "rocksdb")]
 pub mod storage;

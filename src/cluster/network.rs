@@ -36,11 +36,31 @@ pub enum Request {
     RemoveNode {
         id: NodeId,
     },
-    /// The subscriptions of a session the asking node took with `epoch`.
+    /// The session the asking node took with `epoch` (`ownership`).
     Handover {
         client_id: String,
         epoch: u64,
     },
+    /// The asking node holds that session durably: the old owner deletes its copy.
+    HandoverDone {
+        client_id: String,
+        epoch: u64,
+    },
+    /// Messages for a session that moved to the asked node (`super::relay`).
+    Relay {
+        client_id: String,
+        messages: Vec<super::relay::RelayedMessage>,
+    },
+}
+
+/// What the previous owner answers to `Request::Handover`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum HandoverAnswer {
+    /// It has not applied the claim yet: ask again.
+    NotApplied,
+    /// It held no such session.
+    Nothing,
+    Session(Box<super::handover::SessionDump>),
 }
 
 /// The answer to a `Request`, variant for variant.
@@ -53,9 +73,10 @@ pub enum Response {
     ),
     Propose(Result<CommandResult, ProposeError>),
     Membership(Result<(), String>),
-    /// `(filter, subscription entry in the store's encoding, base64)`; `None` until this
-    /// node applied the claim.
-    Handover(Option<Vec<(String, String)>>),
+    Handover(HandoverAnswer),
+    HandoverDone,
+    /// Whether the relayed messages are stored (or had nowhere to go).
+    Relayed(bool),
     /// The request could not be decoded.
     Invalid(String),
 }

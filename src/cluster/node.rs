@@ -50,14 +50,33 @@ pub struct ClusterStats {
     pub retained_dropped: AtomicU64,
     pub proposals_failed: AtomicU64,
     pub ownership_moves: AtomicU64,
-    /// Queued and in-flight messages left behind by sessions that moved away.
+    /// Sessions handed over to another node that never took them (it started them
+    /// fresh), deleted here.
     pub handover_dropped: AtomicU64,
+    /// Sessions this node took over whole from another node.
+    pub handover_moves: AtomicU64,
+    /// Queued and in-flight messages that came with them.
+    pub handover_messages: AtomicU64,
+    /// Messages relayed to the new node of a session that moved away.
+    pub relayed_messages: AtomicU64,
+    /// Messages not relayed: the relay's buffer was full, or its new owner never
+    /// stored the session.
+    pub relay_dropped: AtomicU64,
 }
 
-/// Subscriptions of sessions that moved to another node, kept for the new owner to
-/// fetch: client id -> (the new owner's epoch, the subscriptions).
-type Handovers =
-    Mutex<HashMap<String, (u64, Vec<(ByteString, crate::session::SubscriptionEntry)>)>>;
+/// Sessions that moved to another node, kept for the new owner to fetch until it confirms
+/// it stored them (`ownership`).
+pub(super) type Handovers = Mutex<HashMap<String, Kept>>;
+
+/// A session kept for its new owner.
+pub(super) struct Kept {
+    /// The new owner's epoch.
+    pub(super) epoch: u64,
+    pub(super) handed: crate::broker::HandedOver,
+    pub(super) since: std::time::Instant,
+    /// The new owner asked for it.
+    pub(super) fetched: bool,
+}
 
 /// Sessions whose handover may wait for their new owner; beyond, the oldest go.
 const MAX_HANDOVERS: usize = 10_000;
@@ -87,11 +106,21 @@ pub struct ClusterNode {
     pub stats: Arc<ClusterStats>,
     link_addr: std::net::SocketAddr,
     pub(super) handovers: Arc<Handovers>,
+    pub(super) relays: super::relay::Relays,
+    /// Sessions on their way here from their previous owner (`ownership::take_over`).
+    pub(super) importing: Mutex<HashMap<String, usize>>,
+    /// What applies committed changes to the broker (a session that moved on while on
+    /// its way here is handed over the same way).
+    pub(super) sink: Arc<BrokerSink>,
+    /// This node, for the tasks it spawns.
+    this: Weak<ClusterNode>,
 }
 
 /// Applies committed changes to the local broker.
-struct BrokerSink {
+pub(super) struct BrokerSink {
     me: NodeId,
+    /// The node, once started (a claim applied before cannot have a relay).
+    node: std::sync::OnceLock<Weak<ClusterNode>>,
     broker: Weak<Broker>,
     routes: Arc<RouteTable>,
     links: Arc<Links>,
@@ -109,27 +138,58 @@ impl BrokerSink {
         broker.apply_replicated_retained(&ByteString::from(topic), message);
     }
 
-    /// Ends the local copy of a session that moved to another node, keeping its
-    /// subscriptions for the new owner.
-    fn moved(&self, broker: &Broker, client_id: &str, epoch: u64) {
-        let Some(moved) = broker.kick_moved_session(client_id) else {
+    /// Ends the local copy of a session that moved to another node, keeping it whole
+    /// for the new owner (`ownership::take_handover`).
+    pub(super) fn moved(&self, broker: &Broker, client_id: &str, owner: super::state::Owner) {
+        let epoch = owner.epoch;
+        let Some(handle) = broker.session(client_id) else {
             return;
         };
         self.stats.ownership_moves.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .handover_dropped
-            .fetch_add(moved.dropped_messages as u64, Ordering::Relaxed);
-        let mut handovers = lock(&self.handovers);
-        if handovers.len() >= MAX_HANDOVERS {
-            if let Some(oldest) = handovers
-                .iter()
-                .min_by_key(|(_, (epoch, _))| *epoch)
-                .map(|(id, _)| id.clone())
-            {
-                handovers.remove(&oldest);
-            }
+        // The relay first: it holds this node's routes for the session's filters, and
+        // takes whatever arrives once the session left (`super::relay`).
+        if let Some(node) = self.node.get().and_then(Weak::upgrade) {
+            let subscriptions = handle
+                .lock()
+                .subscriptions()
+                .map(|(filter, entry)| (filter.clone(), *entry))
+                .collect();
+            node.start_relay(client_id, owner.node, epoch, subscriptions);
         }
-        handovers.insert(client_id.to_string(), (epoch, moved.subscriptions));
+        let Some(session) = broker.hand_over_session(client_id) else {
+            return;
+        };
+        let mut handovers = lock(&self.handovers);
+        let evicted = if handovers.len() >= MAX_HANDOVERS {
+            let oldest = handovers
+                .iter()
+                .min_by_key(|(_, kept)| kept.epoch)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = &oldest {
+                handovers.remove(oldest);
+                self.stats.handover_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            oldest
+        } else {
+            None
+        };
+        handovers.insert(
+            client_id.to_string(),
+            Kept {
+                epoch,
+                handed: session,
+                since: std::time::Instant::now(),
+                fetched: false,
+            },
+        );
+        drop(handovers);
+        if let Some(evicted) = evicted {
+            tracing::warn!(
+                client_id = evicted,
+                "too many sessions handed over at once: the oldest deleted"
+            );
+            broker.forget_moved_session(&evicted);
+        }
     }
 
     fn members(&self, state: &ClusterState) {
@@ -152,8 +212,16 @@ impl EffectSink for BrokerSink {
                 Effect::Retained { topic, message } => self.retained(&broker, &topic, message),
                 Effect::MembersChanged => {}
                 Effect::Owner { client_id, owner } => {
-                    if owner.node != self.me {
-                        self.moved(&broker, &client_id, owner.epoch);
+                    if let Some(node) = self.node.get().and_then(Weak::upgrade) {
+                        node.owner_changed(&client_id, owner.node);
+                    }
+                    // Each move in log order (the node that claimed it asks for the
+                    // session with its own epoch), unless the session is back here by
+                    // the end of what was applied: a node replaying its log after a
+                    // restart applies old moves of sessions that came back since.
+                    let latest = state.owners.get(&client_id).map(|latest| latest.node);
+                    if owner.node != self.me && latest != Some(self.me) {
+                        self.moved(&broker, &client_id, owner);
                     }
                 }
             }
@@ -182,7 +250,7 @@ impl EffectSink for BrokerSink {
                 .get(&*handle.client_id)
                 .filter(|owner| owner.node != self.me)
             {
-                self.moved(&broker, &handle.client_id, owner.epoch);
+                self.moved(&broker, &handle.client_id, *owner);
             }
         }
     }
@@ -218,15 +286,17 @@ pub async fn start(
     let routes = Arc::new(RouteTable::new(me));
     let stats = Arc::new(ClusterStats::default());
     let handovers = Arc::new(Handovers::default());
+    crate::message::ClusterMessageId::set_local_node(me);
     let sink = Arc::new(BrokerSink {
         me,
+        node: std::sync::OnceLock::new(),
         broker: Arc::downgrade(broker),
         routes: routes.clone(),
         links: links.clone(),
         stats: stats.clone(),
         handovers: handovers.clone(),
     });
-    let state_machine = StateMachineStore::open(db.clone(), Some(sink))
+    let state_machine = StateMachineStore::open(db.clone(), Some(sink.clone()))
         .map_err(|error| anyhow::anyhow!("cannot open the cluster state: {error}"))?;
     let state = state_machine.state();
     let raft_config = openraft::Config {
@@ -260,8 +330,12 @@ pub async fn start(
     for (filter, count) in broker.local_filters() {
         book.counts.insert(filter.to_string(), count);
     }
-    let node = Arc::new(ClusterNode {
+    let node = Arc::new_cyclic(|this| ClusterNode {
         me,
+        this: this.clone(),
+        relays: Default::default(),
+        importing: Mutex::default(),
+        sink: sink.clone(),
         raft: raft.clone(),
         links: links.clone(),
         state,
@@ -273,6 +347,7 @@ pub async fn start(
         link_addr,
         handovers,
     });
+    let _ = sink.node.set(Arc::downgrade(&node));
     links.set_handler(node.clone());
     tokio::spawn(links.clone().accept_loop(listener));
 
@@ -293,6 +368,7 @@ pub async fn start(
         }
     }
     tokio::spawn(node.clone().propose_loop());
+    tokio::spawn(super::ownership::sweep_handovers(Arc::downgrade(&node)));
     broker.set_cluster(node.clone());
     Ok(node)
 }
@@ -300,6 +376,10 @@ pub async fn start(
 impl ClusterNode {
     pub fn node_id(&self) -> NodeId {
         self.me
+    }
+
+    pub(super) fn this(&self) -> Weak<ClusterNode> {
+        self.this.clone()
     }
 
     pub fn link_addr(&self) -> std::net::SocketAddr {
@@ -586,6 +666,7 @@ impl ClusterHook for ClusterNode {
                 self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.relay(message);
     }
 
     fn filter_added(&self, filter: &str) {
@@ -667,6 +748,14 @@ impl LinkHandler for ClusterNode {
                 Ok(Request::Handover { client_id, epoch }) => {
                     Response::Handover(self.take_handover(&client_id, epoch))
                 }
+                Ok(Request::HandoverDone { client_id, epoch }) => {
+                    self.handover_done(&client_id, epoch);
+                    Response::HandoverDone
+                }
+                Ok(Request::Relay {
+                    client_id,
+                    messages,
+                }) => Response::Relayed(self.take_relayed(&client_id, messages).await),
             };
             serde_json::to_vec(&response).unwrap_or_default()
         })
@@ -679,7 +768,9 @@ impl LinkHandler for ClusterNode {
         match forward::decode(body, broker.wall_clock()) {
             Some((message, groups)) => {
                 self.stats.received_messages.fetch_add(1, Ordering::Relaxed);
-                broker.route_forwarded(&Arc::new(message), &groups);
+                let message = Arc::new(message);
+                broker.route_forwarded(&message, &groups);
+                self.relay(&message);
             }
             None => tracing::warn!("malformed forwarded message dropped"),
         }

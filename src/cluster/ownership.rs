@@ -1,21 +1,23 @@
 //! Who owns a session: claiming it through consensus before a CONNECT attaches (with
-//! the fencing epoch), handing a moved session's subscriptions over to its new owner,
-//! and releasing the ownership of sessions that ended here.
+//! the fencing epoch), moving a session whole from its previous owner (the hand-over
+//! protocol, ARCHITECTURE.md "The cluster"), deleting the sessions handed over that
+//! their new owner never took (`sweep_handovers`), and releasing the ownership of
+//! sessions that ended here.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytestring::ByteString;
-
 use crate::broker::Claimed;
 
 use super::config::NodeId;
-use super::network::{Request, Response};
+use super::handover::SessionDump;
+use super::network::{HandoverAnswer, Request, Response};
 use super::node::{lock, ClusterNode, PROPOSE_TIMEOUT};
-use super::state::{encode_base64, Command, Owner};
+use super::state::{Command, Owner};
 
-/// How long a new owner asks the previous one for a session's subscriptions.
-const HANDOVER_WAIT: Duration = Duration::from_secs(1);
+/// How long a new owner asks the previous one for a moved session: the previous owner
+/// may apply the claim a little after this node, or be restarting.
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 
 impl ClusterNode {
     /// The owner of `client_id`'s session as applied here.
@@ -23,45 +25,107 @@ impl ClusterNode {
         self.with_state(|state| state.owners.get(client_id).copied())
     }
 
-    /// The subscriptions `previous` kept for a session this node took with `epoch`. The
-    /// previous owner may apply the claim a little after this node: asked again for up
-    /// to `HANDOVER_WAIT`. Nothing when it is unreachable (the session starts fresh).
-    pub(super) async fn fetch_handover(
+    /// Takes over the session `previous` held for `client_id`, which this node claimed
+    /// with `epoch`: fetches it (asked again while `previous` has not applied the claim
+    /// yet, for up to `HANDOVER_WAIT`), imports it into the local broker and store, and
+    /// once that write is durable tells `previous` to delete its copy. Whether a session
+    /// was imported; nothing when `previous` held none or is unreachable (the session
+    /// then starts fresh).
+    pub(super) async fn take_over(&self, previous: NodeId, client_id: &str, epoch: u64) -> bool {
+        let imported = self.import_from(previous, client_id, epoch).await;
+        if imported {
+            self.pass_on(client_id, epoch);
+        }
+        imported
+    }
+
+    async fn import_from(&self, previous: NodeId, client_id: &str, epoch: u64) -> bool {
+        let Some(broker) = self.broker.upgrade() else {
+            return false;
+        };
+        let Some(dump) = self.fetch_handover(previous, client_id, epoch).await else {
+            return false;
+        };
+        let Some(handed) = dump.into_handed() else {
+            tracing::warn!(
+                client_id,
+                previous,
+                "a session handed over did not decode; it starts fresh"
+            );
+            return false;
+        };
+        let moved = handed.session.queue.len() + handed.session.inflight.len();
+        let Some(written) = broker.import_session(handed) else {
+            return false;
+        };
+        if let Err(error) = written.await {
+            // The old owner keeps its copy: nothing is lost, the session is not resumed.
+            tracing::warn!(client_id, %error, "a session handed over could not be stored");
+            return false;
+        }
+        self.stats.handover_moves.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .handover_messages
+            .fetch_add(moved as u64, Ordering::Relaxed);
+        let done = Request::HandoverDone {
+            client_id: client_id.to_string(),
+            epoch,
+        };
+        if let Ok(body) = serde_json::to_vec(&done) {
+            // Best effort: an old owner that misses it keeps a stale copy in its store
+            // (offered again, to nobody, when it restarts).
+            let _ = self.links.request(previous, &body, HANDOVER_WAIT).await;
+        }
+        true
+    }
+
+    /// A session that arrived after a later claim (another node's) was applied here: it
+    /// goes on to that node as any session that moved away.
+    fn pass_on(&self, client_id: &str, epoch: u64) {
+        let Some(owner) = self.owner(client_id) else {
+            return;
+        };
+        if owner.node == self.me && owner.epoch == epoch {
+            return;
+        }
+        if let Some(broker) = self.broker.upgrade() {
+            if owner.node != self.me {
+                self.sink.moved(&broker, client_id, owner);
+            }
+        }
+    }
+
+    async fn fetch_handover(
         &self,
         previous: NodeId,
         client_id: &str,
         epoch: u64,
-    ) -> Vec<(ByteString, crate::session::SubscriptionEntry)> {
+    ) -> Option<SessionDump> {
         let request = Request::Handover {
             client_id: client_id.to_string(),
             epoch,
         };
-        let Ok(body) = serde_json::to_vec(&request) else {
-            return Vec::new();
-        };
+        let body = serde_json::to_vec(&request).ok()?;
         let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
         while tokio::time::Instant::now() < deadline {
-            let Ok(answer) = self.links.request(previous, &body, HANDOVER_WAIT).await else {
-                return Vec::new();
+            let answer = match self.links.request(previous, &body, HANDOVER_WAIT).await {
+                Ok(answer) => answer,
+                // Not reachable (yet): a restarting node comes back within the wait.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             match serde_json::from_slice(&answer) {
-                Ok(Response::Handover(Some(entries))) => {
-                    return entries
-                        .into_iter()
-                        .filter_map(|(filter, entry): (String, String)| {
-                            let bytes = super::state::decode_base64(&entry)?;
-                            let entry = crate::storage::codec::decode_subscription(&bytes).ok()?;
-                            Some((ByteString::from(filter), entry))
-                        })
-                        .collect();
-                }
-                Ok(Response::Handover(None)) => {
+                Ok(Response::Handover(HandoverAnswer::Session(dump))) => return Some(*dump),
+                Ok(Response::Handover(HandoverAnswer::Nothing)) => return None,
+                Ok(Response::Handover(HandoverAnswer::NotApplied)) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                _ => return Vec::new(),
+                _ => return None,
             }
         }
-        Vec::new()
+        None
     }
 
     /// Releases an ended session's ownership unless a session of that id is back here
@@ -94,16 +158,17 @@ impl ClusterNode {
         use crate::protocol::reason;
         if self.has_leader() {
             if let Some(owner) = self.owner(client_id).filter(|owner| owner.node == self.me) {
-                return Ok(Some(Claimed {
-                    epoch: owner.epoch,
-                    adopted: Vec::new(),
-                }));
+                return Ok(Some(Claimed { epoch: owner.epoch }));
             }
         }
         let command = Command::Claim {
             client_id: client_id.to_string(),
             node: self.me,
         };
+        // From before the claim can be applied here until the session arrived: a later
+        // claim of another node applied here meanwhile waits for it (`take_handover`),
+        // then it moves on (`pass_on`).
+        let _importing = Importing::new(self, client_id);
         match self.propose(command).await {
             Ok(result) => {
                 if result.previous_owner.is_some() {
@@ -121,15 +186,13 @@ impl ClusterNode {
                 if applied.is_err() {
                     return Err(reason::SERVER_UNAVAILABLE);
                 }
-                let adopted = match result.previous_owner {
-                    Some(previous) if persistent => {
-                        self.fetch_handover(previous, client_id, result.epoch).await
-                    }
-                    _ => Vec::new(),
-                };
+                // The whole session moves here before the CONNECT attaches, which then
+                // resumes it (or, with a clean start, ends it as on one node).
+                if let Some(previous) = result.previous_owner {
+                    self.take_over(previous, client_id, result.epoch).await;
+                }
                 Ok(Some(Claimed {
                     epoch: result.epoch,
-                    adopted,
                 }))
             }
             Err(error) if persistent => {
@@ -140,43 +203,146 @@ impl ClusterNode {
         }
     }
 
-    /// What this node kept of a session that moved to the node that claimed it with
-    /// `epoch` (handed over once). `Some(empty)` when this node held no such session.
-    pub(super) fn take_handover(
-        &self,
-        client_id: &str,
-        epoch: u64,
-    ) -> Option<Vec<(String, String)>> {
+    /// The session this node handed over to the node that claimed it with `epoch`.
+    pub(super) fn take_handover(&self, client_id: &str, epoch: u64) -> HandoverAnswer {
         // The owner first: the state's lock is held while an applied claim's effects
-        // (the handover kept below) are carried out, so once the claim shows here its
-        // handover is in place.
+        // (the hand-over kept below) are carried out, so once the claim shows here its
+        // session is in place.
         let applied = self
             .owner(client_id)
             .is_some_and(|owner| owner.epoch >= epoch);
-        if !applied {
-            return None;
+        // Still on its way here from its previous owner: asked again after.
+        if !applied || lock(&self.importing).contains_key(client_id) {
+            return HandoverAnswer::NotApplied;
         }
+        // Kept until the new owner confirms (`handover_done`): an answer lost on the
+        // link is asked for again.
         let mut handovers = lock(&self.handovers);
-        let kept = handovers
-            .get(client_id)
-            .is_some_and(|(kept, _)| *kept == epoch);
-        let subscriptions = if kept {
-            handovers
-                .remove(client_id)
-                .map(|(_, subscriptions)| subscriptions)
-        } else {
-            None
+        match handovers.get_mut(client_id) {
+            Some(kept) if kept.epoch == epoch => {
+                kept.fetched = true;
+                HandoverAnswer::Session(Box::new(SessionDump::from_handed(&kept.handed)))
+            }
+            _ => HandoverAnswer::Nothing,
+        }
+    }
+
+    /// The new owner holds the session durably: this node's copy goes.
+    pub(super) fn handover_done(&self, client_id: &str, epoch: u64) {
+        let kept = {
+            let mut handovers = lock(&self.handovers);
+            let kept = handovers
+                .get(client_id)
+                .is_some_and(|kept| kept.epoch == epoch);
+            if kept {
+                handovers.remove(client_id);
+            }
+            kept
         };
-        // Applied, and nothing kept: this node held no such session.
-        Some(
-            subscriptions
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(filter, entry)| {
-                    let encoded = crate::storage::codec::encode_subscription(&entry);
-                    (filter.to_string(), encode_base64(&encoded))
+        if kept {
+            if let Some(broker) = self.broker.upgrade() {
+                broker.forget_moved_session(client_id);
+            }
+        }
+        self.confirm_relay(client_id, epoch);
+    }
+
+    /// Messages the old owner of a session that moved here relayed: queued for it (the
+    /// copies it already has dropped); true once stored.
+    pub(super) async fn take_relayed(
+        &self,
+        client_id: &str,
+        messages: Vec<super::relay::RelayedMessage>,
+    ) -> bool {
+        let Some(broker) = self.broker.upgrade() else {
+            return false;
+        };
+        let relayed = messages
+            .into_iter()
+            .filter_map(|message| message.decode(&broker))
+            .collect();
+        match broker.deliver_relayed(client_id, relayed) {
+            Some(written) => written.await.is_ok(),
+            None => true,
+        }
+    }
+}
+
+/// Marks a client id as claimed here and its session possibly on its way, for as long
+/// as it lives (claims of one client id on one node may overlap: counted).
+struct Importing<'a> {
+    node: &'a ClusterNode,
+    client_id: &'a str,
+}
+
+impl<'a> Importing<'a> {
+    fn new(node: &'a ClusterNode, client_id: &'a str) -> Importing<'a> {
+        *lock(&node.importing)
+            .entry(client_id.to_string())
+            .or_default() += 1;
+        Importing { node, client_id }
+    }
+}
+
+impl Drop for Importing<'_> {
+    fn drop(&mut self) {
+        let mut importing = lock(&self.node.importing);
+        if let Some(count) = importing.get_mut(self.client_id) {
+            *count -= 1;
+            if *count == 0 {
+                importing.remove(self.client_id);
+            }
+        }
+    }
+}
+
+/// How long a session handed over waits for its new owner to ask for it. The new owner
+/// asks for `HANDOVER_WAIT` after its claim and otherwise starts the session fresh
+/// (CONNACK Session Present = 0), so a session nobody asked for by then never will be:
+/// one a restarted node hands over again while replaying old claims, or one whose new
+/// owner gave up (this node was down or cut off).
+const HANDOVER_UNCLAIMED: Duration = Duration::from_secs(10);
+/// How long a session its new owner fetched waits for its confirmation (the new owner
+/// crashed before storing it: its client, never acknowledged, starts afresh).
+const HANDOVER_UNCONFIRMED: Duration = Duration::from_secs(600);
+
+/// Deletes, here and in the store, the sessions handed over that their new owner will
+/// not take any more (fencing: this node never serves them again).
+pub(super) async fn sweep_handovers(node: std::sync::Weak<ClusterNode>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        let stale: Vec<String> = {
+            let mut handovers = lock(&node.handovers);
+            let stale: Vec<String> = handovers
+                .iter()
+                .filter(|(_, kept)| {
+                    let limit = if kept.fetched {
+                        HANDOVER_UNCONFIRMED
+                    } else {
+                        HANDOVER_UNCLAIMED
+                    };
+                    kept.since.elapsed() >= limit
                 })
-                .collect(),
-        )
+                .map(|(client_id, _)| client_id.clone())
+                .collect();
+            for client_id in &stale {
+                handovers.remove(client_id);
+            }
+            stale
+        };
+        let Some(broker) = node.broker.upgrade() else {
+            return;
+        };
+        for client_id in stale {
+            tracing::info!(
+                client_id,
+                "session handed over but never taken: deleted here"
+            );
+            node.stats.handover_dropped.fetch_add(1, Ordering::Relaxed);
+            broker.forget_moved_session(&client_id);
+        }
     }
 }

@@ -173,20 +173,11 @@ pub async fn open(
             return None;
         }
     };
-    let mut connected =
-        broker.connect(&connect, terms.session_expiry, admitted.username.as_deref());
+    let connected = broker.connect(&connect, terms.session_expiry, admitted.username.as_deref());
     if !broker.still_owner(&connect.client_id, claim.as_ref()) {
         // Another node's claim for this client id committed after ours: it wins.
         broker.disconnect(&connected.handle, connected.attachment.generation, false);
         refuse(&mut stream, &broker, version, reason::SERVER_UNAVAILABLE).await;
-        return None;
-    }
-    // A session taken from another node resumes with the subscriptions it handed over.
-    let resumes = persistent && !connect.clean_start;
-    if let Err(error) = broker.adopt_handover(&mut connected, claim, resumes).await {
-        broker.stats().storage_failed(&error);
-        broker.disconnect(&connected.handle, connected.attachment.generation, false);
-        refuse(&mut stream, &broker, version, reason::UNSPECIFIED_ERROR).await;
         return None;
     }
     if let Some(mut session) = connected

@@ -57,6 +57,17 @@ impl Inbound {
         self.awaiting_release.len()
     }
 
+    /// The packet ids awaiting PUBREL, ascending (for a session handed to another node).
+    pub(super) fn awaiting_release_ids(&self) -> Vec<u16> {
+        let mut ids: Vec<u16> = self
+            .awaiting_release
+            .iter()
+            .map(|(packet_id, _)| *packet_id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Puts back the packet ids of a restored session.
     pub(super) fn restore_awaiting_release(&mut self, packet_ids: impl IntoIterator<Item = u16>) {
         for packet_id in packet_ids {
@@ -284,6 +295,7 @@ impl Session {
             },
             expires_at,
             publisher: Some(self.key),
+            cluster_id: Default::default(),
         }
     }
 }

@@ -72,6 +72,10 @@ impl<K: Eq + Hash, V, S: BuildHasher + Default> LazyMap<K, V, S> {
         self.0.get_or_insert_with(Box::default).insert(key, value)
     }
 
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().flat_map(|map| map.iter())
+    }
+
     pub(super) fn remove(&mut self, key: &K) -> Option<V> {
         self.0.as_mut()?.remove(key)
     }

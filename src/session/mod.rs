@@ -325,6 +325,29 @@ impl Session {
         session
     }
 
+    /// Everything of this session another node needs to carry it on (a takeover across
+    /// nodes): the same parts a restart restores. `detached_at` is when its last
+    /// connection went away (the caller's now for a connected session).
+    pub fn export(&self, now: Instant) -> RestoredParts {
+        let (inflight, queue) = self.outbound.export();
+        RestoredParts {
+            protocol: self.params.protocol,
+            expiry_interval: self.expiry_interval,
+            detached_at: self
+                .detached_at
+                .filter(|_| !self.params.connected)
+                .unwrap_or(now),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(filter, entry)| (filter.clone(), *entry))
+                .collect(),
+            queue,
+            inflight,
+            incoming_qos2: self.inbound.awaiting_release_ids(),
+        }
+    }
+
     /// Whether the store keeps this session (it outlives its connection).
     pub fn is_persistent(&self) -> bool {
         self.journal.is_persistent()

@@ -190,6 +190,25 @@ impl Outbound {
         self.sequence_by_id.insert(packet_id, sequence);
     }
 
+    /// Copies of the inflight messages in send order (with their packet ids and stored
+    /// states) and of the queued ones in queue order: what another node needs to serve
+    /// the session exactly where it stands. Retained messages owed since a SUBSCRIBE are
+    /// not included (as across a restart: the retained store keeps them).
+    pub(super) fn export(&self) -> (Vec<(Delivery, u16, storage::InflightState)>, Vec<Delivery>) {
+        let inflight = self
+            .inflight
+            .iter()
+            .map(|(_, inflight)| {
+                (
+                    inflight.delivery.clone(),
+                    inflight.packet_id,
+                    inflight.state.stored(),
+                )
+            })
+            .collect();
+        (inflight, self.queue.iter().cloned().collect())
+    }
+
     /// Puts back a queued message of a restored session. The queue limits were checked
     /// when it was first queued; a restart does not drop what was accepted.
     pub(super) fn restore_queued(&mut self, delivery: Delivery) {

@@ -30,6 +30,8 @@ mod record;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod shared;
+#[cfg(test)]
+mod transfer_tests;
 #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
 mod writer;
 

@@ -87,6 +87,7 @@ impl StoredMessage {
             properties: self.properties.clone(),
             expires_at: self.expires_at.map(|at| clock.to_instant(at)),
             publisher: None,
+            cluster_id: Default::default(),
         }
     }
 
@@ -238,6 +239,69 @@ pub struct RestoredSession {
     pub inflight: Vec<RestoredInflight>,
     /// Incoming QoS 2 packet ids awaiting PUBREL, ascending.
     pub incoming_qos2: Vec<u16>,
+}
+
+impl RestoredSession {
+    /// The store operations that write this session into a store as it is, replacing
+    /// any copy there: record, subscriptions, inflight messages (each queued, then
+    /// marked in flight with its packet id and state, in their order), queued messages,
+    /// incoming QoS 2 ids. The message ids are used as they are: they must be free in
+    /// the target store. QoS 0 deliveries are left out (never stored).
+    ///
+    /// A store that applies them hands the same session back from `restore` (the
+    /// hand-over of a session to another node relies on it).
+    pub fn to_ops(&self) -> Vec<StoreOp> {
+        let client_id = &self.record.client_id;
+        let mut ops = vec![
+            StoreOp::RemoveSession {
+                client_id: client_id.clone(),
+            },
+            StoreOp::PutSession(self.record.clone()),
+        ];
+        ops.extend(
+            self.subscriptions
+                .iter()
+                .map(|(filter, entry)| StoreOp::AddSubscription {
+                    client_id: client_id.clone(),
+                    filter: filter.clone(),
+                    entry: *entry,
+                }),
+        );
+        let accept = |delivery: &RestoredDelivery| StoreOp::Accept {
+            message_id: delivery.message_id,
+            message: delivery.message.clone(),
+            deliveries: vec![QueuedDelivery {
+                client_id: client_id.clone(),
+                qos: delivery.qos,
+                retain: delivery.retain,
+                subscription_ids: delivery.subscription_ids.clone(),
+            }],
+        };
+        let stored = |delivery: &&RestoredDelivery| delivery.qos != QoS::AtMostOnce;
+        for inflight in self
+            .inflight
+            .iter()
+            .filter(|inflight| stored(&&inflight.delivery))
+        {
+            ops.push(accept(&inflight.delivery));
+            ops.push(StoreOp::MarkInflight {
+                client_id: client_id.clone(),
+                message_id: inflight.delivery.message_id,
+                packet_id: inflight.packet_id,
+                state: inflight.state,
+            });
+        }
+        ops.extend(self.queue.iter().filter(stored).map(accept));
+        ops.extend(
+            self.incoming_qos2
+                .iter()
+                .map(|packet_id| StoreOp::AddIncomingQos2 {
+                    client_id: client_id.clone(),
+                    packet_id: *packet_id,
+                }),
+        );
+        ops
+    }
 }
 
 /// Everything the broker needs to rebuild itself on start-up.

@@ -4,6 +4,7 @@
 mod common;
 
 mod failures;
+mod handover;
 mod membership;
 mod pubsub;
 mod sessions;

@@ -87,6 +87,7 @@ fn message(topic: &str, qos: QoS) -> Message {
         properties: PublishProperties::default(),
         expires_at: None,
         publisher: Some(99),
+        cluster_id: Default::default(),
     }
 }
 

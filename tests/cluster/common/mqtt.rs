@@ -17,6 +17,8 @@ pub struct Received {
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
+    /// DUP: a redelivery.
+    pub dup: bool,
     pub subscription_ids: Vec<usize>,
     pub user_properties: Vec<(String, String)>,
     pub content_type: Option<String>,
@@ -66,6 +68,7 @@ fn v4_events(
                         payload: p.payload.to_vec(),
                         qos: p.qos as u8,
                         retain: p.retain,
+                        dup: p.dup,
                         subscription_ids: Vec::new(),
                         user_properties: Vec::new(),
                         content_type: None,
@@ -105,6 +108,7 @@ fn v5_events(
                         payload: p.payload.to_vec(),
                         qos: p.qos as u8,
                         retain: p.retain,
+                        dup: p.dup,
                         subscription_ids: properties.subscription_identifiers.clone(),
                         user_properties: properties.user_properties.clone(),
                         content_type: properties.content_type.clone(),
@@ -153,6 +157,11 @@ impl Subscriber {
 
     /// A MQTT 5 client; `session_expiry` > 0 keeps its session.
     pub fn v5(addr: SocketAddr, client_id: &str, session_expiry: u32) -> Subscriber {
+        Subscriber::v5_with(Subscriber::v5_options(addr, client_id, session_expiry))
+    }
+
+    /// The options `v5` connects with, to change before `v5_with`.
+    pub fn v5_options(addr: SocketAddr, client_id: &str, session_expiry: u32) -> r5::MqttOptions {
         let mut options = r5::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_start(session_expiry == 0);
@@ -162,6 +171,11 @@ impl Subscriber {
                 ..Default::default()
             });
         }
+        options
+    }
+
+    /// A MQTT 5 client with these options.
+    pub fn v5_with(options: r5::MqttOptions) -> Subscriber {
         let (client, eventloop) = r5::AsyncClient::new(options, 100);
         let (sender, events) = mpsc::unbounded_channel();
         Subscriber {
@@ -289,6 +303,19 @@ impl Subscriber {
                 Ok(Some(Event::Closed(error))) => panic!("subscriber connection failed: {error}"),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return false,
+            }
+        }
+    }
+
+    /// Every PUBLISH received until the connection ended (the caller knows it ended or
+    /// is ending: this waits for that, at most `WAIT` per event).
+    pub async fn received_until_closed(&mut self) -> Vec<Received> {
+        let mut received: Vec<Received> = self.pending.drain(..).collect();
+        loop {
+            match self.next_event().await {
+                Event::Publish(p) => received.push(p),
+                Event::Closed(_) | Event::Disconnect(_) => return received,
+                _ => {}
             }
         }
     }

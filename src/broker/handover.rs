@@ -1,0 +1,311 @@
+//! A persistent session moving between cluster nodes, the broker's part: the old owner
+//! hands the whole session over (`hand_over_session`), the new owner rebuilds it offline
+//! before the CONNECT attaches (`import_session`), and the old owner deletes its stored
+//! copy once the new owner holds it durably (`forget_moved_session`).
+//!
+//! The hand-over format is `RestoredSession`, the one a restart restores: subscriptions,
+//! queued messages, inflight messages with their packet ids and states (resent with DUP
+//! or PUBREL in their order when the client attaches), incoming QoS 2 packet ids, and
+//! the record with the will still owed. Times are wall-clock milliseconds, so they mean
+//! the same on every node. The protocol around it is in `crate::cluster::ownership`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::message::{ClusterMessageId, Message};
+use crate::session::Delivery;
+use crate::storage::{
+    Completion, MessageId, RestoredDelivery, RestoredInflight, RestoredSession, StoreOp,
+};
+
+use super::lifecycle::will_delay;
+use super::{lock, Broker, Stats};
+
+/// How long after a move a session drops second copies of messages it already had: longer
+/// than the old owner relays messages to it (`crate::cluster::relay`).
+pub const MOVE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A session on its way to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOver {
+    pub session: RestoredSession,
+    /// The cluster ids of its queued and inflight messages.
+    pub held: Vec<ClusterMessageId>,
+}
+
+/// A message the old owner of a moving session relays to the new one, as that session's
+/// subscriptions matched it there.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    pub message: Arc<Message>,
+    pub qos: crate::protocol::QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Broker {
+    /// Another node took `client_id`'s session: a connection holding it here is
+    /// disconnected (MQTT 5: 0x8E Session taken over) and the session leaves this node's
+    /// memory and routes. Returns it whole, as the new owner is to serve it, when it
+    /// outlives its connection; its stored copy stays here until the new owner confirms
+    /// it holds it (`forget_moved_session`), so a crash of either node loses nothing.
+    ///
+    /// A session that ends with its connection (expiry 0) is not carried over: it ends
+    /// here, its will published. As in a takeover on one node, the will of a connected
+    /// session is published now unless it is delayed; a delayed one goes with the session
+    /// (a resuming client cancels it, a clean start publishes it).
+    ///
+    /// `None` when this node holds no session of that id.
+    pub fn hand_over_session(&self, client_id: &str) -> Option<HandedOver> {
+        let now = super::now();
+        let mut registry = lock(&self.registry);
+        let handle = registry.remove(client_id)?;
+        let pending_will = self
+            .scheduler
+            .cancel(handle.key)
+            .and_then(|pending| pending.will.map(|(_, will)| will));
+        let mut wills = Vec::new();
+        let (filters, handed) = {
+            let mut session = handle.lock();
+            let connected = session.is_connected();
+            let connected_will = if connected { session.take_will() } else { None };
+            let persistent = session.is_persistent();
+            let filters: Vec<_> = session
+                .subscriptions()
+                .map(|(filter, _)| filter.clone())
+                .collect();
+            let handed = if persistent {
+                let (immediate, delayed): (Vec<_>, Vec<_>) = connected_will
+                    .into_iter()
+                    .partition(|will| will_delay(will).is_zero());
+                wills.extend(immediate);
+                let will = delayed.into_iter().next().or(pending_will);
+                let mut record = self.session_record(&session, will);
+                if connected {
+                    record.disconnected_at = Some(self.clock.to_unix_millis(now));
+                }
+                Some(self.export(&session, record, now))
+            } else {
+                wills.extend(connected_will);
+                wills.extend(pending_will);
+                None
+            };
+            // Retiring bumps the generation: a connection still attached is told to go
+            // (0x8E) and nothing it does reaches the session any more. The store copy
+            // stays (`retire_locked` only forgets that the store keeps it).
+            handle.retire_locked(&mut session, now);
+            (filters, handed)
+        };
+        drop(registry);
+        self.remove_routes(handle.key, &filters);
+        Stats::incr(&self.stats.takeovers);
+        for will in wills {
+            self.publish_will(will);
+        }
+        handed
+    }
+
+    fn export(
+        &self,
+        session: &crate::session::Session,
+        record: crate::storage::SessionRecord,
+        now: std::time::Instant,
+    ) -> HandedOver {
+        let parts = session.export(now);
+        // Every copy of these messages has this identity: a copy that reaches the new
+        // owner by another way is recognised there.
+        let held = parts
+            .inflight
+            .iter()
+            .map(|(delivery, _, _)| delivery)
+            .chain(parts.queue.iter())
+            .map(|delivery| delivery.message.cluster_id())
+            .collect();
+        let delivery = |delivery: Delivery| RestoredDelivery {
+            message_id: delivery.stored.unwrap_or(0),
+            message: Arc::new(crate::storage::StoredMessage::from_message(
+                &delivery.message,
+                &self.clock,
+            )),
+            qos: delivery.qos,
+            retain: delivery.retain,
+            subscription_ids: delivery.subscription_ids,
+        };
+        let mut subscriptions = parts.subscriptions;
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        let session = RestoredSession {
+            record,
+            subscriptions,
+            queue: parts.queue.into_iter().map(delivery).collect(),
+            inflight: parts
+                .inflight
+                .into_iter()
+                .map(|(message, packet_id, state)| RestoredInflight {
+                    delivery: delivery(message),
+                    packet_id,
+                    state,
+                })
+                .collect(),
+            incoming_qos2: parts.incoming_qos2,
+        };
+        HandedOver { session, held }
+    }
+
+    /// Rebuilds a session handed over by its previous owner, offline, before the CONNECT
+    /// that claimed it attaches (which then resumes it: Session Present = 1, inflight
+    /// messages resent first). Its messages get message ids of this node's store and
+    /// everything is written here; the returned write must be durable before the old
+    /// owner is told to delete its copy. `None` (nothing imported) if a session of that
+    /// id is already here.
+    pub fn import_session(&self, handed: HandedOver) -> Option<Completion> {
+        let HandedOver { mut session, held } = handed;
+        let now = super::now();
+        let now_ms = self.clock.to_unix_millis(now);
+        let mut registry = lock(&self.registry);
+        if registry.contains_key(&session.record.client_id) {
+            tracing::warn!(client_id = %session.record.client_id, "a session handed over is already here; kept the local one");
+            return None;
+        }
+        // This store's ids: the old owner's mean nothing here. QoS 0 messages are not
+        // stored (as on one node): they keep the id 0 and travel in memory only.
+        for delivery in session
+            .inflight
+            .iter_mut()
+            .map(|inflight| &mut inflight.delivery)
+            .chain(session.queue.iter_mut())
+        {
+            delivery.message_id = if delivery.qos == crate::protocol::QoS::AtMostOnce {
+                0
+            } else {
+                self.store.next_message_id()
+            };
+        }
+        let mut ops = session.to_ops();
+        let clock = self.clock;
+        let mut bodies: HashMap<MessageId, Arc<Message>> = HashMap::new();
+        let mut delivery_of = |restored: RestoredDelivery| {
+            let message = if restored.message_id == 0 {
+                Arc::new(restored.message.to_message(&clock))
+            } else {
+                bodies
+                    .entry(restored.message_id)
+                    .or_insert_with(|| Arc::new(restored.message.to_message(&clock)))
+                    .clone()
+            };
+            Delivery {
+                message,
+                qos: restored.qos,
+                retain: restored.retain,
+                subscription_ids: restored.subscription_ids,
+                stored: (restored.message_id != 0).then_some(restored.message_id),
+            }
+        };
+        let filters: Vec<_> = session
+            .subscriptions
+            .iter()
+            .map(|(filter, _)| filter.clone())
+            .collect();
+        let installed = self.install_session(session, now_ms, &mut delivery_of, &mut ops);
+        {
+            let mut recent = lock(&self.recent);
+            // Windows of sessions that ended before their window closed go here too.
+            recent.retain(|_, window| window.until > now);
+            recent.insert(
+                installed.handle.key,
+                super::recent::RecentIds::new(held, now + MOVE_WINDOW),
+            );
+        }
+        installed
+            .handle
+            .moved_recently
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        registry.insert(installed.handle.client_id.clone(), installed.handle);
+        let written = self.submit(ops);
+        drop(registry);
+        if let Some(cluster) = self.cluster.get() {
+            for filter in &filters {
+                cluster.filter_added(filter);
+            }
+        }
+        if let Some(will) = installed.will_due {
+            self.publish_will(will);
+        }
+        written
+    }
+
+    /// The new owner of a session this node handed over holds it durably: the stored
+    /// copy goes, unless the session is back here meanwhile.
+    pub fn forget_moved_session(&self, client_id: &str) {
+        let registry = lock(&self.registry);
+        if registry.contains_key(client_id) {
+            return;
+        }
+        self.submit_detached(vec![StoreOp::RemoveSession {
+            client_id: client_id.into(),
+        }]);
+    }
+
+    /// Messages the old owner of `client_id`'s session relayed while the session moved
+    /// here: queued (and stored) like any delivery; copies the session already has are
+    /// dropped (`Session::remember_moved`). The returned write covers them.
+    pub fn deliver_relayed(&self, client_id: &str, relayed: Vec<Relayed>) -> Option<Completion> {
+        let handle = lock(&self.registry).get(client_id).cloned()?;
+        let now = super::now();
+        let mut written = None;
+        for relayed in relayed {
+            let mut delivery = Delivery {
+                message: relayed.message,
+                qos: relayed.qos,
+                retain: relayed.retain,
+                subscription_ids: relayed.subscription_ids,
+                stored: None,
+            };
+            if delivery.qos != crate::protocol::QoS::AtMostOnce && handle.is_persistent() {
+                let message_id = self.store.next_message_id();
+                delivery.stored = Some(message_id);
+                written = Some(self.store.submit(vec![StoreOp::Accept {
+                    message_id,
+                    message: Arc::new(crate::storage::StoredMessage::from_message(
+                        &delivery.message,
+                        &self.clock,
+                    )),
+                    deliveries: vec![crate::storage::QueuedDelivery {
+                        client_id: handle.client_id.clone(),
+                        qos: delivery.qos,
+                        retain: delivery.retain,
+                        subscription_ids: delivery.subscription_ids.clone(),
+                    }],
+                }]));
+            }
+            self.deliver(&handle, delivery, now);
+        }
+        written
+    }
+
+    /// Whether `delivery` is a copy of a message `session` (which moved here a short
+    /// while ago) already has; called with the session locked. The window closes by
+    /// itself after `MOVE_WINDOW`.
+    pub(super) fn is_second_copy(
+        &self,
+        session: &super::SessionHandle,
+        delivery: &Delivery,
+        now: std::time::Instant,
+    ) -> bool {
+        let mut recent = lock(&self.recent);
+        let Some(window) = recent.get_mut(&session.key) else {
+            session
+                .moved_recently
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        };
+        if now >= window.until {
+            recent.remove(&session.key);
+            session
+                .moved_recently
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        !window.admit(delivery.message.cluster_id())
+    }
+}
