@@ -180,6 +180,7 @@ allow_anonymous = true
 [[listeners]]
 type = "tls"
 bind = "127.0.0.1:${TLS_PORT[fleetmq]}"
+allow_anonymous = true
 
 [listeners.tls]
 cert = "$WORK/certs/server.pem"

@@ -1,4 +1,4 @@
-//! Parked connections: an idle plain-TCP client kept as its socket, without a task.
+//! Parked connections: an idle plain-TCP or TLS client kept as its socket, without a task.
 //!
 //! Most of a fleet is idle most of the time, and an idle connection's task costs more
 //! than its session: tokio's I/O registration (cache-line aligned), the task cell, the
@@ -49,7 +49,7 @@ use super::{policy, Connection};
 use crate::broker::wakeup::UnparkQueue;
 use crate::broker::{lock, now, Broker, SessionHandle, Stats};
 use crate::config::Config;
-use crate::listener::{ClientStream, ConnectionSlots, ListenerContext};
+use crate::listener::{ClientStream, ConnectionSlots, ListenerContext, ParkedTls, TlsStream};
 use crate::protocol::ProtocolVersion;
 
 /// The keep-alive wheel's bucket: deadlines of parked connections are rounded up to it.
@@ -109,6 +109,8 @@ struct Parked {
     slots: ConnectionSlots,
     /// The client's address where it is not the socket's peer (PROXY protocol).
     proxied_peer: Option<Box<SocketAddr>>,
+    /// rustls's state of a TLS connection; `None` for plain TCP.
+    tls: Option<Box<ParkedTls>>,
     version: ProtocolVersion,
 }
 
@@ -204,8 +206,16 @@ pub(super) fn park(
     stream: ClientStream,
     keep_alive_deadline: Option<TokioInstant>,
 ) -> Result<(), NotParked> {
-    let (ClientStream::Tcp(tcp), Some(lot)) = (stream, connection.listener.parking.clone()) else {
-        unreachable!("can_park admits plain TCP on a listener with parking only");
+    let Some(lot) = connection.listener.parking.clone() else {
+        return Err(NotParked::Busy(connection, stream));
+    };
+    let (tcp, tls) = match stream {
+        ClientStream::Tcp(tcp) => (tcp, None),
+        ClientStream::Tls(tls) if tls.is_idle() => {
+            let (tcp, parked) = tls.park();
+            (tcp, Some(Box::new(parked)))
+        }
+        other => return Err(NotParked::Busy(connection, other)),
     };
     let table = lot.table_for(&connection.handle).clone();
     let peer_of_socket = tcp.peer_addr().ok();
@@ -254,7 +264,7 @@ pub(super) fn park(
         }
         drop(state);
         return match into_tokio(socket) {
-            Ok(tcp) => Err(NotParked::Busy(connection, ClientStream::Tcp(tcp))),
+            Ok(tcp) => Err(NotParked::Busy(connection, client_stream(tcp, tls))),
             Err(_) => Err(NotParked::SocketLost(connection)),
         };
     }
@@ -271,6 +281,7 @@ pub(super) fn park(
         config: connection.config.clone(),
         slots: std::mem::replace(&mut connection.slots, ConnectionSlots::internal()),
         proxied_peer,
+        tls,
         version: connection.version,
     };
     if index as usize == state.entries.len() {
@@ -291,6 +302,14 @@ pub(super) fn park(
     connection.parked = true;
     table.queue.ready.notify_one();
     Ok(())
+}
+
+/// The stream of a connection taken out of (or refused by) its table.
+fn client_stream(tcp: TcpStream, tls: Option<Box<ParkedTls>>) -> ClientStream {
+    match tls {
+        None => ClientStream::Tcp(tcp),
+        Some(parked) => ClientStream::Tls(Box::new(TlsStream::unpark(tcp, *parked))),
+    }
 }
 
 /// A socket given back to tokio's reactor.
@@ -429,6 +448,7 @@ impl Unparker {
             config,
             slots,
             proxied_peer,
+            tls,
             version,
             ..
         } = parked;
@@ -479,7 +499,7 @@ impl Unparker {
             slots,
             parked: false,
         });
-        let serving = Box::pin(connection.run(ClientStream::Tcp(tcp), keep_alive_deadline));
+        let serving = Box::pin(connection.run(client_stream(tcp, tls), keep_alive_deadline));
         tokio::spawn(serving);
     }
 }
@@ -493,10 +513,11 @@ async fn sleep_until_some(at: Option<TokioInstant>) {
 
 impl Connection {
     /// How long this connection must stay idle to be parked; `None` when it never is
-    /// (TLS, WebSocket, in-process bridges, `park_after_ms = 0`).
+    /// (WebSocket, in-process bridges, `park_after_ms = 0`).
     pub(super) fn park_after(&self, stream: &ClientStream) -> Option<Duration> {
         let millis = self.config.limits.park_after_ms;
-        (millis > 0 && matches!(stream, ClientStream::Tcp(_)) && self.listener.parking.is_some())
+        let parkable = matches!(stream, ClientStream::Tcp(_) | ClientStream::Tls(_));
+        (millis > 0 && parkable && self.listener.parking.is_some())
             .then(|| Duration::from_millis(millis))
     }
 
@@ -505,7 +526,7 @@ impl Connection {
     /// session may send, no re-authentication, a publish rate at rest, and no wake-up
     /// waiting to be taken.
     pub(super) fn can_park(&self, stream: &ClientStream) -> bool {
-        let idle = matches!(stream, ClientStream::Tcp(_))
+        let idle = stream.can_park()
             && self.listener.parking.is_some()
             && self.read_buf.is_empty()
             && self.write_buf.is_empty()
@@ -537,11 +558,11 @@ mod tests {
 
     /// Every parked connection holds one entry: it is what an idle device costs beside
     /// its session (see `crate::broker::handle`'s size test for why this is guarded).
-    /// 64 bytes; debug builds add mio's 8-byte selector check to the socket, aligned
+    /// 72 bytes; debug builds add mio's 8-byte selector check to the socket, aligned
     /// to 16.
     #[test]
     fn a_parked_entry_stays_small() {
-        let limit = if cfg!(debug_assertions) { 80 } else { 64 };
+        let limit = if cfg!(debug_assertions) { 88 } else { 72 };
         assert!(
             std::mem::size_of::<Option<Parked>>() <= limit,
             "a parked entry is {} bytes",

@@ -36,8 +36,9 @@ use crate::connection::ParkingLot;
 
 pub use proxy_protocol::{ProxyHeaderError, TrustedSources};
 pub use rate::TokenBucket;
-pub use stream::{ClientStream, WsStream};
+pub use stream::{ClientStream, ParkedTls, WsStream};
 pub use tls::{check_files as check_tls_files, TlsError, TlsTerminator};
+pub use tls_stream::TlsStream;
 
 /// First and largest pause after a failed accept.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -191,10 +192,10 @@ impl Listener {
         let tcp = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
-        // Only plain TCP connections are parked: a TLS or WebSocket stream keeps state
-        // above the socket.
+        // Plain TCP and TLS connections are parked (TLS with rustls's state kept); a
+        // WebSocket stream keeps more above the socket.
         let parking = match config.kind {
-            ListenerKind::Tcp => Some(Arc::new(
+            ListenerKind::Tcp | ListenerKind::Tls => Some(Arc::new(
                 ParkingLot::new().context("cannot set up the parking table")?,
             )),
             _ => None,
