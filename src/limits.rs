@@ -138,7 +138,7 @@ pub const DEFAULT_SLOW_CONSUMER_TIMEOUT_MS: u64 = 1000;
 /// subscriber hold up its publishers longer.
 pub const MAX_SLOW_CONSUMER_TIMEOUT_MS: u64 = 60_000;
 
-/// 0.1 seconds: a plain-TCP connection with nothing to read, write, deliver or wait for
+/// 0.1 seconds: a plain-TCP or TLS connection with nothing to read, write, deliver or wait for
 /// this long (checked lazily: parked 0.1 to 0.2 s after its last event) is parked (its
 /// socket kept in a parking table of its listener, without a task, timers or buffers)
 /// until the client sends, a message arrives for it or its keep alive expires. Short,

@@ -134,7 +134,7 @@ pub struct LimitsConfig {
     /// messages, and a subscriber may stay at `max_outbox_bytes` before it is a slow
     /// consumer. 0: no waiting (messages are dropped, slow consumers cut at once).
     pub slow_consumer_timeout_ms: u64,
-    /// Milliseconds without traffic after which a plain-TCP connection is parked (kept
+    /// Milliseconds without traffic after which a TCP or TLS connection is parked (kept
     /// as its socket in a parking table, without a task); 0: never parked.
     pub park_after_ms: u64,
     /// Topic aliases a MQTT 5 client may use towards the broker.

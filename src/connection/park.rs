@@ -85,12 +85,29 @@ struct TableState {
     entries: Vec<Option<Parked>>,
     /// Vacant indices of `entries`.
     free: Vec<u32>,
-    /// Tokens by keep-alive deadline (ticks after the epoch). Entries unparked before
-    /// their deadline stay here until it (their stamp no longer matches); the wheel
-    /// holds at most one token per park within one keep-alive period.
+    /// Tokens by keep-alive deadline (ticks after the epoch): one per parked
+    /// connection with keep alive, removed when it is unparked.
     wheel: BTreeMap<u32, Vec<u64>>,
     /// The table's task has ended: nothing more is parked here.
     closed: bool,
+}
+
+impl TableState {
+    /// Takes `token` out of the wheel's bucket `at` (gone already when the deadline
+    /// passed). A bucket holds the connections parked with a deadline in one tick.
+    fn forget_deadline(&mut self, at: u32, token: u64) {
+        if at == NO_DEADLINE {
+            return;
+        }
+        if let Some(bucket) = self.wheel.get_mut(&at) {
+            if let Some(position) = bucket.iter().position(|known| *known == token) {
+                bucket.swap_remove(position);
+            }
+            if bucket.is_empty() {
+                self.wheel.remove(&at);
+            }
+        }
+    }
 }
 
 /// What stays of a parked connection. Everything else of `Connection` is either empty
@@ -199,7 +216,7 @@ impl ParkingLot {
     }
 }
 
-/// Parks `connection`, which `Connection::can_park` found idle, with its plain-TCP
+/// Parks `connection`, which `Connection::can_park` found idle, with its plain-TCP or TLS
 /// `stream`.
 pub(super) fn park(
     mut connection: Box<Connection>,
@@ -292,8 +309,10 @@ pub(super) fn park(
     if keep_alive_at != NO_DEADLINE {
         state.wheel.entry(keep_alive_at).or_default().push(token);
     }
-    drop(state);
+    // Counted under the table's lock, which the unparking side takes before it counts
+    // the connection out: the gauge never goes below zero.
     Stats::incr(&connection.broker.stats().connections_parked);
+    drop(state);
     // Shutdown sets its flag before it rings every session's wake-up: registered after
     // the ring, the flag is seen here.
     if connection.broker.is_shutting_down() {
@@ -428,6 +447,9 @@ impl Unparker {
                 Some(entry) if entry.as_ref().is_some_and(|parked| parked.stamp == stamp) => {
                     let parked = entry.take();
                     state.free.push(index);
+                    if let Some(at) = parked.as_ref().map(|parked| parked.keep_alive_at) {
+                        state.forget_deadline(at, token);
+                    }
                     parked
                 }
                 _ => None,
@@ -568,6 +590,23 @@ mod tests {
             "a parked entry is {} bytes",
             std::mem::size_of::<Option<Parked>>()
         );
+    }
+
+    #[test]
+    fn an_unparked_connection_leaves_nothing_in_the_wheel() {
+        let mut state = TableState::default();
+        state
+            .wheel
+            .entry(5)
+            .or_default()
+            .extend([token(1, 1), token(2, 1)]);
+        state.forget_deadline(5, token(1, 1));
+        assert_eq!(state.wheel.get(&5), Some(&vec![token(2, 1)]));
+        // Expired already: nothing to take.
+        state.forget_deadline(6, token(3, 1));
+        state.forget_deadline(NO_DEADLINE, token(4, 1));
+        state.forget_deadline(5, token(2, 1));
+        assert!(state.wheel.is_empty(), "an empty bucket goes too");
     }
 
     #[test]

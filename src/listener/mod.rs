@@ -56,7 +56,7 @@ pub struct ListenerContext {
     /// The in-process connections of bridges: the only ones that may use a bridge's
     /// local session (`$bridge/<name>`).
     pub internal: bool,
-    /// Where this listener's idle plain-TCP connections are parked
+    /// Where this listener's idle plain-TCP and TLS connections are parked
     /// (`crate::connection`'s `park`); `None` where they are not.
     pub parking: Option<Arc<ParkingLot>>,
 }
