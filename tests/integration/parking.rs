@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::both_versions;
 use crate::common::raw::RawClient;
-use crate::common::wire::{ConnectSpec, WillSpec, V311, V5};
+use crate::common::wire::{self, ConnectSpec, Packet, PublishSpec, WillSpec, V311, V5};
 use crate::common::{client_id, start_broker, topic, Broker, GUARD};
 
 async fn parking_broker() -> Broker {
@@ -41,6 +41,7 @@ both_versions!(
     a_parked_client_that_closes_leaves_its_will,
     a_parked_connection_is_taken_over,
     a_parked_connection_is_kicked,
+    a_qos_2_flow_goes_on_across_a_park,
 );
 
 async fn a_parked_subscriber_receives_what_is_published(version: u8) {
@@ -199,4 +200,38 @@ async fn a_burst_to_a_parked_subscriber_arrives_in_order() {
         let message = subscriber.recv_publish().await;
         assert_eq!(message.payload, vec![index]);
     }
+}
+
+/// A publisher parked between PUBREC and PUBREL completes its QoS 2 flow when it comes
+/// back: the session kept the packet id, the parked entry nothing of it.
+async fn a_qos_2_flow_goes_on_across_a_park(version: u8) {
+    let broker = parking_broker().await;
+    let t = topic("qos2park");
+    let mut subscriber = RawClient::connect(broker.addr, version, &client_id("sub")).await;
+    subscriber.subscribe(&t, 0).await;
+    let mut publisher = RawClient::connect(broker.addr, version, &client_id("pub")).await;
+    publisher
+        .send(&PublishSpec::new(&t, 2, b"once").id(9).encode(version))
+        .await;
+    match publisher.recv().await {
+        Packet::PubRec(ack) => assert_eq!(ack.packet_id, 9),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    assert_eq!(subscriber.recv_publish().await.payload, b"once");
+    until_parked(&broker, 2).await;
+    publisher.send(&wire::ack(wire::PUBREL, 9)).await;
+    match publisher.recv().await {
+        Packet::PubComp(ack) => assert_eq!(ack.packet_id, 9),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    // The same packet id again, after the flow completed: a new message.
+    until_parked(&broker, 2).await;
+    publisher
+        .send(&PublishSpec::new(&t, 2, b"twice").id(9).encode(version))
+        .await;
+    match publisher.recv().await {
+        Packet::PubRec(ack) => assert_eq!(ack.packet_id, 9),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    assert_eq!(subscriber.recv_publish().await.payload, b"twice");
 }
