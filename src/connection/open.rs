@@ -42,7 +42,7 @@ pub struct Connected {
 impl Connected {
     /// Serves the client until the connection ends, then closes it.
     pub fn serve(self) -> impl std::future::Future<Output = ()> + Send {
-        self.connection.run(self.stream, None)
+        self.connection.run(self.stream, None, true)
     }
 }
 

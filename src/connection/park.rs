@@ -521,7 +521,7 @@ impl Unparker {
             slots,
             parked: false,
         });
-        let serving = Box::pin(connection.run(client_stream(tcp, tls), keep_alive_deadline));
+        let serving = Box::pin(connection.run(client_stream(tcp, tls), keep_alive_deadline, false));
         tokio::spawn(serving);
     }
 }
