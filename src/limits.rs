@@ -138,6 +138,23 @@ pub const DEFAULT_SLOW_CONSUMER_TIMEOUT_MS: u64 = 1000;
 /// subscriber hold up its publishers longer.
 pub const MAX_SLOW_CONSUMER_TIMEOUT_MS: u64 = 60_000;
 
+/// 0.1 seconds: a plain-TCP or TLS connection with nothing to read, write, deliver or
+/// wait for this long (checked lazily: parked 0.1 to 0.2 s after its last event; a new
+/// connection is checked every 10 ms at first, so that a device is parked right after
+/// its CONNECT and SUBSCRIBE) is parked, its socket kept in a parking table of its
+/// listener without a task, timers or buffers, until the client sends, a message
+/// arrives for it or its keep alive expires. Short, because memory freed by parking is
+/// reused by the connections that come next: a fleet connecting at thousands per second
+/// is parked as it arrives instead of peaking at every connection's full size. A park
+/// and an unpark cost a few microseconds (four epoll changes, a task), nothing for a
+/// device that talks every few seconds; a client in steady conversation is never idle
+/// that long.
+pub const DEFAULT_PARK_AFTER_MS: u64 = 100;
+
+/// Largest `park_after_ms` accepted: a minute; an idle connection that is not parked
+/// only costs memory.
+pub const MAX_PARK_AFTER_MS: u64 = 60_000;
+
 /// 10 topic aliases per MQTT 5 client, Mosquitto's `max_topic_alias` default: enough for
 /// a device that publishes to a handful of topics, and a small table per connection.
 pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 10;

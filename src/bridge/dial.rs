@@ -95,6 +95,7 @@ pub fn dial_local(broker: &Arc<Broker>) -> (LinkStream, JoinHandle<()>) {
         anonymous_only_from_loopback: false,
         security: Arc::new(security),
         internal: true,
+        parking: None,
     });
     let broker = broker.clone();
     let task = tokio::spawn(async move {

@@ -222,7 +222,9 @@ mod tests {
     /// "Idle connections"). State that few clients use is allocated on first use; a
     /// field that makes these larger should be a decision, not an accident. (504: the
     /// operators' view of a session, one pointer, and the read gate, 16 bytes, whose
-    /// state is allocated only with an ACL file; see ARCHITECTURE.md.)
+    /// state is allocated only with an ACL file; see ARCHITECTURE.md. The wake-up slot
+    /// took 8 bytes more to hold a parked connection: the handle's allocation, 520
+    /// bytes with its reference counts, stays in glibc's 528-byte chunk.)
     #[test]
     fn a_session_stays_small() {
         assert!(
@@ -231,7 +233,7 @@ mod tests {
             std::mem::size_of::<Session>()
         );
         assert!(
-            std::mem::size_of::<SessionHandle>() <= 496,
+            std::mem::size_of::<SessionHandle>() <= 504,
             "SessionHandle is {} bytes",
             std::mem::size_of::<SessionHandle>()
         );

@@ -165,6 +165,9 @@ pub struct Stats {
     /// Sockets closed, whatever the reason (refused ones included), so accepted minus
     /// closed is the number open now.
     pub connections_closed: AtomicU64,
+    /// Open connections parked now (idle, kept as their socket without a task); part of
+    /// the open ones.
+    pub connections_parked: AtomicU64,
     connections_refused: [AtomicU64; Refusal::ALL.len()],
     pub takeovers: AtomicU64,
     pub slow_consumers: AtomicU64,
@@ -201,6 +204,7 @@ pub struct Stats {
 pub struct StatsSnapshot {
     pub connections_accepted: u64,
     pub connections_closed: u64,
+    pub connections_parked: u64,
     /// Indexed like `Refusal::ALL`.
     pub connections_refused: [u64; Refusal::ALL.len()],
     pub takeovers: u64,
@@ -273,6 +277,11 @@ impl Stats {
         counter.fetch_add(amount, Ordering::Relaxed);
     }
 
+    /// Takes one from a gauge kept with `incr`.
+    pub fn decr(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Counts a message the broker did not deliver.
     /// Counts a message not delivered, and logs it (rate-limited: see `LogThrottle`).
     pub fn dropped(&self, reason: impl Into<Dropped>) {
@@ -331,6 +340,7 @@ impl Stats {
         StatsSnapshot {
             connections_accepted: get(&self.connections_accepted),
             connections_closed: get(&self.connections_closed),
+            connections_parked: get(&self.connections_parked),
             connections_refused: self.connections_refused.each_ref().map(get),
             takeovers: get(&self.takeovers),
             slow_consumers: get(&self.slow_consumers),

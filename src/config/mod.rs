@@ -134,6 +134,9 @@ pub struct LimitsConfig {
     /// messages, and a subscriber may stay at `max_outbox_bytes` before it is a slow
     /// consumer. 0: no waiting (messages are dropped, slow consumers cut at once).
     pub slow_consumer_timeout_ms: u64,
+    /// Milliseconds without traffic after which a TCP or TLS connection is parked (kept
+    /// as its socket in a parking table, without a task); 0: never parked.
+    pub park_after_ms: u64,
     /// Topic aliases a MQTT 5 client may use towards the broker.
     pub topic_alias_maximum: u16,
     /// Bytes of encoded packets buffered for one connection before it is a slow consumer.
@@ -259,6 +262,7 @@ impl Default for LimitsConfig {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             max_retained_backlog: DEFAULT_MAX_RETAINED_BACKLOG,
             slow_consumer_timeout_ms: DEFAULT_SLOW_CONSUMER_TIMEOUT_MS,
+            park_after_ms: DEFAULT_PARK_AFTER_MS,
             topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
             max_outbox_bytes: DEFAULT_MAX_OUTBOX_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use super::{Config, Problem};
 use crate::limits::{
-    MAX_CONNECT_TIMEOUT_SECS, MAX_MAX_PACKET_SIZE, MAX_SHUTDOWN_GRACE_SECS,
+    MAX_CONNECT_TIMEOUT_SECS, MAX_MAX_PACKET_SIZE, MAX_PARK_AFTER_MS, MAX_SHUTDOWN_GRACE_SECS,
     MAX_SLOW_CONSUMER_TIMEOUT_MS, MAX_SYS_INTERVAL_SECS, MIN_MAX_PACKET_SIZE,
 };
 
@@ -117,6 +117,15 @@ impl Config {
                 format!(
                     "{} milliseconds is out of range; allowed: 0 to {MAX_SLOW_CONSUMER_TIMEOUT_MS} milliseconds",
                     limits.slow_consumer_timeout_ms
+                ),
+            ));
+        }
+        if limits.park_after_ms > MAX_PARK_AFTER_MS {
+            problems.push(Problem::new(
+                "limits.park_after_ms",
+                format!(
+                    "{} milliseconds is out of range; allowed: 0 to {MAX_PARK_AFTER_MS} milliseconds",
+                    limits.park_after_ms
                 ),
             ));
         }

@@ -21,6 +21,7 @@ mod close;
 mod handshake;
 mod held;
 mod open;
+mod park;
 mod policy;
 
 use std::future::{poll_fn, Future};
@@ -33,12 +34,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
 use tokio::io::AsyncWrite;
-use tokio::time::{sleep, Instant as TokioInstant, Sleep};
+use tokio::time::{sleep, sleep_until, Instant as TokioInstant, Sleep};
 
-use crate::auth::{Exchange, Security};
+use crate::auth::Exchange;
 use crate::broker::{now, Broker, Dropped, SessionHandle, Stats};
 use crate::config::Config;
-use crate::listener::{ClientStream, ConnectionSlots};
+use crate::listener::{ClientStream, ConnectionSlots, ListenerContext};
 use crate::protocol::{decode_from_client, encode, reason, Packet, ProtocolVersion, QoS};
 use crate::session::Action;
 use crate::storage::{Completion, StoreOp};
@@ -46,6 +47,7 @@ use crate::storage::{Completion, StoreOp};
 use backpressure::{Paused, Resume};
 use held::{HeldPackets, Settled};
 pub use open::{open, Connected};
+pub use park::{ParkingLot, ParkingTableTask};
 
 thread_local! {
     /// The emptied packet list of the last drain on this thread. Drains reuse its
@@ -149,7 +151,8 @@ enum Event {
     Resume(Resume),
     /// The outbox has been full for the slow-consumer timeout.
     OutboxTimeout,
-    KeepAliveExpired,
+    /// The timer of the keep-alive deadline and the idle check fired.
+    Timer,
 }
 
 struct Connection {
@@ -175,7 +178,9 @@ struct Connection {
     qos0_unwritten: u64,
     /// Bytes were written since the last flush.
     unflushed: bool,
-    security: Arc<Security>,
+    /// The listener that accepted the connection: its security settings and parking
+    /// table.
+    listener: Arc<ListenerContext>,
     /// The authenticated username; `None` for an anonymous client.
     username: Option<String>,
     /// MQTT 5 enhanced authentication, for a client that used it in CONNECT; boxed, as
@@ -191,7 +196,9 @@ struct Connection {
     /// once the socket took half of it.
     output_waiting: bool,
     /// The connection's place under the connection limits, until it is dropped.
-    _slots: ConnectionSlots,
+    slots: ConnectionSlots,
+    /// The connection went on as a parked entry (`park`), which counts its close.
+    parked: bool,
 }
 
 /// What re-authentication (AUTH after CONNACK) needs.
@@ -204,22 +211,50 @@ struct EnhancedAuth {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        Stats::incr(&self.broker.stats().connections_closed);
+        if !self.parked {
+            Stats::incr(&self.broker.stats().connections_closed);
+        }
     }
 }
 
 impl Connection {
     /// Its future is most of what an idle client costs, so it holds little: the socket
-    /// and the keep-alive timer only when there is keep alive. The rest of the state is
-    /// in the boxed `Connection`; what the connection waits for (the socket, the
-    /// session's wake-up, rung for deliveries, a takeover and shutdown, and the rest) is
-    /// polled by `poll_event`, which keeps no future of its own, and closing is boxed.
+    /// and one timer (for the keep-alive deadline and the idle check that parks the
+    /// connection), allocated only when needed. The rest of the state is in the boxed
+    /// `Connection`; what the connection waits for (the socket, the session's wake-up,
+    /// rung for deliveries, a takeover and shutdown, and the rest) is polled by
+    /// `poll_event`, which keeps no future of its own, and closing is boxed.
+    ///
+    /// `keep_alive_deadline` carries the deadline of a connection coming back from its
+    /// parking table; `None` starts a full keep-alive period now. `fresh`: the client
+    /// has just connected (not come back from its parking table).
     ///
     /// Not an `async fn`: its future would keep a second copy of its arguments.
     #[allow(clippy::manual_async_fn)]
-    fn run(mut self: Box<Self>, mut stream: ClientStream) -> impl Future<Output = ()> + Send {
+    fn run(
+        mut self: Box<Self>,
+        mut stream: ClientStream,
+        keep_alive_deadline: Option<TokioInstant>,
+        fresh: bool,
+    ) -> impl Future<Output = ()> + Send {
         async move {
-            let mut keep_alive_timer = self.keep_alive.map(|period| Box::pin(sleep(period)));
+            let started = TokioInstant::now();
+            let mut keep_alive_deadline =
+                keep_alive_deadline.or_else(|| self.keep_alive.map(|period| started + period));
+            // Parking happens once the connection stayed idle (`can_park`) through one
+            // whole period between two checks: between one and two periods after its
+            // last event, without a clock read or a timer change per event.
+            let park_after = self.park_after(&stream);
+            // A client that has just connected is checked more often at first
+            // (`QUICK_PARK_CHECKS`): a fleet connecting at thousands per second is then
+            // parked as it arrives, shortly after its CONNECT and SUBSCRIBE, rather than
+            // thousands of connections waiting at full size for a whole period each.
+            let mut quick_checks = if fresh { QUICK_PARK_CHECKS } else { 0 };
+            let mut park_check =
+                park_after.map(|period| started + check_period(period, quick_checks));
+            let mut active = false;
+            let mut timer =
+                earliest(keep_alive_deadline, park_check).map(|at| Box::pin(sleep_until(at)));
             // Packets pipelined behind CONNECT are already in the read buffer.
             let mut result = self.process_input();
             if result.is_ok() {
@@ -240,18 +275,18 @@ impl Connection {
                 if self.broker.is_shutting_down() {
                     break Exit::Shutdown;
                 }
-                let event =
-                    poll_fn(|cx| self.poll_event(cx, &mut stream, &mut keep_alive_timer)).await;
+                let event = poll_fn(|cx| self.poll_event(cx, &mut stream, &mut timer)).await;
+                if !matches!(event, Event::Timer) {
+                    active = true;
+                }
                 result = match event {
                     Event::Read(Ok(0)) | Event::Read(Err(_)) => Err(Exit::SocketClosed),
                     Event::Written(Err(_)) => Err(Exit::SocketClosed),
                     Event::Read(Ok(read)) => {
                         Stats::add(&self.broker.stats().bytes_received, read as u64);
                         let handled = self.process_input();
-                        if let (Some(period), Some(timer)) =
-                            (self.keep_alive, &mut keep_alive_timer)
-                        {
-                            timer.as_mut().reset(TokioInstant::now() + period);
+                        if let Some(period) = self.keep_alive {
+                            keep_alive_deadline = Some(TokioInstant::now() + period);
                         }
                         handled.and_then(|()| self.drain_session())
                     }
@@ -282,16 +317,45 @@ impl Connection {
                             }
                         }
                         // The client was not read while paused; it was not silent.
-                        if let (Some(period), Some(timer)) =
-                            (self.keep_alive, &mut keep_alive_timer)
-                        {
-                            timer.as_mut().reset(TokioInstant::now() + period);
+                        if let Some(period) = self.keep_alive {
+                            keep_alive_deadline = Some(TokioInstant::now() + period);
                         }
                         // What was read before the pause comes first.
                         self.process_input().and_then(|()| self.drain_session())
                     }
                     Event::OutboxTimeout => self.drain_session(),
-                    Event::KeepAliveExpired => Err(Exit::KeepAliveTimeout),
+                    Event::Timer => {
+                        let now = TokioInstant::now();
+                        if keep_alive_deadline.is_some_and(|deadline| deadline <= now) {
+                            break Exit::KeepAliveTimeout;
+                        }
+                        if let (Some(period), Some(check)) = (park_after, park_check) {
+                            if check <= now {
+                                if !active && self.can_park(&stream) {
+                                    match park::park(self, stream, keep_alive_deadline) {
+                                        Ok(()) => return,
+                                        Err(park::NotParked::Busy(connection, kept)) => {
+                                            self = connection;
+                                            stream = kept;
+                                        }
+                                        Err(park::NotParked::SocketLost(connection)) => {
+                                            connection.close_lost_socket();
+                                            return;
+                                        }
+                                    }
+                                }
+                                active = false;
+                                park_check = Some(now + check_period(period, quick_checks));
+                                quick_checks = quick_checks.saturating_sub(1);
+                            }
+                        }
+                        if let (Some(timer), Some(at)) =
+                            (&mut timer, earliest(keep_alive_deadline, park_check))
+                        {
+                            timer.as_mut().reset(at);
+                        }
+                        Ok(())
+                    }
                 };
             };
             // An operator's kick that also ended the session retired it, which looks like
@@ -317,12 +381,12 @@ impl Connection {
         &mut self,
         cx: &mut Context<'_>,
         stream: &mut ClientStream,
-        keep_alive_timer: &mut Option<Pin<Box<Sleep>>>,
+        timer: &mut Option<Pin<Box<Sleep>>>,
     ) -> Poll<Event> {
         let reading = self.paused.is_none();
-        if let (true, Some(timer)) = (reading, keep_alive_timer) {
+        if let (true, Some(timer)) = (reading, timer) {
             if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::KeepAliveExpired);
+                return Poll::Ready(Event::Timer);
             }
         }
         if !self.write_buf.is_empty() || self.unflushed {
@@ -655,6 +719,29 @@ impl Connection {
         }
         SPARE_PACKETS.set(packets);
         Ok(())
+    }
+}
+
+/// Checks for idleness a new connection gets at `QUICK_PARK_CHECK_PERIOD` before it
+/// is checked once per `park_after_ms`: about its first 0.1 s.
+const QUICK_PARK_CHECKS: u8 = 10;
+const QUICK_PARK_CHECK_PERIOD: Duration = Duration::from_millis(10);
+
+/// The time between two idleness checks: `period` (`park_after_ms`), or shorter while
+/// quick checks remain.
+fn check_period(period: Duration, quick_checks: u8) -> Duration {
+    if quick_checks > 0 {
+        period.min(QUICK_PARK_CHECK_PERIOD)
+    } else {
+        period
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<TokioInstant>, b: Option<TokioInstant>) -> Option<TokioInstant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

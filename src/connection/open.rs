@@ -42,7 +42,7 @@ pub struct Connected {
 impl Connected {
     /// Serves the client until the connection ends, then closes it.
     pub fn serve(self) -> impl std::future::Future<Output = ()> + Send {
-        self.connection.run(self.stream)
+        self.connection.run(self.stream, None, true)
     }
 }
 
@@ -233,7 +233,7 @@ pub async fn open(
             .then(|| Duration::from_millis(u64::from(terms.keep_alive) * 1500)),
         qos0_unwritten: 0,
         unflushed: false,
-        security: listener.security.clone(),
+        listener: listener.clone(),
         username: admitted.username,
         enhanced_auth: admitted.method.map(|method| {
             Box::new(EnhancedAuth {
@@ -245,7 +245,8 @@ pub async fn open(
         paused: None,
         outbox_deadline: None,
         output_waiting: false,
-        _slots: slots,
+        slots,
+        parked: false,
     });
     drop(connect);
     // The connection counts itself closed from here on.

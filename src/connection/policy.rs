@@ -61,6 +61,14 @@ impl PublishRate {
         }
     }
 
+    /// Whether both buckets are full by `now`: a new `PublishRate` would then decide
+    /// every later message the same way (what lets a parked connection keep none).
+    pub(super) fn is_full(&self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.rate == 0.0
+            || (refill >= self.rate - self.soft && 2.0 * refill >= 2.0 * self.rate - self.hard)
+    }
+
     /// Takes a token from the hard bucket, then from the soft one.
     pub(super) fn check(&mut self, now: Instant) -> RateCheck {
         if self.rate == 0.0 {
@@ -105,7 +113,7 @@ impl Connection {
                 });
             }
         }
-        let allowed = self.security.allows(
+        let allowed = self.listener.security.allows(
             self.username.as_deref(),
             &self.handle.client_id,
             Want::Publish,
@@ -163,7 +171,7 @@ impl Connection {
             let Ok(existed) = filter.result else { continue };
             if !topic_within_limits(&filter.filter, limits) {
                 filter.result = Err(reason::TOPIC_FILTER_INVALID);
-            } else if !self.security.allows(
+            } else if !self.listener.security.allows(
                 self.username.as_deref(),
                 &self.handle.client_id,
                 Want::Subscribe,
@@ -198,7 +206,7 @@ impl Connection {
         let data = auth.properties.authentication_data.unwrap_or_default();
         let step = match (auth.reason_code, enhanced.exchange.as_mut()) {
             (reason::RE_AUTHENTICATE, None) => {
-                let Some(authenticator) = self.security.authenticator(&method) else {
+                let Some(authenticator) = self.listener.security.authenticator(&method) else {
                     return Err(Exit::Violation {
                         reason_code: reason::NOT_AUTHORIZED,
                     });

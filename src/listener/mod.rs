@@ -32,11 +32,13 @@ use tokio::sync::Notify;
 use crate::auth::Security;
 use crate::broker::{now, Broker, Refusal};
 use crate::config::{ListenerConfig, ListenerKind};
+use crate::connection::ParkingLot;
 
 pub use proxy_protocol::{ProxyHeaderError, TrustedSources};
 pub use rate::TokenBucket;
-pub use stream::{ClientStream, WsStream};
+pub use stream::{ClientStream, ParkedTls, WsStream};
 pub use tls::{check_files as check_tls_files, TlsError, TlsTerminator};
+pub use tls_stream::TlsStream;
 
 /// First and largest pause after a failed accept.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -54,6 +56,9 @@ pub struct ListenerContext {
     /// The in-process connections of bridges: the only ones that may use a bridge's
     /// local session (`$bridge/<name>`).
     pub internal: bool,
+    /// Where this listener's idle plain-TCP and TLS connections are parked
+    /// (`crate::connection`'s `park`); `None` where they are not.
+    pub parking: Option<Arc<ParkingLot>>,
 }
 
 impl ListenerContext {
@@ -187,6 +192,14 @@ impl Listener {
         let tcp = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
+        // Plain TCP and TLS connections are parked (TLS with rustls's state kept); a
+        // WebSocket stream keeps more above the socket.
+        let parking = match config.kind {
+            ListenerKind::Tcp | ListenerKind::Tls => Some(Arc::new(
+                ParkingLot::new().context("cannot set up the parking table")?,
+            )),
+            _ => None,
+        };
         Ok(Listener {
             tcp,
             tls,
@@ -197,6 +210,7 @@ impl Listener {
                     && config.allow_anonymous.is_none(),
                 security,
                 internal: false,
+                parking,
             }),
             proxies,
             own_connections: ConnectionCounter::new(
@@ -231,6 +245,20 @@ impl Listener {
         // 0: no connection rate limit (the default).
         let mut bucket = (rate > 0).then(|| TokenBucket::new(rate, now()));
         let handshake_timeout = Duration::from_secs(broker.config().limits.connect_timeout_secs);
+        if let Some(lot) = &self.context.parking {
+            match lot.tasks(&broker, &self.context) {
+                Ok(tasks) => {
+                    for task in tasks {
+                        tokio::spawn(task.run());
+                    }
+                }
+                Err(error) => {
+                    // Closed, it parks nothing: connections stay tasks.
+                    tracing::warn!(%error, "parking table unavailable");
+                    lot.close();
+                }
+            }
+        }
         loop {
             let accepted = tokio::select! {
                 accepted = self.tcp.accept() => accepted,
@@ -331,6 +359,9 @@ impl Listener {
                 remaining = self.own_connections.open(),
                 "connections still open after the grace period; leaving them to the runtime's end"
             );
+        }
+        if let Some(lot) = &self.context.parking {
+            lot.close();
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio::io::DuplexStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+pub use super::tls_stream::ParkedTls;
 use super::tls_stream::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -27,6 +28,18 @@ pub enum ClientStream {
     Wss(Box<WsStream<TlsStream>>),
     /// The in-process connection of a bridge to this broker (`crate::bridge`).
     Local(Box<DuplexStream>),
+}
+
+impl ClientStream {
+    /// Whether the connection may be parked with nothing of the stream but its socket
+    /// (and, for TLS, rustls's state): plain TCP, or TLS with nothing buffered.
+    pub fn can_park(&self) -> bool {
+        match self {
+            ClientStream::Tcp(_) => true,
+            ClientStream::Tls(tls) => tls.is_idle(),
+            ClientStream::Ws(_) | ClientStream::Wss(_) | ClientStream::Local(_) => false,
+        }
+    }
 }
 
 /// MQTT bytes over a WebSocket connection.

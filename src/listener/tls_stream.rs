@@ -47,6 +47,13 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// What a parked TLS connection keeps (`crate::connection`'s parking table): rustls's
+/// connection state (keys, sequence numbers, what a key update needs) without the
+/// socket and without buffers, which are all empty when a connection is parked.
+pub struct ParkedTls {
+    conn: UnbufferedServerConnection,
+}
+
 /// An accepted TLS connection.
 pub struct TlsStream {
     tcp: TcpStream,
@@ -116,6 +123,36 @@ fn append_with(
 }
 
 impl TlsStream {
+    /// Whether nothing waits in the stream: no TLS bytes read and not yet decrypted, no
+    /// decrypted data unread, nothing encrypted and unwritten, no close under way.
+    pub fn is_idle(&self) -> bool {
+        self.incoming.is_empty()
+            && self.plaintext_read >= self.plaintext.len()
+            && self.outgoing_sent >= self.outgoing.len()
+            && !self.read_closed
+            && !self.close_notify_queued
+    }
+
+    /// Splits an idle stream (`is_idle`) into its socket and its TLS state.
+    pub fn park(self) -> (TcpStream, ParkedTls) {
+        (self.tcp, ParkedTls { conn: self.conn })
+    }
+
+    /// The stream of a parked connection, over its socket again.
+    pub fn unpark(tcp: TcpStream, parked: ParkedTls) -> TlsStream {
+        TlsStream {
+            tcp,
+            conn: parked.conn,
+            incoming: Vec::new(),
+            plaintext: Vec::new(),
+            plaintext_read: 0,
+            outgoing: Vec::new(),
+            outgoing_sent: 0,
+            read_closed: false,
+            close_notify_queued: false,
+        }
+    }
+
     /// Runs the server side of the handshake on `tcp`.
     pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
         let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;

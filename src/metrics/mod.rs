@@ -30,6 +30,7 @@ pub mod names {
     pub const BUILD_INFO: &str = "fleetmq_build_info";
     pub const UPTIME_SECONDS: &str = "fleetmq_uptime_seconds";
     pub const CONNECTIONS_CURRENT: &str = "fleetmq_connections_current";
+    pub const CONNECTIONS_PARKED: &str = "fleetmq_connections_parked";
     pub const CONNECTIONS_TOTAL: &str = "fleetmq_connections_total";
     pub const CONNECTIONS_REFUSED_TOTAL: &str = "fleetmq_connections_refused_total";
     pub const AUTH_FAILURES_TOTAL: &str = "fleetmq_auth_failures_total";
@@ -69,10 +70,11 @@ pub mod names {
     pub const BRIDGE_ROUND_TRIP_SECONDS: &str = "fleetmq_bridge_round_trip_seconds";
 
     /// Every name above, for checks that a dashboard or alert uses real metrics.
-    pub const ALL: [&str; 39] = [
+    pub const ALL: [&str; 40] = [
         BUILD_INFO,
         UPTIME_SECONDS,
         CONNECTIONS_CURRENT,
+        CONNECTIONS_PARKED,
         CONNECTIONS_TOTAL,
         CONNECTIONS_REFUSED_TOTAL,
         AUTH_FAILURES_TOTAL,
@@ -255,6 +257,7 @@ fn record_snapshot(stats: &StatsSnapshot, gauges: &Gauges, uptime: Duration) {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(UPTIME_SECONDS).set(uptime.as_secs_f64());
     gauge!(CONNECTIONS_CURRENT).set(stats.connections_open() as f64);
+    gauge!(CONNECTIONS_PARKED).set(stats.connections_parked as f64);
     counter!(CONNECTIONS_TOTAL).absolute(stats.connections_accepted);
     for refusal in Refusal::ALL {
         counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => refusal.label())
@@ -324,6 +327,10 @@ fn describe() {
         "Seconds since the broker started"
     );
     describe_gauge!(CONNECTIONS_CURRENT, "TCP connections open now");
+    describe_gauge!(
+        CONNECTIONS_PARKED,
+        "Open connections parked now (idle, without a task; part of the open ones)"
+    );
     describe_counter!(CONNECTIONS_TOTAL, "TCP connections accepted");
     describe_counter!(
         CONNECTIONS_REFUSED_TOTAL,

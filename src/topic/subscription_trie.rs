@@ -95,8 +95,14 @@ struct Node<K, V> {
     plus: Option<Box<Node<K, V>>>,
     hash: Option<Box<Node<K, V>>>,
     subscribers: SmallMap<K, V>,
-    shared: SmallMap<Box<str>, SharedGroup<K, V>>,
+    /// Boxed: few filters have shared groups, and a node's size is paid once per device
+    /// where every device subscribes to a topic of its own (a level with thousands of
+    /// children keeps them inline in its hash table).
+    shared: Option<Box<SharedGroups<K, V>>>,
 }
+
+/// A node's shared subscription groups, by share name.
+type SharedGroups<K, V> = SmallMap<Box<str>, SharedGroup<K, V>>;
 
 impl<K, V> Node<K, V> {
     fn new() -> Self {
@@ -105,7 +111,7 @@ impl<K, V> Node<K, V> {
             plus: None,
             hash: None,
             subscribers: SmallMap::default(),
-            shared: SmallMap::default(),
+            shared: None,
         }
     }
 }
@@ -126,8 +132,10 @@ impl<K: Eq + Hash, V> Node<K, V> {
         for (key, value) in self.subscribers.iter() {
             visit(Match::Direct(key, value));
         }
-        for group in self.shared.values() {
-            visit(Match::Shared(group));
+        if let Some(shared) = &self.shared {
+            for group in shared.values() {
+                visit(Match::Shared(group));
+            }
         }
     }
 
@@ -205,7 +213,7 @@ impl<K, V> LevelNode for Node<K, V> {
     }
 
     fn holds_nothing(&self) -> bool {
-        self.subscribers.is_empty() && self.shared.is_empty()
+        self.subscribers.is_empty() && self.shared.is_none()
     }
 }
 
@@ -257,6 +265,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
             None => node.subscribers.insert(key, value),
             Some(name) => node
                 .shared
+                .get_or_insert_with(Box::default)
                 .get_or_insert_with(name, || Box::from(name), || SharedGroup::new(name))
                 .upsert(key, value),
         };
@@ -272,10 +281,14 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
         let removed = match group {
             None => node.subscribers.remove(key)?,
             Some(name) => {
-                let shared = node.shared.get_mut(name)?;
+                let groups = node.shared.as_mut()?;
+                let shared = groups.get_mut(name)?;
                 let removed = shared.remove(key)?;
                 if shared.members.is_empty() {
-                    node.shared.remove(name);
+                    groups.remove(name);
+                    if groups.is_empty() {
+                        node.shared = None;
+                    }
                 }
                 removed
             }
@@ -324,5 +337,21 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
     /// subscription is removed. Walks the whole trie; meant for tests and diagnostics.
     pub fn node_count(&self) -> usize {
         level_tree::count_nodes(&self.root) - 1
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::Node;
+
+    /// A device subscribed to a topic of its own holds one node, inline in its parent
+    /// level's table: its size is part of what every idle device costs (BENCHMARKS.md).
+    #[test]
+    fn a_node_stays_small() {
+        assert!(
+            std::mem::size_of::<Node<u64, u64>>() <= 72,
+            "a trie node is {} bytes",
+            std::mem::size_of::<Node<u64, u64>>()
+        );
     }
 }

@@ -10,6 +10,7 @@ mod connect;
 mod defaults;
 mod flow_control;
 mod mosquitto_clients;
+mod parking;
 mod pubsub_qos;
 mod retained;
 mod sessions;

@@ -10,4 +10,5 @@ mod hostile;
 mod limits;
 mod proxy_protocol;
 mod tls;
+mod tls_parking;
 mod websocket;

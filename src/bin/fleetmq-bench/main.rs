@@ -154,6 +154,11 @@ enum Command {
         /// Seconds the connections stay open after the measurement.
         #[arg(long, default_value_t = 0.0)]
         hold: f64,
+        /// Seconds the connections stay idle, once all are connected, before the
+        /// broker's memory is measured (resident memory right after connecting is
+        /// reported too): a broker may shrink idle connections after a while.
+        #[arg(long, default_value_t = 0.0)]
+        settle: f64,
     },
     /// A reconnect storm: many clients connecting at once (retrying when refused) while
     /// a connected client measures PINGREQ round trips; admitted rate and peak memory.
@@ -355,6 +360,7 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
             duration,
             subscribe,
             hold,
+            settle,
         } => {
             let params = idle::Params {
                 connections,
@@ -363,6 +369,7 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
                 duration: seconds(duration)?,
                 subscribe,
                 hold: seconds(hold)?,
+                settle: seconds(settle)?,
             };
             idle::run(&target(&common)?, &params).await?
         }

@@ -43,6 +43,12 @@ impl Broker {
             .map(|handle| handle.broker().stats().snapshot())
     }
 
+    /// The in-process broker itself (for operator actions); `None` against a reference
+    /// broker.
+    pub fn inner(&self) -> Option<&std::sync::Arc<fleetmq::broker::Broker>> {
+        self.handle.as_ref().map(|handle| handle.broker())
+    }
+
     /// Stops the in-process broker and waits for its connections to end.
     pub async fn shutdown(mut self) {
         if let Some(handle) = self.handle.take() {

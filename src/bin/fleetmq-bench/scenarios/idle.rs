@@ -28,6 +28,10 @@ pub struct Params {
     /// How long the connections stay open after the measurement (for a heap profile of
     /// the broker meanwhile).
     pub hold: Duration,
+    /// How long the connections stay idle, once all are connected, before the broker's
+    /// resident memory is sampled for the figure (it is also sampled right after the
+    /// last connection, as `rss_connected_kib`).
+    pub settle: Duration,
 }
 
 pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
@@ -82,7 +86,13 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     }
     let elapsed = start.elapsed();
     let connected = conns.len() as u64;
-    let after = target.probe.sample()?;
+    let just_connected = target.probe.sample()?;
+    let after = if params.settle.is_zero() {
+        just_connected
+    } else {
+        tokio::time::sleep(params.settle).await;
+        target.probe.sample()?
+    };
 
     let mut record = Record::new(case, &target.label);
     record
@@ -102,7 +112,15 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         record
             .number("rss_before_kib", before.rss_kib as f64)
             .number("rss_after_kib", after.rss_kib as f64)
-            .number("bytes_per_conn", per_conn);
+            .number("bytes_per_conn", per_conn)
+            .number("settle_s", params.settle.as_secs_f64());
+        if let Some(connected_sample) = just_connected {
+            record.number("rss_connected_kib", connected_sample.rss_kib as f64);
+            if connected > 0 {
+                let grown = connected_sample.rss_kib.saturating_sub(before.rss_kib) * 1024;
+                record.number("bytes_per_conn_connected", grown as f64 / connected as f64);
+            }
+        }
         memory = format!(
             ", broker RSS {} -> {} KiB ({per_conn:.0} bytes/connection)",
             before.rss_kib, after.rss_kib
