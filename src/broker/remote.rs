@@ -21,7 +21,9 @@ use super::{lock, read, write, Broker, SessionHandle, Stats};
 /// implementations only queue work, never block.
 pub trait ClusterHook: Send + Sync + 'static {
     /// A message published on this node (by a client or a will), after local routing.
-    fn published(&self, message: &Arc<Message>);
+    /// What the publisher's acknowledgement must also wait for (a retained message's
+    /// commit), if anything.
+    fn published(&self, message: &Arc<Message>) -> Option<crate::storage::Completion>;
     /// The first local subscription to `filter` (a `$share/...` filter kept whole).
     fn filter_added(&self, filter: &str);
     /// A local subscription to `filter` went away.

@@ -21,8 +21,9 @@ struct Recorder {
 }
 
 impl ClusterHook for Recorder {
-    fn published(&self, message: &Arc<Message>) {
+    fn published(&self, message: &Arc<Message>) -> Option<crate::storage::Completion> {
         lock(&self.calls).push(format!("published {}", message.topic));
+        None
     }
     fn filter_added(&self, filter: &str) {
         lock(&self.calls).push(format!("added {filter}"));

@@ -6,33 +6,38 @@
 //! - `HELLO` (first frame each way): the sender's node id, `u64` BE.
 //! - `REQUEST`/`RESPONSE`: a `u64` request id, then JSON (`super::rpc`).
 //! - `FORWARD`: messages for the receiver's local subscribers (`super::forward`).
+//! - `PING` (empty): sent by a writer idle for a heartbeat, so that the peer hears from
+//!   this node at least that often.
 //!
 //! Each peer has one bounded outbox (`cluster.link_buffer_bytes`): a writer task drains
 //! everything queued into one buffer and writes it with one call (batching under load).
 //! A frame that does not fit, or that is queued while the peer is disconnected, is
-//! dropped and counted; a dropped request fails at once so Raft retries it. The dialing
-//! side reconnects with exponential backoff (50 ms to 2 s). With `[cluster.tls]` every
-//! link is TLS (mutual TLS with `client_auth = "require"`), the listeners' settings.
+//! dropped, counted and logged (rate-limited); a dropped request fails at once so Raft
+//! retries it. A connection that received nothing for `cluster.link_timeout_ms` (a
+//! black-holed peer: no frame, no FIN, no RST) is closed and redialled like a failed
+//! one. The dialing side reconnects with exponential backoff (50 ms to 2 s). With
+//! `[cluster.tls]` every link is TLS (`super::link_tls`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 
-use crate::config::{ClientAuth, TlsConfig};
-use crate::listener::TlsTerminator;
+use crate::broker::log_throttle::LogThrottle;
 
 use super::config::NodeId;
+use super::link_tls::LinkTls;
 
 pub const HELLO: u8 = 1;
 pub const REQUEST: u8 = 2;
 pub const RESPONSE: u8 = 3;
 pub const FORWARD: u8 = 4;
+pub const PING: u8 = 5;
 
 /// Largest frame accepted from a peer (a snapshot of a large retained set travels in one).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
@@ -61,6 +66,8 @@ pub struct LinkStats {
     pub dropped_frames: AtomicU64,
     pub forwarded_messages: AtomicU64,
     pub forwarded_bytes: AtomicU64,
+    /// Connections closed because the peer sent nothing for `link_timeout_ms`.
+    pub timeouts: AtomicU64,
 }
 
 struct Outbox {
@@ -77,6 +84,7 @@ pub struct PeerLink {
     ready: Notify,
     pub stats: LinkStats,
     limit: usize,
+    drops_logged: LogThrottle,
 }
 
 impl PeerLink {
@@ -88,17 +96,23 @@ impl PeerLink {
         self.stats.connected.load(Ordering::Relaxed)
     }
 
-    /// Queues a frame; false (and counted) when the peer is down or the outbox full.
+    /// Bytes of frames waiting in the outbox.
+    pub fn outbox_bytes(&self) -> usize {
+        lock(&self.outbox).bytes
+    }
+
+    /// Queues a frame; false (counted, logged rate-limited) when the peer is down or the
+    /// outbox full.
     pub fn send(&self, frame: Bytes) -> bool {
         if !self.is_connected() {
-            self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
+            self.dropped("the link is down");
             return false;
         }
         {
             let mut outbox = lock(&self.outbox);
             if outbox.bytes + frame.len() > self.limit {
                 drop(outbox);
-                self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
+                self.dropped("its outbox (cluster.link_buffer_bytes) is full");
                 return false;
             }
             outbox.bytes += frame.len();
@@ -107,59 +121,29 @@ impl PeerLink {
         self.ready.notify_one();
         true
     }
+
+    fn dropped(&self, why: &str) {
+        self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.drops_logged.occurred(Instant::now()) {
+            tracing::warn!(
+                peer = self.id,
+                count,
+                "frames for a cluster peer dropped: {why}"
+            );
+        }
+    }
 }
 
 /// Any stream a link runs over: TCP, or TLS over TCP.
 pub trait LinkStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> LinkStream for T {}
 
-/// TLS on the links: the accepting side is a listener's terminator, the dialling side
-/// verifies the peer against the same CA and (mutual TLS) presents the same certificate.
-pub struct LinkTls {
-    acceptor: TlsTerminator,
-    connector: tokio_rustls::TlsConnector,
-}
-
-impl LinkTls {
-    pub fn new(config: &TlsConfig) -> anyhow::Result<LinkTls> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let acceptor = TlsTerminator::new(config)?;
-        let ca = config
-            .ca
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("cluster.tls.ca is required"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in CertificateDer::pem_file_iter(ca)
-            .map_err(|error| anyhow::anyhow!("{}: {error}", ca.display()))?
-        {
-            let certificate =
-                certificate.map_err(|error| anyhow::anyhow!("{}: {error}", ca.display()))?;
-            roots
-                .add(certificate)
-                .map_err(|error| anyhow::anyhow!("{}: {error}", ca.display()))?;
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_root_certificates(roots);
-        let client = if config.client_auth == ClientAuth::None {
-            builder.with_no_client_auth()
-        } else {
-            let chain = CertificateDer::pem_file_iter(&config.cert)
-                .map_err(|error| anyhow::anyhow!("{}: {error}", config.cert.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| anyhow::anyhow!("{}: {error}", config.cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(&config.key)
-                .map_err(|error| anyhow::anyhow!("{}: {error}", config.key.display()))?;
-            builder.with_client_auth_cert(chain, key)?
-        };
-        Ok(LinkTls {
-            acceptor,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
-        })
-    }
+/// How often an idle writer sends a `PING`, and how long a connection may receive
+/// nothing before it is closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub ping_interval: Duration,
+    pub timeout: Duration,
 }
 
 pub struct Links {
@@ -170,6 +154,9 @@ pub struct Links {
     next_request: AtomicU64,
     handler: OnceLock<Arc<dyn LinkHandler>>,
     limit: usize,
+    liveness: Liveness,
+    /// TLS handshakes that failed, logged rate-limited.
+    tls_failures: LogThrottle,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -187,7 +174,7 @@ pub fn frame(kind: u8, body: &[u8]) -> Bytes {
 }
 
 impl Links {
-    pub fn new(me: NodeId, limit: usize, tls: Option<LinkTls>) -> Arc<Links> {
+    pub fn new(me: NodeId, limit: usize, liveness: Liveness, tls: Option<LinkTls>) -> Arc<Links> {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Arc::new(Links {
             me,
@@ -197,8 +184,15 @@ impl Links {
             next_request: AtomicU64::new(1),
             handler: OnceLock::new(),
             limit,
+            liveness,
+            tls_failures: LogThrottle::default(),
             shutdown,
         })
+    }
+
+    /// The links' TLS, when `[cluster.tls]` is set.
+    pub fn tls(&self) -> Option<&LinkTls> {
+        self.tls.as_ref()
     }
 
     pub fn set_handler(&self, handler: Arc<dyn LinkHandler>) {
@@ -261,6 +255,7 @@ impl Links {
             ready: Notify::new(),
             stats: LinkStats::default(),
             limit: self.limit,
+            drops_logged: LogThrottle::default(),
         }
     }
 
@@ -326,12 +321,17 @@ impl Links {
     async fn serve_incoming(self: Arc<Self>, tcp: TcpStream) -> std::io::Result<()> {
         let _ = tcp.set_nodelay(true);
         let mut stream: Box<dyn LinkStream> = match &self.tls {
-            Some(tls) => Box::new(
-                tokio::time::timeout(Duration::from_secs(5), tls.acceptor.accept(tcp))
-                    .await
-                    .map_err(|_| std::io::Error::other("no TLS handshake within 5 s"))??
-                    .0,
-            ),
+            Some(tls) => {
+                let handshake = tokio::time::timeout(Duration::from_secs(5), tls.accept(tcp)).await;
+                match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        self.tls_failed(None, &error);
+                        return Err(error);
+                    }
+                    Err(_) => return Err(std::io::Error::other("no TLS handshake within 5 s")),
+                }
+            }
             None => Box::new(tcp),
         };
         let from = tokio::time::timeout(Duration::from_secs(5), read_hello(&mut stream))
@@ -360,15 +360,9 @@ impl Links {
                 let tcp = TcpStream::connect(&addr).await?;
                 let _ = tcp.set_nodelay(true);
                 let mut stream: Box<dyn LinkStream> = match &self.tls {
-                    Some(tls) => {
-                        let host = addr
-                            .rsplit_once(':')
-                            .map_or(addr.as_str(), |(host, _)| host);
-                        let host = host.trim_start_matches('[').trim_end_matches(']');
-                        let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                            .map_err(|error| std::io::Error::other(format!("{host}: {error}")))?;
-                        Box::new(tls.connector.connect(name, tcp).await?)
-                    }
+                    Some(tls) => tls.connect(&addr, tcp).await.inspect_err(|error| {
+                        self.tls_failed(Some(&peer), error);
+                    })?,
                     None => Box::new(tcp),
                 };
                 stream
@@ -409,7 +403,33 @@ impl Links {
         }
     }
 
-    /// Runs one established connection until it fails or a newer one replaces it.
+    /// Logs a failed TLS handshake (rate-limited): a certificate that does not chain to
+    /// the CA, an expired one, a wrong host name.
+    fn tls_failed(&self, dialled: Option<&PeerLink>, error: &std::io::Error) {
+        // A connection that closed or reset during the handshake is the network's
+        // doing, logged with the other link failures.
+        let refused = error
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if !refused {
+            return;
+        }
+        if let Some(count) = self.tls_failures.occurred(Instant::now()) {
+            match dialled {
+                Some(peer) => tracing::warn!(
+                    peer = peer.id, addr = %peer.addr(), %error, count,
+                    "cluster link TLS handshake failed (check cluster.tls: cert, key and ca on both nodes)"
+                ),
+                None => tracing::warn!(
+                    %error, count,
+                    "incoming cluster link TLS handshake failed (check cluster.tls: cert, key and ca on both nodes)"
+                ),
+            }
+        }
+    }
+
+    /// Runs one established connection until it fails, the peer falls silent for
+    /// `liveness.timeout`, or a newer connection replaces it.
     async fn run_connection(
         self: Arc<Self>,
         peer: Arc<PeerLink>,
@@ -426,7 +446,15 @@ impl Links {
         peer.stats.connected.store(true, Ordering::Relaxed);
         peer.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer = peer.id, "cluster link up");
-        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (reader, mut writer) = tokio::io::split(stream);
+        let started = Instant::now();
+        let heard = Arc::new(Heard::default());
+        let mut reader = Watched {
+            inner: reader,
+            started,
+            heard: heard.clone(),
+        };
+        let liveness = self.liveness;
         let writer_peer = peer.clone();
         let mut shutdown = self.shutdown.subscribe();
         let write_loop = async move {
@@ -447,8 +475,13 @@ impl Links {
                     }
                 }
                 if buffer.is_empty() {
-                    notified.await;
-                    continue;
+                    if tokio::time::timeout(liveness.ping_interval, notified)
+                        .await
+                        .is_ok()
+                    {
+                        continue;
+                    }
+                    buffer.extend_from_slice(&frame(PING, &[]));
                 }
                 writer.write_all(&buffer).await?;
                 buffer.clear();
@@ -457,12 +490,42 @@ impl Links {
         let read_loop = async {
             loop {
                 let (kind, body) = read_frame(&mut reader).await?;
+                if kind == PING {
+                    reader.heard.pinged.store(true, Ordering::Relaxed);
+                    continue;
+                }
                 self.dispatch(&peer, kind, body);
+            }
+        };
+        let watchdog = async {
+            let mut ticks = tokio::time::interval(liveness.ping_interval);
+            loop {
+                ticks.tick().await;
+                // A peer that never sent a PING (an older fleetmq) may be silent while
+                // idle; it is not timed out.
+                if !heard.pinged.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let last = Duration::from_millis(heard.last_ms.load(Ordering::Relaxed));
+                let silent = started.elapsed().saturating_sub(last);
+                if silent >= liveness.timeout {
+                    peer.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        peer = peer.id,
+                        silent_ms = silent.as_millis() as u64,
+                        "cluster link silent for longer than cluster.link_timeout_ms; closing it to redial"
+                    );
+                    return Err::<(), _>(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the peer fell silent",
+                    ));
+                }
             }
         };
         let result = tokio::select! {
             result = write_loop => result,
             result = read_loop => result,
+            result = watchdog => result,
             _ = shutdown.wait_for(|stop| *stop) => Ok(()),
         };
         let mut outbox = lock(&peer.outbox);
@@ -529,4 +592,36 @@ async fn read_hello(stream: &mut Box<dyn LinkStream>) -> std::io::Result<NodeId>
         return Err(std::io::Error::other("the first frame is not a hello"));
     }
     Ok(body.get_u64())
+}
+
+/// When a connection last received bytes, and whether its peer sends `PING`s.
+#[derive(Default)]
+struct Heard {
+    /// Milliseconds since the connection started.
+    last_ms: AtomicU64,
+    pinged: AtomicBool,
+}
+
+/// The reading half of a connection, noting when bytes last arrived (a large frame
+/// arriving slowly still counts as hearing from the peer).
+struct Watched<R> {
+    inner: R,
+    started: Instant,
+    heard: Arc<Heard>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let now = self.started.elapsed().as_millis() as u64;
+            self.heard.last_ms.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
 }

@@ -6,7 +6,9 @@
 //! - `types`: openraft's type configuration and `Consensus`, our small trait over it.
 //! - `state`: the replicated state machine's data and rules (routes, retained, owners).
 //! - `storage`: the Raft log, vote and snapshots in the node's RocksDB.
-//! - `link`: the node-to-node connections (one per pair, framed, bounded, reconnecting).
+//! - `link`: the node-to-node connections (one per pair, framed, bounded, reconnecting,
+//!   closed when the peer falls silent).
+//! - `link_tls`: TLS on the links, reloaded on SIGHUP.
 //! - `network`: Raft RPCs and proposals over the link.
 //! - `forward`: the cluster route table and forwarded PUBLISHes.
 //! - `node`: a running node: consensus, proposals, the broker hook.
@@ -19,6 +21,8 @@ pub mod config;
 pub mod forward;
 #[cfg(feature = "rocksdb")]
 pub mod link;
+#[cfg(feature = "rocksdb")]
+pub mod link_tls;
 #[cfg(feature = "rocksdb")]
 pub mod metrics;
 #[cfg(feature = "rocksdb")]

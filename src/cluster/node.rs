@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -19,6 +19,8 @@ use tokio::sync::Notify;
 
 use crate::broker::{Broker, ClusterHook};
 use crate::message::Message;
+use crate::protocol::QoS;
+use crate::storage::{Completion, StoreError};
 
 use super::config::{ClusterConfig, NodeId};
 use super::forward::{self, RouteTable};
@@ -35,6 +37,48 @@ pub(super) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_PENDING_RETAINED: usize = 10_000;
 /// Retained changes proposed in one log entry.
 const MAX_RETAINED_PER_ENTRY: usize = 256;
+/// How long a QoS 1/2 retained PUBLISH may wait for its commit before its publisher is
+/// answered with a failure (MQTT 5 PUBACK/PUBREC 0x80, MQTT 3 disconnected). The answer
+/// comes after the first failed attempt past it: within this plus `PROPOSE_TIMEOUT`.
+const RETAINED_COMMIT_BOUND: Duration = Duration::from_secs(3);
+
+/// A retained change waiting to be committed, and the publisher's acknowledgement
+/// waiting for it (QoS 1/2).
+struct PendingRetained {
+    topic: String,
+    /// The message in the store's encoding, base64; `None` clears the topic.
+    message: Option<String>,
+    waiter: Option<(
+        tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+        Instant,
+    )>,
+}
+
+impl PendingRetained {
+    fn committed(self) {
+        if let Some((waiter, _)) = self.waiter {
+            let _ = waiter.send(Ok(()));
+        }
+    }
+
+    /// Answers the publisher with a failure once the bound has passed; the change stays
+    /// queued (the node's own subscribers already saw it, and the cluster converges on it
+    /// when a leader is back).
+    fn give_up_if_late(&mut self, now: Instant) {
+        if self
+            .waiter
+            .as_ref()
+            .is_some_and(|(_, deadline)| now >= *deadline)
+        {
+            if let Some((waiter, _)) = self.waiter.take() {
+                let _ = waiter.send(Err(StoreError::Io(format!(
+                    "the retained message was not committed by the cluster within {} s",
+                    RETAINED_COMMIT_BOUND.as_secs()
+                ))));
+            }
+        }
+    }
+}
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -70,7 +114,7 @@ struct FilterBook {
     dirty: BTreeSet<String>,
     /// The full set must be proposed (at start).
     replace: bool,
-    retained: VecDeque<(String, Option<String>)>,
+    retained: VecDeque<PendingRetained>,
     /// Sessions that ended here, whose ownership is to be released.
     released: VecDeque<String>,
 }
@@ -197,10 +241,17 @@ pub async fn start(
 ) -> anyhow::Result<Arc<ClusterNode>> {
     let me = config.node_id;
     let tls = match &config.tls {
-        Some(tls) => Some(link::LinkTls::new(tls).context("cluster.tls")?),
+        Some(tls) => Some(super::link_tls::LinkTls::new(tls).context("cluster.tls")?),
         None => None,
     };
-    let links = Links::new(me, config.link_buffer_bytes, tls);
+    let liveness = link::Liveness {
+        ping_interval: Duration::from_millis(config.heartbeat_ms),
+        timeout: config.link_timeout(),
+    };
+    let links = Links::new(me, config.link_buffer_bytes, liveness, tls);
+    if config.tls.is_some() {
+        broker.add_reloadable(Arc::new(super::link_tls::LinkCertificates(links.clone())));
+    }
     let members = config.members();
     for peer in &members {
         if peer.id != me {
@@ -316,13 +367,18 @@ impl ClusterNode {
 
     /// The leader this node knows of. A leader that cannot reach a majority of the
     /// voters over its links counts as none: openraft keeps such a leader in office (it
-    /// commits nothing), and this node must refuse what needs a commit at once.
+    /// commits nothing), and this node must refuse what needs a commit at once. So does
+    /// a leader this follower has no link to (nothing could be proposed through it).
     pub fn leader(&self) -> Option<NodeId> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         if leader != self.me {
-            return Some(leader);
+            return self
+                .links
+                .peer(leader)
+                .is_some_and(|peer| peer.is_connected())
+                .then_some(leader);
         }
         let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
         let reachable = voters
@@ -439,7 +495,14 @@ impl ClusterNode {
         let mut backoff = Duration::from_millis(50);
         loop {
             let notified = self.book_changed.notified();
-            let command = {
+            // Releases go one at a time, before anything else is taken from the book
+            // (what is taken must be proposed, or put back).
+            let released = lock(&self.book).released.pop_front();
+            if let Some(client_id) = released {
+                self.release(client_id).await;
+                continue;
+            }
+            let (command, retained) = {
                 let mut book = lock(&self.book);
                 let command = if book.replace {
                     book.replace = false;
@@ -461,16 +524,10 @@ impl ClusterNode {
                 } else {
                     None
                 };
-                let released = book.released.pop_front();
                 let take = book.retained.len().min(MAX_RETAINED_PER_ENTRY);
                 let retained: Vec<_> = book.retained.drain(..take).collect();
-                (command, retained, released)
+                (command, retained)
             };
-            let (command, retained, released) = (command.0, command.1, command.2);
-            if let Some(client_id) = released {
-                self.release(client_id).await;
-                continue;
-            }
             if command.is_none() && retained.is_empty() {
                 notified.await;
                 continue;
@@ -494,19 +551,23 @@ impl ClusterNode {
                 let command = Command::Batch(
                     retained
                         .iter()
-                        .map(|(topic, message)| Command::Retain {
-                            topic: topic.clone(),
-                            message: message.clone(),
+                        .map(|change| Command::Retain {
+                            topic: change.topic.clone(),
+                            message: change.message.clone(),
                         })
                         .collect(),
                 );
                 if let Err(error) = self.propose(command).await {
                     tracing::debug!(%error, "retained messages not replicated yet; retrying");
+                    let now = Instant::now();
                     let mut book = lock(&self.book);
-                    for change in retained.into_iter().rev() {
+                    for mut change in retained.into_iter().rev() {
+                        change.give_up_if_late(now);
                         book.retained.push_front(change);
                     }
                     failed = true;
+                } else {
+                    retained.into_iter().for_each(PendingRetained::committed);
                 }
             }
             if failed {
@@ -516,6 +577,41 @@ impl ClusterNode {
                 backoff = Duration::from_millis(50);
             }
         }
+    }
+
+    /// Queues a retained change for the proposer. A QoS 1/2 one returns the completion
+    /// its publisher's acknowledgement waits for: the commit, or a failure after
+    /// `RETAINED_COMMIT_BOUND` (so an acknowledged retained message is in the replicated
+    /// log of a majority and survives its node).
+    fn replicate_retained(&self, broker: &Broker, message: &Arc<Message>) -> Option<Completion> {
+        let encoded = (!message.payload.is_empty()).then(|| {
+            let stored = crate::storage::StoredMessage::from_message(message, broker.wall_clock());
+            encode_base64(&crate::storage::codec::encode_message(&stored))
+        });
+        let mut book = lock(&self.book);
+        if book.retained.len() >= MAX_PENDING_RETAINED {
+            drop(book);
+            self.stats.retained_dropped.fetch_add(1, Ordering::Relaxed);
+            return (message.qos != QoS::AtMostOnce)
+                .then(|| Completion::done(Err(StoreError::Overloaded)));
+        }
+        let (waiter, completion) = if message.qos == QoS::AtMostOnce {
+            (None, None)
+        } else {
+            let (sender, completion) = Completion::waiting();
+            (
+                Some((sender, Instant::now() + RETAINED_COMMIT_BOUND)),
+                Some(completion),
+            )
+        };
+        book.retained.push_back(PendingRetained {
+            topic: message.topic.to_string(),
+            message: encoded,
+            waiter,
+        });
+        drop(book);
+        self.book_changed.notify_one();
+        completion
     }
 
     /// Whether this node knows a leader (`/health`).
@@ -540,27 +636,11 @@ impl super::types::Consensus for ClusterNode {
 }
 
 impl ClusterHook for ClusterNode {
-    fn published(&self, message: &Arc<Message>) {
-        let Some(broker) = self.broker.upgrade() else {
-            return;
-        };
-        if message.retain {
-            let encoded = (!message.payload.is_empty()).then(|| {
-                let stored =
-                    crate::storage::StoredMessage::from_message(message, broker.wall_clock());
-                encode_base64(&crate::storage::codec::encode_message(&stored))
-            });
-            let mut book = lock(&self.book);
-            if book.retained.len() < MAX_PENDING_RETAINED {
-                book.retained
-                    .push_back((message.topic.to_string(), encoded));
-                drop(book);
-                self.book_changed.notify_one();
-            } else {
-                drop(book);
-                self.stats.retained_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    fn published(&self, message: &Arc<Message>) -> Option<Completion> {
+        let broker = self.broker.upgrade()?;
+        let committed = message
+            .retain
+            .then(|| self.replicate_retained(&broker, message));
         let destinations = self.routes.destinations(&message.topic);
         for (node, groups) in destinations {
             let Some(peer) = self.links.peer(node) else {
@@ -586,6 +666,7 @@ impl ClusterHook for ClusterNode {
                 self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+        committed.flatten()
     }
 
     fn filter_added(&self, filter: &str) {

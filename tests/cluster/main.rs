@@ -4,6 +4,8 @@
 mod common;
 
 mod failures;
+mod links;
 mod membership;
 mod pubsub;
+mod retained;
 mod sessions;

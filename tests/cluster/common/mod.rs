@@ -307,6 +307,27 @@ impl Cluster {
         }
     }
 
+    /// Black-holes (or reopens) every link between node `id` and the others: the
+    /// connections stay open and carry nothing (see `proxy`).
+    pub fn black_hole(&self, id: u64, on: bool) {
+        for ((i, j), proxy) in &self.proxies {
+            if *i == id || *j == id {
+                proxy.set_black_hole(on);
+            }
+        }
+    }
+
+    /// SIGHUP to node `id` (reloads its configuration and certificates).
+    pub fn sighup(&self, id: u64) {
+        let pid = self.nodes[&id]
+            .child
+            .as_ref()
+            .and_then(|child| child.id())
+            .expect("a running node");
+        // SAFETY: kill(2) with a pid this test spawned and still holds.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    }
+
     /// `GET /health` of node `id`: the status code.
     pub async fn health(&self, id: u64) -> Option<u16> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
