@@ -625,3 +625,53 @@ impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
         polled
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links(limit: usize) -> Arc<Links> {
+        let liveness = Liveness {
+            ping_interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+        };
+        // Node 2 never dials node 1: no task is started.
+        Links::new(2, limit, liveness, None)
+    }
+
+    #[test]
+    fn a_full_outbox_drops_counts_and_reports_its_bytes() {
+        let links = links(64);
+        let peer = links.ensure_peer(1, "127.0.0.1:1");
+        assert!(!peer.send(frame(FORWARD, &[0; 10])), "dropped while down");
+        assert_eq!(peer.stats.dropped_frames.load(Ordering::Relaxed), 1);
+
+        peer.stats.connected.store(true, Ordering::Relaxed);
+        assert!(peer.send(frame(FORWARD, &[0; 30])));
+        assert_eq!(peer.outbox_bytes(), 35);
+        assert!(peer.send(frame(FORWARD, &[0; 20])));
+        assert_eq!(peer.outbox_bytes(), 60);
+        assert!(
+            !peer.send(frame(FORWARD, &[0; 1])),
+            "dropped: over the limit"
+        );
+        assert_eq!(peer.outbox_bytes(), 60);
+        assert_eq!(peer.stats.dropped_frames.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn the_watched_reader_notes_when_bytes_arrive() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let heard = Arc::new(Heard::default());
+        let started = Instant::now() - Duration::from_millis(50);
+        let mut reader = Watched {
+            inner: server,
+            started,
+            heard: heard.clone(),
+        };
+        client.write_all(&frame(PING, &[])).await.unwrap();
+        let (kind, body) = read_frame(&mut reader).await.unwrap();
+        assert_eq!((kind, body.len()), (PING, 0));
+        assert!(heard.last_ms.load(Ordering::Relaxed) >= 50);
+    }
+}

@@ -6,18 +6,12 @@
 use std::time::{Duration, Instant};
 
 use crate::common::mqtt::{Event, Publisher, Subscriber};
-use crate::common::{eventually, wait_routed, Cluster};
+use crate::common::{eventually, metric_value, wait_routed, Cluster};
 
 /// How long after the black hole a node may still report a leader: the link timeout (the
 /// default of 10 heartbeats of 100 ms: 1 s), the watchdog's tick, the status poll, and
 /// slack for a loaded machine.
 const NO_LEADER_BOUND: Duration = Duration::from_secs(8);
-
-/// The value of `name` (with its labels) in a Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
 
 /// Black-holes node `id`'s links and checks that it reports no leader within
 /// `NO_LEADER_BOUND`, answers `/health` with 503 and refuses a persistent session, while
@@ -29,7 +23,7 @@ async fn black_hole_and_heal(cluster: &Cluster, id: u64) {
         others
             .iter()
             .map(|peer| {
-                metric(
+                metric_value(
                     &text,
                     &format!("fleetmq_cluster_link_connects_total{{peer=\"{peer}\"}}"),
                 )
@@ -54,7 +48,7 @@ async fn black_hole_and_heal(cluster: &Cluster, id: u64) {
     }
     let text = cluster.metrics(id).await;
     for peer in &others {
-        let timeouts = metric(
+        let timeouts = metric_value(
             &text,
             &format!("fleetmq_cluster_link_timeouts_total{{peer=\"{peer}\"}}"),
         )
@@ -78,7 +72,7 @@ async fn black_hole_and_heal(cluster: &Cluster, id: u64) {
     .await;
     let text = cluster.metrics(id).await;
     for (peer, before) in others.iter().zip(connects_before) {
-        let after = metric(
+        let after = metric_value(
             &text,
             &format!("fleetmq_cluster_link_connects_total{{peer=\"{peer}\"}}"),
         )

@@ -9,3 +9,4 @@ mod membership;
 mod pubsub;
 mod retained;
 mod sessions;
+mod under_load;

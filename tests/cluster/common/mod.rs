@@ -380,6 +380,12 @@ impl Drop for Cluster {
     }
 }
 
+/// The value of `name` (with its labels, e.g. `x_total{peer="2"}`) in a Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Waits until the subscription of `subscriber` (to a filter matching `probe_topic`)
 /// reaches node `from`: publishes a probe there (QoS 0) until the subscriber gets one.
 /// Routes travel through consensus, so a SUBACK on one node precedes the route on the
