@@ -6,8 +6,8 @@
 //! - `HELLO` (first frame each way): the sender's node id, `u64` BE.
 //! - `REQUEST`/`RESPONSE`: a `u64` request id, then JSON (`super::rpc`).
 //! - `FORWARD`: messages for the receiver's local subscribers (`super::forward`).
-//! - `PING` (empty): sent by a writer idle for a heartbeat, so that the peer hears from
-//!   this node at least that often.
+//! - `PING` (empty): sent at least once per heartbeat, so that the peer hears from this
+//!   node at least that often even when the link is idle (and knows that it does).
 //!
 //! Each peer has one bounded outbox (`cluster.link_buffer_bytes`): a writer task drains
 //! everything queued into one buffer and writes it with one call (batching under load).
@@ -459,6 +459,7 @@ impl Links {
         let mut shutdown = self.shutdown.subscribe();
         let write_loop = async move {
             let mut buffer = Vec::with_capacity(64 * 1024);
+            let mut last_ping: Option<Instant> = None;
             loop {
                 let notified = writer_peer.ready.notified();
                 {
@@ -474,14 +475,22 @@ impl Links {
                         buffer.extend_from_slice(&frame);
                     }
                 }
-                if buffer.is_empty() {
-                    if tokio::time::timeout(liveness.ping_interval, notified)
+                if buffer.is_empty()
+                    && last_ping.is_some()
+                    && tokio::time::timeout(liveness.ping_interval, notified)
                         .await
                         .is_ok()
-                    {
-                        continue;
-                    }
+                {
+                    continue;
+                }
+                // A PING first (so the peer learns at once that this node sends them and
+                // may time the link out), then at least every interval, busy or idle.
+                if last_ping.is_none_or(|sent: Instant| sent.elapsed() >= liveness.ping_interval) {
                     buffer.extend_from_slice(&frame(PING, &[]));
+                    last_ping = Some(Instant::now());
+                }
+                if buffer.is_empty() {
+                    continue;
                 }
                 writer.write_all(&buffer).await?;
                 buffer.clear();

@@ -94,7 +94,8 @@ async fn swallow(mut inbound: TcpStream, mut mode: watch::Receiver<Mode>) {
 }
 
 /// Passes bytes both ways until either side closes, the proxy cuts, or (after a black
-/// hole swallowed some of them) it reopens.
+/// hole swallowed some of them) it reopens. While black-holed, a side closing is not
+/// passed on either: the other side keeps an open, silent connection.
 async fn relay(inbound: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
     let Ok(outbound) = TcpStream::connect(target).await else {
         return;
@@ -104,18 +105,32 @@ async fn relay(inbound: TcpStream, target: SocketAddr, mut mode: watch::Receiver
     let mut from_in = vec![0u8; 16 * 1024];
     let mut from_out = vec![0u8; 16 * 1024];
     let mut black_holed = *mode.borrow_and_update() == Mode::BlackHole;
+    let (mut in_open, mut out_open) = (true, true);
     loop {
+        if !in_open && !out_open {
+            return;
+        }
         tokio::select! {
-            read = in_read.read(&mut from_in) => {
-                let n = match read { Ok(0) | Err(_) => return, Ok(n) => n };
-                if !black_holed && out_write.write_all(&from_in[..n]).await.is_err() {
-                    return;
+            read = in_read.read(&mut from_in), if in_open => {
+                match read {
+                    Ok(0) | Err(_) if black_holed => in_open = false,
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if !black_holed && out_write.write_all(&from_in[..n]).await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
-            read = out_read.read(&mut from_out) => {
-                let n = match read { Ok(0) | Err(_) => return, Ok(n) => n };
-                if !black_holed && in_write.write_all(&from_out[..n]).await.is_err() {
-                    return;
+            read = out_read.read(&mut from_out), if out_open => {
+                match read {
+                    Ok(0) | Err(_) if black_holed => out_open = false,
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if !black_holed && in_write.write_all(&from_out[..n]).await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
             changed = mode.changed() => {
