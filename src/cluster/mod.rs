@@ -13,6 +13,8 @@
 //! - `forward`: the cluster route table and forwarded PUBLISHes.
 //! - `node`: a running node: consensus, proposals, the broker hook.
 //! - `ownership`: session claims, handover of a moved session, release.
+//! - `retained`: retained changes waiting for their commit, and the acknowledgements
+//!   waiting for them.
 
 #[cfg(feature = "rocksdb")]
 pub mod admin;
@@ -31,6 +33,8 @@ pub mod network;
 pub mod node;
 #[cfg(feature = "rocksdb")]
 mod ownership;
+#[cfg(feature = "rocksdb")]
+mod retained;
 pub mod state;
 #[cfg(feature = "rocksdb")]
 pub mod storage;

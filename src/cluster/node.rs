@@ -19,14 +19,14 @@ use tokio::sync::Notify;
 
 use crate::broker::{Broker, ClusterHook};
 use crate::message::Message;
-use crate::protocol::QoS;
-use crate::storage::{Completion, StoreError};
+use crate::storage::Completion;
 
 use super::config::{ClusterConfig, NodeId};
 use super::forward::{self, RouteTable};
 use super::link::{self, LinkHandler, Links};
 use super::network::{self, NetworkFactory, Request, Response};
-use super::state::{encode_base64, ClusterState, Command, CommandResult, Effect};
+use super::retained::PendingRetained;
+use super::state::{ClusterState, Command, CommandResult, Effect};
 use super::storage::{EffectSink, LogStore, StateMachineStore};
 use super::types::{ProposeError, Raft};
 
@@ -37,49 +37,6 @@ pub(super) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_PENDING_RETAINED: usize = 10_000;
 /// Retained changes proposed in one log entry.
 const MAX_RETAINED_PER_ENTRY: usize = 256;
-/// How long a QoS 1/2 retained PUBLISH may wait for its commit before its publisher is
-/// answered with a failure (MQTT 5 PUBACK/PUBREC 0x80, MQTT 3 disconnected). The answer
-/// comes after the first failed attempt past it: within this plus `PROPOSE_TIMEOUT`.
-const RETAINED_COMMIT_BOUND: Duration = Duration::from_secs(3);
-
-/// A retained change waiting to be committed, and the publisher's acknowledgement
-/// waiting for it (QoS 1/2).
-struct PendingRetained {
-    topic: String,
-    /// The message in the store's encoding, base64; `None` clears the topic.
-    message: Option<String>,
-    waiter: Option<(
-        tokio::sync::oneshot::Sender<Result<(), StoreError>>,
-        Instant,
-    )>,
-}
-
-impl PendingRetained {
-    fn committed(self) {
-        if let Some((waiter, _)) = self.waiter {
-            let _ = waiter.send(Ok(()));
-        }
-    }
-
-    /// Answers the publisher with a failure once the bound has passed; the change stays
-    /// queued (the node's own subscribers already saw it, and the cluster converges on it
-    /// when a leader is back).
-    fn give_up_if_late(&mut self, now: Instant) {
-        if self
-            .waiter
-            .as_ref()
-            .is_some_and(|(_, deadline)| now >= *deadline)
-        {
-            if let Some((waiter, _)) = self.waiter.take() {
-                let _ = waiter.send(Err(StoreError::Io(format!(
-                    "the retained message was not committed by the cluster within {} s",
-                    RETAINED_COMMIT_BOUND.as_secs()
-                ))));
-            }
-        }
-    }
-}
-
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -579,36 +536,17 @@ impl ClusterNode {
         }
     }
 
-    /// Queues a retained change for the proposer. A QoS 1/2 one returns the completion
-    /// its publisher's acknowledgement waits for: the commit, or a failure after
-    /// `RETAINED_COMMIT_BOUND` (so an acknowledged retained message is in the replicated
-    /// log of a majority and survives its node).
+    /// Queues a retained change for the proposer; returns what a QoS 1/2 publisher's
+    /// acknowledgement waits for (`super::retained`).
     fn replicate_retained(&self, broker: &Broker, message: &Arc<Message>) -> Option<Completion> {
-        let encoded = (!message.payload.is_empty()).then(|| {
-            let stored = crate::storage::StoredMessage::from_message(message, broker.wall_clock());
-            encode_base64(&crate::storage::codec::encode_message(&stored))
-        });
         let mut book = lock(&self.book);
         if book.retained.len() >= MAX_PENDING_RETAINED {
             drop(book);
             self.stats.retained_dropped.fetch_add(1, Ordering::Relaxed);
-            return (message.qos != QoS::AtMostOnce)
-                .then(|| Completion::done(Err(StoreError::Overloaded)));
+            return PendingRetained::refused(message);
         }
-        let (waiter, completion) = if message.qos == QoS::AtMostOnce {
-            (None, None)
-        } else {
-            let (sender, completion) = Completion::waiting();
-            (
-                Some((sender, Instant::now() + RETAINED_COMMIT_BOUND)),
-                Some(completion),
-            )
-        };
-        book.retained.push_back(PendingRetained {
-            topic: message.topic.to_string(),
-            message: encoded,
-            waiter,
-        });
+        let (pending, completion) = PendingRetained::new(message, broker.wall_clock());
+        book.retained.push_back(pending);
         drop(book);
         self.book_changed.notify_one();
         completion
