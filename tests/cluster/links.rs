@@ -57,6 +57,13 @@ async fn black_hole_and_heal(cluster: &Cluster, id: u64) {
         .await;
     }
 
+    // Each peer's outbox fill is exported (empty: nothing is queued for a link down).
+    let text = cluster.metrics(id).await;
+    for peer in &others {
+        let name = format!("fleetmq_cluster_link_outbox_bytes{{peer=\"{peer}\"}}");
+        assert_eq!(metric_value(&text, &name), Some(0.0), "{text}");
+    }
+
     // The two others are a majority and serve.
     cluster.wait_for_leader(&others).await;
     let mut sub = Subscriber::v4(cluster.mqtt(others[1]), &format!("majority-{id}"), true);
