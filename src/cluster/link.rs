@@ -17,6 +17,17 @@
 //! black-holed peer: no frame, no FIN, no RST) is closed and redialled like a failed
 //! one. The dialing side reconnects with exponential backoff (50 ms to 2 s). With
 //! `[cluster.tls]` every link is TLS (`super::link_tls`).
+//!
+//! Flow control: a forwarded QoS 1/2 message queued while the outbox holds more than
+//! half its limit (the high-water mark) gets a completion its publisher's acknowledgement
+//! waits for; it resolves once the writer has drained the outbox to a quarter of its
+//! limit (the low-water mark). All such publishers share one completion per peer, made
+//! when the outbox crosses the mark, so a publisher's window (receive maximum, in-flight
+//! limit) paces it to the link, as TCP does. A pause lasts at most
+//! `limits.slow_consumer_timeout_ms` (`Liveness::publisher_pause`): then the waiting
+//! publishers go on (their messages are queued) and nobody waits for this peer until its
+//! outbox drained. A link that fails while publishers wait fails their completion (its
+//! queued frames are lost), so they are not told that their message was delivered.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 
 use crate::broker::log_throttle::LogThrottle;
+use crate::storage::{write_promise, Completion, SharedCompletion, StoreError, WritePromise};
 
 use super::config::NodeId;
 use super::link_tls::LinkTls;
@@ -68,6 +80,21 @@ pub struct LinkStats {
     pub forwarded_bytes: AtomicU64,
     /// Connections closed because the peer sent nothing for `link_timeout_ms`.
     pub timeouts: AtomicU64,
+    /// QoS 1/2 PUBLISHes whose acknowledgement waited for this peer's outbox to drain.
+    pub paused_publishes: AtomicU64,
+    /// Pauses that outlasted their bound (the publishers went on without waiting).
+    pub pause_timeouts: AtomicU64,
+}
+
+/// A frame was not queued: the link is down or the outbox full (counted and logged).
+#[derive(Debug)]
+pub struct NotQueued;
+
+/// Publishers waiting for the outbox to drain below the low-water mark.
+struct Pause {
+    promise: WritePromise,
+    waiters: SharedCompletion,
+    since: Instant,
 }
 
 struct Outbox {
@@ -75,6 +102,37 @@ struct Outbox {
     bytes: usize,
     /// Bumped per connection, so a writer of an old connection stops taking frames.
     connection: u64,
+    pause: Option<Pause>,
+    /// A pause outlasted its bound: nobody waits for this peer until the outbox drained
+    /// below the low-water mark.
+    stalled: bool,
+}
+
+impl Outbox {
+    /// Drops every queued frame (the link went down or was replaced); publishers waiting
+    /// for them are answered with a failure.
+    fn clear(&mut self, peer: NodeId) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.stalled = false;
+        if let Some(pause) = self.pause.take() {
+            pause
+                .promise
+                .fulfil(vec![Completion::done(Err(StoreError::Io(format!(
+                    "the link to node {peer} failed before forwarded messages were sent"
+                ))))]);
+        }
+    }
+
+    /// Lets waiting publishers go on once the outbox is at or below the low-water mark.
+    fn relieve_if_drained(&mut self, low_water: usize) {
+        if self.bytes <= low_water && (self.pause.is_some() || self.stalled) {
+            self.stalled = false;
+            if let Some(pause) = self.pause.take() {
+                pause.promise.fulfil(Vec::new());
+            }
+        }
+    }
 }
 
 pub struct PeerLink {
@@ -84,7 +142,10 @@ pub struct PeerLink {
     ready: Notify,
     pub stats: LinkStats,
     limit: usize,
+    /// Longest pause of publishers (zero: they never wait).
+    publisher_pause: Duration,
     drops_logged: LogThrottle,
+    stalls_logged: LogThrottle,
 }
 
 impl PeerLink {
@@ -104,22 +165,111 @@ impl PeerLink {
     /// Queues a frame; false (counted, logged rate-limited) when the peer is down or the
     /// outbox full.
     pub fn send(&self, frame: Bytes) -> bool {
+        self.forward(frame, false).is_ok()
+    }
+
+    /// Queues a frame. `Err` (counted, logged rate-limited) when the peer is down or the
+    /// outbox full. For a message acknowledged to its publisher (`acknowledged`: QoS 1/2)
+    /// queued above the high-water mark, `Ok(Some(..))`: what the acknowledgement waits
+    /// for (the outbox drained, see the module header); otherwise `Ok(None)`.
+    pub fn forward(
+        &self,
+        frame: Bytes,
+        acknowledged: bool,
+    ) -> Result<Option<Completion>, NotQueued> {
         if !self.is_connected() {
             self.dropped("the link is down");
-            return false;
+            return Err(NotQueued);
         }
-        {
+        let wait = {
             let mut outbox = lock(&self.outbox);
             if outbox.bytes + frame.len() > self.limit {
                 drop(outbox);
                 self.dropped("its outbox (cluster.link_buffer_bytes) is full");
-                return false;
+                return Err(NotQueued);
             }
             outbox.bytes += frame.len();
             outbox.frames.push_back(frame);
-        }
+            if acknowledged && outbox.bytes > self.high_water() && !outbox.stalled {
+                Some(self.pause(&mut outbox))
+            } else {
+                None
+            }
+        };
         self.ready.notify_one();
+        Ok(wait)
+    }
+
+    /// The completion of the current pause, started now if none is under way.
+    fn pause(&self, outbox: &mut Outbox) -> Completion {
+        if self.publisher_pause.is_zero() {
+            return Completion::done(Ok(()));
+        }
+        self.stats.paused_publishes.fetch_add(1, Ordering::Relaxed);
+        let pause = outbox.pause.get_or_insert_with(|| {
+            let (promise, waiters) = write_promise();
+            Pause {
+                promise,
+                waiters,
+                since: Instant::now(),
+            }
+        });
+        Completion::shared(pause.waiters.clone())
+    }
+
+    /// Above this many queued bytes, acknowledgements of forwarded QoS 1/2 messages wait.
+    fn high_water(&self) -> usize {
+        self.limit / 2
+    }
+
+    /// Waiting acknowledgements go on once the outbox is down to this many bytes.
+    fn low_water(&self) -> usize {
+        self.limit / 4
+    }
+
+    /// Moves queued frames of `connection` into `buffer` (up to `WRITE_BATCH_BYTES`),
+    /// letting paused publishers go on once the outbox drained. False when `connection`
+    /// has been replaced.
+    fn take_batch(&self, connection: u64, buffer: &mut Vec<u8>) -> bool {
+        let mut outbox = lock(&self.outbox);
+        if outbox.connection != connection {
+            return false;
+        }
+        while buffer.len() < WRITE_BATCH_BYTES {
+            let Some(frame) = outbox.frames.pop_front() else {
+                break;
+            };
+            outbox.bytes -= frame.len();
+            buffer.extend_from_slice(&frame);
+        }
+        outbox.relieve_if_drained(self.low_water());
         true
+    }
+
+    /// Ends a pause that outlasted `publisher_pause`: its publishers go on (their
+    /// messages are queued) and nobody waits for this peer until its outbox drained.
+    fn stall_if_late(&self) {
+        let mut outbox = lock(&self.outbox);
+        let late = outbox
+            .pause
+            .as_ref()
+            .is_some_and(|pause| pause.since.elapsed() >= self.publisher_pause);
+        if !late {
+            return;
+        }
+        outbox.stalled = true;
+        if let Some(pause) = outbox.pause.take() {
+            pause.promise.fulfil(Vec::new());
+        }
+        drop(outbox);
+        self.stats.pause_timeouts.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.stalls_logged.occurred(Instant::now()) {
+            tracing::warn!(
+                peer = self.id,
+                count,
+                "publishers waited limits.slow_consumer_timeout_ms for a cluster peer's outbox to drain; they go on without waiting until it has"
+            );
+        }
     }
 
     fn dropped(&self, why: &str) {
@@ -144,6 +294,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> LinkStream for T {}
 pub struct Liveness {
     pub ping_interval: Duration,
     pub timeout: Duration,
+    /// Longest wait of publishers for a peer's outbox to drain
+    /// (`limits.slow_consumer_timeout_ms`; zero: they never wait).
+    pub publisher_pause: Duration,
 }
 
 pub struct Links {
@@ -238,7 +391,10 @@ impl Links {
     pub fn remove_peer(&self, id: NodeId) {
         if let Some(peer) = lock(&self.peers).remove(&id) {
             peer.stats.connected.store(false, Ordering::Relaxed);
-            lock(&peer.outbox).connection += 1;
+            let mut outbox = lock(&peer.outbox);
+            outbox.connection += 1;
+            outbox.clear(id);
+            drop(outbox);
             peer.ready.notify_waiters();
         }
     }
@@ -251,11 +407,15 @@ impl Links {
                 frames: VecDeque::new(),
                 bytes: 0,
                 connection: 0,
+                pause: None,
+                stalled: false,
             }),
             ready: Notify::new(),
             stats: LinkStats::default(),
             limit: self.limit,
+            publisher_pause: self.liveness.publisher_pause,
             drops_logged: LogThrottle::default(),
+            stalls_logged: LogThrottle::default(),
         }
     }
 
@@ -438,8 +598,7 @@ impl Links {
         let connection = {
             let mut outbox = lock(&peer.outbox);
             outbox.connection += 1;
-            outbox.frames.clear();
-            outbox.bytes = 0;
+            outbox.clear(peer.id);
             outbox.connection
         };
         peer.ready.notify_waiters();
@@ -462,18 +621,8 @@ impl Links {
             let mut last_ping: Option<Instant> = None;
             loop {
                 let notified = writer_peer.ready.notified();
-                {
-                    let mut outbox = lock(&writer_peer.outbox);
-                    if outbox.connection != connection {
-                        return Ok::<(), std::io::Error>(());
-                    }
-                    while buffer.len() < WRITE_BATCH_BYTES {
-                        let Some(frame) = outbox.frames.pop_front() else {
-                            break;
-                        };
-                        outbox.bytes -= frame.len();
-                        buffer.extend_from_slice(&frame);
-                    }
+                if !writer_peer.take_batch(connection, &mut buffer) {
+                    return Ok::<(), std::io::Error>(());
                 }
                 if buffer.is_empty()
                     && last_ping.is_some()
@@ -510,6 +659,7 @@ impl Links {
             let mut ticks = tokio::time::interval(liveness.ping_interval);
             loop {
                 ticks.tick().await;
+                peer.stall_if_late();
                 // A peer that never sent a PING (an older fleetmq) may be silent while
                 // idle; it is not timed out.
                 if !heard.pinged.load(Ordering::Relaxed) {
@@ -540,8 +690,7 @@ impl Links {
         let mut outbox = lock(&peer.outbox);
         if outbox.connection == connection {
             peer.stats.connected.store(false, Ordering::Relaxed);
-            outbox.frames.clear();
-            outbox.bytes = 0;
+            outbox.clear(peer.id);
             tracing::warn!(peer = peer.id, "cluster link down");
         }
         result
@@ -640,9 +789,14 @@ mod tests {
     use super::*;
 
     fn links(limit: usize) -> Arc<Links> {
+        links_pausing(limit, Duration::from_secs(1))
+    }
+
+    fn links_pausing(limit: usize, publisher_pause: Duration) -> Arc<Links> {
         let liveness = Liveness {
             ping_interval: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
+            publisher_pause,
         };
         // Node 2 never dials node 1: no task is started.
         Links::new(2, limit, liveness, None)
@@ -666,6 +820,113 @@ mod tests {
         );
         assert_eq!(peer.outbox_bytes(), 60);
         assert_eq!(peer.stats.dropped_frames.load(Ordering::Relaxed), 2);
+    }
+
+    fn connected_peer(links: &Arc<Links>) -> Arc<PeerLink> {
+        let peer = links.ensure_peer(1, "127.0.0.1:1");
+        peer.stats.connected.store(true, Ordering::Relaxed);
+        peer
+    }
+
+    #[test]
+    fn acknowledgements_wait_above_the_high_water_mark_until_the_low_water_mark() {
+        // 1000 bytes: high-water mark 500, low-water mark 250; frames of 105 bytes.
+        let links = links(1000);
+        let peer = connected_peer(&links);
+        let connection = lock(&peer.outbox).connection;
+        let frame_of_105 = || frame(FORWARD, &[0; 100]);
+        for _ in 0..4 {
+            assert!(matches!(peer.forward(frame_of_105(), true), Ok(None)));
+        }
+        assert_eq!(peer.outbox_bytes(), 420);
+        assert!(
+            matches!(peer.forward(frame_of_105(), false), Ok(None)),
+            "QoS 0 never waits"
+        );
+        let mut first = peer.forward(frame_of_105(), true).unwrap().expect("paused");
+        let mut second = peer.forward(frame_of_105(), true).unwrap().expect("paused");
+        assert_eq!(peer.stats.paused_publishes.load(Ordering::Relaxed), 2);
+        assert!(first.try_result().is_none() && second.try_result().is_none());
+
+        // The writer takes all but what stays above the low-water mark: still waiting.
+        let mut buffer = Vec::new();
+        {
+            let mut outbox = lock(&peer.outbox);
+            while outbox.bytes > 350 {
+                let frame = outbox.frames.pop_front().unwrap();
+                outbox.bytes -= frame.len();
+            }
+            outbox.relieve_if_drained(peer.low_water());
+        }
+        assert_eq!(peer.outbox_bytes(), 315);
+        assert!(first.try_result().is_none(), "above the low-water mark");
+
+        assert!(peer.take_batch(connection, &mut buffer));
+        assert_eq!(peer.outbox_bytes(), 0);
+        assert!(matches!(first.try_result(), Some(Ok(()))));
+        assert!(matches!(second.try_result(), Some(Ok(()))));
+        assert!(
+            matches!(peer.forward(frame_of_105(), true), Ok(None)),
+            "below the mark again"
+        );
+    }
+
+    #[test]
+    fn a_failed_link_fails_waiting_acknowledgements_and_a_late_pause_stalls() {
+        let never_pausing = links_pausing(1000, Duration::ZERO);
+        let peer = connected_peer(&never_pausing);
+        for _ in 0..6 {
+            assert!(matches!(
+                peer.forward(frame(FORWARD, &[0; 100]), true),
+                Ok(Some(_)) | Ok(None)
+            ));
+        }
+        assert_eq!(
+            peer.stats.paused_publishes.load(Ordering::Relaxed),
+            0,
+            "a zero bound never pauses"
+        );
+
+        let links = links(1000);
+        let peer = connected_peer(&links);
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            waits.extend(peer.forward(frame(FORWARD, &[0; 100]), true).unwrap());
+        }
+        assert_eq!(waits.len(), 2);
+        lock(&peer.outbox).clear(peer.id);
+        for mut wait in waits {
+            assert!(matches!(wait.try_result(), Some(Err(StoreError::Io(_)))));
+        }
+
+        // A pause past its bound lets its publishers go on, and nobody waits until the
+        // outbox drained.
+        for _ in 0..5 {
+            let _ = peer.forward(frame(FORWARD, &[0; 100]), true).unwrap();
+        }
+        let mut waiting = peer
+            .forward(frame(FORWARD, &[0; 100]), true)
+            .unwrap()
+            .unwrap();
+        lock(&peer.outbox).pause.as_mut().unwrap().since -= Duration::from_secs(2);
+        peer.stall_if_late();
+        assert!(matches!(waiting.try_result(), Some(Ok(()))));
+        assert_eq!(peer.stats.pause_timeouts.load(Ordering::Relaxed), 1);
+        assert!(matches!(
+            peer.forward(frame(FORWARD, &[0; 100]), true),
+            Ok(None)
+        ));
+        let connection = lock(&peer.outbox).connection;
+        assert!(peer.take_batch(connection, &mut Vec::new()));
+        assert!(
+            !lock(&peer.outbox).stalled,
+            "drained: publishers wait again"
+        );
+
+        assert!(
+            peer.forward(frame(FORWARD, &[0; 2000]), true).is_err(),
+            "over the hard limit: not queued"
+        );
     }
 
     #[tokio::test]

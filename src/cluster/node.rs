@@ -19,7 +19,8 @@ use tokio::sync::Notify;
 
 use crate::broker::{Broker, ClusterHook};
 use crate::message::Message;
-use crate::storage::Completion;
+use crate::protocol::QoS;
+use crate::storage::{Completion, StoreError};
 
 use super::config::{ClusterConfig, NodeId};
 use super::forward::{self, RouteTable};
@@ -204,6 +205,7 @@ pub async fn start(
     let liveness = link::Liveness {
         ping_interval: Duration::from_millis(config.heartbeat_ms),
         timeout: config.link_timeout(),
+        publisher_pause: Duration::from_millis(broker.config().limits.slow_consumer_timeout_ms),
     };
     let links = Links::new(me, config.link_buffer_bytes, liveness, tls);
     if config.tls.is_some() {
@@ -580,6 +582,9 @@ impl ClusterHook for ClusterNode {
             .retain
             .then(|| self.replicate_retained(&broker, message));
         let destinations = self.routes.destinations(&message.topic);
+        let acknowledged = message.qos != QoS::AtMostOnce;
+        let mut waits: Vec<Completion> = Vec::new();
+        waits.extend(committed.flatten());
         for (node, groups) in destinations {
             let Some(peer) = self.links.peer(node) else {
                 continue;
@@ -587,24 +592,44 @@ impl ClusterHook for ClusterNode {
             let body = forward::encode(message, broker.wall_clock(), &groups);
             let frame = link::frame(link::FORWARD, &body);
             let bytes = frame.len() as u64;
-            if peer.send(frame) {
-                self.stats
-                    .forwarded_messages
-                    .fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .forwarded_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
-                peer.stats
-                    .forwarded_messages
-                    .fetch_add(1, Ordering::Relaxed);
-                peer.stats
-                    .forwarded_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
-            } else {
-                self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            match peer.forward(frame, acknowledged) {
+                Ok(wait) => {
+                    waits.extend(wait);
+                    self.stats
+                        .forwarded_messages
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .forwarded_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                    peer.stats
+                        .forwarded_messages
+                        .fetch_add(1, Ordering::Relaxed);
+                    peer.stats
+                        .forwarded_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                }
+                Err(link::NotQueued) => {
+                    self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                    // Not acknowledged as delivered (ARCHITECTURE.md, "Forwarding is
+                    // flow-controlled for QoS 1 and 2").
+                    if acknowledged {
+                        waits.push(Completion::done(Err(StoreError::Io(format!(
+                            "the message could not be forwarded to node {node}: link down or its outbox full"
+                        )))));
+                    }
+                }
             }
         }
-        committed.flatten()
+        // Usually nothing (no allocation: an empty Vec does not allocate) or one.
+        match waits.len() {
+            0 => None,
+            1 => waits.pop(),
+            _ => {
+                let (promise, all) = crate::storage::write_promise();
+                promise.fulfil(waits);
+                Some(Completion::shared(all))
+            }
+        }
     }
 
     fn filter_added(&self, filter: &str) {

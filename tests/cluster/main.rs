@@ -4,6 +4,7 @@
 mod common;
 
 mod failures;
+mod flow_control;
 mod links;
 mod membership;
 mod pubsub;

@@ -317,6 +317,24 @@ impl Cluster {
         }
     }
 
+    /// Pauses (or resumes) the link between nodes `a` and `b`: nothing passes, nothing
+    /// is lost (see `proxy`).
+    pub fn pause_link(&self, a: u64, b: u64, paused: bool) {
+        self.proxies[&(a.min(b), a.max(b))].set_paused(paused);
+    }
+
+    /// Adds `lines` to section `[section]` of every node's configuration (before
+    /// the nodes start).
+    pub fn configure_section(&self, section: &str, lines: &str) {
+        for node in self.nodes.values() {
+            let config = std::fs::read_to_string(&node.config).unwrap();
+            let header = format!("[{section}]\n");
+            assert!(config.contains(&header), "no [{section}] in {config}");
+            let config = config.replacen(&header, &format!("{header}{lines}\n"), 1);
+            std::fs::write(&node.config, config).unwrap();
+        }
+    }
+
     /// SIGHUP to node `id` (reloads its configuration and certificates).
     pub fn sighup(&self, id: u64) {
         let pid = self.nodes[&id]

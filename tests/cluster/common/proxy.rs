@@ -8,6 +8,9 @@
 //!   answering without FIN or RST (a dropped route, a frozen host). Only the nodes' own
 //!   liveness checks can notice it. Reopened, it closes the connections it swallowed
 //!   (their streams lost bytes) and passes new ones on again.
+//! - Pause: it stops reading either side and holds what it has, like a congested
+//!   network; once resumed, everything passes on, nothing lost. The nodes' writers block
+//!   once the sockets' buffers are full, and their outboxes fill.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ enum Mode {
     Open,
     Cut,
     BlackHole,
+    Paused,
 }
 
 pub struct Proxy {
@@ -46,7 +50,7 @@ impl Proxy {
                     Mode::BlackHole => {
                         tokio::spawn(swallow(inbound, state.subscribe()));
                     }
-                    Mode::Open => {
+                    Mode::Open | Mode::Paused => {
                         tokio::spawn(relay(inbound, target, state.subscribe()));
                     }
                 }
@@ -62,6 +66,13 @@ impl Proxy {
     pub fn set_cut(&self, cut: bool) {
         self.mode
             .send_replace(if cut { Mode::Cut } else { Mode::Open });
+    }
+
+    /// Pauses (or resumes) every connection through the proxy: nothing is read until
+    /// resumed, nothing is lost.
+    pub fn set_paused(&self, paused: bool) {
+        self.mode
+            .send_replace(if paused { Mode::Paused } else { Mode::Open });
     }
 
     pub fn set_black_hole(&self, black_hole: bool) {
@@ -105,13 +116,14 @@ async fn relay(inbound: TcpStream, target: SocketAddr, mut mode: watch::Receiver
     let mut from_in = vec![0u8; 16 * 1024];
     let mut from_out = vec![0u8; 16 * 1024];
     let mut black_holed = *mode.borrow_and_update() == Mode::BlackHole;
+    let mut paused = *mode.borrow() == Mode::Paused;
     let (mut in_open, mut out_open) = (true, true);
     loop {
         if !in_open && !out_open {
             return;
         }
         tokio::select! {
-            read = in_read.read(&mut from_in), if in_open => {
+            read = in_read.read(&mut from_in), if in_open && !paused => {
                 match read {
                     Ok(0) | Err(_) if black_holed => in_open = false,
                     Ok(0) | Err(_) => return,
@@ -122,7 +134,7 @@ async fn relay(inbound: TcpStream, target: SocketAddr, mut mode: watch::Receiver
                     }
                 }
             }
-            read = out_read.read(&mut from_out), if out_open => {
+            read = out_read.read(&mut from_out), if out_open && !paused => {
                 match read {
                     Ok(0) | Err(_) if black_holed => out_open = false,
                     Ok(0) | Err(_) => return,
@@ -141,7 +153,8 @@ async fn relay(inbound: TcpStream, target: SocketAddr, mut mode: watch::Receiver
                     Mode::Cut => return,
                     Mode::BlackHole => black_holed = true,
                     Mode::Open if black_holed => return,
-                    Mode::Open => {}
+                    Mode::Open => paused = false,
+                    Mode::Paused => paused = true,
                 }
             }
         }
