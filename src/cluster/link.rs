@@ -27,7 +27,8 @@
 //! `limits.slow_consumer_timeout_ms` (`Liveness::publisher_pause`): then the waiting
 //! publishers go on (their messages are queued) and nobody waits for this peer until its
 //! outbox drained. A link that fails while publishers wait fails their completion (its
-//! queued frames are lost), so they are not told that their message was delivered.
+//! queued frames are lost), so they are not told that their message was delivered; the
+//! caller refuses a QoS 1/2 message that did not fit (`NotQueued::OutboxFull`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -86,9 +87,13 @@ pub struct LinkStats {
     pub pause_timeouts: AtomicU64,
 }
 
-/// A frame was not queued: the link is down or the outbox full (counted and logged).
-#[derive(Debug)]
-pub struct NotQueued;
+/// Why a frame was not queued (counted and logged either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotQueued {
+    LinkDown,
+    /// The outbox is at `cluster.link_buffer_bytes`.
+    OutboxFull,
+}
 
 /// Publishers waiting for the outbox to drain below the low-water mark.
 struct Pause {
@@ -179,22 +184,20 @@ impl PeerLink {
     ) -> Result<Option<Completion>, NotQueued> {
         if !self.is_connected() {
             self.dropped("the link is down");
-            return Err(NotQueued);
+            return Err(NotQueued::LinkDown);
         }
         let wait = {
             let mut outbox = lock(&self.outbox);
             if outbox.bytes + frame.len() > self.limit {
                 drop(outbox);
                 self.dropped("its outbox (cluster.link_buffer_bytes) is full");
-                return Err(NotQueued);
+                return Err(NotQueued::OutboxFull);
             }
             outbox.bytes += frame.len();
             outbox.frames.push_back(frame);
-            if acknowledged && outbox.bytes > self.high_water() && !outbox.stalled {
-                Some(self.pause(&mut outbox))
-            } else {
-                None
-            }
+            let congested = outbox.bytes > self.high_water() && !outbox.stalled;
+            (acknowledged && congested && !self.publisher_pause.is_zero())
+                .then(|| self.pause(&mut outbox))
         };
         self.ready.notify_one();
         Ok(wait)
@@ -202,9 +205,6 @@ impl PeerLink {
 
     /// The completion of the current pause, started now if none is under way.
     fn pause(&self, outbox: &mut Outbox) -> Completion {
-        if self.publisher_pause.is_zero() {
-            return Completion::done(Ok(()));
-        }
         self.stats.paused_publishes.fetch_add(1, Ordering::Relaxed);
         let pause = outbox.pause.get_or_insert_with(|| {
             let (promise, waiters) = write_promise();
@@ -878,7 +878,7 @@ mod tests {
         for _ in 0..6 {
             assert!(matches!(
                 peer.forward(frame(FORWARD, &[0; 100]), true),
-                Ok(Some(_)) | Ok(None)
+                Ok(None)
             ));
         }
         assert_eq!(
@@ -923,9 +923,15 @@ mod tests {
             "drained: publishers wait again"
         );
 
-        assert!(
-            peer.forward(frame(FORWARD, &[0; 2000]), true).is_err(),
+        assert_eq!(
+            peer.forward(frame(FORWARD, &[0; 2000]), true).err(),
+            Some(NotQueued::OutboxFull),
             "over the hard limit: not queued"
+        );
+        peer.stats.connected.store(false, Ordering::Relaxed);
+        assert_eq!(
+            peer.forward(frame(FORWARD, &[0; 10]), true).err(),
+            Some(NotQueued::LinkDown)
         );
     }
 

@@ -583,8 +583,14 @@ impl ClusterHook for ClusterNode {
             .then(|| self.replicate_retained(&broker, message));
         let destinations = self.routes.destinations(&message.topic);
         let acknowledged = message.qos != QoS::AtMostOnce;
-        let mut waits: Vec<Completion> = Vec::new();
-        waits.extend(committed.flatten());
+        // What the acknowledgement waits for: usually nothing, rarely more than one
+        // (a retained message, several congested peers), so the Vec rarely allocates.
+        let mut wait = committed.flatten();
+        let mut more: Vec<Completion> = Vec::new();
+        let mut wait_also = |completion: Completion| match wait {
+            None => wait = Some(completion),
+            Some(_) => more.push(completion),
+        };
         for (node, groups) in destinations {
             let Some(peer) = self.links.peer(node) else {
                 continue;
@@ -593,8 +599,10 @@ impl ClusterHook for ClusterNode {
             let frame = link::frame(link::FORWARD, &body);
             let bytes = frame.len() as u64;
             match peer.forward(frame, acknowledged) {
-                Ok(wait) => {
-                    waits.extend(wait);
+                Ok(paused) => {
+                    if let Some(paused) = paused {
+                        wait_also(paused);
+                    }
                     self.stats
                         .forwarded_messages
                         .fetch_add(1, Ordering::Relaxed);
@@ -608,28 +616,27 @@ impl ClusterHook for ClusterNode {
                         .forwarded_bytes
                         .fetch_add(bytes, Ordering::Relaxed);
                 }
-                Err(link::NotQueued) => {
+                Err(why) => {
                     self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
-                    // Not acknowledged as delivered (ARCHITECTURE.md, "Forwarding is
+                    // A live peer whose outbox is full: the publisher is not told the
+                    // message was delivered, and may send it again. A peer that is down
+                    // gets nothing either way (ARCHITECTURE.md, "Forwarding is
                     // flow-controlled for QoS 1 and 2").
-                    if acknowledged {
-                        waits.push(Completion::done(Err(StoreError::Io(format!(
-                            "the message could not be forwarded to node {node}: link down or its outbox full"
+                    if acknowledged && why == link::NotQueued::OutboxFull {
+                        wait_also(Completion::done(Err(StoreError::Io(format!(
+                            "the message could not be forwarded: the outbox of the link to node {node} is full"
                         )))));
                     }
                 }
             }
         }
-        // Usually nothing (no allocation: an empty Vec does not allocate) or one.
-        match waits.len() {
-            0 => None,
-            1 => waits.pop(),
-            _ => {
-                let (promise, all) = crate::storage::write_promise();
-                promise.fulfil(waits);
-                Some(Completion::shared(all))
-            }
+        if more.is_empty() {
+            return wait;
         }
+        more.extend(wait);
+        let (promise, all) = crate::storage::write_promise();
+        promise.fulfil(more);
+        Some(Completion::shared(all))
     }
 
     fn filter_added(&self, filter: &str) {
