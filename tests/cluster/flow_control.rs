@@ -1,6 +1,8 @@
 //! Flow control across nodes: a QoS 1 publisher on one node is paused while the link to
 //! a subscriber's node is congested, and every message it had acknowledged arrives, in
-//! order; QoS 0 beyond a full outbox is dropped and counted, and never pauses anyone.
+//! order; QoS 0 beyond a full outbox is dropped and counted, and never pauses anyone; a
+//! QoS 1 message that does not fit the outbox is not acknowledged (MQTT 3: the publisher
+//! is disconnected).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -83,8 +85,8 @@ impl CountingPublisher {
         }
     }
 
-    /// Publishes `payload(i)` for i = 0.. until `stop` is set or `MAX_MESSAGES`; returns
-    /// how many were handed to the client.
+    /// Publishes `payload(i)` for i = 0.. until `stop` is set, `MAX_MESSAGES` or the
+    /// connection failed; returns how many were handed to the client.
     fn publish_until(
         &self,
         qos: rumqttc::QoS,
@@ -94,10 +96,14 @@ impl CountingPublisher {
         tokio::spawn(async move {
             let mut sent = 0;
             while sent < MAX_MESSAGES && !stop.load(Ordering::SeqCst) {
-                client
+                // The event loop ended: the connection failed (counted in `failed`).
+                if client
                     .publish("flow/stream", qos, false, payload(sent))
                     .await
-                    .unwrap();
+                    .is_err()
+                {
+                    break;
+                }
                 sent += 1;
             }
             sent
@@ -112,10 +118,14 @@ impl Drop for CountingPublisher {
 }
 
 async fn three_nodes_with_a_small_link_buffer() -> Cluster {
+    three_nodes_with_link_buffer(LINK_BUFFER_BYTES).await
+}
+
+async fn three_nodes_with_link_buffer(link_buffer_bytes: usize) -> Cluster {
     let mut cluster = Cluster::configure(3, &[]).await;
     cluster.configure_section(
         "cluster",
-        &format!("link_buffer_bytes = {LINK_BUFFER_BYTES}\nlink_timeout_ms = 60000"),
+        &format!("link_buffer_bytes = {link_buffer_bytes}\nlink_timeout_ms = 60000"),
     );
     // Nothing but the link may lose or hold up messages in these tests.
     cluster.configure_section(
@@ -151,14 +161,8 @@ async fn a_congested_link_pauses_qos_1_publishers_and_loses_nothing_they_were_ac
     )
     .await;
     stop.store(true, Ordering::SeqCst);
-    // While paused, the publisher has at most its window of 100 messages unacknowledged.
-    let held = publisher.acknowledged.load(Ordering::SeqCst);
     cluster.pause_link(1, 2, false);
     let sent = within("the publisher to stop", publishing).await.unwrap();
-    assert!(
-        sent > held,
-        "some messages waited: {sent} sent, {held} acknowledged"
-    );
 
     eventually("every message to be acknowledged", || async {
         assert!(
@@ -249,4 +253,39 @@ async fn qos_0_beyond_a_full_outbox_is_dropped_counted_and_pauses_nobody() {
         "{received} received + {dropped} dropped of {sent}"
     );
     assert!(!publisher.failed.load(Ordering::SeqCst));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos_1_message_beyond_a_full_outbox_is_not_acknowledged() {
+    // 64 KiB: a window of 100 messages of 4 KiB does not fit above the high-water mark.
+    let cluster = three_nodes_with_link_buffer(64 * 1024).await;
+    let mut subscriber = Subscriber::v5(cluster.mqtt(2), "full-sub", 0);
+    subscriber.connected().await;
+    subscriber.subscribe("flow/#", 1, None).await;
+    wait_routed(cluster.mqtt(1), "flow/probe", &mut subscriber).await;
+    subscriber.drain_probes("flow/probe");
+    let publisher = CountingPublisher::connect(&cluster, 1, "full-pub").await;
+    let dropped_name = "fleetmq_cluster_forward_dropped_total";
+    let dropped_before = metric(&cluster, 1, dropped_name).await;
+
+    cluster.pause_link(1, 2, true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = publisher.publish_until(rumqttc::QoS::AtLeastOnce, stop.clone());
+    eventually(
+        "the MQTT 3 publisher to be disconnected unacknowledged",
+        || async { publisher.failed.load(Ordering::SeqCst).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged = publisher.acknowledged.load(Ordering::SeqCst);
+    assert!(metric(&cluster, 1, dropped_name).await > dropped_before);
+    cluster.pause_link(1, 2, false);
+    publishing.abort();
+
+    // Every acknowledged message arrives, first and in order (messages queued but not
+    // yet acknowledged when the publisher was disconnected may follow).
+    for i in 0..acknowledged {
+        let received = subscriber.next_publish().await;
+        assert_eq!(index(&received.payload), i, "message {i} of {acknowledged}");
+    }
 }
