@@ -183,7 +183,9 @@ fn a_forwarded_message_reaches_plain_subscribers_and_only_the_named_shared_group
     calls(&recorder);
 
     assert_eq!(
-        broker.route_forwarded(&message("t/1", true), &["g".to_string()]),
+        broker
+            .route_forwarded(&message("t/1", true), &["g".to_string()])
+            .0,
         2
     );
     let got = drain(&plain);

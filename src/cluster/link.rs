@@ -67,9 +67,14 @@ pub trait LinkHandler: Send + Sync + 'static {
         from: NodeId,
         body: Bytes,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + '_>>;
-    /// Forwarded messages from `from`.
-    fn forwarded(&self, from: NodeId, body: Bytes);
+    /// Forwarded messages from `from`. What the link's reader waits for before it reads
+    /// on (a local subscriber left congested), if anything.
+    fn forwarded(&self, from: NodeId, body: Bytes) -> Option<ReadPause>;
 }
+
+/// What a link's reader waits for before it reads the next frame: the peer's writer then
+/// blocks, its outbox fills and its publishers are paced (see the module header).
+pub type ReadPause = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Counters of one peer's link, for metrics and `cluster status`.
 #[derive(Default)]
@@ -354,6 +359,14 @@ impl Links {
 
     pub fn me(&self) -> NodeId {
         self.me
+    }
+
+    /// Longest wait of a link's reader for a congested local subscriber: one heartbeat
+    /// (Raft traffic waits behind it), at most `limits.slow_consumer_timeout_ms`.
+    pub fn read_pause_bound(&self) -> Duration {
+        self.liveness
+            .ping_interval
+            .min(self.liveness.publisher_pause)
     }
 
     pub fn peer(&self, id: NodeId) -> Option<Arc<PeerLink>> {
@@ -652,7 +665,9 @@ impl Links {
                     reader.heard.pinged.store(true, Ordering::Relaxed);
                     continue;
                 }
-                self.dispatch(&peer, kind, body);
+                if let Some(pause) = self.dispatch(&peer, kind, body) {
+                    pause.await;
+                }
             }
         };
         let watchdog = async {
@@ -696,13 +711,16 @@ impl Links {
         result
     }
 
-    fn dispatch(self: &Arc<Self>, peer: &Arc<PeerLink>, kind: u8, mut body: Bytes) {
+    fn dispatch(
+        self: &Arc<Self>,
+        peer: &Arc<PeerLink>,
+        kind: u8,
+        mut body: Bytes,
+    ) -> Option<ReadPause> {
         match kind {
             REQUEST if body.len() >= 8 => {
                 let id = body.get_u64();
-                let Some(handler) = self.handler.get().cloned() else {
-                    return;
-                };
+                let handler = self.handler.get().cloned()?;
                 let peer = peer.clone();
                 let from = peer.id;
                 tokio::spawn(async move {
@@ -721,11 +739,12 @@ impl Links {
             }
             FORWARD => {
                 if let Some(handler) = self.handler.get() {
-                    handler.forwarded(peer.id, body);
+                    return handler.forwarded(peer.id, body);
                 }
             }
             _ => tracing::debug!(peer = peer.id, kind, "unknown cluster frame ignored"),
         }
+        None
     }
 }
 

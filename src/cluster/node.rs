@@ -723,16 +723,30 @@ impl LinkHandler for ClusterNode {
         })
     }
 
-    fn forwarded(&self, _from: NodeId, body: Bytes) {
-        let Some(broker) = self.broker.upgrade() else {
-            return;
+    fn forwarded(&self, _from: NodeId, body: Bytes) -> Option<link::ReadPause> {
+        let broker = self.broker.upgrade()?;
+        let Some((message, groups)) = forward::decode(body, broker.wall_clock()) else {
+            tracing::warn!("malformed forwarded message dropped");
+            return None;
         };
-        match forward::decode(body, broker.wall_clock()) {
-            Some((message, groups)) => {
-                self.stats.received_messages.fetch_add(1, Ordering::Relaxed);
-                broker.route_forwarded(&Arc::new(message), &groups);
+        self.stats.received_messages.fetch_add(1, Ordering::Relaxed);
+        let (_, congested) = broker.route_forwarded(&Arc::new(message), &groups);
+        // A local subscriber's queue is nearly full: the link is not read until it
+        // drained, as a local publisher's connection is not, so the sending node's
+        // outbox fills and paces its publishers. Bounded by one heartbeat (the link also
+        // carries Raft traffic); past it, the subscriber is stalled as locally (nobody
+        // waits for it until it drained; its messages are dropped and counted).
+        let session = congested?;
+        let bound = self.links.read_pause_bound();
+        Some(Box::pin(async move {
+            let (space, congested) = session.congestion.wait_for_space();
+            if !congested {
+                return;
             }
-            None => tracing::warn!("malformed forwarded message dropped"),
-        }
+            tokio::select! {
+                _ = space => {}
+                _ = tokio::time::sleep(bound) => session.congestion.stall(),
+            }
+        }))
     }
 }
