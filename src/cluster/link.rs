@@ -28,7 +28,10 @@
 //! publishers go on (their messages are queued) and nobody waits for this peer until its
 //! outbox drained. A link that fails while publishers wait fails their completion (its
 //! queued frames are lost), so they are not told that their message was delivered; the
-//! caller refuses a QoS 1/2 message that did not fit (`NotQueued::OutboxFull`).
+//! caller refuses a QoS 1/2 message that did not fit (`NotQueued::OutboxFull`). On the
+//! receiving side, `LinkHandler::forwarded` may hold the reader (`ReadPause`, a local
+//! subscriber left congested) for at most `Links::read_pause_bound`, so that TCP carries
+//! the subscriber's pace back to the sending node's outbox.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
