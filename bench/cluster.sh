@@ -4,7 +4,7 @@
 #   - fan-in at QoS 0 and 1: one node; three nodes with publishers and subscriber on the
 #     same node; three nodes with publishers on node 1 and the subscriber on node 2
 #     (every message crosses a node link): delivered msg/s, CPU per delivered message of
-#     the publishers' node;
+#     the publishers' node and of all nodes together;
 #   - latency at QoS 1, 5,000 msg/s: same node against across nodes (p50/p99);
 #   - takeover time: a persistent session owned by node 1 taken by a CONNECT on node 2,
 #     against a reconnect to its own node (mosquitto_pub, median of --takeovers).
@@ -23,6 +23,8 @@ usage: bench/cluster.sh [options]
   --profile P      cargo profile whose binaries run: release (default) or debug
   --no-build       use the existing binaries
 Environment: CARGO_TARGET_DIR (default ./target).
+Node x (1 to 3) uses ports 1x883 (MQTT), 1x884 (metrics), 1x885 (link), 1x886 (admin)
+on 127.0.0.1: they must be free. Needs mosquitto_pub for the takeover times.
 USAGE
 }
 
@@ -119,18 +121,39 @@ CONFIG
         for _ in $(seq 100); do port_open "1${id}883" && break; sleep 0.1; done
     done
     if [ "$size" -gt 1 ]; then
-        for _ in $(seq 100); do
-            "$FLEETMQ" cluster status --url http://127.0.0.1:11886 2>/dev/null | grep -q leader && break
-            sleep 0.1
+        # Every node follows a leader (`"leader":null` until then).
+        for id in $(seq "$size"); do
+            for _ in $(seq 100); do
+                "$FLEETMQ" cluster status --json --url "http://127.0.0.1:1${id}886" 2>/dev/null |
+                    grep -q '"leader":[0-9]' && break
+                sleep 0.1
+            done
         done
     fi
 }
 
+# CPU clock ticks (user + system) of every running node.
+cluster_ticks() {
+    local total=0 pid
+    for pid in "${NODE_PIDS[@]}"; do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+CLUSTER_CPU=()
+
 # fanin LABEL QOS PUB_NODE SUB_NODE
 fanin() {
-    "$BENCH" fanin --addr "127.0.0.1:1${3}883" --subscriber-addr "127.0.0.1:1${4}883" \
+    local before after line delivered
+    before=$(cluster_ticks)
+    line=$("$BENCH" fanin --addr "127.0.0.1:1${3}883" --subscriber-addr "127.0.0.1:1${4}883" \
         --broker-pid "${NODE_PIDS[$(($3 - 1))]}" --clk-tck "$CLK_TCK" --label "$1" \
-        --qos "$2" --duration "$DURATION" --publishers "$PUBLISHERS" | tee -a "$OUT/results.jsonl"
+        --qos "$2" --duration "$DURATION" --publishers "$PUBLISHERS")
+    after=$(cluster_ticks)
+    echo "$line" | tee -a "$OUT/results.jsonl"
+    delivered=$(grep -o '"delivered":[0-9.e+]*' <<<"$line" | cut -d: -f2)
+    CLUSTER_CPU+=("$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v d="${delivered:-0}" -v l="$1" -v q="$2" \
+        'BEGIN { printf "%-24s QoS %s: %.2f us CPU of all nodes per delivered msg\n", l, q, (d > 0 ? t / hz * 1e6 / d : 0) }')")
 }
 
 # latency LABEL PUB_NODE SUB_NODE
@@ -175,6 +198,7 @@ stop_nodes
 
 {
     "$BENCH" report "$OUT/results.jsonl" || true
+    printf '%s\n' "${CLUSTER_CPU[@]}"
     echo "reconnect to the owning node, ms (median of $TAKEOVERS): $(printf '%s\n' "${same[@]}" | median)"
     echo "takeover from another node, ms (median of $TAKEOVERS):  $(printf '%s\n' "${moved[@]}" | median)"
 } | tee "$OUT/summary.txt"

@@ -224,6 +224,12 @@ pub const DEFAULT_CLUSTER_LINK_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 /// enough for a takeover and slow enough for a loaded machine not to elect spuriously.
 pub const DEFAULT_CLUSTER_HEARTBEAT_MS: u64 = 100;
 
+/// A node link silent for 10 heartbeats (1 s by default) is closed and redialled: idle
+/// links carry a ping every heartbeat, so only a peer that stopped answering (a
+/// black-holed network, a frozen process) stays silent that long, while a loaded machine
+/// missing a few heartbeats does not flap its links.
+pub const DEFAULT_CLUSTER_LINK_TIMEOUT_HEARTBEATS: u64 = 10;
+
 /// A snapshot of the replicated state every 1,000 log entries: the state is small
 /// (routes, retained messages, owners), so snapshots are cheap, and a restarted node
 /// replays at most this many entries.

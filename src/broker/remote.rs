@@ -14,13 +14,15 @@ use crate::storage::{StoreOp, StoredMessage};
 use crate::topic::Match;
 
 use super::routing::Fanout;
-use super::{lock, read, write, Broker, Stats};
+use super::{lock, read, write, Broker, SessionHandle, Stats};
 
 /// What the broker tells the cluster. Called on the publishing or subscribing task;
 /// implementations only queue work, never block.
 pub trait ClusterHook: Send + Sync + 'static {
     /// A message published on this node (by a client or a will), after local routing.
-    fn published(&self, message: &Arc<Message>);
+    /// What the publisher's acknowledgement must also wait for (a retained message's
+    /// commit), if anything.
+    fn published(&self, message: &Arc<Message>) -> Option<crate::storage::Completion>;
     /// The first local subscription to `filter` (a `$share/...` filter kept whole).
     fn filter_added(&self, filter: &str);
     /// A local subscription to `filter` went away.
@@ -113,8 +115,15 @@ impl Broker {
     /// Delivers a message another node forwarded to this one: to the local plain
     /// subscribers, and to local members of the shared groups named in `shared_groups`
     /// (the publishing node picked this node for them). Not retained here (retained
-    /// messages travel through consensus) and never forwarded again.
-    pub fn route_forwarded(&self, message: &Arc<Message>, shared_groups: &[String]) -> usize {
+    /// messages travel through consensus) and never forwarded again. Returns the number
+    /// of deliveries, and the first session the message left congested: the link's
+    /// reader waits for it like a local publisher (ARCHITECTURE.md, "Forwarding is
+    /// flow-controlled for QoS 1 and 2").
+    pub fn route_forwarded(
+        &self,
+        message: &Arc<Message>,
+        shared_groups: &[String],
+    ) -> (usize, Option<Arc<SessionHandle>>) {
         self.stats.message_received(message.qos);
         let mut fanout = Fanout::new();
         {
@@ -132,14 +141,17 @@ impl Broker {
         let count = fanout.targets.len() + fanout.shared.len();
         // Queued for persistent sessions like a local publish; nobody waits for it.
         drop(self.store_deliveries(message, &mut fanout, Vec::new()));
+        let mut congested = None;
         for (session, delivery) in fanout.targets.drain(..).chain(fanout.shared) {
-            self.deliver(&session, delivery, now);
+            if self.deliver(&session, delivery, now) && congested.is_none() {
+                congested = Some(session);
+            }
         }
         Fanout::recycle(fanout.targets);
         if count == 0 {
             Stats::incr(&self.stats.messages_unrouted);
         }
-        count
+        (count, congested)
     }
 
     /// Sets (or with `None` clears) the retained message of `topic` as consensus

@@ -21,8 +21,9 @@ struct Recorder {
 }
 
 impl ClusterHook for Recorder {
-    fn published(&self, message: &Arc<Message>) {
+    fn published(&self, message: &Arc<Message>) -> Option<crate::storage::Completion> {
         lock(&self.calls).push(format!("published {}", message.topic));
+        None
     }
     fn filter_added(&self, filter: &str) {
         lock(&self.calls).push(format!("added {filter}"));
@@ -178,7 +179,9 @@ fn a_forwarded_message_reaches_plain_subscribers_and_only_the_named_shared_group
     calls(&recorder);
 
     assert_eq!(
-        broker.route_forwarded(&message("t/1", true), &["g".to_string()]),
+        broker
+            .route_forwarded(&message("t/1", true), &["g".to_string()])
+            .0,
         2
     );
     let got = drain(&plain);

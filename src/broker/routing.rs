@@ -202,7 +202,7 @@ impl Broker {
         }
         let (routed, accepted, congested) = self.route_durably(message, publisher_ops);
         if let Some(cluster) = self.cluster.get() {
-            cluster.published(message);
+            writes.extend(cluster.published(message));
         }
         if routed == 0 {
             Stats::incr(&self.stats.messages_unrouted);

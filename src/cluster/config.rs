@@ -41,6 +41,10 @@ pub struct ClusterConfig {
     /// snapshot are purged, and a node further behind receives the snapshot.
     #[serde(default = "default_snapshot_entries")]
     pub snapshot_entries: u64,
+    /// Milliseconds a node link may receive nothing (idle links carry a ping every
+    /// heartbeat) before it is closed and redialled. Default: 10 heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_timeout_ms: Option<u64>,
     /// TLS on the node links, with the listeners' settings: `cert`/`key` (presented in
     /// both directions), `ca` (which node certificates are trusted; required), and
     /// `client_auth = "require"` for mutual TLS.
@@ -58,6 +62,17 @@ fn default_heartbeat_ms() -> u64 {
 
 fn default_snapshot_entries() -> u64 {
     crate::limits::DEFAULT_CLUSTER_SNAPSHOT_ENTRIES
+}
+
+impl ClusterConfig {
+    /// `link_timeout_ms`, or its default of `LINK_TIMEOUT_HEARTBEATS` heartbeats.
+    pub fn link_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.link_timeout_ms.unwrap_or(
+                self.heartbeat_ms * crate::limits::DEFAULT_CLUSTER_LINK_TIMEOUT_HEARTBEATS,
+            ),
+        )
+    }
 }
 
 /// One entry of `peers`, parsed.
@@ -175,6 +190,17 @@ impl ClusterConfig {
                 ),
             ));
         }
+        if let Some(timeout) = self.link_timeout_ms {
+            let least = self.heartbeat_ms.saturating_mul(3);
+            if timeout < least || timeout > 600_000 {
+                problems.push(Problem::new(
+                    "cluster.link_timeout_ms",
+                    format!(
+                        "{timeout} is out of range; allowed: 3 heartbeats (3 x cluster.heartbeat_ms = {least}) to 600000 milliseconds"
+                    ),
+                ));
+            }
+        }
         if let Some(tls) = &self.tls {
             if tls.ca.is_none() {
                 problems.push(Problem::new(
@@ -206,6 +232,7 @@ mod tests {
             link_buffer_bytes: default_link_buffer_bytes(),
             heartbeat_ms: default_heartbeat_ms(),
             snapshot_entries: default_snapshot_entries(),
+            link_timeout_ms: None,
             tls: None,
         }
     }
@@ -235,6 +262,20 @@ mod tests {
         assert!(keys.contains(&"cluster.peers[4]".to_string()), "{keys:?}");
         assert!(keys.contains(&"cluster.peers[5]".to_string()), "{keys:?}");
         assert!(keys.contains(&"cluster.peers".to_string()), "{keys:?}");
+    }
+
+    #[test]
+    fn the_link_timeout_defaults_to_ten_heartbeats_and_is_at_least_three() {
+        let mut c = config(1, &["1@a:1"]);
+        assert_eq!(c.link_timeout(), std::time::Duration::from_millis(1000));
+        c.heartbeat_ms = 200;
+        assert_eq!(c.link_timeout(), std::time::Duration::from_millis(2000));
+        c.link_timeout_ms = Some(599);
+        assert_eq!(keys(&c), vec!["cluster.link_timeout_ms"]);
+        c.link_timeout_ms = Some(600);
+        assert!(c.problems().is_empty());
+        c.link_timeout_ms = Some(600_001);
+        assert_eq!(keys(&c), vec!["cluster.link_timeout_ms"]);
     }
 
     #[test]

@@ -6,33 +6,54 @@
 //! - `HELLO` (first frame each way): the sender's node id, `u64` BE.
 //! - `REQUEST`/`RESPONSE`: a `u64` request id, then JSON (`super::rpc`).
 //! - `FORWARD`: messages for the receiver's local subscribers (`super::forward`).
+//! - `PING` (empty): sent at least once per heartbeat, so that the peer hears from this
+//!   node at least that often even when the link is idle (and knows that it does).
 //!
 //! Each peer has one bounded outbox (`cluster.link_buffer_bytes`): a writer task drains
 //! everything queued into one buffer and writes it with one call (batching under load).
 //! A frame that does not fit, or that is queued while the peer is disconnected, is
-//! dropped and counted; a dropped request fails at once so Raft retries it. The dialing
-//! side reconnects with exponential backoff (50 ms to 2 s). With `[cluster.tls]` every
-//! link is TLS (mutual TLS with `client_auth = "require"`), the listeners' settings.
+//! dropped, counted and logged (rate-limited); a dropped request fails at once so Raft
+//! retries it. A connection that received nothing for `cluster.link_timeout_ms` (a
+//! black-holed peer: no frame, no FIN, no RST) is closed and redialled like a failed
+//! one. The dialing side reconnects with exponential backoff (50 ms to 2 s). With
+//! `[cluster.tls]` every link is TLS (`super::link_tls`).
+//!
+//! Flow control: a forwarded QoS 1/2 message queued while the outbox holds more than
+//! half its limit (the high-water mark) gets a completion its publisher's acknowledgement
+//! waits for; it resolves once the writer has drained the outbox to a quarter of its
+//! limit (the low-water mark). All such publishers share one completion per peer, made
+//! when the outbox crosses the mark, so a publisher's window (receive maximum, in-flight
+//! limit) paces it to the link, as TCP does. A pause lasts at most
+//! `limits.slow_consumer_timeout_ms` (`Liveness::publisher_pause`): then the waiting
+//! publishers go on (their messages are queued) and nobody waits for this peer until its
+//! outbox drained. A link that fails while publishers wait fails their completion (its
+//! queued frames are lost), so they are not told that their message was delivered; the
+//! caller refuses a QoS 1/2 message that did not fit (`NotQueued::OutboxFull`). On the
+//! receiving side, `LinkHandler::forwarded` may hold the reader (`ReadPause`, a local
+//! subscriber left congested) for at most `Links::read_pause_bound`, so that TCP carries
+//! the subscriber's pace back to the sending node's outbox.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 
-use crate::config::{ClientAuth, TlsConfig};
-use crate::listener::TlsTerminator;
+use crate::broker::log_throttle::LogThrottle;
+use crate::storage::{write_promise, Completion, SharedCompletion, StoreError, WritePromise};
 
 use super::config::NodeId;
+use super::link_tls::LinkTls;
 
 pub const HELLO: u8 = 1;
 pub const REQUEST: u8 = 2;
 pub const RESPONSE: u8 = 3;
 pub const FORWARD: u8 = 4;
+pub const PING: u8 = 5;
 
 /// Largest frame accepted from a peer (a snapshot of a large retained set travels in one).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
@@ -49,9 +70,14 @@ pub trait LinkHandler: Send + Sync + 'static {
         from: NodeId,
         body: Bytes,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + '_>>;
-    /// Forwarded messages from `from`.
-    fn forwarded(&self, from: NodeId, body: Bytes);
+    /// Forwarded messages from `from`. What the link's reader waits for before it reads
+    /// on (a local subscriber left congested), if anything.
+    fn forwarded(&self, from: NodeId, body: Bytes) -> Option<ReadPause>;
 }
+
+/// What a link's reader waits for before it reads the next frame: the peer's writer then
+/// blocks, its outbox fills and its publishers are paced (see the module header).
+pub type ReadPause = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Counters of one peer's link, for metrics and `cluster status`.
 #[derive(Default)]
@@ -61,6 +87,27 @@ pub struct LinkStats {
     pub dropped_frames: AtomicU64,
     pub forwarded_messages: AtomicU64,
     pub forwarded_bytes: AtomicU64,
+    /// Connections closed because the peer sent nothing for `link_timeout_ms`.
+    pub timeouts: AtomicU64,
+    /// QoS 1/2 PUBLISHes whose acknowledgement waited for this peer's outbox to drain.
+    pub paused_publishes: AtomicU64,
+    /// Pauses that outlasted their bound (the publishers went on without waiting).
+    pub pause_timeouts: AtomicU64,
+}
+
+/// Why a frame was not queued (counted and logged either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotQueued {
+    LinkDown,
+    /// The outbox is at `cluster.link_buffer_bytes`.
+    OutboxFull,
+}
+
+/// Publishers waiting for the outbox to drain below the low-water mark.
+struct Pause {
+    promise: WritePromise,
+    waiters: SharedCompletion,
+    since: Instant,
 }
 
 struct Outbox {
@@ -68,6 +115,37 @@ struct Outbox {
     bytes: usize,
     /// Bumped per connection, so a writer of an old connection stops taking frames.
     connection: u64,
+    pause: Option<Pause>,
+    /// A pause outlasted its bound: nobody waits for this peer until the outbox drained
+    /// below the low-water mark.
+    stalled: bool,
+}
+
+impl Outbox {
+    /// Drops every queued frame (the link went down or was replaced); publishers waiting
+    /// for them are answered with a failure.
+    fn clear(&mut self, peer: NodeId) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.stalled = false;
+        if let Some(pause) = self.pause.take() {
+            pause
+                .promise
+                .fulfil(vec![Completion::done(Err(StoreError::Io(format!(
+                    "the link to node {peer} failed before forwarded messages were sent"
+                ))))]);
+        }
+    }
+
+    /// Lets waiting publishers go on once the outbox is at or below the low-water mark.
+    fn relieve_if_drained(&mut self, low_water: usize) {
+        if self.bytes <= low_water && (self.pause.is_some() || self.stalled) {
+            self.stalled = false;
+            if let Some(pause) = self.pause.take() {
+                pause.promise.fulfil(Vec::new());
+            }
+        }
+    }
 }
 
 pub struct PeerLink {
@@ -77,6 +155,10 @@ pub struct PeerLink {
     ready: Notify,
     pub stats: LinkStats,
     limit: usize,
+    /// Longest pause of publishers (zero: they never wait).
+    publisher_pause: Duration,
+    drops_logged: LogThrottle,
+    stalls_logged: LogThrottle,
 }
 
 impl PeerLink {
@@ -88,24 +170,125 @@ impl PeerLink {
         self.stats.connected.load(Ordering::Relaxed)
     }
 
-    /// Queues a frame; false (and counted) when the peer is down or the outbox full.
+    /// Bytes of frames waiting in the outbox.
+    pub fn outbox_bytes(&self) -> usize {
+        lock(&self.outbox).bytes
+    }
+
+    /// Queues a frame; false (counted, logged rate-limited) when the peer is down or the
+    /// outbox full.
     pub fn send(&self, frame: Bytes) -> bool {
+        self.forward(frame, false).is_ok()
+    }
+
+    /// Queues a frame. `Err` (counted, logged rate-limited) when the peer is down or the
+    /// outbox full. For a message acknowledged to its publisher (`acknowledged`: QoS 1/2)
+    /// queued above the high-water mark, `Ok(Some(..))`: what the acknowledgement waits
+    /// for (the outbox drained, see the module header); otherwise `Ok(None)`.
+    pub fn forward(
+        &self,
+        frame: Bytes,
+        acknowledged: bool,
+    ) -> Result<Option<Completion>, NotQueued> {
         if !self.is_connected() {
-            self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
-            return false;
+            self.dropped("the link is down");
+            return Err(NotQueued::LinkDown);
         }
-        {
+        let wait = {
             let mut outbox = lock(&self.outbox);
             if outbox.bytes + frame.len() > self.limit {
                 drop(outbox);
-                self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
-                return false;
+                self.dropped("its outbox (cluster.link_buffer_bytes) is full");
+                return Err(NotQueued::OutboxFull);
             }
             outbox.bytes += frame.len();
             outbox.frames.push_back(frame);
-        }
+            let congested = outbox.bytes > self.high_water() && !outbox.stalled;
+            (acknowledged && congested && !self.publisher_pause.is_zero())
+                .then(|| self.pause(&mut outbox))
+        };
         self.ready.notify_one();
+        Ok(wait)
+    }
+
+    /// The completion of the current pause, started now if none is under way.
+    fn pause(&self, outbox: &mut Outbox) -> Completion {
+        self.stats.paused_publishes.fetch_add(1, Ordering::Relaxed);
+        let pause = outbox.pause.get_or_insert_with(|| {
+            let (promise, waiters) = write_promise();
+            Pause {
+                promise,
+                waiters,
+                since: Instant::now(),
+            }
+        });
+        Completion::shared(pause.waiters.clone())
+    }
+
+    /// Above this many queued bytes, acknowledgements of forwarded QoS 1/2 messages wait.
+    fn high_water(&self) -> usize {
+        self.limit / 2
+    }
+
+    /// Waiting acknowledgements go on once the outbox is down to this many bytes.
+    fn low_water(&self) -> usize {
+        self.limit / 4
+    }
+
+    /// Moves queued frames of `connection` into `buffer` (up to `WRITE_BATCH_BYTES`),
+    /// letting paused publishers go on once the outbox drained. False when `connection`
+    /// has been replaced.
+    fn take_batch(&self, connection: u64, buffer: &mut Vec<u8>) -> bool {
+        let mut outbox = lock(&self.outbox);
+        if outbox.connection != connection {
+            return false;
+        }
+        while buffer.len() < WRITE_BATCH_BYTES {
+            let Some(frame) = outbox.frames.pop_front() else {
+                break;
+            };
+            outbox.bytes -= frame.len();
+            buffer.extend_from_slice(&frame);
+        }
+        outbox.relieve_if_drained(self.low_water());
         true
+    }
+
+    /// Ends a pause that outlasted `publisher_pause`: its publishers go on (their
+    /// messages are queued) and nobody waits for this peer until its outbox drained.
+    fn stall_if_late(&self) {
+        let mut outbox = lock(&self.outbox);
+        let late = outbox
+            .pause
+            .as_ref()
+            .is_some_and(|pause| pause.since.elapsed() >= self.publisher_pause);
+        if !late {
+            return;
+        }
+        outbox.stalled = true;
+        if let Some(pause) = outbox.pause.take() {
+            pause.promise.fulfil(Vec::new());
+        }
+        drop(outbox);
+        self.stats.pause_timeouts.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.stalls_logged.occurred(Instant::now()) {
+            tracing::warn!(
+                peer = self.id,
+                count,
+                "publishers waited limits.slow_consumer_timeout_ms for a cluster peer's outbox to drain; they go on without waiting until it has"
+            );
+        }
+    }
+
+    fn dropped(&self, why: &str) {
+        self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.drops_logged.occurred(Instant::now()) {
+            tracing::warn!(
+                peer = self.id,
+                count,
+                "frames for a cluster peer dropped: {why}"
+            );
+        }
     }
 }
 
@@ -113,53 +296,15 @@ impl PeerLink {
 pub trait LinkStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> LinkStream for T {}
 
-/// TLS on the links: the accepting side is a listener's terminator, the dialling side
-/// verifies the peer against the same CA and (mutual TLS) presents the same certificate.
-pub struct LinkTls {
-    acceptor: TlsTerminator,
-    connector: tokio_rustls::TlsConnector,
-}
-
-impl LinkTls {
-    pub fn new(config: &TlsConfig) -> anyhow::Result<LinkTls> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let acceptor = TlsTerminator::new(config)?;
-        let ca = config
-            .ca
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("cluster.tls.ca is required"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in CertificateDer::pem_file_iter(ca)
-            .map_err(|error| anyhow::anyhow!("{}: {error}", ca.display()))?
-        {
-            let certificate =
-                certificate.map_err(|error| anyhow::anyhow!("{}: {error}", ca.display()))?;
-            roots
-                .add(certificate)
-                .map_err(|error| anyhow::anyhow!("{}: {error}", ca.display()))?;
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_root_certificates(roots);
-        let client = if config.client_auth == ClientAuth::None {
-            builder.with_no_client_auth()
-        } else {
-            let chain = CertificateDer::pem_file_iter(&config.cert)
-                .map_err(|error| anyhow::anyhow!("{}: {error}", config.cert.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| anyhow::anyhow!("{}: {error}", config.cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(&config.key)
-                .map_err(|error| anyhow::anyhow!("{}: {error}", config.key.display()))?;
-            builder.with_client_auth_cert(chain, key)?
-        };
-        Ok(LinkTls {
-            acceptor,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
-        })
-    }
+/// How often an idle writer sends a `PING`, and how long a connection may receive
+/// nothing before it is closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub ping_interval: Duration,
+    pub timeout: Duration,
+    /// Longest wait of publishers for a peer's outbox to drain
+    /// (`limits.slow_consumer_timeout_ms`; zero: they never wait).
+    pub publisher_pause: Duration,
 }
 
 pub struct Links {
@@ -170,6 +315,9 @@ pub struct Links {
     next_request: AtomicU64,
     handler: OnceLock<Arc<dyn LinkHandler>>,
     limit: usize,
+    liveness: Liveness,
+    /// TLS handshakes that failed, logged rate-limited.
+    tls_failures: LogThrottle,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -187,7 +335,7 @@ pub fn frame(kind: u8, body: &[u8]) -> Bytes {
 }
 
 impl Links {
-    pub fn new(me: NodeId, limit: usize, tls: Option<LinkTls>) -> Arc<Links> {
+    pub fn new(me: NodeId, limit: usize, liveness: Liveness, tls: Option<LinkTls>) -> Arc<Links> {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Arc::new(Links {
             me,
@@ -197,8 +345,15 @@ impl Links {
             next_request: AtomicU64::new(1),
             handler: OnceLock::new(),
             limit,
+            liveness,
+            tls_failures: LogThrottle::default(),
             shutdown,
         })
+    }
+
+    /// The links' TLS, when `[cluster.tls]` is set.
+    pub fn tls(&self) -> Option<&LinkTls> {
+        self.tls.as_ref()
     }
 
     pub fn set_handler(&self, handler: Arc<dyn LinkHandler>) {
@@ -207,6 +362,14 @@ impl Links {
 
     pub fn me(&self) -> NodeId {
         self.me
+    }
+
+    /// Longest wait of a link's reader for a congested local subscriber: one heartbeat
+    /// (Raft traffic waits behind it), at most `limits.slow_consumer_timeout_ms`.
+    pub fn read_pause_bound(&self) -> Duration {
+        self.liveness
+            .ping_interval
+            .min(self.liveness.publisher_pause)
     }
 
     pub fn peer(&self, id: NodeId) -> Option<Arc<PeerLink>> {
@@ -244,7 +407,10 @@ impl Links {
     pub fn remove_peer(&self, id: NodeId) {
         if let Some(peer) = lock(&self.peers).remove(&id) {
             peer.stats.connected.store(false, Ordering::Relaxed);
-            lock(&peer.outbox).connection += 1;
+            let mut outbox = lock(&peer.outbox);
+            outbox.connection += 1;
+            outbox.clear(id);
+            drop(outbox);
             peer.ready.notify_waiters();
         }
     }
@@ -257,10 +423,15 @@ impl Links {
                 frames: VecDeque::new(),
                 bytes: 0,
                 connection: 0,
+                pause: None,
+                stalled: false,
             }),
             ready: Notify::new(),
             stats: LinkStats::default(),
             limit: self.limit,
+            publisher_pause: self.liveness.publisher_pause,
+            drops_logged: LogThrottle::default(),
+            stalls_logged: LogThrottle::default(),
         }
     }
 
@@ -326,12 +497,17 @@ impl Links {
     async fn serve_incoming(self: Arc<Self>, tcp: TcpStream) -> std::io::Result<()> {
         let _ = tcp.set_nodelay(true);
         let mut stream: Box<dyn LinkStream> = match &self.tls {
-            Some(tls) => Box::new(
-                tokio::time::timeout(Duration::from_secs(5), tls.acceptor.accept(tcp))
-                    .await
-                    .map_err(|_| std::io::Error::other("no TLS handshake within 5 s"))??
-                    .0,
-            ),
+            Some(tls) => {
+                let handshake = tokio::time::timeout(Duration::from_secs(5), tls.accept(tcp)).await;
+                match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        self.tls_failed(None, &error);
+                        return Err(error);
+                    }
+                    Err(_) => return Err(std::io::Error::other("no TLS handshake within 5 s")),
+                }
+            }
             None => Box::new(tcp),
         };
         let from = tokio::time::timeout(Duration::from_secs(5), read_hello(&mut stream))
@@ -360,15 +536,9 @@ impl Links {
                 let tcp = TcpStream::connect(&addr).await?;
                 let _ = tcp.set_nodelay(true);
                 let mut stream: Box<dyn LinkStream> = match &self.tls {
-                    Some(tls) => {
-                        let host = addr
-                            .rsplit_once(':')
-                            .map_or(addr.as_str(), |(host, _)| host);
-                        let host = host.trim_start_matches('[').trim_end_matches(']');
-                        let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                            .map_err(|error| std::io::Error::other(format!("{host}: {error}")))?;
-                        Box::new(tls.connector.connect(name, tcp).await?)
-                    }
+                    Some(tls) => tls.connect(&addr, tcp).await.inspect_err(|error| {
+                        self.tls_failed(Some(&peer), error);
+                    })?,
                     None => Box::new(tcp),
                 };
                 stream
@@ -409,7 +579,33 @@ impl Links {
         }
     }
 
-    /// Runs one established connection until it fails or a newer one replaces it.
+    /// Logs a failed TLS handshake (rate-limited): a certificate that does not chain to
+    /// the CA, an expired one, a wrong host name.
+    fn tls_failed(&self, dialled: Option<&PeerLink>, error: &std::io::Error) {
+        // A connection that closed or reset during the handshake is the network's
+        // doing, logged with the other link failures.
+        let refused = error
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if !refused {
+            return;
+        }
+        if let Some(count) = self.tls_failures.occurred(Instant::now()) {
+            match dialled {
+                Some(peer) => tracing::warn!(
+                    peer = peer.id, addr = %peer.addr(), %error, count,
+                    "cluster link TLS handshake failed (check cluster.tls: cert, key and ca on both nodes)"
+                ),
+                None => tracing::warn!(
+                    %error, count,
+                    "incoming cluster link TLS handshake failed (check cluster.tls: cert, key and ca on both nodes)"
+                ),
+            }
+        }
+    }
+
+    /// Runs one established connection until it fails, the peer falls silent for
+    /// `liveness.timeout`, or a newer connection replaces it.
     async fn run_connection(
         self: Arc<Self>,
         peer: Arc<PeerLink>,
@@ -418,36 +614,47 @@ impl Links {
         let connection = {
             let mut outbox = lock(&peer.outbox);
             outbox.connection += 1;
-            outbox.frames.clear();
-            outbox.bytes = 0;
+            outbox.clear(peer.id);
             outbox.connection
         };
         peer.ready.notify_waiters();
         peer.stats.connected.store(true, Ordering::Relaxed);
         peer.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer = peer.id, "cluster link up");
-        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (reader, mut writer) = tokio::io::split(stream);
+        let started = Instant::now();
+        let heard = Arc::new(Heard::default());
+        let mut reader = Watched {
+            inner: reader,
+            started,
+            heard: heard.clone(),
+        };
+        let liveness = self.liveness;
         let writer_peer = peer.clone();
         let mut shutdown = self.shutdown.subscribe();
         let write_loop = async move {
             let mut buffer = Vec::with_capacity(64 * 1024);
+            let mut last_ping: Option<Instant> = None;
             loop {
                 let notified = writer_peer.ready.notified();
+                if !writer_peer.take_batch(connection, &mut buffer) {
+                    return Ok::<(), std::io::Error>(());
+                }
+                if buffer.is_empty()
+                    && last_ping.is_some()
+                    && tokio::time::timeout(liveness.ping_interval, notified)
+                        .await
+                        .is_ok()
                 {
-                    let mut outbox = lock(&writer_peer.outbox);
-                    if outbox.connection != connection {
-                        return Ok::<(), std::io::Error>(());
-                    }
-                    while buffer.len() < WRITE_BATCH_BYTES {
-                        let Some(frame) = outbox.frames.pop_front() else {
-                            break;
-                        };
-                        outbox.bytes -= frame.len();
-                        buffer.extend_from_slice(&frame);
-                    }
+                    continue;
+                }
+                // A PING first (so the peer learns at once that this node sends them and
+                // may time the link out), then at least every interval, busy or idle.
+                if last_ping.is_none_or(|sent: Instant| sent.elapsed() >= liveness.ping_interval) {
+                    buffer.extend_from_slice(&frame(PING, &[]));
+                    last_ping = Some(Instant::now());
                 }
                 if buffer.is_empty() {
-                    notified.await;
                     continue;
                 }
                 writer.write_all(&buffer).await?;
@@ -457,31 +664,66 @@ impl Links {
         let read_loop = async {
             loop {
                 let (kind, body) = read_frame(&mut reader).await?;
-                self.dispatch(&peer, kind, body);
+                if kind == PING {
+                    reader.heard.pinged.store(true, Ordering::Relaxed);
+                    continue;
+                }
+                if let Some(pause) = self.dispatch(&peer, kind, body) {
+                    pause.await;
+                }
+            }
+        };
+        let watchdog = async {
+            let mut ticks = tokio::time::interval(liveness.ping_interval);
+            loop {
+                ticks.tick().await;
+                peer.stall_if_late();
+                // A peer that never sent a PING (an older fleetmq) may be silent while
+                // idle; it is not timed out.
+                if !heard.pinged.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let last = Duration::from_millis(heard.last_ms.load(Ordering::Relaxed));
+                let silent = started.elapsed().saturating_sub(last);
+                if silent >= liveness.timeout {
+                    peer.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        peer = peer.id,
+                        silent_ms = silent.as_millis() as u64,
+                        "cluster link silent for longer than cluster.link_timeout_ms; closing it to redial"
+                    );
+                    return Err::<(), _>(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the peer fell silent",
+                    ));
+                }
             }
         };
         let result = tokio::select! {
             result = write_loop => result,
             result = read_loop => result,
+            result = watchdog => result,
             _ = shutdown.wait_for(|stop| *stop) => Ok(()),
         };
         let mut outbox = lock(&peer.outbox);
         if outbox.connection == connection {
             peer.stats.connected.store(false, Ordering::Relaxed);
-            outbox.frames.clear();
-            outbox.bytes = 0;
+            outbox.clear(peer.id);
             tracing::warn!(peer = peer.id, "cluster link down");
         }
         result
     }
 
-    fn dispatch(self: &Arc<Self>, peer: &Arc<PeerLink>, kind: u8, mut body: Bytes) {
+    fn dispatch(
+        self: &Arc<Self>,
+        peer: &Arc<PeerLink>,
+        kind: u8,
+        mut body: Bytes,
+    ) -> Option<ReadPause> {
         match kind {
             REQUEST if body.len() >= 8 => {
                 let id = body.get_u64();
-                let Some(handler) = self.handler.get().cloned() else {
-                    return;
-                };
+                let handler = self.handler.get().cloned()?;
                 let peer = peer.clone();
                 let from = peer.id;
                 tokio::spawn(async move {
@@ -500,11 +742,12 @@ impl Links {
             }
             FORWARD => {
                 if let Some(handler) = self.handler.get() {
-                    handler.forwarded(peer.id, body);
+                    return handler.forwarded(peer.id, body);
                 }
             }
             _ => tracing::debug!(peer = peer.id, kind, "unknown cluster frame ignored"),
         }
+        None
     }
 }
 
@@ -530,3 +773,39 @@ async fn read_hello(stream: &mut Box<dyn LinkStream>) -> std::io::Result<NodeId>
     }
     Ok(body.get_u64())
 }
+
+/// When a connection last received bytes, and whether its peer sends `PING`s.
+#[derive(Default)]
+struct Heard {
+    /// Milliseconds since the connection started.
+    last_ms: AtomicU64,
+    pinged: AtomicBool,
+}
+
+/// The reading half of a connection, noting when bytes last arrived (a large frame
+/// arriving slowly still counts as hearing from the peer).
+struct Watched<R> {
+    inner: R,
+    started: Instant,
+    heard: Arc<Heard>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let now = self.started.elapsed().as_millis() as u64;
+            self.heard.last_ms.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+#[path = "link_tests.rs"]
+mod tests;

@@ -114,6 +114,34 @@ pub fn render(node: &ClusterNode) -> String {
         "Frames for the peer dropped: link down or its buffer full",
         &per_peer(&|peer| peer.stats.dropped_frames.load(Ordering::Relaxed)),
     );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_link_timeouts_total",
+        "Connections to the peer closed because it sent nothing for cluster.link_timeout_ms",
+        &per_peer(&|peer| peer.stats.timeouts.load(Ordering::Relaxed)),
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_link_outbox_bytes",
+        "Bytes waiting in the peer's outbox (frames beyond cluster.link_buffer_bytes are dropped)",
+        &per_peer(&|peer| peer.outbox_bytes() as u64),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_link_paused_publishes_total",
+        "QoS 1/2 PUBLISHes whose acknowledgement waited for the peer's outbox to drain (publishers paused by the link)",
+        &per_peer(&|peer| peer.stats.paused_publishes.load(Ordering::Relaxed)),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_link_pause_timeouts_total",
+        "Pauses of publishers that outlasted limits.slow_consumer_timeout_ms (they went on without waiting)",
+        &per_peer(&|peer| peer.stats.pause_timeouts.load(Ordering::Relaxed)),
+    );
     let counters = [
         ("fleetmq_cluster_forwarded_messages_total", "PUBLISHes forwarded to other nodes", &stats.forwarded_messages),
         ("fleetmq_cluster_forwarded_bytes_total", "Bytes of forwarded PUBLISH frames", &stats.forwarded_bytes),

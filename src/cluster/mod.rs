@@ -6,13 +6,18 @@
 //! - `types`: openraft's type configuration and `Consensus`, our small trait over it.
 //! - `state`: the replicated state machine's data and rules (routes, retained, owners).
 //! - `storage`: the Raft log, vote and snapshots in the node's RocksDB.
-//! - `link`: the node-to-node connections (one per pair, framed, bounded, reconnecting).
+//! - `link`: the node-to-node connections (one per pair, framed, bounded, reconnecting,
+//!   closed when the peer falls silent).
+//! - `link_tls`: TLS on the links, reloaded on SIGHUP.
 //! - `network`: Raft RPCs and proposals over the link.
 //! - `forward`: the cluster route table and forwarded PUBLISHes.
 //! - `node`: a running node: consensus, proposals, the broker hook.
 //! - `ownership`: session claims, the hand-over of a moved session, release.
 //! - `handover`: a session on the link (`SessionDump`).
 //! - `relay`: messages for a session that moved away, relayed to its new node.
+//! - `ownership`: session claims, handover of a moved session, release.
+//! - `retained`: retained changes waiting for their commit, and the acknowledgements
+//!   waiting for them.
 
 #[cfg(feature = "rocksdb")]
 pub mod admin;
@@ -24,6 +29,8 @@ pub mod handover;
 #[cfg(feature = "rocksdb")]
 pub mod link;
 #[cfg(feature = "rocksdb")]
+pub mod link_tls;
+#[cfg(feature = "rocksdb")]
 pub mod metrics;
 #[cfg(feature = "rocksdb")]
 pub mod network;
@@ -33,6 +40,8 @@ pub mod node;
 mod ownership;
 #[cfg(feature = "rocksdb")]
 mod relay;
+#[cfg(feature = "rocksdb")]
+mod retained;
 pub mod state;
 #[cfg(feature = "rocksdb")]
 pub mod storage;

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -19,12 +19,15 @@ use tokio::sync::Notify;
 
 use crate::broker::{Broker, ClusterHook};
 use crate::message::Message;
+use crate::protocol::QoS;
+use crate::storage::{Completion, StoreError};
 
 use super::config::{ClusterConfig, NodeId};
 use super::forward::{self, RouteTable};
 use super::link::{self, LinkHandler, Links};
 use super::network::{self, NetworkFactory, Request, Response};
-use super::state::{encode_base64, ClusterState, Command, CommandResult, Effect};
+use super::retained::PendingRetained;
+use super::state::{ClusterState, Command, CommandResult, Effect};
 use super::storage::{EffectSink, LogStore, StateMachineStore};
 use super::types::{ProposeError, Raft};
 
@@ -35,7 +38,6 @@ pub(super) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_PENDING_RETAINED: usize = 10_000;
 /// Retained changes proposed in one log entry.
 const MAX_RETAINED_PER_ENTRY: usize = 256;
-
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -89,7 +91,7 @@ struct FilterBook {
     dirty: BTreeSet<String>,
     /// The full set must be proposed (at start).
     replace: bool,
-    retained: VecDeque<(String, Option<String>)>,
+    retained: VecDeque<PendingRetained>,
     /// Sessions that ended here, whose ownership is to be released.
     released: VecDeque<String>,
 }
@@ -265,10 +267,18 @@ pub async fn start(
 ) -> anyhow::Result<Arc<ClusterNode>> {
     let me = config.node_id;
     let tls = match &config.tls {
-        Some(tls) => Some(link::LinkTls::new(tls).context("cluster.tls")?),
+        Some(tls) => Some(super::link_tls::LinkTls::new(tls).context("cluster.tls")?),
         None => None,
     };
-    let links = Links::new(me, config.link_buffer_bytes, tls);
+    let liveness = link::Liveness {
+        ping_interval: Duration::from_millis(config.heartbeat_ms),
+        timeout: config.link_timeout(),
+        publisher_pause: Duration::from_millis(broker.config().limits.slow_consumer_timeout_ms),
+    };
+    let links = Links::new(me, config.link_buffer_bytes, liveness, tls);
+    if config.tls.is_some() {
+        broker.add_reloadable(Arc::new(super::link_tls::LinkCertificates(links.clone())));
+    }
     let members = config.members();
     for peer in &members {
         if peer.id != me {
@@ -396,13 +406,18 @@ impl ClusterNode {
 
     /// The leader this node knows of. A leader that cannot reach a majority of the
     /// voters over its links counts as none: openraft keeps such a leader in office (it
-    /// commits nothing), and this node must refuse what needs a commit at once.
+    /// commits nothing), and this node must refuse what needs a commit at once. So does
+    /// a leader this follower has no link to (nothing could be proposed through it).
     pub fn leader(&self) -> Option<NodeId> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         if leader != self.me {
-            return Some(leader);
+            return self
+                .links
+                .peer(leader)
+                .is_some_and(|peer| peer.is_connected())
+                .then_some(leader);
         }
         let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
         let reachable = voters
@@ -519,7 +534,14 @@ impl ClusterNode {
         let mut backoff = Duration::from_millis(50);
         loop {
             let notified = self.book_changed.notified();
-            let command = {
+            // Releases go one at a time, before anything else is taken from the book
+            // (what is taken must be proposed, or put back).
+            let released = lock(&self.book).released.pop_front();
+            if let Some(client_id) = released {
+                self.release(client_id).await;
+                continue;
+            }
+            let (command, retained) = {
                 let mut book = lock(&self.book);
                 let command = if book.replace {
                     book.replace = false;
@@ -541,16 +563,10 @@ impl ClusterNode {
                 } else {
                     None
                 };
-                let released = book.released.pop_front();
                 let take = book.retained.len().min(MAX_RETAINED_PER_ENTRY);
                 let retained: Vec<_> = book.retained.drain(..take).collect();
-                (command, retained, released)
+                (command, retained)
             };
-            let (command, retained, released) = (command.0, command.1, command.2);
-            if let Some(client_id) = released {
-                self.release(client_id).await;
-                continue;
-            }
             if command.is_none() && retained.is_empty() {
                 notified.await;
                 continue;
@@ -574,19 +590,23 @@ impl ClusterNode {
                 let command = Command::Batch(
                     retained
                         .iter()
-                        .map(|(topic, message)| Command::Retain {
-                            topic: topic.clone(),
-                            message: message.clone(),
+                        .map(|change| Command::Retain {
+                            topic: change.topic.clone(),
+                            message: change.message.clone(),
                         })
                         .collect(),
                 );
                 if let Err(error) = self.propose(command).await {
                     tracing::debug!(%error, "retained messages not replicated yet; retrying");
+                    let now = Instant::now();
                     let mut book = lock(&self.book);
-                    for change in retained.into_iter().rev() {
+                    for mut change in retained.into_iter().rev() {
+                        change.give_up_if_late(now);
                         book.retained.push_front(change);
                     }
                     failed = true;
+                } else {
+                    retained.into_iter().for_each(PendingRetained::committed);
                 }
             }
             if failed {
@@ -596,6 +616,22 @@ impl ClusterNode {
                 backoff = Duration::from_millis(50);
             }
         }
+    }
+
+    /// Queues a retained change for the proposer; returns what a QoS 1/2 publisher's
+    /// acknowledgement waits for (`super::retained`).
+    fn replicate_retained(&self, broker: &Broker, message: &Arc<Message>) -> Option<Completion> {
+        let mut book = lock(&self.book);
+        if book.retained.len() >= MAX_PENDING_RETAINED {
+            drop(book);
+            self.stats.retained_dropped.fetch_add(1, Ordering::Relaxed);
+            return PendingRetained::refused(message);
+        }
+        let (pending, completion) = PendingRetained::new(message, broker.wall_clock());
+        book.retained.push_back(pending);
+        drop(book);
+        self.book_changed.notify_one();
+        completion
     }
 
     /// Whether this node knows a leader (`/health`).
@@ -620,28 +656,21 @@ impl super::types::Consensus for ClusterNode {
 }
 
 impl ClusterHook for ClusterNode {
-    fn published(&self, message: &Arc<Message>) {
-        let Some(broker) = self.broker.upgrade() else {
-            return;
-        };
-        if message.retain {
-            let encoded = (!message.payload.is_empty()).then(|| {
-                let stored =
-                    crate::storage::StoredMessage::from_message(message, broker.wall_clock());
-                encode_base64(&crate::storage::codec::encode_message(&stored))
-            });
-            let mut book = lock(&self.book);
-            if book.retained.len() < MAX_PENDING_RETAINED {
-                book.retained
-                    .push_back((message.topic.to_string(), encoded));
-                drop(book);
-                self.book_changed.notify_one();
-            } else {
-                drop(book);
-                self.stats.retained_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    fn published(&self, message: &Arc<Message>) -> Option<Completion> {
+        let broker = self.broker.upgrade()?;
+        let committed = message
+            .retain
+            .then(|| self.replicate_retained(&broker, message));
         let destinations = self.routes.destinations(&message.topic);
+        let acknowledged = message.qos != QoS::AtMostOnce;
+        // What the acknowledgement waits for: usually nothing, rarely more than one
+        // (a retained message, several congested peers), so the Vec rarely allocates.
+        let mut wait = committed.flatten();
+        let mut more: Vec<Completion> = Vec::new();
+        let mut wait_also = |completion: Completion| match wait {
+            None => wait = Some(completion),
+            Some(_) => more.push(completion),
+        };
         for (node, groups) in destinations {
             let Some(peer) = self.links.peer(node) else {
                 continue;
@@ -649,24 +678,46 @@ impl ClusterHook for ClusterNode {
             let body = forward::encode(message, broker.wall_clock(), &groups);
             let frame = link::frame(link::FORWARD, &body);
             let bytes = frame.len() as u64;
-            if peer.send(frame) {
-                self.stats
-                    .forwarded_messages
-                    .fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .forwarded_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
-                peer.stats
-                    .forwarded_messages
-                    .fetch_add(1, Ordering::Relaxed);
-                peer.stats
-                    .forwarded_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
-            } else {
-                self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            match peer.forward(frame, acknowledged) {
+                Ok(paused) => {
+                    if let Some(paused) = paused {
+                        wait_also(paused);
+                    }
+                    self.stats
+                        .forwarded_messages
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .forwarded_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                    peer.stats
+                        .forwarded_messages
+                        .fetch_add(1, Ordering::Relaxed);
+                    peer.stats
+                        .forwarded_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                }
+                Err(why) => {
+                    self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                    // A live peer whose outbox is full: the publisher is not told the
+                    // message was delivered, and may send it again. A peer that is down
+                    // gets nothing either way (ARCHITECTURE.md, "Forwarding is
+                    // flow-controlled for QoS 1 and 2").
+                    if acknowledged && why == link::NotQueued::OutboxFull {
+                        wait_also(Completion::done(Err(StoreError::Io(format!(
+                            "the message could not be forwarded: the outbox of the link to node {node} is full"
+                        )))));
+                    }
+                }
             }
         }
         self.relay(message);
+        if more.is_empty() {
+            return wait;
+        }
+        more.extend(wait);
+        let (promise, all) = crate::storage::write_promise();
+        promise.fulfil(more);
+        Some(Completion::shared(all))
     }
 
     fn filter_added(&self, filter: &str) {
@@ -761,18 +812,32 @@ impl LinkHandler for ClusterNode {
         })
     }
 
-    fn forwarded(&self, _from: NodeId, body: Bytes) {
-        let Some(broker) = self.broker.upgrade() else {
-            return;
+    fn forwarded(&self, _from: NodeId, body: Bytes) -> Option<link::ReadPause> {
+        let broker = self.broker.upgrade()?;
+        let Some((message, groups)) = forward::decode(body, broker.wall_clock()) else {
+            tracing::warn!("malformed forwarded message dropped");
+            return None;
         };
-        match forward::decode(body, broker.wall_clock()) {
-            Some((message, groups)) => {
-                self.stats.received_messages.fetch_add(1, Ordering::Relaxed);
-                let message = Arc::new(message);
-                broker.route_forwarded(&message, &groups);
-                self.relay(&message);
+        self.stats.received_messages.fetch_add(1, Ordering::Relaxed);
+        let message = Arc::new(message);
+        let (_, congested) = broker.route_forwarded(&message, &groups);
+        self.relay(&message);
+        // A local subscriber's queue is nearly full: the link is not read until it
+        // drained, as a local publisher's connection is not, so the sending node's
+        // outbox fills and paces its publishers. Bounded by one heartbeat (the link also
+        // carries Raft traffic); past it, the subscriber is stalled as locally (nobody
+        // waits for it until it drained; its messages are dropped and counted).
+        let session = congested?;
+        let bound = self.links.read_pause_bound();
+        Some(Box::pin(async move {
+            let (space, congested) = session.congestion.wait_for_space();
+            if !congested {
+                return;
             }
-            None => tracing::warn!("malformed forwarded message dropped"),
-        }
+            tokio::select! {
+                _ = space => {}
+                _ = tokio::time::sleep(bound) => session.congestion.stall(),
+            }
+        }))
     }
 }

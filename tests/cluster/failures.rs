@@ -25,8 +25,8 @@ async fn kill_9_of_the_leader_leaves_the_others_serving_and_the_restarted_node_c
         .await;
     assert_eq!(sub.next_publish().await.payload, b"retained-while-down");
 
-    // Retained messages reach consensus after the PUBACK: wait until the other
-    // survivor has it (committed), so that the restarted node must catch up on it.
+    // The PUBACK followed the commit; wait until the other survivor applied it too,
+    // so that the restarted node must catch up on it.
     eventually("the retained message to be committed", || async {
         let mut check = Subscriber::v4(cluster.mqtt(others[1]), "retained-check", true);
         check.connected().await;

@@ -4,7 +4,11 @@
 mod common;
 
 mod failures;
+mod flow_control;
 mod handover;
+mod links;
 mod membership;
 mod pubsub;
+mod retained;
 mod sessions;
+mod under_load;

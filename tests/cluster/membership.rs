@@ -124,7 +124,7 @@ async fn check_config_names_cluster_mistakes() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[cluster]\nnode_id = 4\nbind = \"127.0.0.1:7001\"\npeers = [\"1@a:1\", \"1@b:2\", \"2@a:1\"]\n",
+        "[cluster]\nnode_id = 4\nbind = \"127.0.0.1:7001\"\npeers = [\"1@a:1\", \"1@b:2\", \"2@a:1\"]\nlink_timeout_ms = 200\n",
     )
     .unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_fleetmq"))
@@ -139,6 +139,8 @@ async fn check_config_names_cluster_mistakes() {
         "node id 1 is already used",
         "cluster.peers[2]",
         "is not listed",
+        "cluster.link_timeout_ms",
+        "200 is out of range",
     ] {
         assert!(
             errors.contains(expected),

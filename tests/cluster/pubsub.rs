@@ -60,46 +60,65 @@ async fn publish_on_one_node_reaches_subscribers_on_the_others_at_each_qos_and_v
         }
     }
 
-    // The mosquitto clients: mosquitto_sub (3.1.1) on node 3, mosquitto_pub (MQTT 3.1)
-    // on node 2, which publishes until mosquitto_sub (-C 1) got one message and exited.
-    let mut sub = tokio::process::Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &cluster.mqtt(3).port().to_string()])
-        .args(["-t", "mosq/#", "-q", "1", "-C", "1", "-i", "mosq-sub"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    within("mosquitto_sub to receive from mosquitto_pub", async {
-        while sub.try_wait().unwrap().is_none() {
-            let status = tokio::process::Command::new("mosquitto_pub")
-                .args(["-h", "127.0.0.1", "-p", &cluster.mqtt(2).port().to_string()])
-                .args([
-                    "-t",
-                    "mosq/x",
-                    "-q",
-                    "1",
-                    "-m",
-                    "from-mosquitto",
-                    "-V",
-                    "mqttv31",
-                ])
-                .status()
-                .await
-                .unwrap();
-            assert!(status.success());
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    let mut out = String::new();
-    use tokio::io::AsyncReadExt;
-    sub.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
-    assert_eq!(out.trim(), "from-mosquitto");
+    // The mosquitto clients: mosquitto_sub (3.1.1) on node 3 and mosquitto_pub (MQTT 3.1)
+    // on node 2, then both with MQTT 5 (subscriber on node 1, publisher on node 3); the
+    // publisher publishes until mosquitto_sub (-C 1) got one message and exited.
+    for (sub_node, sub_version, pub_node, pub_version) in
+        [(3, "mqttv311", 2, "mqttv31"), (1, "mqttv5", 3, "mqttv5")]
+    {
+        let topic = format!("mosq/{pub_version}");
+        let mut sub = tokio::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &cluster.mqtt(sub_node).port().to_string(),
+            ])
+            .args([
+                "-t",
+                "mosq/#",
+                "-q",
+                "1",
+                "-C",
+                "1",
+                "-V",
+                sub_version,
+                "-v",
+            ])
+            .args(["-i", &format!("mosq-sub-{sub_version}")])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        within("mosquitto_sub to receive from mosquitto_pub", async {
+            while sub.try_wait().unwrap().is_none() {
+                let status = tokio::process::Command::new("mosquitto_pub")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &cluster.mqtt(pub_node).port().to_string(),
+                    ])
+                    .args(["-t", &topic, "-q", "1", "-m", "from-mosquitto"])
+                    .args(["-V", pub_version])
+                    .status()
+                    .await
+                    .unwrap();
+                assert!(status.success());
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let mut out = String::new();
+        use tokio::io::AsyncReadExt;
+        sub.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.trim(), format!("{topic} from-mosquitto"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -307,6 +307,45 @@ impl Cluster {
         }
     }
 
+    /// Black-holes (or reopens) every link between node `id` and the others: the
+    /// connections stay open and carry nothing (see `proxy`).
+    pub fn black_hole(&self, id: u64, on: bool) {
+        for ((i, j), proxy) in &self.proxies {
+            if *i == id || *j == id {
+                proxy.set_black_hole(on);
+            }
+        }
+    }
+
+    /// Pauses (or resumes) the link between nodes `a` and `b`: nothing passes, nothing
+    /// is lost (see `proxy`).
+    pub fn pause_link(&self, a: u64, b: u64, paused: bool) {
+        self.proxies[&(a.min(b), a.max(b))].set_paused(paused);
+    }
+
+    /// Adds `lines` to section `[section]` of every node's configuration (before
+    /// the nodes start).
+    pub fn configure_section(&self, section: &str, lines: &str) {
+        for node in self.nodes.values() {
+            let config = std::fs::read_to_string(&node.config).unwrap();
+            let header = format!("[{section}]\n");
+            assert!(config.contains(&header), "no [{section}] in {config}");
+            let config = config.replacen(&header, &format!("{header}{lines}\n"), 1);
+            std::fs::write(&node.config, config).unwrap();
+        }
+    }
+
+    /// SIGHUP to node `id` (reloads its configuration and certificates).
+    pub fn sighup(&self, id: u64) {
+        let pid = self.nodes[&id]
+            .child
+            .as_ref()
+            .and_then(|child| child.id())
+            .expect("a running node");
+        // SAFETY: kill(2) with a pid this test spawned and still holds.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    }
+
     /// `GET /health` of node `id`: the status code.
     pub async fn health(&self, id: u64) -> Option<u16> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -357,6 +396,12 @@ impl Drop for Cluster {
             eprintln!("{}", self.logs());
         }
     }
+}
+
+/// The value of `name` (with its labels, e.g. `x_total{peer="2"}`) in a Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Waits until the subscription of `subscriber` (to a filter matching `probe_topic`)
