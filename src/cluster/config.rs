@@ -41,6 +41,11 @@ pub struct ClusterConfig {
     /// snapshot are purged, and a node further behind receives the snapshot.
     #[serde(default = "default_snapshot_entries")]
     pub snapshot_entries: u64,
+    /// Nodes holding each persistent session's durable state: its owner and the next
+    /// `replication_factor - 1` voters after it in id order (capped at the number of
+    /// voters). 1 turns replication off.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: usize,
     /// TLS on the node links, with the listeners' settings: `cert`/`key` (presented in
     /// both directions), `ca` (which node certificates are trusted; required), and
     /// `client_auth = "require"` for mutual TLS.
@@ -58,6 +63,10 @@ fn default_heartbeat_ms() -> u64 {
 
 fn default_snapshot_entries() -> u64 {
     crate::limits::DEFAULT_CLUSTER_SNAPSHOT_ENTRIES
+}
+
+fn default_replication_factor() -> usize {
+    crate::limits::DEFAULT_CLUSTER_REPLICATION_FACTOR
 }
 
 /// One entry of `peers`, parsed.
@@ -175,6 +184,16 @@ impl ClusterConfig {
                 ),
             ));
         }
+        if !(1..=crate::limits::MAX_CLUSTER_REPLICATION_FACTOR).contains(&self.replication_factor) {
+            problems.push(Problem::new(
+                "cluster.replication_factor",
+                format!(
+                    "{} is out of range; allowed: 1 (no replication) to {}",
+                    self.replication_factor,
+                    crate::limits::MAX_CLUSTER_REPLICATION_FACTOR
+                ),
+            ));
+        }
         if let Some(tls) = &self.tls {
             if tls.ca.is_none() {
                 problems.push(Problem::new(
@@ -206,6 +225,7 @@ mod tests {
             link_buffer_bytes: default_link_buffer_bytes(),
             heartbeat_ms: default_heartbeat_ms(),
             snapshot_entries: default_snapshot_entries(),
+            replication_factor: default_replication_factor(),
             tls: None,
         }
     }
@@ -241,5 +261,16 @@ mod tests {
     fn node_id_zero_and_empty_peers_are_problems() {
         let keys = keys(&config(0, &[]));
         assert_eq!(keys, vec!["cluster.node_id", "cluster.peers"]);
+    }
+
+    #[test]
+    fn a_replication_factor_of_zero_or_beyond_the_maximum_is_a_problem() {
+        let mut c = config(1, &["1@a:1"]);
+        c.replication_factor = 0;
+        assert_eq!(keys(&c), vec!["cluster.replication_factor"]);
+        c.replication_factor = crate::limits::MAX_CLUSTER_REPLICATION_FACTOR + 1;
+        assert_eq!(keys(&c), vec!["cluster.replication_factor"]);
+        c.replication_factor = 1;
+        assert!(keys(&c).is_empty());
     }
 }

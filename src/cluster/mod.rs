@@ -13,6 +13,7 @@
 //! - `ownership`: session claims, the hand-over of a moved session, release.
 //! - `handover`: a session on the link (`SessionDump`).
 //! - `relay`: messages for a session that moved away, relayed to its new node.
+//! - `replication`: persistent sessions copied to backup nodes, and failover from them.
 
 #[cfg(feature = "rocksdb")]
 pub mod admin;
@@ -33,6 +34,8 @@ pub mod node;
 mod ownership;
 #[cfg(feature = "rocksdb")]
 mod relay;
+#[cfg(feature = "rocksdb")]
+pub mod replication;
 pub mod state;
 #[cfg(feature = "rocksdb")]
 pub mod storage;
@@ -56,13 +59,14 @@ impl Running {
         config: &ClusterConfig,
         database: Option<std::sync::Arc<rocksdb::DB>>,
         broker: &std::sync::Arc<crate::broker::Broker>,
+        replication: Option<replication::Replication>,
     ) -> anyhow::Result<Running> {
         let Some(database) = database else {
             anyhow::bail!(
                 "a cluster node keeps its Raft log in RocksDB: set storage.persistence = true"
             );
         };
-        let node = node::start(config, database, broker).await?;
+        let node = node::start(config, database, broker, replication).await?;
         Ok(Running { node })
     }
 
@@ -83,6 +87,7 @@ impl Running {
         _: &ClusterConfig,
         _: Option<()>,
         _: &std::sync::Arc<crate::broker::Broker>,
+        _: Option<()>,
     ) -> anyhow::Result<Running> {
         anyhow::bail!("this build has no RocksDB (built without the `rocksdb` feature), which a cluster node needs")
     }

@@ -7,4 +7,5 @@ mod failures;
 mod handover;
 mod membership;
 mod pubsub;
+mod replication;
 mod sessions;

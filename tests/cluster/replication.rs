@@ -1,0 +1,149 @@
+//! Replicated sessions: kill -9 of the node that owns persistent sessions loses none of
+//! them and no acknowledged message. Three nodes with `replication_factor = 2` (the
+//! default): node 1's backup is node 2. Subscribers (MQTT 5 with session expiry, MQTT
+//! 3.1.1 with clean session 0) leave their sessions on node 1, a QoS 1 publisher on
+//! node 1 itself gets N PUBACKs, node 1 is killed, and the subscribers come back on
+//! node 2 (the backup itself) and node 3 (which fetches the session from node 2).
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use crate::common::mqtt::Subscriber;
+use crate::common::{eventually, within, Cluster};
+
+const MESSAGES: usize = 50;
+
+/// Node `id`'s metrics, `None` while it does not answer.
+async fn metrics(cluster: &Cluster, id: u64) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(cluster.node(id).metrics)
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    Some(answer)
+}
+
+/// The value of an unlabelled metric on node `id`.
+async fn gauge(cluster: &Cluster, id: u64, name: &str) -> Option<u64> {
+    let text = metrics(cluster, id).await?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+async fn wait_in_sync(cluster: &Cluster, id: u64) {
+    eventually(&format!("node {id}'s backup in sync"), || async {
+        (gauge(cluster, id, "fleetmq_cluster_backups_in_sync").await? == 1).then_some(())
+    })
+    .await;
+}
+
+/// Publishes `0..MESSAGES` at QoS 1 to node `id` with `mosquitto_pub`, which exits once
+/// every PUBACK arrived.
+async fn publish_acknowledged(cluster: &Cluster, id: u64, topic: &str) {
+    use tokio::io::AsyncWriteExt;
+    let addr = cluster.mqtt(id);
+    let mut child = tokio::process::Command::new("mosquitto_pub")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-i", "repl-publisher", "-q", "1", "-t", topic, "-l"])
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_pub");
+    let lines: String = (0..MESSAGES).map(|n| format!("{n}\n")).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(lines.as_bytes()).await.unwrap();
+    drop(stdin);
+    let status = within("every PUBACK", child.wait()).await.unwrap();
+    assert!(status.success(), "mosquitto_pub failed: {status}");
+}
+
+async fn receive_all(subscriber: &mut Subscriber) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    while seen.len() < MESSAGES {
+        let message = subscriber.next_publish().await;
+        seen.insert(String::from_utf8_lossy(&message.payload).to_string());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_owner_loses_no_acknowledged_message_and_no_session() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    wait_in_sync(&cluster, 1).await;
+
+    let mut v5 = Subscriber::v5(cluster.mqtt(1), "repl-v5", 3600);
+    assert!(!v5.connected().await);
+    v5.subscribe("repl/#", 1, None).await;
+    let mut v4 = Subscriber::v4(cluster.mqtt(1), "repl-v4", false);
+    assert!(!v4.connected().await);
+    v4.subscribe("repl/#", 1, None).await;
+    drop(v5);
+    drop(v4);
+
+    publish_acknowledged(&cluster, 1, "repl/data").await;
+    cluster.kill(1).await;
+    let killed = Instant::now();
+
+    // The MQTT 5 session on node 2, node 1's backup.
+    cluster.wait_for_leader(&[2, 3]).await;
+    let mut v5 = Subscriber::v5(cluster.mqtt(2), "repl-v5", 3600);
+    assert!(
+        v5.connected().await,
+        "MQTT 5 session present after the failover"
+    );
+    let v5_connack = killed.elapsed();
+    let expected: BTreeSet<String> = (0..MESSAGES).map(|n| n.to_string()).collect();
+    assert_eq!(receive_all(&mut v5).await, expected);
+
+    // The MQTT 3.1.1 session on node 3, fetched from node 2's copy.
+    let started = Instant::now();
+    let mut v4 = Subscriber::v4(cluster.mqtt(3), "repl-v4", false);
+    assert!(
+        v4.connected().await,
+        "MQTT 3.1.1 session present after the failover"
+    );
+    let v4_connack = started.elapsed();
+    assert_eq!(receive_all(&mut v4).await, expected);
+    eprintln!(
+        "kill -9 to CONNACK (session present): {v5_connack:?} (MQTT 5, on the backup, election included); \
+         {v4_connack:?} (MQTT 3.1.1, from another node's backup)"
+    );
+    for id in [2, 3] {
+        let failovers = gauge(&cluster, id, "fleetmq_cluster_failovers_total").await;
+        assert_eq!(
+            failovers,
+            Some(1),
+            "node {id} took one session from a backup"
+        );
+    }
+
+    // Node 1 comes back: it does not serve the sessions (its stale copies go), and it
+    // is a backup again (of node 3), its own backup resynced.
+    cluster.spawn(1);
+    wait_in_sync(&cluster, 1).await;
+    wait_in_sync(&cluster, 3).await;
+    eventually("the cluster to count every backup in sync", || async {
+        (gauge(&cluster, 2, "fleetmq_cluster_replicas_out_of_sync").await? == 0).then_some(())
+    })
+    .await;
+    eventually("node 1 to drop the sessions that moved away", || async {
+        (gauge(&cluster, 1, "fleetmq_cluster_handover_dropped_total").await? == 2).then_some(())
+    })
+    .await;
+    // The sessions stay where they are: a message reaches them there, once.
+    let mut publisher = crate::common::mqtt::Publisher::v4(cluster.mqtt(1), "late-publisher").await;
+    publisher.publish("repl/late", 1, false, b"late").await;
+    assert_eq!(v5.next_publish().await.payload, b"late");
+    assert_eq!(v4.next_publish().await.payload, b"late");
+}
