@@ -135,6 +135,13 @@ pub fn render(node: &ClusterNode) -> String {
         "This node's backups that hold an up-to-date copy of its persistent sessions and receive every change",
         &one(node.replicator.as_ref().map_or(0, |replicator| replicator.backups_in_sync())),
     );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_replication_refused_total",
+        "New messages refused because a backup lagged too far behind (more than 65536 operations waiting)",
+        &one(node.replicator.as_ref().map_or(0, |replicator| replicator.refused())),
+    );
     let counters = [
         ("fleetmq_cluster_forwarded_messages_total", "PUBLISHes forwarded to other nodes", &stats.forwarded_messages),
         ("fleetmq_cluster_forwarded_bytes_total", "Bytes of forwarded PUBLISH frames", &stats.forwarded_bytes),

@@ -147,7 +147,15 @@ pub struct Replicator {
     attached: OnceLock<(tokio::runtime::Handle, Arc<dyn ReplicaLink>)>,
     /// Backups whose sender resynced them and streams to them now.
     synced: std::sync::atomic::AtomicU64,
+    /// Submissions of new messages refused because a backup lagged too far behind.
+    refused: std::sync::atomic::AtomicU64,
+    refused_log: crate::broker::log_throttle::LogThrottle,
 }
+
+/// Operations waiting for one backup beyond which new messages are refused (as the
+/// writer refuses them when it lags: the publisher gets no acknowledgement, a QoS 1/2
+/// client sends again). Changes to what is already stored are always admitted.
+const MAX_PENDING_OPS: usize = crate::storage::defaults::QUEUE_CAPACITY;
 
 #[derive(Default)]
 struct Shared {
@@ -163,7 +171,14 @@ impl Replicator {
             ack_timeout,
             attached: OnceLock::new(),
             synced: Default::default(),
+            refused: Default::default(),
+            refused_log: Default::default(),
         })
+    }
+
+    /// Submissions refused because a backup lagged (a metric).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This node's backups that are in sync and streamed to now (a metric).
@@ -234,6 +249,21 @@ impl Replicator {
 
     fn submit(&self, ops: Vec<StoreOp>) -> Completion {
         let mut shared = lock(&self.shared);
+        let lagging = || {
+            shared
+                .backups
+                .values()
+                .any(|queue| queue.pending_ops() >= MAX_PENDING_OPS)
+        };
+        if ops.iter().any(|op| matches!(op, StoreOp::Accept { .. })) && lagging() {
+            drop(shared);
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(count) = self.refused_log.occurred(std::time::Instant::now()) {
+                tracing::warn!(count, "a backup lags too far behind: new messages refused");
+            }
+            return Completion::done(Err(StoreError::Overloaded));
+        }
         let replicated = replicated_ops(&ops, &mut shared.persistent);
         let Some((handle, _)) = self.attached.get().filter(|_| !replicated.is_empty()) else {
             return self.inner.submit(ops);

@@ -38,6 +38,8 @@ struct QueueState {
     /// yet known to be out of sync).
     accepting: bool,
     pending: VecDeque<Pending>,
+    /// Operations in `pending`.
+    pending_ops: usize,
     closed: bool,
 }
 
@@ -68,6 +70,7 @@ impl BackupQueue {
             return None;
         }
         let (done, ack) = oneshot::channel();
+        state.pending_ops += ops.len();
         state.pending.push_back(Pending {
             ops: ops.clone(),
             done,
@@ -87,6 +90,7 @@ impl BackupQueue {
         let released = {
             let mut state = lock(&self.state);
             state.accepting = false;
+            state.pending_ops = 0;
             std::mem::take(&mut state.pending)
         };
         for pending in released {
@@ -116,7 +120,13 @@ impl BackupQueue {
             ops += next.ops.len();
             taken.extend(state.pending.pop_front());
         }
+        state.pending_ops -= ops;
         taken
+    }
+
+    /// Operations waiting for the backup.
+    pub(super) fn pending_ops(&self) -> usize {
+        lock(&self.state).pending_ops
     }
 }
 

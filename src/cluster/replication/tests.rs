@@ -254,3 +254,47 @@ async fn a_silent_backup_is_committed_out_of_sync_before_the_writes_waiting_on_i
         ]
     );
 }
+
+fn wire(ops: &[StoreOp]) -> Vec<WireOp> {
+    ops.iter().filter_map(WireOp::encode).collect()
+}
+
+#[tokio::test]
+async fn a_backup_copy_follows_its_stream_refuses_an_older_one_and_a_reset_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replica::Replicas::new(dir.path(), crate::storage::SyncMode::Batch);
+    let batch = |generation, reset, ops: &[StoreOp]| Batch {
+        generation,
+        reset,
+        ops: wire(ops),
+    };
+    replicas
+        .apply(1, batch(10, true, &[put("a"), accept(5, &["a"])]))
+        .await
+        .unwrap();
+    replicas
+        .apply(1, batch(10, false, &[put("b")]))
+        .await
+        .unwrap();
+    let a = replicas.session(1, "a").await.expect("replicated");
+    assert_eq!(a.queue.len(), 1);
+    assert_eq!(&a.queue[0].message.payload[..], b"payload");
+    // Another origin's copy is separate.
+    assert!(replicas.session(3, "a").await.is_none());
+
+    // A resync (generation 11) replaces the copy; a late batch of stream 10 is refused.
+    replicas
+        .apply(1, batch(11, true, &[put("c")]))
+        .await
+        .unwrap();
+    assert!(replicas
+        .apply(1, batch(10, false, &[put("late")]))
+        .await
+        .is_err());
+    assert!(replicas.session(1, "a").await.is_none());
+    assert!(replicas.session(1, "b").await.is_none());
+    assert!(replicas.session(1, "late").await.is_none());
+    assert!(replicas.session(1, "c").await.is_some());
+    replicas.forget(1, "c").await;
+    assert!(replicas.session(1, "c").await.is_none());
+}
