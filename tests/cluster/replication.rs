@@ -50,6 +50,11 @@ async fn wait_in_sync(cluster: &Cluster, id: u64) {
 /// Publishes `0..MESSAGES` at QoS 1 to node `id` with `mosquitto_pub`, which exits once
 /// every PUBACK arrived.
 async fn publish_acknowledged(cluster: &Cluster, id: u64, topic: &str) {
+    publish_range(cluster, id, topic, 0..MESSAGES).await;
+}
+
+/// Publishes each number of `payloads` at QoS 1; returns once every PUBACK arrived.
+async fn publish_range(cluster: &Cluster, id: u64, topic: &str, payloads: std::ops::Range<usize>) {
     use tokio::io::AsyncWriteExt;
     let addr = cluster.mqtt(id);
     let mut child = tokio::process::Command::new("mosquitto_pub")
@@ -59,7 +64,7 @@ async fn publish_acknowledged(cluster: &Cluster, id: u64, topic: &str) {
         .kill_on_drop(true)
         .spawn()
         .expect("mosquitto_pub");
-    let lines: String = (0..MESSAGES).map(|n| format!("{n}\n")).collect();
+    let lines: String = payloads.map(|n| format!("{n}\n")).collect();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(lines.as_bytes()).await.unwrap();
     drop(stdin);
@@ -68,8 +73,13 @@ async fn publish_acknowledged(cluster: &Cluster, id: u64, topic: &str) {
 }
 
 async fn receive_all(subscriber: &mut Subscriber) -> BTreeSet<String> {
+    receive(subscriber, MESSAGES).await
+}
+
+/// Distinct payloads received until there are `count` of them.
+async fn receive(subscriber: &mut Subscriber, count: usize) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
-    while seen.len() < MESSAGES {
+    while seen.len() < count {
         let message = subscriber.next_publish().await;
         seen.insert(String::from_utf8_lossy(&message.payload).to_string());
     }
@@ -146,4 +156,46 @@ async fn kill_9_of_the_owner_loses_no_acknowledged_message_and_no_session() {
     publisher.publish("repl/late", 1, false, b"late").await;
     assert_eq!(v5.next_publish().await.payload, b"late");
     assert_eq!(v4.next_publish().await.payload, b"late");
+}
+
+/// A backup that dies is taken out of sync (its owner's publishers keep getting their
+/// PUBACKs), resynced when it returns, and then holds what was acknowledged while it was
+/// away: the owner's kill -9 loses none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_returning_backup_is_resynced_with_what_was_acknowledged_while_it_was_down() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    wait_in_sync(&cluster, 1).await;
+    let mut subscriber = Subscriber::v5(cluster.mqtt(1), "resync-v5", 3600);
+    assert!(!subscriber.connected().await);
+    subscriber.subscribe("resync/#", 1, None).await;
+    drop(subscriber);
+
+    // Node 1's backup dies: acknowledgements go on once it is out of sync.
+    cluster.kill(2).await;
+    cluster.wait_for_leader(&[1, 3]).await;
+    publish_range(&cluster, 1, "resync/data", 0..MESSAGES).await;
+    eventually("the cluster to count node 2 out of sync", || async {
+        (gauge(&cluster, 3, "fleetmq_cluster_replicas_out_of_sync").await? >= 1).then_some(())
+    })
+    .await;
+    eventually("node 1 to stop streaming to node 2", || async {
+        (gauge(&cluster, 1, "fleetmq_cluster_backups_in_sync").await? == 0).then_some(())
+    })
+    .await;
+
+    // Back, it is resynced; more messages are acknowledged with both copies.
+    cluster.spawn(2);
+    wait_in_sync(&cluster, 1).await;
+    publish_range(&cluster, 1, "resync/data", MESSAGES..2 * MESSAGES).await;
+
+    cluster.kill(1).await;
+    cluster.wait_for_leader(&[2, 3]).await;
+    let mut subscriber = Subscriber::v5(cluster.mqtt(3), "resync-v5", 3600);
+    assert!(
+        subscriber.connected().await,
+        "session present after the failover"
+    );
+    let expected: BTreeSet<String> = (0..2 * MESSAGES).map(|n| n.to_string()).collect();
+    assert_eq!(receive(&mut subscriber, 2 * MESSAGES).await, expected);
 }
