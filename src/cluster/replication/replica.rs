@@ -27,6 +27,8 @@ pub struct Replicas {
     dir: PathBuf,
     sync: SyncMode,
     open: Mutex<HashMap<NodeId, Arc<Replica>>>,
+    /// Held while a copy is opened: RocksDB refuses a second open of one database.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl Replicas {
@@ -36,10 +38,15 @@ impl Replicas {
             dir: data_dir.join("replicas"),
             sync,
             open: Mutex::default(),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
     async fn replica(&self, origin: NodeId) -> Result<Arc<Replica>, String> {
+        if let Some(replica) = lock(&self.open).get(&origin) {
+            return Ok(replica.clone());
+        }
+        let _opening = self.opening.lock().await;
         if let Some(replica) = lock(&self.open).get(&origin) {
             return Ok(replica.clone());
         }
@@ -52,15 +59,12 @@ impl Replicas {
             .await
             .map_err(|error| error.to_string())?
             .map_err(|error| error.to_string())?;
-        let mut open = lock(&self.open);
-        // Opened twice concurrently: RocksDB's lock refused the second, so the first won.
-        let replica = open.entry(origin).or_insert_with(|| {
-            Arc::new(Replica {
-                store: Arc::new(store),
-                generation: tokio::sync::Mutex::new(0),
-            })
+        let replica = Arc::new(Replica {
+            store: Arc::new(store),
+            generation: tokio::sync::Mutex::new(0),
         });
-        Ok(replica.clone())
+        lock(&self.open).insert(origin, replica.clone());
+        Ok(replica)
     }
 
     /// Applies one batch of `origin`'s stream; `Ok` once durable.

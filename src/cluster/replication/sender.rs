@@ -7,9 +7,10 @@
 //! reads only in-sync backups, so nothing acknowledged can be missing from the copy it
 //! reads). A backup out of sync gets a full resync (every persistent session, from a
 //! restore taken at one point of the stream, `Replicator::resync_point`) and is then
-//! committed in sync again. A starting sender first commits its backup out of sync if
-//! the cluster still counts it in sync: this node's store may differ from the copy the
-//! backup holds (writes a crash lost here, or sessions a failover removed there).
+//! committed in sync again. A starting sender first commits its backup out of sync:
+//! this node's store may differ from the copy the
+//! backup holds (writes a crash lost here, or sessions a failover removed there); it
+//! does so whatever the state applied here says, which may still be behind the log.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -209,7 +210,10 @@ pub(super) async fn run(
             return;
         }
         if !synced {
-            if link.in_sync(backup) && !commit_in_sync(&link, &queue, backup, false).await {
+            // At the start always: the state applied here may still be behind the log
+            // and miss that the backup was committed in sync.
+            let counted_in_sync = generation == 0 || link.in_sync(backup);
+            if counted_in_sync && !commit_in_sync(&link, &queue, backup, false).await {
                 return;
             }
             queue.stop_and_release();
