@@ -235,6 +235,13 @@ pub const DEFAULT_CLUSTER_LINK_TIMEOUT_HEARTBEATS: u64 = 10;
 /// replays at most this many entries.
 pub const DEFAULT_CLUSTER_SNAPSHOT_ENTRIES: u64 = 1_000;
 
+/// Each persistent session on two nodes (its owner and one backup): the loss of any one
+/// node loses nothing acknowledged, for one extra copy of every stored message.
+pub const DEFAULT_CLUSTER_REPLICATION_FACTOR: usize = 2;
+
+/// Most copies of a session: every copy is one more write a PUBACK waits for.
+pub const MAX_CLUSTER_REPLICATION_FACTOR: usize = 7;
+
 /// 10 seconds between `$SYS` publications, Mosquitto's `sys_interval` default.
 pub const DEFAULT_SYS_INTERVAL_SECS: u64 = 10;
 

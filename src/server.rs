@@ -215,17 +215,29 @@ fn open_rocks(
 /// reading the database) runs off the async executor.
 /// What `restore_broker` hands to `start`: the broker, the bridges prepared with their
 /// outboxes' limits, and the database (a cluster node keeps its Raft state in it).
-type Restored = (Arc<Broker>, HashMap<String, Arc<BridgeStats>>, Database);
+type Restored = (
+    Arc<Broker>,
+    HashMap<String, Arc<BridgeStats>>,
+    Database,
+    Option<Replication>,
+);
+
+/// Replication of a cluster node's persistent sessions (`[cluster] replication_factor`).
+#[cfg(feature = "rocksdb")]
+type Replication = crate::cluster::replication::Replication;
+#[cfg(not(feature = "rocksdb"))]
+type Replication = ();
 
 async fn restore_broker(config: Config) -> anyhow::Result<Restored> {
     let metrics = Metrics::new();
     let latency = metrics.storage().clone();
     let storage = config.storage.clone();
-    let cluster = config.cluster.is_some();
-    let (store, database, state) = tokio::task::spawn_blocking(move || {
-        let (store, database) = open_store(&storage, latency, cluster)?;
+    let cluster_config = config.cluster.clone();
+    let (store, database, state, replication) = tokio::task::spawn_blocking(move || {
+        let (store, database) = open_store(&storage, latency, cluster_config.is_some())?;
+        let (store, replication) = replicate(store, cluster_config.as_ref(), &storage);
         let state = store.restore(WallClock::now().unix_millis())?;
-        anyhow::Ok((store, database, state))
+        anyhow::Ok((store, database, state, replication))
     })
     .await
     .context("the storage task failed")??;
@@ -242,7 +254,31 @@ async fn restore_broker(config: Config) -> anyhow::Result<Restored> {
         wills_published = restored.wills_published,
         "state restored"
     );
-    Ok((broker, bridges, database))
+    Ok((broker, bridges, database, replication))
+}
+
+/// A cluster node's store, wrapped for replication when it is on (with RocksDB only).
+#[cfg(feature = "rocksdb")]
+fn replicate(
+    store: Arc<dyn Store>,
+    cluster: Option<&crate::cluster::ClusterConfig>,
+    storage: &StorageConfig,
+) -> (Arc<dyn Store>, Option<Replication>) {
+    match cluster {
+        Some(cluster) if storage.persistence => {
+            crate::cluster::replication::Replication::wrap(store, cluster, storage)
+        }
+        _ => (store, None),
+    }
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn replicate(
+    store: Arc<dyn Store>,
+    _: Option<&crate::cluster::ClusterConfig>,
+    _: &StorageConfig,
+) -> (Arc<dyn Store>, Option<Replication>) {
+    (store, None)
 }
 
 /// Restores the broker's state from its store, then binds every listener and starts
@@ -251,10 +287,12 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     anyhow::ensure!(!config.listeners.is_empty(), "no listener configured");
     let security =
         Arc::new(Security::load(&config.auth).context("cannot load the security files")?);
-    let (broker, prepared_bridges, database) = restore_broker(config.clone()).await?;
+    let (broker, prepared_bridges, database, replication) = restore_broker(config.clone()).await?;
     broker.check_reads_with(security.clone());
     let cluster = match &config.cluster {
-        Some(cluster) => Some(crate::cluster::Running::start(cluster, database, &broker).await?),
+        Some(cluster) => {
+            Some(crate::cluster::Running::start(cluster, database, &broker, replication).await?)
+        }
         None => None,
     };
     let mut listeners = Vec::with_capacity(config.listeners.len());

@@ -45,6 +45,11 @@ pub struct ClusterConfig {
     /// heartbeat) before it is closed and redialled. Default: 10 heartbeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_timeout_ms: Option<u64>,
+    /// Nodes holding each persistent session's durable state: its owner and the next
+    /// `replication_factor - 1` voters after it in id order (capped at the number of
+    /// voters). 1 turns replication off.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: usize,
     /// TLS on the node links, with the listeners' settings: `cert`/`key` (presented in
     /// both directions), `ca` (which node certificates are trusted; required), and
     /// `client_auth = "require"` for mutual TLS.
@@ -73,6 +78,10 @@ impl ClusterConfig {
             ),
         )
     }
+}
+
+fn default_replication_factor() -> usize {
+    crate::limits::DEFAULT_CLUSTER_REPLICATION_FACTOR
 }
 
 /// One entry of `peers`, parsed.
@@ -201,6 +210,16 @@ impl ClusterConfig {
                 ));
             }
         }
+        if !(1..=crate::limits::MAX_CLUSTER_REPLICATION_FACTOR).contains(&self.replication_factor) {
+            problems.push(Problem::new(
+                "cluster.replication_factor",
+                format!(
+                    "{} is out of range; allowed: 1 (no replication) to {}",
+                    self.replication_factor,
+                    crate::limits::MAX_CLUSTER_REPLICATION_FACTOR
+                ),
+            ));
+        }
         if let Some(tls) = &self.tls {
             if tls.ca.is_none() {
                 problems.push(Problem::new(
@@ -233,6 +252,7 @@ mod tests {
             heartbeat_ms: default_heartbeat_ms(),
             snapshot_entries: default_snapshot_entries(),
             link_timeout_ms: None,
+            replication_factor: default_replication_factor(),
             tls: None,
         }
     }
@@ -282,5 +302,16 @@ mod tests {
     fn node_id_zero_and_empty_peers_are_problems() {
         let keys = keys(&config(0, &[]));
         assert_eq!(keys, vec!["cluster.node_id", "cluster.peers"]);
+    }
+
+    #[test]
+    fn a_replication_factor_of_zero_or_beyond_the_maximum_is_a_problem() {
+        let mut c = config(1, &["1@a:1"]);
+        c.replication_factor = 0;
+        assert_eq!(keys(&c), vec!["cluster.replication_factor"]);
+        c.replication_factor = crate::limits::MAX_CLUSTER_REPLICATION_FACTOR + 1;
+        assert_eq!(keys(&c), vec!["cluster.replication_factor"]);
+        c.replication_factor = 1;
+        assert!(keys(&c).is_empty());
     }
 }

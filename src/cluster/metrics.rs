@@ -142,6 +142,34 @@ pub fn render(node: &ClusterNode) -> String {
         "Pauses of publishers that outlasted limits.slow_consumer_timeout_ms (they went on without waiting)",
         &per_peer(&|peer| peer.stats.pause_timeouts.load(Ordering::Relaxed)),
     );
+    let out_of_sync = node.with_state(|state| {
+        state
+            .out_of_sync
+            .values()
+            .map(|backups| backups.len() as u64)
+            .sum::<u64>()
+    });
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_replicas_out_of_sync",
+        "Backups (of any node) the cluster state counts out of sync: their sessions are under-replicated until a resync",
+        &one(out_of_sync),
+    );
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_backups_in_sync",
+        "This node's backups that hold an up-to-date copy of its persistent sessions and receive every change",
+        &one(node.replicator.as_ref().map_or(0, |replicator| replicator.backups_in_sync())),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_replication_refused_total",
+        "New messages refused because a backup lagged too far behind (more than 65536 operations waiting)",
+        &one(node.replicator.as_ref().map_or(0, |replicator| replicator.refused())),
+    );
     let counters = [
         ("fleetmq_cluster_forwarded_messages_total", "PUBLISHes forwarded to other nodes", &stats.forwarded_messages),
         ("fleetmq_cluster_forwarded_bytes_total", "Bytes of forwarded PUBLISH frames", &stats.forwarded_bytes),
@@ -154,6 +182,7 @@ pub fn render(node: &ClusterNode) -> String {
         ("fleetmq_cluster_relay_dropped_total", "Messages for a session that moved away not relayed (relay buffer full, or the new node never stored the session)", &stats.relay_dropped),
         ("fleetmq_cluster_handover_messages_total", "Queued and in-flight messages that came with sessions taken over from another node", &stats.handover_messages),
         ("fleetmq_cluster_proposals_failed_total", "Changes that did not commit (no leader, timeout)", &stats.proposals_failed),
+        ("fleetmq_cluster_failovers_total", "Sessions taken over from a backup of their unreachable previous owner", &stats.failovers),
         ("fleetmq_cluster_retained_dropped_total", "Retained messages not replicated: too many waiting", &stats.retained_dropped),
     ];
     for (name, help, counter) in counters {

@@ -15,9 +15,9 @@
 //! - `ownership`: session claims, the hand-over of a moved session, release.
 //! - `handover`: a session on the link (`SessionDump`).
 //! - `relay`: messages for a session that moved away, relayed to its new node.
-//! - `ownership`: session claims, handover of a moved session, release.
 //! - `retained`: retained changes waiting for their commit, and the acknowledgements
 //!   waiting for them.
+//! - `replication`: persistent sessions copied to backup nodes, and failover from them.
 
 #[cfg(feature = "rocksdb")]
 pub mod admin;
@@ -42,6 +42,8 @@ mod ownership;
 mod relay;
 #[cfg(feature = "rocksdb")]
 mod retained;
+#[cfg(feature = "rocksdb")]
+pub mod replication;
 pub mod state;
 #[cfg(feature = "rocksdb")]
 pub mod storage;
@@ -65,13 +67,14 @@ impl Running {
         config: &ClusterConfig,
         database: Option<std::sync::Arc<rocksdb::DB>>,
         broker: &std::sync::Arc<crate::broker::Broker>,
+        replication: Option<replication::Replication>,
     ) -> anyhow::Result<Running> {
         let Some(database) = database else {
             anyhow::bail!(
                 "a cluster node keeps its Raft log in RocksDB: set storage.persistence = true"
             );
         };
-        let node = node::start(config, database, broker).await?;
+        let node = node::start(config, database, broker, replication).await?;
         Ok(Running { node })
     }
 
@@ -92,6 +95,7 @@ impl Running {
         _: &ClusterConfig,
         _: Option<()>,
         _: &std::sync::Arc<crate::broker::Broker>,
+        _: Option<()>,
     ) -> anyhow::Result<Running> {
         anyhow::bail!("this build has no RocksDB (built without the `rocksdb` feature), which a cluster node needs")
     }

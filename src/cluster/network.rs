@@ -51,6 +51,20 @@ pub enum Request {
         client_id: String,
         messages: Vec<super::relay::RelayedMessage>,
     },
+    /// Store operations of the asking node's persistent sessions, for the asked node's
+    /// copy (`super::replication`).
+    Replicate(super::replication::Batch),
+    /// The asked node's copy of `origin`'s session of `client_id` (failover: `origin`
+    /// is unreachable).
+    ReplicaSession {
+        origin: NodeId,
+        client_id: String,
+    },
+    /// The asking node took that session over durably: the copy goes.
+    ReplicaForget {
+        origin: NodeId,
+        client_id: String,
+    },
 }
 
 /// What the previous owner answers to `Request::Handover`.
@@ -77,6 +91,8 @@ pub enum Response {
     HandoverDone,
     /// Whether the relayed messages are stored (or had nowhere to go).
     Relayed(bool),
+    /// The batch is durable in the copy, or why not.
+    Replicated(Result<(), String>),
     /// The request could not be decoded.
     Invalid(String),
 }

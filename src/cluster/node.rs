@@ -59,6 +59,8 @@ pub struct ClusterStats {
     pub handover_moves: AtomicU64,
     /// Queued and in-flight messages that came with them.
     pub handover_messages: AtomicU64,
+    /// Sessions taken over from a backup of their unreachable owner.
+    pub failovers: AtomicU64,
     /// Messages relayed to the new node of a session that moved away.
     pub relayed_messages: AtomicU64,
     /// Messages not relayed: the relay's buffer was full, or its new owner never
@@ -116,6 +118,13 @@ pub struct ClusterNode {
     pub(super) sink: Arc<BrokerSink>,
     /// This node, for the tasks it spawns.
     this: Weak<ClusterNode>,
+    /// Copies of other nodes' sessions kept here (`super::replication`); `None` when
+    /// replication is off.
+    pub(super) replicas: Option<Arc<super::replication::replica::Replicas>>,
+    /// `[cluster] replication_factor`.
+    pub(super) replication_factor: usize,
+    /// The owner's side of replication, when on.
+    pub(super) replicator: Option<Arc<super::replication::Replicator>>,
 }
 
 /// Applies committed changes to the local broker.
@@ -264,6 +273,7 @@ pub async fn start(
     config: &ClusterConfig,
     db: Arc<DB>,
     broker: &Arc<Broker>,
+    replication: Option<super::replication::Replication>,
 ) -> anyhow::Result<Arc<ClusterNode>> {
     let me = config.node_id;
     let tls = match &config.tls {
@@ -356,6 +366,16 @@ pub async fn start(
         stats,
         link_addr,
         handovers,
+        replicas: replication.as_ref().map(|replication| {
+            Arc::new(super::replication::replica::Replicas::new(
+                &replication.data_dir,
+                replication.sync,
+            ))
+        }),
+        replication_factor: config.replication_factor,
+        replicator: replication
+            .as_ref()
+            .map(|replication| replication.replicator.clone()),
     });
     let _ = sink.node.set(Arc::downgrade(&node));
     links.set_handler(node.clone());
@@ -379,6 +399,9 @@ pub async fn start(
     }
     tokio::spawn(node.clone().propose_loop());
     tokio::spawn(super::ownership::sweep_handovers(Arc::downgrade(&node)));
+    if let Some(replication) = &replication {
+        super::replication::node_link::attach(&node, &replication.replicator);
+    }
     broker.set_cluster(node.clone());
     Ok(node)
 }
@@ -776,7 +799,7 @@ impl ClusterHook for ClusterNode {
 impl LinkHandler for ClusterNode {
     fn request(
         &self,
-        _from: NodeId,
+        from: NodeId,
         body: Bytes,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + '_>> {
         Box::pin(async move {
@@ -807,6 +830,16 @@ impl LinkHandler for ClusterNode {
                     client_id,
                     messages,
                 }) => Response::Relayed(self.take_relayed(&client_id, messages).await),
+                Ok(Request::Replicate(batch)) => {
+                    Response::Replicated(self.apply_replicated(from, batch).await)
+                }
+                Ok(Request::ReplicaSession { origin, client_id }) => {
+                    Response::Handover(self.replica_session(origin, &client_id).await)
+                }
+                Ok(Request::ReplicaForget { origin, client_id }) => {
+                    self.replica_forget(origin, &client_id).await;
+                    Response::HandoverDone
+                }
             };
             serde_json::to_vec(&response).unwrap_or_default()
         })

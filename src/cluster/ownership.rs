@@ -43,7 +43,7 @@ impl ClusterNode {
         let Some(broker) = self.broker.upgrade() else {
             return false;
         };
-        let Some(dump) = self.fetch_handover(previous, client_id, epoch).await else {
+        let Some((dump, source)) = self.fetch_handover(previous, client_id, epoch).await else {
             return false;
         };
         let Some(handed) = dump.into_handed() else {
@@ -67,6 +67,12 @@ impl ClusterNode {
         self.stats
             .handover_messages
             .fetch_add(moved as u64, Ordering::Relaxed);
+        if let Source::Replica(backup) = source {
+            self.stats.failovers.fetch_add(1, Ordering::Relaxed);
+            self.forget_replica(backup, previous, client_id, HANDOVER_WAIT)
+                .await;
+            return true;
+        }
         let done = Request::HandoverDone {
             client_id: client_id.to_string(),
             epoch,
@@ -95,12 +101,14 @@ impl ClusterNode {
         }
     }
 
+    /// The session from `previous`, or, while `previous` is unreachable, from one of
+    /// its in-sync backups (failover).
     async fn fetch_handover(
         &self,
         previous: NodeId,
         client_id: &str,
         epoch: u64,
-    ) -> Option<SessionDump> {
+    ) -> Option<(SessionDump, Source)> {
         let request = Request::Handover {
             client_id: client_id.to_string(),
             epoch,
@@ -108,6 +116,25 @@ impl ClusterNode {
         let body = serde_json::to_vec(&request).ok()?;
         let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
         while tokio::time::Instant::now() < deadline {
+            let reachable = self
+                .links
+                .peer(previous)
+                .is_some_and(|peer| peer.is_connected());
+            if !reachable {
+                if let Some((dump, backup)) = self
+                    .fetch_from_replica(previous, client_id, HANDOVER_WAIT)
+                    .await
+                {
+                    tracing::info!(
+                        client_id,
+                        previous,
+                        backup,
+                        found = dump.is_some(),
+                        "session taken over from a backup of its unreachable owner"
+                    );
+                    return dump.map(|dump| (dump, Source::Replica(backup)));
+                }
+            }
             let answer = match self.links.request(previous, &body, HANDOVER_WAIT).await {
                 Ok(answer) => answer,
                 // Not reachable (yet): a restarting node comes back within the wait.
@@ -117,7 +144,9 @@ impl ClusterNode {
                 }
             };
             match serde_json::from_slice(&answer) {
-                Ok(Response::Handover(HandoverAnswer::Session(dump))) => return Some(*dump),
+                Ok(Response::Handover(HandoverAnswer::Session(dump))) => {
+                    return Some((*dump, Source::Owner))
+                }
                 Ok(Response::Handover(HandoverAnswer::Nothing)) => return None,
                 Ok(Response::Handover(HandoverAnswer::NotApplied)) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -266,6 +295,14 @@ impl ClusterNode {
             None => true,
         }
     }
+}
+
+/// Where a session taken over came from.
+enum Source {
+    /// Its previous owner, which deletes its copy once told.
+    Owner,
+    /// An in-sync backup of its unreachable previous owner.
+    Replica(NodeId),
 }
 
 /// Marks a client id as claimed here and its session possibly on its way, for as long

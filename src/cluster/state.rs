@@ -45,6 +45,13 @@ pub enum Command {
         node: NodeId,
         epoch: u64,
     },
+    /// `backup` holds (`in_sync`) or no longer holds an up-to-date copy of `origin`'s
+    /// persistent sessions (`super::replication`).
+    ReplicaSync {
+        origin: NodeId,
+        backup: NodeId,
+        in_sync: bool,
+    },
     /// Several commands in one log entry, applied in order (the result is the last
     /// one's).
     Batch(Vec<Command>),
@@ -92,6 +99,10 @@ pub struct ClusterState {
     pub owners: BTreeMap<String, Owner>,
     /// The last fencing epoch handed out.
     pub epoch: u64,
+    /// For each origin node, its backups that are out of sync (a failover does not read
+    /// them); every other backup is in sync.
+    #[serde(default)]
+    pub out_of_sync: BTreeMap<NodeId, BTreeSet<NodeId>>,
 }
 
 impl ClusterState {
@@ -189,7 +200,31 @@ impl ClusterState {
                 }
                 CommandResult::default()
             }
+            Command::ReplicaSync {
+                origin,
+                backup,
+                in_sync,
+            } => {
+                let out = self.out_of_sync.entry(*origin).or_default();
+                if *in_sync {
+                    out.remove(backup);
+                    if out.is_empty() {
+                        self.out_of_sync.remove(origin);
+                    }
+                } else {
+                    out.insert(*backup);
+                }
+                CommandResult::default()
+            }
         }
+    }
+
+    /// Whether `backup` holds an up-to-date copy of `origin`'s sessions.
+    pub fn replica_in_sync(&self, origin: NodeId, backup: NodeId) -> bool {
+        !self
+            .out_of_sync
+            .get(&origin)
+            .is_some_and(|out| out.contains(&backup))
     }
 
     fn remove_route(&mut self, filter: &str, node: NodeId, effects: &mut Vec<Effect>) {

@@ -71,11 +71,22 @@ pub trait Store: Send + Sync + 'static {
     /// the broker stopped count as disconnected at `now`. Blocks until done.
     fn restore(&self, now: UnixMillis) -> Result<RestoredState, StoreError>;
 
+    /// `restore`, ordered after every earlier submission but answered later: the
+    /// returned function blocks until the answer is there (run it off the executor).
+    /// Replication takes a consistent copy of everything stored with it.
+    fn restore_later(&self, now: UnixMillis) -> RestoreLater {
+        let restored = self.restore(now);
+        Box::new(move || restored)
+    }
+
     /// A message id not used by any stored body.
     fn next_message_id(&self) -> MessageId;
 
     fn stats(&self) -> StoreStats;
 }
+
+/// A restore answered later (`Store::restore_later`).
+pub type RestoreLater = Box<dyn FnOnce() -> Result<RestoredState, StoreError> + Send>;
 
 /// How hard a write is pushed to disk before its completion resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]

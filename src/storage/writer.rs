@@ -155,6 +155,16 @@ impl Writer {
         answer.recv().unwrap_or(Err(StoreError::Closed))
     }
 
+    /// `restore`, queued now and answered later.
+    pub(crate) fn restore_later(&self, now: UnixMillis) -> super::RestoreLater {
+        let (reply, answer) = mpsc::channel();
+        let queued = self.push(Request::Restore { now, reply }, usize::MAX);
+        Box::new(move || {
+            queued?;
+            answer.recv().unwrap_or(Err(StoreError::Closed))
+        })
+    }
+
     /// Queues a request unless the queue already holds `limit` or more. The bound is on
     /// what waits, so one submission larger than the limit still gets in when it is alone.
     fn push(&self, request: Request, limit: usize) -> Result<(), StoreError> {

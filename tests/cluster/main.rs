@@ -9,6 +9,7 @@ mod handover;
 mod links;
 mod membership;
 mod pubsub;
+mod replication;
 mod retained;
 mod sessions;
 mod under_load;

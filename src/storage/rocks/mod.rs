@@ -164,6 +164,10 @@ impl Store for RocksStore {
         self.writer.restore(now)
     }
 
+    fn restore_later(&self, now: UnixMillis) -> super::RestoreLater {
+        self.writer.restore_later(now)
+    }
+
     fn next_message_id(&self) -> MessageId {
         self.next_message_id.fetch_add(1, Ordering::Relaxed)
     }

@@ -1,0 +1,368 @@
+//! Replication of persistent sessions, primary-backup at the level of store operations
+//! (ARCHITECTURE.md, "The cluster": "Replicated sessions").
+//!
+//! - On the owner, `ReplicatedStore` wraps the node's store: every submission's
+//!   operations that concern persistent sessions (`replicated_ops`) go, in submission
+//!   order, to each of the node's backups (`backups_of`: the next `replication_factor -
+//!   1` voters after it in id order), and the submission's `Completion` resolves only
+//!   once the local write and every in-sync backup's acknowledgement are in.
+//! - `sender`: one task per backup streams the operations, and takes a backup that does
+//!   not answer in time out of the in-sync set through consensus before it releases the
+//!   writes waiting on it; a returning backup gets a full resync first.
+//! - `replica`: the backup side, one RocksDB store per origin node.
+//! - `wire`: store operations on the link.
+
+pub(super) mod node_link;
+pub mod replica;
+mod sender;
+#[cfg(test)]
+mod tests;
+pub mod wire;
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{
+    Completion, MessageId, RestoredState, Store, StoreError, StoreOp, StoreStats, UnixMillis,
+};
+
+use super::config::NodeId;
+use sender::BackupQueue;
+use wire::WireOp;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Operations a backup applies in one write, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The stream this batch belongs to: a resync starts a new one, and a backup refuses
+    /// batches of an older stream (one that arrived late on the link).
+    pub generation: u64,
+    /// First batch of a resync: the backup drops everything it held of the origin first.
+    pub reset: bool,
+    pub ops: Vec<WireOp>,
+}
+
+/// What the sender needs from the cluster: the backups, the in-sync set kept by
+/// consensus, and the link (a fake one in socket-free tests).
+pub trait ReplicaLink: Send + Sync + 'static {
+    /// This node's backups now, from the applied membership.
+    fn backups(&self) -> Vec<NodeId>;
+    /// Whether the applied cluster state counts `backup` in sync for this node.
+    fn in_sync(&self, backup: NodeId) -> bool;
+    /// Whether the link to `backup` is up.
+    fn reachable(&self, backup: NodeId) -> bool;
+    /// Sends one batch; `Ok` once the backup wrote it durably.
+    fn replicate(
+        &self,
+        backup: NodeId,
+        batch: Batch,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), String>>;
+    /// Commits `backup`'s in-sync flag for this node through consensus.
+    fn set_in_sync(&self, backup: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// The backups of `origin`: the next `factor - 1` of `voters` after it in id order,
+/// wrapping around, capped at the number of other voters.
+pub fn backups_of(
+    origin: NodeId,
+    voters: impl IntoIterator<Item = NodeId>,
+    factor: usize,
+) -> Vec<NodeId> {
+    let mut others: Vec<NodeId> = voters.into_iter().filter(|id| *id != origin).collect();
+    others.sort_unstable();
+    others.dedup();
+    let start = others.partition_point(|id| *id < origin);
+    let wanted = factor.saturating_sub(1).min(others.len());
+    (0..wanted)
+        .map(|step| others[(start + step) % others.len()])
+        .collect()
+}
+
+/// The part of `ops` that concerns persistent sessions, which the backups keep:
+/// no retained messages, and `Accept` deliveries only for sessions stored with
+/// `PutSession` (tracked in `persistent`, which this updates).
+pub fn replicated_ops(ops: &[StoreOp], persistent: &mut HashSet<ByteString>) -> Vec<StoreOp> {
+    let mut kept = Vec::new();
+    for op in ops {
+        let keep = match op {
+            StoreOp::PutSession(record) => {
+                persistent.insert(record.client_id.clone());
+                true
+            }
+            StoreOp::RemoveSession { client_id } => persistent.remove(client_id),
+            StoreOp::SetRetained(_) | StoreOp::ClearRetained { .. } => false,
+            StoreOp::Accept {
+                message_id,
+                message,
+                deliveries,
+            } => {
+                let stored: Vec<_> = deliveries
+                    .iter()
+                    .filter(|delivery| persistent.contains(&delivery.client_id))
+                    .cloned()
+                    .collect();
+                if !stored.is_empty() {
+                    kept.push(StoreOp::Accept {
+                        message_id: *message_id,
+                        message: message.clone(),
+                        deliveries: stored,
+                    });
+                }
+                false
+            }
+            StoreOp::AddSubscription { client_id, .. }
+            | StoreOp::RemoveSubscription { client_id, .. }
+            | StoreOp::MarkInflight { client_id, .. }
+            | StoreOp::AdvanceInflight { client_id, .. }
+            | StoreOp::CompleteInflight { client_id, .. }
+            | StoreOp::DropQueued { client_id, .. }
+            | StoreOp::AddIncomingQos2 { client_id, .. }
+            | StoreOp::RemoveIncomingQos2 { client_id, .. } => persistent.contains(client_id),
+        };
+        if keep {
+            kept.push(op.clone());
+        }
+    }
+    kept
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The owner's side: which sessions are persistent and one queue per backup.
+pub struct Replicator {
+    inner: Arc<dyn Store>,
+    shared: Mutex<Shared>,
+    ack_timeout: Duration,
+    /// Set once the cluster runs (`attach`); before, nothing is sent anywhere.
+    attached: OnceLock<(tokio::runtime::Handle, Arc<dyn ReplicaLink>)>,
+    /// Backups whose sender resynced them and streams to them now.
+    synced: std::sync::atomic::AtomicU64,
+    /// Submissions of new messages refused because a backup lagged too far behind.
+    refused: std::sync::atomic::AtomicU64,
+    refused_log: crate::broker::log_throttle::LogThrottle,
+}
+
+/// Operations waiting for one backup beyond which new messages are refused (as the
+/// writer refuses them when it lags: the publisher gets no acknowledgement, a QoS 1/2
+/// client sends again). Changes to what is already stored are always admitted.
+const MAX_PENDING_OPS: usize = crate::storage::defaults::QUEUE_CAPACITY;
+
+#[derive(Default)]
+struct Shared {
+    persistent: HashSet<ByteString>,
+    backups: BTreeMap<NodeId, Arc<BackupQueue>>,
+}
+
+impl Replicator {
+    pub fn new(inner: Arc<dyn Store>, ack_timeout: Duration) -> Arc<Replicator> {
+        Arc::new(Replicator {
+            inner,
+            shared: Mutex::default(),
+            ack_timeout,
+            attached: OnceLock::new(),
+            synced: Default::default(),
+            refused: Default::default(),
+            refused_log: Default::default(),
+        })
+    }
+
+    /// Submissions refused because a backup lagged (a metric).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This node's backups that are in sync and streamed to now (a metric).
+    pub fn backups_in_sync(&self) -> u64 {
+        self.synced.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts replicating over `link` (call from the runtime): a task keeps one sender
+    /// per current backup.
+    pub fn attach(self: &Arc<Self>, link: Arc<dyn ReplicaLink>) {
+        let handle = tokio::runtime::Handle::current();
+        if self.attached.set((handle, link.clone())).is_err() {
+            return;
+        }
+        let replicator = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(replicator) = replicator.upgrade() else {
+                    return;
+                };
+                replicator.set_backups(&link, link.backups());
+                drop(replicator);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+
+    /// Starts a sender for each new backup and closes the queues of former ones (their
+    /// waiting writes are released: no failover reads a node that is no backup).
+    fn set_backups(self: &Arc<Self>, link: &Arc<dyn ReplicaLink>, backups: Vec<NodeId>) {
+        let mut shared = lock(&self.shared);
+        let gone: Vec<NodeId> = shared
+            .backups
+            .keys()
+            .filter(|id| !backups.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(queue) = shared.backups.remove(&id) {
+                queue.close();
+            }
+        }
+        for id in backups {
+            if shared.backups.contains_key(&id) {
+                continue;
+            }
+            let queue = Arc::new(BackupQueue::new());
+            shared.backups.insert(id, queue.clone());
+            tokio::spawn(sender::run(
+                Arc::downgrade(self),
+                link.clone(),
+                id,
+                queue,
+                self.ack_timeout,
+            ));
+        }
+    }
+
+    /// A consistent point of the stream for a resync of `queue`'s backup: from here on,
+    /// submissions are queued for it, and the returned restore sees exactly what was
+    /// submitted before.
+    fn resync_point(&self, queue: &BackupQueue) -> crate::storage::RestoreLater {
+        let _shared = lock(&self.shared);
+        queue.set_accepting(true);
+        let now = crate::storage::WallClock::now().unix_millis();
+        self.inner.restore_later(now)
+    }
+
+    fn submit(&self, ops: Vec<StoreOp>) -> Completion {
+        let mut shared = lock(&self.shared);
+        let lagging = || {
+            shared
+                .backups
+                .values()
+                .any(|queue| queue.pending_ops() >= MAX_PENDING_OPS)
+        };
+        if ops.iter().any(|op| matches!(op, StoreOp::Accept { .. })) && lagging() {
+            drop(shared);
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(count) = self.refused_log.occurred(std::time::Instant::now()) {
+                tracing::warn!(count, "a backup lags too far behind: new messages refused");
+            }
+            return Completion::done(Err(StoreError::Overloaded));
+        }
+        let replicated = replicated_ops(&ops, &mut shared.persistent);
+        let Some((handle, _)) = self.attached.get().filter(|_| !replicated.is_empty()) else {
+            return self.inner.submit(ops);
+        };
+        let wire: Arc<Vec<WireOp>> =
+            Arc::new(replicated.iter().filter_map(WireOp::encode).collect());
+        // Locally and to the backups under one lock: both see the submission order.
+        let local = self.inner.submit(ops);
+        let acks: Vec<_> = shared
+            .backups
+            .values()
+            .filter_map(|queue| queue.push(&wire))
+            .collect();
+        drop(shared);
+        if acks.is_empty() {
+            return local;
+        }
+        let (done, completion) = Completion::waiting();
+        handle.spawn(async move {
+            let mut result = local.await;
+            for ack in acks {
+                if ack.await.is_err() && result.is_ok() {
+                    result = Err(StoreError::Io("replication to a backup stopped".into()));
+                }
+            }
+            let _ = done.send(result);
+        });
+        completion
+    }
+}
+
+/// Replication as a node starts it (`replication_factor` >= 2): the owner's side,
+/// wrapping the node's store, and where the backup's copies go.
+pub struct Replication {
+    pub replicator: Arc<Replicator>,
+    pub data_dir: std::path::PathBuf,
+    pub sync: crate::storage::SyncMode,
+}
+
+impl Replication {
+    /// Wraps `store` for a node with `[cluster]` `config` (`None` when replication is
+    /// off): the store to give the broker, and the replication to start with the node.
+    pub fn wrap(
+        store: Arc<dyn Store>,
+        config: &super::ClusterConfig,
+        storage: &crate::config::StorageConfig,
+    ) -> (Arc<dyn Store>, Option<Replication>) {
+        if config.replication_factor < 2 {
+            return (store, None);
+        }
+        // Ten heartbeats without an answer: a backup that is alive answers well within.
+        let ack_timeout = Duration::from_millis(config.heartbeat_ms.saturating_mul(10).max(500));
+        let replicator = Replicator::new(store, ack_timeout);
+        let wrapped: Arc<dyn Store> = Arc::new(ReplicatedStore::new(replicator.clone()));
+        let replication = Replication {
+            replicator,
+            data_dir: storage.data_dir.clone(),
+            sync: storage.sync,
+        };
+        (wrapped, Some(replication))
+    }
+}
+
+/// The store of a cluster node with replication: the local store, and the backups.
+pub struct ReplicatedStore {
+    replicator: Arc<Replicator>,
+}
+
+impl ReplicatedStore {
+    pub fn new(replicator: Arc<Replicator>) -> ReplicatedStore {
+        ReplicatedStore { replicator }
+    }
+}
+
+impl Store for ReplicatedStore {
+    fn submit(&self, ops: Vec<StoreOp>) -> Completion {
+        self.replicator.submit(ops)
+    }
+
+    fn flush(&self) -> Completion {
+        self.replicator.inner.flush()
+    }
+
+    fn restore(&self, now: UnixMillis) -> Result<RestoredState, StoreError> {
+        let state = self.replicator.inner.restore(now)?;
+        let mut shared = lock(&self.replicator.shared);
+        shared.persistent = state
+            .sessions
+            .iter()
+            .map(|session| session.record.client_id.clone())
+            .collect();
+        Ok(state)
+    }
+
+    fn next_message_id(&self) -> MessageId {
+        self.replicator.inner.next_message_id()
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.replicator.inner.stats()
+    }
+}

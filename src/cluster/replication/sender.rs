@@ -1,0 +1,327 @@
+//! One task per backup: streams the owner's replicated operations to it in submission
+//! order, one batch in flight at a time, and releases each write once the backup
+//! acknowledged it.
+//!
+//! The in-sync rule: a write waiting on a backup is released without its
+//! acknowledgement only after consensus committed that backup out of sync (a failover
+//! reads only in-sync backups, so nothing acknowledged can be missing from the copy it
+//! reads). A backup out of sync gets a full resync (every persistent session, from a
+//! restore taken at one point of the stream, `Replicator::resync_point`) and is then
+//! committed in sync again. A starting sender first commits its backup out of sync:
+//! this node's store may differ from the copy the
+//! backup holds (writes a crash lost here, or sessions a failover removed there); it
+//! does so whatever the state applied here says, which may still be behind the log.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+
+use super::super::config::NodeId;
+use super::wire::WireOp;
+use super::{lock, Batch, ReplicaLink, Replicator};
+
+/// Operations sent in one batch (a bigger single submission goes alone).
+const MAX_BATCH_OPS: usize = 4096;
+/// Pause between attempts to commit the in-sync flag or to resync.
+const RETRY: Duration = Duration::from_millis(100);
+
+struct Pending {
+    ops: Arc<Vec<WireOp>>,
+    done: oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Submissions are queued for the backup (it is in sync, or being resynced, or not
+    /// yet known to be out of sync).
+    accepting: bool,
+    pending: VecDeque<Pending>,
+    /// Operations in `pending`.
+    pending_ops: usize,
+    closed: bool,
+}
+
+/// The writes waiting for one backup.
+pub(super) struct BackupQueue {
+    state: Mutex<QueueState>,
+    wake: Notify,
+}
+
+impl BackupQueue {
+    /// Accepting from the start: until the sender knows where the backup stands, writes
+    /// wait for it.
+    pub(super) fn new() -> BackupQueue {
+        BackupQueue {
+            state: Mutex::new(QueueState {
+                accepting: true,
+                ..QueueState::default()
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Queues a submission; its acknowledgement, or `None` when the backup is out of
+    /// sync (the write does not wait for it).
+    pub(super) fn push(&self, ops: &Arc<Vec<WireOp>>) -> Option<oneshot::Receiver<()>> {
+        let mut state = lock(&self.state);
+        if !state.accepting || state.closed {
+            return None;
+        }
+        let (done, ack) = oneshot::channel();
+        state.pending_ops += ops.len();
+        state.pending.push_back(Pending {
+            ops: ops.clone(),
+            done,
+        });
+        drop(state);
+        self.wake.notify_one();
+        Some(ack)
+    }
+
+    pub(super) fn set_accepting(&self, accepting: bool) {
+        lock(&self.state).accepting = accepting;
+    }
+
+    /// Stops queueing for the backup and releases every write waiting on it. Only once
+    /// the backup is committed out of sync (or is no backup any more).
+    fn stop_and_release(&self) {
+        let released = {
+            let mut state = lock(&self.state);
+            state.accepting = false;
+            state.pending_ops = 0;
+            std::mem::take(&mut state.pending)
+        };
+        for pending in released {
+            let _ = pending.done.send(());
+        }
+    }
+
+    pub(super) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.stop_and_release();
+        self.wake.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
+    /// The oldest waiting submissions, up to `MAX_BATCH_OPS` operations (at least one).
+    fn take_batch(&self) -> Vec<Pending> {
+        let mut state = lock(&self.state);
+        let mut taken = Vec::new();
+        let mut ops = 0;
+        while let Some(next) = state.pending.front() {
+            if !taken.is_empty() && ops + next.ops.len() > MAX_BATCH_OPS {
+                break;
+            }
+            ops += next.ops.len();
+            taken.extend(state.pending.pop_front());
+        }
+        state.pending_ops -= ops;
+        taken
+    }
+
+    /// Operations waiting for the backup.
+    pub(super) fn pending_ops(&self) -> usize {
+        lock(&self.state).pending_ops
+    }
+}
+
+/// A generation number no earlier stream of this origin used (wall-clock based, so it
+/// also grows across restarts).
+fn new_generation(last: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        });
+    now.max(last + 1)
+}
+
+/// Commits `backup`'s in-sync flag, retrying until it commits or the queue closes.
+async fn commit_in_sync(
+    link: &Arc<dyn ReplicaLink>,
+    queue: &BackupQueue,
+    backup: NodeId,
+    in_sync: bool,
+) -> bool {
+    loop {
+        match link.set_in_sync(backup, in_sync).await {
+            Ok(()) => return true,
+            Err(error) => {
+                tracing::debug!(backup, in_sync, %error, "replica state not committed yet; retrying");
+            }
+        }
+        if queue.is_closed() {
+            return false;
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Counts the backup in `Replicator::synced` while it is in sync.
+struct SyncedFlag {
+    replicator: Weak<Replicator>,
+    set: bool,
+}
+
+impl SyncedFlag {
+    fn set(&mut self, synced: bool) {
+        if synced == self.set {
+            return;
+        }
+        self.set = synced;
+        if let Some(replicator) = self.replicator.upgrade() {
+            if synced {
+                replicator.synced.fetch_add(1, Ordering::Relaxed);
+            } else {
+                replicator.synced.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for SyncedFlag {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+pub(super) async fn run(
+    replicator: Weak<Replicator>,
+    link: Arc<dyn ReplicaLink>,
+    backup: NodeId,
+    queue: Arc<BackupQueue>,
+    ack_timeout: Duration,
+) {
+    let mut generation = 0;
+    let mut synced = false;
+    let mut flag = SyncedFlag {
+        replicator: replicator.clone(),
+        set: false,
+    };
+    loop {
+        flag.set(synced);
+        if queue.is_closed() {
+            return;
+        }
+        if !synced {
+            // At the start always: the state applied here may still be behind the log
+            // and miss that the backup was committed in sync.
+            let counted_in_sync = generation == 0 || link.in_sync(backup);
+            if counted_in_sync && !commit_in_sync(&link, &queue, backup, false).await {
+                return;
+            }
+            queue.stop_and_release();
+            while !link.reachable(backup) {
+                if queue.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+            let Some(owner) = replicator.upgrade() else {
+                return;
+            };
+            generation = new_generation(generation);
+            match resync(&owner, &link, &queue, backup, generation, ack_timeout).await {
+                Ok(()) => {
+                    if !commit_in_sync(&link, &queue, backup, true).await {
+                        return;
+                    }
+                    tracing::info!(backup, "backup in sync");
+                    synced = true;
+                }
+                Err(error) => {
+                    tracing::info!(backup, %error, "resync of a backup failed; retrying");
+                    queue.stop_and_release();
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+            continue;
+        }
+        let wake = queue.wake.notified();
+        let taken = queue.take_batch();
+        if taken.is_empty() {
+            wake.await;
+            continue;
+        }
+        let batch = Batch {
+            generation,
+            reset: false,
+            ops: taken
+                .iter()
+                .flat_map(|pending| pending.ops.iter().cloned())
+                .collect(),
+        };
+        let sent = tokio::time::timeout(ack_timeout, link.replicate(backup, batch, ack_timeout))
+            .await
+            .unwrap_or_else(|_| Err("no acknowledgement in time".into()));
+        if let Err(error) = sent {
+            tracing::warn!(backup, %error, "backup out of sync");
+            // Out of sync through consensus first; only then may the writes go on.
+            if !commit_in_sync(&link, &queue, backup, false).await {
+                return;
+            }
+            synced = false;
+        }
+        for pending in taken {
+            let _ = pending.done.send(());
+        }
+        if !synced {
+            queue.stop_and_release();
+        }
+    }
+}
+
+/// Sends the backup everything stored here as of one point of the stream (the first
+/// batch resets its copy), then the stream goes on from that point.
+async fn resync(
+    owner: &Replicator,
+    link: &Arc<dyn ReplicaLink>,
+    queue: &BackupQueue,
+    backup: NodeId,
+    generation: u64,
+    ack_timeout: Duration,
+) -> Result<(), String> {
+    let restore = owner.resync_point(queue);
+    let state = tokio::task::spawn_blocking(restore)
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())?;
+    let mut batches = vec![Batch {
+        generation,
+        reset: true,
+        ops: Vec::new(),
+    }];
+    for session in &state.sessions {
+        let ops: Vec<WireOp> = session.to_ops().iter().filter_map(WireOp::encode).collect();
+        let last = batches.last_mut().map_or(0, |batch| batch.ops.len());
+        if last > 0 && last + ops.len() > MAX_BATCH_OPS {
+            batches.push(Batch {
+                generation,
+                reset: false,
+                ops: Vec::new(),
+            });
+        }
+        if let Some(batch) = batches.last_mut() {
+            batch.ops.extend(ops);
+        }
+    }
+    let sessions = state.sessions.len();
+    drop(state);
+    for batch in batches {
+        // A resync may be large: each batch gets the timeout of its own.
+        tokio::time::timeout(
+            ack_timeout * 4,
+            link.replicate(backup, batch, ack_timeout * 4),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no acknowledgement in time".into()))?;
+    }
+    tracing::info!(backup, sessions, "backup resynced");
+    Ok(())
+}

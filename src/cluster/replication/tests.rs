@@ -1,0 +1,312 @@
+//! Socket-free tests of replication: which operations go to the backups, who the
+//! backups are, the wire form, and the in-sync rule (a write waiting on a silent backup
+//! is released only after the backup was committed out of sync), with a fake link.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, Semaphore};
+
+use super::*;
+use crate::protocol::{ProtocolVersion, QoS};
+use crate::storage::{MemoryStore, QueuedDelivery, SessionRecord, StoredMessage};
+
+fn put(client_id: &str) -> StoreOp {
+    StoreOp::PutSession(SessionRecord {
+        client_id: client_id.into(),
+        protocol: ProtocolVersion::V5,
+        expiry_interval: 3600,
+        will: None,
+        disconnected_at: None,
+    })
+}
+
+fn message() -> Arc<StoredMessage> {
+    Arc::new(StoredMessage {
+        topic: "t".into(),
+        payload: Bytes::from_static(b"payload"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        expires_at: None,
+    })
+}
+
+fn accept(message_id: u64, clients: &[&str]) -> StoreOp {
+    StoreOp::Accept {
+        message_id,
+        message: message(),
+        deliveries: clients
+            .iter()
+            .map(|client_id| QueuedDelivery {
+                client_id: (*client_id).into(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: vec![3],
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn only_operations_of_persistent_sessions_are_replicated() {
+    let mut persistent = HashSet::new();
+    let ops = vec![
+        put("kept"),
+        accept(1, &["kept", "clean"]),
+        accept(2, &["clean"]),
+        StoreOp::SetRetained(message()),
+        StoreOp::ClearRetained { topic: "t".into() },
+        StoreOp::CompleteInflight {
+            client_id: "clean".into(),
+            packet_id: 1,
+        },
+        StoreOp::CompleteInflight {
+            client_id: "kept".into(),
+            packet_id: 2,
+        },
+    ];
+    let kept = replicated_ops(&ops, &mut persistent);
+    assert_eq!(
+        kept,
+        vec![
+            put("kept"),
+            accept(1, &["kept"]),
+            StoreOp::CompleteInflight {
+                client_id: "kept".into(),
+                packet_id: 2,
+            },
+        ]
+    );
+    // A removed session's later operations are not replicated; its removal is.
+    let removal = StoreOp::RemoveSession {
+        client_id: "kept".into(),
+    };
+    assert_eq!(
+        replicated_ops(&[removal.clone(), accept(3, &["kept"])], &mut persistent),
+        vec![removal.clone()]
+    );
+    assert!(replicated_ops(&[removal], &mut persistent).is_empty());
+}
+
+#[test]
+fn backups_are_the_next_voters_in_id_order_wrapping_around() {
+    assert_eq!(backups_of(1, [1, 2, 3], 2), vec![2]);
+    assert_eq!(backups_of(3, [3, 1, 2], 2), vec![1]);
+    assert_eq!(backups_of(2, [1, 2, 3, 5], 3), vec![3, 5]);
+    assert_eq!(backups_of(5, [1, 2, 3, 5], 3), vec![1, 2]);
+    // Capped at the other voters; factor 1 is no replication.
+    assert_eq!(backups_of(1, [1, 2], 5), vec![2]);
+    assert!(backups_of(1, [1, 2, 3], 1).is_empty());
+    assert!(backups_of(1, [1], 2).is_empty());
+}
+
+#[test]
+fn every_replicated_operation_survives_the_wire() {
+    let ops = vec![
+        put("c"),
+        accept(7, &["c"]),
+        StoreOp::MarkInflight {
+            client_id: "c".into(),
+            message_id: 7,
+            packet_id: 9,
+            state: crate::storage::InflightState::AwaitingPubRec,
+        },
+        StoreOp::AddIncomingQos2 {
+            client_id: "c".into(),
+            packet_id: 4,
+        },
+        StoreOp::RemoveSession {
+            client_id: "c".into(),
+        },
+    ];
+    for op in ops {
+        let wire = WireOp::encode(&op).expect("replicated");
+        let json = serde_json::to_string(&wire).unwrap();
+        let back: WireOp = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.decode(), Some(op));
+    }
+    assert_eq!(WireOp::encode(&StoreOp::SetRetained(message())), None);
+}
+
+/// A backup that takes resyncs but never answers the stream; committing it out of sync
+/// waits for `commit_gate`.
+struct SilentBackup {
+    in_sync: Mutex<bool>,
+    events: Mutex<Vec<&'static str>>,
+    changed: Notify,
+    commit_gate: Semaphore,
+}
+
+impl SilentBackup {
+    fn new() -> SilentBackup {
+        SilentBackup {
+            in_sync: Mutex::new(false),
+            events: Mutex::default(),
+            changed: Notify::new(),
+            commit_gate: Semaphore::new(0),
+        }
+    }
+
+    fn record(&self, event: &'static str) {
+        self.events.lock().unwrap().push(event);
+        self.changed.notify_waiters();
+    }
+
+    fn events(&self) -> Vec<&'static str> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until `event` happened `times` times.
+    async fn wait_for(&self, event: &'static str, times: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let changed = self.changed.notified();
+                if self.events().iter().filter(|seen| **seen == event).count() >= times {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {event}: {:?}", self.events()));
+    }
+}
+
+impl ReplicaLink for SilentBackup {
+    fn backups(&self) -> Vec<NodeId> {
+        vec![2]
+    }
+
+    fn in_sync(&self, _: NodeId) -> bool {
+        *self.in_sync.lock().unwrap()
+    }
+
+    fn reachable(&self, _: NodeId) -> bool {
+        true
+    }
+
+    fn replicate(&self, _: NodeId, batch: Batch, _: Duration) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if batch.reset {
+                self.record("resync");
+                return Ok(());
+            }
+            self.record("stream batch sent");
+            std::future::pending().await
+        })
+    }
+
+    fn set_in_sync(&self, _: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if in_sync {
+                *self.in_sync.lock().unwrap() = true;
+                self.record("committed in sync");
+                return Ok(());
+            }
+            self.record("proposed out of sync");
+            // Held back once the backup counted in sync (a commit that takes a while).
+            let counted_in_sync = *self.in_sync.lock().unwrap();
+            if counted_in_sync {
+                let permit = self
+                    .commit_gate
+                    .acquire()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                permit.forget();
+            }
+            *self.in_sync.lock().unwrap() = false;
+            self.record("committed out of sync");
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_silent_backup_is_committed_out_of_sync_before_the_writes_waiting_on_it_go() {
+    let replicator = Replicator::new(Arc::new(MemoryStore::new()), Duration::from_millis(100));
+    let store = ReplicatedStore::new(replicator.clone());
+    let backup = Arc::new(SilentBackup::new());
+    replicator.attach(backup.clone());
+    backup.wait_for("committed in sync", 1).await;
+    // A starting sender commits its backup out of sync before anything else.
+    assert_eq!(
+        backup.events(),
+        vec![
+            "proposed out of sync",
+            "committed out of sync",
+            "resync",
+            "committed in sync"
+        ]
+    );
+
+    // Nothing persistent: no wait for the backup (clean sessions, retained messages).
+    store
+        .submit(vec![accept(1, &["clean"]), StoreOp::SetRetained(message())])
+        .await
+        .expect("local write");
+
+    let mut write = store.submit(vec![put("kept"), accept(2, &["kept"])]);
+    backup.wait_for("proposed out of sync", 2).await;
+    // Past the acknowledgement timeout, but the commit has not happened: still waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(write.try_result().is_none(), "released before the commit");
+    backup.commit_gate.add_permits(1);
+    write
+        .await
+        .expect("released once the backup is out of sync");
+    assert_eq!(
+        backup.events()[4..7],
+        [
+            "stream batch sent",
+            "proposed out of sync",
+            "committed out of sync",
+        ]
+    );
+}
+
+fn wire(ops: &[StoreOp]) -> Vec<WireOp> {
+    ops.iter().filter_map(WireOp::encode).collect()
+}
+
+#[tokio::test]
+async fn a_backup_copy_follows_its_stream_refuses_an_older_one_and_a_reset_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replica::Replicas::new(dir.path(), crate::storage::SyncMode::Batch);
+    let batch = |generation, reset, ops: &[StoreOp]| Batch {
+        generation,
+        reset,
+        ops: wire(ops),
+    };
+    replicas
+        .apply(1, batch(10, true, &[put("a"), accept(5, &["a"])]))
+        .await
+        .unwrap();
+    replicas
+        .apply(1, batch(10, false, &[put("b")]))
+        .await
+        .unwrap();
+    let a = replicas.session(1, "a").await.expect("replicated");
+    assert_eq!(a.queue.len(), 1);
+    assert_eq!(&a.queue[0].message.payload[..], b"payload");
+    // Another origin's copy is separate.
+    assert!(replicas.session(3, "a").await.is_none());
+
+    // A resync (generation 11) replaces the copy; a late batch of stream 10 is refused.
+    replicas
+        .apply(1, batch(11, true, &[put("c")]))
+        .await
+        .unwrap();
+    assert!(replicas
+        .apply(1, batch(10, false, &[put("late")]))
+        .await
+        .is_err());
+    assert!(replicas.session(1, "a").await.is_none());
+    assert!(replicas.session(1, "b").await.is_none());
+    assert!(replicas.session(1, "late").await.is_none());
+    assert!(replicas.session(1, "c").await.is_some());
+    replicas.forget(1, "c").await;
+    assert!(replicas.session(1, "c").await.is_none());
+}

@@ -1,0 +1,278 @@
+//! Replicated sessions: kill -9 of the node that owns persistent sessions loses none of
+//! them and no acknowledged message. Three nodes with `replication_factor = 2` (the
+//! default): node 1's backup is node 2. Subscribers (MQTT 5 with session expiry, MQTT
+//! 3.1.1 with clean session 0) leave their sessions on node 1, a QoS 1 publisher on
+//! node 1 itself gets N PUBACKs, node 1 is killed, and the subscribers come back on
+//! node 2 (the backup itself) and node 3 (which fetches the session from node 2).
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use crate::common::mqtt::Subscriber;
+use crate::common::{eventually, within, Cluster};
+
+const MESSAGES: usize = 50;
+
+/// Node `id`'s metrics, `None` while it does not answer.
+async fn metrics(cluster: &Cluster, id: u64) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(cluster.node(id).metrics)
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    Some(answer)
+}
+
+/// The value of an unlabelled metric on node `id`.
+async fn gauge(cluster: &Cluster, id: u64, name: &str) -> Option<u64> {
+    let text = metrics(cluster, id).await?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+async fn wait_in_sync(cluster: &Cluster, id: u64) {
+    eventually(&format!("node {id}'s backup in sync"), || async {
+        (gauge(cluster, id, "fleetmq_cluster_backups_in_sync").await? == 1).then_some(())
+    })
+    .await;
+}
+
+/// Publishes `0..MESSAGES` at QoS 1 to node `id` with `mosquitto_pub`, which exits once
+/// every PUBACK arrived.
+async fn publish_acknowledged(cluster: &Cluster, id: u64, topic: &str) {
+    publish_range(cluster, id, topic, 0..MESSAGES).await;
+}
+
+/// Publishes each number of `payloads` at QoS 1; returns once every PUBACK arrived.
+async fn publish_range(cluster: &Cluster, id: u64, topic: &str, payloads: std::ops::Range<usize>) {
+    publish_qos(cluster, id, topic, payloads, 1).await;
+}
+
+/// `publish_range` at `qos` (1: every PUBACK, 2: every PUBCOMP arrived).
+async fn publish_qos(
+    cluster: &Cluster,
+    id: u64,
+    topic: &str,
+    payloads: std::ops::Range<usize>,
+    qos: u8,
+) {
+    use tokio::io::AsyncWriteExt;
+    let addr = cluster.mqtt(id);
+    let mut child = tokio::process::Command::new("mosquitto_pub")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args([
+            "-i",
+            "repl-publisher",
+            "-q",
+            &qos.to_string(),
+            "-t",
+            topic,
+            "-l",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_pub");
+    let lines: String = payloads.map(|n| format!("{n}\n")).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(lines.as_bytes()).await.unwrap();
+    drop(stdin);
+    let status = within("every PUBACK", child.wait()).await.unwrap();
+    assert!(status.success(), "mosquitto_pub failed: {status}");
+}
+
+async fn receive_all(subscriber: &mut Subscriber) -> BTreeSet<String> {
+    receive(subscriber, MESSAGES).await
+}
+
+/// Distinct payloads received until there are `count` of them.
+async fn receive(subscriber: &mut Subscriber, count: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    while seen.len() < count {
+        let message = subscriber.next_publish().await;
+        seen.insert(String::from_utf8_lossy(&message.payload).to_string());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_owner_loses_no_acknowledged_message_and_no_session() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    wait_in_sync(&cluster, 1).await;
+
+    let mut v5 = Subscriber::v5(cluster.mqtt(1), "repl-v5", 3600);
+    assert!(!v5.connected().await);
+    v5.subscribe("repl/#", 1, None).await;
+    let mut v4 = Subscriber::v4(cluster.mqtt(1), "repl-v4", false);
+    assert!(!v4.connected().await);
+    v4.subscribe("repl/#", 1, None).await;
+    drop(v5);
+    drop(v4);
+
+    publish_acknowledged(&cluster, 1, "repl/data").await;
+    cluster.kill(1).await;
+    let killed = Instant::now();
+
+    // The MQTT 5 session on node 2, node 1's backup.
+    cluster.wait_for_leader(&[2, 3]).await;
+    let mut v5 = Subscriber::v5(cluster.mqtt(2), "repl-v5", 3600);
+    assert!(
+        v5.connected().await,
+        "MQTT 5 session present after the failover"
+    );
+    let v5_connack = killed.elapsed();
+    let expected: BTreeSet<String> = (0..MESSAGES).map(|n| n.to_string()).collect();
+    assert_eq!(receive_all(&mut v5).await, expected);
+
+    // The MQTT 3.1.1 session on node 3, fetched from node 2's copy.
+    let started = Instant::now();
+    let mut v4 = Subscriber::v4(cluster.mqtt(3), "repl-v4", false);
+    assert!(
+        v4.connected().await,
+        "MQTT 3.1.1 session present after the failover"
+    );
+    let v4_connack = started.elapsed();
+    assert_eq!(receive_all(&mut v4).await, expected);
+    eprintln!(
+        "kill -9 to CONNACK (session present): {v5_connack:?} (MQTT 5, on the backup, election included); \
+         {v4_connack:?} (MQTT 3.1.1, from another node's backup)"
+    );
+    for id in [2, 3] {
+        let failovers = gauge(&cluster, id, "fleetmq_cluster_failovers_total").await;
+        assert_eq!(
+            failovers,
+            Some(1),
+            "node {id} took one session from a backup"
+        );
+    }
+
+    // Node 1 comes back: it does not serve the sessions (its stale copies go), and it
+    // is a backup again (of node 3), its own backup resynced.
+    cluster.spawn(1);
+    wait_in_sync(&cluster, 1).await;
+    wait_in_sync(&cluster, 3).await;
+    eventually("the cluster to count every backup in sync", || async {
+        (gauge(&cluster, 2, "fleetmq_cluster_replicas_out_of_sync").await? == 0).then_some(())
+    })
+    .await;
+    eventually("node 1 to drop the sessions that moved away", || async {
+        (gauge(&cluster, 1, "fleetmq_cluster_handover_dropped_total").await? == 2).then_some(())
+    })
+    .await;
+    // The sessions stay where they are: a message reaches them there, once.
+    let mut publisher = crate::common::mqtt::Publisher::v4(cluster.mqtt(1), "late-publisher").await;
+    publisher.publish("repl/late", 1, false, b"late").await;
+    assert_eq!(v5.next_publish().await.payload, b"late");
+    assert_eq!(v4.next_publish().await.payload, b"late");
+}
+
+/// A backup that dies is taken out of sync (its owner's publishers keep getting their
+/// PUBACKs), resynced when it returns, and then holds what was acknowledged while it was
+/// away: the owner's kill -9 loses none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_returning_backup_is_resynced_with_what_was_acknowledged_while_it_was_down() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    wait_in_sync(&cluster, 1).await;
+    let mut subscriber = Subscriber::v5(cluster.mqtt(1), "resync-v5", 3600);
+    assert!(!subscriber.connected().await);
+    subscriber.subscribe("resync/#", 1, None).await;
+    drop(subscriber);
+
+    // Node 1's backup dies: acknowledgements go on once it is out of sync.
+    cluster.kill(2).await;
+    cluster.wait_for_leader(&[1, 3]).await;
+    publish_range(&cluster, 1, "resync/data", 0..MESSAGES).await;
+    eventually("the cluster to count node 2 out of sync", || async {
+        (gauge(&cluster, 3, "fleetmq_cluster_replicas_out_of_sync").await? >= 1).then_some(())
+    })
+    .await;
+    eventually("node 1 to stop streaming to node 2", || async {
+        (gauge(&cluster, 1, "fleetmq_cluster_backups_in_sync").await? == 0).then_some(())
+    })
+    .await;
+
+    // Back, it is resynced; more messages are acknowledged with both copies.
+    cluster.spawn(2);
+    wait_in_sync(&cluster, 1).await;
+    publish_range(&cluster, 1, "resync/data", MESSAGES..2 * MESSAGES).await;
+
+    cluster.kill(1).await;
+    cluster.wait_for_leader(&[2, 3]).await;
+    let mut subscriber = Subscriber::v5(cluster.mqtt(3), "resync-v5", 3600);
+    assert!(
+        subscriber.connected().await,
+        "session present after the failover"
+    );
+    let expected: BTreeSet<String> = (0..2 * MESSAGES).map(|n| n.to_string()).collect();
+    assert_eq!(receive(&mut subscriber, 2 * MESSAGES).await, expected);
+}
+
+/// Messages in flight to a client that never acknowledged them survive the owner's kill
+/// -9: resent first with DUP, in their order and QoS, each once, then the queued ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inflight_qos_1_and_2_messages_are_resent_in_order_after_a_failover() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    wait_in_sync(&cluster, 1).await;
+    let mut options = Subscriber::v5_options(cluster.mqtt(1), "inflight-v5", 3600);
+    options.set_manual_acks(true);
+    let mut silent = Subscriber::v5_with(options);
+    assert!(!silent.connected().await);
+    silent.subscribe("inflight/#", 2, None).await;
+
+    const HALF: usize = 30;
+    publish_qos(&cluster, 1, "inflight/q1", 0..HALF, 1).await;
+    publish_qos(&cluster, 1, "inflight/q2", HALF..2 * HALF, 2).await;
+    // The client got the first one (in flight, never acknowledged). A message
+    // acknowledged after that is replicated after the record of what was sent (one
+    // ordered stream), so the backup knows what is in flight.
+    assert_eq!(silent.next_publish().await.payload, b"0");
+    publish_qos(&cluster, 1, "inflight/q1", 2 * HALF..2 * HALF + 1, 1).await;
+    cluster.kill(1).await;
+    drop(silent);
+
+    cluster.wait_for_leader(&[2, 3]).await;
+    let mut resumed = Subscriber::v5(cluster.mqtt(2), "inflight-v5", 3600);
+    assert!(
+        resumed.connected().await,
+        "session present after the failover"
+    );
+    let mut received = Vec::new();
+    for _ in 0..=2 * HALF {
+        received.push(resumed.next_publish().await);
+    }
+    let payloads: Vec<String> = received
+        .iter()
+        .map(|message| String::from_utf8_lossy(&message.payload).to_string())
+        .collect();
+    let expected: Vec<String> = (0..=2 * HALF).map(|n| n.to_string()).collect();
+    assert_eq!(payloads, expected, "every message once, in order");
+    let resent = received.iter().take_while(|message| message.dup).count();
+    assert!(
+        (1..=32).contains(&resent),
+        "the ones in flight come first, with DUP: {resent}"
+    );
+    assert!(received[resent..].iter().all(|message| !message.dup));
+    for (n, message) in received.iter().enumerate() {
+        let qos = if (HALF..2 * HALF).contains(&n) { 2 } else { 1 };
+        assert_eq!(message.qos, qos, "message {n} keeps its QoS");
+    }
+    // Nothing more: the next message is a new one.
+    let mut publisher = crate::common::mqtt::Publisher::v4(cluster.mqtt(2), "after").await;
+    publisher
+        .publish("inflight/after", 1, false, b"after")
+        .await;
+    assert_eq!(resumed.next_publish().await.payload, b"after");
+}
