@@ -41,9 +41,9 @@ mod ownership;
 #[cfg(feature = "rocksdb")]
 mod relay;
 #[cfg(feature = "rocksdb")]
-mod retained;
-#[cfg(feature = "rocksdb")]
 pub mod replication;
+#[cfg(feature = "rocksdb")]
+mod retained;
 pub mod state;
 #[cfg(feature = "rocksdb")]
 pub mod storage;
