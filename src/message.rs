@@ -95,8 +95,12 @@ impl Message {
     pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
         self.expires_at.map(|at| {
             let remaining = at.saturating_duration_since(now);
-            // Round up so a message with 0.4 s left is not forwarded as "0 = no expiry".
-            let secs = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
+            // To the nearest second: a message that came from another cluster node had its
+            // expiry carried as wall-clock time, and the two nodes' clock pairs may differ
+            // by a few milliseconds, which rounding up would turn into a longer interval
+            // than the publisher gave. At least 1, so a message with 0.4 s left is not
+            // sent as "0 = no expiry".
+            let secs = remaining.as_secs() + u64::from(remaining.subsec_millis() >= 500);
             u32::try_from(secs).unwrap_or(u32::MAX).max(1)
         })
     }
@@ -104,5 +108,41 @@ impl Message {
     /// Approximate memory held by this message, for queue byte limits.
     pub fn size_bytes(&self) -> usize {
         self.topic.len() + self.payload.len() + 64
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn expiring_in(now: Instant, left: Duration) -> Message {
+        Message {
+            topic: "t".into(),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: PublishProperties::default(),
+            expires_at: Some(now + left),
+            publisher: None,
+            cluster_id: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn the_remaining_interval_is_rounded_to_the_nearest_second_and_never_zero() {
+        let now = Instant::now();
+        // A few milliseconds more than given, as a clock translation between two nodes
+        // can produce: still the publisher's 300.
+        let later = expiring_in(now, Duration::from_millis(300_004));
+        assert_eq!(later.remaining_expiry(now), Some(300));
+        let sooner = expiring_in(now, Duration::from_millis(299_990));
+        assert_eq!(sooner.remaining_expiry(now), Some(300));
+        let almost_gone = expiring_in(now, Duration::from_millis(400));
+        assert_eq!(almost_gone.remaining_expiry(now), Some(1));
+        let mut none = expiring_in(now, Duration::ZERO);
+        none.expires_at = None;
+        assert_eq!(none.remaining_expiry(now), None);
     }
 }
