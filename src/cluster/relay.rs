@@ -9,9 +9,14 @@
 //! what matches until the new owner confirms it stored the session (so nothing reaches
 //! it before the session is there), then sends in order, each batch acknowledged after
 //! the new owner's store write. It ends once this node's route table names the new
-//! owner for every filter (plus `RELAY_GRACE` for frames still on their way), after
-//! `RELAY_MAX` in any case, or when the session changes owner again. Shared
-//! subscriptions are not relayed: a group is served by its other members meanwhile.
+//! owner (or the session's owner by then) for every filter (plus `RELAY_GRACE` for
+//! frames still on their way) and no relay to this node for the session is still open,
+//! after `RELAY_MAX` in any case, or at once when the session comes back here; then it
+//! tells the new owner (an empty batch), which holds the session's other deliveries
+//! behind the relay until then (`broker/recent.rs`). A session that moves on before
+//! the relay ended does not end it: the node it went to relays onwards
+//! (`relay_onwards`). Shared subscriptions are not relayed: a group is served by its
+//! other members meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
