@@ -76,12 +76,7 @@ impl Broker {
                 .map(|(filter, _)| filter.clone())
                 .collect();
             // What waited behind the relay from its previous node goes with it.
-            let waiting = lock(&self.recent)
-                .get_mut(&handle.key)
-                .and_then(|window| window.held.take());
-            for delivery in waiting.into_iter().flat_map(|held| held.deliveries) {
-                self.enqueue_locked(&handle, &mut session, delivery, now);
-            }
+            self.release_held_locked(&handle, &mut session, now);
             let handed = if persistent {
                 let (immediate, delayed): (Vec<_>, Vec<_>) = connected_will
                     .into_iter()
@@ -316,9 +311,6 @@ impl Broker {
         now: std::time::Instant,
         via: Via,
     ) -> Option<Delivery> {
-        if via == Via::Released {
-            return Some(delivery);
-        }
         let mut recent = lock(&self.recent);
         let Some(window) = recent.get_mut(&session.key) else {
             session
@@ -336,22 +328,24 @@ impl Broker {
             debug_assert!(held.is_none_or(|held| held.deliveries.is_empty()));
             return Some(delivery);
         }
-        if !window.admit(delivery.message.cluster_id()) {
-            drop(recent);
-            self.drop_delivery(session, &delivery, super::Dropped::Duplicate);
-            return None;
-        }
-        match window.held.as_mut() {
-            Some(held) if via == Via::Straight => match held.push(delivery) {
+        // Held deliveries are screened for copies when released: a relayed copy that
+        // arrives meanwhile is the one kept, in the relay's order.
+        if let Some(held) = window.held.as_mut().filter(|_| via == Via::Straight) {
+            return match held.push(delivery) {
                 Ok(()) => None,
                 Err(delivery) => {
                     drop(recent);
                     self.drop_delivery(session, &delivery, super::Dropped::QueueFull);
                     None
                 }
-            },
-            _ => Some(delivery),
+            };
         }
+        if !window.admit(delivery.message.cluster_id()) {
+            drop(recent);
+            self.drop_delivery(session, &delivery, super::Dropped::Duplicate);
+            return None;
+        }
+        Some(delivery)
     }
 
     fn drop_delivery(
@@ -373,15 +367,34 @@ impl Broker {
     /// behind it are queued, in their order, before anything that follows.
     pub fn release_held(&self, session: &super::SessionHandle) {
         let mut state = session.lock();
-        let held = lock(&self.recent)
-            .get_mut(&session.key)
-            .and_then(|window| window.held.take());
-        let Some(held) = held else {
+        self.release_held_locked(session, &mut state, super::now());
+    }
+
+    /// `release_held` with the session locked: copies of what the session got meanwhile
+    /// are dropped, the rest queued.
+    fn release_held_locked(
+        &self,
+        session: &super::SessionHandle,
+        state: &mut crate::session::Session,
+        now: std::time::Instant,
+    ) {
+        let mut recent = lock(&self.recent);
+        let Some(window) = recent.get_mut(&session.key) else {
             return;
         };
-        let now = super::now();
-        for delivery in held.deliveries {
-            self.enqueue_locked(session, &mut state, delivery, now);
+        let Some(held) = window.held.take() else {
+            return;
+        };
+        let (release, copies): (Vec<_>, Vec<_>) = held
+            .deliveries
+            .into_iter()
+            .partition(|delivery| window.admit(delivery.message.cluster_id()));
+        drop(recent);
+        for delivery in &copies {
+            self.drop_delivery(session, delivery, super::Dropped::Duplicate);
+        }
+        for delivery in release {
+            self.enqueue_locked(session, state, delivery, now);
         }
     }
 }
@@ -393,6 +406,4 @@ pub enum Via {
     Straight,
     /// Relayed by its old node.
     Relay,
-    /// Held behind the relay, now released (already screened).
-    Released,
 }

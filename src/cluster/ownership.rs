@@ -87,6 +87,14 @@ impl ClusterNode {
         let Some(handle) = broker.session(client_id) else {
             return;
         };
+        // The previous owner relays for plain subscriptions only (`super::relay`).
+        let relayed = handle
+            .lock()
+            .subscriptions()
+            .any(|(filter, _)| !filter.starts_with("$share/"));
+        if !relayed {
+            return;
+        }
         self.inbound_opened(client_id);
         let node = self.this();
         let broker = std::sync::Arc::downgrade(broker);
