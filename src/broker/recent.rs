@@ -109,4 +109,30 @@ mod tests {
         assert!(recent.order.len() <= 2 + RECENT_IDS);
         assert!(recent.admit(id(1)), "the oldest went");
     }
+
+    #[test]
+    fn held_deliveries_are_bounded_in_bytes() {
+        let delivery = |size: usize| Delivery {
+            message: std::sync::Arc::new(crate::message::Message {
+                topic: "held".into(),
+                payload: vec![0; size].into(),
+                qos: crate::protocol::QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+                expires_at: None,
+                publisher: None,
+                cluster_id: Default::default(),
+            }),
+            qos: crate::protocol::QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            stored: None,
+        };
+        let mut held = Held::default();
+        assert!(held.push(delivery(HELD_BYTES - 10)).is_ok());
+        assert!(held.push(delivery(11)).is_err(), "beyond the bytes");
+        assert!(held.push(delivery(10)).is_ok());
+        assert_eq!(held.deliveries.len(), 2);
+        assert_eq!(held.bytes, HELD_BYTES);
+    }
 }
