@@ -354,3 +354,161 @@ async fn a_session_of_a_dead_node_starts_afresh_and_the_node_deletes_its_copy_wh
     assert!(restored[1].contains("sessions=1"), "{}", restored[1]);
     assert!(restored[2].contains("sessions=0"), "{}", restored[2]);
 }
+
+/// Before a move, at most this many messages per publisher; after it started, this many
+/// more: with two publishers, fewer than the broker queues for a client (1,000 by
+/// default), as the moved session may hold all of them at once.
+const BEFORE_MOVE: usize = 250;
+const AFTER_MOVE: usize = 200;
+
+/// A publisher of messages `{prefix}/{n}` (QoS 1 and 2 alternately) on `addr` that
+/// keeps publishing across a move: up to `BEFORE_MOVE` until `moving` turns true, then
+/// `AFTER_MOVE` more. Its total is stored in `published` once it is done.
+fn publish_across_move(
+    addr: std::net::SocketAddr,
+    prefix: &'static str,
+    mut moving: tokio::sync::watch::Receiver<bool>,
+    published: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<Publisher> {
+    tokio::spawn(async move {
+        let mut publisher =
+            Publisher::v4(addr, &format!("{}-publisher", prefix.replace('/', "-"))).await;
+        let mut n = 0;
+        let mut end = None;
+        loop {
+            if end.is_none() && n == BEFORE_MOVE {
+                moving.wait_for(|moving| *moving).await.unwrap();
+            }
+            if end.is_none() && *moving.borrow() {
+                end = Some(n + AFTER_MOVE);
+            }
+            if end == Some(n) {
+                break;
+            }
+            let qos = 1 + (n % 2) as u8;
+            publisher
+                .publish(&format!("{prefix}/{n}"), qos, false, b"x")
+                .await;
+            n += 1;
+        }
+        published.store(n, std::sync::atomic::Ordering::SeqCst);
+        publisher
+    })
+}
+
+/// The publisher's prefix and number of a message `{prefix}/{n}`.
+fn numbered(topic: &str) -> (String, usize) {
+    let (prefix, n) = topic.rsplit_once('/').unwrap();
+    (prefix.to_string(), n.parse().unwrap())
+}
+
+/// Publishers on the old node and on a third one keep publishing while the session
+/// moves: on its new node, each publisher's messages arrive once each and in the order
+/// they were published (what the old node relays late is not overtaken by later
+/// messages that reach the new node straight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_while_messages_flow_keeps_each_publishers_order() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let cluster = Cluster::start(3).await;
+    let id = "mover-order";
+    let mut first = silent(true, cluster.mqtt(1), id);
+    assert!(!first.connected().await);
+    first.subscribe("order/#", 1, None).await;
+    wait_routed(cluster.mqtt(2), "order/probe", &mut first).await;
+
+    let (moving, move_started) = tokio::sync::watch::channel(false);
+    let prefixes = ["order/remote", "order/local"];
+    let totals: Vec<Arc<AtomicUsize>> = prefixes
+        .iter()
+        .map(|_| Arc::new(AtomicUsize::new(usize::MAX)))
+        .collect();
+    let publishers: Vec<_> = [cluster.mqtt(2), cluster.mqtt(1)]
+        .into_iter()
+        .zip(prefixes)
+        .zip(&totals)
+        .map(|((addr, prefix), total)| {
+            publish_across_move(addr, prefix, move_started.clone(), total.clone())
+        })
+        .collect();
+    // The flow is under way; the client comes back on node 3.
+    first.next_publish().await;
+    let mut second = resuming(true, cluster.mqtt(3), id);
+    assert!(second.connected().await, "session present");
+    // More while the old node still relays to the new one.
+    moving.send_replace(true);
+
+    let mut next: std::collections::HashMap<String, usize> = Default::default();
+    let done = |next: &std::collections::HashMap<String, usize>| {
+        prefixes.iter().zip(&totals).all(|(prefix, total)| {
+            next.get(*prefix).copied().unwrap_or(0) == total.load(Ordering::SeqCst)
+        })
+    };
+    while !done(&next) {
+        let message = second.next_publish().await;
+        let (prefix, n) = numbered(&message.topic);
+        let expected = next.entry(prefix.clone()).or_default();
+        assert_eq!(n, *expected, "{prefix}: out of order, lost or twice");
+        *expected += 1;
+    }
+    for publisher in publishers {
+        drop(publisher.await.unwrap());
+    }
+    let metrics = cluster.metrics(1).await;
+    let relayed = metrics
+        .lines()
+        .find(|line| line.starts_with("fleetmq_cluster_relayed_messages_total"));
+    println!("old node: {relayed:?}, received in order: {next:?}");
+}
+
+/// Two nodes claim a session at once while a publisher on its old node keeps
+/// publishing: what reaches the old node after it handed the session over is relayed to
+/// the first claimant and from there onwards to the winner, so between the two
+/// connections every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connects_racing_while_messages_flow_keep_every_message() {
+    let cluster = Cluster::start(3).await;
+    let id = "contested-flow";
+    let mut first = silent(true, cluster.mqtt(1), id);
+    assert!(!first.connected().await);
+    first.subscribe("raced/#", 1, None).await;
+    let (moving, move_started) = tokio::sync::watch::channel(false);
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let local = publish_across_move(cluster.mqtt(1), "raced/local", move_started, total.clone());
+    first.next_publish().await;
+
+    let mut b = Subscriber::v5(cluster.mqtt(2), id, 3600);
+    let mut c = Subscriber::v5(cluster.mqtt(3), id, 3600);
+    moving.send_replace(true);
+    let (first_b, first_c) = tokio::join!(b.next_event(), c.next_event());
+    let accepted = |event: &Event| matches!(event, Event::ConnAck { code: 0, .. });
+    assert!(
+        accepted(&first_b) || accepted(&first_c),
+        "{first_b:?} {first_c:?}"
+    );
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let alive_b = accepted(&first_b) && b.try_subscribe("alive/raced").await;
+    let alive_c = accepted(&first_c) && c.try_subscribe("alive/raced").await;
+    assert!(alive_b ^ alive_c, "one keeps it ({alive_b}, {alive_c})");
+    let (mut winner, mut loser, loser_accepted) = if alive_b {
+        (b, c, accepted(&first_c))
+    } else {
+        (c, b, accepted(&first_b))
+    };
+    let mut seen: std::collections::HashSet<String> = if loser_accepted {
+        loser
+            .received_until_closed()
+            .await
+            .into_iter()
+            .map(|message| message.topic)
+            .collect()
+    } else {
+        Default::default()
+    };
+    let publisher = local.await.unwrap();
+    let total = total.load(std::sync::atomic::Ordering::SeqCst);
+    while seen.len() < total {
+        seen.insert(winner.next_publish().await.topic);
+    }
+    drop(publisher);
+}
