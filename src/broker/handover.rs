@@ -75,8 +75,6 @@ impl Broker {
                 .subscriptions()
                 .map(|(filter, _)| filter.clone())
                 .collect();
-            // What waited behind the relay from its previous node goes with it.
-            self.release_held_locked(&handle, &mut session, now);
             let handed = if persistent {
                 let (immediate, delayed): (Vec<_>, Vec<_>) = connected_will
                     .into_iter()
@@ -208,19 +206,15 @@ impl Broker {
             .iter()
             .map(|(filter, _)| filter.clone())
             .collect();
-        // The old node relays for the plain subscriptions (`crate::cluster::relay`):
-        // until it says the relay ended, the rest waits behind it.
-        let relayed = filters.iter().any(|filter| !filter.starts_with("$share/"));
         let installed = self.install_session(session, now_ms, &mut delivery_of, &mut ops);
         {
             let mut recent = lock(&self.recent);
             // Windows of sessions that ended before their window closed go here too.
             recent.retain(|_, window| window.until > now);
-            let mut window = super::recent::RecentIds::new(held, now + MOVE_WINDOW);
-            if relayed {
-                window.held = Some(super::recent::Held::default());
-            }
-            recent.insert(installed.handle.key, window);
+            recent.insert(
+                installed.handle.key,
+                super::recent::RecentIds::new(held, now + MOVE_WINDOW),
+            );
         }
         installed
             .handle
@@ -254,19 +248,9 @@ impl Broker {
 
     /// Messages the old owner of `client_id`'s session relayed while the session moved
     /// here: queued (and stored) like any delivery; copies the session already has are
-    /// dropped (`Session::remember_moved`). The returned write covers them. What finds
-    /// no session here (it moved on meanwhile) is given back, to relay onwards.
-    pub fn deliver_relayed(
-        &self,
-        client_id: &str,
-        relayed: Vec<Relayed>,
-    ) -> (Option<Completion>, Vec<Relayed>) {
-        // The registry stays locked: the session does not leave halfway through the
-        // batch (what it took goes with it, the rest is given back).
-        let registry = lock(&self.registry);
-        let Some(handle) = registry.get(client_id).cloned() else {
-            return (None, relayed);
-        };
+    /// dropped (`Session::remember_moved`). The returned write covers them.
+    pub fn deliver_relayed(&self, client_id: &str, relayed: Vec<Relayed>) -> Option<Completion> {
+        let handle = lock(&self.registry).get(client_id).cloned()?;
         let now = super::now();
         let mut written = None;
         for relayed in relayed {
@@ -294,116 +278,34 @@ impl Broker {
                     }],
                 }]));
             }
-            self.deliver_via(&handle, delivery, now, Via::Relay);
+            self.deliver(&handle, delivery, now);
         }
-        (written, Vec::new())
+        written
     }
 
-    /// Screens a delivery to `session` (which moved here a short while ago), called
-    /// with the session locked: a copy of a message it already has is dropped, and while
-    /// its old node's relay is open what did not come through the relay is held behind
-    /// it (`release_held`). The delivery to enqueue now, if any. The window closes by
+    /// Whether `delivery` is a copy of a message `session` (which moved here a short
+    /// while ago) already has; called with the session locked. The window closes by
     /// itself after `MOVE_WINDOW`.
-    pub(super) fn screen_moved(
+    pub(super) fn is_second_copy(
         &self,
         session: &super::SessionHandle,
-        delivery: Delivery,
+        delivery: &Delivery,
         now: std::time::Instant,
-        via: Via,
-    ) -> Option<Delivery> {
+    ) -> bool {
         let mut recent = lock(&self.recent);
         let Some(window) = recent.get_mut(&session.key) else {
             session
                 .moved_recently
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            return Some(delivery);
+            return false;
         };
         if now >= window.until {
-            let held = window.held.take();
             recent.remove(&session.key);
             session
                 .moved_recently
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            // Released at the latest by `HOLD_MAX`, long before the window closes.
-            debug_assert!(held.is_none_or(|held| held.deliveries.is_empty()));
-            return Some(delivery);
+            return false;
         }
-        // Held deliveries are screened for copies when released: a relayed copy that
-        // arrives meanwhile is the one kept, in the relay's order.
-        if let Some(held) = window.held.as_mut().filter(|_| via == Via::Straight) {
-            return match held.push(delivery) {
-                Ok(()) => None,
-                Err(delivery) => {
-                    drop(recent);
-                    self.drop_delivery(session, &delivery, super::Dropped::QueueFull);
-                    None
-                }
-            };
-        }
-        if !window.admit(delivery.message.cluster_id()) {
-            drop(recent);
-            self.drop_delivery(session, &delivery, super::Dropped::Duplicate);
-            return None;
-        }
-        Some(delivery)
+        !window.admit(delivery.message.cluster_id())
     }
-
-    fn drop_delivery(
-        &self,
-        session: &super::SessionHandle,
-        delivery: &Delivery,
-        reason: super::Dropped,
-    ) {
-        if let Some(message_id) = delivery.stored {
-            self.submit_detached(vec![StoreOp::DropQueued {
-                client_id: session.client_id.clone(),
-                message_id,
-            }]);
-        }
-        self.stats.dropped(reason);
-    }
-
-    /// The old node's relay to `session` ended (or will not come): the deliveries held
-    /// behind it are queued, in their order, before anything that follows.
-    pub fn release_held(&self, session: &super::SessionHandle) {
-        let mut state = session.lock();
-        self.release_held_locked(session, &mut state, super::now());
-    }
-
-    /// `release_held` with the session locked: copies of what the session got meanwhile
-    /// are dropped, the rest queued.
-    fn release_held_locked(
-        &self,
-        session: &super::SessionHandle,
-        state: &mut crate::session::Session,
-        now: std::time::Instant,
-    ) {
-        let mut recent = lock(&self.recent);
-        let Some(window) = recent.get_mut(&session.key) else {
-            return;
-        };
-        let Some(held) = window.held.take() else {
-            return;
-        };
-        let (release, copies): (Vec<_>, Vec<_>) = held
-            .deliveries
-            .into_iter()
-            .partition(|delivery| window.admit(delivery.message.cluster_id()));
-        drop(recent);
-        for delivery in &copies {
-            self.drop_delivery(session, delivery, super::Dropped::Duplicate);
-        }
-        for delivery in release {
-            self.enqueue_locked(session, state, delivery, now);
-        }
-    }
-}
-
-/// How a delivery reaches a session that moved here a short while ago.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// Forwarded straight here, or published here.
-    Straight,
-    /// Relayed by its old node.
-    Relay,
 }

@@ -61,7 +61,6 @@ use crate::topic::{RetainedTree, SubscriptionTrie};
 pub use handle::{Attachment, SessionHandle};
 pub use handover::{HandedOver, Relayed, MOVE_WINDOW};
 pub use lifecycle::Connected;
-pub use recent::HOLD_MAX;
 pub use remote::{Claimed, ClusterHook};
 pub use restore::Restored;
 pub use routing::{Published, Route};

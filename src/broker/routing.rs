@@ -18,8 +18,6 @@ use crate::auth::Security;
 use crate::message::{Message, SessionKey};
 use crate::protocol::{reason, QoS, RetainHandling, SubAck, SubscriptionOptions, UnsubAck};
 use crate::session::{Delivery, SubscribeRequest, UnsubscribeRequest};
-
-use super::handover::Via;
 use crate::storage::{Completion, QueuedDelivery, StoreOp, StoredMessage};
 use crate::topic::{parse_shared, Match, SharedGroup, SubscriptionTrie};
 
@@ -375,58 +373,40 @@ impl Broker {
         delivery: Delivery,
         now: Instant,
     ) -> bool {
-        self.deliver_via(session, delivery, now, Via::Straight)
-    }
-
-    /// `deliver`, saying how the delivery came (a session that just moved screens
-    /// copies and holds what did not come through its old node's relay).
-    pub(super) fn deliver_via(
-        &self,
-        session: &SessionHandle,
-        delivery: Delivery,
-        now: Instant,
-        via: Via,
-    ) -> bool {
-        let mut state = session.lock();
-        let delivery = if session
-            .moved_recently
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            match self.screen_moved(session, delivery, now, via) {
-                Some(delivery) => delivery,
-                None => return false,
+        let (result, congested) = {
+            let mut state = session.lock();
+            if session.is_retired() {
+                // Ended since the routes were read: a session that replaced it under the
+                // same client id must not keep the queue entry stored for this one.
+                if let Some(message_id) = delivery.stored {
+                    self.submit_detached(vec![StoreOp::DropQueued {
+                        client_id: session.client_id.clone(),
+                        message_id,
+                    }]);
+                }
+                return false;
             }
-        } else {
-            delivery
+            if session
+                .moved_recently
+                .load(std::sync::atomic::Ordering::Relaxed)
+                && self.is_second_copy(session, &delivery, now)
+            {
+                if let Some(message_id) = delivery.stored {
+                    self.submit_detached(vec![StoreOp::DropQueued {
+                        client_id: session.client_id.clone(),
+                        message_id,
+                    }]);
+                }
+                self.stats.dropped(super::Dropped::Duplicate);
+                return false;
+            }
+            let result = state.enqueue(delivery, now);
+            // A refused stored delivery journaled its removal from the stored queue.
+            let _ = self.submit_journal(&mut state);
+            let congested =
+                state.is_connected() && state.queue_congested() && session.congestion.note();
+            (result, congested)
         };
-        self.enqueue_locked(session, &mut state, delivery, now)
-    }
-
-    /// Enqueues one delivery into the locked session and wakes its connection (a
-    /// retired session's stored delivery is dropped from the store).
-    pub(super) fn enqueue_locked(
-        &self,
-        session: &SessionHandle,
-        state: &mut crate::session::Session,
-        delivery: Delivery,
-        now: Instant,
-    ) -> bool {
-        if session.is_retired() {
-            // Ended since the routes were read: a session that replaced it under the
-            // same client id must not keep the queue entry stored for this one.
-            if let Some(message_id) = delivery.stored {
-                self.submit_detached(vec![StoreOp::DropQueued {
-                    client_id: session.client_id.clone(),
-                    message_id,
-                }]);
-            }
-            return false;
-        }
-        let result = state.enqueue(delivery, now);
-        // A refused stored delivery journaled its removal from the stored queue.
-        let _ = self.submit_journal(state);
-        let congested =
-            state.is_connected() && state.queue_congested() && session.congestion.note();
         match result {
             Ok(()) => {
                 Stats::incr(&self.stats.messages_enqueued);

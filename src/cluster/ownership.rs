@@ -63,7 +63,6 @@ impl ClusterNode {
             tracing::warn!(client_id, %error, "a session handed over could not be stored");
             return false;
         }
-        self.await_relay(&broker, client_id);
         self.stats.handover_moves.fetch_add(1, Ordering::Relaxed);
         self.stats
             .handover_messages
@@ -84,36 +83,6 @@ impl ClusterNode {
             let _ = self.links.request(previous, &body, HANDOVER_WAIT).await;
         }
         true
-    }
-
-    /// The previous owner relays to the session imported here until it says the relay
-    /// ended (`take_relayed`); what the session gets otherwise waits behind the relay
-    /// meanwhile, `HOLD_MAX` at most (a previous owner that died or never relayed).
-    fn await_relay(&self, broker: &std::sync::Arc<crate::broker::Broker>, client_id: &str) {
-        let Some(handle) = broker.session(client_id) else {
-            return;
-        };
-        // The previous owner relays for plain subscriptions only (`super::relay`).
-        let relayed = handle
-            .lock()
-            .subscriptions()
-            .any(|(filter, _)| !filter.starts_with("$share/"));
-        if !relayed {
-            return;
-        }
-        self.inbound_opened(client_id);
-        let node = self.this();
-        let broker = std::sync::Arc::downgrade(broker);
-        let client_id = client_id.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(crate::broker::HOLD_MAX).await;
-            if let Some(broker) = broker.upgrade() {
-                broker.release_held(&handle);
-            }
-            if let Some(node) = node.upgrade() {
-                node.inbound_closed(&client_id);
-            }
-        });
     }
 
     /// A session that arrived after a later claim (another node's) was applied here: it
@@ -317,23 +286,11 @@ impl ClusterNode {
         let Some(broker) = self.broker.upgrade() else {
             return false;
         };
-        // An empty batch: the relay ended, after its last batch.
-        if messages.is_empty() {
-            self.inbound_closed(client_id);
-            if let Some(handle) = broker.session(client_id) {
-                broker.release_held(&handle);
-            }
-            return true;
-        }
         let relayed = messages
             .into_iter()
             .filter_map(|message| message.decode(&broker))
             .collect();
-        let (written, moved_on) = broker.deliver_relayed(client_id, relayed);
-        if !moved_on.is_empty() {
-            self.relay_onwards(client_id, moved_on);
-        }
-        match written {
+        match broker.deliver_relayed(client_id, relayed) {
             Some(written) => written.await.is_ok(),
             None => true,
         }

@@ -9,16 +9,11 @@
 //! what matches until the new owner confirms it stored the session (so nothing reaches
 //! it before the session is there), then sends in order, each batch acknowledged after
 //! the new owner's store write. It ends once this node's route table names the new
-//! owner (or the session's owner by then) for every filter (plus `RELAY_GRACE` for
-//! frames still on their way) and no relay to this node for the session is still open,
-//! after `RELAY_MAX` in any case, or at once when the session comes back here; then it
-//! tells the new owner (an empty batch), which holds the session's other deliveries
-//! behind the relay until then (`broker/recent.rs`). A session that moves on before
-//! the relay ended does not end it: the node it went to relays onwards
-//! (`relay_onwards`). Shared subscriptions are not relayed: a group is served by its
-//! other members meanwhile.
+//! owner for every filter (plus `RELAY_GRACE` for frames still on their way), after
+//! `RELAY_MAX` in any case, or when the session changes owner again. Shared
+//! subscriptions are not relayed: a group is served by its other members meanwhile.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -104,9 +99,6 @@ pub struct Relays {
     /// Messages held by all of them (buffered or waiting to be sent).
     held: AtomicUsize,
     relays: Mutex<HashMap<String, Relay>>,
-    /// Sessions that moved here whose previous owner may still relay to this node: a
-    /// relay onwards from here does not end before that one did.
-    inbound: Mutex<HashSet<String>>,
 }
 
 impl ClusterNode {
@@ -140,7 +132,7 @@ impl ClusterNode {
         };
         let previous = lock(&self.relays.relays).insert(client_id.to_string(), relay);
         match previous {
-            Some(previous) => self.retire(client_id, previous),
+            Some(previous) => self.retire(previous),
             None => {
                 self.relays.active.fetch_add(1, Ordering::Relaxed);
             }
@@ -168,20 +160,18 @@ impl ClusterNode {
         tokio::spawn(send(self.this(), client_id.to_string(), relay.to, receiver));
     }
 
-    /// The session changed owner again. A relay to its previous new owner goes on until
-    /// its own end (that node relays onwards what reaches it); one for a session that
-    /// came back here ends.
+    /// The session changed owner again (or came back): its relay, if any, ends.
     pub(super) fn owner_changed(&self, client_id: &str, owner: NodeId) {
         let ended = {
             let mut relays = lock(&self.relays.relays);
             match relays.get(client_id) {
-                Some(relay) if relay.to != owner && owner == self.me => relays.remove(client_id),
+                Some(relay) if relay.to != owner => relays.remove(client_id),
                 _ => None,
             }
         };
         if let Some(relay) = ended {
             self.relays.active.fetch_sub(1, Ordering::Relaxed);
-            self.retire(client_id, relay);
+            self.retire(relay);
         }
     }
 
@@ -232,68 +222,25 @@ impl ClusterNode {
                 relayed.retain |= retain;
                 relayed.subscription_ids.extend(entry.subscription_id);
             }
-            if let Some(relayed) = matched {
-                self.keep(relay, relayed);
+            let Some(relayed) = matched else {
+                continue;
+            };
+            let kept = self.relays.held.load(Ordering::Relaxed) < RELAY_BUDGET
+                && match &relay.sender {
+                    Some(sender) => sender.try_send(relayed).is_ok(),
+                    None if relay.buffer.len() < RELAY_BUFFER => {
+                        relay.buffer.push(relayed);
+                        true
+                    }
+                    None => false,
+                };
+            if kept {
+                self.relays.held.fetch_add(1, Ordering::Relaxed);
+                self.stats.relayed_messages.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats.relay_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-
-    /// Messages relayed here for a session that moved on meanwhile: they go on through
-    /// this node's relay to its next owner (counted as dropped when there is none).
-    pub(super) fn relay_onwards(&self, client_id: &str, messages: Vec<Relayed>) {
-        let Some(broker) = self.broker.upgrade() else {
-            return;
-        };
-        let mut relays = lock(&self.relays.relays);
-        let mut relay = relays.get_mut(client_id);
-        for relayed in messages {
-            let id = relayed.message.cluster_id();
-            let stored =
-                crate::storage::StoredMessage::from_message(&relayed.message, broker.wall_clock());
-            let message = RelayedMessage {
-                node: id.node,
-                sequence: id.sequence,
-                qos: relayed.qos as u8,
-                retain: relayed.retain,
-                subscription_ids: relayed.subscription_ids,
-                message: encode_base64(&codec::encode_message(&stored)),
-            };
-            match relay.as_deref_mut() {
-                Some(relay) => self.keep(relay, message),
-                None => {
-                    self.stats.relay_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    /// Queues one message of `relay` (buffered until confirmed), within the bounds.
-    fn keep(&self, relay: &mut Relay, relayed: RelayedMessage) {
-        let kept = self.relays.held.load(Ordering::Relaxed) < RELAY_BUDGET
-            && match &relay.sender {
-                Some(sender) => sender.try_send(relayed).is_ok(),
-                None if relay.buffer.len() < RELAY_BUFFER => {
-                    relay.buffer.push(relayed);
-                    true
-                }
-                None => false,
-            };
-        if kept {
-            self.relays.held.fetch_add(1, Ordering::Relaxed);
-            self.stats.relayed_messages.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.relay_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// A session moved here from a node that relays to it.
-    pub(super) fn inbound_opened(&self, client_id: &str) {
-        lock(&self.relays.inbound).insert(client_id.to_string());
-    }
-
-    /// The relay to this node for `client_id` ended (or is given up on).
-    pub(super) fn inbound_closed(&self, client_id: &str) {
-        lock(&self.relays.inbound).remove(client_id);
     }
 
     /// Gives back the routes a relay held.
@@ -314,19 +261,14 @@ impl ClusterNode {
             if relay.epoch != epoch {
                 return true;
             }
-            // Named for every filter: the node relayed to, or the session's owner now
-            // (which the node relayed to relays onwards to); and nothing still relayed
-            // here for the session from an earlier owner.
-            let covered = !lock(&self.relays.inbound).contains(client_id)
-                && self.with_state(|state| {
-                    let owner = state.owners.get(client_id).map(|owner| owner.node);
-                    relay.subscriptions.iter().all(|(filter, _)| {
-                        state.routes.get(&**filter).is_some_and(|nodes| {
-                            nodes.contains(&relay.to)
-                                || owner.is_some_and(|owner| nodes.contains(&owner))
-                        })
-                    })
-                });
+            let covered = self.with_state(|state| {
+                relay.subscriptions.iter().all(|(filter, _)| {
+                    state
+                        .routes
+                        .get(&**filter)
+                        .is_some_and(|nodes| nodes.contains(&relay.to))
+                })
+            });
             relay.covered_since = if covered {
                 relay.covered_since.or(Some(now))
             } else {
@@ -343,14 +285,14 @@ impl ClusterNode {
         };
         if let Some(relay) = ended {
             self.relays.active.fetch_sub(1, Ordering::Relaxed);
-            self.retire(client_id, relay);
+            self.retire(relay);
         }
         true
     }
 
     /// A relay that ended: its routes go back, and what it still buffered (its new owner
     /// never confirmed, so it did not store the session) is counted as dropped.
-    fn retire(&self, client_id: &str, relay: Relay) {
+    fn retire(&self, relay: Relay) {
         let buffered = relay.buffer.len();
         if buffered > 0 {
             self.relays.held.fetch_sub(buffered, Ordering::Relaxed);
@@ -359,10 +301,6 @@ impl ClusterNode {
                 .fetch_add(buffered as u64, Ordering::Relaxed);
         }
         self.release_routes(&relay);
-        // A confirmed relay tells the new owner its end after its last batch (`send`).
-        if relay.sender.is_none() {
-            tokio::spawn(send_end(self.this(), client_id.to_string(), relay.to));
-        }
     }
 }
 
@@ -415,19 +353,6 @@ async fn send(
                 .relay_dropped
                 .fetch_add(count as u64, Ordering::Relaxed);
         }
-    }
-    send_end(node, client_id, to).await;
-}
-
-/// Tells the new owner that the relay ended (an empty batch): what it held behind the
-/// relay is delivered now. Best effort: otherwise it waits `HOLD_MAX`.
-async fn send_end(node: Weak<ClusterNode>, client_id: String, to: NodeId) {
-    let request = Request::Relay {
-        client_id,
-        messages: Vec::new(),
-    };
-    if let Ok(body) = serde_json::to_vec(&request) {
-        send_batch(&node, to, &body).await;
     }
 }
 
