@@ -7,7 +7,11 @@
 #     the publishers' node and of all nodes together;
 #   - latency at QoS 1, 5,000 msg/s: same node against across nodes (p50/p99);
 #   - takeover time: a persistent session owned by node 1 taken by a CONNECT on node 2,
-#     against a reconnect to its own node (mosquitto_pub, median of --takeovers).
+#     against a reconnect to its own node (mosquitto_pub, median of --takeovers);
+#   - session replication (--parts replication): persistent QoS 1 fan-in (publishers
+#     and a clean-session-false subscriber on node 1) on one node, on three nodes with
+#     replication_factor 1 and with 2: acknowledged msg/s, PUBACK latency p50/p99, CPU
+#     of all nodes per acknowledged message.
 # Results: $OUT/results.jsonl (fleetmq-bench's JSON lines) and $OUT/summary.txt.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
@@ -19,6 +23,8 @@ usage: bench/cluster.sh [options]
   --duration S     seconds of load per run (default 5)
   --publishers N   fan-in publishers (default 8)
   --takeovers N    takeovers timed (default 20)
+  --window N       replication part: unacknowledged messages per publisher (default 16)
+  --parts "LIST"   among: fanin latency takeover replication (default: all)
   --out DIR        results directory (default /tmp/fleetmq-cluster-bench/DATE)
   --profile P      cargo profile whose binaries run: release (default) or debug
   --no-build       use the existing binaries
@@ -31,6 +37,8 @@ USAGE
 DURATION=5
 PUBLISHERS=8
 TAKEOVERS=20
+WINDOW=16
+PARTS="fanin latency takeover replication"
 OUT=""
 PROFILE=release
 BUILD=1
@@ -39,6 +47,8 @@ while [ $# -gt 0 ]; do
         --duration) DURATION="$2"; shift 2 ;;
         --publishers) PUBLISHERS="$2"; shift 2 ;;
         --takeovers) TAKEOVERS="$2"; shift 2 ;;
+        --window) WINDOW="$2"; shift 2 ;;
+        --parts) PARTS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --profile) PROFILE="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
@@ -74,9 +84,10 @@ cleanup() {
     rm -rf "$WORK"
 }
 
-# Starts nodes 1..$1 ($1 = 1: a single node without [cluster]) on fresh data.
+# Starts nodes 1..$1 ($1 = 1: a single node without [cluster]) on fresh data, with
+# replication_factor $2 (default: the broker's default).
 start_nodes() {
-    local size="$1" id
+    local size="$1" factor="${2:-}" id
     rm -rf "$WORK"/data* "$WORK"/*.toml
     for id in $(seq "$size"); do
         cat >"$WORK/node$id.toml" <<CONFIG
@@ -113,6 +124,9 @@ node_id = $id
 bind = "127.0.0.1:1${id}885"
 peers = [$(for p in $(seq "$size"); do printf '"%s@127.0.0.1:1%s885",' "$p" "$p"; done)]
 CONFIG
+            if [ -n "$factor" ]; then
+                echo "replication_factor = $factor" >>"$WORK/node$id.toml"
+            fi
         fi
         "$FLEETMQ" -c "$WORK/node$id.toml" 2>>"$OUT/node$id.log" &
         NODE_PIDS+=($!)
@@ -174,32 +188,71 @@ connect_ms() {
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-for qos in 0 1; do
-    start_nodes 1
-    fanin "one-node" "$qos" 1 1
-    stop_nodes
-    start_nodes 3
-    fanin "three-nodes-same-node" "$qos" 1 1
-    fanin "three-nodes-across" "$qos" 1 2
-    stop_nodes
-done
+has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 
-start_nodes 3
-latency "three-nodes-same-node" 1 1
-latency "three-nodes-across" 1 2
+if has_part fanin; then
+    for qos in 0 1; do
+        start_nodes 1
+        fanin "one-node" "$qos" 1 1
+        stop_nodes
+        start_nodes 3
+        fanin "three-nodes-same-node" "$qos" 1 1
+        fanin "three-nodes-across" "$qos" 1 2
+        stop_nodes
+    done
+fi
+
+if has_part latency; then
+    start_nodes 3
+    latency "three-nodes-same-node" 1 1
+    latency "three-nodes-across" 1 2
+    stop_nodes
+fi
+
 same=(); moved=()
-for i in $(seq "$TAKEOVERS"); do
-    connect_ms "stay-$i" 1 >/dev/null
-    same+=("$(connect_ms "stay-$i" 1)")
-    connect_ms "move-$i" 1 >/dev/null
-    moved+=("$(connect_ms "move-$i" 2)")
-done
-stop_nodes
+if has_part takeover; then
+    start_nodes 3
+    for i in $(seq "$TAKEOVERS"); do
+        connect_ms "stay-$i" 1 >/dev/null
+        same+=("$(connect_ms "stay-$i" 1)")
+        connect_ms "move-$i" 1 >/dev/null
+        moved+=("$(connect_ms "move-$i" 2)")
+    done
+    stop_nodes
+fi
+
+# persist LABEL: persistent QoS 1 fan-in on node 1 of the running nodes.
+persist() {
+    local before after line acked
+    before=$(cluster_ticks)
+    line=$("$BENCH" persist --addr 127.0.0.1:11883 --broker-pid "${NODE_PIDS[0]}" \
+        --clk-tck "$CLK_TCK" --label "$1" --duration "$DURATION" \
+        --publishers "$PUBLISHERS" --window "$WINDOW")
+    after=$(cluster_ticks)
+    echo "$line" | tee -a "$OUT/results.jsonl"
+    acked=$(grep -o '"acked":[0-9.e+]*' <<<"$line" | cut -d: -f2)
+    CLUSTER_CPU+=("$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v d="${acked:-0}" -v l="$1" \
+        'BEGIN { printf "%-24s persistent QoS 1: %.2f us CPU of all nodes per acknowledged msg\n", l, (d > 0 ? t / hz * 1e6 / d : 0) }')")
+}
+
+if has_part replication; then
+    start_nodes 1
+    persist "one-node"
+    stop_nodes
+    start_nodes 3 1
+    persist "three-nodes-factor-1"
+    stop_nodes
+    start_nodes 3 2
+    persist "three-nodes-factor-2"
+    stop_nodes
+fi
 
 {
     "$BENCH" report "$OUT/results.jsonl" || true
     printf '%s\n' "${CLUSTER_CPU[@]}"
-    echo "reconnect to the owning node, ms (median of $TAKEOVERS): $(printf '%s\n' "${same[@]}" | median)"
-    echo "takeover from another node, ms (median of $TAKEOVERS):  $(printf '%s\n' "${moved[@]}" | median)"
+    if has_part takeover; then
+        echo "reconnect to the owning node, ms (median of $TAKEOVERS): $(printf '%s\n' "${same[@]}" | median)"
+        echo "takeover from another node, ms (median of $TAKEOVERS):  $(printf '%s\n' "${moved[@]}" | median)"
+    fi
 } | tee "$OUT/summary.txt"
 echo "results in $OUT"
