@@ -92,6 +92,7 @@ fuzz_target!(|data: &[u8]| {
                     properties: Default::default(),
                     expires_at: (counter % 4 == 0).then(|| now + Duration::from_secs(1)),
                     publisher: None,
+                    cluster_id: Default::default(),
                 };
                 let _ = session.enqueue(
                     Delivery {
