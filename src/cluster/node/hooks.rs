@@ -1,0 +1,217 @@
+//! The running node as the broker and the link see it: what the broker tells the
+//! cluster about local activity (`ClusterHook`: publishes, subscriptions, claims) and
+//! what arrives from other nodes over the link (`LinkHandler`: requests, forwarded
+//! messages).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::broker::ClusterHook;
+use crate::message::Message;
+use crate::protocol::QoS;
+use crate::storage::{Completion, StoreError};
+
+use super::super::config::NodeId;
+use super::super::forward;
+use super::super::link::{self, LinkHandler};
+use super::super::network::{Request, Response};
+use super::*;
+
+impl ClusterHook for ClusterNode {
+    fn published(&self, message: &Arc<Message>) -> Option<Completion> {
+        let broker = self.broker.upgrade()?;
+        let committed = message
+            .retain
+            .then(|| self.replicate_retained(&broker, message));
+        let destinations = self.routes.destinations(&message.topic);
+        let acknowledged = message.qos != QoS::AtMostOnce;
+        // What the acknowledgement waits for: usually nothing, rarely more than one
+        // (a retained message, several congested peers), so the Vec rarely allocates.
+        let mut wait = committed.flatten();
+        let mut more: Vec<Completion> = Vec::new();
+        let mut wait_also = |completion: Completion| match wait {
+            None => wait = Some(completion),
+            Some(_) => more.push(completion),
+        };
+        for (node, groups) in destinations {
+            let Some(peer) = self.links.peer(node) else {
+                continue;
+            };
+            let body = forward::encode(message, broker.wall_clock(), &groups);
+            let frame = link::frame(link::FORWARD, &body);
+            let bytes = frame.len() as u64;
+            match peer.forward(frame, acknowledged) {
+                Ok(paused) => {
+                    if let Some(paused) = paused {
+                        wait_also(paused);
+                    }
+                    self.stats
+                        .forwarded_messages
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .forwarded_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                    peer.stats
+                        .forwarded_messages
+                        .fetch_add(1, Ordering::Relaxed);
+                    peer.stats
+                        .forwarded_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                }
+                Err(why) => {
+                    self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                    // A live peer whose outbox is full: the publisher is not told the
+                    // message was delivered, and may send it again. A peer that is down
+                    // gets nothing either way (ARCHITECTURE.md, "Forwarding is
+                    // flow-controlled for QoS 1 and 2").
+                    if acknowledged && why == link::NotQueued::OutboxFull {
+                        wait_also(Completion::done(Err(StoreError::Io(format!(
+                            "the message could not be forwarded: the outbox of the link to node {node} is full"
+                        )))));
+                    }
+                }
+            }
+        }
+        self.relay(message);
+        if more.is_empty() {
+            return wait;
+        }
+        more.extend(wait);
+        let (promise, all) = crate::storage::write_promise();
+        promise.fulfil(more);
+        Some(Completion::shared(all))
+    }
+
+    fn filter_added(&self, filter: &str) {
+        let mut book = lock(&self.book);
+        let count = book.counts.entry(filter.to_string()).or_default();
+        *count += 1;
+        if *count == 1 {
+            book.dirty.insert(filter.to_string());
+            drop(book);
+            self.book_changed.notify_one();
+        }
+    }
+
+    fn filter_removed(&self, filter: &str) {
+        let mut book = lock(&self.book);
+        let Some(count) = book.counts.get_mut(filter) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            book.counts.remove(filter);
+            book.dirty.insert(filter.to_string());
+            drop(book);
+            self.book_changed.notify_one();
+        }
+    }
+
+    fn has_leader(&self) -> bool {
+        ClusterNode::has_leader(self)
+    }
+
+    fn claim(&self, client_id: &str, persistent: bool) -> crate::broker::remote::ClaimFuture<'_> {
+        let client_id = client_id.to_string();
+        Box::pin(async move { self.claim_session(&client_id, persistent).await })
+    }
+
+    fn owns(&self, client_id: &str, epoch: u64) -> bool {
+        self.owner(client_id)
+            .is_some_and(|owner| owner.node == self.me && owner.epoch == epoch)
+    }
+
+    fn render_metrics(&self) -> String {
+        super::super::metrics::render(self)
+    }
+
+    fn session_ended(&self, client_id: &str) {
+        let mut book = lock(&self.book);
+        if book.released.len() < MAX_PENDING_RETAINED {
+            book.released.push_back(client_id.to_string());
+            drop(book);
+            self.book_changed.notify_one();
+        }
+    }
+}
+
+impl LinkHandler for ClusterNode {
+    fn request(
+        &self,
+        from: NodeId,
+        body: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + '_>> {
+        Box::pin(async move {
+            let response = match serde_json::from_slice::<Request>(&body) {
+                Err(error) => Response::Invalid(error.to_string()),
+                Ok(Request::AppendEntries(rpc)) => {
+                    Response::AppendEntries(self.raft.append_entries(rpc).await)
+                }
+                Ok(Request::Vote(rpc)) => Response::Vote(self.raft.vote(rpc).await),
+                Ok(Request::InstallSnapshot(rpc)) => {
+                    Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+                }
+                Ok(Request::Propose(command)) => {
+                    Response::Propose(self.propose_local(command).await)
+                }
+                Ok(Request::AddNode { id, addr }) => {
+                    Response::Membership(self.add_node(id, addr).await)
+                }
+                Ok(Request::RemoveNode { id }) => Response::Membership(self.remove_node(id).await),
+                Ok(Request::Handover { client_id, epoch }) => {
+                    Response::Handover(self.take_handover(&client_id, epoch))
+                }
+                Ok(Request::HandoverDone { client_id, epoch }) => {
+                    self.handover_done(&client_id, epoch);
+                    Response::HandoverDone
+                }
+                Ok(Request::Relay {
+                    client_id,
+                    messages,
+                }) => Response::Relayed(self.take_relayed(&client_id, messages).await),
+                Ok(Request::Replicate(batch)) => {
+                    Response::Replicated(self.apply_replicated(from, batch).await)
+                }
+                Ok(Request::ReplicaSession { origin, client_id }) => {
+                    Response::Handover(self.replica_session(origin, &client_id).await)
+                }
+                Ok(Request::ReplicaForget { origin, client_id }) => {
+                    self.replica_forget(origin, &client_id).await;
+                    Response::HandoverDone
+                }
+            };
+            serde_json::to_vec(&response).unwrap_or_default()
+        })
+    }
+
+    fn forwarded(&self, _from: NodeId, body: Bytes) -> Option<link::ReadPause> {
+        let broker = self.broker.upgrade()?;
+        let Some((message, groups)) = forward::decode(body, broker.wall_clock()) else {
+            tracing::warn!("malformed forwarded message dropped");
+            return None;
+        };
+        self.stats.received_messages.fetch_add(1, Ordering::Relaxed);
+        let message = Arc::new(message);
+        let (_, congested) = broker.route_forwarded(&message, &groups);
+        self.relay(&message);
+        // A local subscriber's queue is nearly full: the link is not read until it
+        // drained, as a local publisher's connection is not, so the sending node's
+        // outbox fills and paces its publishers. Bounded by one heartbeat (the link also
+        // carries Raft traffic); past it, the subscriber is stalled as locally (nobody
+        // waits for it until it drained; its messages are dropped and counted).
+        let session = congested?;
+        let bound = self.links.read_pause_bound();
+        Some(Box::pin(async move {
+            let (space, congested) = session.congestion.wait_for_space();
+            if !congested {
+                return;
+            }
+            tokio::select! {
+                _ = space => {}
+                _ = tokio::time::sleep(bound) => session.congestion.stall(),
+            }
+        }))
+    }
+}
