@@ -244,6 +244,11 @@ async fn restore_broker(config: Config) -> anyhow::Result<Restored> {
     let broker = Broker::with_metrics(config.clone(), store, metrics);
     // Bridges' outboxes are restored with their own limits.
     let bridges = Bridges::prepare(&broker, &config);
+    if config.cluster.is_some() {
+        // A backup may have adopted this node's sessions while it was down: their wills
+        // wait until the node caught up with the cluster (`cluster::adoption`).
+        broker.hold_wills();
+    }
     let restored = broker.restore(state);
     tracing::info!(
         sessions = restored.sessions,

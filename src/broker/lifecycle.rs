@@ -320,7 +320,7 @@ impl Broker {
             filters,
         });
         if let Some(will) = will {
-            self.publish_will(will);
+            self.publish_will_of(&handle.client_id, will);
         }
     }
 
@@ -345,7 +345,7 @@ impl Broker {
             drop(session);
             drop(registry);
         }
-        self.publish_will(will);
+        self.publish_will_of(&handle.client_id, will);
     }
 
     fn end(&self, ended: Ended) {

@@ -28,6 +28,7 @@
 pub mod congestion;
 pub mod handle;
 mod handover;
+mod held_wills;
 pub mod inspect;
 pub mod lifecycle;
 pub mod log_throttle;
@@ -101,6 +102,9 @@ pub struct Broker {
     /// What sessions that moved here from another cluster node a short while ago hold
     /// (`recent`), by session key; empty on a single node.
     recent: Mutex<HashMap<SessionKey, recent::RecentIds>>,
+    /// Wills held back while a restarted cluster node catches up (`held_wills`); `None`
+    /// when wills are published at once.
+    held_wills: Mutex<Option<Vec<(ByteString, crate::protocol::Will)>>>,
 }
 
 impl Broker {
@@ -130,6 +134,7 @@ impl Broker {
             health: crate::health::HealthState::default(),
             outboxes: RwLock::new(HashMap::new()),
             recent: Mutex::new(HashMap::new()),
+            held_wills: Mutex::new(None),
             bridge_stats: RwLock::new(Vec::new()),
             cluster: OnceLock::new(),
         })

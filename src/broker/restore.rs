@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytestring::ByteString;
+
 use crate::message::Message;
 use crate::protocol::Will;
 use crate::session::{Delivery, RestoredParts};
@@ -66,7 +68,7 @@ impl Broker {
             stored: Some(restored.message_id),
         };
 
-        let mut wills_due: Vec<Will> = Vec::new();
+        let mut wills_due: Vec<(ByteString, Will)> = Vec::new();
         let mut ops = Vec::new();
         let mut registry = lock(&self.registry);
         for restored in state.sessions {
@@ -75,7 +77,8 @@ impl Broker {
             summary.queued_messages += restored.queue.len();
             summary.inflight_messages += restored.inflight.len();
             let installed = self.install_session(restored, now_ms, &mut delivery_of, &mut ops);
-            wills_due.extend(installed.will_due);
+            let client_id = &installed.handle.client_id;
+            wills_due.extend(installed.will_due.map(|will| (client_id.clone(), will)));
             registry.insert(installed.handle.client_id.clone(), installed.handle);
         }
         drop(registry);
@@ -87,11 +90,11 @@ impl Broker {
             state
                 .expired_sessions
                 .into_iter()
-                .filter_map(|record| record.will),
+                .filter_map(|record| record.will.map(|will| (record.client_id, will))),
         );
         summary.wills_published = wills_due.len();
-        for will in wills_due {
-            self.publish_will(will);
+        for (client_id, will) in wills_due {
+            self.publish_will_of(&client_id, will);
         }
         summary
     }

@@ -182,7 +182,8 @@ pub fn render(node: &ClusterNode) -> String {
         ("fleetmq_cluster_relay_dropped_total", "Messages for a session that moved away not relayed (relay buffer full, or the new node never stored the session)", &stats.relay_dropped),
         ("fleetmq_cluster_handover_messages_total", "Queued and in-flight messages that came with sessions taken over from another node", &stats.handover_messages),
         ("fleetmq_cluster_proposals_failed_total", "Changes that did not commit (no leader, timeout)", &stats.proposals_failed),
-        ("fleetmq_cluster_failovers_total", "Sessions taken over from a backup of their unreachable previous owner", &stats.failovers),
+        ("fleetmq_cluster_failovers_total", "Sessions taken over from a backup of their unreachable previous owner (by a reconnecting client or adopted)", &stats.failovers),
+        ("fleetmq_cluster_adopted_sessions_total", "Sessions this node adopted from its copy because their node stayed unreachable for cluster.link_timeout_ms", &stats.adopted),
         ("fleetmq_cluster_retained_dropped_total", "Retained messages not replicated: too many waiting", &stats.retained_dropped),
     ];
     for (name, help, counter) in counters {

@@ -18,9 +18,12 @@
 //! - `retained`: retained changes waiting for their commit, and the acknowledgements
 //!   waiting for them.
 //! - `replication`: persistent sessions copied to backup nodes, and failover from them.
+//! - `adoption`: a dead node's sessions adopted by its backup (wills, expiry).
 
 #[cfg(feature = "rocksdb")]
 pub mod admin;
+#[cfg(feature = "rocksdb")]
+pub mod adoption;
 pub mod command;
 pub mod config;
 pub mod forward;

@@ -61,6 +61,9 @@ pub struct ClusterStats {
     pub handover_messages: AtomicU64,
     /// Sessions taken over from a backup of their unreachable owner.
     pub failovers: AtomicU64,
+    /// Of those, sessions this node adopted because their node stayed unreachable
+    /// (`super::adoption`).
+    pub adopted: AtomicU64,
     /// Messages relayed to the new node of a session that moved away.
     pub relayed_messages: AtomicU64,
     /// Messages not relayed: the relay's buffer was full, or its new owner never
@@ -113,6 +116,9 @@ pub struct ClusterNode {
     pub(super) relays: super::relay::Relays,
     /// Sessions on their way here from their previous owner (`ownership::take_over`).
     pub(super) importing: Mutex<HashMap<String, usize>>,
+    /// Sessions being adopted here from an unreachable node (`super::adoption`): a
+    /// CONNECT of one of them waits until it is in place.
+    pub(super) adopting: Mutex<std::collections::HashSet<String>>,
     /// What applies committed changes to the broker (a session that moved on while on
     /// its way here is handed over the same way).
     pub(super) sink: Arc<BrokerSink>,
@@ -355,6 +361,7 @@ pub async fn start(
         this: this.clone(),
         relays: Default::default(),
         importing: Mutex::default(),
+        adopting: Mutex::default(),
         sink: sink.clone(),
         raft: raft.clone(),
         links: links.clone(),
@@ -399,6 +406,7 @@ pub async fn start(
     }
     tokio::spawn(node.clone().propose_loop());
     tokio::spawn(super::ownership::sweep_handovers(Arc::downgrade(&node)));
+    super::adoption::start(&node, config.link_timeout());
     if let Some(replication) = &replication {
         super::replication::node_link::attach(&node, &replication.replicator);
     }

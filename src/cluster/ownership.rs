@@ -87,7 +87,7 @@ impl ClusterNode {
 
     /// A session that arrived after a later claim (another node's) was applied here: it
     /// goes on to that node as any session that moved away.
-    fn pass_on(&self, client_id: &str, epoch: u64) {
+    pub(super) fn pass_on(&self, client_id: &str, epoch: u64) {
         let Some(owner) = self.owner(client_id) else {
             return;
         };
@@ -185,6 +185,7 @@ impl ClusterNode {
         persistent: bool,
     ) -> Result<Option<Claimed>, u8> {
         use crate::protocol::reason;
+        self.wait_while_adopting(client_id).await;
         if self.has_leader() {
             if let Some(owner) = self.owner(client_id).filter(|owner| owner.node == self.me) {
                 return Ok(Some(Claimed { epoch: owner.epoch }));
@@ -307,13 +308,13 @@ enum Source {
 
 /// Marks a client id as claimed here and its session possibly on its way, for as long
 /// as it lives (claims of one client id on one node may overlap: counted).
-struct Importing<'a> {
+pub(super) struct Importing<'a> {
     node: &'a ClusterNode,
     client_id: &'a str,
 }
 
 impl<'a> Importing<'a> {
-    fn new(node: &'a ClusterNode, client_id: &'a str) -> Importing<'a> {
+    pub(super) fn new(node: &'a ClusterNode, client_id: &'a str) -> Importing<'a> {
         *lock(&node.importing)
             .entry(client_id.to_string())
             .or_default() += 1;

@@ -52,6 +52,14 @@ pub enum Command {
         backup: NodeId,
         in_sync: bool,
     },
+    /// `node` adopts the sessions of the unreachable `origin`, each only if `origin`
+    /// still owns it with the epoch given (`super::adoption`): a session claimed or
+    /// adopted meanwhile is left alone, so of two nodes racing, one wins each session.
+    Adopt {
+        origin: NodeId,
+        node: NodeId,
+        sessions: Vec<(String, u64)>,
+    },
     /// Several commands in one log entry, applied in order (the result is the last
     /// one's).
     Batch(Vec<Command>),
@@ -65,6 +73,9 @@ pub struct CommandResult {
     pub previous_owner: Option<NodeId>,
     /// The log index the command was applied at.
     pub log_index: u64,
+    /// For `Adopt`: the sessions adopted, with their new epochs.
+    #[serde(default)]
+    pub adopted: Vec<(String, u64)>,
 }
 
 /// The owner of a session.
@@ -183,7 +194,36 @@ impl ClusterState {
                 CommandResult {
                     epoch: owner.epoch,
                     previous_owner: previous.map(|p| p.node).filter(|p| p != node),
-                    log_index: 0,
+                    ..CommandResult::default()
+                }
+            }
+            Command::Adopt {
+                origin,
+                node,
+                sessions,
+            } => {
+                let mut adopted = Vec::new();
+                for (client_id, epoch) in sessions {
+                    let Some(owner) = self.owners.get_mut(client_id) else {
+                        continue;
+                    };
+                    if owner.node != *origin || owner.epoch != *epoch || origin == node {
+                        continue;
+                    }
+                    self.epoch += 1;
+                    *owner = Owner {
+                        node: *node,
+                        epoch: self.epoch,
+                    };
+                    effects.push(Effect::Owner {
+                        client_id: client_id.clone(),
+                        owner: *owner,
+                    });
+                    adopted.push((client_id.clone(), self.epoch));
+                }
+                CommandResult {
+                    adopted,
+                    ..CommandResult::default()
                 }
             }
             Command::Release {

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod adoption;
 mod failures;
 mod flow_control;
 mod handover;

@@ -119,6 +119,19 @@ impl Replicas {
             .find(|session| &*session.record.client_id == client_id)
     }
 
+    /// Every session of `origin`'s copy (an adoption reads them all).
+    pub async fn sessions(&self, origin: NodeId) -> Result<Vec<RestoredSession>, String> {
+        let replica = self.replica(origin).await?;
+        let _stream = replica.generation.lock().await;
+        let store = replica.store.clone();
+        let held =
+            tokio::task::spawn_blocking(move || store.restore(WallClock::now().unix_millis()))
+                .await
+                .map_err(|error| error.to_string())?
+                .map_err(|error| error.to_string())?;
+        Ok(held.sessions)
+    }
+
     /// The session moved on from a failover: its copy goes.
     pub async fn forget(&self, origin: NodeId, client_id: &str) {
         let Ok(replica) = self.replica(origin).await else {
