@@ -242,6 +242,11 @@ pub const DEFAULT_CLUSTER_REPLICATION_FACTOR: usize = 2;
 /// Most copies of a session: every copy is one more write a PUBACK waits for.
 pub const MAX_CLUSTER_REPLICATION_FACTOR: usize = 7;
 
+/// 64 MiB of replicated operations may wait for one backup: seconds of a busy owner's
+/// persistent traffic, so a backup that only pauses catches up from the queue, while
+/// one that lags further is taken out of sync and resynced (cheaper than holding more).
+pub const DEFAULT_CLUSTER_REPLICATION_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
 /// 10 seconds between `$SYS` publications, Mosquitto's `sys_interval` default.
 pub const DEFAULT_SYS_INTERVAL_SECS: u64 = 10;
 

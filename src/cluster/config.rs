@@ -50,6 +50,11 @@ pub struct ClusterConfig {
     /// voters). 1 turns replication off.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: usize,
+    /// Bytes of replicated operations waiting for one backup's acknowledgement beyond
+    /// which the backup is taken out of sync (through consensus) and resynced, instead
+    /// of holding more (`super::replication`).
+    #[serde(default = "default_replication_queue_bytes")]
+    pub replication_queue_bytes: usize,
     /// TLS on the node links, with the listeners' settings: `cert`/`key` (presented in
     /// both directions), `ca` (which node certificates are trusted; required), and
     /// `client_auth = "require"` for mutual TLS.
@@ -59,6 +64,10 @@ pub struct ClusterConfig {
 
 fn default_link_buffer_bytes() -> usize {
     crate::limits::DEFAULT_CLUSTER_LINK_BUFFER_BYTES
+}
+
+fn default_replication_queue_bytes() -> usize {
+    crate::limits::DEFAULT_CLUSTER_REPLICATION_QUEUE_BYTES
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -220,6 +229,15 @@ impl ClusterConfig {
                 ),
             ));
         }
+        if self.replication_queue_bytes < 64 * 1024 {
+            problems.push(Problem::new(
+                "cluster.replication_queue_bytes",
+                format!(
+                    "{} is too small; minimum: 65536",
+                    self.replication_queue_bytes
+                ),
+            ));
+        }
         if let Some(tls) = &self.tls {
             if tls.ca.is_none() {
                 problems.push(Problem::new(
@@ -253,6 +271,7 @@ mod tests {
             snapshot_entries: default_snapshot_entries(),
             link_timeout_ms: None,
             replication_factor: default_replication_factor(),
+            replication_queue_bytes: default_replication_queue_bytes(),
             tls: None,
         }
     }
@@ -302,6 +321,15 @@ mod tests {
     fn node_id_zero_and_empty_peers_are_problems() {
         let keys = keys(&config(0, &[]));
         assert_eq!(keys, vec!["cluster.node_id", "cluster.peers"]);
+    }
+
+    #[test]
+    fn a_replication_queue_below_64_kib_is_a_problem() {
+        let mut c = config(1, &["1@127.0.0.1:7001"]);
+        c.replication_queue_bytes = 65_535;
+        assert_eq!(keys(&c), vec!["cluster.replication_queue_bytes"]);
+        c.replication_queue_bytes = 65_536;
+        assert!(keys(&c).is_empty());
     }
 
     #[test]

@@ -18,6 +18,69 @@ fn one(value: u64) -> Vec<(String, f64)> {
     vec![(String::new(), value as f64)]
 }
 
+/// The owner's side of replication: the latency from a submission to each backup's
+/// acknowledgement, the bytes waiting per backup, the sessions with fewer copies than
+/// the replication factor, and backups taken out of sync at the queue's byte bound.
+fn replication_metrics(
+    out: &mut String,
+    node: &ClusterNode,
+    replicator: &super::replication::Replicator,
+) {
+    let (buckets, count, sum) = replicator.latency.snapshot();
+    let name = "fleetmq_cluster_replication_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} From a replicated write's submission on this node (the owner) to a backup's acknowledgement that it is durable there"
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (bound, cumulative) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {count}");
+    let queues: Vec<(String, f64)> = replicator
+        .queue_bytes()
+        .into_iter()
+        .map(|(backup, bytes)| (format!("{{backup=\"{backup}\"}}"), bytes as f64))
+        .collect();
+    metric(
+        out,
+        "gauge",
+        "fleetmq_cluster_replication_queue_bytes",
+        "Bytes of replicated operations waiting for the backup's acknowledgement (bounded by cluster.replication_queue_bytes)",
+        &queues,
+    );
+    let me = node.node_id();
+    let backups = node.backups_of(me);
+    // The factor is capped at the number of voters: fewer backups than asked for is
+    // the configuration, not a loss of copies.
+    let complete = node.with_state(|state| {
+        backups
+            .iter()
+            .all(|backup| state.replica_in_sync(me, *backup))
+    });
+    let under = if complete {
+        0
+    } else {
+        replicator.persistent_sessions() as u64
+    };
+    metric(
+        out,
+        "gauge",
+        "fleetmq_cluster_sessions_under_replicated",
+        "Persistent sessions owned here while one of this node's backups is out of sync (fewer copies than cluster.replication_factor until its resync); the sum over the nodes is the cluster's",
+        &one(under),
+    );
+    metric(
+        out,
+        "counter",
+        "fleetmq_cluster_replication_overflows_total",
+        "Times a backup fell cluster.replication_queue_bytes behind and was taken out of sync (then resynced) instead of holding more",
+        &one(replicator.overflows()),
+    );
+}
+
 /// The metrics of `node` in the Prometheus text format.
 pub fn render(node: &ClusterNode) -> String {
     let metrics = node.raft().metrics().borrow().clone();
@@ -170,6 +233,9 @@ pub fn render(node: &ClusterNode) -> String {
         "New messages refused because a backup lagged too far behind (more than 65536 operations waiting)",
         &one(node.replicator.as_ref().map_or(0, |replicator| replicator.refused())),
     );
+    if let Some(replicator) = &node.replicator {
+        replication_metrics(&mut out, node, replicator);
+    }
     let counters = [
         ("fleetmq_cluster_forwarded_messages_total", "PUBLISHes forwarded to other nodes", &stats.forwarded_messages),
         ("fleetmq_cluster_forwarded_bytes_total", "Bytes of forwarded PUBLISH frames", &stats.forwarded_bytes),

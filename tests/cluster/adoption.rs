@@ -160,4 +160,23 @@ async fn an_abandoned_mqtt_3_session_of_a_dead_node_is_served_from_its_adopter()
     assert!(v4.connected().await, "session present on another node");
     let expected: BTreeSet<String> = (0..BEFORE + AFTER).map(|n| n.to_string()).collect();
     assert_eq!(receive(&mut v4, BEFORE + AFTER).await, expected);
+
+    // Replication is observable: node 2 measured its backup's acknowledgements, and
+    // node 3, whose backup (node 1) is down, counts the session it now owns as
+    // under-replicated.
+    let acknowledged = gauge(
+        &cluster,
+        2,
+        "fleetmq_cluster_replication_latency_seconds_count",
+    )
+    .await
+    .expect("the latency histogram");
+    assert!(
+        acknowledged >= AFTER as u64,
+        "{acknowledged} acknowledgements measured"
+    );
+    eventually("node 3 to count its session under-replicated", || async {
+        (gauge(&cluster, 3, "fleetmq_cluster_sessions_under_replicated").await? == 1).then_some(())
+    })
+    .await;
 }

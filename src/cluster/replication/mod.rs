@@ -11,7 +11,9 @@
 //!   writes waiting on it; a returning backup gets a full resync first.
 //! - `replica`: the backup side, one RocksDB store per origin node.
 //! - `wire`: store operations on the link.
+//! - `latency`: the histogram of submission to backup acknowledgement.
 
+pub mod latency;
 pub(super) mod node_link;
 pub mod replica;
 mod sender;
@@ -150,6 +152,12 @@ pub struct Replicator {
     /// Submissions of new messages refused because a backup lagged too far behind.
     refused: std::sync::atomic::AtomicU64,
     refused_log: crate::broker::log_throttle::LogThrottle,
+    /// `[cluster] replication_queue_bytes`, per backup.
+    max_queue_bytes: usize,
+    /// From a submission to each backup's acknowledgement (a metric).
+    pub latency: latency::LatencyHistogram,
+    /// Overflows of backup queues closed since (a backup no more).
+    former_overflows: std::sync::atomic::AtomicU64,
 }
 
 /// Operations waiting for one backup beyond which new messages are refused (as the
@@ -164,8 +172,15 @@ struct Shared {
 }
 
 impl Replicator {
-    pub fn new(inner: Arc<dyn Store>, ack_timeout: Duration) -> Arc<Replicator> {
+    pub fn new(
+        inner: Arc<dyn Store>,
+        ack_timeout: Duration,
+        max_queue_bytes: usize,
+    ) -> Arc<Replicator> {
         Arc::new(Replicator {
+            max_queue_bytes,
+            latency: Default::default(),
+            former_overflows: Default::default(),
             inner,
             shared: Mutex::default(),
             ack_timeout,
@@ -179,6 +194,32 @@ impl Replicator {
     /// Submissions refused because a backup lagged (a metric).
     pub fn refused(&self) -> u64 {
         self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes waiting for each backup (a metric).
+    pub fn queue_bytes(&self) -> Vec<(NodeId, usize)> {
+        lock(&self.shared)
+            .backups
+            .iter()
+            .map(|(id, queue)| (*id, queue.pending_bytes()))
+            .collect()
+    }
+
+    /// Times a backup went past `replication_queue_bytes` and was taken out of sync.
+    pub fn overflows(&self) -> u64 {
+        lock(&self.shared)
+            .backups
+            .values()
+            .map(|queue| queue.overflows.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>()
+            + self
+                .former_overflows
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Persistent sessions stored here (each replicated to every in-sync backup).
+    pub fn persistent_sessions(&self) -> usize {
+        lock(&self.shared).persistent.len()
     }
 
     /// This node's backups that are in sync and streamed to now (a metric).
@@ -218,6 +259,10 @@ impl Replicator {
             .collect();
         for id in gone {
             if let Some(queue) = shared.backups.remove(&id) {
+                self.former_overflows.fetch_add(
+                    queue.overflows.load(std::sync::atomic::Ordering::Relaxed),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 queue.close();
             }
         }
@@ -225,7 +270,7 @@ impl Replicator {
             if shared.backups.contains_key(&id) {
                 continue;
             }
-            let queue = Arc::new(BackupQueue::new());
+            let queue = Arc::new(BackupQueue::new(self.max_queue_bytes));
             shared.backups.insert(id, queue.clone());
             tokio::spawn(sender::run(
                 Arc::downgrade(self),
@@ -316,7 +361,7 @@ impl Replication {
         }
         // Ten heartbeats without an answer: a backup that is alive answers well within.
         let ack_timeout = Duration::from_millis(config.heartbeat_ms.saturating_mul(10).max(500));
-        let replicator = Replicator::new(store, ack_timeout);
+        let replicator = Replicator::new(store, ack_timeout, config.replication_queue_bytes);
         let wrapped: Arc<dyn Store> = Arc::new(ReplicatedStore::new(replicator.clone()));
         let replication = Replication {
             replicator,

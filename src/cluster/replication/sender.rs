@@ -13,9 +13,9 @@
 //! does so whatever the state applied here says, which may still be behind the log.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
@@ -30,6 +30,10 @@ const RETRY: Duration = Duration::from_millis(100);
 
 struct Pending {
     ops: Arc<Vec<WireOp>>,
+    /// `WireOp::size` of `ops`.
+    bytes: usize,
+    /// When the owner submitted it (the replication latency runs to the backup's ack).
+    submitted: Instant,
     done: oneshot::Sender<()>,
 }
 
@@ -41,6 +45,11 @@ struct QueueState {
     pending: VecDeque<Pending>,
     /// Operations in `pending`.
     pending_ops: usize,
+    /// `WireOp::size` of `pending`.
+    pending_bytes: usize,
+    /// The queue went past its byte bound: what it held was let go (the backup gets a
+    /// full resync), and these writes wait until the backup is committed out of sync.
+    overflowed: Option<Vec<oneshot::Sender<()>>>,
     closed: bool,
 }
 
@@ -48,37 +57,98 @@ struct QueueState {
 pub(super) struct BackupQueue {
     state: Mutex<QueueState>,
     wake: Notify,
+    /// Wakes the sender when the queue passes its byte bound.
+    overflow: Notify,
+    /// `[cluster] replication_queue_bytes`.
+    max_bytes: usize,
+    /// Times the byte bound took the backup out of sync (a metric).
+    pub(super) overflows: AtomicU64,
 }
 
 impl BackupQueue {
     /// Accepting from the start: until the sender knows where the backup stands, writes
     /// wait for it.
-    pub(super) fn new() -> BackupQueue {
+    pub(super) fn new(max_bytes: usize) -> BackupQueue {
         BackupQueue {
             state: Mutex::new(QueueState {
                 accepting: true,
                 ..QueueState::default()
             }),
             wake: Notify::new(),
+            overflow: Notify::new(),
+            max_bytes,
+            overflows: AtomicU64::new(0),
         }
     }
 
     /// Queues a submission; its acknowledgement, or `None` when the backup is out of
     /// sync (the write does not wait for it).
+    ///
+    /// Past the byte bound the queue lets go of every operation it holds (the backup
+    /// will be resynced whole) but not of the writes: they wait until the sender
+    /// committed the backup out of sync, as for a backup that stopped answering. So
+    /// memory stays bounded and no write is released while a failover could still read
+    /// a copy that lacks it.
     pub(super) fn push(&self, ops: &Arc<Vec<WireOp>>) -> Option<oneshot::Receiver<()>> {
         let mut state = lock(&self.state);
         if !state.accepting || state.closed {
             return None;
         }
         let (done, ack) = oneshot::channel();
+        if let Some(waiting) = state.overflowed.as_mut() {
+            waiting.push(done);
+            return Some(ack);
+        }
+        let bytes = ops.iter().map(WireOp::size).sum::<usize>();
+        if state.pending_bytes + bytes > self.max_bytes {
+            let mut waiting: Vec<_> = std::mem::take(&mut state.pending)
+                .into_iter()
+                .map(|pending| pending.done)
+                .collect();
+            waiting.push(done);
+            state.overflowed = Some(waiting);
+            state.pending_ops = 0;
+            state.pending_bytes = 0;
+            drop(state);
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+            self.wake.notify_one();
+            self.overflow.notify_one();
+            return Some(ack);
+        }
         state.pending_ops += ops.len();
+        state.pending_bytes += bytes;
         state.pending.push_back(Pending {
             ops: ops.clone(),
+            bytes,
+            submitted: Instant::now(),
             done,
         });
         drop(state);
         self.wake.notify_one();
         Some(ack)
+    }
+
+    /// Resolves once the queue is past its byte bound (a wake-up left from an overflow
+    /// handled before is ignored).
+    async fn until_overflowed(&self) {
+        loop {
+            let notified = self.overflow.notified();
+            if self.overflowed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the queue went past its byte bound since the backup was last
+    /// committed out of sync.
+    fn overflowed(&self) -> bool {
+        lock(&self.state).overflowed.is_some()
+    }
+
+    /// Bytes of operations waiting for the backup (a metric).
+    pub(super) fn pending_bytes(&self) -> usize {
+        lock(&self.state).pending_bytes
     }
 
     pub(super) fn set_accepting(&self, accepting: bool) {
@@ -88,14 +158,21 @@ impl BackupQueue {
     /// Stops queueing for the backup and releases every write waiting on it. Only once
     /// the backup is committed out of sync (or is no backup any more).
     fn stop_and_release(&self) {
-        let released = {
+        let (released, overflowed) = {
             let mut state = lock(&self.state);
             state.accepting = false;
             state.pending_ops = 0;
-            std::mem::take(&mut state.pending)
+            state.pending_bytes = 0;
+            (
+                std::mem::take(&mut state.pending),
+                state.overflowed.take().unwrap_or_default(),
+            )
         };
         for pending in released {
             let _ = pending.done.send(());
+        }
+        for done in overflowed {
+            let _ = done.send(());
         }
     }
 
@@ -114,14 +191,17 @@ impl BackupQueue {
         let mut state = lock(&self.state);
         let mut taken = Vec::new();
         let mut ops = 0;
+        let mut bytes = 0;
         while let Some(next) = state.pending.front() {
             if !taken.is_empty() && ops + next.ops.len() > MAX_BATCH_OPS {
                 break;
             }
             ops += next.ops.len();
+            bytes += next.bytes;
             taken.extend(state.pending.pop_front());
         }
         state.pending_ops -= ops;
+        state.pending_bytes -= bytes;
         taken
     }
 
@@ -227,7 +307,17 @@ pub(super) async fn run(
                 return;
             };
             generation = new_generation(generation);
-            match resync(&owner, &link, &queue, backup, generation, ack_timeout).await {
+            let resynced = resync(&owner, &link, &queue, backup, generation, ack_timeout)
+                .await
+                .and_then(|()| {
+                    // What queued during the resync was let go: the copy lacks it.
+                    if queue.overflowed() {
+                        Err("the queue went past replication_queue_bytes during the resync".into())
+                    } else {
+                        Ok(())
+                    }
+                });
+            match resynced {
                 Ok(()) => {
                     if !commit_in_sync(&link, &queue, backup, true).await {
                         return;
@@ -244,6 +334,18 @@ pub(super) async fn run(
             continue;
         }
         let wake = queue.wake.notified();
+        if queue.overflowed() {
+            tracing::warn!(
+                backup,
+                "backup too far behind (replication_queue_bytes): out of sync until resynced"
+            );
+            if !commit_in_sync(&link, &queue, backup, false).await {
+                return;
+            }
+            synced = false;
+            queue.stop_and_release();
+            continue;
+        }
         let taken = queue.take_batch();
         if taken.is_empty() {
             wake.await;
@@ -257,9 +359,13 @@ pub(super) async fn run(
                 .flat_map(|pending| pending.ops.iter().cloned())
                 .collect(),
         };
-        let sent = tokio::time::timeout(ack_timeout, link.replicate(backup, batch, ack_timeout))
-            .await
-            .unwrap_or_else(|_| Err("no acknowledgement in time".into()));
+        let send = tokio::time::timeout(ack_timeout, link.replicate(backup, batch, ack_timeout));
+        // A backup slow enough for the queue to pass its byte bound behind this batch
+        // goes out of sync now, not once this batch is answered or times out.
+        let sent = tokio::select! {
+            sent = send => sent.unwrap_or_else(|_| Err("no acknowledgement in time".into())),
+            () = queue.until_overflowed() => Err("past replication_queue_bytes".into()),
+        };
         if let Err(error) = sent {
             tracing::warn!(backup, %error, "backup out of sync");
             // Out of sync through consensus first; only then may the writes go on.
@@ -268,7 +374,13 @@ pub(super) async fn run(
             }
             synced = false;
         }
+        let acknowledged = synced.then(Instant::now);
         for pending in taken {
+            if let (Some(at), Some(owner)) = (acknowledged, replicator.upgrade()) {
+                owner
+                    .latency
+                    .record(at.saturating_duration_since(pending.submitted));
+            }
             let _ = pending.done.send(());
         }
         if !synced {

@@ -226,7 +226,11 @@ impl ReplicaLink for SilentBackup {
 
 #[tokio::test]
 async fn a_silent_backup_is_committed_out_of_sync_before_the_writes_waiting_on_it_go() {
-    let replicator = Replicator::new(Arc::new(MemoryStore::new()), Duration::from_millis(100));
+    let replicator = Replicator::new(
+        Arc::new(MemoryStore::new()),
+        Duration::from_millis(100),
+        crate::limits::DEFAULT_CLUSTER_REPLICATION_QUEUE_BYTES,
+    );
     let store = ReplicatedStore::new(replicator.clone());
     let backup = Arc::new(SilentBackup::new());
     replicator.attach(backup.clone());
@@ -265,6 +269,82 @@ async fn a_silent_backup_is_committed_out_of_sync_before_the_writes_waiting_on_i
             "committed out of sync",
         ]
     );
+}
+
+/// A backup that falls behind until its queue passes `replication_queue_bytes` is
+/// committed out of sync (the writes waiting on it are released only after that commit,
+/// none dropped before) and then resynced, long before its acknowledgement timeout.
+#[tokio::test]
+async fn a_backup_queue_past_its_byte_bound_takes_the_backup_out_of_sync_and_resyncs_it() {
+    const BOUND: usize = 64 * 1024;
+    let replicator = Replicator::new(
+        Arc::new(MemoryStore::new()),
+        Duration::from_secs(600),
+        BOUND,
+    );
+    let store = ReplicatedStore::new(replicator.clone());
+    let backup = Arc::new(SilentBackup::new());
+    replicator.attach(backup.clone());
+    backup.wait_for("committed in sync", 1).await;
+    let mut writes = vec![store.submit(vec![put("kept")])];
+    backup.wait_for("stream batch sent", 1).await;
+
+    // The first batch hangs at the backup; what follows queues up to the bound.
+    let big = Arc::new(StoredMessage {
+        payload: Bytes::from(vec![b'x'; 1024]),
+        ..(*message()).clone()
+    });
+    let mut id = 10;
+    while replicator.overflows() == 0 {
+        id += 1;
+        assert!(id < 1_000, "the byte bound never took effect");
+        let op = StoreOp::Accept {
+            message_id: id,
+            message: big.clone(),
+            deliveries: vec![QueuedDelivery {
+                client_id: "kept".into(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: Vec::new(),
+            }],
+        };
+        writes.push(store.submit(vec![op]));
+    }
+    assert!(
+        writes.len() > 32,
+        "1 KiB messages: the queue held {} of them",
+        writes.len()
+    );
+    let queued: usize = replicator
+        .queue_bytes()
+        .iter()
+        .map(|(_, bytes)| bytes)
+        .sum();
+    assert!(queued <= BOUND, "{queued} bytes held past the bound");
+    backup.wait_for("proposed out of sync", 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        writes.iter_mut().all(|write| write.try_result().is_none()),
+        "a write released before the backup was committed out of sync"
+    );
+    backup.commit_gate.add_permits(1);
+    for write in writes {
+        write
+            .await
+            .expect("released once the backup is out of sync");
+    }
+    backup.wait_for("committed in sync", 2).await;
+    assert_eq!(
+        backup.events()[4..],
+        [
+            "stream batch sent",
+            "proposed out of sync",
+            "committed out of sync",
+            "resync",
+            "committed in sync"
+        ]
+    );
+    assert_eq!(replicator.overflows(), 1);
 }
 
 fn wire(ops: &[StoreOp]) -> Vec<WireOp> {

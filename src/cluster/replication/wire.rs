@@ -65,6 +65,42 @@ pub enum WireOp {
     },
 }
 
+impl WireOp {
+    /// About the memory the operation holds while it waits for a backup (its strings;
+    /// the fixed part counted as 32 bytes): what the backup queue's byte bound counts.
+    pub fn size(&self) -> usize {
+        const FIXED: usize = 32;
+        FIXED
+            + match self {
+                WireOp::PutSession { client_id, record } => client_id.len() + record.len(),
+                WireOp::AddSubscription {
+                    client_id,
+                    filter,
+                    entry,
+                } => client_id.len() + filter.len() + entry.len(),
+                WireOp::RemoveSubscription { client_id, filter } => client_id.len() + filter.len(),
+                WireOp::Accept {
+                    message,
+                    deliveries,
+                    ..
+                } => {
+                    message.len()
+                        + deliveries
+                            .iter()
+                            .map(|(client_id, _, _, ids)| FIXED + client_id.len() + 4 * ids.len())
+                            .sum::<usize>()
+                }
+                WireOp::RemoveSession { client_id }
+                | WireOp::MarkInflight { client_id, .. }
+                | WireOp::AdvanceInflight { client_id, .. }
+                | WireOp::CompleteInflight { client_id, .. }
+                | WireOp::DropQueued { client_id, .. }
+                | WireOp::AddIncomingQos2 { client_id, .. }
+                | WireOp::RemoveIncomingQos2 { client_id, .. } => client_id.len(),
+            }
+    }
+}
+
 fn state_code(state: InflightState) -> u8 {
     match state {
         InflightState::AwaitingPubAck => 1,
