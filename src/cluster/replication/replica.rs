@@ -103,20 +103,23 @@ impl Replicas {
             .map_err(|error| error.to_string())
     }
 
-    /// The copy of `client_id`'s session that `origin` replicated here, if any.
+    /// The copy of `client_id`'s session that `origin` replicated here, if any: that
+    /// session alone is read (a failover costs the session's size, not the copy's).
     pub async fn session(&self, origin: NodeId, client_id: &str) -> Option<RestoredSession> {
         let replica = self.replica(origin).await.ok()?;
         // No batch of the origin is written meanwhile.
         let _stream = replica.generation.lock().await;
         let store = replica.store.clone();
-        let held =
-            tokio::task::spawn_blocking(move || store.restore(WallClock::now().unix_millis()))
-                .await
-                .ok()?
-                .ok()?;
-        held.sessions
-            .into_iter()
-            .find(|session| &*session.record.client_id == client_id)
+        let client_id = client_id.to_string();
+        let read = tokio::task::spawn_blocking(move || store.read_session(&client_id)).await;
+        match read {
+            Ok(Ok(session)) => session,
+            Ok(Err(error)) => {
+                tracing::warn!(origin, %error, "a session of a backup copy could not be read");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// Every session of `origin`'s copy (an adoption reads them all).

@@ -9,6 +9,7 @@
 //! and the reference counts of message bodies are rebuilt from the references.
 
 mod committer;
+mod one_session;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,6 +148,15 @@ impl RocksStore {
     /// directly, beside the writer thread: the two touch disjoint families).
     pub fn database(&self) -> Arc<DB> {
         self.db.clone()
+    }
+
+    /// `client_id`'s stored session alone (`one_session`), `None` when there is none.
+    /// Reads the database directly: the caller keeps writes to that session out.
+    pub fn read_session(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<super::record::RestoredSession>, StoreError> {
+        one_session::read_session(&self.db, &self.path, client_id)
     }
 }
 
