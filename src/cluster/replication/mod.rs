@@ -69,6 +69,9 @@ pub trait ReplicaLink: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(), String>>;
     /// Commits `backup`'s in-sync flag for this node through consensus.
     fn set_in_sync(&self, backup: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>>;
+    /// Whether this node still owns `client_id`'s session as applied here (`true` for a
+    /// session without an owner entry).
+    fn owns(&self, client_id: &str) -> bool;
 }
 
 /// The backups of `origin`: the next `factor - 1` of `voters` after it in id order,
@@ -134,6 +137,16 @@ pub fn replicated_ops(ops: &[StoreOp], persistent: &mut HashSet<ByteString>) -> 
         }
     }
     kept
+}
+
+/// Whether a message of `ops` was stored for a session this node no longer owns.
+fn moved_away(ops: &[StoreOp], link: &dyn ReplicaLink) -> bool {
+    ops.iter().any(|op| match op {
+        StoreOp::Accept { deliveries, .. } => deliveries
+            .iter()
+            .any(|delivery| !link.owns(&delivery.client_id)),
+        _ => false,
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -310,7 +323,7 @@ impl Replicator {
             return Completion::done(Err(StoreError::Overloaded));
         }
         let replicated = replicated_ops(&ops, &mut shared.persistent);
-        let Some((handle, _)) = self.attached.get().filter(|_| !replicated.is_empty()) else {
+        let Some((handle, link)) = self.attached.get().filter(|_| !replicated.is_empty()) else {
             return self.inner.submit(ops);
         };
         let wire: Arc<Vec<WireOp>> =
@@ -327,12 +340,26 @@ impl Replicator {
             return local;
         }
         let (done, completion) = Completion::waiting();
+        let link = link.clone();
         handle.spawn(async move {
             let mut result = local.await;
+            let mut released = false;
             for ack in acks {
-                if ack.await.is_err() && result.is_ok() {
-                    result = Err(StoreError::Io("replication to a backup stopped".into()));
+                match ack.await {
+                    Ok(acknowledged) => released |= !acknowledged,
+                    Err(_) if result.is_ok() => {
+                        result = Err(StoreError::Io("replication to a backup stopped".into()));
+                    }
+                    Err(_) => {}
                 }
+            }
+            // Released without a backup's copy: if a session it stored a message for
+            // was adopted elsewhere meanwhile (the adopter read a copy without it), the
+            // message is not acknowledged; the publisher sends it again.
+            if released && result.is_ok() && moved_away(&replicated, link.as_ref()) {
+                result = Err(StoreError::Io(
+                    "a session moved to another node while its backup was out of reach".into(),
+                ));
             }
             let _ = done.send(result);
         });

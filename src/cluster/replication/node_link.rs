@@ -57,6 +57,13 @@ impl ReplicaLink for NodeLink {
         })
     }
 
+    fn owns(&self, client_id: &str) -> bool {
+        self.node.upgrade().is_some_and(|node| {
+            node.owner(client_id)
+                .is_none_or(|owner| owner.node == node.node_id())
+        })
+    }
+
     fn set_in_sync(&self, backup: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let node = self.node.upgrade().ok_or("the node stopped")?;

@@ -34,7 +34,9 @@ struct Pending {
     bytes: usize,
     /// When the owner submitted it (the replication latency runs to the backup's ack).
     submitted: Instant,
-    done: oneshot::Sender<()>,
+    /// `true` once the backup acknowledged it, `false` when released without (the
+    /// backup was committed out of sync, or is no backup any more).
+    done: oneshot::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -49,7 +51,7 @@ struct QueueState {
     pending_bytes: usize,
     /// The queue went past its byte bound: what it held was let go (the backup gets a
     /// full resync), and these writes wait until the backup is committed out of sync.
-    overflowed: Option<Vec<oneshot::Sender<()>>>,
+    overflowed: Option<Vec<oneshot::Sender<bool>>>,
     closed: bool,
 }
 
@@ -89,7 +91,7 @@ impl BackupQueue {
     /// committed the backup out of sync, as for a backup that stopped answering. So
     /// memory stays bounded and no write is released while a failover could still read
     /// a copy that lacks it.
-    pub(super) fn push(&self, ops: &Arc<Vec<WireOp>>) -> Option<oneshot::Receiver<()>> {
+    pub(super) fn push(&self, ops: &Arc<Vec<WireOp>>) -> Option<oneshot::Receiver<bool>> {
         let mut state = lock(&self.state);
         if !state.accepting || state.closed {
             return None;
@@ -169,10 +171,10 @@ impl BackupQueue {
             )
         };
         for pending in released {
-            let _ = pending.done.send(());
+            let _ = pending.done.send(false);
         }
         for done in overflowed {
-            let _ = done.send(());
+            let _ = done.send(false);
         }
     }
 
@@ -381,7 +383,7 @@ pub(super) async fn run(
                     .latency
                     .record(at.saturating_duration_since(pending.submitted));
             }
-            let _ = pending.done.send(());
+            let _ = pending.done.send(synced);
         }
         if !synced {
             queue.stop_and_release();

@@ -135,6 +135,8 @@ fn every_replicated_operation_survives_the_wire() {
 /// waits for `commit_gate`.
 struct SilentBackup {
     in_sync: Mutex<bool>,
+    /// Sessions adopted by another node (this node no longer owns them).
+    adopted: Mutex<HashSet<String>>,
     events: Mutex<Vec<&'static str>>,
     changed: Notify,
     commit_gate: Semaphore,
@@ -144,6 +146,7 @@ impl SilentBackup {
     fn new() -> SilentBackup {
         SilentBackup {
             in_sync: Mutex::new(false),
+            adopted: Mutex::default(),
             events: Mutex::default(),
             changed: Notify::new(),
             commit_gate: Semaphore::new(0),
@@ -197,6 +200,10 @@ impl ReplicaLink for SilentBackup {
             self.record("stream batch sent");
             std::future::pending().await
         })
+    }
+
+    fn owns(&self, client_id: &str) -> bool {
+        !self.adopted.lock().unwrap().contains(client_id)
     }
 
     fn set_in_sync(&self, _: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>> {
@@ -268,6 +275,38 @@ async fn a_silent_backup_is_committed_out_of_sync_before_the_writes_waiting_on_i
             "proposed out of sync",
             "committed out of sync",
         ]
+    );
+}
+
+/// A write released without its backup's copy fails when the session it stored a
+/// message for was adopted elsewhere meanwhile (the adopter's copy lacks the message):
+/// its publisher gets no acknowledgement and sends it again.
+#[tokio::test]
+async fn a_write_released_without_its_backup_fails_for_a_session_adopted_meanwhile() {
+    let replicator = Replicator::new(
+        Arc::new(MemoryStore::new()),
+        Duration::from_millis(100),
+        crate::limits::DEFAULT_CLUSTER_REPLICATION_QUEUE_BYTES,
+    );
+    let store = ReplicatedStore::new(replicator.clone());
+    let backup = Arc::new(SilentBackup::new());
+    replicator.attach(backup.clone());
+    backup.wait_for("committed in sync", 1).await;
+    let stays = store.submit(vec![put("stays"), put("adopted")]);
+    backup.wait_for("proposed out of sync", 2).await;
+    backup.commit_gate.add_permits(1);
+    stays.await.expect("session changes of sessions still here");
+    backup.wait_for("committed in sync", 2).await;
+
+    let here = store.submit(vec![accept(1, &["stays"])]);
+    let moved = store.submit(vec![accept(2, &["adopted"])]);
+    backup.wait_for("proposed out of sync", 3).await;
+    backup.adopted.lock().unwrap().insert("adopted".into());
+    backup.commit_gate.add_permits(1);
+    here.await.expect("the session is still owned here");
+    assert!(
+        moved.await.is_err(),
+        "acknowledged without any copy the new owner has"
     );
 }
 
