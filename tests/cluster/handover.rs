@@ -311,11 +311,17 @@ async fn two_connects_on_two_nodes_to_a_session_with_messages_keep_every_message
 }
 
 /// The owner is killed: a client reconnecting elsewhere waits a bounded time for it,
-/// then starts afresh (Session Present = 0: sessions are not replicated). Restarted, the
-/// old owner never serves that session again and deletes its copy (fencing).
+/// then starts afresh (Session Present = 0: sessions are not replicated here, nobody
+/// holds a copy). Restarted, the old owner never serves that session again and deletes
+/// its copy (fencing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_of_a_dead_node_starts_afresh_and_the_node_deletes_its_copy_when_back() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::configure(3, &[]).await;
+    cluster.configure_section("cluster", "replication_factor = 1");
+    for node in 1..=3 {
+        cluster.spawn(node);
+    }
+    cluster.wait_for_leader(&[1, 2, 3]).await;
     let id = "orphan";
     let mut first = resuming(false, cluster.mqtt(1), id);
     assert!(!first.connected().await);
