@@ -37,9 +37,15 @@ async fn the_delayed_will_of_a_client_on_a_dead_node_is_published_once() {
     let immediate = will_client(&cluster, "adopt-will-now", "adopt-will/now", None).await;
 
     cluster.kill(1).await;
+    let killed = std::time::Instant::now();
     drop((delayed, immediate));
     let first = watcher.next_publish().await;
+    let first_at = killed.elapsed();
     let second = watcher.next_publish().await;
+    eprintln!(
+        "kill -9 to the will without delay: {first_at:?}; to the will delayed 2 s: {:?}",
+        killed.elapsed()
+    );
     assert_eq!(
         (first.topic.as_str(), first.payload.as_slice()),
         ("adopt-will/now", b"adopt-will-now lost".as_slice()),
