@@ -23,7 +23,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::broker::HandedOver;
-use crate::storage::RestoredSession;
+use crate::storage::{RestoredSession, SessionRecord};
 
 use super::config::NodeId;
 use super::node::{lock, ClusterNode, PROPOSE_TIMEOUT};
@@ -50,17 +50,16 @@ pub fn adopter_of(
         .find(|backup| reachable(*backup))
 }
 
-/// The sessions of `copies` that `origin` still owns in `state`, with their epochs: what
-/// an `Adopt` may move.
-pub fn adoptable(
+/// The sessions of `copies` (client ids) that `origin` still owns in `state`, with
+/// their epochs: what an `Adopt` may move.
+pub fn adoptable<'a>(
     state: &ClusterState,
     origin: NodeId,
-    copies: &[RestoredSession],
+    copies: impl IntoIterator<Item = &'a str>,
 ) -> Vec<(String, u64)> {
     copies
-        .iter()
-        .filter_map(|session| {
-            let client_id: &str = &session.record.client_id;
+        .into_iter()
+        .filter_map(|client_id| {
             state
                 .owners
                 .get(client_id)
@@ -189,15 +188,24 @@ impl ClusterNode {
             .clone()
             .ok_or("this node keeps no copies (replication_factor = 1)")?;
         let broker = self.broker.upgrade().ok_or("the broker stopped")?;
-        let copies = replicas.sessions(origin).await?;
-        let candidates = self.with_state(|state| adoptable(state, origin, &copies));
-        if candidates.is_empty() {
-            return Ok(0);
-        }
+        let (copies, expired) = replicas.sessions(origin).await?;
         let mut copies: HashMap<String, RestoredSession> = copies
             .into_iter()
             .map(|session| (session.record.client_id.to_string(), session))
             .collect();
+        // Sessions that expired while their node was down: adopted only to publish the
+        // will they owe, then released.
+        let mut expired: HashMap<String, SessionRecord> = expired
+            .into_iter()
+            .map(|record| (record.client_id.to_string(), record))
+            .collect();
+        let candidates = self.with_state(|state| {
+            let ids = copies.keys().chain(expired.keys()).map(String::as_str);
+            adoptable(state, origin, ids)
+        });
+        if candidates.is_empty() {
+            return Ok(0);
+        }
         // Claims of these sessions applied here meanwhile wait until they are imported
         // (`take_handover` answers "not yet"), then they move on (`pass_on`).
         let ids: Vec<String> = candidates.iter().map(|(id, _)| id.clone()).collect();
@@ -219,6 +227,15 @@ impl ClusterNode {
                 return Err("the adoption was not applied here in time".into());
             }
             for (client_id, epoch) in result.adopted {
+                if let Some(record) = expired.remove(&client_id) {
+                    if let Some(will) = record.will {
+                        broker.publish_will(will);
+                    }
+                    self.stats.adopted.fetch_add(1, Ordering::Relaxed);
+                    count += 1;
+                    self.release(client_id).await;
+                    continue;
+                }
                 let Some(session) = copies.remove(&client_id) else {
                     continue;
                 };
@@ -299,7 +316,6 @@ mod tests {
 
     use super::*;
     use crate::cluster::state::{Effect, Owner};
-    use crate::storage::{SessionRecord, EXPIRY_NEVER};
 
     fn three_nodes() -> ClusterState {
         let voters = BTreeSet::from([1, 2, 3]);
@@ -316,22 +332,6 @@ mod tests {
             node,
         };
         state.apply(&command, &mut Vec::new()).epoch
-    }
-
-    fn copy_of(client_id: &str) -> RestoredSession {
-        RestoredSession {
-            record: SessionRecord {
-                client_id: client_id.into(),
-                protocol: crate::protocol::ProtocolVersion::V5,
-                expiry_interval: EXPIRY_NEVER,
-                will: None,
-                disconnected_at: None,
-            },
-            subscriptions: Vec::new(),
-            queue: Vec::new(),
-            inflight: Vec::new(),
-            incoming_qos2: Vec::new(),
-        }
     }
 
     #[test]
@@ -369,10 +369,11 @@ mod tests {
         let a = claim(&mut state, "a", 1);
         claim(&mut state, "b", 1);
         claim(&mut state, "b", 3);
-        let copies = [copy_of("a"), copy_of("b"), copy_of("never-claimed")];
+        let expired = claim(&mut state, "expired", 1);
+        let copies = ["a", "b", "never-claimed", "expired"];
         assert_eq!(
-            adoptable(&state, 1, &copies),
-            vec![("a".to_string(), a)],
+            adoptable(&state, 1, copies),
+            vec![("a".to_string(), a), ("expired".to_string(), expired)],
             "b moved to node 3; an unclaimed copy belongs to nobody"
         );
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::storage::{
-    RestoredSession, RocksOptions, RocksStore, Store, StoreOp, SyncMode, WallClock,
+    RestoredSession, RocksOptions, RocksStore, SessionRecord, Store, StoreOp, SyncMode, WallClock,
 };
 
 use super::super::config::NodeId;
@@ -122,8 +122,13 @@ impl Replicas {
         }
     }
 
-    /// Every session of `origin`'s copy (an adoption reads them all).
-    pub async fn sessions(&self, origin: NodeId) -> Result<Vec<RestoredSession>, String> {
+    /// Every session of `origin`'s copy (an adoption reads them all), and the records of
+    /// those that had expired by now (taken out of the copy by this read: their wills
+    /// are owed once).
+    pub async fn sessions(
+        &self,
+        origin: NodeId,
+    ) -> Result<(Vec<RestoredSession>, Vec<SessionRecord>), String> {
         let replica = self.replica(origin).await?;
         let _stream = replica.generation.lock().await;
         let store = replica.store.clone();
@@ -132,7 +137,7 @@ impl Replicas {
                 .await
                 .map_err(|error| error.to_string())?
                 .map_err(|error| error.to_string())?;
-        Ok(held.sessions)
+        Ok((held.sessions, held.expired_sessions))
     }
 
     /// The session moved on from a failover: its copy goes.
