@@ -595,7 +595,7 @@ impl Connection {
                 .into_iter()
                 .filter(|packet_id| !session.awaits_release(*packet_id))
                 .map(|packet_id| StoreOp::RemoveIncomingQos2 {
-                    client_id: session.client_id().clone(),
+                    client_id: self.handle.client_id.clone(),
                     packet_id,
                 })
                 .collect();

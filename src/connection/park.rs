@@ -492,9 +492,11 @@ impl Unparker {
         };
         // The username is the session's record of who connected (a connection no longer
         // current only closes, and needs none).
-        let username = handle
-            .lock_current(generation)
-            .and_then(|session| session.client_info().and_then(|info| info.username.clone()));
+        let username = handle.lock_current(generation).and_then(|session| {
+            session
+                .client_info()
+                .and_then(|info| info.username.as_deref().map(String::from))
+        });
         let keep_alive = (keep_alive_secs != 0)
             .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
         let connection = Box::new(Connection {
@@ -546,7 +548,9 @@ impl Connection {
     /// Whether nothing of this connection needs a task now: no bytes to decode or to
     /// write, no acknowledgement waiting for its write, no backpressure, nothing the
     /// session may send, no re-authentication, a publish rate at rest, and no wake-up
-    /// waiting to be taken.
+    /// waiting to be taken. A session found idle gives back its outbound state's memory
+    /// here (`Session::release_idle_memory`), whether or not the table then takes the
+    /// connection: that state is built again by the next message.
     pub(super) fn can_park(&self, stream: &ClientStream) -> bool {
         let idle = stream.can_park()
             && self.listener.parking.is_some()
@@ -564,7 +568,13 @@ impl Connection {
         idle && self
             .handle
             .lock_current(self.generation)
-            .is_some_and(|session| !session.has_outgoing())
+            .is_some_and(|mut session| {
+                let nothing_to_send = !session.has_outgoing();
+                if nothing_to_send {
+                    session.release_idle_memory();
+                }
+                nothing_to_send
+            })
     }
 
     /// Ends a connection whose socket was lost while parking, as a closed socket.

@@ -30,6 +30,7 @@ use crate::storage::{InflightState, MessageId, StoreOp};
 use crate::topic::SmallMap;
 
 mod alias;
+mod client_info;
 mod control;
 mod inbound;
 mod inflight;
@@ -39,6 +40,8 @@ mod outbound;
 mod retained_backlog;
 #[cfg(test)]
 mod tests;
+
+pub use client_info::{ClientInfo, PeerAddr};
 
 /// Per-session limits, from `[limits]` in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,20 +210,6 @@ struct ConnectionParams {
     connect_expiry_was_zero: bool,
 }
 
-/// Who is connected, for operators (`crate::admin`): set by the connection right after
-/// it attached, kept after it went away (the last client seen).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientInfo {
-    pub peer: std::net::SocketAddr,
-    /// The authenticated username; `None` for an anonymous client.
-    pub username: Option<String>,
-    /// When the connection attached, wall-clock Unix milliseconds.
-    pub connected_at_ms: u64,
-    /// The keep alive in force (seconds, 0: none).
-    pub keep_alive: u16,
-    pub clean_start: bool,
-}
-
 pub struct Session {
     key: SessionKey,
     /// Shared by every session created under the same configuration.
@@ -232,7 +221,10 @@ pub struct Session {
     /// Vector-backed for the usual one or few filters (`SmallMap`).
     subscriptions: SmallMap<ByteString, SubscriptionEntry>,
     inbound: inbound::Inbound,
-    outbound: outbound::Outbound,
+    /// Allocated by the first message for the client and dropped again once nothing is
+    /// queued, owed or in flight and the connection goes idle (`release_idle_memory`):
+    /// an idle device holds one pointer of it.
+    outbound: Option<Box<outbound::Outbound>>,
     journal: journal::Journal,
     /// When the last connection went away; `None` while connected or never connected.
     detached_at: Option<Instant>,
@@ -268,11 +260,7 @@ impl Session {
     /// A new, empty session for `client_id`.
     ///
     /// Until the first `attach` the session assumes MQTT 3.1.1 and is not connected.
-    pub fn new(
-        key: SessionKey,
-        client_id: ByteString,
-        limits: impl Into<Arc<SessionLimits>>,
-    ) -> Session {
+    pub fn new(key: SessionKey, limits: impl Into<Arc<SessionLimits>>) -> Session {
         Session {
             key,
             limits: limits.into(),
@@ -289,8 +277,8 @@ impl Session {
             will: None,
             subscriptions: Default::default(),
             inbound: inbound::Inbound::default(),
-            outbound: outbound::Outbound::new(),
-            journal: journal::Journal::new(client_id),
+            outbound: None,
+            journal: journal::Journal::default(),
             detached_at: None,
             operator: None,
         }
@@ -305,23 +293,23 @@ impl Session {
         limits: impl Into<Arc<SessionLimits>>,
         parts: RestoredParts,
     ) -> Session {
-        let mut session = Session::new(key, client_id, limits);
+        let mut session = Session::new(key, limits);
         session.params.protocol = parts.protocol;
         session.expiry_interval = parts.expiry_interval;
         session.detached_at = Some(parts.detached_at);
         session.subscriptions = parts.subscriptions.into_iter().collect();
         for delivery in parts.queue {
-            session.outbound.restore_queued(delivery);
+            session.outbound_mut().restore_queued(delivery);
         }
         for (delivery, packet_id, state) in parts.inflight {
             session
-                .outbound
+                .outbound_mut()
                 .restore_inflight(delivery, packet_id, state);
         }
         session
             .inbound
             .restore_awaiting_release(parts.incoming_qos2);
-        session.journal.set_persistent(true);
+        session.journal.set_persistent(Some(&client_id));
         session
     }
 
@@ -329,7 +317,11 @@ impl Session {
     /// nodes): the same parts a restart restores. `detached_at` is when its last
     /// connection went away (the caller's now for a connected session).
     pub fn export(&self, now: Instant) -> RestoredParts {
-        let (inflight, queue) = self.outbound.export();
+        let (inflight, queue) = self
+            .outbound
+            .as_deref()
+            .map(outbound::Outbound::export)
+            .unwrap_or_default();
         RestoredParts {
             protocol: self.params.protocol,
             expiry_interval: self.expiry_interval,
@@ -353,9 +345,10 @@ impl Session {
         self.journal.is_persistent()
     }
 
-    /// Starts or stops journaling changes for the store.
-    pub fn set_persistent(&mut self, persistent: bool) {
-        self.journal.set_persistent(persistent);
+    /// Starts journaling changes for the store, with the client id the stored records
+    /// are keyed by, or (`None`) stops.
+    pub fn set_persistent(&mut self, client_id: Option<&ByteString>) {
+        self.journal.set_persistent(client_id);
     }
 
     /// The store operations for the changes made since the last call, in order. Submit
@@ -396,7 +389,9 @@ impl Session {
         }
     }
 
-    pub fn client_id(&self) -> &ByteString {
+    /// The client id of a session the store keeps (`None` for one that is not
+    /// persistent: only the session's handle holds the id then).
+    pub fn stored_client_id(&self) -> Option<&ByteString> {
         self.journal.client_id()
     }
 
@@ -449,7 +444,9 @@ impl Session {
         self.expiry_interval = session_expiry;
         self.will = connect.will.clone().map(Box::new);
         self.inbound.reset_aliases();
-        self.outbound.attach(self.params.client_topic_alias_maximum);
+        if let Some(outbound) = &mut self.outbound {
+            outbound.attach(self.params.client_topic_alias_maximum);
+        }
     }
 
     /// The connection went away (for any reason). Topic aliases are dropped; inflight and
@@ -458,7 +455,35 @@ impl Session {
         self.detached_at = Some(now);
         self.params.connected = false;
         self.inbound.reset_aliases();
-        self.outbound.detach();
+        if let Some(outbound) = &mut self.outbound {
+            outbound.detach();
+        }
+        self.release_idle_memory();
+    }
+
+    /// Gives back the memory of the outbound state (queue, inflight window, retained
+    /// backlog, topic aliases) when none of it holds a message: called when the
+    /// connection goes idle or away. The next message allocates it again; packet ids and
+    /// outgoing topic aliases start afresh then, which MQTT allows once no flow uses them
+    /// (an alias is assigned again with its topic).
+    pub fn release_idle_memory(&mut self) {
+        if self
+            .outbound
+            .as_deref()
+            .is_some_and(outbound::Outbound::is_idle)
+        {
+            self.outbound = None;
+        }
+    }
+
+    /// The outbound state, allocated on first use.
+    fn outbound_mut(&mut self) -> &mut outbound::Outbound {
+        let alias_maximum = if self.params.connected {
+            self.params.client_topic_alias_maximum
+        } else {
+            0
+        };
+        outbound::Outbound::ensure(&mut self.outbound, alias_maximum)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -524,10 +549,10 @@ impl Session {
             DropReason::Expired
         } else if !self.params.connected && delivery.qos == QoS::AtMostOnce {
             DropReason::OfflineQos0
-        } else if !self.outbound.has_room(&delivery, &self.limits) && !self.make_room(&delivery) {
+        } else if !self.has_room(&delivery) && !self.make_room(&delivery) {
             DropReason::QueueFull
         } else {
-            self.outbound.push(delivery);
+            self.outbound_mut().push(delivery);
             return Ok(());
         };
         self.journal.dropped(&delivery);
@@ -547,8 +572,8 @@ impl Session {
         };
         let any_qos = outbox.drop_oldest && delivery.qos != QoS::AtMostOnce;
         let drops = outbox.drops.clone();
-        while !self.outbound.has_room(delivery, &self.limits) {
-            let Some(evicted) = self.outbound.evict_oldest(any_qos) else {
+        while !self.has_room(delivery) {
+            let Some(evicted) = self.outbound_mut().evict_oldest(any_qos) else {
                 return false;
             };
             self.journal.dropped(&evicted);
@@ -584,16 +609,22 @@ impl Session {
         if !self.params.connected {
             return;
         }
-        let context = self.outgoing_context();
+        let Some(outbound) = self.outbound.as_deref_mut() else {
+            return;
+        };
+        let context = outgoing_context(&self.params, &self.limits);
         let dropped_before = dropped.len();
-        self.outbound
-            .poll(&context, now, budget, out, dropped, &mut self.journal);
+        outbound.poll(&context, now, budget, out, dropped, &mut self.journal);
         self.count_dropped(dropped.len() - dropped_before);
     }
 
     /// True if `poll_outgoing` would produce something.
     pub fn has_outgoing(&self) -> bool {
-        self.params.connected && self.outbound.pending(self.window()).is_some()
+        self.params.connected
+            && self
+                .outbound
+                .as_deref()
+                .is_some_and(|outbound| outbound.pending(self.window()).is_some())
     }
 
     /// True if `poll_outgoing` would produce something and the first thing would be a
@@ -603,7 +634,9 @@ impl Session {
     pub fn has_queued_outgoing(&self) -> bool {
         self.params.connected
             && matches!(
-                self.outbound.pending(self.window()),
+                self.outbound
+                    .as_deref()
+                    .and_then(|outbound| outbound.pending(self.window())),
                 Some(outbound::Pending::Redelivery | outbound::Pending::Queued)
             )
     }
@@ -618,19 +651,21 @@ impl Session {
         subscription_id: Option<u32>,
         messages: Vec<Arc<Message>>,
     ) -> usize {
-        let refused = self.outbound.add_retained(
-            granted,
-            subscription_id,
-            messages,
-            self.limits.max_retained_backlog,
-        );
+        if messages.is_empty() {
+            return 0;
+        }
+        let max_backlog = self.limits.max_retained_backlog;
+        let outbound = self.outbound_mut();
+        let refused = outbound.add_retained(granted, subscription_id, messages, max_backlog);
         self.count_dropped(refused);
         refused
     }
 
     /// Retained messages owed since SUBSCRIBEs and not yet sent.
     pub fn retained_backlog_len(&self) -> usize {
-        self.outbound.retained_backlog_len()
+        self.outbound
+            .as_deref()
+            .map_or(0, outbound::Outbound::retained_backlog_len)
     }
 
     /// Whether the queue is nearly full (7/8 of its limit in messages or bytes): a
@@ -677,23 +712,31 @@ impl Session {
 
     /// Messages queued and not yet in flight.
     pub fn queued_len(&self) -> usize {
-        self.outbound.queued_len()
+        self.outbound
+            .as_deref()
+            .map_or(0, outbound::Outbound::queued_len)
     }
 
     /// Bytes (as `Message::size_bytes` counts them) queued and not yet in flight.
     pub fn queued_bytes(&self) -> usize {
-        self.outbound.queued_bytes()
+        self.outbound
+            .as_deref()
+            .map_or(0, outbound::Outbound::queued_bytes)
     }
 
     /// Outgoing QoS 1/2 messages awaiting acknowledgement.
     pub fn inflight_len(&self) -> usize {
-        self.outbound.inflight_len()
+        self.outbound
+            .as_deref()
+            .map_or(0, outbound::Outbound::inflight_len)
     }
 
     /// Bytes (as `Message::size_bytes` counts them) of the messages in flight. Walks the
     /// inflight window: for operators, not for the message path.
     pub fn inflight_bytes(&self) -> usize {
-        self.outbound.inflight_bytes()
+        self.outbound
+            .as_deref()
+            .map_or(0, outbound::Outbound::inflight_bytes)
     }
 
     /// Incoming QoS 2 messages received and not yet released by PUBREL.
@@ -706,22 +749,38 @@ impl Session {
         self.inbound.awaiting_release_len()
     }
 
-    /// The outgoing QoS 1/2 window: `max_inflight` for 3.x, and for MQTT 5 also no more
-    /// than the client's Receive Maximum. Never 0, so a queue can always drain.
     fn window(&self) -> usize {
-        let ours = self.limits.max_inflight.max(1);
-        let window = match self.params.client_receive_maximum {
-            Some(theirs) if self.params.protocol.is_v5() => ours.min(theirs.max(1)),
-            _ => ours,
-        };
-        usize::from(window)
+        window(&self.params, &self.limits)
     }
 
-    fn outgoing_context(&self) -> outbound::OutgoingContext {
-        outbound::OutgoingContext {
-            protocol: self.params.protocol,
-            window: self.window(),
-            maximum_packet_size: self.params.client_maximum_packet_size,
-        }
+    /// Whether the queue limits leave room for `delivery` (see `Outbound::has_room`).
+    fn has_room(&self, delivery: &Delivery) -> bool {
+        self.outbound
+            .as_deref()
+            .map_or(self.limits.max_queued_messages > 0, |outbound| {
+                outbound.has_room(delivery, &self.limits)
+            })
+    }
+}
+
+/// The outgoing QoS 1/2 window: `max_inflight` for 3.x, and for MQTT 5 also no more
+/// than the client's Receive Maximum. Never 0, so a queue can always drain.
+fn window(params: &ConnectionParams, limits: &SessionLimits) -> usize {
+    let ours = limits.max_inflight.max(1);
+    let window = match params.client_receive_maximum {
+        Some(theirs) if params.protocol.is_v5() => ours.min(theirs.max(1)),
+        _ => ours,
+    };
+    usize::from(window)
+}
+
+fn outgoing_context(
+    params: &ConnectionParams,
+    limits: &SessionLimits,
+) -> outbound::OutgoingContext {
+    outbound::OutgoingContext {
+        protocol: params.protocol,
+        window: window(params, limits),
+        maximum_packet_size: params.client_maximum_packet_size,
     }
 }
