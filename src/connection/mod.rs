@@ -17,6 +17,7 @@
 mod authenticate;
 mod backpressure;
 mod buffer;
+mod chunked;
 mod close;
 mod handshake;
 mod held;

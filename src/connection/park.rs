@@ -44,6 +44,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::time::Instant as TokioInstant;
 
+use super::chunked::Chunked;
 use super::held::HeldPackets;
 use super::{policy, Connection};
 use crate::broker::wakeup::UnparkQueue;
@@ -82,7 +83,7 @@ struct ParkTable {
 
 #[derive(Default)]
 struct TableState {
-    entries: Vec<Option<Parked>>,
+    entries: Chunked<Parked>,
     /// Vacant indices of `entries`.
     free: Vec<u32>,
     /// Tokens by keep-alive deadline (ticks after the epoch): one per parked
@@ -302,9 +303,9 @@ pub(super) fn park(
         version: connection.version,
     };
     if index as usize == state.entries.len() {
-        state.entries.push(Some(parked));
-    } else {
-        state.entries[index as usize] = Some(parked);
+        state.entries.push(parked);
+    } else if let Some(slot) = state.entries.get_mut(index as usize) {
+        *slot = Some(parked);
     }
     if keep_alive_at != NO_DEADLINE {
         state.wheel.entry(keep_alive_at).or_default().push(token);

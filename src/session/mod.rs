@@ -18,6 +18,7 @@
 //! topic alias cache) and `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
 //! client may not send).
 
+use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -197,15 +198,14 @@ pub struct UnsubscribeRequest {
 struct ConnectionParams {
     protocol: ProtocolVersion,
     connected: bool,
-    /// The client's Receive Maximum (MQTT 5); `None`: 65535 as the spec defaults it.
-    client_receive_maximum: Option<u16>,
-    /// The client's Maximum Packet Size (MQTT 5); `None`: only the protocol limit.
-    client_maximum_packet_size: Option<u32>,
+    /// The client's Receive Maximum (MQTT 5; the decoder refuses 0); `None`: 65535 as
+    /// the spec defaults it.
+    client_receive_maximum: Option<NonZeroU16>,
+    /// The client's Maximum Packet Size (MQTT 5; the decoder refuses 0); `None`: only
+    /// the protocol limit.
+    client_maximum_packet_size: Option<NonZeroU32>,
     /// The client's Topic Alias Maximum (MQTT 5): how many aliases we may assign.
     client_topic_alias_maximum: u16,
-    /// The Authentication Method of CONNECT, if any (enhanced authentication); boxed, as
-    /// few clients use one.
-    authentication_method: Option<Box<ByteString>>,
     /// MQTT 5 forbids raising a zero Session Expiry Interval from CONNECT in DISCONNECT.
     connect_expiry_was_zero: bool,
 }
@@ -216,8 +216,9 @@ pub struct Session {
     limits: Arc<SessionLimits>,
     params: ConnectionParams,
     expiry_interval: Duration,
-    /// Boxed: most clients set no will, and an inline one would size every session.
-    will: Option<Box<Will>>,
+    /// The will and the authentication method of CONNECT, boxed together: most clients
+    /// set neither, and inline they would size every session.
+    extras: Option<Box<ConnectExtras>>,
     /// Vector-backed for the usual one or few filters (`SmallMap`).
     subscriptions: SmallMap<ByteString, SubscriptionEntry>,
     inbound: inbound::Inbound,
@@ -231,6 +232,14 @@ pub struct Session {
     /// What operators see of the session (`crate::admin`); boxed, as only they read
     /// it, so it costs a session one pointer.
     operator: Option<Box<OperatorView>>,
+}
+
+/// What few CONNECTs carry, kept while the connection's session lasts.
+#[derive(Debug)]
+struct ConnectExtras {
+    will: Option<Will>,
+    /// The Authentication Method of CONNECT, if any (enhanced authentication).
+    authentication_method: Option<ByteString>,
 }
 
 /// The operators' view of a session: who is (or was last) connected and how many
@@ -270,11 +279,10 @@ impl Session {
                 client_receive_maximum: None,
                 client_maximum_packet_size: None,
                 client_topic_alias_maximum: 0,
-                authentication_method: None,
                 connect_expiry_was_zero: true,
             },
             expiry_interval: Duration::ZERO,
-            will: None,
+            extras: None,
             subscriptions: Default::default(),
             inbound: inbound::Inbound::default(),
             outbound: None,
@@ -423,26 +431,29 @@ impl Session {
         self.params = ConnectionParams {
             protocol: connect.protocol,
             connected: true,
-            client_receive_maximum: if v5 { properties.receive_maximum } else { None },
-            client_maximum_packet_size: if v5 {
-                properties.maximum_packet_size
-            } else {
-                None
-            },
+            client_receive_maximum: properties
+                .receive_maximum
+                .filter(|_| v5)
+                .and_then(NonZeroU16::new),
+            client_maximum_packet_size: properties
+                .maximum_packet_size
+                .filter(|_| v5)
+                .and_then(NonZeroU32::new),
             client_topic_alias_maximum: if v5 {
                 properties.topic_alias_maximum.unwrap_or(0)
             } else {
                 0
             },
-            authentication_method: if v5 {
-                properties.authentication_method.clone().map(Box::new)
-            } else {
-                None
-            },
             connect_expiry_was_zero: properties.session_expiry_interval.unwrap_or(0) == 0,
         };
         self.expiry_interval = session_expiry;
-        self.will = connect.will.clone().map(Box::new);
+        let authentication_method = properties.authentication_method.clone().filter(|_| v5);
+        self.extras = (connect.will.is_some() || authentication_method.is_some()).then(|| {
+            Box::new(ConnectExtras {
+                will: connect.will.clone(),
+                authentication_method,
+            })
+        });
         self.inbound.reset_aliases();
         if let Some(outbound) = &mut self.outbound {
             outbound.attach(self.params.client_topic_alias_maximum);
@@ -503,12 +514,20 @@ impl Session {
 
     /// Takes the will (it is published at most once).
     pub fn take_will(&mut self) -> Option<Will> {
-        self.will.take().map(|will| *will)
+        let will = self.extras.as_deref_mut()?.will.take();
+        if self
+            .extras
+            .as_deref()
+            .is_some_and(|extras| extras.authentication_method.is_none())
+        {
+            self.extras = None;
+        }
+        will
     }
 
     /// The will as stored, without taking it (e.g. to read its delay interval).
     pub fn will(&self) -> Option<&Will> {
-        self.will.as_deref()
+        self.extras.as_deref()?.will.as_ref()
     }
 
     /// Handles one packet from the client (anything after CONNECT).
@@ -768,7 +787,7 @@ impl Session {
 fn window(params: &ConnectionParams, limits: &SessionLimits) -> usize {
     let ours = limits.max_inflight.max(1);
     let window = match params.client_receive_maximum {
-        Some(theirs) if params.protocol.is_v5() => ours.min(theirs.max(1)),
+        Some(theirs) if params.protocol.is_v5() => ours.min(theirs.get()),
         _ => ours,
     };
     usize::from(window)
@@ -781,6 +800,6 @@ fn outgoing_context(
     outbound::OutgoingContext {
         protocol: params.protocol,
         window: window(params, limits),
-        maximum_packet_size: params.client_maximum_packet_size,
+        maximum_packet_size: params.client_maximum_packet_size.map(NonZeroU32::get),
     }
 }
