@@ -105,7 +105,7 @@ impl Session {
                         "DISCONNECT sets a session expiry after CONNECT set 0",
                     ));
                 }
-                self.expiry_interval = Duration::from_secs(u64::from(seconds));
+                self.set_expiry_interval(Duration::from_secs(u64::from(seconds)));
             }
         }
         let publish_will = v5

@@ -215,7 +215,9 @@ pub struct Session {
     /// Shared by every session created under the same configuration.
     limits: Arc<SessionLimits>,
     params: ConnectionParams,
-    expiry_interval: Duration,
+    /// How long the session lives after detach, in milliseconds (a `Duration` would take
+    /// 16 bytes of every session; see `expiry_interval`).
+    expiry_interval_ms: u64,
     /// The will and the authentication method of CONNECT, boxed together: most clients
     /// set neither, and inline they would size every session.
     extras: Option<Box<ConnectExtras>>,
@@ -281,7 +283,7 @@ impl Session {
                 client_topic_alias_maximum: 0,
                 connect_expiry_was_zero: true,
             },
-            expiry_interval: Duration::ZERO,
+            expiry_interval_ms: 0,
             extras: None,
             subscriptions: Default::default(),
             inbound: inbound::Inbound::default(),
@@ -303,7 +305,7 @@ impl Session {
     ) -> Session {
         let mut session = Session::new(key, limits);
         session.params.protocol = parts.protocol;
-        session.expiry_interval = parts.expiry_interval;
+        session.set_expiry_interval(parts.expiry_interval);
         session.detached_at = Some(parts.detached_at);
         session.subscriptions = parts.subscriptions.into_iter().collect();
         for delivery in parts.queue {
@@ -332,7 +334,7 @@ impl Session {
             .unwrap_or_default();
         RestoredParts {
             protocol: self.params.protocol,
-            expiry_interval: self.expiry_interval,
+            expiry_interval: self.expiry_interval(),
             detached_at: self
                 .detached_at
                 .filter(|_| !self.params.connected)
@@ -446,7 +448,7 @@ impl Session {
             },
             connect_expiry_was_zero: properties.session_expiry_interval.unwrap_or(0) == 0,
         };
-        self.expiry_interval = session_expiry;
+        self.set_expiry_interval(session_expiry);
         let authentication_method = properties.authentication_method.clone().filter(|_| v5);
         self.extras = (connect.will.is_some() || authentication_method.is_some()).then(|| {
             Box::new(ConnectExtras {
@@ -503,13 +505,15 @@ impl Session {
 
     /// How long the session lives after detach (0: ends with the connection).
     pub fn expiry_interval(&self) -> Duration {
-        self.expiry_interval
+        Duration::from_millis(self.expiry_interval_ms)
     }
 
     /// Overrides the session expiry interval, e.g. to clamp a value the client set in
     /// DISCONNECT to the broker's configured maximum.
+    /// Kept to the millisecond, rounded up: a non-zero interval stays non-zero.
     pub fn set_expiry_interval(&mut self, interval: Duration) {
-        self.expiry_interval = interval;
+        let millis = interval.as_nanos().div_ceil(1_000_000);
+        self.expiry_interval_ms = u64::try_from(millis).unwrap_or(u64::MAX);
     }
 
     /// Takes the will (it is published at most once).
