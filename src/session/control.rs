@@ -53,7 +53,7 @@ impl Session {
                 return Err(protocol_error("No Local set on a shared subscription"));
             }
             let result = if valid {
-                let existed = self.subscriptions.contains_key(&requested.filter)
+                let existed = self.subscriptions.contains_key(&*requested.filter)
                     || !seen.insert(requested.filter.clone());
                 Ok(existed)
             } else {
@@ -79,7 +79,7 @@ impl Session {
             .filters
             .into_iter()
             .map(|filter| {
-                let existed = self.subscriptions.remove(&filter).is_some();
+                let existed = self.subscriptions.remove(&*filter).is_some();
                 (filter, existed)
             })
             .collect();

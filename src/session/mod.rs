@@ -222,7 +222,9 @@ pub struct Session {
     /// set neither, and inline they would size every session.
     extras: Option<Box<ConnectExtras>>,
     /// Vector-backed for the usual one or few filters (`SmallMap`).
-    subscriptions: SmallMap<ByteString, SubscriptionEntry>,
+    /// Filters as `Box<str>` (16 bytes, not a `ByteString`'s 32): a device's one filter
+    /// entry is then a 32-byte allocation; callers get `ByteString`s made on the way out.
+    subscriptions: SmallMap<Box<str>, SubscriptionEntry>,
     inbound: inbound::Inbound,
     /// Allocated by the first message for the client and dropped again once nothing is
     /// queued, owed or in flight and the connection goes idle (`release_idle_memory`):
@@ -307,7 +309,11 @@ impl Session {
         session.params.protocol = parts.protocol;
         session.set_expiry_interval(parts.expiry_interval);
         session.detached_at = Some(parts.detached_at);
-        session.subscriptions = parts.subscriptions.into_iter().collect();
+        session.subscriptions = parts
+            .subscriptions
+            .into_iter()
+            .map(|(filter, entry)| (Box::from(&*filter), entry))
+            .collect();
         for delivery in parts.queue {
             session.outbound_mut().restore_queued(delivery);
         }
@@ -340,9 +346,8 @@ impl Session {
                 .filter(|_| !self.params.connected)
                 .unwrap_or(now),
             subscriptions: self
-                .subscriptions
-                .iter()
-                .map(|(filter, entry)| (filter.clone(), *entry))
+                .subscriptions()
+                .map(|(filter, entry)| (filter, *entry))
                 .collect(),
             queue,
             inflight,
@@ -719,7 +724,7 @@ impl Session {
     /// lasts.
     pub fn add_subscription(&mut self, filter: ByteString, entry: SubscriptionEntry) -> bool {
         self.subscriptions
-            .insert(ByteString::from(&*filter), entry)
+            .insert(Box::from(&*filter), entry)
             .is_some()
     }
 
@@ -728,9 +733,13 @@ impl Session {
         self.subscriptions.remove(filter).is_some()
     }
 
-    /// Every subscription, to remove the routes when the session ends.
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&ByteString, &SubscriptionEntry)> {
-        self.subscriptions.iter()
+    /// Every subscription, to remove the routes when the session ends. Each filter is a
+    /// `ByteString` made for the caller (sessions end, move and are listed far less
+    /// often than idle devices are kept).
+    pub fn subscriptions(&self) -> impl Iterator<Item = (ByteString, &SubscriptionEntry)> {
+        self.subscriptions
+            .iter()
+            .map(|(filter, entry)| (ByteString::from(&**filter), entry))
     }
 
     /// Messages queued and not yet in flight.
