@@ -81,3 +81,31 @@ impl Congestion {
         (notified, congested)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relief_without_a_mark_allocates_nothing() {
+        let congestion = Congestion::default();
+        congestion.relieve();
+        congestion.stall();
+        assert!(congestion.space.get().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_publisher_waiting_after_a_mark_is_woken_by_relief() {
+        let congestion = std::sync::Arc::new(Congestion::default());
+        assert!(congestion.note());
+        let (space, congested) = congestion.wait_for_space();
+        assert!(congested);
+        let relieving = congestion.clone();
+        let relief = tokio::spawn(async move { relieving.relieve() });
+        tokio::time::timeout(std::time::Duration::from_secs(10), space)
+            .await
+            .expect("relief wakes the waiting publisher");
+        relief.await.expect("the relieving task ends");
+        assert!(!congestion.needs_relief());
+    }
+}
