@@ -11,8 +11,13 @@
 //!
 //! Marking and clearing happen with the session locked, beside the queue check they
 //! depend on, so a mark is never set after the drain that should have cleared it.
+//!
+//! The signal (a `Notify`, 32 bytes) is allocated by the first mark: every session holds
+//! a `Congestion`, and most are never congested. A mark allocates it before it is set,
+//! under the session lock, so whoever clears the mark later finds it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -20,7 +25,7 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub struct Congestion {
     /// Woken (all waiters) when the session drained, stalled or went offline.
-    space: Notify,
+    space: OnceLock<Box<Notify>>,
     /// Publishers wait for this session's queue to drain.
     congested: AtomicBool,
     /// A publisher waited the whole timeout: nobody waits for this session until it
@@ -36,6 +41,7 @@ impl Congestion {
         if self.stalled.load(Ordering::SeqCst) {
             return false;
         }
+        self.space.get_or_init(Box::default);
         self.congested.store(true, Ordering::SeqCst);
         true
     }
@@ -51,7 +57,9 @@ impl Congestion {
     pub fn relieve(&self) {
         self.congested.store(false, Ordering::SeqCst);
         self.stalled.store(false, Ordering::SeqCst);
-        self.space.notify_waiters();
+        if let Some(space) = self.space.get() {
+            space.notify_waiters();
+        }
     }
 
     /// A publisher waited the whole timeout: publishers stop waiting for this session
@@ -59,15 +67,45 @@ impl Congestion {
     pub fn stall(&self) {
         self.stalled.store(true, Ordering::SeqCst);
         self.congested.store(false, Ordering::SeqCst);
-        self.space.notify_waiters();
+        if let Some(space) = self.space.get() {
+            space.notify_waiters();
+        }
     }
 
     /// A future that resolves on the next `relieve` or `stall`, and whether waiting for
     /// it is needed at all. Take the future first, then check: a wake-up between the two
     /// is not lost.
     pub fn wait_for_space(&self) -> (Notified<'_>, bool) {
-        let notified = self.space.notified();
+        let notified = self.space.get_or_init(Box::default).notified();
         let congested = self.congested.load(Ordering::SeqCst);
         (notified, congested)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relief_without_a_mark_allocates_nothing() {
+        let congestion = Congestion::default();
+        congestion.relieve();
+        congestion.stall();
+        assert!(congestion.space.get().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_publisher_waiting_after_a_mark_is_woken_by_relief() {
+        let congestion = std::sync::Arc::new(Congestion::default());
+        assert!(congestion.note());
+        let (space, congested) = congestion.wait_for_space();
+        assert!(congested);
+        let relieving = congestion.clone();
+        let relief = tokio::spawn(async move { relieving.relieve() });
+        tokio::time::timeout(std::time::Duration::from_secs(10), space)
+            .await
+            .expect("relief wakes the waiting publisher");
+        relief.await.expect("the relieving task ends");
+        assert!(!congestion.needs_relief());
     }
 }

@@ -81,7 +81,7 @@ impl Broker {
                     .partition(|will| will_delay(will).is_zero());
                 wills.extend(immediate);
                 let will = delayed.into_iter().next().or(pending_will);
-                let mut record = self.session_record(&session, will);
+                let mut record = self.session_record(&handle.client_id, &session, will);
                 if connected {
                     record.disconnected_at = Some(self.clock.to_unix_millis(now));
                 }

@@ -279,7 +279,7 @@ impl Broker {
         ClientSummary {
             client_id: handle.client_id.to_string(),
             connected,
-            username: info.and_then(|info| info.username.clone()),
+            username: info.and_then(|info| info.username.as_deref().map(String::from)),
             peer: info.map(|info| info.peer.to_string()),
             protocol: session.protocol().level(),
             connected_since_ms: info.filter(|_| connected).map(|info| info.connected_at_ms),

@@ -165,9 +165,11 @@ impl Broker {
         if persistent {
             if !session.is_persistent() {
                 handle.set_persistent_locked(session, true);
-                ops.push(StoreOp::PutSession(
-                    self.session_record(session, session.will().cloned()),
-                ));
+                ops.push(StoreOp::PutSession(self.session_record(
+                    &handle.client_id,
+                    session,
+                    session.will().cloned(),
+                )));
                 ops.extend(session.subscriptions().map(|(filter, entry)| {
                     StoreOp::AddSubscription {
                         client_id: handle.client_id.clone(),
@@ -176,9 +178,11 @@ impl Broker {
                     }
                 }));
             } else {
-                ops.push(StoreOp::PutSession(
-                    self.session_record(session, session.will().cloned()),
-                ));
+                ops.push(StoreOp::PutSession(self.session_record(
+                    &handle.client_id,
+                    session,
+                    session.will().cloned(),
+                )));
             }
         } else if session.is_persistent() {
             handle.set_persistent_locked(session, false);
@@ -188,11 +192,17 @@ impl Broker {
         }
     }
 
-    /// The stored form of a session, with the will a restart still owes (if any).
-    pub(crate) fn session_record(&self, session: &Session, will: Option<Will>) -> SessionRecord {
+    /// The stored form of `client_id`'s session, with the will a restart still owes (if
+    /// any).
+    pub(crate) fn session_record(
+        &self,
+        client_id: &ByteString,
+        session: &Session,
+        will: Option<Will>,
+    ) -> SessionRecord {
         let expiry = session.expiry_interval();
         SessionRecord {
-            client_id: session.client_id().clone(),
+            client_id: client_id.clone(),
             protocol: session.protocol(),
             expiry_interval: if expiry >= NEVER_EXPIRES {
                 EXPIRY_NEVER
@@ -274,7 +284,7 @@ impl Broker {
         if session.is_persistent() {
             // The record keeps a delayed will: a restart before it is due still owes it.
             let owed = delayed_will.as_ref().map(|(_, will)| will.clone());
-            let record = self.session_record(&session, owed);
+            let record = self.session_record(&handle.client_id, &session, owed);
             self.submit_detached(vec![StoreOp::PutSession(record)]);
         }
         drop(session);
@@ -339,7 +349,7 @@ impl Broker {
                 return;
             }
             if session.is_persistent() {
-                let record = self.session_record(&session, None);
+                let record = self.session_record(&handle.client_id, &session, None);
                 self.submit_detached(vec![StoreOp::PutSession(record)]);
             }
             drop(session);

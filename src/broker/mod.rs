@@ -33,6 +33,7 @@ pub mod inspect;
 pub mod lifecycle;
 pub mod log_throttle;
 mod recent;
+pub mod registry;
 pub mod remote;
 pub mod restore;
 pub mod routing;
@@ -79,7 +80,7 @@ pub struct Broker {
     /// configured: the router then checks read access per delivery (`auth::read_gate`).
     read_checks: OnceLock<Arc<Security>>,
     metrics: Metrics,
-    registry: Mutex<HashMap<ByteString, Arc<SessionHandle>>>,
+    registry: Mutex<registry::Registry>,
     routes: RwLock<SubscriptionTrie<SessionKey, Route>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
     scheduler: Scheduler,
@@ -121,7 +122,7 @@ impl Broker {
             reloadables: Mutex::new(Vec::new()),
             read_checks: OnceLock::new(),
             metrics,
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(registry::Registry::default()),
             routes: RwLock::new(SubscriptionTrie::new()),
             retained: RwLock::new(RetainedTree::new()),
             scheduler: Scheduler::default(),

@@ -174,11 +174,7 @@ impl Broker {
             let mut routes = write(&self.routes);
             for (filter, entry) in &restored.subscriptions {
                 if let Some((plain, group)) = trie_key(filter) {
-                    let route = Route {
-                        session: handle.clone(),
-                        options: entry.options,
-                        subscription_id: entry.subscription_id,
-                    };
+                    let route = Route::new(handle.clone(), entry.options, entry.subscription_id);
                     routes.insert(plain, group, key, route);
                 }
             }

@@ -17,6 +17,7 @@
 mod authenticate;
 mod backpressure;
 mod buffer;
+mod chunked;
 mod close;
 mod handshake;
 mod held;
@@ -595,7 +596,7 @@ impl Connection {
                 .into_iter()
                 .filter(|packet_id| !session.awaits_release(*packet_id))
                 .map(|packet_id| StoreOp::RemoveIncomingQos2 {
-                    client_id: session.client_id().clone(),
+                    client_id: self.handle.client_id.clone(),
                     packet_id,
                 })
                 .collect();

@@ -185,8 +185,8 @@ pub async fn open(
         .lock_current(connected.attachment.generation)
     {
         session.set_client_info(ClientInfo {
-            peer,
-            username: admitted.username.clone(),
+            peer: peer.into(),
+            username: admitted.username.as_deref().map(Box::from),
             connected_at_ms: WallClock::now().unix_millis(),
             keep_alive: terms.keep_alive,
             clean_start: connect.clean_start,

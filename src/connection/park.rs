@@ -44,6 +44,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::time::Instant as TokioInstant;
 
+use super::chunked::Chunked;
 use super::held::HeldPackets;
 use super::{policy, Connection};
 use crate::broker::wakeup::UnparkQueue;
@@ -82,7 +83,7 @@ struct ParkTable {
 
 #[derive(Default)]
 struct TableState {
-    entries: Vec<Option<Parked>>,
+    entries: Chunked<Parked>,
     /// Vacant indices of `entries`.
     free: Vec<u32>,
     /// Tokens by keep-alive deadline (ticks after the epoch): one per parked
@@ -302,9 +303,9 @@ pub(super) fn park(
         version: connection.version,
     };
     if index as usize == state.entries.len() {
-        state.entries.push(Some(parked));
-    } else {
-        state.entries[index as usize] = Some(parked);
+        state.entries.push(parked);
+    } else if let Some(slot) = state.entries.get_mut(index as usize) {
+        *slot = Some(parked);
     }
     if keep_alive_at != NO_DEADLINE {
         state.wheel.entry(keep_alive_at).or_default().push(token);
@@ -492,9 +493,11 @@ impl Unparker {
         };
         // The username is the session's record of who connected (a connection no longer
         // current only closes, and needs none).
-        let username = handle
-            .lock_current(generation)
-            .and_then(|session| session.client_info().and_then(|info| info.username.clone()));
+        let username = handle.lock_current(generation).and_then(|session| {
+            session
+                .client_info()
+                .and_then(|info| info.username.as_deref().map(String::from))
+        });
         let keep_alive = (keep_alive_secs != 0)
             .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
         let connection = Box::new(Connection {
@@ -546,7 +549,9 @@ impl Connection {
     /// Whether nothing of this connection needs a task now: no bytes to decode or to
     /// write, no acknowledgement waiting for its write, no backpressure, nothing the
     /// session may send, no re-authentication, a publish rate at rest, and no wake-up
-    /// waiting to be taken.
+    /// waiting to be taken. A session found idle gives back its outbound state's memory
+    /// here (`Session::release_idle_memory`), whether or not the table then takes the
+    /// connection: that state is built again by the next message.
     pub(super) fn can_park(&self, stream: &ClientStream) -> bool {
         let idle = stream.can_park()
             && self.listener.parking.is_some()
@@ -564,7 +569,13 @@ impl Connection {
         idle && self
             .handle
             .lock_current(self.generation)
-            .is_some_and(|session| !session.has_outgoing())
+            .is_some_and(|mut session| {
+                let nothing_to_send = !session.has_outgoing();
+                if nothing_to_send {
+                    session.release_idle_memory();
+                }
+                nothing_to_send
+            })
     }
 
     /// Ends a connection whose socket was lost while parking, as a closed socket.

@@ -53,7 +53,7 @@ impl Session {
                 return Err(protocol_error("No Local set on a shared subscription"));
             }
             let result = if valid {
-                let existed = self.subscriptions.contains_key(&requested.filter)
+                let existed = self.subscriptions.contains_key(&*requested.filter)
                     || !seen.insert(requested.filter.clone());
                 Ok(existed)
             } else {
@@ -79,7 +79,7 @@ impl Session {
             .filters
             .into_iter()
             .map(|filter| {
-                let existed = self.subscriptions.remove(&filter).is_some();
+                let existed = self.subscriptions.remove(&*filter).is_some();
                 (filter, existed)
             })
             .collect();
@@ -105,14 +105,14 @@ impl Session {
                         "DISCONNECT sets a session expiry after CONNECT set 0",
                     ));
                 }
-                self.expiry_interval = Duration::from_secs(u64::from(seconds));
+                self.set_expiry_interval(Duration::from_secs(u64::from(seconds)));
             }
         }
         let publish_will = v5
             && disconnect.reason_code == reason::DISCONNECT_WITH_WILL_MESSAGE
-            && self.will.is_some();
+            && self.will().is_some();
         if !publish_will {
-            self.will = None;
+            self.take_will();
         }
         Ok(vec![Action::Disconnect { publish_will }])
     }
@@ -121,12 +121,16 @@ impl Session {
     /// another one, it is a Protocol Error. No authentication method is implemented yet,
     /// so an AUTH that gets past those checks is refused as a bad method.
     pub(super) fn handle_auth(&mut self, auth: Auth) -> Result<Vec<Action>, Violation> {
-        let Some(method) = &self.params.authentication_method else {
+        let method = self
+            .extras
+            .as_deref()
+            .and_then(|extras| extras.authentication_method.as_ref());
+        let Some(method) = method else {
             return Err(protocol_error(
                 "AUTH without an authentication method in CONNECT",
             ));
         };
-        if auth.properties.authentication_method.as_ref() != Some(&**method) {
+        if auth.properties.authentication_method.as_ref() != Some(method) {
             return Err(protocol_error("AUTH with another authentication method"));
         }
         Err(Violation {

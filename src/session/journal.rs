@@ -15,47 +15,53 @@ use bytestring::ByteString;
 use super::Delivery;
 use crate::storage::{InflightState, StoreOp};
 
+/// Empty (one pointer) for a session the store does not keep, which is most of them:
+/// the client id and the pending operations are allocated only while it is persistent.
+#[derive(Debug, Default)]
+pub(super) struct Journal(Option<Box<Persisted>>);
+
 #[derive(Debug)]
-pub(super) struct Journal {
+struct Persisted {
     client_id: ByteString,
-    /// Whether the store keeps this session at all.
-    persistent: bool,
     ops: Vec<StoreOp>,
 }
 
 impl Journal {
-    pub(super) fn new(client_id: ByteString) -> Journal {
-        Journal {
-            client_id,
-            persistent: false,
-            ops: Vec::new(),
-        }
-    }
-
-    /// The session's client id (the journal keeps the session's only copy).
-    pub(super) fn client_id(&self) -> &ByteString {
-        &self.client_id
-    }
-
     pub(super) fn is_persistent(&self) -> bool {
-        self.persistent
+        self.0.is_some()
     }
 
-    pub(super) fn set_persistent(&mut self, persistent: bool) {
-        self.persistent = persistent;
-        if !persistent {
-            self.ops.clear();
+    /// Starts (with the session's client id, which the operations name) or stops
+    /// journaling; stopping drops what was not taken.
+    pub(super) fn set_persistent(&mut self, client_id: Option<&ByteString>) {
+        match (client_id, &mut self.0) {
+            (None, _) => self.0 = None,
+            (Some(_), Some(_)) => {}
+            (Some(client_id), None) => {
+                self.0 = Some(Box::new(Persisted {
+                    client_id: client_id.clone(),
+                    ops: Vec::new(),
+                }))
+            }
         }
+    }
+
+    /// The client id of a persistent session.
+    pub(super) fn client_id(&self) -> Option<&ByteString> {
+        self.0.as_ref().map(|persisted| &persisted.client_id)
     }
 
     pub(super) fn take(&mut self) -> Vec<StoreOp> {
-        std::mem::take(&mut self.ops)
+        self.0
+            .as_mut()
+            .map(|persisted| std::mem::take(&mut persisted.ops))
+            .unwrap_or_default()
     }
 
     pub(super) fn sent(&mut self, delivery: &Delivery, packet_id: u16, state: InflightState) {
-        if let Some(message_id) = self.stored(delivery) {
-            self.ops.push(StoreOp::MarkInflight {
-                client_id: self.client_id.clone(),
+        if let (Some(message_id), Some(persisted)) = (delivery.stored, self.0.as_mut()) {
+            persisted.ops.push(StoreOp::MarkInflight {
+                client_id: persisted.client_id.clone(),
                 message_id,
                 packet_id,
                 state,
@@ -65,18 +71,18 @@ impl Journal {
 
     /// A stored delivery left the queue without going in flight (expired, too large).
     pub(super) fn dropped(&mut self, delivery: &Delivery) {
-        if let Some(message_id) = self.stored(delivery) {
-            self.ops.push(StoreOp::DropQueued {
-                client_id: self.client_id.clone(),
+        if let (Some(message_id), Some(persisted)) = (delivery.stored, self.0.as_mut()) {
+            persisted.ops.push(StoreOp::DropQueued {
+                client_id: persisted.client_id.clone(),
                 message_id,
             });
         }
     }
 
     pub(super) fn released(&mut self, delivery: &Delivery, packet_id: u16) {
-        if self.stored(delivery).is_some() {
-            self.ops.push(StoreOp::AdvanceInflight {
-                client_id: self.client_id.clone(),
+        if let (Some(_), Some(persisted)) = (delivery.stored, self.0.as_mut()) {
+            persisted.ops.push(StoreOp::AdvanceInflight {
+                client_id: persisted.client_id.clone(),
                 packet_id,
                 state: InflightState::AwaitingPubComp,
             });
@@ -84,33 +90,29 @@ impl Journal {
     }
 
     pub(super) fn completed(&mut self, delivery: &Delivery, packet_id: u16) {
-        if self.stored(delivery).is_some() {
-            self.ops.push(StoreOp::CompleteInflight {
-                client_id: self.client_id.clone(),
+        if let (Some(_), Some(persisted)) = (delivery.stored, self.0.as_mut()) {
+            persisted.ops.push(StoreOp::CompleteInflight {
+                client_id: persisted.client_id.clone(),
                 packet_id,
             });
         }
     }
 
     pub(super) fn incoming_added(&mut self, packet_id: u16) {
-        if self.persistent {
-            self.ops.push(StoreOp::AddIncomingQos2 {
-                client_id: self.client_id.clone(),
+        if let Some(persisted) = self.0.as_mut() {
+            persisted.ops.push(StoreOp::AddIncomingQos2 {
+                client_id: persisted.client_id.clone(),
                 packet_id,
             });
         }
     }
 
     pub(super) fn incoming_released(&mut self, packet_id: u16) {
-        if self.persistent {
-            self.ops.push(StoreOp::RemoveIncomingQos2 {
-                client_id: self.client_id.clone(),
+        if let Some(persisted) = self.0.as_mut() {
+            persisted.ops.push(StoreOp::RemoveIncomingQos2 {
+                client_id: persisted.client_id.clone(),
                 packet_id,
             });
         }
-    }
-
-    fn stored(&self, delivery: &Delivery) -> Option<crate::storage::MessageId> {
-        delivery.stored.filter(|_| self.persistent)
     }
 }

@@ -18,6 +18,7 @@
 //! topic alias cache) and `control` (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH and the packets a
 //! client may not send).
 
+use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use crate::storage::{InflightState, MessageId, StoreOp};
 use crate::topic::SmallMap;
 
 mod alias;
+mod client_info;
 mod control;
 mod inbound;
 mod inflight;
@@ -39,6 +41,8 @@ mod outbound;
 mod retained_backlog;
 #[cfg(test)]
 mod tests;
+
+pub use client_info::{ClientInfo, PeerAddr};
 
 /// Per-session limits, from `[limits]` in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,31 +198,16 @@ pub struct UnsubscribeRequest {
 struct ConnectionParams {
     protocol: ProtocolVersion,
     connected: bool,
-    /// The client's Receive Maximum (MQTT 5); `None`: 65535 as the spec defaults it.
-    client_receive_maximum: Option<u16>,
-    /// The client's Maximum Packet Size (MQTT 5); `None`: only the protocol limit.
-    client_maximum_packet_size: Option<u32>,
+    /// The client's Receive Maximum (MQTT 5; the decoder refuses 0); `None`: 65535 as
+    /// the spec defaults it.
+    client_receive_maximum: Option<NonZeroU16>,
+    /// The client's Maximum Packet Size (MQTT 5; the decoder refuses 0); `None`: only
+    /// the protocol limit.
+    client_maximum_packet_size: Option<NonZeroU32>,
     /// The client's Topic Alias Maximum (MQTT 5): how many aliases we may assign.
     client_topic_alias_maximum: u16,
-    /// The Authentication Method of CONNECT, if any (enhanced authentication); boxed, as
-    /// few clients use one.
-    authentication_method: Option<Box<ByteString>>,
     /// MQTT 5 forbids raising a zero Session Expiry Interval from CONNECT in DISCONNECT.
     connect_expiry_was_zero: bool,
-}
-
-/// Who is connected, for operators (`crate::admin`): set by the connection right after
-/// it attached, kept after it went away (the last client seen).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientInfo {
-    pub peer: std::net::SocketAddr,
-    /// The authenticated username; `None` for an anonymous client.
-    pub username: Option<String>,
-    /// When the connection attached, wall-clock Unix milliseconds.
-    pub connected_at_ms: u64,
-    /// The keep alive in force (seconds, 0: none).
-    pub keep_alive: u16,
-    pub clean_start: bool,
 }
 
 pub struct Session {
@@ -226,19 +215,35 @@ pub struct Session {
     /// Shared by every session created under the same configuration.
     limits: Arc<SessionLimits>,
     params: ConnectionParams,
-    expiry_interval: Duration,
-    /// Boxed: most clients set no will, and an inline one would size every session.
-    will: Option<Box<Will>>,
+    /// How long the session lives after detach, in milliseconds (a `Duration` would take
+    /// 16 bytes of every session; see `expiry_interval`).
+    expiry_interval_ms: u64,
+    /// The will and the authentication method of CONNECT, boxed together: most clients
+    /// set neither, and inline they would size every session.
+    extras: Option<Box<ConnectExtras>>,
     /// Vector-backed for the usual one or few filters (`SmallMap`).
-    subscriptions: SmallMap<ByteString, SubscriptionEntry>,
+    /// Filters as `Box<str>` (16 bytes, not a `ByteString`'s 32): a device's one filter
+    /// entry is then a 32-byte allocation; callers get `ByteString`s made on the way out.
+    subscriptions: SmallMap<Box<str>, SubscriptionEntry>,
     inbound: inbound::Inbound,
-    outbound: outbound::Outbound,
+    /// Allocated by the first message for the client and dropped again once nothing is
+    /// queued, owed or in flight and the connection goes idle (`release_idle_memory`):
+    /// an idle device holds one pointer of it.
+    outbound: Option<Box<outbound::Outbound>>,
     journal: journal::Journal,
     /// When the last connection went away; `None` while connected or never connected.
     detached_at: Option<Instant>,
     /// What operators see of the session (`crate::admin`); boxed, as only they read
     /// it, so it costs a session one pointer.
     operator: Option<Box<OperatorView>>,
+}
+
+/// What few CONNECTs carry, kept while the connection's session lasts.
+#[derive(Debug)]
+struct ConnectExtras {
+    will: Option<Will>,
+    /// The Authentication Method of CONNECT, if any (enhanced authentication).
+    authentication_method: Option<ByteString>,
 }
 
 /// The operators' view of a session: who is (or was last) connected and how many
@@ -268,11 +273,7 @@ impl Session {
     /// A new, empty session for `client_id`.
     ///
     /// Until the first `attach` the session assumes MQTT 3.1.1 and is not connected.
-    pub fn new(
-        key: SessionKey,
-        client_id: ByteString,
-        limits: impl Into<Arc<SessionLimits>>,
-    ) -> Session {
+    pub fn new(key: SessionKey, limits: impl Into<Arc<SessionLimits>>) -> Session {
         Session {
             key,
             limits: limits.into(),
@@ -282,15 +283,14 @@ impl Session {
                 client_receive_maximum: None,
                 client_maximum_packet_size: None,
                 client_topic_alias_maximum: 0,
-                authentication_method: None,
                 connect_expiry_was_zero: true,
             },
-            expiry_interval: Duration::ZERO,
-            will: None,
+            expiry_interval_ms: 0,
+            extras: None,
             subscriptions: Default::default(),
             inbound: inbound::Inbound::default(),
-            outbound: outbound::Outbound::new(),
-            journal: journal::Journal::new(client_id),
+            outbound: None,
+            journal: journal::Journal::default(),
             detached_at: None,
             operator: None,
         }
@@ -305,23 +305,27 @@ impl Session {
         limits: impl Into<Arc<SessionLimits>>,
         parts: RestoredParts,
     ) -> Session {
-        let mut session = Session::new(key, client_id, limits);
+        let mut session = Session::new(key, limits);
         session.params.protocol = parts.protocol;
-        session.expiry_interval = parts.expiry_interval;
+        session.set_expiry_interval(parts.expiry_interval);
         session.detached_at = Some(parts.detached_at);
-        session.subscriptions = parts.subscriptions.into_iter().collect();
+        session.subscriptions = parts
+            .subscriptions
+            .into_iter()
+            .map(|(filter, entry)| (Box::from(&*filter), entry))
+            .collect();
         for delivery in parts.queue {
-            session.outbound.restore_queued(delivery);
+            session.outbound_mut().restore_queued(delivery);
         }
         for (delivery, packet_id, state) in parts.inflight {
             session
-                .outbound
+                .outbound_mut()
                 .restore_inflight(delivery, packet_id, state);
         }
         session
             .inbound
             .restore_awaiting_release(parts.incoming_qos2);
-        session.journal.set_persistent(true);
+        session.journal.set_persistent(Some(&client_id));
         session
     }
 
@@ -329,18 +333,21 @@ impl Session {
     /// nodes): the same parts a restart restores. `detached_at` is when its last
     /// connection went away (the caller's now for a connected session).
     pub fn export(&self, now: Instant) -> RestoredParts {
-        let (inflight, queue) = self.outbound.export();
+        let (inflight, queue) = self
+            .outbound
+            .as_deref()
+            .map(outbound::Outbound::export)
+            .unwrap_or_default();
         RestoredParts {
             protocol: self.params.protocol,
-            expiry_interval: self.expiry_interval,
+            expiry_interval: self.expiry_interval(),
             detached_at: self
                 .detached_at
                 .filter(|_| !self.params.connected)
                 .unwrap_or(now),
             subscriptions: self
-                .subscriptions
-                .iter()
-                .map(|(filter, entry)| (filter.clone(), *entry))
+                .subscriptions()
+                .map(|(filter, entry)| (filter, *entry))
                 .collect(),
             queue,
             inflight,
@@ -353,9 +360,10 @@ impl Session {
         self.journal.is_persistent()
     }
 
-    /// Starts or stops journaling changes for the store.
-    pub fn set_persistent(&mut self, persistent: bool) {
-        self.journal.set_persistent(persistent);
+    /// Starts journaling changes for the store, with the client id the stored records
+    /// are keyed by, or (`None`) stops.
+    pub fn set_persistent(&mut self, client_id: Option<&ByteString>) {
+        self.journal.set_persistent(client_id);
     }
 
     /// The store operations for the changes made since the last call, in order. Submit
@@ -396,7 +404,9 @@ impl Session {
         }
     }
 
-    pub fn client_id(&self) -> &ByteString {
+    /// The client id of a session the store keeps (`None` for one that is not
+    /// persistent: only the session's handle holds the id then).
+    pub fn stored_client_id(&self) -> Option<&ByteString> {
         self.journal.client_id()
     }
 
@@ -428,28 +438,33 @@ impl Session {
         self.params = ConnectionParams {
             protocol: connect.protocol,
             connected: true,
-            client_receive_maximum: if v5 { properties.receive_maximum } else { None },
-            client_maximum_packet_size: if v5 {
-                properties.maximum_packet_size
-            } else {
-                None
-            },
+            client_receive_maximum: properties
+                .receive_maximum
+                .filter(|_| v5)
+                .and_then(NonZeroU16::new),
+            client_maximum_packet_size: properties
+                .maximum_packet_size
+                .filter(|_| v5)
+                .and_then(NonZeroU32::new),
             client_topic_alias_maximum: if v5 {
                 properties.topic_alias_maximum.unwrap_or(0)
             } else {
                 0
             },
-            authentication_method: if v5 {
-                properties.authentication_method.clone().map(Box::new)
-            } else {
-                None
-            },
             connect_expiry_was_zero: properties.session_expiry_interval.unwrap_or(0) == 0,
         };
-        self.expiry_interval = session_expiry;
-        self.will = connect.will.clone().map(Box::new);
+        self.set_expiry_interval(session_expiry);
+        let authentication_method = properties.authentication_method.clone().filter(|_| v5);
+        self.extras = (connect.will.is_some() || authentication_method.is_some()).then(|| {
+            Box::new(ConnectExtras {
+                will: connect.will.clone(),
+                authentication_method,
+            })
+        });
         self.inbound.reset_aliases();
-        self.outbound.attach(self.params.client_topic_alias_maximum);
+        if let Some(outbound) = &mut self.outbound {
+            outbound.attach(self.params.client_topic_alias_maximum);
+        }
     }
 
     /// The connection went away (for any reason). Topic aliases are dropped; inflight and
@@ -458,7 +473,35 @@ impl Session {
         self.detached_at = Some(now);
         self.params.connected = false;
         self.inbound.reset_aliases();
-        self.outbound.detach();
+        if let Some(outbound) = &mut self.outbound {
+            outbound.detach();
+        }
+        self.release_idle_memory();
+    }
+
+    /// Gives back the memory of the outbound state (queue, inflight window, retained
+    /// backlog, topic aliases) when none of it holds a message: called when the
+    /// connection goes idle or away. The next message allocates it again; packet ids and
+    /// outgoing topic aliases start afresh then, which MQTT allows once no flow uses them
+    /// (an alias is assigned again with its topic).
+    pub fn release_idle_memory(&mut self) {
+        if self
+            .outbound
+            .as_deref()
+            .is_some_and(outbound::Outbound::is_idle)
+        {
+            self.outbound = None;
+        }
+    }
+
+    /// The outbound state, allocated on first use.
+    fn outbound_mut(&mut self) -> &mut outbound::Outbound {
+        let alias_maximum = if self.params.connected {
+            self.params.client_topic_alias_maximum
+        } else {
+            0
+        };
+        outbound::Outbound::ensure(&mut self.outbound, alias_maximum)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -467,23 +510,33 @@ impl Session {
 
     /// How long the session lives after detach (0: ends with the connection).
     pub fn expiry_interval(&self) -> Duration {
-        self.expiry_interval
+        Duration::from_millis(self.expiry_interval_ms)
     }
 
     /// Overrides the session expiry interval, e.g. to clamp a value the client set in
     /// DISCONNECT to the broker's configured maximum.
+    /// Kept to the millisecond, rounded up: a non-zero interval stays non-zero.
     pub fn set_expiry_interval(&mut self, interval: Duration) {
-        self.expiry_interval = interval;
+        let millis = interval.as_nanos().div_ceil(1_000_000);
+        self.expiry_interval_ms = u64::try_from(millis).unwrap_or(u64::MAX);
     }
 
     /// Takes the will (it is published at most once).
     pub fn take_will(&mut self) -> Option<Will> {
-        self.will.take().map(|will| *will)
+        let will = self.extras.as_deref_mut()?.will.take();
+        if self
+            .extras
+            .as_deref()
+            .is_some_and(|extras| extras.authentication_method.is_none())
+        {
+            self.extras = None;
+        }
+        will
     }
 
     /// The will as stored, without taking it (e.g. to read its delay interval).
     pub fn will(&self) -> Option<&Will> {
-        self.will.as_deref()
+        self.extras.as_deref()?.will.as_ref()
     }
 
     /// Handles one packet from the client (anything after CONNECT).
@@ -524,10 +577,10 @@ impl Session {
             DropReason::Expired
         } else if !self.params.connected && delivery.qos == QoS::AtMostOnce {
             DropReason::OfflineQos0
-        } else if !self.outbound.has_room(&delivery, &self.limits) && !self.make_room(&delivery) {
+        } else if !self.has_room(&delivery) && !self.make_room(&delivery) {
             DropReason::QueueFull
         } else {
-            self.outbound.push(delivery);
+            self.outbound_mut().push(delivery);
             return Ok(());
         };
         self.journal.dropped(&delivery);
@@ -547,8 +600,8 @@ impl Session {
         };
         let any_qos = outbox.drop_oldest && delivery.qos != QoS::AtMostOnce;
         let drops = outbox.drops.clone();
-        while !self.outbound.has_room(delivery, &self.limits) {
-            let Some(evicted) = self.outbound.evict_oldest(any_qos) else {
+        while !self.has_room(delivery) {
+            let Some(evicted) = self.outbound_mut().evict_oldest(any_qos) else {
                 return false;
             };
             self.journal.dropped(&evicted);
@@ -584,16 +637,22 @@ impl Session {
         if !self.params.connected {
             return;
         }
-        let context = self.outgoing_context();
+        let Some(outbound) = self.outbound.as_deref_mut() else {
+            return;
+        };
+        let context = outgoing_context(&self.params, &self.limits);
         let dropped_before = dropped.len();
-        self.outbound
-            .poll(&context, now, budget, out, dropped, &mut self.journal);
+        outbound.poll(&context, now, budget, out, dropped, &mut self.journal);
         self.count_dropped(dropped.len() - dropped_before);
     }
 
     /// True if `poll_outgoing` would produce something.
     pub fn has_outgoing(&self) -> bool {
-        self.params.connected && self.outbound.pending(self.window()).is_some()
+        self.params.connected
+            && self
+                .outbound
+                .as_deref()
+                .is_some_and(|outbound| outbound.pending(self.window()).is_some())
     }
 
     /// True if `poll_outgoing` would produce something and the first thing would be a
@@ -603,7 +662,9 @@ impl Session {
     pub fn has_queued_outgoing(&self) -> bool {
         self.params.connected
             && matches!(
-                self.outbound.pending(self.window()),
+                self.outbound
+                    .as_deref()
+                    .and_then(|outbound| outbound.pending(self.window())),
                 Some(outbound::Pending::Redelivery | outbound::Pending::Queued)
             )
     }
@@ -618,19 +679,21 @@ impl Session {
         subscription_id: Option<u32>,
         messages: Vec<Arc<Message>>,
     ) -> usize {
-        let refused = self.outbound.add_retained(
-            granted,
-            subscription_id,
-            messages,
-            self.limits.max_retained_backlog,
-        );
+        if messages.is_empty() {
+            return 0;
+        }
+        let max_backlog = self.limits.max_retained_backlog;
+        let outbound = self.outbound_mut();
+        let refused = outbound.add_retained(granted, subscription_id, messages, max_backlog);
         self.count_dropped(refused);
         refused
     }
 
     /// Retained messages owed since SUBSCRIBEs and not yet sent.
     pub fn retained_backlog_len(&self) -> usize {
-        self.outbound.retained_backlog_len()
+        self.outbound
+            .as_deref()
+            .map_or(0, outbound::Outbound::retained_backlog_len)
     }
 
     /// Whether the queue is nearly full (7/8 of its limit in messages or bytes): a
@@ -661,7 +724,7 @@ impl Session {
     /// lasts.
     pub fn add_subscription(&mut self, filter: ByteString, entry: SubscriptionEntry) -> bool {
         self.subscriptions
-            .insert(ByteString::from(&*filter), entry)
+            .insert(Box::from(&*filter), entry)
             .is_some()
     }
 
@@ -670,30 +733,42 @@ impl Session {
         self.subscriptions.remove(filter).is_some()
     }
 
-    /// Every subscription, to remove the routes when the session ends.
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&ByteString, &SubscriptionEntry)> {
-        self.subscriptions.iter()
+    /// Every subscription, to remove the routes when the session ends. Each filter is a
+    /// `ByteString` made for the caller (sessions end, move and are listed far less
+    /// often than idle devices are kept).
+    pub fn subscriptions(&self) -> impl Iterator<Item = (ByteString, &SubscriptionEntry)> {
+        self.subscriptions
+            .iter()
+            .map(|(filter, entry)| (ByteString::from(&**filter), entry))
     }
 
     /// Messages queued and not yet in flight.
     pub fn queued_len(&self) -> usize {
-        self.outbound.queued_len()
+        self.outbound
+            .as_deref()
+            .map_or(0, outbound::Outbound::queued_len)
     }
 
     /// Bytes (as `Message::size_bytes` counts them) queued and not yet in flight.
     pub fn queued_bytes(&self) -> usize {
-        self.outbound.queued_bytes()
+        self.outbound
+            .as_deref()
+            .map_or(0, outbound::Outbound::queued_bytes)
     }
 
     /// Outgoing QoS 1/2 messages awaiting acknowledgement.
     pub fn inflight_len(&self) -> usize {
-        self.outbound.inflight_len()
+        self.outbound
+            .as_deref()
+            .map_or(0, outbound::Outbound::inflight_len)
     }
 
     /// Bytes (as `Message::size_bytes` counts them) of the messages in flight. Walks the
     /// inflight window: for operators, not for the message path.
     pub fn inflight_bytes(&self) -> usize {
-        self.outbound.inflight_bytes()
+        self.outbound
+            .as_deref()
+            .map_or(0, outbound::Outbound::inflight_bytes)
     }
 
     /// Incoming QoS 2 messages received and not yet released by PUBREL.
@@ -706,22 +781,38 @@ impl Session {
         self.inbound.awaiting_release_len()
     }
 
-    /// The outgoing QoS 1/2 window: `max_inflight` for 3.x, and for MQTT 5 also no more
-    /// than the client's Receive Maximum. Never 0, so a queue can always drain.
     fn window(&self) -> usize {
-        let ours = self.limits.max_inflight.max(1);
-        let window = match self.params.client_receive_maximum {
-            Some(theirs) if self.params.protocol.is_v5() => ours.min(theirs.max(1)),
-            _ => ours,
-        };
-        usize::from(window)
+        window(&self.params, &self.limits)
     }
 
-    fn outgoing_context(&self) -> outbound::OutgoingContext {
-        outbound::OutgoingContext {
-            protocol: self.params.protocol,
-            window: self.window(),
-            maximum_packet_size: self.params.client_maximum_packet_size,
-        }
+    /// Whether the queue limits leave room for `delivery` (see `Outbound::has_room`).
+    fn has_room(&self, delivery: &Delivery) -> bool {
+        self.outbound
+            .as_deref()
+            .map_or(self.limits.max_queued_messages > 0, |outbound| {
+                outbound.has_room(delivery, &self.limits)
+            })
+    }
+}
+
+/// The outgoing QoS 1/2 window: `max_inflight` for 3.x, and for MQTT 5 also no more
+/// than the client's Receive Maximum. Never 0, so a queue can always drain.
+fn window(params: &ConnectionParams, limits: &SessionLimits) -> usize {
+    let ours = limits.max_inflight.max(1);
+    let window = match params.client_receive_maximum {
+        Some(theirs) if params.protocol.is_v5() => ours.min(theirs.get()),
+        _ => ours,
+    };
+    usize::from(window)
+}
+
+fn outgoing_context(
+    params: &ConnectionParams,
+    limits: &SessionLimits,
+) -> outbound::OutgoingContext {
+    outbound::OutgoingContext {
+        protocol: params.protocol,
+        window: window(params, limits),
+        maximum_packet_size: params.client_maximum_packet_size.map(NonZeroU32::get),
     }
 }

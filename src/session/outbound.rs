@@ -120,6 +120,21 @@ impl Outbound {
         }
     }
 
+    /// The outbound state in `slot`, allocated on first use with the Topic Alias Maximum
+    /// of the attached client (0 while none is attached).
+    pub(super) fn ensure(slot: &mut Option<Box<Outbound>>, alias_maximum: u16) -> &mut Outbound {
+        slot.get_or_insert_with(|| {
+            let mut outbound = Box::new(Outbound::new());
+            outbound.aliases.reset(alias_maximum);
+            outbound
+        })
+    }
+
+    /// Nothing queued, owed or in flight: the state may go and be built again.
+    pub(super) fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.inflight.is_empty() && self.retained.is_none()
+    }
+
     pub(super) fn attach(&mut self, client_topic_alias_maximum: u16) {
         self.aliases.reset(client_topic_alias_maximum);
         self.redeliver = !self.inflight.is_empty();
@@ -586,11 +601,14 @@ fn fitting_len(packet: &Packet, context: &OutgoingContext) -> Option<usize> {
 impl Session {
     /// PUBACK: the QoS 1 message is delivered and its window slot is free.
     pub(super) fn handle_puback(&mut self, puback: PubResponse) -> Result<Vec<Action>, Violation> {
-        match self.outbound.inflight_state(puback.packet_id) {
+        let Some(outbound) = self.outbound.as_deref_mut() else {
+            return Ok(Vec::new());
+        };
+        match outbound.inflight_state(puback.packet_id) {
             // An unknown id (e.g. a duplicate ack) is ignored, as Mosquitto does.
             None => {}
             Some(InflightState::Qos1Published) => {
-                self.outbound.complete(puback.packet_id, &mut self.journal)
+                outbound.complete(puback.packet_id, &mut self.journal)
             }
             Some(_) => return Err(protocol_error("PUBACK for a QoS 2 message")),
         }
@@ -601,24 +619,29 @@ impl Session {
     /// failure reason code ends the flow here.
     pub(super) fn handle_pubrec(&mut self, pubrec: PubResponse) -> Result<Vec<Action>, Violation> {
         let packet_id = pubrec.packet_id;
-        let state = self.outbound.inflight_state(packet_id);
+        let state = self
+            .outbound
+            .as_deref()
+            .and_then(|outbound| outbound.inflight_state(packet_id));
         if state == Some(InflightState::Qos1Published) {
             return Err(protocol_error("PUBREC for a QoS 1 message"));
         }
         let v5 = self.params.protocol.is_v5();
         if v5 && pubrec.reason_code >= reason::UNSPECIFIED_ERROR {
-            self.outbound.complete(packet_id, &mut self.journal);
+            if let Some(outbound) = self.outbound.as_deref_mut() {
+                outbound.complete(packet_id, &mut self.journal);
+            }
             return Ok(Vec::new());
         }
-        let reason_code = match state {
-            Some(_) => {
+        let reason_code = match (state, self.outbound.as_deref_mut()) {
+            (Some(_), Some(outbound)) => {
                 // A repeated PUBREC (state already Qos2Released) gets the PUBREL again.
-                self.outbound.release(packet_id, &mut self.journal);
+                outbound.release(packet_id, &mut self.journal);
                 reason::SUCCESS
             }
             // Answered anyway, like Mosquitto, so the client can finish its flow.
-            None if v5 => reason::PACKET_IDENTIFIER_NOT_FOUND,
-            None => reason::SUCCESS,
+            _ if v5 => reason::PACKET_IDENTIFIER_NOT_FOUND,
+            _ => reason::SUCCESS,
         };
         Ok(vec![Action::Send(Packet::PubRel(ack(
             packet_id,
@@ -631,10 +654,13 @@ impl Session {
         &mut self,
         pubcomp: PubResponse,
     ) -> Result<Vec<Action>, Violation> {
-        match self.outbound.inflight_state(pubcomp.packet_id) {
+        let Some(outbound) = self.outbound.as_deref_mut() else {
+            return Ok(Vec::new());
+        };
+        match outbound.inflight_state(pubcomp.packet_id) {
             None => {}
             Some(InflightState::Qos2Released) => {
-                self.outbound.complete(pubcomp.packet_id, &mut self.journal)
+                outbound.complete(pubcomp.packet_id, &mut self.journal)
             }
             Some(InflightState::Qos2Published) => {
                 return Err(protocol_error("PUBCOMP before PUBREC"));

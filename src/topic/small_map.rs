@@ -5,9 +5,12 @@
 //! entry. The subscription trie holds three per filter level and a session one list of
 //! its filters; in a fleet most of them hold one entry (a device's own topic, its one
 //! subscriber, its one filter), where a `HashMap` costs a few hundred bytes for what a
-//! vector holds in one entry. Up to `LINEAR_MAX` entries live in a vector grown one
-//! entry at a time and are searched linearly (a few comparisons, no hashing); beyond
-//! that, in a boxed `HashMap` (keyed SipHash, as before).
+//! vector holds in one entry. Up to `LINEAR_MAX` entries live in a boxed slice resized
+//! one entry at a time (a vector without spare capacity, whose 16 bytes rather than 24
+//! are part of every trie node, inline in its parent's hash table) and are searched
+//! linearly (a few comparisons, no hashing); beyond that, in a boxed `HashMap` (keyed
+//! SipHash, as before). Only subscribing and unsubscribing resize; lookups, the
+//! per-message work, are as before.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -16,18 +19,35 @@ use std::hash::Hash;
 /// Entries kept in a vector; one more moves them into a map.
 const LINEAR_MAX: usize = 16;
 
-/// (The map is boxed so that the whole stays the size of a vector, 24 bytes.)
+/// (The map is boxed so that the whole stays the size of a boxed slice, 16 bytes.)
 #[allow(clippy::box_collection)]
 #[derive(Debug, Clone)]
 pub enum SmallMap<K, V> {
-    Few(Vec<(K, V)>),
+    Few(Box<[(K, V)]>),
     Many(Box<HashMap<K, V>>),
 }
 
 impl<K, V> Default for SmallMap<K, V> {
     fn default() -> Self {
-        SmallMap::Few(Vec::new())
+        SmallMap::Few(Box::default())
     }
+}
+
+/// Appends `item`, reallocating `slice` to hold exactly one more.
+fn push_one<T>(slice: &mut Box<[T]>, item: T) {
+    let mut items = std::mem::take(slice).into_vec();
+    items.reserve_exact(1);
+    items.push(item);
+    *slice = items.into_boxed_slice();
+}
+
+/// Removes the item at `index` (the last one takes its place), reallocating `slice` to
+/// hold exactly what is left.
+fn swap_remove_one<T>(slice: &mut Box<[T]>, index: usize) -> T {
+    let mut items = std::mem::take(slice).into_vec();
+    let item = items.swap_remove(index);
+    *slice = items.into_boxed_slice();
+    item
 }
 
 impl<K, V> SmallMap<K, V> {
@@ -102,7 +122,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     {
         if let SmallMap::Few(few) = self {
             if few.len() >= LINEAR_MAX && !few.iter().any(|(known, _)| known.borrow() == key) {
-                let many: HashMap<K, V> = std::mem::take(few).into_iter().collect();
+                let many: HashMap<K, V> = std::mem::take(few).into_vec().into_iter().collect();
                 *self = SmallMap::Many(Box::new(many));
             }
         }
@@ -111,10 +131,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
                 let index = match few.iter().position(|(known, _)| known.borrow() == key) {
                     Some(index) => index,
                     None => {
-                        if few.len() < 4 {
-                            few.reserve_exact(1);
-                        }
-                        few.push((make_key(), make()));
+                        push_one(few, (make_key(), make()));
                         few.len() - 1
                     }
                 };
@@ -127,15 +144,9 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     /// Adds a key known to be absent.
     fn push_new(&mut self, key: K, value: V) {
         match self {
-            SmallMap::Few(few) if few.len() < LINEAR_MAX => {
-                // One at a time while small: most hold one or two entries for good.
-                if few.len() < 4 {
-                    few.reserve_exact(1);
-                }
-                few.push((key, value));
-            }
+            SmallMap::Few(few) if few.len() < LINEAR_MAX => push_one(few, (key, value)),
             SmallMap::Few(few) => {
-                let mut many: HashMap<K, V> = std::mem::take(few).into_iter().collect();
+                let mut many: HashMap<K, V> = std::mem::take(few).into_vec().into_iter().collect();
                 many.insert(key, value);
                 *self = SmallMap::Many(Box::new(many));
             }
@@ -154,7 +165,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
         let removed = match self {
             SmallMap::Few(few) => {
                 let index = few.iter().position(|(known, _)| known.borrow() == key)?;
-                Some(few.swap_remove(index).1)
+                Some(swap_remove_one(few, index).1)
             }
             SmallMap::Many(many) => many.remove(key),
         };
@@ -179,7 +190,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     /// Takes every value out, leaving the map empty (and unallocated).
     pub fn drain_values(&mut self) -> impl Iterator<Item = V> {
         let (few, many) = match std::mem::take(self) {
-            SmallMap::Few(few) => (Some(few.into_iter().map(|(_, v)| v)), None),
+            SmallMap::Few(few) => (Some(few.into_vec().into_iter().map(|(_, v)| v)), None),
             SmallMap::Many(many) => (None, Some(many.into_values())),
         };
         few.into_iter().flatten().chain(many.into_iter().flatten())
@@ -205,11 +216,11 @@ mod tests {
         let mut map: SmallMap<Box<str>, u32> = SmallMap::default();
         assert_eq!(map.insert("a/b".into(), 1), None);
         match &map {
-            SmallMap::Few(few) => assert_eq!(few.capacity(), 1),
+            SmallMap::Few(few) => assert_eq!(few.len(), 1),
             SmallMap::Many(_) => panic!("one entry in a hash map"),
         }
         assert_eq!(map.get("a/b"), Some(&1));
-        assert_eq!(std::mem::size_of::<SmallMap<Box<str>, u32>>(), 24);
+        assert_eq!(std::mem::size_of::<SmallMap<Box<str>, u32>>(), 16);
     }
 
     #[test]
@@ -255,7 +266,7 @@ mod tests {
         assert!(map.remove("x").is_some());
         assert!(map.is_empty());
         match &map {
-            SmallMap::Few(few) => assert_eq!(few.capacity(), 0),
+            SmallMap::Few(few) => assert!(few.is_empty()),
             SmallMap::Many(_) => panic!("empty map kept as a hash map"),
         }
     }

@@ -87,18 +87,25 @@ pub enum Match<'a, K, V> {
 /// and `#`, so a match never hashes a wildcard and never confuses one with a literal.
 ///
 /// A fleet's devices each subscribe to topics of their own, so most nodes are leaves
-/// with one subscriber: the maps are `SmallMap`s (24 bytes, one entry allocated at its
+/// with one subscriber: the maps are `SmallMap`s (16 bytes, one entry allocated at its
 /// size) rather than `HashMap`s (48 bytes, four buckets for the first entry), which
 /// took a few hundred bytes per subscribed device.
 struct Node<K, V> {
     literal: SmallMap<Box<str>, Node<K, V>>,
-    plus: Option<Box<Node<K, V>>>,
-    hash: Option<Box<Node<K, V>>>,
     subscribers: SmallMap<K, V>,
-    /// Boxed: few filters have shared groups, and a node's size is paid once per device
-    /// where every device subscribes to a topic of its own (a level with thousands of
-    /// children keeps them inline in its hash table).
-    shared: Option<Box<SharedGroups<K, V>>>,
+    /// The wildcard children and shared groups, boxed together: few nodes have any, and
+    /// a node's size is paid once per device where every device subscribes to a topic of
+    /// its own (a level with thousands of children keeps them inline in its hash table,
+    /// whose buckets are sized by the node: 40 bytes, where three maps and three boxes
+    /// took 72).
+    rare: Option<Box<Rare<K, V>>>,
+}
+
+/// What a node holds only under wildcard filters or shared subscriptions.
+struct Rare<K, V> {
+    plus: Option<Node<K, V>>,
+    hash: Option<Node<K, V>>,
+    shared: Option<SharedGroups<K, V>>,
 }
 
 /// A node's shared subscription groups, by share name.
@@ -108,10 +115,41 @@ impl<K, V> Node<K, V> {
     fn new() -> Self {
         Self {
             literal: SmallMap::default(),
-            plus: None,
-            hash: None,
             subscribers: SmallMap::default(),
-            shared: None,
+            rare: None,
+        }
+    }
+
+    fn plus(&self) -> Option<&Self> {
+        self.rare.as_deref()?.plus.as_ref()
+    }
+
+    fn hash(&self) -> Option<&Self> {
+        self.rare.as_deref()?.hash.as_ref()
+    }
+
+    fn shared(&self) -> Option<&SharedGroups<K, V>> {
+        self.rare.as_deref()?.shared.as_ref()
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare<K, V> {
+        self.rare.get_or_insert_with(|| {
+            Box::new(Rare {
+                plus: None,
+                hash: None,
+                shared: None,
+            })
+        })
+    }
+
+    /// Drops the box of rare parts once nothing is left in it.
+    fn tidy_rare(&mut self) {
+        if self
+            .rare
+            .as_deref()
+            .is_some_and(|rare| rare.plus.is_none() && rare.hash.is_none() && rare.shared.is_none())
+        {
+            self.rare = None;
         }
     }
 }
@@ -119,8 +157,8 @@ impl<K, V> Node<K, V> {
 impl<K: Eq + Hash, V> Node<K, V> {
     fn child_or_insert(&mut self, level: &str) -> &mut Self {
         match level {
-            "+" => self.plus.get_or_insert_with(|| Box::new(Node::new())),
-            "#" => self.hash.get_or_insert_with(|| Box::new(Node::new())),
+            "+" => self.rare_mut().plus.get_or_insert_with(Node::new),
+            "#" => self.rare_mut().hash.get_or_insert_with(Node::new),
             _ => self
                 .literal
                 .get_or_insert_with(level, || Box::from(level), Node::new),
@@ -132,7 +170,7 @@ impl<K: Eq + Hash, V> Node<K, V> {
         for (key, value) in self.subscribers.iter() {
             visit(Match::Direct(key, value));
         }
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = self.shared() {
             for group in shared.values() {
                 visit(Match::Shared(group));
             }
@@ -151,14 +189,14 @@ impl<K: Eq + Hash, V> Node<K, V> {
         let mut node = self;
         loop {
             // `x/#` matches everything below `x` and `x` itself.
-            if let Some(hash) = node.hash.as_deref() {
+            if let Some(hash) = node.hash() {
                 hash.visit_here(visit);
             }
             let Some(level) = levels.next() else {
                 node.visit_here(visit);
                 return;
             };
-            match (node.literal.get(level), node.plus.as_deref()) {
+            match (node.literal.get(level), node.plus()) {
                 (Some(literal), Some(plus)) => {
                     pending.push((plus, levels.clone()));
                     node = literal;
@@ -173,47 +211,55 @@ impl<K: Eq + Hash, V> Node<K, V> {
 impl<K, V> LevelNode for Node<K, V> {
     fn child(&self, level: &str) -> Option<&Self> {
         match level {
-            "+" => self.plus.as_deref(),
-            "#" => self.hash.as_deref(),
+            "+" => self.plus(),
+            "#" => self.hash(),
             _ => self.literal.get(level),
         }
     }
 
     fn child_mut(&mut self, level: &str) -> Option<&mut Self> {
         match level {
-            "+" => self.plus.as_deref_mut(),
-            "#" => self.hash.as_deref_mut(),
+            "+" => self.rare.as_deref_mut()?.plus.as_mut(),
+            "#" => self.rare.as_deref_mut()?.hash.as_mut(),
             _ => self.literal.get_mut(level),
         }
     }
 
     fn take_child(&mut self, level: &str) -> Option<Self> {
         match level {
-            "+" => self.plus.take().map(|node| *node),
-            "#" => self.hash.take().map(|node| *node),
+            "+" | "#" => {
+                let rare = self.rare.as_deref_mut()?;
+                let child = if level == "+" {
+                    rare.plus.take()
+                } else {
+                    rare.hash.take()
+                };
+                self.tidy_rare();
+                child
+            }
             _ => self.literal.remove(level),
         }
     }
 
     fn child_count(&self) -> usize {
-        self.literal.len() + usize::from(self.plus.is_some()) + usize::from(self.hash.is_some())
+        self.literal.len() + usize::from(self.plus().is_some()) + usize::from(self.hash().is_some())
     }
 
     fn children(&self) -> impl Iterator<Item = &Self> {
-        self.literal
-            .values()
-            .chain(self.plus.as_deref())
-            .chain(self.hash.as_deref())
+        self.literal.values().chain(self.plus()).chain(self.hash())
     }
 
     fn drain_children(&mut self, out: &mut Vec<Self>) {
         out.extend(self.literal.drain_values());
-        out.extend(self.plus.take().map(|child| *child));
-        out.extend(self.hash.take().map(|child| *child));
+        if let Some(rare) = self.rare.as_deref_mut() {
+            out.extend(rare.plus.take());
+            out.extend(rare.hash.take());
+            self.tidy_rare();
+        }
     }
 
     fn holds_nothing(&self) -> bool {
-        self.subscribers.is_empty() && self.shared.is_none()
+        self.subscribers.is_empty() && self.shared().is_none()
     }
 }
 
@@ -264,8 +310,9 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
         let replaced = match group {
             None => node.subscribers.insert(key, value),
             Some(name) => node
+                .rare_mut()
                 .shared
-                .get_or_insert_with(Box::default)
+                .get_or_insert_with(SmallMap::default)
                 .get_or_insert_with(name, || Box::from(name), || SharedGroup::new(name))
                 .upsert(key, value),
         };
@@ -281,13 +328,16 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
         let removed = match group {
             None => node.subscribers.remove(key)?,
             Some(name) => {
-                let groups = node.shared.as_mut()?;
+                let groups = node.rare.as_deref_mut()?.shared.as_mut()?;
                 let shared = groups.get_mut(name)?;
                 let removed = shared.remove(key)?;
                 if shared.members.is_empty() {
                     groups.remove(name);
                     if groups.is_empty() {
-                        node.shared = None;
+                        if let Some(rare) = node.rare.as_deref_mut() {
+                            rare.shared = None;
+                        }
+                        node.tidy_rare();
                     }
                 }
                 removed
@@ -312,10 +362,10 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
         }
         // MQTT 4.7.2: the root's wildcard slots are closed to `$SYS/...` and the like.
         if !first.starts_with('$') {
-            if let Some(hash) = root.hash.as_deref() {
+            if let Some(hash) = root.hash() {
                 hash.visit_here(&mut visit);
             }
-            if let Some(plus) = root.plus.as_deref() {
+            if let Some(plus) = root.plus() {
                 plus.walk(levels, &mut pending, &mut visit);
             }
         }
@@ -349,7 +399,7 @@ mod size_tests {
     #[test]
     fn a_node_stays_small() {
         assert!(
-            std::mem::size_of::<Node<u64, u64>>() <= 72,
+            std::mem::size_of::<Node<u64, u64>>() <= 40,
             "a trie node is {} bytes",
             std::mem::size_of::<Node<u64, u64>>()
         );

@@ -287,7 +287,11 @@ fn attach_and_detach_track_the_connection() {
     connect.client_id = "sensor-9".into();
     let (mut session, now) = attached_with(&connect, limits());
     assert_eq!(session.key(), KEY);
-    assert_eq!(session.client_id(), "sensor-9");
+    // Only a persistent session keeps the id (for its stored records).
+    assert_eq!(session.stored_client_id(), None);
+    session.set_persistent(Some(&connect.client_id));
+    assert_eq!(session.stored_client_id().map(|id| &**id), Some("sensor-9"));
+    session.set_persistent(None);
     assert_eq!(session.protocol(), ProtocolVersion::V5);
     assert!(session.is_connected());
     assert_eq!(session.expiry_interval(), Duration::from_secs(60));

@@ -59,7 +59,7 @@ fn will() -> Will {
 /// A session attached with `connect`, and the time it was attached at.
 fn attached_with(connect: &Connect, limits: SessionLimits) -> (Session, Instant) {
     let now = Instant::now();
-    let mut session = Session::new(KEY, connect.client_id.clone(), limits);
+    let mut session = Session::new(KEY, limits);
     session.attach(connect, Duration::from_secs(60), now);
     (session, now)
 }

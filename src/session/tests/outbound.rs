@@ -476,3 +476,48 @@ fn redelivery_respects_a_smaller_maximum_packet_size() {
     assert_eq!(dropped, vec![DropReason::TooLargeForClient]);
     assert_eq!(session.inflight_len(), 0);
 }
+
+#[test]
+fn an_idle_session_gives_its_outbound_state_back_only_when_nothing_waits() {
+    let (mut session, now) = attached(ProtocolVersion::V3_1_1);
+    enqueue_ok(&mut session, delivery("a", QoS::AtLeastOnce), now);
+    enqueue_ok(&mut session, delivery("b", QoS::AtLeastOnce), now);
+    let (packets, _) = poll(&mut session, now);
+    assert_eq!(packet_ids(packets), vec![1, 2]);
+    // In flight: nothing may be released.
+    session.release_idle_memory();
+    assert_eq!(session.inflight_len(), 2);
+    handle(&mut session, Packet::PubAck(response(1)), now);
+    session.release_idle_memory();
+    assert_eq!(session.inflight_len(), 1);
+    handle(&mut session, Packet::PubAck(response(2)), now);
+    session.release_idle_memory();
+    assert_eq!(session.inflight_len(), 0);
+    assert!(!session.has_outgoing());
+    // A late duplicate acknowledgement finds no state and is ignored.
+    assert!(handle(&mut session, Packet::PubAck(response(2)), now).is_empty());
+    // The next message builds the state again; packet ids start afresh.
+    enqueue_ok(&mut session, delivery("c", QoS::AtLeastOnce), now);
+    assert_eq!(session.queued_len(), 1);
+    let (packets, _) = poll(&mut session, now);
+    assert_eq!(packet_ids(packets), vec![1]);
+}
+
+#[test]
+fn an_offline_session_keeps_what_is_queued_and_releases_the_rest() {
+    let (mut session, now) = attached(ProtocolVersion::V3_1_1);
+    enqueue_ok(&mut session, delivery("a", QoS::AtLeastOnce), now);
+    session.detach(now);
+    // Queued for the next connection: kept through the detach.
+    assert_eq!(session.queued_len(), 1);
+    session.attach(
+        &connect(ProtocolVersion::V3_1_1),
+        Duration::from_secs(60),
+        now,
+    );
+    let (packets, _) = poll(&mut session, now);
+    assert_eq!(publishes(packets).len(), 1);
+    handle(&mut session, Packet::PubAck(response(1)), now);
+    session.detach(now);
+    assert_eq!(session.queued_len() + session.inflight_len(), 0);
+}
