@@ -5,6 +5,7 @@ mod common;
 
 mod failures;
 mod flow_control;
+mod forward_ack;
 mod handover;
 mod links;
 mod membership;

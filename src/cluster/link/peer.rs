@@ -61,6 +61,9 @@ pub struct PeerLink {
     pub id: NodeId,
     pub(super) addr: Mutex<String>,
     pub(super) outbox: Mutex<Outbox>,
+    /// Forwarded QoS 1/2 messages waiting for the peer's acknowledgement
+    /// (`super::unacked`). Locked before `outbox` when both are.
+    pub(super) unacked: Mutex<super::Unacked>,
     pub(super) ready: Notify,
     pub stats: LinkStats,
     pub(super) limit: usize,
