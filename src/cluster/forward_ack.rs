@@ -12,6 +12,11 @@
 //!   messages kept for a peer that is down go to the nodes that now have routes for
 //!   them (its sessions moved there: a failover to a backup, or the clients reconnecting
 //!   elsewhere). The sender's side of the link keeps the messages (`link::unacked`).
+//! - failover: a session taken over from a backup of its dead owner lacks what was on
+//!   its way to that owner; before it is resumed, the node that took it asks every node
+//!   for the messages it holds unacknowledged for the dead one (`pull_pending`) and
+//!   queues those the session subscribes to (copies it has are dropped by their id).
+//!   Rerouting alone would miss sessions taken over after their node's routes moved.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -25,7 +30,9 @@ use crate::storage::Completion;
 use super::config::NodeId;
 use super::forward;
 use super::link;
+use super::network::{Request, Response};
 use super::node::{lock, ClusterNode};
+use crate::broker::Relayed;
 
 /// Ids of acknowledged forwards remembered per node for recognising copies sent again.
 /// Larger than what a sender keeps unacknowledged (`link::MAX_UNACKED_FORWARDS`), so a
@@ -195,6 +202,114 @@ impl ClusterNode {
             .ok()
             .map(|(acknowledged, _)| acknowledged)
     }
+}
+
+/// How long a node waits for each other node's answer to `Request::PendingFor`.
+const PULL_WAIT: Duration = Duration::from_secs(2);
+
+impl ClusterNode {
+    /// The `FORWARD` bodies of the messages this node holds unacknowledged for `dead`.
+    pub(super) fn pending_for(&self, dead: NodeId) -> Vec<String> {
+        let (Some(broker), Some(peer)) = (self.broker.upgrade(), self.links.peer(dead)) else {
+            return Vec::new();
+        };
+        peer.rerouting()
+            .iter()
+            .map(|kept| {
+                let body = forward::encode(&kept.message, broker.wall_clock(), &[]);
+                super::state::encode_base64(&body)
+            })
+            .collect()
+    }
+
+    /// Queues for `client_id`'s session, just taken over from a backup of `dead`, the
+    /// messages any node (this one too) holds unacknowledged for `dead` that it
+    /// subscribes to, and waits until they are stored.
+    pub(super) async fn pull_pending(&self, dead: NodeId, client_id: &str) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let mut messages: Vec<Arc<Message>> = self
+            .links
+            .peer(dead)
+            .map(|peer| {
+                peer.rerouting()
+                    .into_iter()
+                    .map(|kept| kept.message)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let request = Request::PendingFor { dead };
+        let Ok(body) = serde_json::to_vec(&request) else {
+            return;
+        };
+        for peer in self.links.peers() {
+            if peer.id == dead || !peer.is_connected() {
+                continue;
+            }
+            let Ok(answer) = self.links.request(peer.id, &body, PULL_WAIT).await else {
+                continue;
+            };
+            let Ok(Response::Pending(bodies)) = serde_json::from_slice(&answer) else {
+                continue;
+            };
+            for encoded in bodies {
+                let decoded = super::state::decode_base64(&encoded)
+                    .and_then(|body| forward::decode(body.into(), broker.wall_clock()));
+                if let Some((message, _)) = decoded {
+                    messages.push(Arc::new(message));
+                }
+            }
+        }
+        if messages.is_empty() {
+            return;
+        }
+        let Some(handle) = broker.session(client_id) else {
+            return;
+        };
+        let subscriptions: Vec<(bytestring::ByteString, crate::session::SubscriptionEntry)> =
+            handle
+                .lock()
+                .subscriptions()
+                .filter(|(filter, _)| !filter.starts_with("$share/"))
+                .map(|(filter, entry)| (filter.clone(), *entry))
+                .collect();
+        let relayed: Vec<Relayed> = messages
+            .into_iter()
+            .filter_map(|message| relayed_for(message, &subscriptions))
+            .collect();
+        let count = relayed.len();
+        if let Some(written) = broker.deliver_relayed(client_id, relayed) {
+            if let Err(error) = written.await {
+                tracing::warn!(client_id, %error, count, "messages for a session taken over from a dead node could not be stored");
+            }
+        }
+    }
+}
+
+/// The delivery of `message` to a session with `subscriptions`, if it matches one.
+fn relayed_for(
+    message: Arc<Message>,
+    subscriptions: &[(bytestring::ByteString, crate::session::SubscriptionEntry)],
+) -> Option<Relayed> {
+    let mut relayed: Option<Relayed> = None;
+    for (filter, entry) in subscriptions {
+        if !crate::topic::matches(&message.topic, filter) {
+            continue;
+        }
+        let qos = message.qos.min(entry.options.qos);
+        let retain = message.retain && entry.options.retain_as_published;
+        let delivery = relayed.get_or_insert_with(|| Relayed {
+            message: message.clone(),
+            qos,
+            retain,
+            subscription_ids: Vec::new(),
+        });
+        delivery.qos = delivery.qos.max(qos);
+        delivery.retain |= retain;
+        delivery.subscription_ids.extend(entry.subscription_id);
+    }
+    relayed
 }
 
 /// Acknowledges `from`'s forwards in arrival order, each once its writes here are

@@ -505,6 +505,14 @@ impl Links {
                     reader.heard.pinged.store(true, Ordering::Relaxed);
                     continue;
                 }
+                // A node still starting (its handler not set) cannot take a message it
+                // must acknowledge: the connection closes, and the peer sends it again
+                // on the next one.
+                if kind == FORWARD_ACKED && self.handler.get().is_none() {
+                    return Err(std::io::Error::other(
+                        "a forwarded message arrived before this node was ready",
+                    ));
+                }
                 if let Some(pause) = self.dispatch(&peer, kind, body) {
                     pause.await;
                 }

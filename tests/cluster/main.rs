@@ -7,6 +7,7 @@ mod failures;
 mod flow_control;
 mod forward_ack;
 mod handover;
+mod kill_loop;
 mod links;
 mod membership;
 mod pubsub;

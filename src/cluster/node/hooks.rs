@@ -203,6 +203,7 @@ impl LinkHandler for ClusterNode {
                     self.replica_forget(origin, &client_id).await;
                     Response::HandoverDone
                 }
+                Ok(Request::PendingFor { dead }) => Response::Pending(self.pending_for(dead)),
             };
             serde_json::to_vec(&response).unwrap_or_default()
         })
