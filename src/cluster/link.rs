@@ -31,9 +31,10 @@
 //! limit) paces it to the link, as TCP does. A pause lasts at most
 //! `limits.slow_consumer_timeout_ms` (`Liveness::publisher_pause`): then the waiting
 //! publishers go on (their messages are queued) and nobody waits for this peer until its
-//! outbox drained. A link that fails while publishers wait fails their completion (its
-//! queued frames are lost), so they are not told that their message was delivered; the
-//! caller refuses a QoS 1/2 message that did not fit (`NotQueued::OutboxFull`). On the
+//! outbox drained. A link that fails while publishers wait releases the pause: their
+//! messages are kept until the peer acknowledges them (`unacked`), which their
+//! acknowledgements wait for; the caller refuses a QoS 1/2 message that did not fit
+//! (`NotQueued::OutboxFull`). On the
 //! receiving side, `LinkHandler::forwarded` may hold the reader (`ReadPause`, a local
 //! subscriber left congested) for at most `Links::read_pause_bound`, so that TCP carries
 //! the subscriber's pace back to the sending node's outbox.
@@ -239,7 +240,7 @@ impl Links {
             peer.stats.connected.store(false, Ordering::Relaxed);
             let mut outbox = lock(&peer.outbox);
             outbox.connection += 1;
-            outbox.clear(id);
+            outbox.clear();
             drop(outbox);
             // Their publishers are not acknowledged: the node left.
             *lock(&peer.unacked) = Unacked::default();
@@ -450,7 +451,7 @@ impl Links {
             let unacked = lock(&peer.unacked);
             let mut outbox = lock(&peer.outbox);
             outbox.connection += 1;
-            outbox.clear(peer.id);
+            outbox.clear();
             peer.requeue_unacked(&unacked, &mut outbox);
             peer.stats.connected.store(true, Ordering::Relaxed);
             outbox.connection
@@ -553,7 +554,7 @@ impl Links {
         let mut outbox = lock(&peer.outbox);
         if outbox.connection == connection {
             peer.stats.connected.store(false, Ordering::Relaxed);
-            outbox.clear(peer.id);
+            outbox.clear();
             tracing::warn!(peer = peer.id, "cluster link down");
         }
         result
