@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::common::acked::{Outcome, RawPublisher, ANSWER_WITHIN};
+use crate::common::acked::{Outcome, RawClient, ANSWER_WITHIN};
 use crate::common::mqtt::Subscriber;
 use crate::common::{eventually, metric_value, wait_routed, Cluster, WAIT};
 
@@ -31,7 +31,7 @@ async fn metric(cluster: &Cluster, id: u64, name: &str) -> Option<f64> {
 
 /// Publishes `count` QoS 1 messages `"{name}-{n}"` one at a time, each again (new
 /// packet id) until accepted; returns the payloads the broker accepted.
-async fn publish(mut publisher: RawPublisher, name: String, count: usize) -> Vec<String> {
+async fn publish(mut publisher: RawClient, name: String, count: usize) -> Vec<String> {
     let mut accepted = Vec::new();
     let mut packet_id = 0u16;
     for n in 0..count {
@@ -69,9 +69,7 @@ async fn a_forwarded_message_is_acknowledged_only_once_stored_on_the_subscribers
     let mut connected = Vec::new();
     for n in 0..PUBLISHERS {
         let name = format!("fa-pub{n}");
-        let (publisher, _) = RawPublisher::connect(cluster.mqtt(1), &name, 5)
-            .await
-            .unwrap();
+        let (publisher, _) = RawClient::connect(cluster.mqtt(1), &name, 5).await.unwrap();
         connected.push((publisher, name));
     }
     // The link 1-2 stalls: what node 1 forwards stays on its way.

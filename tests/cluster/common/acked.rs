@@ -1,8 +1,13 @@
-//! A publisher that knows exactly which of its messages the broker acknowledged: one
-//! message at a time over a raw MQTT 3.1.1 or 5 connection, each flow (PUBACK, or
-//! PUBREC then PUBREL/PUBCOMP) completed before the next, so a kill -9 leaves at most
-//! one message in doubt, which it sends again (DUP, same packet id) on its next
-//! connection, as a client must.
+//! A raw MQTT 3.1.1 or 5 client with a persistent session, for the tests that kill
+//! nodes under load:
+//! - publishing, it knows exactly which of its messages the broker acknowledged: one
+//!   message at a time, each flow (PUBACK, or PUBREC then PUBREL/PUBCOMP) completed
+//!   before the next, so a kill -9 leaves at most one message in doubt, which it sends
+//!   again (DUP, same packet id) on its next connection, as a client must;
+//! - subscribing, it answers a PUBREL it does not know (the resumed session of a QoS 2
+//!   message it acknowledged on a connection that died) with PUBCOMP, as the spec says.
+//!   (rumqttc forgets its QoS 2 packet ids on reconnection and closes the connection on
+//!   such a PUBREL, every time the session resends it.)
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,7 +27,7 @@ pub enum Outcome {
     Refused(u8),
 }
 
-pub struct RawPublisher {
+pub struct RawClient {
     stream: TcpStream,
     version: u8,
 }
@@ -53,7 +58,7 @@ fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-impl RawPublisher {
+impl RawClient {
     /// Connects as `client_id` with MQTT `version` (4: 3.1.1, 5), keeping the session
     /// (clean session 0; MQTT 5: session expiry of an hour). Returns Session Present,
     /// `Err` when the connection fails or the CONNACK refuses.
@@ -61,13 +66,13 @@ impl RawPublisher {
         addr: SocketAddr,
         client_id: &str,
         version: u8,
-    ) -> Result<(RawPublisher, bool), String> {
+    ) -> Result<(RawClient, bool), String> {
         let stream = tokio::time::timeout(ANSWER_WITHIN, TcpStream::connect(addr))
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|error| error.to_string())?;
         let _ = stream.set_nodelay(true);
-        let mut publisher = RawPublisher { stream, version };
+        let mut publisher = RawClient { stream, version };
         let mut body = Vec::new();
         string("MQTT", &mut body);
         body.push(version);
@@ -184,5 +189,85 @@ impl RawPublisher {
         }
         self.send(&packet(0x62, &body)).await?;
         self.answer(7, packet_id).await.map(|_| ())
+    }
+}
+
+/// A message a subscriber received.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub payload: Vec<u8>,
+    pub dup: bool,
+}
+
+impl RawClient {
+    /// Subscribes to `filter` at `qos` and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: u8) -> Result<(), String> {
+        let mut body = 1u16.to_be_bytes().to_vec();
+        if self.version == 5 {
+            body.push(0);
+        }
+        string(filter, &mut body);
+        body.push(qos);
+        self.send(&packet(0x82, &body)).await?;
+        loop {
+            let (first, _) = self.read().await?;
+            if first >> 4 == 9 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next PUBLISH, acknowledged (PUBACK, or PUBREC; PUBRELs are answered on the
+    /// way). An idle connection is kept alive with PINGREQ. `Err` once it failed.
+    pub async fn receive(&mut self) -> Result<Incoming, String> {
+        loop {
+            let (first, body) = match self.read().await {
+                Ok(read) => read,
+                Err(error) if error == "no answer in time" => {
+                    self.send(&[0xc0, 0]).await?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            match first >> 4 {
+                3 => {
+                    let qos = (first >> 1) & 3;
+                    let dup = first & 0x08 != 0;
+                    let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+                    let mut at = 2 + topic_len;
+                    let mut packet_id = 0;
+                    if qos > 0 {
+                        packet_id = u16::from_be_bytes([body[at], body[at + 1]]);
+                        at += 2;
+                    }
+                    if self.version == 5 {
+                        let mut length = 0usize;
+                        let mut shift = 0;
+                        loop {
+                            let byte = body[at];
+                            at += 1;
+                            length |= ((byte & 0x7f) as usize) << shift;
+                            if byte & 0x80 == 0 {
+                                break;
+                            }
+                            shift += 7;
+                        }
+                        at += length;
+                    }
+                    let payload = body[at..].to_vec();
+                    match qos {
+                        1 => self.send(&packet(0x40, &packet_id.to_be_bytes())).await?,
+                        2 => self.send(&packet(0x50, &packet_id.to_be_bytes())).await?,
+                        _ => {}
+                    }
+                    return Ok(Incoming { payload, dup });
+                }
+                6 if body.len() >= 2 => {
+                    self.send(&packet(0x70, &body[..2])).await?;
+                }
+                14 => return Err("disconnected by the broker".into()),
+                _ => {}
+            }
+        }
     }
 }
