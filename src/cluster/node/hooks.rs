@@ -232,17 +232,19 @@ impl LinkHandler for ClusterNode {
             drop(route());
             None
         };
-        if let Some(behind) = behind {
-            return Some(behind);
-        }
         // A local subscriber's queue is nearly full: the link is not read until it
         // drained, as a local publisher's connection is not, so the sending node's
         // outbox fills and paces its publishers. Bounded by one heartbeat (the link also
         // carries Raft traffic); past it, the subscriber is stalled as locally (nobody
         // waits for it until it drained; its messages are dropped and counted).
-        let session = congested?;
+        let Some(session) = congested else {
+            return behind;
+        };
         let bound = self.links.read_pause_bound();
         Some(Box::pin(async move {
+            if let Some(behind) = behind {
+                behind.await;
+            }
             let (space, congested) = session.congestion.wait_for_space();
             if !congested {
                 return;
