@@ -230,6 +230,12 @@ pub const DEFAULT_CLUSTER_HEARTBEAT_MS: u64 = 100;
 /// missing a few heartbeats does not flap its links.
 pub const DEFAULT_CLUSTER_LINK_TIMEOUT_HEARTBEATS: u64 = 10;
 
+/// A QoS 1/2 message forwarded to another node waits up to 5 s for that node's
+/// acknowledgement: a failover (the link timeout of 1 s, an election, the session taken
+/// from a backup and its routes committed) takes about 1 to 2 s on a loaded machine, and
+/// the messages kept for a dead node go to its sessions' new node in that time.
+pub const DEFAULT_CLUSTER_FORWARD_ACK_TIMEOUT_MS: u64 = 5_000;
+
 /// A snapshot of the replicated state every 1,000 log entries: the state is small
 /// (routes, retained messages, owners), so snapshots are cheap, and a restarted node
 /// replays at most this many entries.

@@ -116,14 +116,20 @@ impl Broker {
     /// subscribers, and to local members of the shared groups named in `shared_groups`
     /// (the publishing node picked this node for them). Not retained here (retained
     /// messages travel through consensus) and never forwarded again. Returns the number
-    /// of deliveries, and the first session the message left congested: the link's
-    /// reader waits for it like a local publisher (ARCHITECTURE.md, "Forwarding is
-    /// flow-controlled for QoS 1 and 2").
+    /// of deliveries, the first session the message left congested (the link's reader
+    /// waits for it like a local publisher: ARCHITECTURE.md, "Forwarding is
+    /// flow-controlled for QoS 1 and 2"), and the store write of the copies queued for
+    /// persistent sessions, which the sending node's acknowledgement waits for (with
+    /// replication, it covers the in-sync backups' copies too).
     pub fn route_forwarded(
         &self,
         message: &Arc<Message>,
         shared_groups: &[String],
-    ) -> (usize, Option<Arc<SessionHandle>>) {
+    ) -> (
+        usize,
+        Option<Arc<SessionHandle>>,
+        Option<crate::storage::Completion>,
+    ) {
         self.stats.message_received(message.qos);
         let mut fanout = Fanout::new();
         {
@@ -139,8 +145,8 @@ impl Broker {
         }
         let now = super::now();
         let count = fanout.targets.len() + fanout.shared.len();
-        // Queued for persistent sessions like a local publish; nobody waits for it.
-        drop(self.store_deliveries(message, &mut fanout, Vec::new()));
+        // Queued for persistent sessions like a local publish.
+        let writes = self.store_deliveries(message, &mut fanout, Vec::new());
         let mut congested = None;
         for (session, delivery) in fanout.targets.drain(..).chain(fanout.shared) {
             if self.deliver(&session, delivery, now) && congested.is_none() {
@@ -151,7 +157,7 @@ impl Broker {
         if count == 0 {
             Stats::incr(&self.stats.messages_unrouted);
         }
-        (count, congested)
+        (count, congested, writes)
     }
 
     /// Sets (or with `None` clears) the retained message of `topic` as consensus

@@ -23,6 +23,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::broker::HandedOver;
+use crate::message::Message;
 use crate::storage::{RestoredSession, SessionRecord};
 
 use super::config::NodeId;
@@ -213,6 +214,7 @@ impl ClusterNode {
             ids.iter().map(|id| Importing::new(self, id)).collect();
         let _adopting = Adopting::new(self, &ids);
         let mut count = 0;
+        let mut pending: Option<Vec<Arc<Message>>> = None;
         for chunk in candidates.chunks(ADOPTED_PER_ENTRY) {
             let command = Command::Adopt {
                 origin,
@@ -253,6 +255,14 @@ impl ClusterNode {
                         }
                     }
                     None => continue,
+                }
+                // What was on its way to `origin` for this session is not in the copy:
+                // fetched from every node once per adoption, queued per session.
+                if pending.is_none() {
+                    pending = Some(self.pending_everywhere(origin).await);
+                }
+                if let Some(messages) = &pending {
+                    self.deliver_pending(&client_id, messages).await;
                 }
                 replicas.forget(origin, &client_id).await;
                 self.stats.failovers.fetch_add(1, Ordering::Relaxed);

@@ -45,6 +45,11 @@ pub struct ClusterConfig {
     /// heartbeat) before it is closed and redialled. Default: 10 heartbeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_timeout_ms: Option<u64>,
+    /// Milliseconds a QoS 1/2 message forwarded to another node may wait for that
+    /// node's acknowledgement (its copies durable there) before its publisher is told it
+    /// failed (MQTT 5: 0x80, MQTT 3: disconnected) and sends it again.
+    #[serde(default = "default_forward_ack_timeout_ms")]
+    pub forward_ack_timeout_ms: u64,
     /// Nodes holding each persistent session's durable state: its owner and the next
     /// `replication_factor - 1` voters after it in id order (capped at the number of
     /// voters). 1 turns replication off.
@@ -72,6 +77,10 @@ fn default_replication_queue_bytes() -> usize {
 
 fn default_heartbeat_ms() -> u64 {
     crate::limits::DEFAULT_CLUSTER_HEARTBEAT_MS
+}
+
+fn default_forward_ack_timeout_ms() -> u64 {
+    crate::limits::DEFAULT_CLUSTER_FORWARD_ACK_TIMEOUT_MS
 }
 
 fn default_snapshot_entries() -> u64 {
@@ -219,6 +228,15 @@ impl ClusterConfig {
                 ));
             }
         }
+        if !(100..=600_000).contains(&self.forward_ack_timeout_ms) {
+            problems.push(Problem::new(
+                "cluster.forward_ack_timeout_ms",
+                format!(
+                    "{} is out of range; allowed: 100 to 600000 milliseconds",
+                    self.forward_ack_timeout_ms
+                ),
+            ));
+        }
         if !(1..=crate::limits::MAX_CLUSTER_REPLICATION_FACTOR).contains(&self.replication_factor) {
             problems.push(Problem::new(
                 "cluster.replication_factor",
@@ -270,6 +288,7 @@ mod tests {
             heartbeat_ms: default_heartbeat_ms(),
             snapshot_entries: default_snapshot_entries(),
             link_timeout_ms: None,
+            forward_ack_timeout_ms: default_forward_ack_timeout_ms(),
             replication_factor: default_replication_factor(),
             replication_queue_bytes: default_replication_queue_bytes(),
             tls: None,
@@ -315,6 +334,18 @@ mod tests {
         assert!(c.problems().is_empty());
         c.link_timeout_ms = Some(600_001);
         assert_eq!(keys(&c), vec!["cluster.link_timeout_ms"]);
+    }
+
+    #[test]
+    fn the_forward_ack_timeout_is_checked() {
+        let mut c = config(1, &["1@a:1"]);
+        assert_eq!(c.forward_ack_timeout_ms, 5_000);
+        c.forward_ack_timeout_ms = 99;
+        assert_eq!(keys(&c), vec!["cluster.forward_ack_timeout_ms"]);
+        c.forward_ack_timeout_ms = 100;
+        assert!(c.problems().is_empty());
+        c.forward_ack_timeout_ms = 600_001;
+        assert_eq!(keys(&c), vec!["cluster.forward_ack_timeout_ms"]);
     }
 
     #[test]

@@ -5,7 +5,12 @@
 //! Frame: `u32` big-endian length of what follows, a kind byte, the body.
 //! - `HELLO` (first frame each way): the sender's node id, `u64` BE.
 //! - `REQUEST`/`RESPONSE`: a `u64` request id, then JSON (`super::rpc`).
-//! - `FORWARD`: messages for the receiver's local subscribers (`super::forward`).
+//! - `FORWARD`: a QoS 0 message for the receiver's local subscribers (`super::forward`),
+//!   at most once.
+//! - `FORWARD_ACKED`: a QoS 1/2 message, same body; the receiver answers `FORWARD_ACK`
+//!   once every store write it caused there is durable, and the sender keeps it until
+//!   then, sending it again on every new connection (`unacked`).
+//! - `FORWARD_ACK`: the ids of acknowledged messages (`unacked`).
 //! - `PING` (empty): sent at least once per heartbeat, so that the peer hears from this
 //!   node at least that often even when the link is idle (and knows that it does).
 //!
@@ -26,9 +31,10 @@
 //! limit) paces it to the link, as TCP does. A pause lasts at most
 //! `limits.slow_consumer_timeout_ms` (`Liveness::publisher_pause`): then the waiting
 //! publishers go on (their messages are queued) and nobody waits for this peer until its
-//! outbox drained. A link that fails while publishers wait fails their completion (its
-//! queued frames are lost), so they are not told that their message was delivered; the
-//! caller refuses a QoS 1/2 message that did not fit (`NotQueued::OutboxFull`). On the
+//! outbox drained. A link that fails while publishers wait releases the pause: their
+//! messages are kept until the peer acknowledges them (`unacked`), which their
+//! acknowledgements wait for; the caller refuses a QoS 1/2 message that did not fit
+//! (`NotQueued::OutboxFull`). On the
 //! receiving side, `LinkHandler::forwarded` may hold the reader (`ReadPause`, a local
 //! subscriber left congested) for at most `Links::read_pause_bound`, so that TCP carries
 //! the subscriber's pace back to the sending node's outbox.
@@ -50,15 +56,20 @@ use super::config::NodeId;
 use super::link_tls::LinkTls;
 
 mod peer;
+mod unacked;
 
 use peer::Outbox;
 pub use peer::{NotQueued, PeerLink};
+use unacked::Unacked;
+pub use unacked::{encode_acks, Reroute, MAX_UNACKED_FORWARDS};
 
 pub const HELLO: u8 = 1;
 pub const REQUEST: u8 = 2;
 pub const RESPONSE: u8 = 3;
 pub const FORWARD: u8 = 4;
 pub const PING: u8 = 5;
+pub const FORWARD_ACKED: u8 = 6;
+pub const FORWARD_ACK: u8 = 7;
 
 /// Largest frame accepted from a peer (a snapshot of a large retained set travels in one).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
@@ -75,9 +86,10 @@ pub trait LinkHandler: Send + Sync + 'static {
         from: NodeId,
         body: Bytes,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + '_>>;
-    /// Forwarded messages from `from`. What the link's reader waits for before it reads
-    /// on (a local subscriber left congested), if anything.
-    fn forwarded(&self, from: NodeId, body: Bytes) -> Option<ReadPause>;
+    /// A forwarded message from `from`; `acknowledge` (a QoS 1/2 message): answer it
+    /// with a `FORWARD_ACK` once its writes here are durable. What the link's reader
+    /// waits for before it reads on (a local subscriber left congested), if anything.
+    fn forwarded(&self, from: NodeId, body: Bytes, acknowledge: bool) -> Option<ReadPause>;
 }
 
 /// What a link's reader waits for before it reads the next frame: the peer's writer then
@@ -98,6 +110,17 @@ pub struct LinkStats {
     pub paused_publishes: AtomicU64,
     /// Pauses that outlasted their bound (the publishers went on without waiting).
     pub pause_timeouts: AtomicU64,
+    /// QoS 1/2 messages the peer acknowledged (stored durably there).
+    pub acked_forwards: AtomicU64,
+    /// Unacknowledged messages sent again on a new connection.
+    pub resent_forwards: AtomicU64,
+    /// Messages sent to another node while the peer was down (it took the routes).
+    pub rerouted_forwards: AtomicU64,
+    /// Messages without an acknowledgement within `cluster.forward_ack_timeout_ms`
+    /// (their publishers were not acknowledged).
+    pub timed_out_forwards: AtomicU64,
+    /// QoS 1/2 messages refused: too many already waited for the peer's acknowledgement.
+    pub unacked_refused: AtomicU64,
 }
 
 /// Any stream a link runs over: TCP, or TLS over TCP.
@@ -217,8 +240,10 @@ impl Links {
             peer.stats.connected.store(false, Ordering::Relaxed);
             let mut outbox = lock(&peer.outbox);
             outbox.connection += 1;
-            outbox.clear(id);
+            outbox.clear();
             drop(outbox);
+            // Their publishers are not acknowledged: the node left.
+            *lock(&peer.unacked) = Unacked::default();
             peer.ready.notify_waiters();
         }
     }
@@ -234,6 +259,7 @@ impl Links {
                 pause: None,
                 stalled: false,
             }),
+            unacked: Mutex::new(Unacked::default()),
             ready: Notify::new(),
             stats: LinkStats::default(),
             limit: self.limit,
@@ -420,13 +446,17 @@ impl Links {
         stream: Box<dyn LinkStream>,
     ) -> std::io::Result<()> {
         let connection = {
+            // Unacknowledged messages go first, in order; `connected` is set under the
+            // entries' lock, so a message forwarded meanwhile is queued once.
+            let unacked = lock(&peer.unacked);
             let mut outbox = lock(&peer.outbox);
             outbox.connection += 1;
-            outbox.clear(peer.id);
+            outbox.clear();
+            peer.requeue_unacked(&unacked, &mut outbox);
+            peer.stats.connected.store(true, Ordering::Relaxed);
             outbox.connection
         };
         peer.ready.notify_waiters();
-        peer.stats.connected.store(true, Ordering::Relaxed);
         peer.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer = peer.id, "cluster link up");
         let (reader, mut writer) = tokio::io::split(stream);
@@ -476,6 +506,14 @@ impl Links {
                     reader.heard.pinged.store(true, Ordering::Relaxed);
                     continue;
                 }
+                // A node still starting (its handler not set) cannot take a message it
+                // must acknowledge: the connection closes, and the peer sends it again
+                // on the next one.
+                if kind == FORWARD_ACKED && self.handler.get().is_none() {
+                    return Err(std::io::Error::other(
+                        "a forwarded message arrived before this node was ready",
+                    ));
+                }
                 if let Some(pause) = self.dispatch(&peer, kind, body) {
                     pause.await;
                 }
@@ -516,7 +554,7 @@ impl Links {
         let mut outbox = lock(&peer.outbox);
         if outbox.connection == connection {
             peer.stats.connected.store(false, Ordering::Relaxed);
-            outbox.clear(peer.id);
+            outbox.clear();
             tracing::warn!(peer = peer.id, "cluster link down");
         }
         result
@@ -548,11 +586,12 @@ impl Links {
                     let _ = waiter.send(body);
                 }
             }
-            FORWARD => {
+            FORWARD | FORWARD_ACKED => {
                 if let Some(handler) = self.handler.get() {
-                    return handler.forwarded(peer.id, body);
+                    return handler.forwarded(peer.id, body, kind == FORWARD_ACKED);
                 }
             }
+            FORWARD_ACK => peer.acknowledged(body),
             _ => tracing::debug!(peer = peer.id, kind, "unknown cluster frame ignored"),
         }
         None

@@ -1,5 +1,6 @@
 //! Socket-free tests of the node link (`link.rs`): the outbox's limit and its flow
-//! control marks, and the reader's liveness bookkeeping.
+//! control marks, the reader's liveness bookkeeping, and the forwarded messages kept
+//! until the peer acknowledges them (`unacked.rs`).
 
 use super::*;
 
@@ -109,9 +110,11 @@ fn a_failed_link_fails_waiting_acknowledgements_and_a_late_pause_stalls() {
         waits.extend(peer.forward(frame(FORWARD, &[0; 100]), true).unwrap());
     }
     assert_eq!(waits.len(), 2);
-    lock(&peer.outbox).clear(peer.id);
+    // A failed link releases the pause: what the acknowledgements wait for then is the
+    // peer's acknowledgement of the kept messages (`unacked`).
+    lock(&peer.outbox).clear();
     for mut wait in waits {
-        assert!(matches!(wait.try_result(), Some(Err(StoreError::Io(_)))));
+        assert!(matches!(wait.try_result(), Some(Ok(()))));
     }
 
     // A pause past its bound lets its publishers go on, and nobody waits until the
@@ -164,4 +167,107 @@ async fn the_watched_reader_notes_when_bytes_arrive() {
     let (kind, body) = read_frame(&mut reader).await.unwrap();
     assert_eq!((kind, body.len()), (PING, 0));
     assert!(heard.last_ms.load(Ordering::Relaxed) >= 50);
+}
+
+fn message(topic: &str) -> Arc<crate::message::Message> {
+    Arc::new(crate::message::Message {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"m"),
+        qos: crate::protocol::QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        expires_at: None,
+        publisher: None,
+        cluster_id: Default::default(),
+    })
+}
+
+#[test]
+fn a_forwarded_qos_1_message_is_kept_until_acknowledged_and_resent_on_a_new_connection() {
+    let links = links(1000);
+    let peer = links.ensure_peer(1, "127.0.0.1:1");
+    let first = message("a");
+    let (mut acknowledged, pause) = peer
+        .forward_acknowledged(frame(FORWARD_ACKED, &[0; 10]), &first, vec![], vec![1])
+        .unwrap();
+    assert!(pause.is_none());
+    assert!(
+        acknowledged.try_result().is_none(),
+        "kept while the peer is down"
+    );
+    assert_eq!(peer.outbox_bytes(), 0, "not queued on no connection");
+
+    // A new connection sends it first.
+    {
+        let unacked = lock(&peer.unacked);
+        let mut outbox = lock(&peer.outbox);
+        outbox.clear();
+        peer.requeue_unacked(&unacked, &mut outbox);
+    }
+    assert_eq!(peer.outbox_bytes(), 15);
+    assert_eq!(peer.stats.resent_forwards.load(Ordering::Relaxed), 1);
+
+    // Its acknowledgement lets the publisher go on; an unknown id changes nothing.
+    let stranger = crate::message::ClusterMessageId {
+        node: 9,
+        sequence: 9,
+    };
+    peer.acknowledged(Bytes::from(encode_acks(&[
+        (stranger, true),
+        (first.cluster_id(), true),
+    ])));
+    assert!(matches!(acknowledged.try_result(), Some(Ok(()))));
+    assert_eq!(peer.unacked_forwards(), 0);
+
+    // A failed write there, or no answer in time, fails the publisher's acknowledgement.
+    let second = message("b");
+    let (mut refused, _) = peer
+        .forward_acknowledged(frame(FORWARD_ACKED, &[0; 10]), &second, vec![], vec![1])
+        .unwrap();
+    peer.acknowledged(Bytes::from(encode_acks(&[(second.cluster_id(), false)])));
+    assert!(matches!(refused.try_result(), Some(Err(StoreError::Io(_)))));
+    let third = message("c");
+    let (mut late, _) = peer
+        .forward_acknowledged(frame(FORWARD_ACKED, &[0; 10]), &third, vec![], vec![1])
+        .unwrap();
+    assert_eq!(peer.expire_unacked(Duration::from_secs(60)), 0);
+    assert_eq!(peer.expire_unacked(Duration::ZERO), 1);
+    assert!(matches!(late.try_result(), Some(Err(StoreError::Io(_)))));
+    assert_eq!(peer.stats.timed_out_forwards.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn kept_messages_are_bounded_in_bytes_and_rerouted_copies_are_waited_for() {
+    let links = links(64);
+    let peer = links.ensure_peer(1, "127.0.0.1:1");
+    let first = message("a");
+    let (mut acknowledged, _) = peer
+        .forward_acknowledged(frame(FORWARD_ACKED, &[0; 40]), &first, vec![], vec![1])
+        .unwrap();
+    assert!(
+        peer.forward_acknowledged(
+            frame(FORWARD_ACKED, &[0; 40]),
+            &message("b"),
+            vec![],
+            vec![1]
+        )
+        .is_err(),
+        "beyond cluster.link_buffer_bytes"
+    );
+    assert_eq!(peer.stats.unacked_refused.load(Ordering::Relaxed), 1);
+
+    // Sent to node 3 meanwhile: the publisher waits for that copy too.
+    let kept = peer.rerouting();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].sent_to, vec![1]);
+    let (copy, copied) = crate::storage::write_promise();
+    assert!(peer.rerouted(kept[0].id, 3, Completion::shared(copied)));
+    assert_eq!(peer.rerouting()[0].sent_to, vec![1, 3]);
+    peer.acknowledged(Bytes::from(encode_acks(&[(first.cluster_id(), true)])));
+    assert!(
+        acknowledged.try_result().is_none(),
+        "the copy is not acknowledged yet"
+    );
+    copy.fulfil(Vec::new());
+    assert!(matches!(acknowledged.try_result(), Some(Ok(()))));
 }

@@ -205,6 +205,48 @@ pub fn render(node: &ClusterNode) -> String {
         "Pauses of publishers that outlasted limits.slow_consumer_timeout_ms (they went on without waiting)",
         &per_peer(&|peer| peer.stats.pause_timeouts.load(Ordering::Relaxed)),
     );
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_forwards_unacked",
+        "QoS 1/2 messages forwarded to the peer and not acknowledged yet (their publishers' acknowledgements wait)",
+        &per_peer(&|peer| peer.unacked_forwards() as u64),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_forwards_acked_total",
+        "QoS 1/2 messages the peer acknowledged once its copies were durable",
+        &per_peer(&|peer| peer.stats.acked_forwards.load(Ordering::Relaxed)),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_forwards_resent_total",
+        "Unacknowledged QoS 1/2 messages sent to the peer again on a new connection",
+        &per_peer(&|peer| peer.stats.resent_forwards.load(Ordering::Relaxed)),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_forwards_rerouted_total",
+        "Copies of messages kept for the peer while it was down, sent to the nodes that took over its routes",
+        &per_peer(&|peer| peer.stats.rerouted_forwards.load(Ordering::Relaxed)),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_forwards_timed_out_total",
+        "QoS 1/2 messages the peer did not acknowledge within cluster.forward_ack_timeout_ms (their publishers were not acknowledged)",
+        &per_peer(&|peer| peer.stats.timed_out_forwards.load(Ordering::Relaxed)),
+    );
+    metric(
+        &mut out,
+        "counter",
+        "fleetmq_cluster_forwards_unacked_refused_total",
+        "QoS 1/2 messages refused because too many already waited for the peer's acknowledgement (their publishers were not acknowledged)",
+        &per_peer(&|peer| peer.stats.unacked_refused.load(Ordering::Relaxed)),
+    );
     let out_of_sync = node.with_state(|state| {
         state
             .out_of_sync

@@ -11,6 +11,8 @@
 //! - `link_tls`: TLS on the links, reloaded on SIGHUP.
 //! - `network`: Raft RPCs and proposals over the link.
 //! - `forward`: the cluster route table and forwarded PUBLISHes.
+//! - `forward_ack`: QoS 1/2 forwards acknowledged once durable on the receiving node,
+//!   their timeouts and their rerouting when a peer is down.
 //! - `node`: a running node: consensus, proposals, the broker hook.
 //! - `ownership`: session claims, the hand-over of a moved session, release.
 //! - `handover`: a session on the link (`SessionDump`).
@@ -27,6 +29,7 @@ pub mod adoption;
 pub mod command;
 pub mod config;
 pub mod forward;
+mod forward_ack;
 #[cfg(feature = "rocksdb")]
 pub mod handover;
 #[cfg(feature = "rocksdb")]

@@ -65,6 +65,12 @@ pub enum Request {
         origin: NodeId,
         client_id: String,
     },
+    /// The QoS 1/2 messages the asked node forwarded to `dead` (unreachable) that it
+    /// did not acknowledge (`super::forward_ack`): a session of `dead` was taken over
+    /// from a backup, which cannot have them.
+    PendingFor {
+        dead: NodeId,
+    },
 }
 
 /// What the previous owner answers to `Request::Handover`.
@@ -93,6 +99,8 @@ pub enum Response {
     Relayed(bool),
     /// The batch is durable in the copy, or why not.
     Replicated(Result<(), String>),
+    /// `FORWARD` bodies (`super::forward`), base64.
+    Pending(Vec<String>),
     /// The request could not be decoded.
     Invalid(String),
 }

@@ -106,7 +106,7 @@ pub struct ClusterNode {
     pub(super) raft: Raft,
     pub(super) links: Arc<Links>,
     state: Arc<RwLock<ClusterState>>,
-    routes: Arc<RouteTable>,
+    pub(super) routes: Arc<RouteTable>,
     pub(super) broker: Weak<Broker>,
     book: Mutex<FilterBook>,
     book_changed: Notify,
@@ -131,6 +131,9 @@ pub struct ClusterNode {
     pub(super) replication_factor: usize,
     /// The owner's side of replication, when on.
     pub(super) replicator: Option<Arc<super::replication::Replicator>>,
+    /// Acknowledged forwards received lately, and their acknowledging tasks
+    /// (`super::forward_ack`).
+    pub(super) received: super::forward_ack::Received,
 }
 
 /// Applies committed changes to the local broker.
@@ -383,6 +386,7 @@ pub async fn start(
         replicator: replication
             .as_ref()
             .map(|replication| replication.replicator.clone()),
+        received: Default::default(),
     });
     let _ = sink.node.set(Arc::downgrade(&node));
     links.set_handler(node.clone());
@@ -407,6 +411,10 @@ pub async fn start(
     tokio::spawn(node.clone().propose_loop());
     tokio::spawn(super::ownership::sweep_handovers(Arc::downgrade(&node)));
     super::adoption::start(&node, config.link_timeout());
+    tokio::spawn(super::forward_ack::sweep(
+        Arc::downgrade(&node),
+        Duration::from_millis(config.forward_ack_timeout_ms),
+    ));
     if let Some(replication) = &replication {
         super::replication::node_link::attach(&node, &replication.replicator);
     }

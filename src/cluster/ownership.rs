@@ -69,6 +69,8 @@ impl ClusterNode {
             .fetch_add(moved as u64, Ordering::Relaxed);
         if let Source::Replica(backup) = source {
             self.stats.failovers.fetch_add(1, Ordering::Relaxed);
+            // What was on its way to the dead owner for this session is not in the copy.
+            self.pull_pending(previous, client_id).await;
             self.forget_replica(backup, previous, client_id, HANDOVER_WAIT)
                 .await;
             return true;

@@ -1,6 +1,7 @@
 //! Flow control across nodes: a QoS 1 publisher on one node is paused while the link to
-//! a subscriber's node is congested, and every message it had acknowledged arrives, in
-//! order; QoS 0 beyond a full outbox is dropped and counted, and never pauses anyone; a
+//! a subscriber's node is congested (by the outbox's high-water mark, or by its window of
+//! messages waiting for that node's acknowledgement), and every message it had
+//! acknowledged arrives, in order; QoS 0 beyond a full outbox is dropped and counted, and never pauses anyone; a
 //! QoS 1 message that does not fit the outbox is not acknowledged (MQTT 3: the publisher
 //! is disconnected).
 
@@ -155,10 +156,15 @@ async fn a_congested_link_pauses_qos_1_publishers_and_loses_nothing_they_were_ac
     cluster.pause_link(1, 2, true);
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = publisher.publish_until(rumqttc::QoS::AtLeastOnce, stop.clone());
-    eventually(
-        "node 1 to pause the publisher for node 2's outbox",
-        || async { (metric(&cluster, 1, paused_name).await >= 1.0).then_some(()) },
-    )
+    // Held either way: by the outbox above its high-water mark, or by its window of
+    // 100 messages waiting for node 2's acknowledgements (which come once node 2 stored
+    // them, after the link resumes).
+    let unacked_name = "fleetmq_cluster_forwards_unacked{peer=\"2\"}";
+    eventually("node 1 to hold the publisher for node 2's link", || async {
+        let paused = metric(&cluster, 1, paused_name).await >= 1.0;
+        let window_full = metric(&cluster, 1, unacked_name).await >= 100.0;
+        (paused || window_full).then_some(())
+    })
     .await;
     stop.store(true, Ordering::SeqCst);
     cluster.pause_link(1, 2, false);

@@ -31,18 +31,15 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    /// Drops every queued frame (the link went down or was replaced); publishers waiting
-    /// for them are answered with a failure.
-    pub(super) fn clear(&mut self, peer: NodeId) {
+    /// Drops every queued frame (the link went down or was replaced). Publishers paused
+    /// for the outbox go on: their QoS 1/2 messages are kept until the peer acknowledges
+    /// them (`super::unacked`), which their acknowledgements wait for anyway.
+    pub(super) fn clear(&mut self) {
         self.frames.clear();
         self.bytes = 0;
         self.stalled = false;
         if let Some(pause) = self.pause.take() {
-            pause
-                .promise
-                .fulfil(vec![Completion::done(Err(StoreError::Io(format!(
-                    "the link to node {peer} failed before forwarded messages were sent"
-                ))))]);
+            pause.promise.fulfil(Vec::new());
         }
     }
 
@@ -61,6 +58,9 @@ pub struct PeerLink {
     pub id: NodeId,
     pub(super) addr: Mutex<String>,
     pub(super) outbox: Mutex<Outbox>,
+    /// Forwarded QoS 1/2 messages waiting for the peer's acknowledgement
+    /// (`super::unacked`). Locked before `outbox` when both are.
+    pub(super) unacked: Mutex<super::Unacked>,
     pub(super) ready: Notify,
     pub stats: LinkStats,
     pub(super) limit: usize,

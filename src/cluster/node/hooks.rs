@@ -35,14 +35,36 @@ impl ClusterHook for ClusterNode {
             None => wait = Some(completion),
             Some(_) => more.push(completion),
         };
+        // A QoS 1/2 message is acknowledged only once every node it goes to stored it
+        // durably (`super::super::forward_ack`); the nodes it went to, to send it to no
+        // node twice when a peer that is down has its routes taken over.
+        let sent_to: Vec<NodeId> = if acknowledged {
+            destinations.iter().map(|(node, _)| *node).collect()
+        } else {
+            Vec::new()
+        };
         for (node, groups) in destinations {
             let Some(peer) = self.links.peer(node) else {
                 continue;
             };
             let body = forward::encode(message, broker.wall_clock(), &groups);
-            let frame = link::frame(link::FORWARD, &body);
+            let kind = if acknowledged {
+                link::FORWARD_ACKED
+            } else {
+                link::FORWARD
+            };
+            let frame = link::frame(kind, &body);
             let bytes = frame.len() as u64;
-            match peer.forward(frame, acknowledged) {
+            let queued = if acknowledged {
+                peer.forward_acknowledged(frame, message, groups, sent_to.clone())
+                    .map(|(acked, paused)| {
+                        wait_also(acked);
+                        paused
+                    })
+            } else {
+                peer.forward(frame, false)
+            };
+            match queued {
                 Ok(paused) => {
                     if let Some(paused) = paused {
                         wait_also(paused);
@@ -62,10 +84,10 @@ impl ClusterHook for ClusterNode {
                 }
                 Err(why) => {
                     self.stats.forward_dropped.fetch_add(1, Ordering::Relaxed);
-                    // A live peer whose outbox is full: the publisher is not told the
-                    // message was delivered, and may send it again. A peer that is down
-                    // gets nothing either way (ARCHITECTURE.md, "Forwarding is
-                    // flow-controlled for QoS 1 and 2").
+                    // A QoS 1/2 message that could not be kept for the peer (its outbox
+                    // or its unacknowledged messages are full): the publisher is not
+                    // told the message was delivered, and sends it again
+                    // (ARCHITECTURE.md, "Forwarded QoS 1/2 messages are acknowledged").
                     if acknowledged && why == link::NotQueued::OutboxFull {
                         wait_also(Completion::done(Err(StoreError::Io(format!(
                             "the message could not be forwarded: the outbox of the link to node {node} is full"
@@ -181,12 +203,13 @@ impl LinkHandler for ClusterNode {
                     self.replica_forget(origin, &client_id).await;
                     Response::HandoverDone
                 }
+                Ok(Request::PendingFor { dead }) => Response::Pending(self.pending_for(dead)),
             };
             serde_json::to_vec(&response).unwrap_or_default()
         })
     }
 
-    fn forwarded(&self, _from: NodeId, body: Bytes) -> Option<link::ReadPause> {
+    fn forwarded(&self, from: NodeId, body: Bytes, acknowledge: bool) -> Option<link::ReadPause> {
         let broker = self.broker.upgrade()?;
         let Some((message, groups)) = forward::decode(body, broker.wall_clock()) else {
             tracing::warn!("malformed forwarded message dropped");
@@ -194,16 +217,34 @@ impl LinkHandler for ClusterNode {
         };
         self.stats.received_messages.fetch_add(1, Ordering::Relaxed);
         let message = Arc::new(message);
-        let (_, congested) = broker.route_forwarded(&message, &groups);
-        self.relay(&message);
+        let mut congested = None;
+        let mut route = || {
+            let (_, first_congested, writes) = broker.route_forwarded(&message, &groups);
+            congested = first_congested;
+            self.relay(&message);
+            writes
+        };
+        // A QoS 1/2 message is routed once however often it arrives, and acknowledged
+        // once its writes here are durable; its acknowledging task may hold the reader.
+        let behind = if acknowledge {
+            self.receive_acknowledged(from, &message, route)
+        } else {
+            drop(route());
+            None
+        };
         // A local subscriber's queue is nearly full: the link is not read until it
         // drained, as a local publisher's connection is not, so the sending node's
         // outbox fills and paces its publishers. Bounded by one heartbeat (the link also
         // carries Raft traffic); past it, the subscriber is stalled as locally (nobody
         // waits for it until it drained; its messages are dropped and counted).
-        let session = congested?;
+        let Some(session) = congested else {
+            return behind;
+        };
         let bound = self.links.read_pause_bound();
         Some(Box::pin(async move {
+            if let Some(behind) = behind {
+                behind.await;
+            }
             let (space, congested) = session.congestion.wait_for_space();
             if !congested {
                 return;

@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod acked;
 pub mod mqtt;
 pub mod proxy;
 

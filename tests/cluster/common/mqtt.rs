@@ -188,6 +188,15 @@ impl Subscriber {
         }
     }
 
+    /// The next event (publishes held back by `subscribe` first), however long it
+    /// takes; `None` once the event loop ended.
+    pub async fn recv_event(&mut self) -> Option<Event> {
+        if let Some(publish) = self.pending.pop_front() {
+            return Some(Event::Publish(publish));
+        }
+        self.events.recv().await
+    }
+
     /// The next event, at most `WAIT`.
     pub async fn next_event(&mut self) -> Event {
         within("a client event", self.events.recv())

@@ -1,0 +1,420 @@
+//! Acknowledged forwarding of QoS 1/2 messages (ARCHITECTURE.md, "Forwarded QoS 1/2
+//! messages are acknowledged"), the parts the running node owns:
+//!
+//! - receiving: a `FORWARD_ACKED` message is routed once per `ClusterMessageId` (a copy
+//!   sent again after a link failure is recognised in `Received`, a bounded window of
+//!   recent ids, whether or not the first copy's writes are done) and answered with a
+//!   `FORWARD_ACK` once the store writes it caused here (the local write and, with
+//!   replication, the in-sync backups' copies) are durable. One task per sending node
+//!   awaits those writes in arrival order and batches the acknowledgements.
+//! - sending: once per `SWEEP_INTERVAL`, messages that waited
+//!   `cluster.forward_ack_timeout_ms` fail their publishers' acknowledgements, and the
+//!   messages kept for a peer that is down go to the nodes that now have routes for
+//!   them (its sessions moved there: a failover to a backup, or the clients reconnecting
+//!   elsewhere). The sender's side of the link keeps the messages (`link::unacked`).
+//! - failover: a session taken over from a backup of its dead owner lacks what was on
+//!   its way to that owner; before it is resumed, the node that took it asks every node
+//!   for the messages it holds unacknowledged for the dead one (`pull_pending`) and
+//!   queues those the session subscribes to (copies it has are dropped by their id).
+//!   An adoption of a dead node's sessions (`cluster::adoption`) does the same, asking
+//!   once for all the sessions it adopts. Rerouting alone would miss sessions taken over after their node's routes moved.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::message::{ClusterMessageId, Message};
+use crate::storage::Completion;
+
+use super::config::NodeId;
+use super::forward;
+use super::link;
+use super::network::{Request, Response};
+use super::node::{lock, ClusterNode};
+use crate::broker::Relayed;
+
+/// Ids of acknowledged forwards remembered per node for recognising copies sent again.
+/// Larger than what a sender keeps unacknowledged (`link::MAX_UNACKED_FORWARDS`), so a
+/// copy sent again is always within it while this node runs.
+pub const RECEIVED_WINDOW: usize = 4 * link::MAX_UNACKED_FORWARDS;
+/// How often timeouts and rerouting are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// Acknowledgements in one `FORWARD_ACK` frame at most.
+const ACKS_PER_FRAME: usize = 1024;
+
+/// Where a received message's writes stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Routed; its writes are under way (its acknowledgement follows them).
+    Pending,
+    /// Its writes are durable: a copy is acknowledged at once.
+    Durable,
+}
+
+/// What to do with an acknowledged forward that arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// First copy: route it.
+    New,
+    /// A copy of one already routed whose writes are durable: acknowledge it at once.
+    AcknowledgeAgain,
+    /// A copy of one whose writes are under way: its acknowledgement follows them.
+    Wait,
+}
+
+/// The ids of forwards received lately, bounded (the oldest go first).
+#[derive(Default)]
+pub struct ReceivedIds {
+    state: HashMap<ClusterMessageId, Written>,
+    order: VecDeque<ClusterMessageId>,
+}
+
+impl ReceivedIds {
+    pub fn arrive(&mut self, id: ClusterMessageId) -> Arrival {
+        match self.state.get(&id) {
+            Some(Written::Durable) => return Arrival::AcknowledgeAgain,
+            Some(Written::Pending) => return Arrival::Wait,
+            None => {}
+        }
+        self.state.insert(id, Written::Pending);
+        self.order.push_back(id);
+        while self.order.len() > RECEIVED_WINDOW {
+            if let Some(oldest) = self.order.pop_front() {
+                self.state.remove(&oldest);
+            }
+        }
+        Arrival::New
+    }
+
+    /// The writes of `id` finished: durable, or failed (then a copy is routed anew).
+    pub fn settle(&mut self, id: ClusterMessageId, durable: bool) {
+        if durable {
+            if let Some(state) = self.state.get_mut(&id) {
+                *state = Written::Durable;
+            }
+        } else {
+            self.state.remove(&id);
+        }
+    }
+}
+
+/// The receiving side: recent ids and one acknowledging task per sending node.
+#[derive(Default)]
+pub struct Received {
+    ids: Arc<Mutex<ReceivedIds>>,
+    senders: Mutex<HashMap<NodeId, AckQueue>>,
+}
+
+/// A received message and the writes its acknowledgement waits for.
+type AckQueue = mpsc::Sender<(ClusterMessageId, Option<Completion>)>;
+
+impl ClusterNode {
+    /// Routes an acknowledged forward (unless a copy was routed before) and queues its
+    /// acknowledgement behind its writes. Returns the routing's congested session, and
+    /// a pause of the link's reader when the acknowledging task is behind.
+    pub(super) fn receive_acknowledged(
+        &self,
+        from: NodeId,
+        message: &Arc<Message>,
+        route: impl FnOnce() -> Option<Completion>,
+    ) -> Option<link::ReadPause> {
+        let id = message.cluster_id();
+        let arrival = lock(&self.received.ids).arrive(id);
+        let writes = match arrival {
+            Arrival::Wait => return None,
+            Arrival::AcknowledgeAgain => None,
+            Arrival::New => route(),
+        };
+        let queue = self.ack_queue(from);
+        match queue.try_send((id, writes)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                // The reader waits: the sender's unacknowledged messages bound this.
+                Some(Box::pin(async move {
+                    let _ = queue.send(item).await;
+                }))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+        }
+    }
+
+    fn ack_queue(&self, from: NodeId) -> AckQueue {
+        let mut senders = lock(&self.received.senders);
+        if let Some(sender) = senders.get(&from).filter(|sender| !sender.is_closed()) {
+            return sender.clone();
+        }
+        let (sender, receiver) = mpsc::channel(link::MAX_UNACKED_FORWARDS);
+        senders.insert(from, sender.clone());
+        tokio::spawn(acknowledge(
+            self.this(),
+            self.received.ids.clone(),
+            from,
+            receiver,
+        ));
+        sender
+    }
+
+    /// Sends the messages kept for `peer` (down) to the nodes that have routes for them
+    /// now and did not get them; returns how many copies went.
+    fn reroute(&self, peer: &link::PeerLink) -> usize {
+        let mut sent = 0;
+        for kept in peer.rerouting() {
+            for (node, groups) in self.routes.destinations(&kept.message.topic) {
+                if node == peer.id || kept.sent_to.contains(&node) {
+                    continue;
+                }
+                let Some(other) = self.links.peer(node) else {
+                    continue;
+                };
+                // A shared group keeps the member it was given to, unless it is here.
+                let groups: Vec<String> = groups
+                    .into_iter()
+                    .filter(|group| kept.groups.contains(group))
+                    .collect();
+                let Some(completion) = self.forward_copy(&other, &kept.message, groups, &kept)
+                else {
+                    continue;
+                };
+                if peer.rerouted(kept.id, node, completion) {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    fn forward_copy(
+        &self,
+        to: &link::PeerLink,
+        message: &Arc<Message>,
+        groups: Vec<String>,
+        kept: &link::Reroute,
+    ) -> Option<Completion> {
+        let broker = self.broker.upgrade()?;
+        let body = forward::encode(message, broker.wall_clock(), &groups);
+        let frame = link::frame(link::FORWARD_ACKED, &body);
+        let mut sent_to = kept.sent_to.clone();
+        sent_to.push(to.id);
+        // The copy's pause is not waited for: its publisher waits for the copy's
+        // acknowledgement, which follows the outbox draining anyway.
+        to.forward_acknowledged(frame, message, groups, sent_to)
+            .ok()
+            .map(|(acknowledged, _)| acknowledged)
+    }
+}
+
+/// How long a node waits for each other node's answer to `Request::PendingFor`.
+const PULL_WAIT: Duration = Duration::from_secs(2);
+
+impl ClusterNode {
+    /// The `FORWARD` bodies of the messages this node holds unacknowledged for `dead`.
+    pub(super) fn pending_for(&self, dead: NodeId) -> Vec<String> {
+        let (Some(broker), Some(peer)) = (self.broker.upgrade(), self.links.peer(dead)) else {
+            return Vec::new();
+        };
+        peer.rerouting()
+            .iter()
+            .map(|kept| {
+                let body = forward::encode(&kept.message, broker.wall_clock(), &[]);
+                super::state::encode_base64(&body)
+            })
+            .collect()
+    }
+
+    /// Queues for `client_id`'s session, just taken over from a backup of `dead`, the
+    /// messages any node (this one too) holds unacknowledged for `dead` that it
+    /// subscribes to, and waits until they are stored.
+    pub(super) async fn pull_pending(&self, dead: NodeId, client_id: &str) {
+        let messages = self.pending_everywhere(dead).await;
+        self.deliver_pending(client_id, &messages).await;
+    }
+
+    /// The messages any node (this one too) holds unacknowledged for `dead`: what an
+    /// adoption or a failover of `dead`'s sessions must queue besides the backup's copy.
+    pub(super) async fn pending_everywhere(&self, dead: NodeId) -> Vec<Arc<Message>> {
+        let Some(broker) = self.broker.upgrade() else {
+            return Vec::new();
+        };
+        let mut messages: Vec<Arc<Message>> = self
+            .links
+            .peer(dead)
+            .map(|peer| {
+                peer.rerouting()
+                    .into_iter()
+                    .map(|kept| kept.message)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let request = Request::PendingFor { dead };
+        let Ok(body) = serde_json::to_vec(&request) else {
+            return messages;
+        };
+        for peer in self.links.peers() {
+            if peer.id == dead || !peer.is_connected() {
+                continue;
+            }
+            let Ok(answer) = self.links.request(peer.id, &body, PULL_WAIT).await else {
+                continue;
+            };
+            let Ok(Response::Pending(bodies)) = serde_json::from_slice(&answer) else {
+                continue;
+            };
+            for encoded in bodies {
+                let decoded = super::state::decode_base64(&encoded)
+                    .and_then(|body| forward::decode(body.into(), broker.wall_clock()));
+                if let Some((message, _)) = decoded {
+                    messages.push(Arc::new(message));
+                }
+            }
+        }
+        messages
+    }
+
+    /// Queues for `client_id`'s session those of `messages` it subscribes to, and waits
+    /// until they are stored (copies it already has are recognised by their cluster id).
+    pub(super) async fn deliver_pending(&self, client_id: &str, messages: &[Arc<Message>]) {
+        if messages.is_empty() {
+            return;
+        }
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let Some(handle) = broker.session(client_id) else {
+            return;
+        };
+        let subscriptions: Vec<(bytestring::ByteString, crate::session::SubscriptionEntry)> =
+            handle
+                .lock()
+                .subscriptions()
+                .filter(|(filter, _)| !filter.starts_with("$share/"))
+                .map(|(filter, entry)| (filter.clone(), *entry))
+                .collect();
+        let relayed: Vec<Relayed> = messages
+            .iter()
+            .filter_map(|message| relayed_for(message.clone(), &subscriptions))
+            .collect();
+        let count = relayed.len();
+        if let Some(written) = broker.deliver_relayed(client_id, relayed) {
+            if let Err(error) = written.await {
+                tracing::warn!(client_id, %error, count, "messages for a session taken over from a dead node could not be stored");
+            }
+        }
+    }
+}
+
+/// The delivery of `message` to a session with `subscriptions`, if it matches one.
+fn relayed_for(
+    message: Arc<Message>,
+    subscriptions: &[(bytestring::ByteString, crate::session::SubscriptionEntry)],
+) -> Option<Relayed> {
+    let mut relayed: Option<Relayed> = None;
+    for (filter, entry) in subscriptions {
+        if !crate::topic::matches(&message.topic, filter) {
+            continue;
+        }
+        let qos = message.qos.min(entry.options.qos);
+        let retain = message.retain && entry.options.retain_as_published;
+        let delivery = relayed.get_or_insert_with(|| Relayed {
+            message: message.clone(),
+            qos,
+            retain,
+            subscription_ids: Vec::new(),
+        });
+        delivery.qos = delivery.qos.max(qos);
+        delivery.retain |= retain;
+        delivery.subscription_ids.extend(entry.subscription_id);
+    }
+    relayed
+}
+
+/// Acknowledges `from`'s forwards in arrival order, each once its writes here are
+/// durable, batching what is ready.
+async fn acknowledge(
+    node: Weak<ClusterNode>,
+    ids: Arc<Mutex<ReceivedIds>>,
+    from: NodeId,
+    mut receiver: mpsc::Receiver<(ClusterMessageId, Option<Completion>)>,
+) {
+    let mut batch = Vec::with_capacity(ACKS_PER_FRAME);
+    let mut acks = Vec::with_capacity(ACKS_PER_FRAME);
+    while receiver.recv_many(&mut batch, ACKS_PER_FRAME).await > 0 {
+        for (id, writes) in batch.drain(..) {
+            let durable = match writes {
+                None => true,
+                Some(writes) => writes.await.is_ok(),
+            };
+            acks.push((id, durable));
+        }
+        {
+            let mut ids = lock(&ids);
+            for (id, durable) in &acks {
+                ids.settle(*id, *durable);
+            }
+        }
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        // A link that is down loses them: the sender sends the messages again, and
+        // they are acknowledged again from `ids`.
+        if let Some(peer) = node.links.peer(from) {
+            peer.send(link::frame(link::FORWARD_ACK, &link::encode_acks(&acks)));
+        }
+        acks.clear();
+    }
+}
+
+/// Expires unacknowledged forwards and reroutes those of peers that are down, until
+/// the node stops.
+pub(super) async fn sweep(node: Weak<ClusterNode>, timeout: Duration) {
+    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        for peer in node.links.peers() {
+            peer.expire_unacked(timeout);
+            if !peer.is_connected() && peer.unacked_forwards() > 0 {
+                node.reroute(&peer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(sequence: u64) -> ClusterMessageId {
+        ClusterMessageId { node: 1, sequence }
+    }
+
+    #[test]
+    fn a_copy_is_routed_once_and_acknowledged_again_once_durable() {
+        let mut ids = ReceivedIds::default();
+        assert_eq!(ids.arrive(id(1)), Arrival::New);
+        assert_eq!(ids.arrive(id(1)), Arrival::Wait, "writes under way");
+        ids.settle(id(1), true);
+        assert_eq!(ids.arrive(id(1)), Arrival::AcknowledgeAgain);
+        assert_eq!(ids.arrive(id(2)), Arrival::New);
+        ids.settle(id(2), false);
+        assert_eq!(
+            ids.arrive(id(2)),
+            Arrival::New,
+            "a failed write is routed anew"
+        );
+    }
+
+    #[test]
+    fn the_window_is_bounded() {
+        let mut ids = ReceivedIds::default();
+        for sequence in 0..(RECEIVED_WINDOW as u64 + 10) {
+            assert_eq!(ids.arrive(id(sequence)), Arrival::New);
+        }
+        assert_eq!(ids.order.len(), RECEIVED_WINDOW);
+        assert_eq!(ids.arrive(id(0)), Arrival::New, "the oldest went");
+    }
+}
