@@ -106,23 +106,73 @@ pub(super) async fn run(node: Weak<ClusterNode>, after: Duration) {
                     id == me || node.reachable(id)
                 })
             });
-            if adopter != Some(me) || !node.has_leader() {
+            if !node.has_leader() {
                 continue;
             }
-            match node.adopt(origin).await {
-                Ok(count) => {
-                    adopted.insert(origin);
-                    if count > 0 {
-                        tracing::warn!(
-                            origin,
-                            sessions = count,
-                            "node unreachable: its sessions adopted here from this node's copy"
-                        );
+            let done = match adopter {
+                Some(adopter) if adopter == me => match node.adopt(origin).await {
+                    Ok(count) => {
+                        if count > 0 {
+                            tracing::warn!(
+                                origin,
+                                sessions = count,
+                                "node unreachable: its sessions adopted here from this node's copy"
+                            );
+                        }
+                        node.drop_routes_of(origin).await
                     }
+                    Err(error) => {
+                        tracing::info!(origin, %error, "adopting an unreachable node's sessions failed; retrying");
+                        false
+                    }
+                },
+                // Its adopter drops its routes once the sessions are here.
+                Some(_) => continue,
+                // Nobody holds a copy (no replication, or none in sync): what its
+                // sessions held is unavailable until it returns; its routes go, so that
+                // publishers are not kept waiting for it. The first reachable voter in
+                // id order proposes it (a second proposal changes nothing).
+                None => {
+                    let first = node.with_state(|state| {
+                        state
+                            .membership
+                            .membership()
+                            .voter_ids()
+                            .find(|id| *id == me || (*id != origin && node.reachable(*id)))
+                    });
+                    if first != Some(me) {
+                        continue;
+                    }
+                    node.drop_routes_of(origin).await
                 }
-                Err(error) => {
-                    tracing::info!(origin, %error, "adopting an unreachable node's sessions failed; retrying")
-                }
+            };
+            if done {
+                adopted.insert(origin);
+            }
+        }
+    }
+}
+
+impl ClusterNode {
+    /// Commits that `origin` has no routes any more, together with this node's own
+    /// (which include those of the sessions it just adopted from `origin`), so that at no
+    /// point of the log do their filters lack a node. True once committed.
+    async fn drop_routes_of(&self, origin: NodeId) -> bool {
+        let command = Command::Batch(vec![
+            Command::ReplaceRoutes {
+                node: self.me,
+                filters: self.local_filters(),
+            },
+            Command::DropRoutes { node: origin },
+        ]);
+        match self.propose(command).await {
+            Ok(_) => {
+                tracing::info!(origin, "node unreachable: its routes dropped");
+                true
+            }
+            Err(error) => {
+                tracing::info!(origin, %error, "dropping an unreachable node's routes failed; retrying");
+                false
             }
         }
     }
@@ -313,9 +363,7 @@ impl ClusterNode {
 /// Starts the adoption task and the release of held wills on a started node.
 pub(super) fn start(node: &Arc<ClusterNode>, after: Duration) {
     tokio::spawn(release_wills_when_caught_up(Arc::downgrade(node)));
-    if node.replicas.is_some() {
-        tokio::spawn(run(Arc::downgrade(node), after));
-    }
+    tokio::spawn(run(Arc::downgrade(node), after));
 }
 
 #[cfg(test)]

@@ -379,6 +379,15 @@ pub(super) async fn sweep(node: Weak<ClusterNode>, timeout: Duration) {
             peer.expire_unacked(timeout);
             if !peer.is_connected() && peer.unacked_forwards() > 0 {
                 node.reroute(&peer);
+                // Once its routes are gone (`Command::DropRoutes`) and the copies sent
+                // to their new holders, nothing waits for the dead peer any more.
+                peer.release_unrouted(|message| {
+                    node.routes
+                        .destinations(&message.topic)
+                        .into_iter()
+                        .map(|(node, _)| node)
+                        .collect()
+                });
             }
         }
     }

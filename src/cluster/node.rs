@@ -231,6 +231,15 @@ impl EffectSink for BrokerSink {
                 Effect::RouteChanged { filter } => self.routes.update(state, &filter),
                 Effect::Retained { topic, message } => self.retained(&broker, &topic, message),
                 Effect::MembersChanged => {}
+                Effect::RoutesDropped { node } => {
+                    // Another node took this one for gone: its routes are proposed
+                    // again whole, as at start.
+                    if node == self.me {
+                        if let Some(node) = self.node.get().and_then(Weak::upgrade) {
+                            node.propose_all_routes();
+                        }
+                    }
+                }
                 Effect::Owner { client_id, owner } => {
                     if let Some(node) = self.node.get().and_then(Weak::upgrade) {
                         node.owner_changed(&client_id, owner.node);
@@ -565,6 +574,18 @@ impl ClusterNode {
             Ok(other) => Err(format!("unexpected answer {other:?}")),
             Err(error) => Err(error.to_string()),
         }
+    }
+
+    /// Has the proposer send this node's whole set of filters again
+    /// (`Command::ReplaceRoutes`).
+    pub(super) fn propose_all_routes(&self) {
+        lock(&self.book).replace = true;
+        self.book_changed.notify_one();
+    }
+
+    /// This node's filters as they are now.
+    pub(super) fn local_filters(&self) -> Vec<String> {
+        lock(&self.book).counts.keys().cloned().collect()
     }
 
     /// Proposes this node's route changes and retained messages, in order, retrying

@@ -32,6 +32,11 @@ pub enum Command {
     /// `node`'s complete set of filters (sent when it starts, replacing what the
     /// cluster remembered of it).
     ReplaceRoutes { node: NodeId, filters: Vec<String> },
+    /// The routes of `node`, unreachable for the link timeout, dropped by the node that
+    /// adopted its sessions or noticed it first (`super::adoption`): nothing is kept
+    /// waiting for a node that is gone. `node` proposes its own routes again when it
+    /// applies this (back, or only cut off from the proposer for a while).
+    DropRoutes { node: NodeId },
     /// A retained message (`message`: the store's encoding, base64) or its removal.
     Retain {
         topic: String,
@@ -99,6 +104,8 @@ pub enum Effect {
     Owner { client_id: String, owner: Owner },
     /// The membership changed (the link must know every member).
     MembersChanged,
+    /// `node`'s routes were dropped (`Command::DropRoutes`).
+    RoutesDropped { node: NodeId },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +163,19 @@ impl ClusterState {
                         });
                     }
                 }
+                CommandResult::default()
+            }
+            Command::DropRoutes { node } => {
+                let filters: Vec<String> = self
+                    .routes
+                    .iter()
+                    .filter(|(_, nodes)| nodes.contains(node))
+                    .map(|(filter, _)| filter.clone())
+                    .collect();
+                for filter in filters {
+                    self.remove_route(&filter, *node, effects);
+                }
+                effects.push(Effect::RoutesDropped { node: *node });
                 CommandResult::default()
             }
             Command::Retain { topic, message } => {

@@ -210,6 +210,38 @@ impl PeerLink {
         count
     }
 
+    /// Settles the kept messages of this (unreachable) peer that no longer need it: the
+    /// route table no longer sends them here and every node it does send them to got a
+    /// copy (`rerouted`). Their publishers wait only for those copies (none: nothing
+    /// subscribes any more, as for a message without subscribers). Returns how many.
+    pub fn release_unrouted(&self, destinations: impl Fn(&Message) -> Vec<NodeId>) -> usize {
+        let released: Vec<PendingForward> = {
+            let mut unacked = lock(&self.unacked);
+            let done: Vec<(u64, u64)> = unacked
+                .entries
+                .iter()
+                .filter(|(_, entry)| {
+                    let now = destinations(&entry.message);
+                    !now.contains(&self.id) && now.iter().all(|node| entry.sent_to.contains(node))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            let mut released = Vec::with_capacity(done.len());
+            for id in done {
+                if let Some(entry) = unacked.entries.remove(&id) {
+                    unacked.bytes -= entry.frame.len();
+                    released.push(entry);
+                }
+            }
+            released
+        };
+        let count = released.len();
+        for entry in released {
+            entry.promise.fulfil(entry.also);
+        }
+        count
+    }
+
     /// The kept messages, for sending to the nodes that took over this (unreachable)
     /// peer's routes.
     pub fn rerouting(&self) -> Vec<Reroute> {
