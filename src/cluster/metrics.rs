@@ -170,6 +170,13 @@ pub fn render(node: &ClusterNode) -> String {
         "New messages refused because a backup lagged too far behind (more than 65536 operations waiting)",
         &one(node.replicator.as_ref().map_or(0, |replicator| replicator.refused())),
     );
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_relay_holds_open",
+        "Sessions moved here whose other deliveries wait behind their old node's relay",
+        &one(node.relay_holds_open()),
+    );
     let counters = [
         ("fleetmq_cluster_forwarded_messages_total", "PUBLISHes forwarded to other nodes", &stats.forwarded_messages),
         ("fleetmq_cluster_forwarded_bytes_total", "Bytes of forwarded PUBLISH frames", &stats.forwarded_bytes),

@@ -460,6 +460,14 @@ async fn messages_relayed_late_during_a_move_are_not_overtaken_by_later_ones() {
             "every message once, in the order published"
         );
     }
+    let received = moved.elapsed();
+    // The copies B held end with A's relay, told by its last batch, not by the bound.
+    crate::common::eventually("the hold behind the relay to end", || async {
+        let metrics = cluster.metrics(b).await;
+        (crate::common::metric_value(&metrics, "fleetmq_cluster_relay_holds_open") == Some(0.0))
+            .then_some(())
+    })
+    .await;
     let metrics = cluster.metrics(b).await;
     assert_eq!(
         crate::common::metric_value(&metrics, "fleetmq_cluster_relay_holds_expired_total"),
@@ -471,7 +479,7 @@ async fn messages_relayed_late_during_a_move_are_not_overtaken_by_later_ones() {
         "fleetmq_cluster_relayed_messages_total",
     );
     println!(
-        "{published} published, relayed by the old node: {relayed:?}; all received {:?} after the CONNACK",
+        "{published} published, relayed by the old node: {relayed:?}; all received {received:?} and the hold ended {:?} after the CONNACK",
         moved.elapsed()
     );
 }

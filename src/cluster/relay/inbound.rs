@@ -18,13 +18,26 @@ pub(super) struct Inbound {
     from: NodeId,
     /// This node's claim.
     epoch: u64,
+    opened: Instant,
 }
 
 impl ClusterNode {
+    /// How many sessions moved here hold deliveries behind their old node's relay.
+    pub(in crate::cluster) fn relay_holds_open(&self) -> u64 {
+        lock(&self.relays.inbound).len() as u64
+    }
+
     /// `client_id`'s session arrived here from `from`, which relays to it (this node's
     /// claim `epoch`): its other deliveries wait until that relay ends.
     pub(in crate::cluster) fn open_inbound(&self, client_id: &str, from: NodeId, epoch: u64) {
-        lock(&self.relays.inbound).insert(client_id.to_string(), Inbound { from, epoch });
+        lock(&self.relays.inbound).insert(
+            client_id.to_string(),
+            Inbound {
+                from,
+                epoch,
+                opened: Instant::now(),
+            },
+        );
         tokio::spawn(watch_inbound(self.this(), client_id.to_string(), epoch));
     }
 
@@ -32,16 +45,20 @@ impl ClusterNode {
     /// (`expired`): what waited behind it goes, to the session here or through this
     /// node's relay onwards.
     fn close_inbound(&self, client_id: &str, epoch: u64, expired: bool) {
-        {
+        let opened = {
             let mut inbound = lock(&self.relays.inbound);
-            if inbound
-                .get(client_id)
-                .is_none_or(|inbound| inbound.epoch != epoch)
-            {
-                return;
+            match inbound.get(client_id) {
+                Some(open) if open.epoch == epoch => {}
+                _ => return,
             }
-            inbound.remove(client_id);
-        }
+            inbound.remove(client_id).map(|open| open.opened)
+        };
+        tracing::info!(
+            client_id,
+            held_ms = opened.map_or(0, |opened| opened.elapsed().as_millis() as u64),
+            expired,
+            "relay to this node ended: a moved session's held messages are released"
+        );
         if expired {
             self.stats
                 .relay_holds_expired
