@@ -1,6 +1,8 @@
 //! A persistent session moving between nodes goes whole: a client that reconnects to
 //! another node gets Session Present = 1, the messages that were in flight to it (resent
-//! with DUP, in their order) and those still queued, each exactly once.
+//! with DUP, in their order) and those still queued, each exactly once. Messages that
+//! reach the old node during the move are relayed without being overtaken by later ones
+//! of the same publisher, and reach the winner of two racing connects.
 
 use crate::common::mqtt::{Event, Publisher, Received, Subscriber};
 use crate::common::{wait_routed, Cluster};
