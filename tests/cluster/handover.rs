@@ -593,5 +593,22 @@ async fn two_connects_racing_while_messages_flow_keep_every_message() {
             missing.len()
         );
     }
+    // Every hold along the chain of relays ended with its relay's last batch.
+    for node in 1..=3 {
+        crate::common::eventually("the holds behind the relays to end", || async {
+            let metrics = cluster.metrics(node).await;
+            (crate::common::metric_value(&metrics, "fleetmq_cluster_relay_holds_open") == Some(0.0))
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            crate::common::metric_value(
+                &cluster.metrics(node).await,
+                "fleetmq_cluster_relay_holds_expired_total"
+            ),
+            Some(0.0),
+            "node {node}: a hold ended by its bound"
+        );
+    }
     println!("{published} published during the race, every one delivered");
 }
