@@ -58,9 +58,22 @@ impl Broker {
     ///
     /// `None` when this node holds no session of that id.
     pub fn hand_over_session(&self, client_id: &str) -> Option<HandedOver> {
+        self.hand_over_session_and_held(client_id).0
+    }
+
+    /// `hand_over_session`, also returning the deliveries the session held behind the
+    /// relay from its previous node (`release_held`), in their order: they follow the
+    /// session through this node's own relay, behind what that previous node still
+    /// relays (`crate::cluster::relay`).
+    pub fn hand_over_session_and_held(
+        &self,
+        client_id: &str,
+    ) -> (Option<HandedOver>, Vec<Delivery>) {
         let now = super::now();
         let mut registry = lock(&self.registry);
-        let handle = registry.remove(client_id)?;
+        let Some(handle) = registry.remove(client_id) else {
+            return (None, Vec::new());
+        };
         let pending_will = self
             .scheduler
             .cancel(handle.key)
@@ -75,6 +88,7 @@ impl Broker {
                 .subscriptions()
                 .map(|(filter, _)| filter.clone())
                 .collect();
+            let waiting = self.take_held(&handle);
             let handed = if persistent {
                 let (immediate, delayed): (Vec<_>, Vec<_>) = connected_will
                     .into_iter()
@@ -95,7 +109,7 @@ impl Broker {
             // (0x8E) and nothing it does reaches the session any more. The store copy
             // stays (`retire_locked` only forgets that the store keeps it).
             handle.retire_locked(&mut session, now);
-            (filters, handed)
+            (filters, (handed, waiting))
         };
         drop(registry);
         self.remove_routes(handle.key, &filters);
@@ -104,6 +118,22 @@ impl Broker {
             self.publish_will(will);
         }
         handed
+    }
+
+    /// The deliveries `session` holds behind a relay (none unless it moved here and its
+    /// previous node still relays); the hold ends. Called with the session locked.
+    fn take_held(&self, session: &super::SessionHandle) -> Vec<Delivery> {
+        if !session
+            .moved_recently
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Vec::new();
+        }
+        lock(&self.recent)
+            .get_mut(&session.key)
+            .and_then(|window| window.held.take())
+            .map(|held| held.deliveries.into())
+            .unwrap_or_default()
     }
 
     fn export(
@@ -159,6 +189,17 @@ impl Broker {
     /// owner is told to delete its copy. `None` (nothing imported) if a session of that
     /// id is already here.
     pub fn import_session(&self, handed: HandedOver) -> Option<Completion> {
+        self.import_session_with(handed, false)
+    }
+
+    /// `import_session`; with `behind_relay` (the previous owner relays to it), the
+    /// deliveries that reach the session otherwise wait behind that relay until
+    /// `release_held` (`super::recent`).
+    pub fn import_session_with(
+        &self,
+        handed: HandedOver,
+        behind_relay: bool,
+    ) -> Option<Completion> {
         let HandedOver { mut session, held } = handed;
         let now = super::now();
         let now_ms = self.clock.to_unix_millis(now);
@@ -211,10 +252,11 @@ impl Broker {
             let mut recent = lock(&self.recent);
             // Windows of sessions that ended before their window closed go here too.
             recent.retain(|_, window| window.until > now);
-            recent.insert(
-                installed.handle.key,
-                super::recent::RecentIds::new(held, now + MOVE_WINDOW),
-            );
+            let mut window = super::recent::RecentIds::new(held, now + MOVE_WINDOW);
+            if behind_relay {
+                window.held = Some(super::recent::Held::new(installed.handle.client_id.clone()));
+            }
+            recent.insert(installed.handle.key, window);
         }
         installed
             .handle
@@ -247,10 +289,27 @@ impl Broker {
     }
 
     /// Messages the old owner of `client_id`'s session relayed while the session moved
-    /// here: queued (and stored) like any delivery; copies the session already has are
-    /// dropped (`Session::remember_moved`). The returned write covers them.
-    pub fn deliver_relayed(&self, client_id: &str, relayed: Vec<Relayed>) -> Option<Completion> {
-        let handle = lock(&self.registry).get(client_id).cloned()?;
+    /// here: queued (and stored) like any delivery, ahead of what waits behind the relay;
+    /// copies the session already has are dropped (`super::recent`). The returned write
+    /// covers them. What finds no session here (it moved on meanwhile) is given back, to
+    /// be relayed onwards.
+    pub fn deliver_relayed(
+        &self,
+        client_id: &str,
+        relayed: Vec<Relayed>,
+    ) -> (Option<Completion>, Vec<Relayed>) {
+        // The registry stays locked: the session does not leave halfway through the
+        // batch (what it took goes with it, the rest is given back). Only the session
+        // that moved here takes them: one a CONNECT started here after it moved on (a
+        // connect that lost a race, refused a moment later) is not it.
+        let registry = lock(&self.registry);
+        let Some(handle) = registry.get(client_id).cloned().filter(|handle| {
+            handle
+                .moved_recently
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }) else {
+            return (None, relayed);
+        };
         let now = super::now();
         let mut written = None;
         for relayed in relayed {
@@ -278,34 +337,162 @@ impl Broker {
                     }],
                 }]));
             }
-            self.deliver(&handle, delivery, now);
+            self.deliver_via(&handle, delivery, now, Via::Relay);
         }
-        written
+        (written, Vec::new())
     }
 
-    /// Whether `delivery` is a copy of a message `session` (which moved here a short
-    /// while ago) already has; called with the session locked. The window closes by
-    /// itself after `MOVE_WINDOW`.
-    pub(super) fn is_second_copy(
+    /// Screens a delivery to `session` (which moved here a short while ago), called with
+    /// the session locked: a copy of a message it already has is dropped, and while its
+    /// previous node's relay is open what did not come through the relay is held behind
+    /// it. The delivery to enqueue now, if any. The window closes by itself after
+    /// `MOVE_WINDOW`.
+    pub(super) fn screen_moved(
         &self,
         session: &super::SessionHandle,
-        delivery: &Delivery,
+        delivery: Delivery,
         now: std::time::Instant,
-    ) -> bool {
+        via: Via,
+    ) -> Option<Delivery> {
         let mut recent = lock(&self.recent);
         let Some(window) = recent.get_mut(&session.key) else {
             session
                 .moved_recently
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            return false;
+            return Some(delivery);
         };
         if now >= window.until {
+            // A hold ends long before (the cluster bounds it), so nothing is left in it.
             recent.remove(&session.key);
             session
                 .moved_recently
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            return false;
+            return Some(delivery);
         }
-        !window.admit(delivery.message.cluster_id())
+        // Held deliveries are screened for copies when released: a relayed copy that
+        // arrives meanwhile is the one kept, in the relay's order.
+        if let Some(held) = window.held.as_mut().filter(|_| via == Via::Straight) {
+            let config = self.config();
+            let limits = &config.limits;
+            return match held.push(
+                delivery,
+                limits.max_queued_messages,
+                limits.max_queued_bytes,
+            ) {
+                Ok(()) => None,
+                Err(delivery) => {
+                    drop(recent);
+                    self.drop_delivery(session, &delivery, super::Dropped::QueueFull);
+                    None
+                }
+            };
+        }
+        if !window.admit(delivery.message.cluster_id()) {
+            drop(recent);
+            self.drop_delivery(session, &delivery, super::Dropped::Duplicate);
+            return None;
+        }
+        Some(delivery)
     }
+
+    fn drop_delivery(
+        &self,
+        session: &super::SessionHandle,
+        delivery: &Delivery,
+        reason: super::Dropped,
+    ) {
+        self.drop_stored(session, delivery);
+        self.stats.dropped(reason);
+    }
+
+    /// The previous node's relay to `client_id`'s session ended (or is given up on): the
+    /// deliveries held behind it are queued, in their order, copies of what the session
+    /// got meanwhile dropped. Whether the session is here.
+    pub fn release_held(&self, client_id: &str) -> bool {
+        let handle = self.session(client_id);
+        self.drop_stale_holds(client_id, handle.as_ref().map(|handle| handle.key));
+        let Some(handle) = handle else {
+            return false;
+        };
+        let mut results = Vec::new();
+        let mut copies = Vec::new();
+        {
+            let mut state = handle.lock();
+            let release: Vec<Delivery> = {
+                let mut recent = lock(&self.recent);
+                let Some(window) = recent.get_mut(&handle.key) else {
+                    return true;
+                };
+                let Some(held) = window.held.take() else {
+                    return true;
+                };
+                let mut release = Vec::with_capacity(held.deliveries.len());
+                for delivery in held.deliveries {
+                    if window.admit(delivery.message.cluster_id()) {
+                        release.push(delivery);
+                    } else {
+                        copies.push(delivery);
+                    }
+                }
+                release
+            };
+            let now = super::now();
+            for delivery in release {
+                if handle.is_retired() {
+                    self.drop_stored(&handle, &delivery);
+                    continue;
+                }
+                results.push(self.enqueue_locked(&handle, &mut state, delivery, now).0);
+            }
+        }
+        for delivery in &copies {
+            self.drop_delivery(&handle, delivery, super::Dropped::Duplicate);
+        }
+        for result in results {
+            self.enqueued(&handle, result);
+        }
+        true
+    }
+}
+
+impl Broker {
+    /// What sessions of `client_id` other than the one with key `live` (ended while they
+    /// held, by a clean start) still hold: dropped with their store entries.
+    fn drop_stale_holds(&self, client_id: &str, live: Option<crate::message::SessionKey>) {
+        let stale: Vec<Delivery> = {
+            let mut recent = lock(&self.recent);
+            recent
+                .iter_mut()
+                .filter(|(key, window)| {
+                    Some(**key) != live
+                        && window
+                            .held
+                            .as_ref()
+                            .is_some_and(|held| held.client_id == client_id)
+                })
+                .filter_map(|(_, window)| window.held.take())
+                .flat_map(|held| held.deliveries)
+                .collect()
+        };
+        let ops: Vec<StoreOp> = stale
+            .iter()
+            .filter_map(|delivery| delivery.stored)
+            .map(|message_id| StoreOp::DropQueued {
+                client_id: client_id.into(),
+                message_id,
+            })
+            .collect();
+        if !ops.is_empty() {
+            self.submit_detached(ops);
+        }
+    }
+}
+
+/// How a delivery reaches a session that moved here a short while ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Forwarded straight here, or published here.
+    Straight,
+    /// Relayed by its previous node.
+    Relay,
 }

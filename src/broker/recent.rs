@@ -4,11 +4,59 @@
 //! "The cluster"), and the session keeps the first copy (`Broker::deliver`). Bounded in
 //! entries (oldest go) and in time; sessions that never moved have none, and the
 //! router's only cost for them is one flag on the handle.
+//!
+//! While the old node still relays to the session (it said so in the hand-over), the
+//! deliveries that reach it otherwise (forwarded straight here, or published here) wait
+//! in `held`, in their order, until the old node tells that its relay ended
+//! (`Broker::release_held`): a message it relays late is then not overtaken by a later
+//! one of the same publisher. A session taken from a backup has no relay and holds
+//! nothing. Held deliveries are bounded by the numbers of the session's queue limits
+//! (messages and bytes, counted apart); beyond them they are dropped and counted as a
+//! full queue.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
+use bytestring::ByteString;
+
 use crate::message::ClusterMessageId;
+use crate::session::Delivery;
+
+/// Deliveries waiting behind the old node's relay, in their order.
+#[derive(Debug)]
+pub(crate) struct Held {
+    /// The session's client id: a session that ended while it held (a clean start)
+    /// leaves its window behind, found again by its client id when the relay ends.
+    pub(crate) client_id: ByteString,
+    pub(crate) deliveries: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+impl Held {
+    pub(crate) fn new(client_id: ByteString) -> Held {
+        Held {
+            client_id,
+            deliveries: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Keeps `delivery` at the end; gives it back beyond `max_messages` or `max_bytes`.
+    pub(crate) fn push(
+        &mut self,
+        delivery: Delivery,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<(), Delivery> {
+        let size = delivery.message.payload.len();
+        if self.deliveries.len() >= max_messages || self.bytes + size > max_bytes {
+            return Err(delivery);
+        }
+        self.bytes += size;
+        self.deliveries.push_back(delivery);
+        Ok(())
+    }
+}
 
 /// Ids remembered beyond those a session arrived with.
 pub const RECENT_IDS: usize = 4096;
@@ -20,6 +68,8 @@ pub(crate) struct RecentIds {
     capacity: usize,
     /// The window closes at this time.
     pub(crate) until: Instant,
+    /// While the old node's relay is open: the deliveries that did not come through it.
+    pub(crate) held: Option<Held>,
 }
 
 impl RecentIds {
@@ -29,6 +79,7 @@ impl RecentIds {
             order: VecDeque::new(),
             capacity: RECENT_IDS,
             until,
+            held: None,
         };
         for id in held {
             recent.admit(id);
@@ -71,5 +122,35 @@ mod tests {
         }
         assert!(recent.order.len() <= 2 + RECENT_IDS);
         assert!(recent.admit(id(1)), "the oldest went");
+    }
+
+    #[test]
+    fn held_deliveries_are_bounded_in_messages_and_bytes() {
+        let delivery = |size: usize| Delivery {
+            message: std::sync::Arc::new(crate::message::Message {
+                topic: "held".into(),
+                payload: vec![0; size].into(),
+                qos: crate::protocol::QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+                expires_at: None,
+                publisher: None,
+                cluster_id: Default::default(),
+            }),
+            qos: crate::protocol::QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            stored: None,
+        };
+        let mut held = Held::new("device".into());
+        assert!(held.push(delivery(90), 3, 100).is_ok());
+        assert!(held.push(delivery(11), 3, 100).is_err(), "beyond the bytes");
+        assert!(held.push(delivery(10), 3, 100).is_ok());
+        assert!(held.push(delivery(0), 3, 100).is_ok());
+        assert!(
+            held.push(delivery(0), 3, 100).is_err(),
+            "beyond the messages"
+        );
+        assert_eq!(held.deliveries.len(), 3);
     }
 }

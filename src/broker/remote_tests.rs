@@ -288,7 +288,9 @@ fn a_session_moved_to_another_node_goes_whole_with_its_messages_in_order() {
         retain: false,
         subscription_ids: vec![9],
     };
-    let written = new_owner.deliver_relayed("device", vec![relayed(&copy), relayed(&fresh)]);
+    let (written, moved_on) =
+        new_owner.deliver_relayed("device", vec![relayed(&copy), relayed(&fresh)]);
+    assert!(moved_on.is_empty());
     written.unwrap().wait().unwrap();
     let out = drain(&resumed);
     let topics: Vec<&str> = out.iter().map(|publish| &*publish.topic).collect();
@@ -305,6 +307,92 @@ fn a_session_moved_to_another_node_goes_whole_with_its_messages_in_order() {
             .unwrap()],
         2
     );
+}
+
+#[test]
+fn a_session_behind_its_old_nodes_relay_holds_what_reaches_it_otherwise() {
+    let (old_owner, _) = clustered();
+    let device = connect(&old_owner, "device", 3600);
+    subscribe(&old_owner, &device, "cmd/#");
+    old_owner.disconnect(&device.handle, device.attachment.generation, false);
+    let moved = old_owner.hand_over_session("device").unwrap();
+    let (new_owner, _) = clustered();
+    new_owner
+        .import_session_with(moved, true)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let resumed = connect(&new_owner, "device", 3600);
+    let relayed = |message: &Arc<Message>| Relayed {
+        message: message.clone(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: Vec::new(),
+    };
+
+    // Published (or forwarded) here while the old node still relays: held.
+    let late = message("cmd/1", false);
+    let later = message("cmd/2", false);
+    let straight = message("cmd/3", false);
+    assert_eq!(new_owner.route(&later), 1);
+    assert_eq!(new_owner.route(&straight), 1);
+    assert!(drain(&resumed).is_empty(), "held behind the relay");
+    // The relay brings what reached the old node, a copy of a held one among them.
+    let (written, _) = new_owner.deliver_relayed("device", vec![relayed(&late), relayed(&later)]);
+    written.unwrap().wait().unwrap();
+    let topics = |out: Vec<Publish>| -> Vec<String> {
+        out.iter()
+            .map(|publish| publish.topic.to_string())
+            .collect()
+    };
+    assert_eq!(topics(drain(&resumed)), ["cmd/1", "cmd/2"]);
+    // The relay ended: what was held follows, without the copy.
+    assert!(new_owner.release_held("device"));
+    assert_eq!(topics(drain(&resumed)), ["cmd/3"]);
+    // Nothing is held any more.
+    assert_eq!(new_owner.route(&message("cmd/4", false)), 1);
+    assert_eq!(topics(drain(&resumed)), ["cmd/4"]);
+
+    // Without a relay (a session taken from a backup), nothing waits.
+    let (backup_owner, _) = clustered();
+    let device = connect(&backup_owner, "device", 3600);
+    subscribe(&backup_owner, &device, "cmd/#");
+    backup_owner.disconnect(&device.handle, device.attachment.generation, false);
+    let copy = backup_owner.hand_over_session("device").unwrap();
+    let (taker, _) = clustered();
+    taker
+        .import_session_with(copy, false)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let resumed = connect(&taker, "device", 3600);
+    assert_eq!(taker.route(&message("cmd/5", false)), 1);
+    assert_eq!(topics(drain(&resumed)), ["cmd/5"]);
+}
+
+#[test]
+fn a_session_leaving_while_it_holds_takes_what_it_held_along_in_order() {
+    let (old_owner, _) = clustered();
+    let device = connect(&old_owner, "device", 3600);
+    subscribe(&old_owner, &device, "cmd/#");
+    old_owner.disconnect(&device.handle, device.attachment.generation, false);
+    let moved = old_owner.hand_over_session("device").unwrap();
+    let (middle, _) = clustered();
+    middle
+        .import_session_with(moved, true)
+        .unwrap()
+        .wait()
+        .unwrap();
+    for topic in ["cmd/1", "cmd/2"] {
+        middle.route(&message(topic, false));
+    }
+    let (handed, held) = middle.hand_over_session_and_held("device");
+    assert!(handed.unwrap().session.queue.is_empty(), "held, not queued");
+    let topics: Vec<&str> = held
+        .iter()
+        .map(|delivery| &*delivery.message.topic)
+        .collect();
+    assert_eq!(topics, ["cmd/1", "cmd/2"]);
 }
 
 #[test]

@@ -22,6 +22,7 @@ use crate::session::{Delivery, SubscribeRequest, UnsubscribeRequest};
 use crate::storage::{Completion, QueuedDelivery, StoreOp, StoredMessage};
 use crate::topic::{parse_shared, Match, SharedGroup, SubscriptionTrie};
 
+use super::handover::Via;
 use super::{read, write, Broker, Dropped, SessionHandle, Stats};
 
 /// The outcome of publishing one message.
@@ -397,40 +398,67 @@ impl Broker {
         delivery: Delivery,
         now: Instant,
     ) -> bool {
+        self.deliver_via(session, delivery, now, Via::Straight)
+    }
+
+    /// `deliver`, saying how the delivery came: a session that moved here a short while
+    /// ago drops copies and holds what did not come through its previous node's relay
+    /// (`super::recent`); for any other session it is one flag test.
+    pub(super) fn deliver_via(
+        &self,
+        session: &SessionHandle,
+        delivery: Delivery,
+        now: Instant,
+        via: Via,
+    ) -> bool {
         let (result, congested) = {
             let mut state = session.lock();
             if session.is_retired() {
                 // Ended since the routes were read: a session that replaced it under the
                 // same client id must not keep the queue entry stored for this one.
-                if let Some(message_id) = delivery.stored {
-                    self.submit_detached(vec![StoreOp::DropQueued {
-                        client_id: session.client_id.clone(),
-                        message_id,
-                    }]);
-                }
+                self.drop_stored(session, &delivery);
                 return false;
             }
-            if session
+            let delivery = if session
                 .moved_recently
                 .load(std::sync::atomic::Ordering::Relaxed)
-                && self.is_second_copy(session, &delivery, now)
             {
-                if let Some(message_id) = delivery.stored {
-                    self.submit_detached(vec![StoreOp::DropQueued {
-                        client_id: session.client_id.clone(),
-                        message_id,
-                    }]);
+                match self.screen_moved(session, delivery, now, via) {
+                    Some(delivery) => delivery,
+                    None => return false,
                 }
-                self.stats.dropped(super::Dropped::Duplicate);
-                return false;
-            }
-            let result = state.enqueue(delivery, now);
-            // A refused stored delivery journaled its removal from the stored queue.
-            let _ = self.submit_journal(&mut state);
-            let congested =
-                state.is_connected() && state.queue_congested() && session.congestion.note();
-            (result, congested)
+            } else {
+                delivery
+            };
+            self.enqueue_locked(session, &mut state, delivery, now)
         };
+        self.enqueued(session, result);
+        congested
+    }
+
+    /// Enqueues one delivery into the locked session: the outcome (for `enqueued`, once
+    /// the lock is released) and whether the session is now congested.
+    pub(super) fn enqueue_locked(
+        &self,
+        session: &SessionHandle,
+        state: &mut crate::session::Session,
+        delivery: Delivery,
+        now: Instant,
+    ) -> (Result<(), crate::session::DropReason>, bool) {
+        let result = state.enqueue(delivery, now);
+        // A refused stored delivery journaled its removal from the stored queue.
+        let _ = self.submit_journal(state);
+        let congested =
+            state.is_connected() && state.queue_congested() && session.congestion.note();
+        (result, congested)
+    }
+
+    /// Counts an enqueued (or refused) delivery and wakes the session's connection.
+    pub(super) fn enqueued(
+        &self,
+        session: &SessionHandle,
+        result: Result<(), crate::session::DropReason>,
+    ) {
         match result {
             Ok(()) => {
                 Stats::incr(&self.stats.messages_enqueued);
@@ -438,7 +466,16 @@ impl Broker {
             }
             Err(reason) => self.stats.dropped(reason),
         }
-        congested
+    }
+
+    /// A delivery that will not be queued: its stored queue entry goes.
+    pub(super) fn drop_stored(&self, session: &SessionHandle, delivery: &Delivery) {
+        if let Some(message_id) = delivery.stored {
+            self.submit_detached(vec![StoreOp::DropQueued {
+                client_id: session.client_id.clone(),
+                message_id,
+            }]);
+        }
     }
 
     /// Carries out a SUBSCRIBE the session accepted: records each valid filter, installs

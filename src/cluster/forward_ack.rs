@@ -296,7 +296,12 @@ impl ClusterNode {
             .filter_map(|message| relayed_for(message.clone(), &subscriptions))
             .collect();
         let count = relayed.len();
-        if let Some(written) = broker.deliver_relayed(client_id, relayed) {
+        // What finds no session is not queued: the session moved on between its import
+        // and this pull (a client reconnecting elsewhere within that moment). Only the
+        // rerouting of the messages still kept for the dead node (`reroute`) reaches it
+        // then, which does not send a node a message twice.
+        let (written, _moved_on) = broker.deliver_relayed(client_id, relayed);
+        if let Some(written) = written {
             if let Err(error) = written.await {
                 tracing::warn!(client_id, %error, count, "messages for a session taken over from a dead node could not be stored");
             }

@@ -30,6 +30,10 @@ pub struct SessionDump {
     /// The cluster ids of the queued and inflight messages (`ClusterMessageId`: node,
     /// sequence), so that copies relayed or forwarded meanwhile are recognised.
     held: Vec<(u64, u64)>,
+    /// The node handing it over relays to the new owner what still reaches it for the
+    /// session (`super::relay`); false from a backup or a node that does not say.
+    #[serde(default)]
+    pub relayed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +116,7 @@ impl SessionDump {
             queue: session.queue.iter().map(delivery).collect(),
             incoming_qos2: session.incoming_qos2.clone(),
             held: Vec::new(),
+            relayed: false,
         }
     }
 

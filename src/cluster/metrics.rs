@@ -275,6 +275,13 @@ pub fn render(node: &ClusterNode) -> String {
         "New messages refused because a backup lagged too far behind (more than 65536 operations waiting)",
         &one(node.replicator.as_ref().map_or(0, |replicator| replicator.refused())),
     );
+    metric(
+        &mut out,
+        "gauge",
+        "fleetmq_cluster_relay_holds_open",
+        "Sessions moved here whose other deliveries wait behind their old node's relay",
+        &one(node.relay_holds_open()),
+    );
     if let Some(replicator) = &node.replicator {
         replication_metrics(&mut out, node, replicator);
     }
@@ -287,6 +294,7 @@ pub fn render(node: &ClusterNode) -> String {
         ("fleetmq_cluster_handover_dropped_total", "Sessions handed over to another node that never took them (the new node started them fresh); deleted here", &stats.handover_dropped),
         ("fleetmq_cluster_handover_moves_total", "Sessions taken over whole from another node (moved here with their messages)", &stats.handover_moves),
         ("fleetmq_cluster_relayed_messages_total", "Messages relayed to the new node of a session that moved away", &stats.relayed_messages),
+        ("fleetmq_cluster_relay_holds_expired_total", "Sessions moved here whose deliveries waiting behind the old node's relay were released without its end (bound passed or node unreachable)", &stats.relay_holds_expired),
         ("fleetmq_cluster_relay_dropped_total", "Messages for a session that moved away not relayed (relay buffer full, or the new node never stored the session)", &stats.relay_dropped),
         ("fleetmq_cluster_handover_messages_total", "Queued and in-flight messages that came with sessions taken over from another node", &stats.handover_messages),
         ("fleetmq_cluster_proposals_failed_total", "Changes that did not commit (no leader, timeout)", &stats.proposals_failed),

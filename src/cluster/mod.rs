@@ -16,7 +16,8 @@
 //! - `node`: a running node: consensus, proposals, the broker hook.
 //! - `ownership`: session claims, the hand-over of a moved session, release.
 //! - `handover`: a session on the link (`SessionDump`).
-//! - `relay`: messages for a session that moved away, relayed to its new node.
+//! - `relay`: messages for a session that moved away, relayed to its new node, and
+//!   (`relay/inbound.rs`) the new node's hold of its other deliveries behind that relay.
 //! - `retained`: retained changes waiting for their commit, and the acknowledgements
 //!   waiting for them.
 //! - `replication`: persistent sessions copied to backup nodes, and failover from them.

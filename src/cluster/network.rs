@@ -50,6 +50,13 @@ pub enum Request {
     Relay {
         client_id: String,
         messages: Vec<super::relay::RelayedMessage>,
+        /// The asked node's claim that moved the session there (0 from a node that
+        /// does not say).
+        #[serde(default)]
+        epoch: u64,
+        /// The relay's last batch: it ended after these messages.
+        #[serde(default)]
+        last: bool,
     },
     /// Store operations of the asking node's persistent sessions, for the asked node's
     /// copy (`super::replication`).

@@ -69,6 +69,10 @@ pub struct ClusterStats {
     /// Messages not relayed: the relay's buffer was full, or its new owner never
     /// stored the session.
     pub relay_dropped: AtomicU64,
+    /// Sessions moved here whose deliveries held behind their previous node's relay
+    /// were released without the relay's end: the bound passed, or that node became
+    /// unreachable.
+    pub relay_holds_expired: AtomicU64,
 }
 
 /// Sessions that moved to another node, kept for the new owner to fetch until it confirms
@@ -176,7 +180,12 @@ impl BrokerSink {
                 .collect();
             node.start_relay(client_id, owner.node, epoch, subscriptions);
         }
-        let Some(session) = broker.hand_over_session(client_id) else {
+        let (session, held) = broker.hand_over_session_and_held(client_id);
+        // What it held behind a relay to this node goes on behind that relay.
+        if let Some(node) = self.node.get().and_then(Weak::upgrade) {
+            node.defer_held(client_id, held);
+        }
+        let Some(session) = session else {
             return;
         };
         let mut handovers = lock(&self.handovers);

@@ -46,6 +46,9 @@ impl ClusterNode {
         let Some((dump, source)) = self.fetch_handover(previous, client_id, epoch).await else {
             return false;
         };
+        // The previous owner relays to the session: what reaches it otherwise waits
+        // behind that relay until it ended. A backup relays nothing.
+        let behind_relay = matches!(source, Source::Owner) && dump.relayed;
         let Some(handed) = dump.into_handed() else {
             tracing::warn!(
                 client_id,
@@ -55,9 +58,12 @@ impl ClusterNode {
             return false;
         };
         let moved = handed.session.queue.len() + handed.session.inflight.len();
-        let Some(written) = broker.import_session(handed) else {
+        let Some(written) = broker.import_session_with(handed, behind_relay) else {
             return false;
         };
+        if behind_relay {
+            self.open_inbound(client_id, previous, epoch);
+        }
         if let Err(error) = written.await {
             // The old owner keeps its copy: nothing is lost, the session is not resumed.
             tracing::warn!(client_id, %error, "a session handed over could not be stored");
@@ -253,7 +259,9 @@ impl ClusterNode {
         match handovers.get_mut(client_id) {
             Some(kept) if kept.epoch == epoch => {
                 kept.fetched = true;
-                HandoverAnswer::Session(Box::new(SessionDump::from_handed(&kept.handed)))
+                let mut dump = SessionDump::from_handed(&kept.handed);
+                dump.relayed = self.relays_to(client_id, epoch);
+                HandoverAnswer::Session(Box::new(dump))
             }
             _ => HandoverAnswer::Nothing,
         }
@@ -277,26 +285,6 @@ impl ClusterNode {
             }
         }
         self.confirm_relay(client_id, epoch);
-    }
-
-    /// Messages the old owner of a session that moved here relayed: queued for it (the
-    /// copies it already has dropped); true once stored.
-    pub(super) async fn take_relayed(
-        &self,
-        client_id: &str,
-        messages: Vec<super::relay::RelayedMessage>,
-    ) -> bool {
-        let Some(broker) = self.broker.upgrade() else {
-            return false;
-        };
-        let relayed = messages
-            .into_iter()
-            .filter_map(|message| message.decode(&broker))
-            .collect();
-        match broker.deliver_relayed(client_id, relayed) {
-            Some(written) => written.await.is_ok(),
-            None => true,
-        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! A persistent session moving between nodes goes whole: a client that reconnects to
 //! another node gets Session Present = 1, the messages that were in flight to it (resent
-//! with DUP, in their order) and those still queued, each exactly once.
+//! with DUP, in their order) and those still queued, each exactly once. Messages that
+//! reach the old node during the move are relayed without being overtaken by later ones
+//! of the same publisher, and reach the winner of two racing connects.
 
 use crate::common::mqtt::{Event, Publisher, Received, Subscriber};
 use crate::common::{wait_routed, Cluster};
@@ -359,4 +361,260 @@ async fn a_session_of_a_dead_node_starts_afresh_and_the_node_deletes_its_copy_wh
     assert_eq!(restored.len(), 3, "{restored:?}");
     assert!(restored[1].contains("sessions=1"), "{}", restored[1]);
     assert!(restored[2].contains("sessions=0"), "{}", restored[2]);
+}
+
+/// Messages a publisher sends while its node still routes a moving session's filter to
+/// the old node only: they reach the new node relayed, late.
+const ONLY_TO_OLD: usize = 20;
+/// Messages the publisher sends once its node routes to the new node too: the first of
+/// them may still go to the old node only.
+const STRAIGHT_AT_MOST: usize = 300;
+
+/// A session moves from node A to node B while a publisher on node C keeps publishing.
+/// The link C to A is paused: what C sent while it routed the session's filter to A only
+/// waits there, while C's later messages reach B straight once C learned that B serves
+/// the session. Resumed, A relays the earlier ones to B: the subscriber on B still gets
+/// every message once, in the order C published them (B held the straight ones behind
+/// A's relay until A said it ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_relayed_late_during_a_move_are_not_overtaken_by_later_ones() {
+    let cluster = Cluster::configure(3, &[]).await;
+    // The pause must not time the link out, and only the paused link may stall.
+    cluster.configure_section("cluster", "link_timeout_ms = 20000\nreplication_factor = 1");
+    let mut cluster = cluster;
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    // The new node leads: the paused link carries no consensus traffic.
+    let b = cluster.wait_for_leader(&[1, 2, 3]).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != b).collect();
+    let (a, c) = (others[0], others[1]);
+    let id = "mover-ordered";
+
+    let mut first = Subscriber::v5(cluster.mqtt(a), id, 3600);
+    assert!(!first.connected().await);
+    first.subscribe("ordered/#", 1, None).await;
+    wait_routed(cluster.mqtt(c), "ordered/probe", &mut first).await;
+    // Tells when node B has handled everything C forwarded it before the marker.
+    let mut watcher = Subscriber::v4(cluster.mqtt(b), "ordered-watcher", true);
+    watcher.connected().await;
+    watcher.subscribe("ordered-end/#", 1, None).await;
+    wait_routed(cluster.mqtt(c), "ordered-end/probe", &mut watcher).await;
+    let mut publisher = Publisher::v4(cluster.mqtt(c), "ordered-publisher").await;
+    let forwarded = || async {
+        crate::common::metric_value(
+            &cluster.metrics(c).await,
+            "fleetmq_cluster_forwarded_messages_total",
+        )
+        .unwrap_or(0.0) as usize
+    };
+    let received_on_b = || async {
+        crate::common::metric_value(
+            &cluster.metrics(b).await,
+            "fleetmq_cluster_received_messages_total",
+        )
+        .unwrap_or(0.0) as usize
+    };
+
+    // C routes "ordered/#" to A only: these wait in the paused link.
+    cluster.pause_link(a, c, true);
+    let before = forwarded().await;
+    for n in 0..ONLY_TO_OLD {
+        publisher
+            .publish(&format!("ordered/{n}"), 1, false, b"x")
+            .await;
+    }
+    crate::common::eventually("C to forward the first messages to A", || async {
+        (forwarded().await >= before + ONLY_TO_OLD).then_some(())
+    })
+    .await;
+
+    // The client comes back on B: the session moves there from A.
+    let mut second = Subscriber::v5(cluster.mqtt(b), id, 3600);
+    assert!(second.connected().await, "session present");
+    let moved = std::time::Instant::now();
+    // Until C routes to B too; then a few more, all straight to B.
+    let straight_before = received_on_b().await;
+    let mut published = ONLY_TO_OLD;
+    loop {
+        assert!(
+            published < ONLY_TO_OLD + STRAIGHT_AT_MOST,
+            "C never routed the moved session's filter to its new node"
+        );
+        publisher
+            .publish(&format!("ordered/{published}"), 1, false, b"x")
+            .await;
+        published += 1;
+        if received_on_b().await > straight_before {
+            break;
+        }
+    }
+    for _ in 0..10 {
+        publisher
+            .publish(&format!("ordered/{published}"), 1, false, b"x")
+            .await;
+        published += 1;
+    }
+    // B handled every straight one before this marker (one link, frames in order).
+    publisher.publish("ordered-end/marker", 1, false, b"").await;
+    assert_eq!(watcher.next_publish().await.topic, "ordered-end/marker");
+    cluster.pause_link(a, c, false);
+
+    for n in 0..published {
+        let message = second.next_publish().await;
+        assert_eq!(
+            message.topic,
+            format!("ordered/{n}"),
+            "every message once, in the order published"
+        );
+    }
+    let received = moved.elapsed();
+    // The copies B held end with A's relay, told by its last batch, not by the bound.
+    crate::common::eventually("the hold behind the relay to end", || async {
+        let metrics = cluster.metrics(b).await;
+        (crate::common::metric_value(&metrics, "fleetmq_cluster_relay_holds_open") == Some(0.0))
+            .then_some(())
+    })
+    .await;
+    let metrics = cluster.metrics(b).await;
+    assert_eq!(
+        crate::common::metric_value(&metrics, "fleetmq_cluster_relay_holds_expired_total"),
+        Some(0.0),
+        "the hold ended with the relay's last batch, not by its bound"
+    );
+    let relayed = crate::common::metric_value(
+        &cluster.metrics(a).await,
+        "fleetmq_cluster_relayed_messages_total",
+    );
+    println!(
+        "{published} published, relayed by the old node: {relayed:?}; all received {received:?} and the hold ended {:?} after the CONNACK",
+        moved.elapsed()
+    );
+}
+
+/// Publishes `raced/{n}` (QoS 1) on `addr` every few milliseconds until `stop` turns
+/// true, then `AFTER_STOP` more; at most `RACE_MESSAGES` in all (fewer than a session
+/// queues). Returns how many it published.
+const RACE_MESSAGES: usize = 800;
+const AFTER_STOP: usize = 100;
+
+fn publish_through_race(
+    addr: std::net::SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(Publisher, usize)> {
+    tokio::spawn(async move {
+        let mut publisher = Publisher::v4(addr, "raced-publisher").await;
+        let mut pace = tokio::time::interval(std::time::Duration::from_millis(4));
+        let mut end = RACE_MESSAGES;
+        for n in 0..RACE_MESSAGES {
+            if n == end {
+                return (publisher, n);
+            }
+            if end == RACE_MESSAGES && *stop.borrow_and_update() {
+                end = (n + AFTER_STOP).min(RACE_MESSAGES);
+            }
+            pace.tick().await;
+            publisher
+                .publish(&format!("raced/{n}"), 1, false, b"x")
+                .await;
+        }
+        (publisher, RACE_MESSAGES)
+    })
+}
+
+/// Two connects of one client id race on nodes B and C while a publisher on the
+/// session's old node A keeps publishing: what reaches A after it applied the second
+/// claim goes through A's relay to the first claimant and on through that node's relay
+/// to the winner, so between the two connections every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connects_racing_while_messages_flow_keep_every_message() {
+    let cluster = Cluster::start(3).await;
+    let id = "contested-flow";
+    let mut first = Subscriber::v5(cluster.mqtt(1), id, 3600);
+    assert!(!first.connected().await);
+    first.subscribe("raced/#", 1, None).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let publishing = publish_through_race(cluster.mqtt(1), stopped);
+    // The flow is under way.
+    assert_eq!(first.next_publish().await.topic, "raced/0");
+
+    let mut b = Subscriber::v5(cluster.mqtt(2), id, 3600);
+    let mut c = Subscriber::v5(cluster.mqtt(3), id, 3600);
+    let (first_b, first_c) = tokio::join!(b.next_event(), c.next_event());
+    let accepted = |event: &Event| matches!(event, Event::ConnAck { code: 0, .. });
+    assert!(
+        accepted(&first_b) || accepted(&first_c),
+        "{first_b:?} {first_c:?}"
+    );
+    let alive_b = accepted(&first_b) && b.try_subscribe("alive/raced").await;
+    let alive_c = accepted(&first_c) && c.try_subscribe("alive/raced").await;
+    assert!(alive_b ^ alive_c, "one keeps it ({alive_b}, {alive_c})");
+    stop.send_replace(true);
+    let (mut winner, mut loser, loser_accepted) = if alive_b {
+        (b, c, accepted(&first_c))
+    } else {
+        (c, b, accepted(&first_b))
+    };
+    let numbered = |topic: &str| topic.strip_prefix("raced/")?.parse::<usize>().ok();
+    let mut seen: std::collections::HashSet<usize> = first
+        .received_until_closed()
+        .await
+        .iter()
+        .filter_map(|message| numbered(&message.topic))
+        .collect();
+    seen.insert(0);
+    if loser_accepted {
+        seen.extend(
+            loser
+                .received_until_closed()
+                .await
+                .iter()
+                .filter_map(|message| numbered(&message.topic)),
+        );
+    }
+    let (_publisher, published) = publishing.await.unwrap();
+    let every_one = async {
+        while (0..published).any(|n| !seen.contains(&n)) {
+            let message = winner.next_publish().await;
+            if let Some(n) = numbered(&message.topic) {
+                seen.insert(n);
+            }
+        }
+    };
+    if tokio::time::timeout(crate::common::WAIT, every_one)
+        .await
+        .is_err()
+    {
+        let missing: Vec<usize> = (0..published).filter(|n| !seen.contains(n)).collect();
+        for node in 1..=3 {
+            let metrics = cluster.metrics(node).await;
+            let relay: Vec<&str> = metrics
+                .lines()
+                .filter(|line| line.starts_with("fleetmq_cluster_relay"))
+                .collect();
+            println!("node {node}: {relay:?}");
+        }
+        panic!(
+            "{} of {published} never arrived: {missing:?}",
+            missing.len()
+        );
+    }
+    // Every hold along the chain of relays ended with its relay's last batch.
+    for node in 1..=3 {
+        crate::common::eventually("the holds behind the relays to end", || async {
+            let metrics = cluster.metrics(node).await;
+            (crate::common::metric_value(&metrics, "fleetmq_cluster_relay_holds_open") == Some(0.0))
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            crate::common::metric_value(
+                &cluster.metrics(node).await,
+                "fleetmq_cluster_relay_holds_expired_total"
+            ),
+            Some(0.0),
+            "node {node}: a hold ended by its bound"
+        );
+    }
+    println!("{published} published during the race, every one delivered");
 }

@@ -192,7 +192,9 @@ impl LinkHandler for ClusterNode {
                 Ok(Request::Relay {
                     client_id,
                     messages,
-                }) => Response::Relayed(self.take_relayed(&client_id, messages).await),
+                    epoch,
+                    last,
+                }) => Response::Relayed(self.take_relayed(&client_id, messages, epoch, last).await),
                 Ok(Request::Replicate(batch)) => {
                     Response::Replicated(self.apply_replicated(from, batch).await)
                 }
