@@ -30,6 +30,7 @@ pub mod adoption;
 pub mod command;
 pub mod config;
 pub mod forward;
+#[cfg(feature = "rocksdb")]
 mod forward_ack;
 #[cfg(feature = "rocksdb")]
 pub mod handover;

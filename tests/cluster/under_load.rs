@@ -15,9 +15,23 @@ const KILL_AFTER: usize = 500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_follower_under_load_leaves_the_other_stream_whole() {
+    follower_killed_under_load(2).await;
+}
+
+/// Without replication nobody adopts the dead node's sessions: the first reachable
+/// voter drops its routes instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_replication_a_dead_followers_routes_are_dropped_too() {
+    follower_killed_under_load(1).await;
+}
+
+async fn follower_killed_under_load(replication_factor: usize) {
     let mut cluster = Cluster::configure(3, &[]).await;
     // Only the dropped routes can release what waits for the dead node.
-    cluster.configure_section("cluster", "forward_ack_timeout_ms = 600000");
+    cluster.configure_section(
+        "cluster",
+        &format!("forward_ack_timeout_ms = 600000\nreplication_factor = {replication_factor}"),
+    );
     for id in 1..=3 {
         cluster.spawn(id);
     }
