@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
         outbox: None,
     };
     let mut now = Instant::now();
-    let mut session = Session::new(1, "fuzz".into(), limits.clone());
+    let mut session = Session::new(1, limits.clone());
     session.attach(&connect(version), Duration::from_secs(60), now);
     let mut out = Vec::new();
     let mut dropped = Vec::new();
