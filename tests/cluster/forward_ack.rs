@@ -16,17 +16,7 @@ const PER_PUBLISHER: usize = 4;
 
 /// The value of `name` on node `id`, `None` while it does not answer.
 async fn metric(cluster: &Cluster, id: u64, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(cluster.node(id).metrics)
-        .await
-        .ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.ok()?;
-    metric_value(&answer, name)
+    metric_value(&cluster.try_metrics(id).await?, name)
 }
 
 /// Publishes `count` QoS 1 messages `"{name}-{n}"` one at a time, each again (new

@@ -15,17 +15,7 @@ const MESSAGES: usize = 50;
 
 /// Node `id`'s metrics, `None` while it does not answer.
 async fn metrics(cluster: &Cluster, id: u64) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(cluster.node(id).metrics)
-        .await
-        .ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.ok()?;
-    Some(answer)
+    cluster.try_metrics(id).await
 }
 
 /// The value of an unlabelled metric on node `id`.

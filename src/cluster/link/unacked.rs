@@ -167,23 +167,7 @@ impl PeerLink {
     /// are not acknowledged (they send them again). Returns how many.
     pub fn expire_unacked(&self, timeout: Duration) -> usize {
         let now = Instant::now();
-        let expired: Vec<PendingForward> = {
-            let mut unacked = lock(&self.unacked);
-            let late: Vec<(u64, u64)> = unacked
-                .entries
-                .iter()
-                .filter(|(_, entry)| now.duration_since(entry.since) >= timeout)
-                .map(|(id, _)| *id)
-                .collect();
-            let mut expired = Vec::with_capacity(late.len());
-            for id in late {
-                if let Some(entry) = unacked.entries.remove(&id) {
-                    unacked.bytes -= entry.frame.len();
-                    expired.push(entry);
-                }
-            }
-            expired
-        };
+        let expired = self.take_where(|entry| now.duration_since(entry.since) >= timeout);
         let count = expired.len();
         if count == 0 {
             return 0;
@@ -215,31 +199,35 @@ impl PeerLink {
     /// copy (`rerouted`). Their publishers wait only for those copies (none: nothing
     /// subscribes any more, as for a message without subscribers). Returns how many.
     pub fn release_unrouted(&self, destinations: impl Fn(&Message) -> Vec<NodeId>) -> usize {
-        let released: Vec<PendingForward> = {
-            let mut unacked = lock(&self.unacked);
-            let done: Vec<(u64, u64)> = unacked
-                .entries
-                .iter()
-                .filter(|(_, entry)| {
-                    let now = destinations(&entry.message);
-                    !now.contains(&self.id) && now.iter().all(|node| entry.sent_to.contains(node))
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            let mut released = Vec::with_capacity(done.len());
-            for id in done {
-                if let Some(entry) = unacked.entries.remove(&id) {
-                    unacked.bytes -= entry.frame.len();
-                    released.push(entry);
-                }
-            }
-            released
-        };
+        let released = self.take_where(|entry| {
+            let now = destinations(&entry.message);
+            !now.contains(&self.id) && now.iter().all(|node| entry.sent_to.contains(node))
+        });
         let count = released.len();
         for entry in released {
             entry.promise.fulfil(entry.also);
         }
         count
+    }
+
+    /// Removes the entries `settled` picks, in order, for their promises to be fulfilled
+    /// outside the lock.
+    fn take_where(&self, settled: impl Fn(&PendingForward) -> bool) -> Vec<PendingForward> {
+        let mut unacked = lock(&self.unacked);
+        let ids: Vec<(u64, u64)> = unacked
+            .entries
+            .iter()
+            .filter(|(_, entry)| settled(entry))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut taken = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(entry) = unacked.entries.remove(&id) {
+                unacked.bytes -= entry.frame.len();
+                taken.push(entry);
+            }
+        }
+        taken
     }
 
     /// The kept messages, for sending to the nodes that took over this (unreachable)

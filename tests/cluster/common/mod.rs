@@ -364,17 +364,24 @@ impl Cluster {
 
     /// `GET /metrics` of node `id`.
     pub async fn metrics(&self, id: u64) -> String {
+        self.try_metrics(id)
+            .await
+            .unwrap_or_else(|| panic!("node {id} did not answer GET /metrics"))
+    }
+
+    /// `GET /metrics` of node `id`, `None` while it does not answer (killed, starting).
+    pub async fn try_metrics(&self, id: u64) -> Option<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(self.nodes[&id].metrics)
             .await
-            .unwrap();
+            .ok()?;
         stream
             .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
             .await
-            .unwrap();
+            .ok()?;
         let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        answer
+        stream.read_to_string(&mut answer).await.ok()?;
+        Some(answer)
     }
 
     /// The standard error of every node, to print when a test fails.
