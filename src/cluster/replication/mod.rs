@@ -333,7 +333,10 @@ impl Replicator {
         let acks: Vec<_> = shared
             .backups
             .values()
-            .filter_map(|queue| queue.push(&wire))
+            .filter_map(|queue| {
+                let mark = queue.sync_mark();
+                queue.push(&wire).map(|ack| (ack, queue.clone(), mark))
+            })
             .collect();
         drop(shared);
         if acks.is_empty() {
@@ -344,9 +347,11 @@ impl Replicator {
         handle.spawn(async move {
             let mut result = local.await;
             let mut released = false;
-            for ack in acks {
+            for (ack, queue, mark) in acks {
                 match ack.await {
-                    Ok(acknowledged) => released |= !acknowledged,
+                    // Released without a copy that never counted as in sync (a backup
+                    // being resynced): no failover or adoption reads it.
+                    Ok(acknowledged) => released |= !acknowledged && queue.in_sync_since(mark),
                     Err(_) if result.is_ok() => {
                         result = Err(StoreError::Io("replication to a backup stopped".into()));
                     }

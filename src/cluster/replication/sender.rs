@@ -13,7 +13,7 @@
 //! does so whatever the state applied here says, which may still be behind the log.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,13 @@ pub(super) struct BackupQueue {
     max_bytes: usize,
     /// Times the byte bound took the backup out of sync (a metric).
     pub(super) overflows: AtomicU64,
+    /// Whether the replicated state may count the backup in sync (true until the sender
+    /// committed otherwise: a state from before a restart may), and how often it was
+    /// committed in sync: a write released without the backup's copy put a failover or
+    /// an adoption from that copy at risk only if the copy counted as in sync at some
+    /// point of the write's life (`sync_mark`, `in_sync_since`).
+    in_sync: AtomicBool,
+    in_sync_commits: AtomicU64,
 }
 
 impl BackupQueue {
@@ -80,7 +87,22 @@ impl BackupQueue {
             overflow: Notify::new(),
             max_bytes,
             overflows: AtomicU64::new(0),
+            in_sync: AtomicBool::new(true),
+            in_sync_commits: AtomicU64::new(0),
         }
+    }
+
+    /// Where the backup stands in the replicated state as a write is queued.
+    pub(super) fn sync_mark(&self) -> (bool, u64) {
+        (
+            self.in_sync.load(Ordering::Acquire),
+            self.in_sync_commits.load(Ordering::Acquire),
+        )
+    }
+
+    /// Whether the backup counted as in sync at `mark` or since.
+    pub(super) fn in_sync_since(&self, mark: (bool, u64)) -> bool {
+        mark.0 || self.in_sync_commits.load(Ordering::Acquire) > mark.1
     }
 
     /// Queues a submission; its acknowledgement, or `None` when the backup is out of
@@ -232,8 +254,18 @@ async fn commit_in_sync(
     in_sync: bool,
 ) -> bool {
     loop {
+        if in_sync {
+            // Counted before the commit: a write queued meanwhile counts as at risk.
+            queue.in_sync_commits.fetch_add(1, Ordering::AcqRel);
+            queue.in_sync.store(true, Ordering::Release);
+        }
         match link.set_in_sync(backup, in_sync).await {
-            Ok(()) => return true,
+            Ok(()) => {
+                if !in_sync {
+                    queue.in_sync.store(false, Ordering::Release);
+                }
+                return true;
+            }
             Err(error) => {
                 tracing::debug!(backup, in_sync, %error, "replica state not committed yet; retrying");
             }
@@ -438,4 +470,27 @@ async fn resync(
     }
     tracing::info!(backup, sessions, "backup resynced");
     Ok(())
+}
+
+#[cfg(test)]
+mod sync_mark_tests {
+    use super::*;
+
+    #[test]
+    fn a_release_counts_only_if_the_copy_counted_as_in_sync_during_the_write() {
+        let queue = BackupQueue::new(1 << 20);
+        // Before the sender committed anything, a state from before a restart may count
+        // the backup in sync.
+        assert!(queue.in_sync_since(queue.sync_mark()));
+        // Out of sync, being resynced: a write queued now and released before the
+        // backup counted as in sync again was never in a copy anyone reads.
+        queue.in_sync.store(false, Ordering::Release);
+        let during_resync = queue.sync_mark();
+        assert!(!queue.in_sync_since(during_resync));
+        // Committed in sync while that write waited: its release is at risk.
+        queue.in_sync_commits.fetch_add(1, Ordering::AcqRel);
+        queue.in_sync.store(true, Ordering::Release);
+        assert!(queue.in_sync_since(during_resync));
+        assert!(queue.in_sync_since(queue.sync_mark()));
+    }
 }
