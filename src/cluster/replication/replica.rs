@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::storage::{
-    RestoredSession, RocksOptions, RocksStore, SessionRecord, Store, StoreOp, SyncMode, WallClock,
+    RestoredSession, RestoredState, RocksOptions, RocksStore, SessionRecord, Store, StoreOp,
+    SyncMode, WallClock,
 };
 
 use super::super::config::NodeId;
@@ -20,6 +21,15 @@ struct Replica {
     /// The origin's current stream (`Batch::generation`); held while a batch is written,
     /// so batches of one origin are applied one after the other.
     generation: tokio::sync::Mutex<u64>,
+}
+
+/// Everything `replica` holds, read off the runtime's threads.
+async fn restore_copy(replica: &Replica) -> Result<RestoredState, String> {
+    let store = replica.store.clone();
+    tokio::task::spawn_blocking(move || store.restore(WallClock::now().unix_millis()))
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
 }
 
 /// This node's copies of other nodes' sessions.
@@ -73,12 +83,7 @@ impl Replicas {
         let mut generation = replica.generation.lock().await;
         let mut ops = Vec::with_capacity(batch.ops.len());
         if batch.reset {
-            let store = replica.store.clone();
-            let held =
-                tokio::task::spawn_blocking(move || store.restore(WallClock::now().unix_millis()))
-                    .await
-                    .map_err(|error| error.to_string())?
-                    .map_err(|error| error.to_string())?;
+            let held = restore_copy(&replica).await?;
             ops.extend(
                 held.sessions
                     .into_iter()
@@ -131,12 +136,7 @@ impl Replicas {
     ) -> Result<(Vec<RestoredSession>, Vec<SessionRecord>), String> {
         let replica = self.replica(origin).await?;
         let _stream = replica.generation.lock().await;
-        let store = replica.store.clone();
-        let held =
-            tokio::task::spawn_blocking(move || store.restore(WallClock::now().unix_millis()))
-                .await
-                .map_err(|error| error.to_string())?
-                .map_err(|error| error.to_string())?;
+        let held = restore_copy(&replica).await?;
         Ok((held.sessions, held.expired_sessions))
     }
 
