@@ -48,6 +48,11 @@ pub struct Batch {
     pub generation: u64,
     /// First batch of a resync: the backup drops everything it held of the origin first.
     pub reset: bool,
+    /// Position in the stream, from 1 at the resync's first batch: several batches are
+    /// in flight at once and the backup applies them in this order whatever order its
+    /// requests run in. 0 (a sender that numbers nothing) is applied as it arrives.
+    #[serde(default)]
+    pub sequence: u64,
     pub ops: Vec<WireOp>,
 }
 

@@ -6,6 +6,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::storage::{
     RestoredSession, RestoredState, RocksOptions, RocksStore, SessionRecord, Store, StoreOp,
@@ -18,10 +21,24 @@ use super::{lock, Batch};
 /// The copy of one origin's sessions.
 struct Replica {
     store: Arc<RocksStore>,
-    /// The origin's current stream (`Batch::generation`); held while a batch is written,
-    /// so batches of one origin are applied one after the other.
-    generation: tokio::sync::Mutex<u64>,
+    /// Where the origin's stream stands; held while a batch is handed to the store (not
+    /// while it is written), so batches are submitted in the stream's order.
+    stream: tokio::sync::Mutex<StreamPosition>,
+    /// Wakes the batches waiting for their turn when the position moves.
+    turn: Notify,
 }
+
+/// The origin's current stream (`Batch::generation`) and the next batch it expects.
+#[derive(Default)]
+struct StreamPosition {
+    generation: u64,
+    next: u64,
+}
+
+/// How long a batch waits for an earlier one of its stream: the origin gives up on a
+/// batch after its acknowledgement timeout and resyncs, so a batch whose predecessor
+/// never arrives (its link went down) is refused rather than held.
+const TURN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything `replica` holds, read off the runtime's threads.
 async fn restore_copy(replica: &Replica) -> Result<RestoredState, String> {
@@ -71,49 +88,84 @@ impl Replicas {
             .map_err(|error| error.to_string())?;
         let replica = Arc::new(Replica {
             store: Arc::new(store),
-            generation: tokio::sync::Mutex::new(0),
+            stream: tokio::sync::Mutex::default(),
+            turn: Notify::new(),
         });
         lock(&self.open).insert(origin, replica.clone());
         Ok(replica)
     }
 
-    /// Applies one batch of `origin`'s stream; `Ok` once durable.
+    /// Applies one batch of `origin`'s stream; `Ok` once durable. Batches are handed to
+    /// the store in their stream's order (`Batch::sequence`) and written together by its
+    /// group commit, so several can be in flight from the origin.
     pub async fn apply(&self, origin: NodeId, batch: Batch) -> Result<(), String> {
         let replica = self.replica(origin).await?;
-        let mut generation = replica.generation.lock().await;
         let mut ops = Vec::with_capacity(batch.ops.len());
-        if batch.reset {
-            let held = restore_copy(&replica).await?;
-            ops.extend(
-                held.sessions
-                    .into_iter()
-                    .map(|session| StoreOp::RemoveSession {
-                        client_id: session.record.client_id,
-                    }),
-            );
-            *generation = batch.generation;
-        } else if batch.generation != *generation {
-            return Err("a batch of an earlier stream: resync first".into());
-        }
         for op in batch.ops {
             ops.push(op.decode().ok_or("an operation did not decode")?);
         }
-        if ops.is_empty() {
-            return Ok(());
+        let waited_since = tokio::time::Instant::now();
+        let written = loop {
+            let turn = replica.turn.notified();
+            tokio::pin!(turn);
+            turn.as_mut().enable();
+            let mut position = replica.stream.lock().await;
+            if batch.reset {
+                // Whatever the earlier stream still writes goes first, then the copy
+                // is emptied.
+                replica
+                    .store
+                    .flush()
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let held = restore_copy(&replica).await?;
+                let removed = held
+                    .sessions
+                    .into_iter()
+                    .map(|session| StoreOp::RemoveSession {
+                        client_id: session.record.client_id,
+                    });
+                ops.splice(0..0, removed);
+                position.generation = batch.generation;
+            } else if batch.generation != position.generation {
+                return Err("a batch of an earlier stream: resync first".into());
+            } else if batch.sequence > position.next && position.next != 0 {
+                // An earlier batch of the stream is still on its way.
+                drop(position);
+                let left = TURN_TIMEOUT.saturating_sub(waited_since.elapsed());
+                if tokio::time::timeout(left, turn).await.is_err() {
+                    return Err("an earlier batch of the stream never arrived".into());
+                }
+                continue;
+            } else if batch.sequence != 0 && batch.sequence < position.next {
+                return Err("a batch of the stream arrived twice".into());
+            }
+            position.next = if batch.sequence == 0 {
+                0
+            } else {
+                batch.sequence + 1
+            };
+            let written = (!ops.is_empty()).then(|| replica.store.submit(ops));
+            drop(position);
+            replica.turn.notify_waiters();
+            break written;
+        };
+        match written {
+            Some(written) => written.await.map_err(|error| error.to_string()),
+            None => Ok(()),
         }
-        replica
-            .store
-            .submit(ops)
-            .await
-            .map_err(|error| error.to_string())
     }
 
     /// The copy of `client_id`'s session that `origin` replicated here, if any: that
     /// session alone is read (a failover costs the session's size, not the copy's).
     pub async fn session(&self, origin: NodeId, client_id: &str) -> Option<RestoredSession> {
         let replica = self.replica(origin).await.ok()?;
-        // No batch of the origin is written meanwhile.
-        let _stream = replica.generation.lock().await;
+        // No batch of the origin is handed to the store meanwhile, and those handed to
+        // it before are written.
+        let _stream = replica.stream.lock().await;
+        if replica.store.flush().await.is_err() {
+            return None;
+        }
         let store = replica.store.clone();
         let client_id = client_id.to_string();
         let read = tokio::task::spawn_blocking(move || store.read_session(&client_id)).await;
@@ -135,7 +187,12 @@ impl Replicas {
         origin: NodeId,
     ) -> Result<(Vec<RestoredSession>, Vec<SessionRecord>), String> {
         let replica = self.replica(origin).await?;
-        let _stream = replica.generation.lock().await;
+        let _stream = replica.stream.lock().await;
+        replica
+            .store
+            .flush()
+            .await
+            .map_err(|error| error.to_string())?;
         let held = restore_copy(&replica).await?;
         Ok((held.sessions, held.expired_sessions))
     }
@@ -145,7 +202,7 @@ impl Replicas {
         let Ok(replica) = self.replica(origin).await else {
             return;
         };
-        let _stream = replica.generation.lock().await;
+        let _stream = replica.stream.lock().await;
         let _ = replica
             .store
             .submit(vec![StoreOp::RemoveSession {

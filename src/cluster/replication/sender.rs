@@ -1,6 +1,6 @@
 //! One task per backup: streams the owner's replicated operations to it in submission
-//! order, one batch in flight at a time, and releases each write once the backup
-//! acknowledged it.
+//! order, up to `MAX_BATCHES_IN_FLIGHT` batches at a time (numbered, so the backup applies
+//! them in order), and releases each write once the backup acknowledged it.
 //!
 //! The in-sync rule: a write waiting on a backup is released without its
 //! acknowledgement only after consensus committed that backup out of sync (a failover
@@ -25,6 +25,11 @@ use super::{lock, Batch, ReplicaLink, Replicator};
 
 /// Operations sent in one batch (a bigger single submission goes alone).
 const MAX_BATCH_OPS: usize = 4096;
+/// Batches sent and not yet acknowledged. With one, a write that arrives while a batch
+/// is out waits for that batch's whole round trip (link, the backup's durable write)
+/// before its own starts; a few in flight let the backup's group commit take them
+/// together, so a write waits for about one round trip.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Pause between attempts to commit the in-sync flag or to resync.
 const RETRY: Duration = Duration::from_millis(100);
 
@@ -313,6 +318,8 @@ pub(super) async fn run(
     ack_timeout: Duration,
 ) {
     let mut generation = 0;
+    let mut sequence = 0;
+    let mut in_flight = InFlight::default();
     let mut synced = false;
     let mut flag = SyncedFlag {
         replicator: replicator.clone(),
@@ -343,7 +350,8 @@ pub(super) async fn run(
             generation = new_generation(generation);
             let resynced = resync(&owner, &link, &queue, backup, generation, ack_timeout)
                 .await
-                .and_then(|()| {
+                .and_then(|last| {
+                    sequence = last;
                     // What queued during the resync was let go: the copy lacks it.
                     if queue.overflowed() {
                         Err("the queue went past replication_queue_bytes during the resync".into())
@@ -377,29 +385,40 @@ pub(super) async fn run(
                 return;
             }
             synced = false;
+            in_flight.release_all();
             queue.stop_and_release();
             continue;
         }
-        let taken = queue.take_batch();
-        if taken.is_empty() {
+        while in_flight.len() < MAX_BATCHES_IN_FLIGHT {
+            let taken = queue.take_batch();
+            if taken.is_empty() {
+                break;
+            }
+            sequence += 1;
+            let batch = Batch {
+                generation,
+                reset: false,
+                sequence,
+                ops: taken
+                    .iter()
+                    .flat_map(|pending| pending.ops.iter().cloned())
+                    .collect(),
+            };
+            in_flight.send(&link, backup, batch, taken, ack_timeout);
+        }
+        let room = in_flight.len() < MAX_BATCHES_IN_FLIGHT;
+        let Some(oldest) = in_flight.oldest() else {
             wake.await;
             continue;
-        }
-        let batch = Batch {
-            generation,
-            reset: false,
-            ops: taken
-                .iter()
-                .flat_map(|pending| pending.ops.iter().cloned())
-                .collect(),
         };
-        let send = tokio::time::timeout(ack_timeout, link.replicate(backup, batch, ack_timeout));
-        // A backup slow enough for the queue to pass its byte bound behind this batch
-        // goes out of sync now, not once this batch is answered or times out.
+        // A backup slow enough for the queue to pass its byte bound behind these
+        // batches goes out of sync now, not once they are answered or time out.
         let sent = tokio::select! {
-            sent = send => sent.unwrap_or_else(|_| Err("no acknowledgement in time".into())),
+            answer = oldest => answer.unwrap_or_else(|error| Err(error.to_string())),
+            () = wake, if room => continue,
             () = queue.until_overflowed() => Err("past replication_queue_bytes".into()),
         };
+        let taken = in_flight.pop_oldest();
         if let Err(error) = sent {
             tracing::warn!(backup, %error, "backup out of sync");
             // Out of sync through consensus first; only then may the writes go on.
@@ -418,7 +437,72 @@ pub(super) async fn run(
             let _ = pending.done.send(synced);
         }
         if !synced {
+            in_flight.release_all();
             queue.stop_and_release();
+        }
+    }
+}
+
+/// The batches sent to the backup and not yet answered, oldest first, with the writes
+/// each one releases.
+#[derive(Default)]
+struct InFlight {
+    batches: VecDeque<(Vec<Pending>, BackupAnswer)>,
+}
+
+/// The backup's answer to one batch: `Ok` once it wrote the batch durably.
+type BackupAnswer = tokio::task::JoinHandle<Result<(), String>>;
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    fn send(
+        &mut self,
+        link: &Arc<dyn ReplicaLink>,
+        backup: NodeId,
+        batch: Batch,
+        taken: Vec<Pending>,
+        ack_timeout: Duration,
+    ) {
+        let link = link.clone();
+        let answer = tokio::spawn(async move {
+            tokio::time::timeout(ack_timeout, link.replicate(backup, batch, ack_timeout))
+                .await
+                .unwrap_or_else(|_| Err("no acknowledgement in time".into()))
+        });
+        self.batches.push_back((taken, answer));
+    }
+
+    /// The oldest batch's answer.
+    fn oldest(&mut self) -> Option<&mut BackupAnswer> {
+        self.batches.front_mut().map(|(_, answer)| answer)
+    }
+
+    fn pop_oldest(&mut self) -> Vec<Pending> {
+        self.batches
+            .pop_front()
+            .map(|(taken, _)| taken)
+            .unwrap_or_default()
+    }
+
+    /// The backup was committed out of sync: the writes of every batch still out are
+    /// released without its acknowledgement.
+    fn release_all(&mut self) {
+        for (taken, answer) in self.batches.drain(..) {
+            answer.abort();
+            for pending in taken {
+                let _ = pending.done.send(false);
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for (_, answer) in &self.batches {
+            answer.abort();
         }
     }
 }
@@ -432,7 +516,7 @@ async fn resync(
     backup: NodeId,
     generation: u64,
     ack_timeout: Duration,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let restore = owner.resync_point(queue);
     let state = tokio::task::spawn_blocking(restore)
         .await
@@ -441,6 +525,7 @@ async fn resync(
     let mut batches = vec![Batch {
         generation,
         reset: true,
+        sequence: 1,
         ops: Vec::new(),
     }];
     for session in &state.sessions {
@@ -450,6 +535,7 @@ async fn resync(
             batches.push(Batch {
                 generation,
                 reset: false,
+                sequence: batches.len() as u64 + 1,
                 ops: Vec::new(),
             });
         }
@@ -459,6 +545,7 @@ async fn resync(
     }
     let sessions = state.sessions.len();
     drop(state);
+    let last = batches.len() as u64;
     for batch in batches {
         // A resync may be large: each batch gets the timeout of its own.
         tokio::time::timeout(
@@ -469,7 +556,7 @@ async fn resync(
         .unwrap_or_else(|_| Err("no acknowledgement in time".into()))?;
     }
     tracing::info!(backup, sessions, "backup resynced");
-    Ok(())
+    Ok(last)
 }
 
 #[cfg(test)]

@@ -397,6 +397,7 @@ async fn a_backup_copy_follows_its_stream_refuses_an_older_one_and_a_reset_repla
     let batch = |generation, reset, ops: &[StoreOp]| Batch {
         generation,
         reset,
+        sequence: 0,
         ops: wire(ops),
     };
     replicas
@@ -428,4 +429,70 @@ async fn a_backup_copy_follows_its_stream_refuses_an_older_one_and_a_reset_repla
     assert!(replicas.session(1, "c").await.is_some());
     replicas.forget(1, "c").await;
     assert!(replicas.session(1, "c").await.is_none());
+}
+
+#[tokio::test]
+async fn numbered_batches_are_applied_in_their_streams_order_whatever_order_they_arrive_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = Arc::new(replica::Replicas::new(
+        dir.path(),
+        crate::storage::SyncMode::Batch,
+    ));
+    let batch = |generation, sequence, ops: &[StoreOp]| Batch {
+        generation,
+        reset: sequence == 1,
+        sequence,
+        ops: wire(ops),
+    };
+    replicas.apply(1, batch(20, 1, &[put("a")])).await.unwrap();
+    // Batch 3 removes what batch 2 adds; it arrives first and waits for batch 2.
+    let third = tokio::spawn({
+        let replicas = replicas.clone();
+        async move {
+            replicas
+                .apply(
+                    1,
+                    batch(
+                        20,
+                        3,
+                        &[StoreOp::RemoveSession {
+                            client_id: "b".into(),
+                        }],
+                    ),
+                )
+                .await
+        }
+    });
+    // The test runtime has one thread: the spawned apply runs up to its wait here.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!third.is_finished(), "batch 3 went before batch 2");
+    replicas.apply(1, batch(20, 2, &[put("b")])).await.unwrap();
+    third.await.unwrap().unwrap();
+    assert!(replicas.session(1, "a").await.is_some());
+    assert!(
+        replicas.session(1, "b").await.is_none(),
+        "batch 2 was applied after batch 3"
+    );
+    // A batch seen before is refused.
+    assert!(replicas.apply(1, batch(20, 2, &[put("c")])).await.is_err());
+
+    // A batch waiting for one that never comes is refused once a resync starts anew.
+    let stranded = tokio::spawn({
+        let replicas = replicas.clone();
+        async move { replicas.apply(1, batch(20, 9, &[put("d")])).await }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!stranded.is_finished());
+    replicas.apply(1, batch(21, 1, &[put("e")])).await.unwrap();
+    assert!(stranded.await.unwrap().is_err());
+    assert!(replicas.session(1, "d").await.is_none());
+    assert!(
+        replicas.session(1, "a").await.is_none(),
+        "the reset emptied the copy"
+    );
+    assert!(replicas.session(1, "e").await.is_some());
 }
