@@ -117,6 +117,9 @@ pub struct ClusterNode {
     pub stats: Arc<ClusterStats>,
     link_addr: std::net::SocketAddr,
     pub(super) handovers: Arc<Handovers>,
+    /// Hand-overs their new owner confirmed lately (`handover_done`): a session that
+    /// moved this way was taken from this node's own state, not from a backup's copy.
+    pub(super) confirmed_handovers: super::ownership::ConfirmedHandovers,
     pub(super) relays: super::relay::Relays,
     /// Sessions on their way here from their previous owner (`ownership::take_over`).
     pub(super) importing: Mutex<HashMap<String, usize>>,
@@ -405,6 +408,7 @@ pub async fn start(
             .as_ref()
             .map(|replication| replication.replicator.clone()),
         received: Default::default(),
+        confirmed_handovers: Default::default(),
     });
     let _ = sink.node.set(Arc::downgrade(&node));
     links.set_handler(node.clone());

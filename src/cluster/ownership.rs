@@ -4,8 +4,12 @@
 //! their new owner never took (`sweep_handovers`), and releasing the ownership of
 //! sessions that ended here.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::broker::Claimed;
 
@@ -283,8 +287,62 @@ impl ClusterNode {
             if let Some(broker) = self.broker.upgrade() {
                 broker.forget_moved_session(client_id);
             }
+            self.confirmed_handovers.confirm(client_id, epoch);
         }
         self.confirm_relay(client_id, epoch);
+    }
+
+    /// Whether `client_id`'s session moved to another node that may have taken it from
+    /// a backup's copy rather than from this node: it moved, and its new owner did not
+    /// confirm taking this node's hand-over within `HANDOVER_WAIT`. A write released
+    /// without a backup's copy is lost only in that case (the hand-over carries the
+    /// session as this node holds it).
+    pub(super) async fn moved_from_a_copy(&self, client_id: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+        loop {
+            let confirmed = self.confirmed_handovers.changed.notified();
+            tokio::pin!(confirmed);
+            confirmed.as_mut().enable();
+            let Some(owner) = self.owner(client_id) else {
+                return false;
+            };
+            if owner.node == self.me || self.confirmed_handovers.has(client_id, owner.epoch) {
+                return false;
+            }
+            if tokio::time::timeout_at(deadline, confirmed).await.is_err() {
+                return true;
+            }
+        }
+    }
+}
+
+/// Hand-overs whose new owner confirmed it holds the session, the latest
+/// `MAX_CONFIRMED_HANDOVERS`.
+#[derive(Default)]
+pub(super) struct ConfirmedHandovers {
+    recent: Mutex<VecDeque<(String, u64)>>,
+    changed: Notify,
+}
+
+/// Confirmed hand-overs remembered: a write waits on one for at most `HANDOVER_WAIT`,
+/// so only the latest matter.
+const MAX_CONFIRMED_HANDOVERS: usize = 4096;
+
+impl ConfirmedHandovers {
+    fn confirm(&self, client_id: &str, epoch: u64) {
+        let mut recent = lock(&self.recent);
+        if recent.len() >= MAX_CONFIRMED_HANDOVERS {
+            recent.pop_front();
+        }
+        recent.push_back((client_id.to_string(), epoch));
+        drop(recent);
+        self.changed.notify_waiters();
+    }
+
+    fn has(&self, client_id: &str, epoch: u64) -> bool {
+        lock(&self.recent)
+            .iter()
+            .any(|(id, confirmed)| *confirmed == epoch && id == client_id)
     }
 }
 

@@ -8,8 +8,9 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use crate::common::acked::{Outcome, RawClient};
 use crate::common::mqtt::Subscriber;
-use crate::common::{eventually, within, Cluster};
+use crate::common::{eventually, metric_value, within, Cluster};
 
 const MESSAGES: usize = 50;
 
@@ -271,4 +272,62 @@ async fn inflight_qos_1_and_2_messages_are_resent_in_order_after_a_failover() {
         .publish("inflight/after", 1, false, b"after")
         .await;
     assert_eq!(resumed.next_publish().await.payload, b"after");
+}
+
+/// A message written for a persistent session while the owner's backup is out of reach
+/// waits for the backup; the session is handed over to another node meanwhile (by a
+/// CONNECT there, its owner reachable). Once the backup is taken out of sync, the write
+/// is released with the owner's copy alone, and the message reached the new owner in the
+/// hand-over: the publisher gets its PUBACK, not a refusal, and the session has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_handed_over_while_its_owners_backup_is_out_of_reach_keeps_its_message_acknowledged(
+) {
+    let mut cluster = Cluster::configure(3, &[]).await;
+    // The backup is given up after ten heartbeats: 4 s for the hand-over to happen first.
+    cluster.set_heartbeat_ms(400);
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    // Owner and backup both other than the leader, which the CONNECT goes to (a node's
+    // backup is the next id after it).
+    let owner = leader % 3 + 1;
+    let backup = owner % 3 + 1;
+    wait_in_sync(&cluster, owner).await;
+
+    let (mut subscriber, present) = RawClient::connect(cluster.mqtt(owner), "handed-sub", 5)
+        .await
+        .unwrap();
+    assert!(!present);
+    subscriber.subscribe("handed/#", 1).await.unwrap();
+    drop(subscriber);
+    let (mut publisher, _) = RawClient::connect(cluster.mqtt(owner), "handed-pub", 5)
+        .await
+        .unwrap();
+
+    cluster.pause_link(owner, backup, true);
+    let publishing =
+        tokio::spawn(async move { publisher.publish("handed/1", 1, 1, b"kept", false).await });
+    let waiting = format!("fleetmq_cluster_replication_queue_bytes{{backup=\"{backup}\"}}");
+    eventually("the message's write waiting for the backup", || async {
+        let text = cluster.try_metrics(owner).await?;
+        (metric_value(&text, &waiting)? > 0.0).then_some(())
+    })
+    .await;
+
+    let (mut moved, present) = RawClient::connect(cluster.mqtt(leader), "handed-sub", 5)
+        .await
+        .unwrap();
+    assert!(present, "the session was handed over");
+    let outcome = within("the PUBACK", publishing).await.unwrap();
+    assert_eq!(
+        outcome,
+        Ok(Outcome::Accepted),
+        "the message travelled with the session handed over"
+    );
+    let received = within("the message on the new owner", moved.receive())
+        .await
+        .unwrap();
+    assert_eq!(received.payload, b"kept");
+    cluster.pause_link(owner, backup, false);
 }

@@ -74,9 +74,10 @@ pub trait ReplicaLink: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(), String>>;
     /// Commits `backup`'s in-sync flag for this node through consensus.
     fn set_in_sync(&self, backup: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>>;
-    /// Whether this node still owns `client_id`'s session as applied here (`true` for a
-    /// session without an owner entry).
-    fn owns(&self, client_id: &str) -> bool;
+    /// Whether `client_id`'s session moved to a node that may have taken it from a
+    /// backup's copy (not handed over by this node); may wait a little for the new
+    /// owner's confirmation of a hand-over.
+    fn moved_from_a_copy(&self, client_id: &str) -> BoxFuture<'_, bool>;
 }
 
 /// The backups of `origin`: the next `factor - 1` of `voters` after it in id order,
@@ -144,14 +145,19 @@ pub fn replicated_ops(ops: &[StoreOp], persistent: &mut HashSet<ByteString>) -> 
     kept
 }
 
-/// Whether a message of `ops` was stored for a session this node no longer owns.
-fn moved_away(ops: &[StoreOp], link: &dyn ReplicaLink) -> bool {
-    ops.iter().any(|op| match op {
-        StoreOp::Accept { deliveries, .. } => deliveries
-            .iter()
-            .any(|delivery| !link.owns(&delivery.client_id)),
-        _ => false,
-    })
+/// Whether a message of `ops` was stored for a session that moved to a node which may
+/// have read it from a backup's copy.
+async fn moved_away(ops: &[StoreOp], link: &dyn ReplicaLink) -> bool {
+    for op in ops {
+        if let StoreOp::Accept { deliveries, .. } = op {
+            for delivery in deliveries {
+                if link.moved_from_a_copy(&delivery.client_id).await {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -364,9 +370,11 @@ impl Replicator {
                 }
             }
             // Released without a backup's copy: if a session it stored a message for
-            // was adopted elsewhere meanwhile (the adopter read a copy without it), the
-            // message is not acknowledged; the publisher sends it again.
-            if released && result.is_ok() && moved_away(&replicated, link.as_ref()) {
+            // was taken elsewhere from a backup's copy meanwhile (a failover or an
+            // adoption read a copy without it), the message is not acknowledged; the
+            // publisher sends it again. A session this node handed over itself carried
+            // the message.
+            if released && result.is_ok() && moved_away(&replicated, link.as_ref()).await {
                 result = Err(StoreError::Io(
                     "a session moved to another node while its backup was out of reach".into(),
                 ));

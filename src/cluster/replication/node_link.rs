@@ -57,10 +57,14 @@ impl ReplicaLink for NodeLink {
         })
     }
 
-    fn owns(&self, client_id: &str) -> bool {
-        self.node.upgrade().is_some_and(|node| {
-            node.owner(client_id)
-                .is_none_or(|owner| owner.node == node.node_id())
+    fn moved_from_a_copy(&self, client_id: &str) -> BoxFuture<'_, bool> {
+        let client_id = client_id.to_string();
+        Box::pin(async move {
+            match self.node.upgrade() {
+                Some(node) => node.moved_from_a_copy(&client_id).await,
+                // Stopping: nobody is acknowledged any more; refuse to be safe.
+                None => true,
+            }
         })
     }
 

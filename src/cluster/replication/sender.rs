@@ -54,6 +54,9 @@ struct QueueState {
     pending_ops: usize,
     /// `WireOp::size` of `pending`.
     pending_bytes: usize,
+    /// `WireOp::size` of the batches sent and not yet answered: they count against the
+    /// byte bound and in the metric until the backup answered.
+    in_flight_bytes: usize,
     /// The queue went past its byte bound: what it held was let go (the backup gets a
     /// full resync), and these writes wait until the backup is committed out of sync.
     overflowed: Option<Vec<oneshot::Sender<bool>>>,
@@ -129,7 +132,7 @@ impl BackupQueue {
             return Some(ack);
         }
         let bytes = ops.iter().map(WireOp::size).sum::<usize>();
-        if state.pending_bytes + bytes > self.max_bytes {
+        if state.pending_bytes + state.in_flight_bytes + bytes > self.max_bytes {
             let mut waiting: Vec<_> = std::mem::take(&mut state.pending)
                 .into_iter()
                 .map(|pending| pending.done)
@@ -175,9 +178,16 @@ impl BackupQueue {
         lock(&self.state).overflowed.is_some()
     }
 
-    /// Bytes of operations waiting for the backup (a metric).
+    /// Bytes of operations waiting for the backup, queued or sent (a metric).
     pub(super) fn pending_bytes(&self) -> usize {
-        lock(&self.state).pending_bytes
+        let state = lock(&self.state);
+        state.pending_bytes + state.in_flight_bytes
+    }
+
+    /// A batch of `bytes` was answered (or abandoned).
+    fn settle(&self, bytes: usize) {
+        let mut state = lock(&self.state);
+        state.in_flight_bytes = state.in_flight_bytes.saturating_sub(bytes);
     }
 
     pub(super) fn set_accepting(&self, accepting: bool) {
@@ -192,6 +202,7 @@ impl BackupQueue {
             state.accepting = false;
             state.pending_ops = 0;
             state.pending_bytes = 0;
+            state.in_flight_bytes = 0;
             (
                 std::mem::take(&mut state.pending),
                 state.overflowed.take().unwrap_or_default(),
@@ -231,6 +242,7 @@ impl BackupQueue {
         }
         state.pending_ops -= ops;
         state.pending_bytes -= bytes;
+        state.in_flight_bytes += bytes;
         taken
     }
 
@@ -419,6 +431,7 @@ pub(super) async fn run(
             () = queue.until_overflowed() => Err("past replication_queue_bytes".into()),
         };
         let taken = in_flight.pop_oldest();
+        queue.settle(taken.iter().map(|pending| pending.bytes).sum());
         if let Err(error) = sent {
             tracing::warn!(backup, %error, "backup out of sync");
             // Out of sync through consensus first; only then may the writes go on.

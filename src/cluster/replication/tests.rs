@@ -202,8 +202,9 @@ impl ReplicaLink for SilentBackup {
         })
     }
 
-    fn owns(&self, client_id: &str) -> bool {
-        !self.adopted.lock().unwrap().contains(client_id)
+    fn moved_from_a_copy(&self, client_id: &str) -> BoxFuture<'_, bool> {
+        let adopted = self.adopted.lock().unwrap().contains(client_id);
+        Box::pin(async move { adopted })
     }
 
     fn set_in_sync(&self, _: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>> {

@@ -336,6 +336,21 @@ impl Cluster {
         }
     }
 
+    /// Sets `[cluster] heartbeat_ms` of every node (before the nodes start); the
+    /// replication acknowledgement timeout is ten heartbeats.
+    pub fn set_heartbeat_ms(&self, heartbeat_ms: u64) {
+        for node in self.nodes.values() {
+            let config = std::fs::read_to_string(&node.config).unwrap();
+            assert!(config.contains("heartbeat_ms = 100\n"));
+            let config = config.replacen(
+                "heartbeat_ms = 100\n",
+                &format!("heartbeat_ms = {heartbeat_ms}\n"),
+                1,
+            );
+            std::fs::write(&node.config, config).unwrap();
+        }
+    }
+
     /// SIGHUP to node `id` (reloads its configuration and certificates).
     pub fn sighup(&self, id: u64) {
         let pid = self.nodes[&id]
