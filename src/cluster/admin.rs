@@ -26,6 +26,9 @@ pub struct ClusterStatus {
     pub role: String,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// The last log index this node's latest snapshot covers.
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
     pub members: Vec<MemberStatus>,
 }
 
@@ -83,6 +86,7 @@ pub fn status(node: &ClusterNode) -> ClusterStatus {
         role: format!("{:?}", metrics.state),
         last_log_index: last,
         applied_index: metrics.last_applied.map(|log_id| log_id.index),
+        snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
         members,
     }
 }

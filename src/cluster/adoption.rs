@@ -4,12 +4,12 @@
 //! reconnects elsewhere (failover from a backup, `ownership`); a client that never comes
 //! back left its delayed will unpublished and its session unexpired. Here, once a voter
 //! has been unreachable for `cluster.link_timeout_ms`, its *adopter* (the first of its
-//! in-sync backups this node can reach, `adopter_of`) reads its copy of that node's
-//! sessions and commits `Command::Adopt`, which moves each session that the dead node
-//! still owns with the epoch read to the adopter with a new epoch. Of two nodes racing
+//! in-sync backups this node can reach, `adopter_of`) looks up in its copy the sessions
+//! the state says that node still owns and commits `Command::Adopt`, which moves each of
+//! them still owned with the epoch read to the adopter with a new epoch. Of two nodes racing
 //! (two views of who is reachable, or a client reconnecting elsewhere at the same time)
-//! the epoch lets one win each session. The adopter then imports each adopted session as
-//! a hand-over (its store, so its own backups get it: the replication factor is back),
+//! the epoch lets one win each session. The adopter then reads each adopted session
+//! from its copy (that one alone) and imports it as a hand-over (its store, so its own backups get it: the replication factor is back),
 //! which arms the session's expiry and delayed will from the stored times (a will of a
 //! client that was connected when its node died counts from now, delay 0 publishes it
 //! now), and drops its copy. A node that comes back applies the adoption like any claim:
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::broker::HandedOver;
 use crate::message::Message;
-use crate::storage::{RestoredSession, SessionRecord};
+use crate::storage::WallClock;
 
 use super::config::NodeId;
 use super::node::{lock, ClusterNode, PROPOSE_TIMEOUT};
@@ -49,6 +49,16 @@ pub fn adopter_of(
         .into_iter()
         .filter(|backup| state.replica_in_sync(origin, *backup))
         .find(|backup| reachable(*backup))
+}
+
+/// The client ids of the sessions `origin` owns in `state`.
+pub fn owned_by(state: &ClusterState, origin: NodeId) -> Vec<String> {
+    state
+        .owners
+        .iter()
+        .filter(|(_, owner)| owner.node == origin)
+        .map(|(client_id, _)| client_id.clone())
+        .collect()
 }
 
 /// The sessions of `copies` (client ids) that `origin` still owns in `state`, with
@@ -232,28 +242,24 @@ impl ClusterNode {
     }
 
     /// Adopts the sessions of `origin` that this node holds a copy of and `origin` still
-    /// owns; how many were adopted.
+    /// owns; how many were adopted. Only the records of the sessions `origin` owns are
+    /// looked up in the copy before the commit, and each adopted session is read whole
+    /// once, after it (the cost follows the adopted sessions, one in memory at a time);
+    /// nothing leaves the copy before its session is adopted, so an attempt that does
+    /// not commit loses nothing for the next one.
     pub(super) async fn adopt(&self, origin: NodeId) -> Result<usize, String> {
         let replicas = self
             .replicas
             .clone()
             .ok_or("this node keeps no copies (replication_factor = 1)")?;
         let broker = self.broker.upgrade().ok_or("the broker stopped")?;
-        let (copies, expired) = replicas.sessions(origin).await?;
-        let mut copies: HashMap<String, RestoredSession> = copies
-            .into_iter()
-            .map(|session| (session.record.client_id.to_string(), session))
-            .collect();
-        // Sessions that expired while their node was down: adopted only to publish the
-        // will they owe, then released.
-        let mut expired: HashMap<String, SessionRecord> = expired
-            .into_iter()
-            .map(|record| (record.client_id.to_string(), record))
-            .collect();
-        let candidates = self.with_state(|state| {
-            let ids = copies.keys().chain(expired.keys()).map(String::as_str);
-            adoptable(state, origin, ids)
-        });
+        let owned = self.with_state(|state| owned_by(state, origin));
+        if owned.is_empty() {
+            return Ok(0);
+        }
+        let held = replicas.holding(origin, owned).await?;
+        let candidates =
+            self.with_state(|state| adoptable(state, origin, held.iter().map(String::as_str)));
         if candidates.is_empty() {
             return Ok(0);
         }
@@ -279,18 +285,27 @@ impl ClusterNode {
                 return Err("the adoption was not applied here in time".into());
             }
             for (client_id, epoch) in result.adopted {
-                if let Some(record) = expired.remove(&client_id) {
-                    if let Some(will) = record.will {
+                let Some(session) = replicas.session(origin, &client_id).await else {
+                    tracing::warn!(
+                        client_id,
+                        origin,
+                        "an adopted session could not be read from this node's copy"
+                    );
+                    continue;
+                };
+                if session.record.is_expired(WallClock::now().unix_millis()) {
+                    // It expired in the copy (its node died after its client left, and
+                    // its expiry ran out before the adoption): adopted only to publish
+                    // the will it owes, then taken out of the copy and released.
+                    if let Some(will) = session.record.will {
                         broker.publish_will(will);
                     }
+                    replicas.forget(origin, &client_id).await;
                     self.stats.adopted.fetch_add(1, Ordering::Relaxed);
                     count += 1;
                     self.release(client_id).await;
                     continue;
                 }
-                let Some(session) = copies.remove(&client_id) else {
-                    continue;
-                };
                 let handed = HandedOver {
                     session,
                     held: Vec::new(),
@@ -434,6 +449,8 @@ mod tests {
             vec![("a".to_string(), a), ("expired".to_string(), expired)],
             "b moved to node 3; an unclaimed copy belongs to nobody"
         );
+        assert_eq!(owned_by(&state, 1), ["a", "expired"]);
+        assert_eq!(owned_by(&state, 3), ["b"]);
     }
 
     #[test]

@@ -232,6 +232,12 @@ impl ClusterNode {
                 // resumes it (or, with a clean start, ends it as on one node).
                 if let Some(previous) = result.previous_owner {
                     self.take_over(previous, client_id, result.epoch).await;
+                } else {
+                    // This node owned it already: an adoption here that committed just
+                    // before this claim (it started after this CONNECT passed the wait
+                    // above) is importing it; the CONNECT resumes it once imported
+                    // rather than start a session the import would find in its way.
+                    self.wait_while_adopting(client_id).await;
                 }
                 Ok(Some(Claimed {
                     epoch: result.epoch,

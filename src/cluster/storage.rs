@@ -232,18 +232,31 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Opens the state machine from the last stored snapshot (empty without one).
+    /// Opens the state machine from the last stored snapshot (empty without one) and the
+    /// committed entries of the local log after it, so that the broker is told the state
+    /// as of the committed index (`EffectSink::reset`), never one in between.
+    ///
+    /// Why not leave those entries to openraft, which re-applies them at start: the
+    /// snapshot can be older than moves that brought a session back to this node (away
+    /// to another node before the snapshot, back here after it), and a reset from the
+    /// snapshot alone would hand that session over (`moved`) to a node that no longer
+    /// owns it, while the replayed entry that brings it back finds nothing to restore:
+    /// the session, which the store holds, would be missing here while the cluster
+    /// counts this node its owner (the client would get a fresh one). openraft then
+    /// finds nothing left to re-apply.
     pub fn open(
         db: Arc<DB>,
         sink: Option<Arc<dyn EffectSink>>,
     ) -> Result<StateMachineStore, StorageError> {
-        let state = match db
+        let mut state = match db
             .get_cf(family(&db, RAFT_STATE)?, SNAPSHOT_DATA)
             .map_err(io_read)?
         {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(io_read)?,
             None => ClusterState::default(),
         };
+        let committed: Option<LogId> = get_json(&db, COMMITTED)?;
+        apply_committed(&db, &mut state, committed)?;
         if let Some(sink) = &sink {
             sink.reset(&state);
         }
@@ -350,20 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut effects = Vec::new();
         let mut state = self.write();
         for entry in entries {
-            state.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => results.push(CommandResult::default()),
-                EntryPayload::Normal(command) => {
-                    let mut result = apply_command(&mut state, &command, &mut effects);
-                    result.log_index = entry.log_id.index;
-                    results.push(result);
-                }
-                EntryPayload::Membership(membership) => {
-                    state.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    effects.push(Effect::MembersChanged);
-                    results.push(CommandResult::default());
-                }
-            }
+            results.push(apply_entry(&mut state, entry, &mut effects));
         }
         if let Some(sink) = &self.sink {
             if !effects.is_empty() {
@@ -414,6 +414,53 @@ fn apply_command(
     state.apply(command, effects)
 }
 
+/// Applies one log entry to `state`.
+fn apply_entry(state: &mut ClusterState, entry: Entry, effects: &mut Vec<Effect>) -> CommandResult {
+    state.last_applied = Some(entry.log_id);
+    match entry.payload {
+        EntryPayload::Blank => CommandResult::default(),
+        EntryPayload::Normal(command) => {
+            let mut result = apply_command(state, &command, effects);
+            result.log_index = entry.log_id.index;
+            result
+        }
+        EntryPayload::Membership(membership) => {
+            state.membership = StoredMembership::new(Some(entry.log_id), membership);
+            effects.push(Effect::MembersChanged);
+            CommandResult::default()
+        }
+    }
+}
+
+/// Applies to `state` the entries of the local log after its last applied one up to
+/// `committed` (what a restarted node had committed before it stopped). Stops at a gap
+/// (an entry missing from the log): openraft applies the rest as usual. Their effects
+/// are not reported one by one: the caller resets the broker from the resulting state.
+fn apply_committed(
+    db: &DB,
+    state: &mut ClusterState,
+    committed: Option<LogId>,
+) -> Result<(), StorageError> {
+    let Some(committed) = committed else {
+        return Ok(());
+    };
+    let first = state.last_applied.map_or(0, |id| id.index + 1);
+    let log = family(db, RAFT_LOG)?;
+    let from = first.to_be_bytes();
+    let entries = db.iterator_cf(log, IteratorMode::From(&from, Direction::Forward));
+    let mut effects = Vec::new();
+    for (index, item) in (first..=committed.index).zip(entries) {
+        let (_, value) = item.map_err(io_read)?;
+        let entry: Entry = serde_json::from_slice(&value).map_err(io_read)?;
+        if entry.log_id.index != index {
+            break;
+        }
+        apply_entry(state, entry, &mut effects);
+        effects.clear();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,5 +491,82 @@ mod tests {
     #[test]
     fn openraft_storage_suite_passes() {
         Suite::test_all(RocksBuilder).unwrap();
+    }
+
+    /// Records the state each `reset` shows the broker.
+    #[derive(Default)]
+    struct Resets(std::sync::Mutex<Vec<ClusterState>>);
+
+    impl EffectSink for Resets {
+        fn applied(&self, _: &ClusterState, _: Vec<Effect>) {}
+        fn reset(&self, state: &ClusterState) {
+            self.0.lock().unwrap().push(state.clone());
+        }
+    }
+
+    fn claim(index: u64, client_id: &str, node: NodeId) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Claim {
+                client_id: client_id.into(),
+                node,
+            }),
+        }
+    }
+
+    /// A node restarts with a snapshot taken after a session moved away from it (node 2)
+    /// to node 1, and committed entries after the snapshot that bring the session back:
+    /// the broker is shown the state as of the committed index, where node 2 owns the
+    /// session, and never the snapshot's, which would hand the session it holds over to
+    /// a node that no longer owns it (its client then got a fresh session).
+    #[tokio::test]
+    async fn a_restart_shows_the_broker_the_state_as_of_the_committed_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::storage::RocksOptions {
+            raft_families: true,
+            ..Default::default()
+        };
+        let store = crate::storage::RocksStore::open(dir.path(), options).unwrap();
+        let db = store.database();
+        let mut log = LogStore::new(db.clone());
+
+        // Before the snapshot: "pub" claimed by node 2, then moved to node 1.
+        let mut snapshot_state = ClusterState::default();
+        for entry in [claim(1, "pub", 2), claim(2, "pub", 1)] {
+            apply_entry(&mut snapshot_state, entry, &mut Vec::new());
+        }
+        assert_eq!(snapshot_state.owners["pub"].node, 1);
+        let machine = StateMachineStore {
+            db: db.clone(),
+            state: Arc::new(RwLock::new(snapshot_state)),
+            sink: None,
+        };
+        machine.clone().build_snapshot().await.unwrap();
+
+        // After it, committed: back to node 2, and another session claimed; one entry
+        // appended but not committed.
+        let after = vec![claim(3, "other", 3), claim(4, "pub", 2), claim(5, "pub", 3)];
+        let key = |entry: &Entry| entry.log_id.index.to_be_bytes();
+        for entry in &after {
+            db.put_cf(
+                family(&db, RAFT_LOG).unwrap(),
+                key(entry),
+                serde_json::to_vec(entry).unwrap(),
+            )
+            .unwrap();
+        }
+        log.save_committed(Some(after[1].log_id)).await.unwrap();
+
+        let resets = Arc::new(Resets::default());
+        let mut reopened = StateMachineStore::open(db.clone(), Some(resets.clone())).unwrap();
+        let shown = resets.0.lock().unwrap().clone();
+        assert_eq!(shown.len(), 1);
+        let owner = shown[0].owners["pub"];
+        assert_eq!(owner.node, 2, "the state as of the committed index");
+        assert_eq!(owner.epoch, 4);
+        assert_eq!(shown[0].owners["other"].node, 3);
+        // openraft finds everything committed applied; the uncommitted entry is its own.
+        let (applied, _) = reopened.applied_state().await.unwrap();
+        assert_eq!(applied, Some(after[1].log_id));
     }
 }

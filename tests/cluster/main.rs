@@ -13,6 +13,7 @@ mod links;
 mod membership;
 mod pubsub;
 mod replication;
+mod restart;
 mod retained;
 mod sessions;
 mod under_load;

@@ -11,8 +11,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::storage::{
-    RestoredSession, RestoredState, RocksOptions, RocksStore, SessionRecord, Store, StoreOp,
-    SyncMode, WallClock,
+    RestoredSession, RestoredState, RocksOptions, RocksStore, Store, StoreOp, SyncMode, WallClock,
 };
 
 use super::super::config::NodeId;
@@ -179,22 +178,37 @@ impl Replicas {
         }
     }
 
-    /// Every session of `origin`'s copy (an adoption reads them all), and the records of
-    /// those that had expired by now (taken out of the copy by this read: their wills
-    /// are owed once).
-    pub async fn sessions(
+    /// Those of `client_ids` whose session `origin`'s copy holds (an adoption's
+    /// candidates): only their records are looked up, and nothing leaves the copy (a
+    /// session that expired there stays, with the will it owes, until it is adopted).
+    pub async fn holding(
         &self,
         origin: NodeId,
-    ) -> Result<(Vec<RestoredSession>, Vec<SessionRecord>), String> {
+        client_ids: Vec<String>,
+    ) -> Result<Vec<String>, String> {
         let replica = self.replica(origin).await?;
         let _stream = replica.stream.lock().await;
+        // Whatever was handed to the store is written first.
         replica
             .store
             .flush()
             .await
             .map_err(|error| error.to_string())?;
-        let held = restore_copy(&replica).await?;
-        Ok((held.sessions, held.expired_sessions))
+        let store = replica.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut held = Vec::new();
+            for client_id in client_ids {
+                if store
+                    .has_session(&client_id)
+                    .map_err(|error| error.to_string())?
+                {
+                    held.push(client_id);
+                }
+            }
+            Ok(held)
+        })
+        .await
+        .map_err(|error| error.to_string())?
     }
 
     /// The session moved on from a failover: its copy goes.

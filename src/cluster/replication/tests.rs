@@ -497,3 +497,52 @@ async fn numbered_batches_are_applied_in_their_streams_order_whatever_order_they
     );
     assert!(replicas.session(1, "e").await.is_some());
 }
+
+#[tokio::test]
+async fn an_adoption_looks_sessions_up_in_a_copy_without_taking_an_expired_one_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replica::Replicas::new(dir.path(), crate::storage::SyncMode::Batch);
+    // Its client left long ago and its expiry ran out: it still owes its will.
+    let expired = StoreOp::PutSession(SessionRecord {
+        client_id: "gone".into(),
+        protocol: ProtocolVersion::V5,
+        expiry_interval: 1,
+        will: Some(crate::protocol::Will {
+            topic: "wills/gone".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+        }),
+        disconnected_at: Some(1_000),
+    });
+    let reset = Batch {
+        generation: 1,
+        reset: true,
+        sequence: 1,
+        ops: wire(&[put("live"), accept(5, &["live"]), expired]),
+    };
+    replicas.apply(1, reset).await.unwrap();
+    let ids = |list: &[&str]| list.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+    // An adoption that did not commit, then its next attempt: the copy is unchanged.
+    for _ in 0..2 {
+        let held = replicas
+            .holding(1, ids(&["live", "gone", "elsewhere"]))
+            .await
+            .unwrap();
+        assert_eq!(held, ["live", "gone"]);
+    }
+    let gone = replicas
+        .session(1, "gone")
+        .await
+        .expect("still in the copy");
+    assert!(gone
+        .record
+        .is_expired(crate::storage::WallClock::now().unix_millis()));
+    assert!(gone.record.will.is_some(), "with the will it owes");
+    assert_eq!(replicas.session(1, "live").await.unwrap().queue.len(), 1);
+    // Adopted: its will published, it leaves the copy.
+    replicas.forget(1, "gone").await;
+    let held = replicas.holding(1, ids(&["live", "gone"])).await.unwrap();
+    assert_eq!(held, ["live"]);
+}

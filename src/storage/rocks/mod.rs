@@ -158,6 +158,11 @@ impl RocksStore {
     ) -> Result<Option<super::record::RestoredSession>, StoreError> {
         one_session::read_session(&self.db, &self.path, client_id)
     }
+
+    /// Whether a session of `client_id` is stored (its record alone is looked up).
+    pub fn has_session(&self, client_id: &str) -> Result<bool, StoreError> {
+        one_session::has_session(&self.db, &self.path, client_id)
+    }
 }
 
 impl Store for RocksStore {

@@ -21,6 +21,20 @@ use super::{INCOMING, INFLIGHT, MESSAGES, QUEUE, SESSIONS, SUBSCRIPTIONS};
 /// A record's key (past the client id's prefix) and value.
 type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// Whether `db` holds a session record for `client_id` (nothing else is read).
+pub(super) fn has_session(db: &DB, path: &Path, client_id: &str) -> Result<bool, StoreError> {
+    let family = db.cf_handle(SESSIONS).ok_or_else(|| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("column family {SESSIONS}: missing"),
+    })?;
+    db.get_pinned_cf(family, client_id.as_bytes())
+        .map(|record| record.is_some())
+        .map_err(|error| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("column family {SESSIONS}, session \"{client_id}\": {error}"),
+        })
+}
+
 /// `client_id`'s session as stored in `db`, `None` when it has none.
 pub(super) fn read_session(
     db: &DB,
@@ -224,5 +238,7 @@ mod tests {
             assert_eq!(alone.queue.len(), 2);
         }
         assert_eq!(store.read_session("nobody").unwrap(), None);
+        assert!(store.has_session("ab").unwrap());
+        assert!(!store.has_session("nobody").unwrap());
     }
 }
