@@ -10,7 +10,7 @@
 //! primitives shared by measuring and writing).
 
 pub(crate) mod decode;
-mod encode;
+pub(crate) mod encode;
 mod properties;
 mod reader;
 pub(crate) mod sink;
@@ -19,10 +19,11 @@ mod tests;
 
 use bytes::{Buf, BytesMut};
 
-use super::packet::{Packet, ProtocolVersion};
+use super::packet::{Packet, ProtocolVersion, PubResponse};
 use reader::Reader;
 use sink::{Counter, Sink, Writer};
 
+pub use encode::PublishParts;
 pub use sink::MAX_VARINT as MAX_REMAINING_LENGTH;
 
 /// Why a byte stream could not be decoded. Each variant maps to the MQTT 5 reason code
@@ -86,6 +87,20 @@ pub fn decode(
     if buf.len() < size {
         return Ok(None);
     }
+    if remaining == 2 && (4..=7).contains(&packet_type) && version.is_some() {
+        // Built here, in the returned value: a `Packet` returned by a helper would be
+        // copied into it.
+        let response = PubResponse {
+            packet_id: short_ack_id(buf, 1 + varint_len)?,
+            ..PubResponse::default()
+        };
+        return Ok(Some(match packet_type {
+            4 => Packet::PubAck(response),
+            5 => Packet::PubRec(response),
+            6 => Packet::PubRel(response),
+            _ => Packet::PubComp(response),
+        }));
+    }
     let mut frame = buf.split_to(size).freeze();
     frame.advance(1 + varint_len);
     let mut r = Reader::new(frame);
@@ -94,6 +109,19 @@ pub fn decode(
         Some(version) => body(packet_type, flags, &mut r, version)?,
     };
     Ok(Some(packet))
+}
+
+/// Consumes an acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP) of two bytes, a packet
+/// id and nothing else (success in every version), and returns its packet id: what a
+/// subscriber sends for every QoS 1/2 message it gets, read straight from the buffer
+/// without splitting a frame off it.
+fn short_ack_id(buf: &mut BytesMut, header_len: usize) -> Result<u16, DecodeError> {
+    let packet_id = u16::from_be_bytes([buf[header_len], buf[header_len + 1]]);
+    if packet_id == 0 {
+        return Err(DecodeError::Protocol("[MQTT-2.2.1-3] packet identifier 0"));
+    }
+    buf.advance(header_len + 2);
+    Ok(packet_id)
 }
 
 /// Decodes one packet a client sent, like `decode`, after refusing the packet types only
@@ -192,6 +220,34 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
     writer.u8(encode::first_byte(packet));
     writer.varint(remaining);
     encode::body(packet, version, &mut writer);
+}
+
+/// Appends the encoding of one PUBLISH from its parts, if it takes at most `limit` bytes
+/// (fixed header included), and returns its length; `None` (nothing written) for a
+/// larger one or one too large to frame at all. The bytes are those `encode` writes for
+/// the `Publish` the parts describe, without one being built.
+pub fn encode_publish(
+    parts: &PublishParts<'_>,
+    version: ProtocolVersion,
+    limit: usize,
+    out: &mut BytesMut,
+) -> Option<usize> {
+    let v5 = version.is_v5();
+    let mut counter = Counter::default();
+    encode::publish_body(parts, v5, &mut counter);
+    let remaining = u32::try_from(counter.0)
+        .ok()
+        .filter(|remaining| *remaining <= sink::MAX_VARINT)?;
+    let length = 1 + sink::varint_len(remaining) + counter.0;
+    if length > limit {
+        return None;
+    }
+    out.reserve(length);
+    let mut writer = Writer(out);
+    writer.u8(parts.first_byte());
+    writer.varint(remaining);
+    encode::publish_body(parts, v5, &mut writer);
+    Some(length)
 }
 
 /// The number of bytes `encode` writes for `packet` (fixed header included), computed
