@@ -19,7 +19,7 @@ mod tests;
 
 use bytes::{Buf, BytesMut};
 
-use super::packet::{Packet, ProtocolVersion, PubResponse};
+use super::packet::{Packet, ProtocolVersion, PubResponse, QoS};
 use reader::Reader;
 use sink::{Counter, Sink, Writer};
 
@@ -232,21 +232,47 @@ pub fn encode_publish(
     limit: usize,
     out: &mut BytesMut,
 ) -> Option<usize> {
+    // One PUBLISH per subscriber and message: its length is added up from the parts
+    // rather than measured by a first run of `publish_body`, and the fixed header with
+    // the topic's length goes in with one copy. `publish_body` is the reference the
+    // tests hold this to, byte for byte.
     let v5 = version.is_v5();
-    let mut counter = Counter::default();
-    encode::publish_body(parts, v5, &mut counter);
-    let remaining = u32::try_from(counter.0)
+    let topic = sink::string_field(parts.topic);
+    let properties_len = match (v5, parts.properties) {
+        (false, _) => 0,
+        (true, None) => 1,
+        (true, Some(properties)) => {
+            let mut counter = Counter::default();
+            properties::write_block(&mut counter, properties);
+            counter.0
+        }
+    };
+    let packet_id_len = if parts.qos == QoS::AtMostOnce { 0 } else { 2 };
+    let body = 2 + topic.len() + packet_id_len + properties_len + parts.payload.len();
+    let remaining = u32::try_from(body)
         .ok()
         .filter(|remaining| *remaining <= sink::MAX_VARINT)?;
-    let length = 1 + sink::varint_len(remaining) + counter.0;
+    let length = 1 + sink::varint_len(remaining) + body;
     if length > limit {
         return None;
     }
     out.reserve(length);
-    let mut writer = Writer(out);
-    writer.u8(parts.first_byte());
-    writer.varint(remaining);
-    encode::publish_body(parts, v5, &mut writer);
+    let mut header = [0u8; 7];
+    header[0] = parts.first_byte();
+    let mut at = 1 + sink::put_varint(&mut header[1..], remaining);
+    header[at..at + 2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
+    at += 2;
+    out.extend_from_slice(&header[..at]);
+    out.extend_from_slice(topic);
+    if packet_id_len > 0 {
+        out.extend_from_slice(&parts.packet_id.to_be_bytes());
+    }
+    match (v5, parts.properties) {
+        (false, _) => {}
+        (true, None) => out.extend_from_slice(&[0]),
+        (true, Some(properties)) => properties::write_block(&mut Writer(out), properties),
+    }
+    out.extend_from_slice(parts.payload);
     Some(length)
 }
 

@@ -35,6 +35,7 @@ pub struct OutgoingPublish<'a> {
 impl OutgoingPublish<'_> {
     /// The MQTT 5 properties of this PUBLISH: the forwarded ones, the remaining message
     /// expiry, the subscription identifiers and the topic alias. 3.x carries none.
+    #[inline]
     fn properties(&self) -> Option<PublishProperties> {
         if !self.protocol.is_v5() {
             return None;
@@ -58,16 +59,23 @@ impl OutgoingPublish<'_> {
 
     /// Calls `f` with the encoder's view of this PUBLISH.
     fn with_parts<R>(&self, f: impl FnOnce(&PublishParts<'_>) -> R) -> R {
-        let properties = self.properties();
-        f(&PublishParts {
+        let parts = PublishParts {
             dup: self.dup,
             qos: self.delivery.qos,
             retain: self.delivery.retain,
             topic: self.topic(),
             packet_id: self.packet_id,
-            properties: properties.as_ref(),
+            properties: None,
             payload: &self.delivery.message.payload,
-        })
+        };
+        // 3.x (most devices) builds no property set at all.
+        match self.properties() {
+            None => f(&parts),
+            Some(properties) => f(&PublishParts {
+                properties: Some(&properties),
+                ..parts
+            }),
+        }
     }
 
     /// This PUBLISH as a packet.

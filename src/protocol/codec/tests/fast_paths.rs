@@ -49,7 +49,20 @@ fn publishes() -> Vec<Publish> {
         payload: Bytes::from(vec![1u8; 300]),
         ..plain.clone()
     };
-    vec![plain, with_properties, aliased, qos0_empty, long]
+    // A topic past 65,535 bytes is cut at a character boundary (the encoder never
+    // panics); a remaining length past 16,383 takes three bytes.
+    let oversized_topic = Publish {
+        topic: ByteString::from("é".repeat(40_000)),
+        ..plain.clone()
+    };
+    vec![
+        plain,
+        with_properties,
+        aliased,
+        qos0_empty,
+        long,
+        oversized_topic,
+    ]
 }
 
 #[test]
