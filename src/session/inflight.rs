@@ -80,6 +80,22 @@ impl<T> InflightQueue<T> {
 
     pub(super) fn remove(&mut self, sequence: &u64) -> Option<T> {
         let index = self.position(*sequence)?;
+        self.remove_at(index)
+    }
+
+    /// Removes the entry of `sequence` if `settles` says so, with one search; returns
+    /// what `settles` said (`None`: no such entry) and the entry if it was removed.
+    pub(super) fn remove_if(
+        &mut self,
+        sequence: &u64,
+        settles: impl FnOnce(&T) -> bool,
+    ) -> Option<(bool, Option<T>)> {
+        let index = self.position(*sequence)?;
+        let settled = settles(self.entries[index].1.as_ref()?);
+        Some((settled, if settled { self.remove_at(index) } else { None }))
+    }
+
+    fn remove_at(&mut self, index: usize) -> Option<T> {
         let removed = if index == 0 {
             // The usual case, acknowledged in send order: taken off the front whole.
             self.entries.pop_front()?.1
@@ -115,6 +131,28 @@ impl<T> InflightQueue<T> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn remove_if_removes_only_what_settles() {
+        let mut queue = InflightQueue::default();
+        for value in 0..4u64 {
+            queue.push(value * 10);
+        }
+        assert_eq!(queue.remove_if(&9, |_| true), None, "no such entry");
+        assert_eq!(
+            queue.remove_if(&0, |value| *value == 5),
+            Some((false, None))
+        );
+        assert_eq!(queue.len(), 4, "kept when it does not settle");
+        assert_eq!(
+            queue.remove_if(&0, |value| *value == 0),
+            Some((true, Some(0)))
+        );
+        assert_eq!(queue.remove_if(&2, |_| true), Some((true, Some(20))));
+        assert_eq!(queue.remove_if(&2, |_| true), None, "a hole is no entry");
+        let left: Vec<(u64, u64)> = queue.iter().map(|(k, v)| (k, *v)).collect();
+        assert_eq!(left, vec![(1, 10), (3, 30)]);
+    }
 
     /// Against a `BTreeMap`, with removals in order, in reverse and scattered, and
     /// the holes they leave kept within bounds.

@@ -433,7 +433,9 @@ impl Outbound {
             journal.dropped(&delivery);
             return Ok(0);
         };
-        self.aliases.commit(&delivery.message.topic, plan);
+        if plan != AliasPlan::None {
+            self.aliases.commit(&delivery.message.topic, plan);
+        }
         if delivery.qos == QoS::AtMostOnce {
             journal.dropped(&delivery);
         } else {
@@ -530,6 +532,30 @@ impl Outbound {
         }
     }
 
+    /// Completes the flow of `packet_id` if it is in the `expected` state, with one
+    /// lookup of the id and one of its entry (an acknowledgement per message sent);
+    /// returns the state it was in, or `None` for an id not in flight.
+    fn complete_in(
+        &mut self,
+        packet_id: u16,
+        expected: InflightState,
+        journal: &mut Journal,
+    ) -> Option<InflightState> {
+        let sequence = *self.sequence_by_id.get(&packet_id)?;
+        let mut found = None;
+        let (settled, entry) = self.inflight.remove_if(&sequence, |entry| {
+            found = Some(entry.state);
+            entry.state == expected
+        })?;
+        if settled {
+            self.sequence_by_id.remove(&packet_id);
+            if let Some(entry) = entry {
+                journal.completed(&entry.delivery, packet_id);
+            }
+        }
+        found
+    }
+
     fn complete(&mut self, packet_id: u16, journal: &mut Journal) {
         if let Some(sequence) = self.sequence_by_id.remove(&packet_id) {
             if let Some(entry) = self.inflight.remove(&sequence) {
@@ -560,15 +586,12 @@ impl Session {
         let Some(outbound) = self.outbound.as_deref_mut() else {
             return Ok(());
         };
-        match outbound.inflight_state(puback.packet_id) {
+        let expected = InflightState::Qos1Published;
+        match outbound.complete_in(puback.packet_id, expected, &mut self.journal) {
             // An unknown id (e.g. a duplicate ack) is ignored, as Mosquitto does.
-            None => {}
-            Some(InflightState::Qos1Published) => {
-                outbound.complete(puback.packet_id, &mut self.journal)
-            }
-            Some(_) => return Err(protocol_error("PUBACK for a QoS 2 message")),
+            None | Some(InflightState::Qos1Published) => Ok(()),
+            Some(_) => Err(protocol_error("PUBACK for a QoS 2 message")),
         }
-        Ok(())
     }
 
     /// PUBREC: the client has the QoS 2 message; release it with PUBREL, unless a MQTT 5

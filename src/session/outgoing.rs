@@ -35,7 +35,6 @@ pub struct OutgoingPublish<'a> {
 impl OutgoingPublish<'_> {
     /// The MQTT 5 properties of this PUBLISH: the forwarded ones, the remaining message
     /// expiry, the subscription identifiers and the topic alias. 3.x carries none.
-    #[inline]
     fn properties(&self) -> Option<PublishProperties> {
         if !self.protocol.is_v5() {
             return None;
@@ -69,6 +68,9 @@ impl OutgoingPublish<'_> {
             payload: &self.delivery.message.payload,
         };
         // 3.x (most devices) builds no property set at all.
+        if !self.protocol.is_v5() {
+            return f(&parts);
+        }
         match self.properties() {
             None => f(&parts),
             Some(properties) => f(&PublishParts {
