@@ -66,6 +66,29 @@ pub fn decode(
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
+    // A two-byte PUBACK, PUBREC, PUBREL or PUBCOMP (a packet id, success in every
+    // version), the packet a subscriber sends for every QoS 1/2 message it gets, is
+    // recognised by its first two bytes and read in place, before the general checks it
+    // would pass (the flags, a one-byte remaining length of 2, 4 bytes within any
+    // maximum of 4 or more). Built here, in the returned value: a `Packet` returned by a
+    // helper would be copied into it.
+    if version.is_some()
+        && matches!(first, 0x40 | 0x50 | 0x62 | 0x70)
+        && buf.len() >= 4
+        && buf[1] == 2
+        && max_packet_size >= 4
+    {
+        let response = PubResponse {
+            packet_id: short_ack_id(buf)?,
+            ..PubResponse::default()
+        };
+        return Ok(Some(match first >> 4 {
+            4 => Packet::PubAck(response),
+            5 => Packet::PubRec(response),
+            6 => Packet::PubRel(response),
+            _ => Packet::PubComp(response),
+        }));
+    }
     let packet_type = first >> 4;
     let flags = first & 0x0f;
     if version.is_none() && packet_type != 1 {
@@ -87,20 +110,6 @@ pub fn decode(
     if buf.len() < size {
         return Ok(None);
     }
-    if remaining == 2 && (4..=7).contains(&packet_type) && version.is_some() {
-        // Built here, in the returned value: a `Packet` returned by a helper would be
-        // copied into it.
-        let response = PubResponse {
-            packet_id: short_ack_id(buf, 1 + varint_len)?,
-            ..PubResponse::default()
-        };
-        return Ok(Some(match packet_type {
-            4 => Packet::PubAck(response),
-            5 => Packet::PubRec(response),
-            6 => Packet::PubRel(response),
-            _ => Packet::PubComp(response),
-        }));
-    }
     let mut frame = buf.split_to(size).freeze();
     frame.advance(1 + varint_len);
     let mut r = Reader::new(frame);
@@ -111,16 +120,14 @@ pub fn decode(
     Ok(Some(packet))
 }
 
-/// Consumes an acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP) of two bytes, a packet
-/// id and nothing else (success in every version), and returns its packet id: what a
-/// subscriber sends for every QoS 1/2 message it gets, read straight from the buffer
-/// without splitting a frame off it.
-fn short_ack_id(buf: &mut BytesMut, header_len: usize) -> Result<u16, DecodeError> {
-    let packet_id = u16::from_be_bytes([buf[header_len], buf[header_len + 1]]);
+/// Consumes a two-byte acknowledgement (fixed header, then the packet id) from the front
+/// of `buf`, which holds at least its 4 bytes, and returns its packet id.
+fn short_ack_id(buf: &mut BytesMut) -> Result<u16, DecodeError> {
+    let packet_id = u16::from_be_bytes([buf[2], buf[3]]);
     if packet_id == 0 {
         return Err(DecodeError::Protocol("[MQTT-2.2.1-3] packet identifier 0"));
     }
-    buf.advance(header_len + 2);
+    buf.advance(4);
     Ok(packet_id)
 }
 

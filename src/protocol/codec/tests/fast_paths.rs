@@ -134,6 +134,21 @@ fn two_byte_acknowledgements_are_read_in_place_one_at_a_time() {
         assert_eq!(decode(&mut buf, Some(version), NO_LIMIT), Ok(None));
         assert_eq!(&buf[..], b"\x40\x02\x01");
     }
+    // The shortcut keeps the general checks' answers: a maximum below 4 bytes, a packet
+    // not yet whole, MQTT 3.1's PUBREL with DUP and QoS bits (general path).
+    let mut buf = BytesMut::from(&b"\x40\x02\x01\x02"[..]);
+    assert_eq!(
+        decode(&mut buf, Some(V3_1_1), 3),
+        Err(DecodeError::PacketTooLarge { size: 4, max: 3 })
+    );
+    let mut buf = BytesMut::from(&b"\x40\x02\x01"[..]);
+    assert_eq!(decode(&mut buf, Some(V3_1_1), NO_LIMIT), Ok(None));
+    assert_eq!(buf.len(), 3);
+    let mut buf = BytesMut::from(&b"\x6a\x02\x01\x02"[..]);
+    assert_eq!(
+        decode(&mut buf, Some(V3_1), NO_LIMIT),
+        Ok(Some(Packet::PubRel(response.clone())))
+    );
     // A longer acknowledgement (MQTT 5, with a reason code) takes the general path.
     let mut buf = BytesMut::from(&b"\x40\x03\x01\x02\x10"[..]);
     assert_eq!(
