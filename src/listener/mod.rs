@@ -18,6 +18,7 @@ pub mod rate;
 mod stream;
 pub mod tls;
 mod tls_stream;
+pub mod tls_suites;
 mod websocket;
 
 use std::net::SocketAddr;

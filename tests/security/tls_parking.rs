@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fleetmq::config::{ClientAuth, ListenerKind};
+use fleetmq::config::{CipherPreference, ClientAuth, ListenerKind};
 use fleetmq::protocol::{
     Packet, ProtocolVersion, PubResponse, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
     Will,
@@ -21,7 +21,18 @@ use crate::common::*;
 type TlsRaw = Raw<tokio_rustls::client::TlsStream<TcpStream>>;
 
 async fn parking_server(pki: &Pki) -> (ServerHandle, std::net::SocketAddr) {
-    let mut config = config_with(vec![pki.listener(ListenerKind::Tls, ClientAuth::None)]);
+    parking_server_with(pki, CipherPreference::default()).await
+}
+
+async fn parking_server_with(
+    pki: &Pki,
+    preference: CipherPreference,
+) -> (ServerHandle, std::net::SocketAddr) {
+    let mut listener = pki.listener(ListenerKind::Tls, ClientAuth::None);
+    if let Some(tls) = listener.tls.as_mut() {
+        tls.cipher_preference = preference;
+    }
+    let mut config = config_with(vec![listener]);
     config.limits.park_after_ms = 50;
     let server = start(config).await;
     let addr = server.listener_addrs()[1];
@@ -80,12 +91,17 @@ async fn expect_publish(client: &mut TlsRaw, payload: &str) {
 
 /// Deliveries reach a parked TLS subscriber, its PINGREQ is answered, also after it
 /// renewed its traffic keys (TLS 1.3 key update) while parked, and a takeover closes the
-/// parked connection with DISCONNECT 0x8E.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parked_tls_connection_is_served_after_a_key_update_and_taken_over() {
+/// parked connection with DISCONNECT 0x8E; with the suite each `cipher_preference`
+/// gives a rustls client.
+async fn parked_connection_served_after_key_update(
+    preference: CipherPreference,
+    suite: rustls::CipherSuite,
+) {
     let pki = Pki::new();
-    let (server, addr) = parking_server(&pki).await;
+    let (server, addr) = parking_server_with(&pki, preference).await;
     let mut subscriber = tls_client(&pki, addr, "tls-parked-sub", None).await;
+    let negotiated = subscriber.stream.get_ref().1.negotiated_cipher_suite();
+    assert_eq!(negotiated.map(|negotiated| negotiated.suite()), Some(suite));
     subscriber.send(subscribe("park/#")).await;
     assert!(matches!(subscriber.next().await, Some(Packet::SubAck(_))));
     let mut publisher = tls_client(&pki, addr, "tls-parked-pub", None).await;
@@ -119,6 +135,26 @@ async fn a_parked_tls_connection_is_served_after_a_key_update_and_taken_over() {
     let _taker = tls_client(&pki, addr, "tls-parked-sub", None).await;
     assert_eq!(subscriber.closed_with().await, Some(0x8E));
     server.shutdown().await;
+}
+
+/// The default preference: ChaCha20-Poly1305 with its compact keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_tls_connection_is_served_after_a_key_update_and_taken_over() {
+    parked_connection_served_after_key_update(
+        CipherPreference::Chacha20,
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    )
+    .await;
+}
+
+/// The client's preference: AES-256-GCM, ring's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_aes_gcm_connection_is_served_after_a_key_update_and_taken_over() {
+    parked_connection_served_after_key_update(
+        CipherPreference::Client,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+    )
+    .await;
 }
 
 /// A parked TLS client that ends with close_notify leaves its will, as an unannounced

@@ -1,0 +1,246 @@
+//! What a parked TLS connection keeps on the heap, per cipher suite, counted by this
+//! test binary's own allocator (one binary of its own, so that no other test pays for
+//! the counting): a real TLS 1.3 handshake over loopback between the listener's stream
+//! (`TlsTerminator::accept`) and a rustls client, then the stream parked as the parking
+//! table parks it, and the bytes its boxed `ParkedTls` frees when dropped. Keeps the
+//! state of an idle TLS connection from growing unnoticed.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+
+use fleetmq::config::{CipherPreference, ClientAuth, TlsConfig};
+use fleetmq::listener::TlsTerminator;
+use rustls::crypto::ring::cipher_suite;
+use rustls::SupportedCipherSuite;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Counts, on the thread that asks for it, the bytes and blocks allocated and freed.
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
+    static LIVE_CHUNKS: Cell<isize> = const { Cell::new(0) };
+    static LIVE_BLOCKS: Cell<isize> = const { Cell::new(0) };
+}
+
+/// What glibc's malloc takes for `size` bytes on 64-bit Linux: an 8-byte header,
+/// 16-byte granules, 32 bytes at least.
+fn glibc_chunk(size: usize) -> isize {
+    ((size + 8 + 15) & !15).max(32) as isize
+}
+
+fn account(size: usize, sign: isize) {
+    let _ = COUNTING.try_with(|counting| {
+        if counting.get() {
+            LIVE_BYTES.with(|live| live.set(live.get() + sign * size as isize));
+            LIVE_CHUNKS.with(|live| live.set(live.get() + sign * glibc_chunk(size)));
+            LIVE_BLOCKS.with(|live| live.set(live.get() + sign));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        account(layout.size(), 1);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        account(layout.size(), -1);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        account(layout.size(), -1);
+        account(new_size, 1);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Bytes requested, bytes glibc takes for them, and blocks freed by `release`.
+fn freed_by(release: impl FnOnce()) -> (isize, isize, isize) {
+    let read = || {
+        (
+            LIVE_BYTES.with(Cell::get),
+            LIVE_CHUNKS.with(Cell::get),
+            LIVE_BLOCKS.with(Cell::get),
+        )
+    };
+    COUNTING.with(|counting| counting.set(true));
+    let before = read();
+    release();
+    let after = read();
+    COUNTING.with(|counting| counting.set(false));
+    (before.0 - after.0, before.1 - after.1, before.2 - after.2)
+}
+
+struct Files {
+    _dir: tempfile::TempDir,
+    config: TlsConfig,
+    client: rustls::RootCertStore,
+}
+
+fn files() -> Files {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fleetmq::certs::Authority::new("footprint CA", 30).unwrap();
+    let server = ca.issue_server(&["localhost".into()], 30).unwrap();
+    std::fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), &server.key).unwrap();
+    let mut client = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+        client.add(cert.unwrap()).unwrap();
+    }
+    let config = TlsConfig {
+        cert: dir.path().join("server.pem"),
+        key: dir.path().join("server.key"),
+        ca: None,
+        crl: None,
+        client_auth: ClientAuth::None,
+        identity: None,
+        cipher_preference: Default::default(),
+    };
+    Files {
+        _dir: dir,
+        config,
+        client,
+    }
+}
+
+/// What one parked connection keeps, and the suite it negotiated.
+struct Footprint {
+    suite: rustls::CipherSuite,
+    /// Bytes requested from the allocator.
+    bytes: isize,
+    /// The same with glibc's headers and rounding.
+    chunk_bytes: isize,
+    blocks: isize,
+}
+
+/// Handshakes (TLS 1.3) with a rustls client offering `offered` (rustls's defaults when
+/// `None`: AES-256-GCM first) to a listener with `preference`, exchanges a few bytes both
+/// ways, parks the server's stream and counts what its boxed parked state frees.
+fn parked_footprint(
+    files: &Files,
+    preference: CipherPreference,
+    offered: Option<SupportedCipherSuite>,
+) -> Footprint {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut config = files.config.clone();
+        config.cipher_preference = preference;
+        let terminator = TlsTerminator::new(&config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(suite) = offered {
+            provider.cipher_suites = vec![suite];
+        }
+        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(files.client.clone())
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            tls.write_all(b"ping").await.unwrap();
+            let mut reply = [0u8; 4];
+            tls.read_exact(&mut reply).await.unwrap();
+            assert_eq!(&reply, b"pong");
+            tls
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut server, _) = terminator.accept(tcp).await.unwrap();
+        let mut ping = [0u8; 4];
+        server.read_exact(&mut ping).await.unwrap();
+        assert_eq!(&ping, b"ping");
+        server.write_all(b"pong").await.unwrap();
+        server.flush().await.unwrap();
+        let client = client.await.unwrap();
+        let suite = client
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .expect("handshake done")
+            .suite();
+        assert!(server.is_idle());
+        let (_tcp, parked) = server.park();
+        let parked = Box::new(parked);
+        let (bytes, chunk_bytes, blocks) = freed_by(move || drop(parked));
+        Footprint {
+            suite,
+            bytes,
+            chunk_bytes,
+            blocks,
+        }
+    })
+}
+
+fn report(label: &str, footprint: &Footprint) {
+    eprintln!(
+        "{label}: {:?}, {} bytes requested, {} with glibc's headers, {} blocks",
+        footprint.suite, footprint.bytes, footprint.chunk_bytes, footprint.blocks
+    );
+}
+
+/// A client offering rustls's defaults (AES-256-GCM first) gets ChaCha20-Poly1305 from
+/// a listener at its default preference, and its parked state is about 1,000 bytes
+/// smaller than with the AES-GCM suite the client's own order picks.
+#[test]
+fn a_parked_tls_connection_keeps_compact_keys() {
+    let files = files();
+    let default = parked_footprint(&files, CipherPreference::default(), None);
+    report("default preference, rustls client", &default);
+    assert_eq!(
+        default.suite,
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+    );
+    // 2,384 bytes with glibc's headers when written (bytes requested): 1,088 the
+    // connection's own box, 640 the handshake deframer's fragment list (empty, its
+    // capacity kept from the handshake), 224 the TLS 1.3 traffic state (the secrets a
+    // key update derives the next keys from), 2 x 96 two empty buffer queues, 2 x 44 the
+    // record keys, 9 the server name the client sent.
+    assert!(
+        default.chunk_bytes <= 2_500,
+        "a parked TLS connection keeps {} bytes",
+        default.chunk_bytes
+    );
+
+    let client_order = parked_footprint(&files, CipherPreference::Client, None);
+    report("client preference, rustls client", &client_order);
+    assert_eq!(
+        client_order.suite,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    assert!(client_order.chunk_bytes >= default.chunk_bytes + 900);
+}
+
+/// Each TLS 1.3 suite on its own: the compact ChaCha20-Poly1305 keys against ring's
+/// AES-GCM key schedules (the same size for AES-128 and AES-256).
+#[test]
+fn parked_tls_footprint_per_suite() {
+    let files = files();
+    let suites = [
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    let mut sizes = Vec::new();
+    for suite in suites {
+        let footprint = parked_footprint(&files, CipherPreference::Client, Some(suite));
+        report("only suite offered", &footprint);
+        assert_eq!(footprint.suite, suite.suite());
+        sizes.push(footprint.chunk_bytes);
+    }
+    assert!(sizes[2] + 900 <= sizes[0].min(sizes[1]), "{sizes:?}");
+}
