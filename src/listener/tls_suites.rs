@@ -18,7 +18,8 @@
 //! TLS 1.3 client that offers it, whatever its own order (as Mosquitto, with OpenSSL's
 //! server preference, picks its own first choice); `"client"` follows the client's order
 //! (rustls and OpenSSL clients put AES-GCM first), for throughput where the memory of
-//! idle connections does not matter. TLS 1.2 keeps ring's suites and their order.
+//! idle connections does not matter. TLS 1.2 keeps ring's suites (no compact form): with
+//! `"chacha20"` a TLS 1.2 client gets the first of ring's that it offers (AES-GCM).
 
 use std::sync::{Arc, LazyLock};
 
