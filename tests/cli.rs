@@ -370,3 +370,20 @@ fn check_config_reads_the_tls_files_and_the_crl() {
         &["listeners[0].tls", "garbage.pem", "revocation list"],
     );
 }
+
+#[test]
+fn check_config_names_an_unknown_cipher_preference() {
+    let file = ConfigFile::new(
+        "[[listeners]]\ntype = \"tls\"\nbind = \"127.0.0.1:8883\"\n\
+         [listeners.tls]\ncert = \"s.pem\"\nkey = \"k.pem\"\ncipher_preference = \"aes\"\n",
+    );
+    let output = fleetmq(&["check-config", "-c", file.path()]);
+    assert_fails_naming(
+        &output,
+        &[
+            &format!("{}:7:", file.path()),
+            "listeners[0].tls.cipher_preference",
+            "unknown value 'aes'; expected \"chacha20\" or \"client\"",
+        ],
+    );
+}

@@ -206,8 +206,8 @@ fn a_parked_tls_connection_keeps_compact_keys() {
         rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
     );
     // 2,384 bytes with glibc's headers when written (bytes requested): 1,088 the
-    // connection's own box, 640 the handshake deframer's fragment list (empty, its
-    // capacity kept from the handshake), 224 the TLS 1.3 traffic state (the secrets a
+    // connection's own box, 640 the handshake deframer's fragment list (empty, room
+    // for 16 fragments reserved when rustls creates the connection), 224 the TLS 1.3 traffic state (the secrets a
     // key update derives the next keys from), 2 x 96 two empty buffer queues, 2 x 44 the
     // record keys, 9 the server name the client sent.
     assert!(
