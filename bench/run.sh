@@ -435,6 +435,7 @@ for scenario in $SCENARIOS; do
         for broker in $SELECTED; do
             DATA=""
             case "$broker" in
+                fleetmq-aes) ;;
                 fleetmq-*|mosquitto-persist)
                     DATA="$OUT/data/$scenario-$broker-$rep"
                     rm -rf "$DATA"
