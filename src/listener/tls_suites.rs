@@ -31,10 +31,13 @@ use rustls::crypto::cipher::{
 };
 use rustls::crypto::CryptoProvider;
 use rustls::{
-    CipherSuite, CipherSuiteCommon, ConnectionTrafficSecrets, ContentType, Error, ProtocolVersion,
+    CipherSuiteCommon, ConnectionTrafficSecrets, ContentType, Error, ProtocolVersion,
     SupportedCipherSuite, Tls13CipherSuite,
 };
 
+use rustls::crypto::ring::cipher_suite as ring_suites;
+
+use super::tls_keys::LazyKey;
 use crate::config::CipherPreference;
 
 const CHACHA20_KEY_LEN: usize = 32;
@@ -42,52 +45,79 @@ const CHACHA20_KEY_LEN: usize = 32;
 /// TLS 1.3's ChaCha20-Poly1305 suite as ring's provider defines it, with the compact
 /// record cipher.
 static COMPACT_CHACHA20_SUITE: LazyLock<Tls13CipherSuite> = LazyLock::new(|| {
-    let ring_suite = ring_chacha20_suite();
-    Tls13CipherSuite {
-        common: CipherSuiteCommon {
-            suite: CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
-            hash_provider: ring_suite.common.hash_provider,
-            confidentiality_limit: ring_suite.common.confidentiality_limit,
-        },
-        hkdf_provider: ring_suite.hkdf_provider,
-        aead_alg: &CompactChaCha20,
-        // Listeners speak TCP only.
-        quic: None,
-    }
+    compact_suite(
+        ring_suite(&ring_suites::TLS13_CHACHA20_POLY1305_SHA256),
+        &CompactChaCha20,
+    )
 });
 
-fn ring_chacha20_suite() -> &'static Tls13CipherSuite {
-    match rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256 {
+/// TLS 1.3's AES-GCM suites as ring's provider defines them, with keys expanded on use
+/// and released when the connection parks.
+static LAZY_AES_256_SUITE: LazyLock<Tls13CipherSuite> = LazyLock::new(|| {
+    compact_suite(
+        ring_suite(&ring_suites::TLS13_AES_256_GCM_SHA384),
+        &LAZY_AES_256_GCM,
+    )
+});
+static LAZY_AES_128_SUITE: LazyLock<Tls13CipherSuite> = LazyLock::new(|| {
+    compact_suite(
+        ring_suite(&ring_suites::TLS13_AES_128_GCM_SHA256),
+        &LAZY_AES_128_GCM,
+    )
+});
+
+static LAZY_AES_256_GCM: LazyAesGcm = LazyAesGcm {
+    algorithm: &aead::AES_256_GCM,
+    secrets: |key, iv| ConnectionTrafficSecrets::Aes256Gcm { key, iv },
+};
+static LAZY_AES_128_GCM: LazyAesGcm = LazyAesGcm {
+    algorithm: &aead::AES_128_GCM,
+    secrets: |key, iv| ConnectionTrafficSecrets::Aes128Gcm { key, iv },
+};
+
+fn ring_suite(suite: &SupportedCipherSuite) -> &'static Tls13CipherSuite {
+    match *suite {
         SupportedCipherSuite::Tls13(suite) => suite,
         SupportedCipherSuite::Tls12(_) => unreachable!("a TLS 1.3 suite"),
     }
 }
 
-/// The crypto provider of a listener: ring's, its TLS 1.3 ChaCha20-Poly1305 replaced
-/// by the compact one, ordered for `preference`. Returns it with rustls's
+/// `ring_suite` with `aead` as its record cipher.
+fn compact_suite(
+    ring_suite: &'static Tls13CipherSuite,
+    aead: &'static dyn Tls13AeadAlgorithm,
+) -> Tls13CipherSuite {
+    Tls13CipherSuite {
+        common: CipherSuiteCommon {
+            suite: ring_suite.common.suite,
+            hash_provider: ring_suite.common.hash_provider,
+            confidentiality_limit: ring_suite.common.confidentiality_limit,
+        },
+        hkdf_provider: ring_suite.hkdf_provider,
+        aead_alg: aead,
+        // Listeners speak TCP only.
+        quic: None,
+    }
+}
+
+/// The crypto provider of a listener: ring's, its TLS 1.3 suites replaced by the
+/// compact ones, ordered for `preference`. Returns it with rustls's
 /// `ignore_client_order`.
 pub fn provider(preference: CipherPreference) -> (CryptoProvider, bool) {
     let mut provider = rustls::crypto::ring::default_provider();
-    let compact = SupportedCipherSuite::Tls13(&COMPACT_CHACHA20_SUITE);
     provider
         .cipher_suites
-        .retain(|suite| suite.suite() != CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
-    match preference {
-        CipherPreference::Chacha20 => {
-            provider.cipher_suites.insert(0, compact);
-            (provider, true)
-        }
-        CipherPreference::Client => {
-            // After the other TLS 1.3 suites, where ring's provider has it.
-            let tls13 = provider
-                .cipher_suites
-                .iter()
-                .take_while(|suite| matches!(suite, SupportedCipherSuite::Tls13(_)))
-                .count();
-            provider.cipher_suites.insert(tls13, compact);
-            (provider, false)
-        }
-    }
+        .retain(|suite| matches!(suite, SupportedCipherSuite::Tls12(_)));
+    let chacha20 = SupportedCipherSuite::Tls13(&COMPACT_CHACHA20_SUITE);
+    let aes_256 = SupportedCipherSuite::Tls13(&LAZY_AES_256_SUITE);
+    let aes_128 = SupportedCipherSuite::Tls13(&LAZY_AES_128_SUITE);
+    let (tls13, ignore_client_order) = match preference {
+        CipherPreference::Chacha20 => ([chacha20, aes_256, aes_128], true),
+        // ring's order.
+        CipherPreference::Client => ([aes_256, aes_128, chacha20], false),
+    };
+    provider.cipher_suites.splice(0..0, tls13);
+    (provider, ignore_client_order)
 }
 
 /// `Arc` of `provider(preference)`, for the builders that take one.
@@ -101,11 +131,11 @@ struct CompactChaCha20;
 
 impl Tls13AeadAlgorithm for CompactChaCha20 {
     fn encrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageEncrypter> {
-        Box::new(ChaCha20Encrypter(RecordKey::new(&key, iv)))
+        Box::new(RecordEncrypter(ChaCha20Key::new(&key), iv))
     }
 
     fn decrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageDecrypter> {
-        Box::new(ChaCha20Decrypter(RecordKey::new(&key, iv)))
+        Box::new(RecordDecrypter(ChaCha20Key::new(&key), iv))
     }
 
     fn key_len(&self) -> usize {
@@ -125,46 +155,110 @@ impl Tls13AeadAlgorithm for CompactChaCha20 {
     }
 }
 
-/// One direction's key and IV.
-struct RecordKey {
-    key: [u8; CHACHA20_KEY_LEN],
-    iv: Iv,
+/// AES-GCM for TLS 1.3 records, its key schedule expanded on use and released when the
+/// connection parks (`tls_keys`).
+struct LazyAesGcm {
+    algorithm: &'static aead::Algorithm,
+    secrets: fn(AeadKey, Iv) -> ConnectionTrafficSecrets,
 }
 
-impl RecordKey {
-    fn new(key: &AeadKey, iv: Iv) -> RecordKey {
+impl LazyAesGcm {
+    /// The key's bytes: rustls derives exactly `key_len()` of them.
+    fn key_bytes<'a>(&self, key: &'a AeadKey) -> &'a [u8] {
+        let bytes = key.as_ref();
+        bytes.get(..self.algorithm.key_len()).unwrap_or(bytes)
+    }
+}
+
+impl Tls13AeadAlgorithm for LazyAesGcm {
+    fn encrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageEncrypter> {
+        Box::new(RecordEncrypter(
+            LazyKey::new(self.algorithm, self.key_bytes(&key)),
+            iv,
+        ))
+    }
+
+    fn decrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageDecrypter> {
+        Box::new(RecordDecrypter(
+            LazyKey::new(self.algorithm, self.key_bytes(&key)),
+            iv,
+        ))
+    }
+
+    fn key_len(&self) -> usize {
+        self.algorithm.key_len()
+    }
+
+    fn extract_keys(
+        &self,
+        key: AeadKey,
+        iv: Iv,
+    ) -> Result<ConnectionTrafficSecrets, UnsupportedOperationError> {
+        Ok((self.secrets)(key, iv))
+    }
+
+    fn fips(&self) -> bool {
+        false
+    }
+}
+
+/// Where a record cipher finds ring's key for one record.
+trait RecordKey: Send + Sync {
+    fn with<R>(&self, use_key: impl FnOnce(&aead::LessSafeKey) -> R) -> Option<R>;
+    fn tag_len(&self) -> usize;
+}
+
+/// A ChaCha20 key: its 32 bytes, ring's key built on the stack for each record (a copy
+/// of the 32 bytes: there is no schedule to compute).
+struct ChaCha20Key([u8; CHACHA20_KEY_LEN]);
+
+impl ChaCha20Key {
+    fn new(key: &AeadKey) -> ChaCha20Key {
         let mut bytes = [0u8; CHACHA20_KEY_LEN];
         // rustls derives exactly `key_len()` bytes.
         bytes.copy_from_slice(&key.as_ref()[..CHACHA20_KEY_LEN]);
-        RecordKey { key: bytes, iv }
-    }
-
-    /// ring's key for one record. For ChaCha20 this copies the 32 bytes: there is no
-    /// schedule to compute.
-    fn ring_key(&self) -> Option<aead::LessSafeKey> {
-        aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &self.key)
-            .ok()
-            .map(aead::LessSafeKey::new)
-    }
-
-    fn nonce(&self, seq: u64) -> aead::Nonce {
-        aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0)
+        ChaCha20Key(bytes)
     }
 }
 
-impl Drop for RecordKey {
+impl RecordKey for ChaCha20Key {
+    fn with<R>(&self, use_key: impl FnOnce(&aead::LessSafeKey) -> R) -> Option<R> {
+        let unbound = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &self.0).ok()?;
+        Some(use_key(&aead::LessSafeKey::new(unbound)))
+    }
+
+    fn tag_len(&self) -> usize {
+        aead::CHACHA20_POLY1305.tag_len()
+    }
+}
+
+impl Drop for ChaCha20Key {
     fn drop(&mut self) {
         // Not left in freed memory (ring's own keys are not cleared; rustls's are).
-        self.key.fill(0);
-        std::hint::black_box(&mut self.key);
+        self.0.fill(0);
+        std::hint::black_box(&mut self.0);
     }
 }
 
-struct ChaCha20Encrypter(RecordKey);
+impl RecordKey for Arc<LazyKey> {
+    fn with<R>(&self, use_key: impl FnOnce(&aead::LessSafeKey) -> R) -> Option<R> {
+        LazyKey::with(self, use_key)
+    }
 
-struct ChaCha20Decrypter(RecordKey);
+    fn tag_len(&self) -> usize {
+        aead::AES_128_GCM.tag_len()
+    }
+}
 
-impl MessageEncrypter for ChaCha20Encrypter {
+fn nonce(iv: &Iv, seq: u64) -> aead::Nonce {
+    aead::Nonce::assume_unique_for_key(Nonce::new(iv, seq).0)
+}
+
+struct RecordEncrypter<K>(K, Iv);
+
+struct RecordDecrypter<K>(K, Iv);
+
+impl<K: RecordKey> MessageEncrypter for RecordEncrypter<K> {
     fn encrypt(
         &mut self,
         msg: OutboundPlainMessage<'_>,
@@ -175,13 +269,16 @@ impl MessageEncrypter for ChaCha20Encrypter {
         payload.extend_from_chunks(&msg.payload);
         // TLS 1.3's inner plaintext: the data, then its real content type.
         payload.extend_from_slice(&[u8::from(msg.typ)]);
-        let key = self.0.ring_key().ok_or(Error::EncryptError)?;
-        key.seal_in_place_append_tag(
-            self.0.nonce(seq),
-            aead::Aad::from(make_tls13_aad(total_len)),
-            &mut payload,
-        )
-        .map_err(|_| Error::EncryptError)?;
+        self.0
+            .with(|key| {
+                key.seal_in_place_append_tag(
+                    nonce(&self.1, seq),
+                    aead::Aad::from(make_tls13_aad(total_len)),
+                    &mut payload,
+                )
+            })
+            .ok_or(Error::EncryptError)?
+            .map_err(|_| Error::EncryptError)?;
         // Every TLS 1.3 record is sent as application data under version 1.2 (RFC 8446,
         // 5.1).
         Ok(OutboundOpaqueMessage::new(
@@ -192,29 +289,29 @@ impl MessageEncrypter for ChaCha20Encrypter {
     }
 
     fn encrypted_payload_len(&self, payload_len: usize) -> usize {
-        payload_len + 1 + aead::CHACHA20_POLY1305.tag_len()
+        payload_len + 1 + self.0.tag_len()
     }
 }
 
-impl MessageDecrypter for ChaCha20Decrypter {
+impl<K: RecordKey> MessageDecrypter for RecordDecrypter<K> {
     fn decrypt<'a>(
         &mut self,
         mut msg: InboundOpaqueMessage<'a>,
         seq: u64,
     ) -> Result<InboundPlainMessage<'a>, Error> {
         let payload = &mut msg.payload;
-        if payload.len() < aead::CHACHA20_POLY1305.tag_len() {
+        if payload.len() < self.0.tag_len() {
             return Err(Error::DecryptError);
         }
-        let key = self.0.ring_key().ok_or(Error::DecryptError)?;
-        let plain_len = key
-            .open_in_place(
-                self.0.nonce(seq),
-                aead::Aad::from(make_tls13_aad(payload.len())),
-                payload,
-            )
-            .map_err(|_| Error::DecryptError)?
-            .len();
+        let aad = aead::Aad::from(make_tls13_aad(payload.len()));
+        let plain_len = self
+            .0
+            .with(|key| {
+                key.open_in_place(nonce(&self.1, seq), aad, payload)
+                    .map(|plain| plain.len())
+            })
+            .ok_or(Error::DecryptError)?
+            .map_err(|_| Error::DecryptError)?;
         payload.truncate(plain_len);
         msg.into_tls13_unpadded_message()
     }
@@ -223,6 +320,7 @@ impl MessageDecrypter for ChaCha20Decrypter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::CipherSuite;
 
     fn tls13_order(preference: CipherPreference) -> Vec<CipherSuite> {
         provider(preference)
@@ -265,91 +363,89 @@ mod tests {
         assert_eq!(ring.cipher_suites.len(), ours.cipher_suites.len());
     }
 
-    /// The compact cipher's records are ring's: what one seals, ring's own
-    /// ChaCha20-Poly1305 decrypter of rustls's ring provider opens, and the reverse.
-    #[test]
-    fn records_interoperate_with_rings_suite() {
-        let key_bytes = [7u8; 32];
-        let iv = [9u8; 12];
-        let ring_aead = ring_chacha20_suite().aead_alg;
-        let mut ours = CompactChaCha20.encrypter(AeadKey::from(key_bytes), Iv::new(iv));
-        let mut theirs = ring_aead.decrypter(AeadKey::from(key_bytes), Iv::new(iv));
+    fn record(typ: ContentType, payload: &[u8]) -> OutboundPlainMessage<'_> {
+        OutboundPlainMessage {
+            typ,
+            version: ProtocolVersion::TLSv1_3,
+            payload: payload.into(),
+        }
+    }
+
+    /// Opens `sealed` (a whole record) with `decrypter`, or says why not.
+    fn open(
+        decrypter: &mut dyn MessageDecrypter,
+        sealed: &mut [u8],
+        seq: u64,
+    ) -> Result<(ContentType, Vec<u8>), Error> {
+        let opened = decrypter.decrypt(
+            InboundOpaqueMessage::new(
+                ContentType::ApplicationData,
+                ProtocolVersion::TLSv1_2,
+                &mut sealed[5..],
+            ),
+            seq,
+        )?;
+        Ok((opened.typ, opened.payload.to_vec()))
+    }
+
+    /// Our record cipher against ring's own, both ways: what one seals the other opens; a
+    /// changed byte or the wrong sequence number does not open.
+    fn interoperates(ours: &dyn Tls13AeadAlgorithm, theirs: &dyn Tls13AeadAlgorithm) {
+        let key_len = ours.key_len();
+        assert_eq!(key_len, theirs.key_len());
+        // rustls's public constructor makes 32-byte keys only.
+        assert_eq!(key_len, 32);
+        let key = || AeadKey::from([7u8; 32]);
+        let iv = || Iv::new([9u8; 12]);
+        let mut our_encrypter = ours.encrypter(key(), iv());
+        let mut their_decrypter = theirs.decrypter(key(), iv());
         for (seq, text) in [(0u64, &b"first"[..]), (1, b""), (u64::MAX - 1, b"last")] {
-            let plain = OutboundPlainMessage {
-                typ: ContentType::ApplicationData,
-                version: ProtocolVersion::TLSv1_3,
-                payload: text.into(),
-            };
-            let mut sealed = ours.encrypt(plain, seq).unwrap().encode();
-            let opened = theirs
-                .decrypt(
-                    InboundOpaqueMessage::new(
-                        ContentType::ApplicationData,
-                        ProtocolVersion::TLSv1_2,
-                        &mut sealed[5..],
-                    ),
-                    seq,
-                )
-                .unwrap();
-            assert_eq!(opened.payload, text);
-            assert_eq!(opened.typ, ContentType::ApplicationData);
+            let mut sealed = our_encrypter
+                .encrypt(record(ContentType::ApplicationData, text), seq)
+                .unwrap()
+                .encode();
+            assert_eq!(
+                open(their_decrypter.as_mut(), &mut sealed, seq).unwrap(),
+                (ContentType::ApplicationData, text.to_vec())
+            );
         }
 
-        let mut ours = CompactChaCha20.decrypter(AeadKey::from(key_bytes), Iv::new(iv));
-        let mut theirs = ring_aead.encrypter(AeadKey::from(key_bytes), Iv::new(iv));
-        let plain = OutboundPlainMessage {
-            typ: ContentType::Handshake,
-            version: ProtocolVersion::TLSv1_3,
-            payload: (&b"key update"[..]).into(),
-        };
-        let mut sealed = theirs.encrypt(plain, 5).unwrap().encode();
-        let mut tampered = sealed.clone();
-        let opened = ours
-            .decrypt(
-                InboundOpaqueMessage::new(
-                    ContentType::ApplicationData,
-                    ProtocolVersion::TLSv1_2,
-                    &mut sealed[5..],
-                ),
-                5,
-            )
-            .unwrap();
-        assert_eq!(opened.payload, b"key update");
-        assert_eq!(opened.typ, ContentType::Handshake);
-        // A changed byte, or the wrong sequence number, does not open.
-        let last = tampered.len() - 1;
-        tampered[last] ^= 1;
-        let open = |bytes: &mut [u8], seq| {
-            CompactChaCha20
-                .decrypter(AeadKey::from(key_bytes), Iv::new(iv))
-                .decrypt(
-                    InboundOpaqueMessage::new(
-                        ContentType::ApplicationData,
-                        ProtocolVersion::TLSv1_2,
-                        bytes,
-                    ),
-                    seq,
-                )
-                .is_err()
-        };
-        assert!(open(&mut tampered[5..], 5));
-        let mut sealed = theirs
-            .encrypt(
-                OutboundPlainMessage {
-                    typ: ContentType::ApplicationData,
-                    version: ProtocolVersion::TLSv1_3,
-                    payload: (&b"x"[..]).into(),
-                },
-                6,
-            )
+        let mut our_decrypter = ours.decrypter(key(), iv());
+        let mut their_encrypter = theirs.encrypter(key(), iv());
+        let sealed = their_encrypter
+            .encrypt(record(ContentType::Handshake, b"key update"), 5)
             .unwrap()
             .encode();
-        assert!(open(&mut sealed[5..], 7));
+        assert_eq!(
+            open(our_decrypter.as_mut(), &mut sealed.clone(), 5).unwrap(),
+            (ContentType::Handshake, b"key update".to_vec())
+        );
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(open(ours.decrypter(key(), iv()).as_mut(), &mut tampered, 5).is_err());
+        assert!(open(ours.decrypter(key(), iv()).as_mut(), &mut sealed.clone(), 6).is_err());
+    }
+
+    /// AES-128-GCM (16-byte keys) is checked by handshakes with rustls clients
+    /// (`tests/tls_footprint.rs`).
+    #[test]
+    fn records_interoperate_with_rings_suites() {
+        for (ours, theirs) in [
+            (
+                &COMPACT_CHACHA20_SUITE,
+                &ring_suites::TLS13_CHACHA20_POLY1305_SHA256,
+            ),
+            (&LAZY_AES_256_SUITE, &ring_suites::TLS13_AES_256_GCM_SHA384),
+        ] {
+            assert_eq!(ours.common.suite, theirs.suite());
+            interoperates(ours.aead_alg, ring_suite(theirs).aead_alg);
+        }
     }
 
     #[test]
     fn a_record_key_is_small() {
-        assert!(std::mem::size_of::<ChaCha20Encrypter>() <= 48);
-        assert!(std::mem::size_of::<ChaCha20Decrypter>() <= 48);
+        assert!(std::mem::size_of::<RecordEncrypter<ChaCha20Key>>() <= 48);
+        assert!(std::mem::size_of::<RecordDecrypter<Arc<LazyKey>>>() <= 24);
     }
 }
