@@ -23,11 +23,11 @@ usage: bench/run.sh [options]
                        tls-handshake-full tls-handshake-resumed fanin-tls-q1 storm
                        (default: all)
   --brokers "LIST"     among: fleetmq mosquitto rumqttd discard fleetmq-baseline
-                       fleetmq-aes (default: fleetmq mosquitto, and rumqttd when
-                       installed); rumqttd runs without TLS, so TLS scenarios skip
-                       it; fleetmq-aes is fleetmq with cipher_preference = "client"
-                       on its TLS listener (the generator's rustls client then gets
-                       AES-256-GCM instead of ChaCha20-Poly1305)
+                       fleetmq-chacha20 (default: fleetmq mosquitto, and rumqttd
+                       when installed); rumqttd runs without TLS, so TLS scenarios
+                       skip it; fleetmq-chacha20 is fleetmq with cipher_preference
+                       = "chacha20" on its TLS listener (ChaCha20-Poly1305 instead
+                       of AES-256-GCM)
   --baseline PATH      the fleetmq binary run as broker fleetmq-baseline, with the
                        same configuration: A/B of two builds, e.g.
                        --brokers "fleetmq fleetmq-baseline" --baseline /tmp/old/fleetmq
@@ -176,7 +176,7 @@ bind = "127.0.0.1:${TLS_PORT[fleetmq]}"
 [listeners.tls]
 cert = "$WORK/certs/server.pem"
 key = "$WORK/certs/server.key"
-cipher_preference = "client"
+cipher_preference = "chacha20"
 EOF
     "$FLEETMQ" check-config -c "$WORK/probe-tls.toml" >/dev/null 2>&1
 }
@@ -292,7 +292,7 @@ available() {
                 echo "skipping $1: this fleetmq build has no [storage] persistence/sync" >&2
                 return 1
             fi ;;
-        fleetmq-aes)
+        fleetmq-chacha20)
             if [ "$HAS_CIPHER_PREFERENCE" != 1 ]; then
                 echo "skipping $1: this fleetmq build has no cipher_preference" >&2
                 return 1
@@ -330,11 +330,11 @@ start_broker() {
             "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
                 >>"$OUT/fleetmq.log" 2>&1 &
             ;;
-        fleetmq-aes)
-            write_fleetmq_conf "" "" client
+        fleetmq-chacha20)
+            write_fleetmq_conf "" "" chacha20
             # shellcheck disable=SC2086
             "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
-                >>"$OUT/fleetmq-aes.log" 2>&1 &
+                >>"$OUT/fleetmq-chacha20.log" 2>&1 &
             ;;
         fleetmq-baseline)
             write_fleetmq_conf ""
@@ -435,7 +435,7 @@ for scenario in $SCENARIOS; do
         for broker in $SELECTED; do
             DATA=""
             case "$broker" in
-                fleetmq-aes) ;;
+                fleetmq-chacha20) ;;
                 fleetmq-*|mosquitto-persist)
                     DATA="$OUT/data/$scenario-$broker-$rep"
                     rm -rf "$DATA"

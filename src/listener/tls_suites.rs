@@ -1,25 +1,25 @@
 //! The cipher suites a TLS listener offers, and in which order it picks them
-//! (`cipher_preference`): rustls's ring suites, with TLS 1.3's ChaCha20-Poly1305 in a
-//! compact form.
+//! (`cipher_preference`): rustls's ring suites, TLS 1.3's with record keys a parked
+//! connection keeps small.
 //!
 //! Every connection holds two record keys (one per direction) for as long as it lives,
 //! parked or not. ring's `LessSafeKey` is sized for its largest algorithm, AES-GCM's
-//! round keys and GHASH table (544 bytes), whichever algorithm it holds, so with ring's
-//! suites a connection keeps about 1,100 bytes of keys even when it negotiated
-//! ChaCha20-Poly1305, whose key is 32 bytes. `CompactChaCha20` keeps only those 32
-//! bytes and the IV (a 44-byte box per direction instead of 560) and builds ring's key
-//! on the stack for each record, which for ChaCha20 is a copy of the 32 bytes, nothing
-//! to expand, unlike AES (measured: 60 to 100 ns per record, BENCHMARKS.md). The record protection itself is ring's ChaCha20-Poly1305, and
-//! everything around it (framing, sequence numbers, nonces from rustls's `Nonce`, key
-//! updates, alerts) stays rustls's: this is a cipher for rustls's record layer, the
-//! interface custom crypto providers implement, not a record layer of its own.
+//! round keys and GHASH table (544 bytes), whichever algorithm it holds: with ring's
+//! suites a connection keeps about 1,100 bytes of keys. Here a ChaCha20-Poly1305 key
+//! keeps its 32 bytes and the IV (a 44-byte box per direction instead of 560) and builds
+//! ring's key on the stack for each record (a copy of the 32 bytes, nothing to expand:
+//! 60 to 100 ns per record); an AES-GCM key keeps its bytes and ring's expansion only
+//! while the connection is not parked (`tls_keys`). The record protection itself is
+//! ring's, and everything around it (framing, sequence numbers, nonces from rustls's
+//! `Nonce`, key updates, alerts) stays rustls's: this is a cipher for rustls's record
+//! layer, the interface custom crypto providers implement, not a record layer of its own.
 //!
-//! `cipher_preference = "chacha20"` (the default) picks ChaCha20-Poly1305 for every
-//! TLS 1.3 client that offers it, whatever its own order (as Mosquitto, with OpenSSL's
-//! server preference, picks its own first choice); `"client"` follows the client's order
-//! (rustls and OpenSSL clients put AES-GCM first), for throughput where the memory of
-//! idle connections does not matter. TLS 1.2 keeps ring's suites (no compact form): with
-//! `"chacha20"` a TLS 1.2 client gets the first of ring's that it offers (AES-GCM).
+//! `cipher_preference = "aes"` (the default) picks in the broker's order, AES-256-GCM
+//! first, whatever the client's order, as Mosquitto (OpenSSL's server preference) does;
+//! `"chacha20"` puts ChaCha20-Poly1305 first (a parked connection about 160 bytes
+//! smaller, large records several times slower); `"client"` follows the client's order.
+//! TLS 1.2 keeps ring's suites and their AES-GCM-sized keys (no compact form; TLS 1.2
+//! clients are few), in ring's order unless `"client"`.
 
 use std::sync::{Arc, LazyLock};
 
@@ -112,8 +112,9 @@ pub fn provider(preference: CipherPreference) -> (CryptoProvider, bool) {
     let aes_256 = SupportedCipherSuite::Tls13(&LAZY_AES_256_SUITE);
     let aes_128 = SupportedCipherSuite::Tls13(&LAZY_AES_128_SUITE);
     let (tls13, ignore_client_order) = match preference {
-        CipherPreference::Chacha20 => ([chacha20, aes_256, aes_128], true),
         // ring's order.
+        CipherPreference::Aes => ([aes_256, aes_128, chacha20], true),
+        CipherPreference::Chacha20 => ([chacha20, aes_256, aes_128], true),
         CipherPreference::Client => ([aes_256, aes_128, chacha20], false),
     };
     provider.cipher_suites.splice(0..0, tls13);
@@ -333,8 +334,21 @@ mod tests {
     }
 
     #[test]
-    fn chacha20_first_and_server_order_by_default() {
-        assert_eq!(CipherPreference::default(), CipherPreference::Chacha20);
+    fn aes_first_in_the_server_order_by_default() {
+        assert_eq!(CipherPreference::default(), CipherPreference::Aes);
+        assert!(provider(CipherPreference::Aes).1);
+        assert_eq!(
+            tls13_order(CipherPreference::Aes),
+            [
+                CipherSuite::TLS13_AES_256_GCM_SHA384,
+                CipherSuite::TLS13_AES_128_GCM_SHA256,
+                CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            ]
+        );
+    }
+
+    #[test]
+    fn chacha20_first_in_the_server_order() {
         assert!(provider(CipherPreference::Chacha20).1);
         assert_eq!(
             tls13_order(CipherPreference::Chacha20),

@@ -1,15 +1,18 @@
-//! The TLS 1.3 cipher suite a listener picks (`cipher_preference`) and the compact
-//! ChaCha20-Poly1305 record cipher with real clients: rustls (which offers AES-256-GCM
-//! first), OpenSSL's `s_client` and the real `mosquitto_pub`/`mosquitto_sub` over
-//! TLS 1.3, with messages spanning several records in both directions.
+//! The TLS 1.3 cipher suite a listener picks (`cipher_preference`) and its record
+//! ciphers (compact ChaCha20-Poly1305, AES-GCM keys expanded on use) with real clients:
+//! rustls with either suite first, OpenSSL's `s_client` and the real `mosquitto_pub` and
+//! `mosquitto_sub` over TLS 1.3, with messages spanning several records both ways.
 
-use fleetmq::config::{CipherPreference, ClientAuth, ListenerKind};
+use std::sync::Arc;
+
+use fleetmq::config::{CipherPreference, ClientAuth, ListenerConfig, ListenerKind};
 use fleetmq::protocol::{Packet, ProtocolVersion, QoS, Subscribe, SubscribeFilter};
 use rustls::CipherSuite;
+use tokio::net::TcpStream;
 
 use crate::common::*;
 
-type TlsRaw = Raw<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+type TlsRaw = Raw<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// A payload of several TLS records (16 KiB each at most).
 fn large_payload() -> String {
@@ -18,8 +21,44 @@ fn large_payload() -> String {
         .collect()
 }
 
-async fn tls_client(pki: &Pki, addr: std::net::SocketAddr, id: &str) -> (TlsRaw, CipherSuite) {
-    let stream = pki.tls_connect(addr, None).await.expect("TLS handshake");
+fn listener(pki: &Pki, preference: CipherPreference) -> ListenerConfig {
+    let mut listener = pki.listener(ListenerKind::Tls, ClientAuth::None);
+    if let Some(tls) = listener.tls.as_mut() {
+        tls.cipher_preference = preference;
+    }
+    listener
+}
+
+/// A rustls client offering TLS 1.3's suites with ChaCha20-Poly1305 first.
+fn chacha20_first_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(pki.path("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+async fn tls_client(
+    client: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    id: &str,
+) -> (TlsRaw, CipherSuite) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
     let suite = stream
         .get_ref()
         .1
@@ -38,8 +77,12 @@ async fn tls_client(pki: &Pki, addr: std::net::SocketAddr, id: &str) -> (TlsRaw,
 
 /// A subscriber and a publisher over TLS on `addr`: a large message goes each way
 /// (publisher to broker, broker to subscriber). Returns the suite both negotiated.
-async fn round_trip(pki: &Pki, addr: std::net::SocketAddr, prefix: &str) -> CipherSuite {
-    let (mut subscriber, suite) = tls_client(pki, addr, &format!("{prefix}-sub")).await;
+async fn round_trip(
+    client: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    prefix: &str,
+) -> CipherSuite {
+    let (mut subscriber, suite) = tls_client(client.clone(), addr, &format!("{prefix}-sub")).await;
     subscriber
         .send(Packet::Subscribe(Subscribe {
             packet_id: 1,
@@ -52,7 +95,7 @@ async fn round_trip(pki: &Pki, addr: std::net::SocketAddr, prefix: &str) -> Ciph
         }))
         .await;
     assert!(matches!(subscriber.next().await, Some(Packet::SubAck(_))));
-    let (mut publisher, publisher_suite) = tls_client(pki, addr, &format!("{prefix}-pub")).await;
+    let (mut publisher, publisher_suite) = tls_client(client, addr, &format!("{prefix}-pub")).await;
     assert_eq!(publisher_suite, suite);
     let payload = large_payload();
     publisher
@@ -71,30 +114,66 @@ async fn round_trip(pki: &Pki, addr: std::net::SocketAddr, prefix: &str) -> Ciph
     suite
 }
 
-/// A rustls client offers AES-256-GCM first and ChaCha20-Poly1305 last: by default the
-/// listener picks ChaCha20-Poly1305; with `cipher_preference = "client"` the client's
-/// AES-256-GCM. Both carry multi-record messages both ways.
+/// A rustls client offering ChaCha20-Poly1305 first gets AES-256-GCM by default (the
+/// broker's order), ChaCha20-Poly1305 with `"chacha20"` and with `"client"`; one
+/// offering AES-256-GCM first (rustls's default) gets ChaCha20-Poly1305 only with
+/// `"chacha20"`. Every pair carries multi-record messages both ways.
 #[tokio::test]
-async fn the_listener_picks_chacha20_unless_it_follows_the_client() {
+async fn the_listener_picks_in_its_own_order_unless_it_follows_the_client() {
     let pki = Pki::new();
-    let mut client_order = pki.listener(ListenerKind::Tls, ClientAuth::None);
-    if let Some(tls) = client_order.tls.as_mut() {
-        tls.cipher_preference = CipherPreference::Client;
-    }
     let server = start(config_with(vec![
-        pki.listener(ListenerKind::Tls, ClientAuth::None),
-        client_order,
+        listener(&pki, CipherPreference::default()),
+        listener(&pki, CipherPreference::Chacha20),
+        listener(&pki, CipherPreference::Client),
     ]))
     .await;
     let addrs = server.listener_addrs();
-    assert_eq!(
-        round_trip(&pki, addrs[1], "server-order").await,
-        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
-    );
-    assert_eq!(
-        round_trip(&pki, addrs[2], "client-order").await,
-        CipherSuite::TLS13_AES_256_GCM_SHA384
-    );
+    let chacha20_first = chacha20_first_client(&pki);
+    let aes_first = pki.client_config(None);
+    for (addr, client, expected, prefix) in [
+        (
+            addrs[1],
+            &chacha20_first,
+            CipherSuite::TLS13_AES_256_GCM_SHA384,
+            "aes-c",
+        ),
+        (
+            addrs[1],
+            &aes_first,
+            CipherSuite::TLS13_AES_256_GCM_SHA384,
+            "aes-a",
+        ),
+        (
+            addrs[2],
+            &chacha20_first,
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            "chacha-c",
+        ),
+        (
+            addrs[2],
+            &aes_first,
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            "chacha-a",
+        ),
+        (
+            addrs[3],
+            &chacha20_first,
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            "client-c",
+        ),
+        (
+            addrs[3],
+            &aes_first,
+            CipherSuite::TLS13_AES_256_GCM_SHA384,
+            "client-a",
+        ),
+    ] {
+        assert_eq!(
+            round_trip(client.clone(), addr, prefix).await,
+            expected,
+            "{prefix}"
+        );
+    }
     server.shutdown().await;
 }
 
@@ -106,61 +185,51 @@ fn run(program: &str, args: &[String]) -> std::process::Output {
         .unwrap_or_else(|error| panic!("{program} is installed: {error}"))
 }
 
-/// OpenSSL offers AES-256-GCM first too; `s_client` reports ChaCha20-Poly1305. The real
-/// `mosquitto_pub` stores a large retained message over TLS 1.3 and the real
-/// `mosquitto_sub` receives it over TLS 1.3: OpenSSL decrypts and encrypts what the
-/// compact cipher produces and reads.
-#[tokio::test]
-async fn openssl_and_mosquitto_clients_get_chacha20_over_tls13() {
-    let pki = Pki::new();
-    let server = start(config_with(vec![
-        pki.listener(ListenerKind::Tls, ClientAuth::None)
-    ]))
-    .await;
-    let port = server.listener_addrs()[1].port().to_string();
-    let ca = pki.path("ca.pem").display().to_string();
-
-    let s_client = [
+/// What `openssl s_client` offering `suites` reports of its TLS 1.3 handshake.
+async fn s_client(port: u16, ca: &str, suites: &str) -> String {
+    let args = [
         "s_client",
         "-connect",
         &format!("127.0.0.1:{port}"),
         "-servername",
         "localhost",
         "-tls1_3",
+        "-ciphersuites",
+        suites,
         "-CAfile",
-        &ca,
+        ca,
         "-verify_return_error",
         "-brief",
     ]
     .map(String::from);
-    let output = tokio::task::spawn_blocking(move || run("openssl", &s_client))
+    let output = tokio::task::spawn_blocking(move || run("openssl", &args))
         .await
         .unwrap();
-    let report = String::from_utf8_lossy(&output.stderr).to_string()
-        + &String::from_utf8_lossy(&output.stdout);
-    assert!(
-        report.contains("Ciphersuite: TLS_CHACHA20_POLY1305_SHA256"),
-        "openssl s_client reported:\n{report}"
-    );
+    String::from_utf8_lossy(&output.stderr).to_string() + &String::from_utf8_lossy(&output.stdout)
+}
 
+/// `mosquitto_pub` stores a large retained message over TLS 1.3 and `mosquitto_sub`
+/// receives it over TLS 1.3 (both OpenSSL).
+async fn mosquitto_round_trip(port: u16, ca: &str, topic: &str) {
     let payload = large_payload();
-    let common = |program_args: &[&str]| -> Vec<String> {
+    let common = |extra: &[&str]| -> Vec<String> {
+        let port = port.to_string();
         let mut args = vec![
             "-h",
             "localhost",
             "-p",
             &port,
             "--cafile",
-            &ca,
+            ca,
             "--tls-version",
             "tlsv1.3",
             "-t",
-            "ciphers/retained",
+            topic,
         ]
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>();
-        args.extend(program_args.iter().map(|arg| arg.to_string()));
+        args.extend(extra.iter().map(|arg| arg.to_string()));
         args
     };
     let pub_args = common(&["-q", "1", "-r", "-m", &payload]);
@@ -186,5 +255,41 @@ async fn openssl_and_mosquitto_clients_get_chacha20_over_tls13() {
         payload,
         "mosquitto_sub received another payload"
     );
+}
+
+/// OpenSSL clients: `s_client` listing ChaCha20-Poly1305 first gets AES-256-GCM from the
+/// default listener and ChaCha20-Poly1305 from a `"chacha20"` one; `mosquitto_pub` and
+/// `mosquitto_sub` exchange a large message over each, so OpenSSL opens and seals what
+/// both record ciphers produce and read.
+#[tokio::test]
+async fn openssl_and_mosquitto_clients_over_tls13_with_both_ciphers() {
+    let pki = Pki::new();
+    let server = start(config_with(vec![
+        listener(&pki, CipherPreference::default()),
+        listener(&pki, CipherPreference::Chacha20),
+    ]))
+    .await;
+    let addrs = server.listener_addrs();
+    let ca = pki.path("ca.pem").display().to_string();
+    let chacha20_first = "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
+    for (addr, expected, topic) in [
+        (
+            addrs[1],
+            "Ciphersuite: TLS_AES_256_GCM_SHA384",
+            "ciphers/aes",
+        ),
+        (
+            addrs[2],
+            "Ciphersuite: TLS_CHACHA20_POLY1305_SHA256",
+            "ciphers/chacha20",
+        ),
+    ] {
+        let report = s_client(addr.port(), &ca, chacha20_first).await;
+        assert!(
+            report.contains(expected),
+            "openssl s_client reported:\n{report}"
+        );
+        mosquitto_round_trip(addr.port(), &ca, topic).await;
+    }
     server.shutdown().await;
 }
