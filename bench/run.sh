@@ -23,11 +23,13 @@ usage: bench/run.sh [options]
                        tls-handshake-full tls-handshake-resumed fanin-tls-q1 storm
                        (default: all)
   --brokers "LIST"     among: fleetmq mosquitto rumqttd discard fleetmq-baseline
-                       fleetmq-chacha20 (default: fleetmq mosquitto, and rumqttd
-                       when installed); rumqttd runs without TLS, so TLS scenarios
-                       skip it; fleetmq-chacha20 is fleetmq with cipher_preference
-                       = "chacha20" on its TLS listener (ChaCha20-Poly1305 instead
-                       of AES-256-GCM)
+                       fleetmq-chacha20 fleetmq-client (default: fleetmq
+                       mosquitto, and rumqttd when installed); rumqttd runs without
+                       TLS, so TLS scenarios skip it; fleetmq-chacha20 and
+                       fleetmq-client are fleetmq with cipher_preference =
+                       "chacha20" or "client" on its TLS listener (the generator's
+                       client lists AES-256-GCM first: ChaCha20-Poly1305 with
+                       "chacha20", AES-256-GCM with the default and with "client")
   --baseline PATH      the fleetmq binary run as broker fleetmq-baseline, with the
                        same configuration: A/B of two builds, e.g.
                        --brokers "fleetmq fleetmq-baseline" --baseline /tmp/old/fleetmq
@@ -292,7 +294,7 @@ available() {
                 echo "skipping $1: this fleetmq build has no [storage] persistence/sync" >&2
                 return 1
             fi ;;
-        fleetmq-chacha20)
+        fleetmq-chacha20|fleetmq-client)
             if [ "$HAS_CIPHER_PREFERENCE" != 1 ]; then
                 echo "skipping $1: this fleetmq build has no cipher_preference" >&2
                 return 1
@@ -330,11 +332,11 @@ start_broker() {
             "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
                 >>"$OUT/fleetmq.log" 2>&1 &
             ;;
-        fleetmq-chacha20)
-            write_fleetmq_conf "" "" chacha20
+        fleetmq-chacha20|fleetmq-client)
+            write_fleetmq_conf "" "" "${name#fleetmq-}"
             # shellcheck disable=SC2086
             "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
-                >>"$OUT/fleetmq-chacha20.log" 2>&1 &
+                >>"$OUT/$name.log" 2>&1 &
             ;;
         fleetmq-baseline)
             write_fleetmq_conf ""
@@ -435,7 +437,7 @@ for scenario in $SCENARIOS; do
         for broker in $SELECTED; do
             DATA=""
             case "$broker" in
-                fleetmq-chacha20) ;;
+                fleetmq-chacha20|fleetmq-client) ;;
                 fleetmq-*|mosquitto-persist)
                     DATA="$OUT/data/$scenario-$broker-$rep"
                     rm -rf "$DATA"
