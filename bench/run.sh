@@ -20,8 +20,8 @@ usage: bench/run.sh [options]
   --pin                broker on CPU 0, load generator on CPU 1 (taskset)
   --scenarios "LIST"   among: fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1
                        latency idle idle-bare retained persist idle-tls
-                       tls-handshake-full tls-handshake-resumed fanin-tls-q1 storm
-                       (default: all)
+                       idle-tls12 tls-handshake-full tls-handshake-resumed
+                       fanin-tls-q1 storm (default: all but idle-tls12)
   --brokers "LIST"     among: fleetmq mosquitto rumqttd discard fleetmq-baseline
                        fleetmq-chacha20 fleetmq-client (default: fleetmq
                        mosquitto, and rumqttd when installed); rumqttd runs without
@@ -379,6 +379,7 @@ scenario_args() {
         idle) echo "idle --connections $CONNECTIONS --keep-alive 60 --subscribe --sources $SOURCES --settle $SETTLE" ;;
         idle-bare) echo "idle --connections $CONNECTIONS --sources $SOURCES --settle $SETTLE" ;;
         idle-tls) echo "idle --connections $CONNECTIONS --keep-alive 60 --subscribe --sources $SOURCES --tls-ca $WORK/certs/ca.pem --settle $SETTLE" ;;
+        idle-tls12) echo "idle --connections $CONNECTIONS --keep-alive 60 --subscribe --sources $SOURCES --tls-ca $WORK/certs/ca.pem --tls12 --settle $SETTLE" ;;
         tls-handshake-full) echo "tls-handshake --connections 2000 --tls-ca $WORK/certs/ca.pem" ;;
         tls-handshake-resumed) echo "tls-handshake --connections 2000 --resume --tls-ca $WORK/certs/ca.pem" ;;
         fanin-tls-q1) echo "fanin --qos 1 --duration $DURATION --tls-ca $WORK/certs/ca.pem" ;;
