@@ -1,6 +1,6 @@
 //! The cipher suites a TLS listener offers, and in which order it picks them
-//! (`cipher_preference`): rustls's ring suites, TLS 1.3's with record keys a parked
-//! connection keeps small.
+//! (`cipher_preference`): rustls's ring suites, TLS 1.3's and TLS 1.2's AES-GCM with
+//! record keys a parked connection keeps small.
 //!
 //! Every connection holds two record keys (one per direction) for as long as it lives,
 //! parked or not. ring's `LessSafeKey` is sized for its largest algorithm, AES-GCM's
@@ -9,7 +9,9 @@
 //! keeps its 32 bytes and the IV (a 44-byte box per direction instead of 560) and builds
 //! ring's key on the stack for each record (a copy of the 32 bytes, nothing to expand:
 //! 60 to 100 ns per record); an AES-GCM key keeps its bytes and ring's expansion only
-//! while the connection is not parked (`tls_keys`). The record protection itself is
+//! while the connection is not parked (`tls_keys`), in TLS 1.3 and in TLS 1.2 (whose
+//! AES-GCM records carry an explicit nonce, built as rustls's ring suite builds it, so
+//! that the records are the same). The record protection itself is
 //! ring's, and everything around it (framing, sequence numbers, nonces from rustls's
 //! `Nonce`, key updates, alerts) stays rustls's: this is a cipher for rustls's record
 //! layer, the interface custom crypto providers implement, not a record layer of its own.
@@ -18,21 +20,23 @@
 //! first, whatever the client's order, as Mosquitto (OpenSSL's server preference) does;
 //! `"chacha20"` puts ChaCha20-Poly1305 first (a parked connection about 160 bytes
 //! smaller, large records several times slower); `"client"` follows the client's order.
-//! TLS 1.2 keeps ring's suites and their AES-GCM-sized keys (no compact form; TLS 1.2
-//! clients are few), in ring's order unless `"client"`.
+//! TLS 1.2 keeps ring's order unless `"client"` (AES-256-GCM first), and ring's
+//! ChaCha20-Poly1305 suites with their AES-GCM-sized keys (no compact form: TLS 1.2
+//! clients are few, and ring's order gives them AES-GCM when they offer it).
 
 use std::sync::{Arc, LazyLock};
 
 use ring::aead;
 use rustls::crypto::cipher::{
-    make_tls13_aad, AeadKey, InboundOpaqueMessage, InboundPlainMessage, Iv, MessageDecrypter,
-    MessageEncrypter, Nonce, OutboundOpaqueMessage, OutboundPlainMessage, PrefixedPayload,
-    Tls13AeadAlgorithm, UnsupportedOperationError,
+    make_tls12_aad, make_tls13_aad, AeadKey, InboundOpaqueMessage, InboundPlainMessage, Iv,
+    KeyBlockShape, MessageDecrypter, MessageEncrypter, Nonce, OutboundOpaqueMessage,
+    OutboundPlainMessage, PrefixedPayload, Tls12AeadAlgorithm, Tls13AeadAlgorithm,
+    UnsupportedOperationError,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::{
     CipherSuiteCommon, ConnectionTrafficSecrets, ContentType, Error, ProtocolVersion,
-    SupportedCipherSuite, Tls13CipherSuite,
+    SupportedCipherSuite, Tls12CipherSuite, Tls13CipherSuite,
 };
 
 use rustls::crypto::ring::cipher_suite as ring_suites;
@@ -75,6 +79,67 @@ static LAZY_AES_128_GCM: LazyAesGcm = LazyAesGcm {
     secrets: |key, iv| ConnectionTrafficSecrets::Aes128Gcm { key, iv },
 };
 
+/// TLS 1.2's AES-GCM suites as ring's provider defines them, with keys expanded on use
+/// and released when the connection parks.
+static LAZY_TLS12_ECDSA_AES_256: LazyLock<Tls12CipherSuite> = LazyLock::new(|| {
+    lazy_tls12_suite(
+        &ring_suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        &LAZY_AES_256_GCM,
+    )
+});
+static LAZY_TLS12_ECDSA_AES_128: LazyLock<Tls12CipherSuite> = LazyLock::new(|| {
+    lazy_tls12_suite(
+        &ring_suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        &LAZY_AES_128_GCM,
+    )
+});
+static LAZY_TLS12_RSA_AES_256: LazyLock<Tls12CipherSuite> = LazyLock::new(|| {
+    lazy_tls12_suite(
+        &ring_suites::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        &LAZY_AES_256_GCM,
+    )
+});
+static LAZY_TLS12_RSA_AES_128: LazyLock<Tls12CipherSuite> = LazyLock::new(|| {
+    lazy_tls12_suite(
+        &ring_suites::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        &LAZY_AES_128_GCM,
+    )
+});
+
+/// The lazily keyed replacement of one of ring's TLS 1.2 suites, if it is AES-GCM.
+fn lazy_tls12(suite: &Tls12CipherSuite) -> Option<&'static Tls12CipherSuite> {
+    use rustls::CipherSuite as Id;
+    let lazy: &'static LazyLock<Tls12CipherSuite> = match suite.common.suite {
+        Id::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => &LAZY_TLS12_ECDSA_AES_256,
+        Id::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => &LAZY_TLS12_ECDSA_AES_128,
+        Id::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => &LAZY_TLS12_RSA_AES_256,
+        Id::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => &LAZY_TLS12_RSA_AES_128,
+        _ => return None,
+    };
+    Some(LazyLock::force(lazy))
+}
+
+/// `ring_suite` (a TLS 1.2 suite of ring's provider) with `aead` as its record cipher.
+fn lazy_tls12_suite(
+    ring_suite: &SupportedCipherSuite,
+    aead: &'static dyn Tls12AeadAlgorithm,
+) -> Tls12CipherSuite {
+    let SupportedCipherSuite::Tls12(ring_suite) = *ring_suite else {
+        unreachable!("a TLS 1.2 suite")
+    };
+    Tls12CipherSuite {
+        common: CipherSuiteCommon {
+            suite: ring_suite.common.suite,
+            hash_provider: ring_suite.common.hash_provider,
+            confidentiality_limit: ring_suite.common.confidentiality_limit,
+        },
+        prf_provider: ring_suite.prf_provider,
+        kx: ring_suite.kx,
+        sign: ring_suite.sign,
+        aead_alg: aead,
+    }
+}
+
 fn ring_suite(suite: &SupportedCipherSuite) -> &'static Tls13CipherSuite {
     match *suite {
         SupportedCipherSuite::Tls13(suite) => suite,
@@ -108,6 +173,14 @@ pub fn provider(preference: CipherPreference) -> (CryptoProvider, bool) {
     provider
         .cipher_suites
         .retain(|suite| matches!(suite, SupportedCipherSuite::Tls12(_)));
+    // TLS 1.2's AES-GCM suites with lazily expanded keys, in ring's order.
+    for suite in &mut provider.cipher_suites {
+        if let SupportedCipherSuite::Tls12(ring) = *suite {
+            if let Some(lazy) = lazy_tls12(ring) {
+                *suite = SupportedCipherSuite::Tls12(lazy);
+            }
+        }
+    }
     let chacha20 = SupportedCipherSuite::Tls13(&COMPACT_CHACHA20_SUITE);
     let aes_256 = SupportedCipherSuite::Tls13(&LAZY_AES_256_SUITE);
     let aes_128 = SupportedCipherSuite::Tls13(&LAZY_AES_128_SUITE);
@@ -200,6 +273,148 @@ impl Tls13AeadAlgorithm for LazyAesGcm {
 
     fn fips(&self) -> bool {
         false
+    }
+}
+
+/// TLS 1.2's AES-GCM (RFC 5288): a 4-byte salt from the key block and an 8-byte explicit
+/// nonce sent before each record's ciphertext; the nonce is built as rustls's ring suite
+/// builds it (the key block's 8 further bytes XORed with the sequence number), so that
+/// records are the same as with ring's suite.
+impl Tls12AeadAlgorithm for LazyAesGcm {
+    fn encrypter(&self, key: AeadKey, iv: &[u8], extra: &[u8]) -> Box<dyn MessageEncrypter> {
+        Box::new(Tls12GcmEncrypter(
+            LazyKey::new(self.algorithm, self.key_bytes(&key)),
+            tls12_gcm_iv(iv, extra),
+        ))
+    }
+
+    fn decrypter(&self, key: AeadKey, iv: &[u8]) -> Box<dyn MessageDecrypter> {
+        let mut salt = [0u8; TLS12_GCM_SALT_LEN];
+        // rustls hands over exactly `fixed_iv_len` bytes.
+        let len = iv.len().min(TLS12_GCM_SALT_LEN);
+        salt[..len].copy_from_slice(&iv[..len]);
+        Box::new(Tls12GcmDecrypter(
+            LazyKey::new(self.algorithm, self.key_bytes(&key)),
+            salt,
+        ))
+    }
+
+    fn key_block_shape(&self) -> KeyBlockShape {
+        KeyBlockShape {
+            enc_key_len: self.algorithm.key_len(),
+            fixed_iv_len: TLS12_GCM_SALT_LEN,
+            explicit_nonce_len: TLS12_GCM_EXPLICIT_LEN,
+        }
+    }
+
+    fn extract_keys(
+        &self,
+        key: AeadKey,
+        iv: &[u8],
+        explicit: &[u8],
+    ) -> Result<ConnectionTrafficSecrets, UnsupportedOperationError> {
+        Ok((self.secrets)(key, tls12_gcm_iv(iv, explicit)))
+    }
+
+    fn fips(&self) -> bool {
+        false
+    }
+}
+
+const TLS12_GCM_SALT_LEN: usize = 4;
+const TLS12_GCM_EXPLICIT_LEN: usize = 8;
+const GCM_TAG_LEN: usize = 16;
+/// The largest plaintext a TLS record may carry (RFC 5246, 6.2.1).
+const MAX_FRAGMENT_LEN: usize = 16_384;
+
+/// The salt followed by the key block's explicit part: the starting point XORed with
+/// each record's sequence number (rustls's `Nonce`).
+fn tls12_gcm_iv(salt: &[u8], explicit: &[u8]) -> Iv {
+    let mut iv = [0u8; 12];
+    for (to, from) in iv.iter_mut().zip(
+        salt.iter()
+            .take(TLS12_GCM_SALT_LEN)
+            .chain(explicit.iter().take(TLS12_GCM_EXPLICIT_LEN)),
+    ) {
+        *to = *from;
+    }
+    Iv::new(iv)
+}
+
+struct Tls12GcmEncrypter(Arc<LazyKey>, Iv);
+
+struct Tls12GcmDecrypter(Arc<LazyKey>, [u8; TLS12_GCM_SALT_LEN]);
+
+impl MessageEncrypter for Tls12GcmEncrypter {
+    fn encrypt(
+        &mut self,
+        msg: OutboundPlainMessage<'_>,
+        seq: u64,
+    ) -> Result<OutboundOpaqueMessage, Error> {
+        let total_len = self.encrypted_payload_len(msg.payload.len());
+        let mut payload = PrefixedPayload::with_capacity(total_len);
+        let nonce = Nonce::new(&self.1, seq).0;
+        let aad = aead::Aad::from(make_tls12_aad(seq, msg.typ, msg.version, msg.payload.len()));
+        payload.extend_from_slice(&nonce[TLS12_GCM_SALT_LEN..]);
+        payload.extend_from_chunks(&msg.payload);
+        let tag = self
+            .0
+            .with(|key| {
+                key.seal_in_place_separate_tag(
+                    aead::Nonce::assume_unique_for_key(nonce),
+                    aad,
+                    &mut payload.as_mut()[TLS12_GCM_EXPLICIT_LEN..],
+                )
+            })
+            .ok_or(Error::EncryptError)?
+            .map_err(|_| Error::EncryptError)?;
+        payload.extend_from_slice(tag.as_ref());
+        Ok(OutboundOpaqueMessage::new(msg.typ, msg.version, payload))
+    }
+
+    fn encrypted_payload_len(&self, payload_len: usize) -> usize {
+        payload_len + TLS12_GCM_EXPLICIT_LEN + GCM_TAG_LEN
+    }
+}
+
+impl MessageDecrypter for Tls12GcmDecrypter {
+    fn decrypt<'a>(
+        &mut self,
+        mut msg: InboundOpaqueMessage<'a>,
+        seq: u64,
+    ) -> Result<InboundPlainMessage<'a>, Error> {
+        let payload = &msg.payload;
+        if payload.len() < TLS12_GCM_EXPLICIT_LEN + GCM_TAG_LEN {
+            return Err(Error::DecryptError);
+        }
+        let mut nonce = [0u8; 12];
+        nonce[..TLS12_GCM_SALT_LEN].copy_from_slice(&self.1);
+        nonce[TLS12_GCM_SALT_LEN..].copy_from_slice(&payload[..TLS12_GCM_EXPLICIT_LEN]);
+        let aad = aead::Aad::from(make_tls12_aad(
+            seq,
+            msg.typ,
+            msg.version,
+            payload.len() - TLS12_GCM_EXPLICIT_LEN - GCM_TAG_LEN,
+        ));
+        let payload = &mut msg.payload;
+        let plain_len = self
+            .0
+            .with(|key| {
+                key.open_within(
+                    aead::Nonce::assume_unique_for_key(nonce),
+                    aad,
+                    payload,
+                    TLS12_GCM_EXPLICIT_LEN..,
+                )
+                .map(|plain| plain.len())
+            })
+            .ok_or(Error::DecryptError)?
+            .map_err(|_| Error::DecryptError)?;
+        if plain_len > MAX_FRAGMENT_LEN {
+            return Err(Error::PeerSentOversizedRecord);
+        }
+        payload.truncate(plain_len);
+        Ok(msg.into_plain_message())
     }
 }
 
@@ -454,6 +669,121 @@ mod tests {
         ] {
             assert_eq!(ours.common.suite, theirs.suite());
             interoperates(ours.aead_alg, ring_suite(theirs).aead_alg);
+        }
+    }
+
+    /// Our TLS 1.2 AES-GCM records against ring's, both ways, from the same key block:
+    /// the same explicit nonces, what one seals the other opens; a changed byte or the
+    /// wrong sequence number does not open.
+    #[test]
+    fn tls12_records_interoperate_with_rings_suite() {
+        let SupportedCipherSuite::Tls12(ring) =
+            ring_suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        else {
+            unreachable!()
+        };
+        let ours = LAZY_TLS12_ECDSA_AES_256.aead_alg;
+        let theirs = ring.aead_alg;
+        assert_eq!(ours.key_block_shape().enc_key_len, 32);
+        assert_eq!(
+            ours.key_block_shape().fixed_iv_len,
+            theirs.key_block_shape().fixed_iv_len
+        );
+        assert_eq!(
+            ours.key_block_shape().explicit_nonce_len,
+            theirs.key_block_shape().explicit_nonce_len
+        );
+        let key = || AeadKey::from([7u8; 32]);
+        let salt = [1u8, 2, 3, 4];
+        let explicit = [5u8, 6, 7, 8, 9, 10, 11, 12];
+        let open = |decrypter: &mut dyn MessageDecrypter, sealed: &mut [u8], seq| {
+            decrypter
+                .decrypt(
+                    InboundOpaqueMessage::new(
+                        ContentType::ApplicationData,
+                        ProtocolVersion::TLSv1_2,
+                        &mut sealed[5..],
+                    ),
+                    seq,
+                )
+                .map(|plain| plain.payload.to_vec())
+        };
+        let tls12 = |payload: &'static [u8]| OutboundPlainMessage {
+            typ: ContentType::ApplicationData,
+            version: ProtocolVersion::TLSv1_2,
+            payload: payload.into(),
+        };
+        for (seq, text) in [(0u64, &b"first"[..]), (1, b""), (u64::MAX - 1, b"last")] {
+            let mut our_encrypter = ours.encrypter(key(), &salt, &explicit);
+            let mut their_encrypter = theirs.encrypter(key(), &salt, &explicit);
+            let mut ours_sealed = our_encrypter.encrypt(tls12(text), seq).unwrap().encode();
+            let theirs_sealed = their_encrypter.encrypt(tls12(text), seq).unwrap().encode();
+            assert_eq!(ours_sealed, theirs_sealed);
+            let mut their_decrypter = theirs.decrypter(key(), &salt);
+            assert_eq!(
+                open(their_decrypter.as_mut(), &mut ours_sealed, seq).unwrap(),
+                text
+            );
+            let mut our_decrypter = ours.decrypter(key(), &salt);
+            assert_eq!(
+                open(our_decrypter.as_mut(), &mut theirs_sealed.clone(), seq).unwrap(),
+                text
+            );
+            let mut tampered = theirs_sealed.clone();
+            let last = tampered.len() - 1;
+            tampered[last] ^= 1;
+            assert!(open(ours.decrypter(key(), &salt).as_mut(), &mut tampered, seq).is_err());
+            assert!(open(
+                ours.decrypter(key(), &salt).as_mut(),
+                &mut theirs_sealed.clone(),
+                seq ^ 1
+            )
+            .is_err());
+        }
+        // Too short for an explicit nonce and a tag.
+        assert!(open(
+            ours.decrypter(key(), &salt).as_mut(),
+            &mut [23u8, 3, 3, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            0
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn tls12_aes_gcm_suites_are_replaced_in_rings_order() {
+        for preference in [
+            CipherPreference::Aes,
+            CipherPreference::Chacha20,
+            CipherPreference::Client,
+        ] {
+            let ours = provider(preference).0;
+            let ring = rustls::crypto::ring::default_provider();
+            let tls12 = |provider: &CryptoProvider| {
+                provider
+                    .cipher_suites
+                    .iter()
+                    .filter_map(|suite| match suite {
+                        SupportedCipherSuite::Tls12(suite) => Some(*suite),
+                        SupportedCipherSuite::Tls13(_) => None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let (ours, ring) = (tls12(&ours), tls12(&ring));
+            assert_eq!(
+                ours.iter().map(|s| s.common.suite).collect::<Vec<_>>(),
+                ring.iter().map(|s| s.common.suite).collect::<Vec<_>>()
+            );
+            for (ours, ring) in ours.iter().zip(&ring) {
+                // Ours unless ChaCha20-Poly1305, which keeps ring's.
+                let is_aes = lazy_tls12(ring).is_some();
+                assert_eq!(
+                    std::ptr::eq(*ours, *ring),
+                    !is_aes,
+                    "{:?}",
+                    ring.common.suite
+                );
+            }
+            assert_eq!(ours.iter().filter(|s| lazy_tls12(s).is_some()).count(), 4);
         }
     }
 

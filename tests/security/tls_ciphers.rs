@@ -187,14 +187,20 @@ fn run(program: &str, args: &[String]) -> std::process::Output {
 
 /// What `openssl s_client` offering `suites` reports of its TLS 1.3 handshake.
 async fn s_client(port: u16, ca: &str, suites: &str) -> String {
+    s_client_with(port, ca, ["-tls1_3", "-ciphersuites", suites]).await
+}
+
+/// What `openssl s_client` with `options` (protocol and suites) reports of its handshake.
+async fn s_client_with(port: u16, ca: &str, options: [&str; 3]) -> String {
+    let [version, suites_option, suites] = options;
     let args = [
         "s_client",
         "-connect",
         &format!("127.0.0.1:{port}"),
         "-servername",
         "localhost",
-        "-tls1_3",
-        "-ciphersuites",
+        version,
+        suites_option,
         suites,
         "-CAfile",
         ca,
@@ -211,6 +217,11 @@ async fn s_client(port: u16, ca: &str, suites: &str) -> String {
 /// `mosquitto_pub` stores a large retained message over TLS 1.3 and `mosquitto_sub`
 /// receives it over TLS 1.3 (both OpenSSL).
 async fn mosquitto_round_trip(port: u16, ca: &str, topic: &str) {
+    mosquitto_round_trip_over(port, ca, topic, "tlsv1.3").await
+}
+
+/// `mosquitto_round_trip` over `version` ("tlsv1.2" or "tlsv1.3").
+async fn mosquitto_round_trip_over(port: u16, ca: &str, topic: &str, version: &str) {
     let payload = large_payload();
     let common = |extra: &[&str]| -> Vec<String> {
         let port = port.to_string();
@@ -222,7 +233,7 @@ async fn mosquitto_round_trip(port: u16, ca: &str, topic: &str) {
             "--cafile",
             ca,
             "--tls-version",
-            "tlsv1.3",
+            version,
             "-t",
             topic,
         ]
@@ -291,5 +302,32 @@ async fn openssl_and_mosquitto_clients_over_tls13_with_both_ciphers() {
         );
         mosquitto_round_trip(addr.port(), &ca, topic).await;
     }
+    server.shutdown().await;
+}
+
+/// OpenSSL over TLS 1.2: `s_client` offering each AES-GCM suite gets it, and
+/// `mosquitto_pub` and `mosquitto_sub` exchange a large message, so OpenSSL opens and
+/// seals the records of the TLS 1.2 AES-GCM cipher with keys expanded on use.
+#[tokio::test]
+async fn openssl_and_mosquitto_clients_over_tls12() {
+    let pki = Pki::new();
+    let server = start(config_with(vec![listener(
+        &pki,
+        CipherPreference::default(),
+    )]))
+    .await;
+    let port = server.listener_addrs()[1].port();
+    let ca = pki.path("ca.pem").display().to_string();
+    for suite in [
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+    ] {
+        let report = s_client_with(port, &ca, ["-tls1_2", "-cipher", suite]).await;
+        assert!(
+            report.contains(&format!("Ciphersuite: {suite}")),
+            "openssl s_client reported:\n{report}"
+        );
+    }
+    mosquitto_round_trip_over(port, &ca, "ciphers/tls12", "tlsv1.2").await;
     server.shutdown().await;
 }

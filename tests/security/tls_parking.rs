@@ -181,3 +181,84 @@ async fn a_parked_tls_client_closing_with_close_notify_leaves_its_will() {
     expect_publish(&mut watcher, "gone").await;
     server.shutdown().await;
 }
+
+/// A rustls client offering TLS 1.2's `suite` only.
+fn tls12_client_config(
+    pki: &Pki,
+    suite: rustls::SupportedCipherSuite,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![suite];
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(pki.path("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+async fn tls12_client(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    id: &str,
+) -> TlsRaw {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("TLS 1.2 handshake");
+    let mut client = Raw::new(stream, ProtocolVersion::V5);
+    assert_eq!(
+        client
+            .connect(connect_packet(ProtocolVersion::V5, id, None, None))
+            .await,
+        Some(0)
+    );
+    client
+}
+
+/// TLS 1.2 clients with each AES-GCM suite: a parked subscriber receives messages of
+/// several records, its PINGREQ is answered, and again after parking a second time (its
+/// keys released at each park and expanded again at the next record).
+#[tokio::test]
+async fn a_parked_tls12_connection_is_served_again_and_again() {
+    use rustls::crypto::ring::cipher_suite;
+    let large: String = (0..40_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    for suite in [
+        cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ] {
+        let pki = Pki::new();
+        let (server, addr) = parking_server(&pki).await;
+        let config = tls12_client_config(&pki, suite);
+        let mut subscriber = tls12_client(config.clone(), addr, "tls12-sub").await;
+        let negotiated = subscriber.stream.get_ref().1.negotiated_cipher_suite();
+        assert_eq!(
+            negotiated.map(|negotiated| negotiated.suite()),
+            Some(suite.suite())
+        );
+        subscriber.send(subscribe("park12/#")).await;
+        assert!(matches!(subscriber.next().await, Some(Packet::SubAck(_))));
+        let mut publisher = tls12_client(config, addr, "tls12-pub").await;
+        for (packet_id, payload) in [(1u16, large.as_str()), (2, "second"), (3, large.as_str())] {
+            until_parked(&server, 2).await;
+            publisher
+                .send(publish("park12/1", QoS::AtLeastOnce, packet_id, payload))
+                .await;
+            expect_publish(&mut subscriber, payload).await;
+            assert!(matches!(publisher.next().await, Some(Packet::PubAck(_))));
+            until_parked(&server, 2).await;
+            subscriber.send(Packet::PingReq).await;
+            assert_eq!(subscriber.next().await, Some(Packet::PingResp));
+        }
+        server.shutdown().await;
+    }
+}
