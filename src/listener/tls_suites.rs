@@ -165,8 +165,8 @@ fn compact_suite(
     }
 }
 
-/// The crypto provider of a listener: ring's, its TLS 1.3 suites replaced by the
-/// compact ones, ordered for `preference`. Returns it with rustls's
+/// The crypto provider of a listener: ring's, its TLS 1.3 suites and TLS 1.2 AES-GCM
+/// suites replaced by ours, the TLS 1.3 ones ordered for `preference`. Returns it with rustls's
 /// `ignore_client_order`.
 pub fn provider(preference: CipherPreference) -> (CryptoProvider, bool) {
     let mut provider = rustls::crypto::ring::default_provider();
