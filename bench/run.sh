@@ -20,11 +20,16 @@ usage: bench/run.sh [options]
   --pin                broker on CPU 0, load generator on CPU 1 (taskset)
   --scenarios "LIST"   among: fanin-q0 fanin-q1 fanin-q2 fanout-q0 fanout-q1
                        latency idle idle-bare retained persist idle-tls
-                       tls-handshake-full tls-handshake-resumed fanin-tls-q1 storm
-                       (default: all)
+                       idle-tls12 tls-handshake-full tls-handshake-resumed
+                       fanin-tls-q1 storm (default: all but idle-tls12)
   --brokers "LIST"     among: fleetmq mosquitto rumqttd discard fleetmq-baseline
-                       (default: fleetmq mosquitto, and rumqttd when installed);
-                       rumqttd runs without TLS, so TLS scenarios skip it
+                       fleetmq-chacha20 fleetmq-client (default: fleetmq
+                       mosquitto, and rumqttd when installed); rumqttd runs without
+                       TLS, so TLS scenarios skip it; fleetmq-chacha20 and
+                       fleetmq-client are fleetmq with cipher_preference =
+                       "chacha20" or "client" on its TLS listener (the generator's
+                       client lists AES-256-GCM first: ChaCha20-Poly1305 with
+                       "chacha20", AES-256-GCM with the default and with "client")
   --baseline PATH      the fleetmq binary run as broker fleetmq-baseline, with the
                        same configuration: A/B of two builds, e.g.
                        --brokers "fleetmq fleetmq-baseline" --baseline /tmp/old/fleetmq
@@ -164,13 +169,28 @@ EOF
     "$FLEETMQ" check-config -c "$WORK/probe.toml" >/dev/null 2>&1
 }
 
+# Whether this fleetmq build knows a TLS listener's cipher_preference.
+fleetmq_has_cipher_preference() {
+    cat >"$WORK/probe-tls.toml" <<EOF
+[[listeners]]
+type = "tls"
+bind = "127.0.0.1:${TLS_PORT[fleetmq]}"
+[listeners.tls]
+cert = "$WORK/certs/server.pem"
+key = "$WORK/certs/server.key"
+cipher_preference = "chacha20"
+EOF
+    "$FLEETMQ" check-config -c "$WORK/probe-tls.toml" >/dev/null 2>&1
+}
+
 # fleetmq's defaults, except: its per-client publish and per-listener connection
 # rate limits are raised out of the way (Mosquitto has neither by default), the
 # connection limit leaves room for the idle scenario, metrics move to a port of
 # their own, and logs stay quiet as Mosquitto's do. $1 is the sync mode of a
-# persistent variant (with $2 its data directory), or empty for the in-memory store.
+# persistent variant (with $2 its data directory), or empty for the in-memory store;
+# $3 the TLS listener's cipher_preference, or empty for the default.
 write_fleetmq_conf() {
-    local sync="$1" data="${2:-}"
+    local sync="$1" data="${2:-}" cipher="${3:-}"
     cat >"$WORK/fleetmq.toml" <<EOF
 [[listeners]]
 type = "tcp"
@@ -185,6 +205,7 @@ allow_anonymous = true
 [listeners.tls]
 cert = "$WORK/certs/server.pem"
 key = "$WORK/certs/server.key"
+${cipher:+cipher_preference = \"$cipher\"}
 
 [limits]
 max_queued_messages = $MAX_QUEUED
@@ -273,6 +294,11 @@ available() {
                 echo "skipping $1: this fleetmq build has no [storage] persistence/sync" >&2
                 return 1
             fi ;;
+        fleetmq-chacha20|fleetmq-client)
+            if [ "$HAS_CIPHER_PREFERENCE" != 1 ]; then
+                echo "skipping $1: this fleetmq build has no cipher_preference" >&2
+                return 1
+            fi ;;
         fleetmq-baseline)
             if [ ! -x "$BASELINE" ]; then
                 echo "skipping $1: --baseline names no executable" >&2
@@ -305,6 +331,12 @@ start_broker() {
             # shellcheck disable=SC2086
             "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
                 >>"$OUT/fleetmq.log" 2>&1 &
+            ;;
+        fleetmq-chacha20|fleetmq-client)
+            write_fleetmq_conf "" "" "${name#fleetmq-}"
+            # shellcheck disable=SC2086
+            "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
+                >>"$OUT/$name.log" 2>&1 &
             ;;
         fleetmq-baseline)
             write_fleetmq_conf ""
@@ -347,6 +379,7 @@ scenario_args() {
         idle) echo "idle --connections $CONNECTIONS --keep-alive 60 --subscribe --sources $SOURCES --settle $SETTLE" ;;
         idle-bare) echo "idle --connections $CONNECTIONS --sources $SOURCES --settle $SETTLE" ;;
         idle-tls) echo "idle --connections $CONNECTIONS --keep-alive 60 --subscribe --sources $SOURCES --tls-ca $WORK/certs/ca.pem --settle $SETTLE" ;;
+        idle-tls12) echo "idle --connections $CONNECTIONS --keep-alive 60 --subscribe --sources $SOURCES --tls-ca $WORK/certs/ca.pem --tls12 --settle $SETTLE" ;;
         tls-handshake-full) echo "tls-handshake --connections 2000 --tls-ca $WORK/certs/ca.pem" ;;
         tls-handshake-resumed) echo "tls-handshake --connections 2000 --resume --tls-ca $WORK/certs/ca.pem" ;;
         fanin-tls-q1) echo "fanin --qos 1 --duration $DURATION --tls-ca $WORK/certs/ca.pem" ;;
@@ -372,6 +405,10 @@ if fleetmq_has_persistence; then
     HAS_PERSISTENCE=1
 fi
 echo "fleetmq [storage] persistence/sync: $([ "$HAS_PERSISTENCE" = 1 ] && echo yes || echo no)" >>"$OUT/meta.txt"
+HAS_CIPHER_PREFERENCE=0
+if fleetmq_has_cipher_preference; then
+    HAS_CIPHER_PREFERENCE=1
+fi
 cat "$OUT/meta.txt"
 
 FAILED=0
@@ -401,6 +438,7 @@ for scenario in $SCENARIOS; do
         for broker in $SELECTED; do
             DATA=""
             case "$broker" in
+                fleetmq-chacha20|fleetmq-client) ;;
                 fleetmq-*|mosquitto-persist)
                     DATA="$OUT/data/$scenario-$broker-$rep"
                     rm -rf "$DATA"

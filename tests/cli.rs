@@ -370,3 +370,42 @@ fn check_config_reads_the_tls_files_and_the_crl() {
         &["listeners[0].tls", "garbage.pem", "revocation list"],
     );
 }
+
+/// An unknown `cipher_preference` is named with its line and the values that exist;
+/// each of those passes `check-config` with real certificate files.
+#[test]
+fn check_config_names_an_unknown_cipher_preference_and_accepts_the_known_ones() {
+    let file = ConfigFile::new(
+        "[[listeners]]\ntype = \"tls\"\nbind = \"127.0.0.1:8883\"\n\
+         [listeners.tls]\ncert = \"s.pem\"\nkey = \"k.pem\"\ncipher_preference = \"chacha\"\n",
+    );
+    let output = fleetmq(&["check-config", "-c", file.path()]);
+    assert_fails_naming(
+        &output,
+        &[
+            &format!("{}:7:", file.path()),
+            "listeners[0].tls.cipher_preference",
+            "unknown value 'chacha'; expected one of \"aes\", \"chacha20\", \"client\"",
+        ],
+    );
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = fleetmq::certs::Authority::new("check CA", 10).unwrap();
+    let server = ca.issue_server(&["localhost".into()], 10).unwrap();
+    std::fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), &server.key).unwrap();
+    for preference in ["aes", "chacha20", "client"] {
+        let file = ConfigFile::new(&format!(
+            "[[listeners]]\ntype = \"tls\"\nbind = \"127.0.0.1:8883\"\n\
+             [listeners.tls]\ncert = \"{0}/server.pem\"\nkey = \"{0}/server.key\"\n\
+             cipher_preference = \"{preference}\"\n",
+            dir.path().display()
+        ));
+        let output = fleetmq(&["check-config", "-c", file.path()]);
+        assert!(
+            output.status.success(),
+            "{preference}: stderr: {}",
+            stderr(&output)
+        );
+    }
+}

@@ -25,7 +25,7 @@ pub use bridge::{
     OutboxConfig, WhenFull,
 };
 pub use load::{ConfigError, Problem};
-pub use security::{AuthConfig, CertIdentity, ClientAuth, TlsConfig};
+pub use security::{AuthConfig, CertIdentity, CipherPreference, ClientAuth, TlsConfig};
 
 /// The annotated default configuration, as shipped in `config/fleetmq.toml`.
 /// `fleetmq print-default-config` prints it.

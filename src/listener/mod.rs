@@ -17,7 +17,9 @@ pub mod proxy_protocol;
 pub mod rate;
 mod stream;
 pub mod tls;
+mod tls_keys;
 mod tls_stream;
+pub mod tls_suites;
 mod websocket;
 
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
 //! TLS for `tls` and `wss` listeners: the rustls server configuration (ring provider,
-//! TLS 1.2 and 1.3), client-certificate verification, and its reload.
+//! TLS 1.2 and 1.3, the cipher suites and their order from `tls_suites`),
+//! client-certificate verification, and its reload.
 //!
 //! The whole `ServerConfig` is rebuilt on reload and swapped behind a lock; each
 //! handshake takes the configuration current at accept time, so a new certificate, CA
@@ -88,7 +89,7 @@ impl TlsTerminator {
 }
 
 fn build(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (provider, ignore_client_order) = super::tls_suites::provider_arc(config.cipher_preference);
     let certificates = read_certificates(&config.cert)?;
     let key = PrivateKeyDer::from_pem_file(&config.key)
         .map_err(|error| file_error(&config.key, format!("no usable private key: {error}")))?;
@@ -133,6 +134,7 @@ fn build(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     };
     let mut server = builder.with_single_cert(certificates, key)?;
     server.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    server.ignore_client_order = ignore_client_order;
     Ok(Arc::new(server))
 }
 

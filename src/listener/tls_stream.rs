@@ -8,7 +8,9 @@
 //! buffer): TLS records read from the socket wait in `incoming` only until rustls has
 //! taken them, decrypted data in `plaintext` only until the connection read it, and
 //! encrypted records in `outgoing` only until the socket took them. What an idle TLS
-//! connection keeps is rustls's connection state (keys, sequence numbers) and the socket.
+//! connection keeps is rustls's connection state (keys, sequence numbers) and the socket;
+//! a parked one not even the expansion of its AES-GCM keys (`tls_keys`: the stream takes
+//! the keys rustls creates during its calls, and releases them when it parks).
 //!
 //! The handshake runs in `accept`; afterwards reads decrypt (answering what the peer's
 //! records require, such as a TLS 1.3 key update, on the way) and writes encrypt one
@@ -33,6 +35,8 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, Insufficien
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::tls_keys::KeyRegistry;
+
 /// Bytes read from the socket at once: more than one TLS record (16 KiB of data plus at
 /// most 2 KiB of protection and the header).
 const READ_CHUNK: usize = 18 * 1024 + 5;
@@ -52,12 +56,16 @@ thread_local! {
 /// socket and without buffers, which are all empty when a connection is parked.
 pub struct ParkedTls {
     conn: UnbufferedServerConnection,
+    /// Its AES-GCM keys, their expansions released.
+    keys: KeyRegistry,
 }
 
 /// An accepted TLS connection.
 pub struct TlsStream {
     tcp: TcpStream,
     conn: UnbufferedServerConnection,
+    /// The AES-GCM record keys rustls created for `conn`, released when it parks.
+    keys: KeyRegistry,
     /// TLS bytes read and not yet consumed by rustls.
     incoming: Vec<u8>,
     /// Decrypted application data not yet read, from `plaintext_read` on.
@@ -133,9 +141,16 @@ impl TlsStream {
             && !self.close_notify_queued
     }
 
-    /// Splits an idle stream (`is_idle`) into its socket and its TLS state.
-    pub fn park(self) -> (TcpStream, ParkedTls) {
-        (self.tcp, ParkedTls { conn: self.conn })
+    /// Splits an idle stream (`is_idle`) into its socket and its TLS state, without the
+    /// expansions of its AES-GCM keys (the first record after unparking expands them
+    /// again).
+    pub fn park(mut self) -> (TcpStream, ParkedTls) {
+        self.keys.release();
+        let parked = ParkedTls {
+            conn: self.conn,
+            keys: self.keys,
+        };
+        (self.tcp, parked)
     }
 
     /// The stream of a parked connection, over its socket again.
@@ -143,6 +158,7 @@ impl TlsStream {
         TlsStream {
             tcp,
             conn: parked.conn,
+            keys: parked.keys,
             incoming: Vec::new(),
             plaintext: Vec::new(),
             plaintext_read: 0,
@@ -159,6 +175,7 @@ impl TlsStream {
         let mut stream = TlsStream {
             tcp,
             conn,
+            keys: KeyRegistry::default(),
             incoming: Vec::new(),
             plaintext: Vec::new(),
             plaintext_read: 0,
@@ -197,8 +214,15 @@ impl TlsStream {
         }
     }
 
-    /// Hands what was received to rustls and carries out one thing it asks for.
+    /// Hands what was received to rustls and carries out one thing it asks for, then
+    /// takes the record keys rustls created meanwhile (on this thread, in this call).
     fn step(&mut self, want: Want<'_>) -> io::Result<Progress> {
+        let progress = self.step_rustls(want);
+        self.keys.collect();
+        progress
+    }
+
+    fn step_rustls(&mut self, want: Want<'_>) -> io::Result<Progress> {
         let TlsStream {
             conn,
             incoming,

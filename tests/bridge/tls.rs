@@ -30,6 +30,7 @@ async fn the_bridge_reaches_a_remote_that_requires_a_client_certificate() {
             ca: Some(ca),
             client_auth: ClientAuth::Require,
             identity: None,
+            cipher_preference: Default::default(),
             crl: None,
         });
         // The plain listener first (for the test's subscriber), TLS second.
@@ -82,6 +83,7 @@ async fn a_bridge_without_the_client_certificate_is_refused_and_keeps_its_outbox
             ca: Some(ca),
             client_auth: ClientAuth::Require,
             identity: None,
+            cipher_preference: Default::default(),
             crl: None,
         });
         config.listeners = vec![tls];

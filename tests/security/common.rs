@@ -228,6 +228,7 @@ impl Pki {
             crl: None,
             client_auth,
             identity: None,
+            cipher_preference: Default::default(),
         });
         listener
     }

@@ -10,5 +10,6 @@ mod hostile;
 mod limits;
 mod proxy_protocol;
 mod tls;
+mod tls_ciphers;
 mod tls_parking;
 mod websocket;

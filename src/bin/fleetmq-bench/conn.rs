@@ -154,8 +154,13 @@ impl AsyncWrite for BenchStream {
 }
 
 /// A TLS client configuration trusting the CA certificates in `ca_file` (PEM), with
-/// session resumption (rustls's default ticket cache) or without.
-pub fn tls_connector(ca_file: &std::path::Path, resume: bool) -> anyhow::Result<TlsConnector> {
+/// session resumption (rustls's default ticket cache) or without, offering TLS 1.3 and
+/// 1.2 or, with `tls12_only`, TLS 1.2 alone.
+pub fn tls_connector(
+    ca_file: &std::path::Path,
+    resume: bool,
+    tls12_only: bool,
+) -> anyhow::Result<TlsConnector> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::CertificateDer;
@@ -166,10 +171,13 @@ pub fn tls_connector(ca_file: &std::path::Path, resume: bool) -> anyhow::Result<
         roots.add(certificate.with_context(|| format!("reading {}", ca_file.display()))?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let builder = rustls::ClientConfig::builder_with_provider(provider);
+    let builder = if tls12_only {
+        builder.with_protocol_versions(&[&rustls::version::TLS12])?
+    } else {
+        builder.with_safe_default_protocol_versions()?
+    };
+    let mut config = builder.with_root_certificates(roots).with_no_client_auth();
     if !resume {
         config.resumption = rustls::client::Resumption::disabled();
     }

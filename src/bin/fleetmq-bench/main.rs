@@ -61,6 +61,10 @@ struct Common {
     /// PEM file.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// With `--tls-ca`: offer TLS 1.2 only (its suites in rustls's order, AES-256-GCM
+    /// first), as older embedded clients do; the scenario's name then has `-tls12`.
+    #[arg(long, requires = "tls_ca")]
+    tls12: bool,
     /// Connections come from 127.0.0.1 .. 127.0.0.N in turn (1: the kernel chooses).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
     sources: u8,
@@ -273,7 +277,7 @@ fn target_with(common: &Common, resume: bool) -> anyhow::Result<Target> {
     let tls = common
         .tls_ca
         .as_deref()
-        .map(|ca| conn::tls_connector(ca, resume))
+        .map(|ca| conn::tls_connector(ca, resume, common.tls12))
         .transpose()?;
     Ok(Target {
         dial: std::sync::Arc::new(conn::Dial::new(common.addr, tls.clone(), common.sources)),
@@ -283,6 +287,7 @@ fn target_with(common: &Common, resume: bool) -> anyhow::Result<Target> {
             common.sources,
         )),
         label: common.label.clone(),
+        tls_name: if common.tls12 { "tls12" } else { "tls" },
         probe: ProcProbe::new(common.broker_pid, common.clk_tck),
         own: ProcProbe::new(Some(std::process::id()), common.clk_tck),
         run_id: format!("{}-{}", std::process::id(), unique_suffix()),

@@ -33,6 +33,9 @@ pub struct Target {
     pub subscriber_dial: Arc<Dial>,
     /// Name printed with the results ("fleetmq", "mosquitto", "discard").
     pub label: String,
+    /// What a scenario over TLS adds to its name: "tls", or "tls12" when the client
+    /// offers TLS 1.2 only.
+    pub tls_name: &'static str,
     pub probe: ProcProbe,
     /// The generator itself, to show its cost per message beside the broker's.
     pub own: ProcProbe,
@@ -57,15 +60,16 @@ impl Target {
         })
     }
 
-    /// The scenario's name in the results: `-tls` follows its first word over TLS
-    /// (`idle-tls`, `fanin-tls-q1`).
+    /// The scenario's name in the results: `-tls` (`-tls12` for TLS 1.2 only) follows
+    /// its first word over TLS (`idle-tls`, `fanin-tls-q1`, `idle-tls12`).
     pub fn case(&self, name: &str) -> String {
         if self.dial.tls.is_none() {
             return name.to_string();
         }
+        let tls = self.tls_name;
         match name.split_once('-') {
-            Some((first, rest)) => format!("{first}-tls-{rest}"),
-            None => format!("{name}-tls"),
+            Some((first, rest)) => format!("{first}-{tls}-{rest}"),
+            None => format!("{name}-{tls}"),
         }
     }
 
