@@ -5,7 +5,5 @@ pub mod codec;
 pub mod packet;
 pub mod reason;
 
-pub use codec::{
-    decode, decode_from_client, encode, encode_publish, encoded_len, DecodeError, PublishParts,
-};
+pub use codec::{decode, decode_from_client, encode, encoded_len, DecodeError};
 pub use packet::*;

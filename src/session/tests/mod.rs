@@ -5,7 +5,6 @@ mod inbound;
 mod model;
 mod outbound;
 mod outbox;
-mod outgoing;
 mod retained_backlog;
 
 use std::sync::Arc;
