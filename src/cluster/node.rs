@@ -34,6 +34,9 @@ mod hooks;
 /// How long a proposal may take before it counts as failed (a leader cut off from the
 /// majority never commits it).
 pub(super) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a removal keeps proposing to drop the removed node's routes.
+const ROUTES_DROP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Retained changes waiting to be proposed; more are dropped and counted.
 const MAX_PENDING_RETAINED: usize = 10_000;
 /// Retained changes proposed in one log entry.
@@ -566,14 +569,31 @@ impl ClusterNode {
             .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
             .await
             .map_err(|error| error.to_string())?;
-        // Its routes go with it: nothing is forwarded to a node that left.
-        self.propose(Command::ReplaceRoutes {
-            node: id,
-            filters: Vec::new(),
-        })
-        .await
-        .map_err(|error| error.to_string())?;
-        Ok(())
+        // Its routes go with it: nothing is forwarded to a node that left. The removal
+        // has committed by now, so this is proposed until it commits too: right after a
+        // membership change, under load, one proposal can take longer than
+        // `PROPOSE_TIMEOUT`, and answering "failed" would misreport a removal that took
+        // place (replacing a node's routes twice changes nothing), for at most
+        // `ROUTES_DROP_TIMEOUT`.
+        let deadline = tokio::time::Instant::now() + ROUTES_DROP_TIMEOUT;
+        loop {
+            let command = Command::ReplaceRoutes {
+                node: id,
+                filters: Vec::new(),
+            };
+            match self.propose(command).await {
+                Ok(_) => return Ok(()),
+                Err(error) if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!(
+                        "node {id} was removed, but its routes were not dropped: {error}"
+                    ));
+                }
+                Err(error) => {
+                    tracing::info!(node = id, %error, "routes of a removed node not dropped yet; proposing again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     async fn forward_membership(&self, leader: NodeId, request: Request) -> Result<(), String> {
