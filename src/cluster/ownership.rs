@@ -298,21 +298,23 @@ impl ClusterNode {
         self.confirm_relay(client_id, epoch);
     }
 
-    /// Whether `client_id`'s session moved to another node that may have taken it from
-    /// a backup's copy rather than from this node: it moved, and its new owner did not
-    /// confirm taking this node's hand-over within `HANDOVER_WAIT`. A write released
-    /// without a backup's copy is lost only in that case (the hand-over carries the
-    /// session as this node holds it).
-    pub(super) async fn moved_from_a_copy(&self, client_id: &str) -> bool {
+    /// Whether one of `client_ids`' sessions moved to another node that may have taken
+    /// it from a backup's copy rather than from this node: it moved, and its new owner
+    /// did not confirm taking this node's hand-over within `HANDOVER_WAIT` (one wait for
+    /// them all). A write released without a backup's copy is lost only in that case
+    /// (the hand-over carries the session as this node holds it).
+    pub(super) async fn moved_from_a_copy(&self, client_ids: &[String]) -> bool {
         let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
         loop {
             let confirmed = self.confirmed_handovers.changed.notified();
             tokio::pin!(confirmed);
             confirmed.as_mut().enable();
-            let Some(owner) = self.owner(client_id) else {
-                return false;
-            };
-            if owner.node == self.me || self.confirmed_handovers.has(client_id, owner.epoch) {
+            let unconfirmed = client_ids.iter().any(|client_id| {
+                self.owner(client_id).is_some_and(|owner| {
+                    owner.node != self.me && !self.confirmed_handovers.has(client_id, owner.epoch)
+                })
+            });
+            if !unconfirmed {
                 return false;
             }
             if tokio::time::timeout_at(deadline, confirmed).await.is_err() {

@@ -77,7 +77,7 @@ pub trait ReplicaLink: Send + Sync + 'static {
     /// Whether `client_id`'s session moved to a node that may have taken it from a
     /// backup's copy (not handed over by this node); may wait a little for the new
     /// owner's confirmation of a hand-over.
-    fn moved_from_a_copy(&self, client_id: &str) -> BoxFuture<'_, bool>;
+    fn moved_from_a_copy(&self, client_ids: Vec<String>) -> BoxFuture<'_, bool>;
 }
 
 /// The backups of `origin`: the next `factor - 1` of `voters` after it in id order,
@@ -148,16 +148,15 @@ pub fn replicated_ops(ops: &[StoreOp], persistent: &mut HashSet<ByteString>) -> 
 /// Whether a message of `ops` was stored for a session that moved to a node which may
 /// have read it from a backup's copy.
 async fn moved_away(ops: &[StoreOp], link: &dyn ReplicaLink) -> bool {
-    for op in ops {
-        if let StoreOp::Accept { deliveries, .. } = op {
-            for delivery in deliveries {
-                if link.moved_from_a_copy(&delivery.client_id).await {
-                    return true;
-                }
-            }
-        }
-    }
-    false
+    let client_ids: Vec<String> = ops
+        .iter()
+        .flat_map(|op| match op {
+            StoreOp::Accept { deliveries, .. } => deliveries.as_slice(),
+            _ => &[],
+        })
+        .map(|delivery| delivery.client_id.to_string())
+        .collect();
+    !client_ids.is_empty() && link.moved_from_a_copy(client_ids).await
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -57,11 +57,10 @@ impl ReplicaLink for NodeLink {
         })
     }
 
-    fn moved_from_a_copy(&self, client_id: &str) -> BoxFuture<'_, bool> {
-        let client_id = client_id.to_string();
+    fn moved_from_a_copy(&self, client_ids: Vec<String>) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             match self.node.upgrade() {
-                Some(node) => node.moved_from_a_copy(&client_id).await,
+                Some(node) => node.moved_from_a_copy(&client_ids).await,
                 // Stopping: nobody is acknowledged any more; refuse to be safe.
                 None => true,
             }

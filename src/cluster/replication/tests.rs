@@ -202,8 +202,13 @@ impl ReplicaLink for SilentBackup {
         })
     }
 
-    fn moved_from_a_copy(&self, client_id: &str) -> BoxFuture<'_, bool> {
-        let adopted = self.adopted.lock().unwrap().contains(client_id);
+    fn moved_from_a_copy(&self, client_ids: Vec<String>) -> BoxFuture<'_, bool> {
+        let adopted = {
+            let adopted = self.adopted.lock().unwrap();
+            client_ids
+                .iter()
+                .any(|client_id| adopted.contains(client_id))
+        };
         Box::pin(async move { adopted })
     }
 
