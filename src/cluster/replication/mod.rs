@@ -146,14 +146,26 @@ pub fn replicated_ops(ops: &[StoreOp], persistent: &mut HashSet<ByteString>) -> 
 }
 
 /// Whether a message of `ops` was stored for a session that moved to a node which may
-/// have read it from a backup's copy.
+/// have read it from a backup's copy. A session that `ops` write whole (removed and put
+/// again: a session imported from a hand-over or an adoption) does not count: failing
+/// that write would not keep its messages anywhere else (the node that handed it over
+/// let it go), while this node carries it on in memory and hands it on as it holds it;
+/// failing it lost the session when its client moved on during the import.
 async fn moved_away(ops: &[StoreOp], link: &dyn ReplicaLink) -> bool {
+    let written_whole: HashSet<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            StoreOp::RemoveSession { client_id } => Some(&client_id[..]),
+            _ => None,
+        })
+        .collect();
     let client_ids: Vec<String> = ops
         .iter()
         .flat_map(|op| match op {
             StoreOp::Accept { deliveries, .. } => deliveries.as_slice(),
             _ => &[],
         })
+        .filter(|delivery| !written_whole.contains(&delivery.client_id[..]))
         .map(|delivery| delivery.client_id.to_string())
         .collect();
     !client_ids.is_empty() && link.moved_from_a_copy(client_ids).await

@@ -306,6 +306,14 @@ async fn a_write_released_without_its_backup_fails_for_a_session_adopted_meanwhi
 
     let here = store.submit(vec![accept(1, &["stays"])]);
     let moved = store.submit(vec![accept(2, &["adopted"])]);
+    // The same session written whole (an import): failing it would keep nothing.
+    let imported = store.submit(vec![
+        StoreOp::RemoveSession {
+            client_id: "adopted".into(),
+        },
+        put("adopted"),
+        accept(3, &["adopted"]),
+    ]);
     backup.wait_for("proposed out of sync", 3).await;
     backup.adopted.lock().unwrap().insert("adopted".into());
     backup.commit_gate.add_permits(1);
@@ -314,6 +322,9 @@ async fn a_write_released_without_its_backup_fails_for_a_session_adopted_meanwhi
         moved.await.is_err(),
         "acknowledged without any copy the new owner has"
     );
+    imported
+        .await
+        .expect("an imported session is not failed for moving on");
 }
 
 /// A backup that falls behind until its queue passes `replication_queue_bytes` is
