@@ -200,7 +200,21 @@ impl Broker {
         handed: HandedOver,
         behind_relay: bool,
     ) -> Option<Completion> {
-        let HandedOver { mut session, held } = handed;
+        let HandedOver {
+            mut session,
+            mut held,
+        } = handed;
+        // The ids its stored messages carry (a backup's copy, or a session handed over
+        // by a node that took it from one): a copy of one of them that the publishing
+        // node sends again, having kept it for the session's dead owner, is dropped.
+        held.extend(
+            session
+                .inflight
+                .iter()
+                .map(|inflight| &inflight.delivery)
+                .chain(session.queue.iter())
+                .filter_map(|delivery| delivery.message.cluster_id),
+        );
         let now = super::now();
         let now_ms = self.clock.to_unix_millis(now);
         let mut registry = lock(&self.registry);
@@ -369,30 +383,46 @@ impl Broker {
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             return Some(delivery);
         }
-        // Held deliveries are screened for copies when released: a relayed copy that
-        // arrives meanwhile is the one kept, in the relay's order.
-        if let Some(held) = window.held.as_mut().filter(|_| via == Via::Straight) {
-            let config = self.config();
-            let limits = &config.limits;
-            return match held.push(
-                delivery,
-                limits.max_queued_messages,
-                limits.max_queued_bytes,
-            ) {
-                Ok(()) => None,
-                Err(delivery) => {
-                    drop(recent);
-                    self.drop_delivery(session, &delivery, super::Dropped::QueueFull);
-                    None
+        // While the old node relays, a message that comes both ways keeps its relayed
+        // copy (in the relay's order); the other goes as soon as both are here
+        // (`super::recent`).
+        let id = delivery.message.cluster_id();
+        let copy = match via {
+            Via::Relay => window.held.as_mut().and_then(|held| held.take_copy(id)),
+            Via::Straight => None,
+        };
+        let copy_came_before = window.contains(id);
+        let screened = match (via, window.held.as_mut()) {
+            (Via::Straight, Some(_)) if copy_came_before => {
+                Err((delivery, super::Dropped::Duplicate))
+            }
+            (Via::Straight, Some(held)) => {
+                let config = self.config();
+                let limits = &config.limits;
+                held.push(
+                    delivery,
+                    limits.max_queued_messages,
+                    limits.max_queued_bytes,
+                )
+                .map(|()| None)
+                .map_err(|delivery| (delivery, super::Dropped::QueueFull))
+            }
+            _ => {
+                if window.admit(id) {
+                    Ok(Some(delivery))
+                } else {
+                    Err((delivery, super::Dropped::Duplicate))
                 }
-            };
+            }
+        };
+        drop(recent);
+        if let Some(copy) = copy {
+            self.drop_delivery(session, &copy, super::Dropped::Duplicate);
         }
-        if !window.admit(delivery.message.cluster_id()) {
-            drop(recent);
-            self.drop_delivery(session, &delivery, super::Dropped::Duplicate);
-            return None;
-        }
-        Some(delivery)
+        screened.unwrap_or_else(|(delivery, reason)| {
+            self.drop_delivery(session, &delivery, reason);
+            None
+        })
     }
 
     fn drop_delivery(

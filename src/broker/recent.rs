@@ -9,7 +9,11 @@
 //! deliveries that reach it otherwise (forwarded straight here, or published here) wait
 //! in `held`, in their order, until the old node tells that its relay ended
 //! (`Broker::release_held`): a message it relays late is then not overtaken by a later
-//! one of the same publisher. A session taken from a backup has no relay and holds
+//! one of the same publisher. A message that comes both ways keeps its relayed copy,
+//! and the other one goes as soon as both are here, whichever came first: a held copy
+//! left stored until the relay ended would be queued again by a node that takes the
+//! session over from a copy made meanwhile (the session's node dying within the relay's
+//! few seconds), and delivered twice. A session taken from a backup has no relay and holds
 //! nothing. Held deliveries are bounded by the numbers of the session's queue limits
 //! (messages and bytes, counted apart); beyond them they are dropped and counted as a
 //! full queue.
@@ -29,6 +33,8 @@ pub(crate) struct Held {
     /// leaves its window behind, found again by its client id when the relay ends.
     pub(crate) client_id: ByteString,
     pub(crate) deliveries: VecDeque<Delivery>,
+    /// The cluster ids of `deliveries`.
+    ids: HashSet<ClusterMessageId>,
     bytes: usize,
 }
 
@@ -37,8 +43,24 @@ impl Held {
         Held {
             client_id,
             deliveries: VecDeque::new(),
+            ids: HashSet::new(),
             bytes: 0,
         }
+    }
+
+    /// Takes out the held delivery of the message `id`, if one waits (its relayed copy
+    /// arrived).
+    pub(crate) fn take_copy(&mut self, id: ClusterMessageId) -> Option<Delivery> {
+        if !self.ids.remove(&id) {
+            return None;
+        }
+        let index = self
+            .deliveries
+            .iter()
+            .position(|delivery| delivery.message.cluster_id() == id)?;
+        let delivery = self.deliveries.remove(index)?;
+        self.bytes -= delivery.message.payload.len();
+        Some(delivery)
     }
 
     /// Keeps `delivery` at the end; gives it back beyond `max_messages` or `max_bytes`.
@@ -53,6 +75,7 @@ impl Held {
             return Err(delivery);
         }
         self.bytes += size;
+        self.ids.insert(delivery.message.cluster_id());
         self.deliveries.push_back(delivery);
         Ok(())
     }
@@ -86,6 +109,11 @@ impl RecentIds {
         }
         recent.capacity = recent.order.len() + RECENT_IDS;
         recent
+    }
+
+    /// Whether a copy of `id` came before (without remembering it).
+    pub(crate) fn contains(&self, id: ClusterMessageId) -> bool {
+        self.ids.contains(&id)
     }
 
     /// Whether `id` is new (then remembered), false for a copy of one seen before.

@@ -166,7 +166,8 @@ impl Broker {
         let mut retained = write(&self.retained);
         match message {
             Some(message) => {
-                let stored = StoredMessage::from_message(&message, &self.clock);
+                let stored =
+                    StoredMessage::from_message(&message, &self.clock).without_cluster_id();
                 retained.insert(topic, message);
                 self.submit_detached(vec![StoreOp::SetRetained(Arc::new(stored))]);
             }

@@ -425,3 +425,143 @@ async fn a_single_node_claims_nothing() {
     assert!(broker.cluster_healthy());
     assert!(broker.cluster_metrics().is_empty());
 }
+
+#[test]
+fn a_session_taken_from_a_copy_drops_a_message_it_holds_when_it_comes_again() {
+    // The owner stores a message forwarded to its offline session, then dies before the
+    // publishing node learns that it has it: that node sends it again to whichever node
+    // takes the session over from a backup's copy.
+    let (owner, _) = clustered();
+    let device = connect(&owner, "device", 3600);
+    subscribe(&owner, &device, "cmd/#");
+    owner.disconnect(&device.handle, device.attachment.generation, false);
+    let stored = message("cmd/1", false);
+    let id = crate::message::ClusterMessageId {
+        node: 2,
+        sequence: 77,
+    };
+    stored.cluster_id.set(id).unwrap();
+    assert_eq!(owner.route(&stored), 1);
+    let mut copy = owner.hand_over_session("device").unwrap();
+    // A backup's copy is read from its store: no ids come beside it, only what the
+    // stored messages carry.
+    copy.held.clear();
+    for delivery in &mut copy.session.queue {
+        let encoded = crate::storage::codec::encode_message(&delivery.message);
+        delivery.message = Arc::new(crate::storage::codec::decode_message(&encoded).unwrap());
+    }
+    assert_eq!(copy.session.queue.len(), 1);
+    assert_eq!(copy.session.queue[0].message.cluster_id, Some(id));
+
+    let (taker, _) = clustered();
+    taker
+        .import_session_with(copy, false)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let resumed = connect(&taker, "device", 3600);
+    let again = || {
+        let message = message("cmd/1", false);
+        message.cluster_id.set(id).unwrap();
+        message
+    };
+    // Pulled by the taker before the session resumed, and forwarded to it again.
+    let (written, _) = taker.deliver_relayed(
+        "device",
+        vec![Relayed {
+            message: again(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![9],
+        }],
+    );
+    written.unwrap().wait().unwrap();
+    taker.route(&again());
+    let out = drain(&resumed);
+    let topics: Vec<&str> = out.iter().map(|publish| &*publish.topic).collect();
+    assert_eq!(topics, ["cmd/1"], "delivered once");
+
+    // A message published on a cluster node is stored with the id it is forwarded
+    // under; a single node stores none.
+    let fresh = message("cmd/2", false);
+    assert_eq!(taker.route(&fresh), 1);
+    assert!(
+        fresh.cluster_id.get().is_some(),
+        "stored with its cluster id"
+    );
+    let single = Broker::new(Config::default(), Arc::new(MemoryStore::new()));
+    let alone = connect(&single, "device", 3600);
+    subscribe(&single, &alone, "cmd/#");
+    single.disconnect(&alone.handle, alone.attachment.generation, false);
+    let plain = message("cmd/3", false);
+    assert_eq!(single.route(&plain), 1);
+    assert!(plain.cluster_id.get().is_none(), "a single node gives none");
+}
+
+#[test]
+fn a_message_that_comes_both_ways_behind_a_relay_is_stored_once_as_soon_as_both_are_here() {
+    let (old_owner, _) = clustered();
+    let device = connect(&old_owner, "device", 3600);
+    subscribe(&old_owner, &device, "cmd/#");
+    old_owner.disconnect(&device.handle, device.attachment.generation, false);
+    let moved = old_owner.hand_over_session("device").unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let new_owner = Broker::new(Config::default(), store.clone());
+    new_owner.set_cluster(Arc::new(Recorder::default()));
+    new_owner
+        .import_session_with(moved, true)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let resumed = connect(&new_owner, "device", 3600);
+    let relayed = |message: &Arc<Message>| Relayed {
+        message: message.clone(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: Vec::new(),
+    };
+    let with_id = |topic: &str, sequence: u64| {
+        let message = message(topic, false);
+        message
+            .cluster_id
+            .set(crate::message::ClusterMessageId { node: 2, sequence })
+            .unwrap();
+        message
+    };
+    // Forwarded straight here first (held behind the relay), then relayed.
+    let first = with_id("cmd/1", 1);
+    assert_eq!(new_owner.route(&first), 1);
+    let (written, _) = new_owner.deliver_relayed("device", vec![relayed(&first)]);
+    written.unwrap().wait().unwrap();
+    // Relayed first, then forwarded straight here.
+    let second = with_id("cmd/2", 2);
+    let (written, _) = new_owner.deliver_relayed("device", vec![relayed(&second)]);
+    written.unwrap().wait().unwrap();
+    new_owner.route(&second);
+    new_owner.store.flush().wait().unwrap();
+
+    // The relay has not ended, yet each message is stored once: a node that takes the
+    // session over from a copy of this store now delivers each once.
+    let restored = store.restore(0).unwrap();
+    let session = restored
+        .sessions
+        .iter()
+        .find(|session| session.record.client_id == "device")
+        .unwrap();
+    let mut topics: Vec<String> = session
+        .queue
+        .iter()
+        .chain(session.inflight.iter().map(|inflight| &inflight.delivery))
+        .map(|delivery| delivery.message.topic.to_string())
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["cmd/1", "cmd/2"]);
+    let out = drain(&resumed);
+    let topics: Vec<&str> = out.iter().map(|publish| &*publish.topic).collect();
+    assert_eq!(topics, ["cmd/1", "cmd/2"], "the relayed copies, in order");
+    assert!(new_owner.release_held("device"));
+    assert!(
+        drain(&resumed).is_empty(),
+        "nothing held is left to release"
+    );
+}

@@ -262,7 +262,7 @@ impl Broker {
             }]))
         } else {
             retained.insert(&message.topic, message.clone());
-            let stored = StoredMessage::from_message(message, &self.clock);
+            let stored = StoredMessage::from_message(message, &self.clock).without_cluster_id();
             Some(
                 self.store
                     .submit(vec![StoreOp::SetRetained(Arc::new(stored))]),
@@ -332,6 +332,12 @@ impl Broker {
         let Some(message_id) = message_id else {
             return self.submit(publisher_ops);
         };
+        if self.cluster.get().is_some() {
+            // Stored with the id the message is forwarded under: a node that takes one
+            // of these sessions over from a backup's copy recognises a copy of it sent
+            // again by another node (`recent`).
+            message.cluster_id();
+        }
         let mut ops = vec![StoreOp::Accept {
             message_id,
             message: Arc::new(StoredMessage::from_message(message, &self.clock)),

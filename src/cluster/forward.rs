@@ -117,7 +117,9 @@ fn split(filter: &str) -> Option<(&str, Option<&str>)> {
 
 /// The body of a `FORWARD` frame.
 pub fn encode(message: &Message, clock: &WallClock, shared_groups: &[String]) -> Vec<u8> {
-    let encoded = codec::encode_message(&StoredMessage::from_message(message, clock));
+    // The id travels in the frame's header.
+    let encoded =
+        codec::encode_message(&StoredMessage::from_message(message, clock).without_cluster_id());
     let mut out = Vec::with_capacity(17 + encoded.len() + 16 * shared_groups.len());
     let groups = &shared_groups[..shared_groups.len().min(255)];
     out.put_u8(groups.len() as u8);

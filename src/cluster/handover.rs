@@ -191,6 +191,7 @@ mod tests {
             retain: false,
             properties: Default::default(),
             expires_at: Some(1_900_000_000_000),
+            cluster_id: None,
         };
         let delivery = |id, payload, qos| RestoredDelivery {
             message_id: id,

@@ -84,7 +84,9 @@ impl RelayedMessage {
         subscription_ids: Vec<u32>,
     ) -> RelayedMessage {
         let id = message.cluster_id();
-        let stored = crate::storage::StoredMessage::from_message(message, broker.wall_clock());
+        // The id travels beside the body.
+        let stored = crate::storage::StoredMessage::from_message(message, broker.wall_clock())
+            .without_cluster_id();
         RelayedMessage {
             node: id.node,
             sequence: id.sequence,

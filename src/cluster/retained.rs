@@ -38,7 +38,8 @@ impl PendingRetained {
         clock: &crate::storage::WallClock,
     ) -> (PendingRetained, Option<Completion>) {
         let encoded = (!message.payload.is_empty()).then(|| {
-            let stored = crate::storage::StoredMessage::from_message(message, clock);
+            let stored =
+                crate::storage::StoredMessage::from_message(message, clock).without_cluster_id();
             encode_base64(&crate::storage::codec::encode_message(&stored))
         });
         let (waiter, completion) = if message.qos == QoS::AtMostOnce {

@@ -40,8 +40,12 @@ use crate::session::SubscriptionEntry;
 
 use super::record::{InflightState, MessageId, SessionRecord, StoredMessage};
 
-/// The only record format written so far.
+/// The record format of every value, and of a message without a cluster id.
 pub const FORMAT_VERSION: u8 = 1;
+/// A message with a cluster id (`StoredMessage::cluster_id`): the version 1 layout
+/// followed by the id's node and sequence (u64 each). Only cluster nodes write it, so a
+/// single node's records are exactly as before.
+pub const MESSAGE_WITH_ID_VERSION: u8 = 2;
 
 /// Why bytes did not decode. The caller adds the column family and key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -213,6 +217,9 @@ pub fn encode_subscription(entry: &SubscriptionEntry) -> Vec<u8> {
 
 pub fn encode_message(message: &StoredMessage) -> Vec<u8> {
     let mut w = Writer::new();
+    if message.cluster_id.is_some() {
+        w.0[0] = MESSAGE_WITH_ID_VERSION;
+    }
     w.u8(message.qos as u8);
     w.bool(message.retain);
     w.option(message.expires_at, Writer::u64);
@@ -227,6 +234,10 @@ pub fn encode_message(message: &StoredMessage) -> Vec<u8> {
     w.user_properties(&p.user_properties);
     w.list(&p.subscription_identifiers, |w, id| w.u32(*id));
     w.option(p.content_type.as_ref(), |w, v| w.bytes(v.as_bytes()));
+    if let Some(id) = message.cluster_id {
+        w.u64(id.node);
+        w.u64(id.sequence);
+    }
     w.0
 }
 
@@ -432,7 +443,11 @@ pub fn decode_subscription(value: &[u8]) -> Decoded<SubscriptionEntry> {
 }
 
 pub fn decode_message(value: &[u8]) -> Decoded<StoredMessage> {
-    let mut r = Reader::versioned(value)?;
+    let with_id = value.first() == Some(&MESSAGE_WITH_ID_VERSION);
+    let mut r = match value.split_first() {
+        Some((_, rest)) if with_id => Reader::new(rest),
+        _ => Reader::versioned(value)?,
+    };
     let qos = r.qos()?;
     let retain = r.bool()?;
     let expires_at = r.option(Reader::u64)?;
@@ -448,6 +463,14 @@ pub fn decode_message(value: &[u8]) -> Decoded<StoredMessage> {
         subscription_identifiers: r.list(Reader::u32)?,
         content_type: r.option(Reader::string)?,
     };
+    let cluster_id = if with_id {
+        Some(crate::message::ClusterMessageId {
+            node: r.u64()?,
+            sequence: r.u64()?,
+        })
+    } else {
+        None
+    };
     r.finish(StoredMessage {
         topic,
         payload,
@@ -455,6 +478,7 @@ pub fn decode_message(value: &[u8]) -> Decoded<StoredMessage> {
         retain,
         properties,
         expires_at,
+        cluster_id,
     })
 }
 

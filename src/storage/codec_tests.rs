@@ -25,6 +25,10 @@ fn full_message() -> StoredMessage {
             content_type: Some("application/json".into()),
         },
         expires_at: Some(1_800_000_000_000),
+        cluster_id: Some(crate::message::ClusterMessageId {
+            node: 3,
+            sequence: 1_700_000_000_000_042,
+        }),
     }
 }
 
@@ -59,6 +63,7 @@ fn every_record_round_trips() {
     let plain = StoredMessage {
         properties: PublishProperties::default(),
         expires_at: None,
+        cluster_id: None,
         ..full_message()
     };
     assert_eq!(decode_message(&encode_message(&plain)), Ok(plain));
@@ -184,7 +189,7 @@ fn damaged_records_are_errors() {
     trailing.push(0);
     assert!(decode_message(&trailing).is_err());
     let mut newer = encoded.clone();
-    newer[0] = FORMAT_VERSION + 1;
+    newer[0] = MESSAGE_WITH_ID_VERSION + 1;
     assert_eq!(
         decode_message(&newer),
         Err(DecodeError(

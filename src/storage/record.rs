@@ -5,13 +5,13 @@
 //! nothing to the next process, and session and message expiry must count the time the
 //! broker spent stopped. `WallClock` converts between the two at the edge.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::message::Message;
+use crate::message::{ClusterMessageId, Message};
 use crate::protocol::{ProtocolVersion, PublishProperties, QoS, Will};
 use crate::session::SubscriptionEntry;
 
@@ -61,6 +61,11 @@ pub struct StoredMessage {
     pub properties: PublishProperties,
     /// When it stops being deliverable (MQTT 5 message expiry), wall clock.
     pub expires_at: Option<UnixMillis>,
+    /// Its identity across the cluster (`Message::cluster_id`), kept once a cluster node
+    /// gave it one: a node that takes a session over from a backup's copy recognises a
+    /// copy of the message that the publishing node sends again (it kept the message
+    /// for the session's dead owner). A single node never sets it.
+    pub cluster_id: Option<ClusterMessageId>,
 }
 
 impl StoredMessage {
@@ -74,6 +79,17 @@ impl StoredMessage {
             retain: message.retain,
             properties: message.properties.clone(),
             expires_at: message.expires_at.map(|at| clock.to_unix_millis(at)),
+            cluster_id: message.cluster_id.get().copied(),
+        }
+    }
+
+    /// The same message without its cluster id: for a retained message (a new
+    /// delivery each time it is sent, never a copy of an earlier one) and for bodies
+    /// that carry the id beside them (forwards and relays).
+    pub fn without_cluster_id(self) -> StoredMessage {
+        StoredMessage {
+            cluster_id: None,
+            ..self
         }
     }
 
@@ -87,7 +103,7 @@ impl StoredMessage {
             properties: self.properties.clone(),
             expires_at: self.expires_at.map(|at| clock.to_instant(at)),
             publisher: None,
-            cluster_id: Default::default(),
+            cluster_id: self.cluster_id.map(OnceLock::from).unwrap_or_default(),
         }
     }
 

@@ -21,6 +21,7 @@ fn delivery(message_id: MessageId, payload: &'static [u8], qos: QoS) -> Restored
             retain: false,
             properties: Default::default(),
             expires_at: Some(NOW + 3_600_000),
+            cluster_id: None,
         }),
         qos,
         retain: message_id.is_multiple_of(2),

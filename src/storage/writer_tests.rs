@@ -107,6 +107,7 @@ fn retained_op() -> Vec<StoreOp> {
             retain: true,
             properties: Default::default(),
             expires_at: None,
+            cluster_id: None,
         };
         StoreOp::SetRetained(Arc::new(message))
     }]

@@ -80,6 +80,7 @@ pub fn message(topic: &str, payload: &str) -> Arc<StoredMessage> {
             ..PublishProperties::default()
         },
         expires_at: None,
+        cluster_id: None,
     })
 }
 

@@ -306,6 +306,7 @@ fn body() -> impl Strategy<Value = Arc<StoredMessage>> {
                 retain,
                 properties: PublishProperties::default(),
                 expires_at,
+                cluster_id: None,
             })
         })
 }

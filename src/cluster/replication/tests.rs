@@ -31,6 +31,7 @@ fn message() -> Arc<StoredMessage> {
         retain: false,
         properties: Default::default(),
         expires_at: None,
+        cluster_id: None,
     })
 }
 

@@ -173,6 +173,7 @@ mod tests {
                 retain: false,
                 properties: Default::default(),
                 expires_at: None,
+                cluster_id: None,
             })
         };
         let mut ops = vec![
