@@ -188,8 +188,9 @@ impl ClusterNode {
     }
 }
 
-/// Once this node caught up with the cluster's log after it started, publishes the wills
-/// its restore held back for the sessions it still owns (`Broker::hold_wills`).
+/// Once this node caught up with the cluster's log after it started, routes the
+/// forwards held meanwhile (`forward_ack`, "restart") and publishes the wills its
+/// restore held back for the sessions it still owns (`Broker::hold_wills`).
 pub(super) async fn release_wills_when_caught_up(node: Weak<ClusterNode>) {
     loop {
         let Some(current) = node.upgrade() else {
@@ -201,6 +202,7 @@ pub(super) async fn release_wills_when_caught_up(node: Weak<ClusterNode>) {
             Err(_) => false,
         };
         if caught_up {
+            current.release_held_forwards().await;
             let Some(broker) = current.broker.upgrade() else {
                 return;
             };

@@ -12,6 +12,14 @@
 //!   messages kept for a peer that is down go to the nodes that now have routes for
 //!   them (its sessions moved there: a failover to a backup, or the clients reconnecting
 //!   elsewhere). The sender's side of the link keeps the messages (`link::unacked`).
+//! - restart: a node that restored persistent sessions may hold some that moved away
+//!   while it was down, and learns so only once it caught up with the cluster's log.
+//!   Until then it holds the forwards it receives (`CatchingUp`) and routes them after:
+//!   stored for a session that is gone, a copy the publishing node kept for this node
+//!   (sent again as the link came back) was acknowledged into nowhere, and the message
+//!   was lost; refused because such a write cannot be kept, its publisher was told to
+//!   send it again and the subscriber got it twice. The sessions that moved while this
+//!   node was down took those copies with them (`pull_pending`).
 //! - failover: a session taken over from a backup of its dead owner lacks what was on
 //!   its way to that owner; before it is resumed, the node that took it asks every node
 //!   for the messages it holds unacknowledged for the dead one (`pull_pending`) and
@@ -100,17 +108,113 @@ impl ReceivedIds {
     }
 }
 
-/// The receiving side: recent ids and one acknowledging task per sending node.
+/// The receiving side: recent ids, one acknowledging task per sending node, and what
+/// waits while a restarted node catches up.
 #[derive(Default)]
 pub struct Received {
     ids: Arc<Mutex<ReceivedIds>>,
     senders: Mutex<HashMap<NodeId, AckQueue>>,
+    catching_up: Mutex<Option<CatchingUp>>,
+}
+
+/// Forward frames received before a restarted node caught up, in arrival order.
+#[derive(Default)]
+pub struct CatchingUp {
+    frames: VecDeque<HeldForward>,
+    bytes: usize,
+}
+
+/// One held forward frame: the sending node, the body, whether it is to be acknowledged.
+type HeldForward = (NodeId, bytes::Bytes, bool);
+
+/// Forward frames a catching-up node holds at most, and their bytes: beyond, frames are
+/// dropped unacknowledged (counted) and their publishers send them again.
+const CATCHING_UP_FRAMES: usize = RECEIVED_WINDOW;
+const CATCHING_UP_BYTES: usize = 64 << 20;
+
+impl Received {
+    /// Starts holding forwards until `release_held_forwards` (a node that restored
+    /// persistent sessions).
+    pub fn hold_until_caught_up(&self) {
+        *lock(&self.catching_up) = Some(CatchingUp::default());
+    }
+
+    /// Holds a forward frame while this node catches up: `None` when it is not (route
+    /// it now), else whether it was kept (`false`: beyond the bound, dropped).
+    fn hold(&self, from: NodeId, body: &bytes::Bytes, acknowledge: bool) -> Option<bool> {
+        let mut catching_up = lock(&self.catching_up);
+        let held = catching_up.as_mut()?;
+        if held.frames.len() >= CATCHING_UP_FRAMES || held.bytes + body.len() > CATCHING_UP_BYTES {
+            return Some(false);
+        }
+        held.bytes += body.len();
+        held.frames.push_back((from, body.clone(), acknowledge));
+        Some(true)
+    }
+
+    /// The frames held so far; the hold ends when none are left (`None`).
+    fn take_held(&self) -> Option<Vec<HeldForward>> {
+        let mut catching_up = lock(&self.catching_up);
+        let held = catching_up.as_mut()?;
+        if held.frames.is_empty() {
+            *catching_up = None;
+            return None;
+        }
+        held.bytes = 0;
+        Some(held.frames.drain(..).collect())
+    }
 }
 
 /// A received message and the writes its acknowledgement waits for.
 type AckQueue = mpsc::Sender<(ClusterMessageId, Option<Completion>)>;
 
 impl ClusterNode {
+    /// Holds `body` while this node catches up after a restart; whether it did (the
+    /// caller routes it otherwise).
+    pub(super) fn hold_while_catching_up(
+        &self,
+        from: NodeId,
+        body: &bytes::Bytes,
+        acknowledge: bool,
+    ) -> bool {
+        match self.received.hold(from, body, acknowledge) {
+            None => false,
+            Some(true) => true,
+            Some(false) => {
+                let dropped = self
+                    .stats
+                    .forwards_dropped_catching_up
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        from,
+                        dropped = dropped + 1,
+                        "forwarded messages dropped unacknowledged while this node catches up (their publishers send them again)"
+                    );
+                }
+                true
+            }
+        }
+    }
+
+    /// This node caught up with the cluster's log: the forwards held meanwhile are
+    /// routed, in the order they came (those arriving meanwhile join the end), against
+    /// the sessions it owns now.
+    pub(super) async fn release_held_forwards(&self) {
+        let mut released = 0usize;
+        while let Some(frames) = self.received.take_held() {
+            for (from, body, acknowledge) in frames {
+                released += 1;
+                if let Some(pause) = self.route_forward(from, body, acknowledge) {
+                    pause.await;
+                }
+            }
+        }
+        if released > 0 {
+            tracing::info!(released, "forwarded messages held while catching up routed");
+        }
+    }
+
     /// Routes an acknowledged forward (unless a copy was routed before) and queues its
     /// acknowledgement behind its writes. Returns the routing's congested session, and
     /// a pause of the link's reader when the acknowledging task is behind.
@@ -282,6 +386,7 @@ impl ClusterNode {
             return;
         };
         let Some(handle) = broker.session(client_id) else {
+            self.relay_pending(client_id, messages.iter());
             return;
         };
         let subscriptions: Vec<(bytestring::ByteString, crate::session::SubscriptionEntry)> =
@@ -296,15 +401,34 @@ impl ClusterNode {
             .filter_map(|message| relayed_for(message.clone(), &subscriptions))
             .collect();
         let count = relayed.len();
-        // What finds no session is not queued: the session moved on between its import
-        // and this pull (a client reconnecting elsewhere within that moment). Only the
-        // rerouting of the messages still kept for the dead node (`reroute`) reaches it
-        // then, which does not send a node a message twice.
-        let (written, _moved_on) = broker.deliver_relayed(client_id, relayed);
+        let (written, moved_on) = broker.deliver_relayed(client_id, relayed);
+        self.relay_pending(client_id, moved_on.iter().map(|relayed| &relayed.message));
         if let Some(written) = written {
             if let Err(error) = written.await {
                 tracing::warn!(client_id, %error, count, "messages for a session taken over from a dead node could not be stored");
             }
+        }
+    }
+
+    /// The session moved on between its import and this pull (its client reconnected
+    /// elsewhere within that moment, and the claim's hand-over took it at once): the
+    /// messages follow it through this node's relay to its new node, which drops what
+    /// it already has by cluster id. (Left to the rerouting of the messages kept for
+    /// the dead node, they were lost when that node came back first and took them for
+    /// the copy it restored.)
+    fn relay_pending<'a>(&self, client_id: &str, messages: impl Iterator<Item = &'a Arc<Message>>) {
+        let mut unrelayed = 0usize;
+        for message in messages {
+            if !self.relay_for(client_id, message) {
+                unrelayed += 1;
+            }
+        }
+        if unrelayed > 0 {
+            tracing::debug!(
+                client_id,
+                unrelayed,
+                "messages pulled for a session that moved on match none of its relayed filters"
+            );
         }
     }
 }

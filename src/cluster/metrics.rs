@@ -301,6 +301,7 @@ pub fn render(node: &ClusterNode) -> String {
         ("fleetmq_cluster_failovers_total", "Sessions taken over from a backup of their unreachable previous owner (by a reconnecting client or adopted)", &stats.failovers),
         ("fleetmq_cluster_adopted_sessions_total", "Sessions this node adopted from its copy because their node stayed unreachable for cluster.link_timeout_ms", &stats.adopted),
         ("fleetmq_cluster_retained_dropped_total", "Retained messages not replicated: too many waiting", &stats.retained_dropped),
+        ("fleetmq_cluster_forwards_dropped_catching_up_total", "Forwarded messages beyond what a restarted node holds until it caught up with the cluster (not acknowledged: their publishers send them again)", &stats.forwards_dropped_catching_up),
     ];
     for (name, help, counter) in counters {
         metric(

@@ -76,6 +76,10 @@ pub struct ClusterStats {
     /// were released without the relay's end: the bound passed, or that node became
     /// unreachable.
     pub relay_holds_expired: AtomicU64,
+    /// Forwarded messages received while this node caught up after a restart beyond
+    /// what it holds meanwhile (`forward_ack::CatchingUp`): not acknowledged, so their
+    /// publishers send them again.
+    pub forwards_dropped_catching_up: AtomicU64,
 }
 
 /// Sessions that moved to another node, kept for the new owner to fetch until it confirms
@@ -414,6 +418,11 @@ pub async fn start(
         confirmed_handovers: Default::default(),
     });
     let _ = sink.node.set(Arc::downgrade(&node));
+    if broker.session_count() > 0 {
+        // Sessions restored from this node's store may have moved away while it was
+        // down: forwards wait until it caught up (`forward_ack`, "restart").
+        node.received.hold_until_caught_up();
+    }
     links.set_handler(node.clone());
     tokio::spawn(links.clone().accept_loop(listener));
 

@@ -299,11 +299,14 @@ impl ClusterNode {
     }
 
     /// Whether one of `client_ids`' sessions moved to another node that may have taken
-    /// it from a backup's copy rather than from this node: it moved, and its new owner
-    /// did not confirm taking this node's hand-over within `HANDOVER_WAIT` (one wait for
-    /// them all). A write released without a backup's copy is lost only in that case
-    /// (the hand-over carries the session as this node holds it).
-    pub(super) async fn moved_from_a_copy(&self, client_ids: &[String]) -> bool {
+    /// it from a backup's copy rather than from this node: it moved, and neither did
+    /// its new owner confirm taking this node's hand-over within `HANDOVER_WAIT` (one
+    /// wait for them all) nor did this node hand it over after `mark` (when the write
+    /// was submitted: the session it handed over held the write's messages, and the
+    /// nodes it went on to got them with it, as when two connects race). A write
+    /// released without a backup's copy is lost only in that case (the hand-over
+    /// carries the session as this node holds it).
+    pub(super) async fn moved_from_a_copy(&self, client_ids: &[String], mark: u64) -> bool {
         let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
         loop {
             let confirmed = self.confirmed_handovers.changed.notified();
@@ -311,7 +314,8 @@ impl ClusterNode {
             confirmed.as_mut().enable();
             let unconfirmed = client_ids.iter().any(|client_id| {
                 self.owner(client_id).is_some_and(|owner| {
-                    owner.node != self.me && !self.confirmed_handovers.has(client_id, owner.epoch)
+                    owner.node != self.me
+                        && !self.confirmed_handovers.has(client_id, owner.epoch, mark)
                 })
             });
             if !unconfirmed {
@@ -328,7 +332,11 @@ impl ClusterNode {
 /// `MAX_CONFIRMED_HANDOVERS`.
 #[derive(Default)]
 pub(super) struct ConfirmedHandovers {
-    recent: Mutex<VecDeque<(String, u64)>>,
+    /// Client id, the new owner's epoch, and the confirmation's number.
+    recent: Mutex<VecDeque<(String, u64, u64)>>,
+    /// Confirmations so far: a write notes it when submitted (`mark`), and a hand-over
+    /// confirmed after that carried the write's messages with its session.
+    confirmed: std::sync::atomic::AtomicU64,
     changed: Notify,
 }
 
@@ -342,15 +350,27 @@ impl ConfirmedHandovers {
         if recent.len() >= MAX_CONFIRMED_HANDOVERS {
             recent.pop_front();
         }
-        recent.push_back((client_id.to_string(), epoch));
+        let number = self
+            .confirmed
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        recent.push_back((client_id.to_string(), epoch, number));
         drop(recent);
         self.changed.notify_waiters();
     }
 
-    fn has(&self, client_id: &str, epoch: u64) -> bool {
-        lock(&self.recent)
-            .iter()
-            .any(|(id, confirmed)| *confirmed == epoch && id == client_id)
+    /// The number of the latest confirmation.
+    pub(super) fn mark(&self) -> u64 {
+        self.confirmed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this node handed `client_id`'s session over to the owner of `epoch`, or
+    /// handed it over at all after `mark` (the session then took along what this node
+    /// held at that point, wherever it went after).
+    fn has(&self, client_id: &str, epoch: u64, mark: u64) -> bool {
+        lock(&self.recent).iter().any(|(id, confirmed, number)| {
+            id == client_id && (*confirmed == epoch || *number > mark)
+        })
     }
 }
 
@@ -438,5 +458,26 @@ pub(super) async fn sweep_handovers(node: std::sync::Weak<ClusterNode>) {
             node.stats.handover_dropped.fetch_add(1, Ordering::Relaxed);
             broker.forget_moved_session(&client_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConfirmedHandovers;
+
+    #[test]
+    fn a_hand_over_counts_at_the_owners_epoch_or_when_confirmed_after_the_write() {
+        let handovers = ConfirmedHandovers::default();
+        let before = handovers.mark();
+        handovers.confirm("device", 5);
+        let after = handovers.mark();
+        // Handed over to the owner of epoch 5.
+        assert!(handovers.has("device", 5, after));
+        // Gone on to a later owner (epoch 7, from the node it was handed to): a write
+        // submitted before this node's hand-over went along with the session.
+        assert!(handovers.has("device", 7, before));
+        // A write submitted after it did not.
+        assert!(!handovers.has("device", 7, after));
+        assert!(!handovers.has("other", 5, before));
     }
 }

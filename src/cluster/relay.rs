@@ -245,6 +245,25 @@ impl ClusterNode {
         };
         let mut relays = lock(&self.relays.relays);
         for relay in relays.values_mut() {
+            self.relay_one(&broker, relay, message);
+        }
+    }
+
+    /// Relays `message` to where `client_id`'s session moved, if this node relays to it
+    /// and the session subscribes to it; whether it does.
+    pub(super) fn relay_for(&self, client_id: &str, message: &Arc<Message>) -> bool {
+        let Some(broker) = self.broker.upgrade() else {
+            return false;
+        };
+        let mut relays = lock(&self.relays.relays);
+        relays
+            .get_mut(client_id)
+            .is_some_and(|relay| self.relay_one(&broker, relay, message))
+    }
+
+    /// Relays `message` through `relay` if its session subscribes to it; whether it did.
+    fn relay_one(&self, broker: &Broker, relay: &mut Relay, message: &Arc<Message>) -> bool {
+        {
             let mut matched: Option<RelayedMessage> = None;
             for (filter, entry) in &relay.subscriptions {
                 if !crate::topic::matches(&message.topic, filter) {
@@ -265,14 +284,18 @@ impl ClusterNode {
                 let qos = message.qos.min(entry.options.qos) as u8;
                 let retain = message.retain && entry.options.retain_as_published;
                 let relayed = matched.get_or_insert_with(|| {
-                    RelayedMessage::new(&broker, message, qos, retain, Vec::new())
+                    RelayedMessage::new(broker, message, qos, retain, Vec::new())
                 });
                 relayed.qos = relayed.qos.max(qos);
                 relayed.retain |= retain;
                 relayed.subscription_ids.extend(entry.subscription_id);
             }
-            if let Some(relayed) = matched {
-                self.keep(relay, relayed);
+            match matched {
+                Some(relayed) => {
+                    self.keep(relay, relayed);
+                    true
+                }
+                None => false,
             }
         }
     }

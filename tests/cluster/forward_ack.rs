@@ -4,10 +4,16 @@
 //! publishers send, node 2 dies (kill -9) with the messages still on their way, and the
 //! subscriber comes back on node 3: it must get every message a publisher was told was
 //! accepted. (Acknowledged at node 1's own store write, as before, they were lost.)
+//! Node 2 then comes back and gets the messages node 1 kept for it: it holds them until
+//! it caught up with the cluster, then routes them to nobody (its copy of the session
+//! moved away) and acknowledges them, so every publisher is answered "accepted" the
+//! first time and the subscriber gets each message once. (Routed at once into the
+//! restored copy, they were refused, because that copy cannot be kept, and each
+//! publisher sent its message again: the subscriber got it twice.)
 
 use std::collections::BTreeSet;
 
-use crate::common::acked::{Outcome, RawClient, ANSWER_WITHIN};
+use crate::common::acked::{Outcome, RawClient};
 use crate::common::mqtt::Subscriber;
 use crate::common::{eventually, metric_value, wait_routed, Cluster, WAIT};
 
@@ -20,9 +26,11 @@ async fn metric(cluster: &Cluster, id: u64, name: &str) -> Option<f64> {
 }
 
 /// Publishes `count` QoS 1 messages `"{name}-{n}"` one at a time, each again (new
-/// packet id) until accepted; returns the payloads the broker accepted.
-async fn publish(mut publisher: RawClient, name: String, count: usize) -> Vec<String> {
+/// packet id) until accepted; returns the payloads the broker accepted and how many
+/// times it refused one.
+async fn publish(mut publisher: RawClient, name: String, count: usize) -> (Vec<String>, usize) {
     let mut accepted = Vec::new();
+    let mut refused = 0;
     let mut packet_id = 0u16;
     for n in 0..count {
         let payload = format!("{name}-{n}");
@@ -34,17 +42,23 @@ async fn publish(mut publisher: RawClient, name: String, count: usize) -> Vec<St
                 .unwrap()
             {
                 Outcome::Accepted => break,
-                Outcome::Refused(_) => continue,
+                Outcome::Refused(_) => refused += 1,
             }
         }
         accepted.push(payload);
     }
-    accepted
+    (accepted, refused)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forwarded_message_is_acknowledged_only_once_stored_on_the_subscribers_node() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::configure(3, &[]).await;
+    // Beyond the test: a message is refused only if a node refused it.
+    cluster.configure_section("cluster", "forward_ack_timeout_ms = 60000");
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&[1, 2, 3]).await;
     eventually("node 2's backup in sync", || async {
         (metric(&cluster, 2, "fleetmq_cluster_backups_in_sync").await? == 1.0).then_some(())
     })
@@ -91,21 +105,27 @@ async fn a_forwarded_message_is_acknowledged_only_once_stored_on_the_subscribers
     cluster.wait_for_leader(&[1, 2, 3]).await;
 
     let mut accepted = BTreeSet::new();
+    let mut refused = 0;
     for publisher in publishers {
-        let payloads = tokio::time::timeout(ANSWER_WITHIN * 2, publisher)
+        let (payloads, refusals) = tokio::time::timeout(WAIT, publisher)
             .await
             .expect("the publishers to finish")
             .unwrap();
         accepted.extend(payloads);
+        refused += refusals;
     }
     assert_eq!(accepted.len(), PUBLISHERS * PER_PUBLISHER);
 
     let mut received = BTreeSet::new();
+    let mut twice = Vec::new();
     // Shorter than a single event's wait, so that a loss fails here, named.
     let complete = tokio::time::timeout(WAIT / 2, async {
         while !accepted.is_subset(&received) {
             let message = subscriber.next_publish().await;
-            received.insert(String::from_utf8_lossy(&message.payload).to_string());
+            let payload = String::from_utf8_lossy(&message.payload).to_string();
+            if !received.insert(payload.clone()) {
+                twice.push(payload);
+            }
         }
     })
     .await;
@@ -114,6 +134,34 @@ async fn a_forwarded_message_is_acknowledged_only_once_stored_on_the_subscribers
         complete.is_ok() && lost.is_empty(),
         "acknowledged but never delivered: {lost:?}"
     );
+    assert_eq!(refused, 0, "publishes refused (then sent again)");
+    // Whatever else is on its way to the subscriber arrives within a round trip of a
+    // probe published after it, on the same path.
+    let (mut probe, _) = RawClient::connect(cluster.mqtt(1), "fa-probe", 5)
+        .await
+        .unwrap();
+    assert!(matches!(
+        probe
+            .publish("fa/probe", 1, 1, b"probe", false)
+            .await
+            .unwrap(),
+        Outcome::Accepted
+    ));
+    tokio::time::timeout(WAIT / 2, async {
+        loop {
+            let message = subscriber.next_publish().await;
+            let payload = String::from_utf8_lossy(&message.payload).to_string();
+            if payload == "probe" {
+                return;
+            }
+            if !received.insert(payload.clone()) {
+                twice.push(payload);
+            }
+        }
+    })
+    .await
+    .expect("the probe to arrive");
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
     let text = cluster.metrics(1).await;
     eprintln!(
         "node 1: {}",

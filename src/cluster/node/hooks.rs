@@ -212,6 +212,22 @@ impl LinkHandler for ClusterNode {
     }
 
     fn forwarded(&self, from: NodeId, body: Bytes, acknowledge: bool) -> Option<link::ReadPause> {
+        if self.hold_while_catching_up(from, &body, acknowledge) {
+            return None;
+        }
+        self.route_forward(from, body, acknowledge)
+    }
+}
+
+impl ClusterNode {
+    /// Routes a forwarded message here; a pause of the link's reader when a local
+    /// subscriber or the acknowledging task is behind.
+    pub(in crate::cluster) fn route_forward(
+        &self,
+        from: NodeId,
+        body: Bytes,
+        acknowledge: bool,
+    ) -> Option<link::ReadPause> {
         let broker = self.broker.upgrade()?;
         let Some((message, groups)) = forward::decode(body, broker.wall_clock()) else {
             tracing::warn!("malformed forwarded message dropped");

@@ -75,9 +75,13 @@ pub trait ReplicaLink: Send + Sync + 'static {
     /// Commits `backup`'s in-sync flag for this node through consensus.
     fn set_in_sync(&self, backup: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>>;
     /// Whether `client_id`'s session moved to a node that may have taken it from a
-    /// backup's copy (not handed over by this node); may wait a little for the new
-    /// owner's confirmation of a hand-over.
-    fn moved_from_a_copy(&self, client_ids: Vec<String>) -> BoxFuture<'_, bool>;
+    /// backup's copy (not handed over by this node, at the current owner's claim or
+    /// after `mark`); may wait a little for the new owner's confirmation of a hand-over.
+    fn moved_from_a_copy(&self, client_ids: Vec<String>, mark: u64) -> BoxFuture<'_, bool>;
+    /// Where this node's confirmed hand-overs stand, noted as a write is submitted.
+    fn handover_mark(&self) -> u64 {
+        0
+    }
 }
 
 /// The backups of `origin`: the next `factor - 1` of `voters` after it in id order,
@@ -151,24 +155,32 @@ pub fn replicated_ops(ops: &[StoreOp], persistent: &mut HashSet<ByteString>) -> 
 /// that write would not keep its messages anywhere else (the node that handed it over
 /// let it go), while this node carries it on in memory and hands it on as it holds it;
 /// failing it lost the session when its client moved on during the import.
-async fn moved_away(ops: &[StoreOp], link: &dyn ReplicaLink) -> bool {
-    let written_whole: HashSet<&str> = ops
-        .iter()
-        .filter_map(|op| match op {
-            StoreOp::RemoveSession { client_id } => Some(&client_id[..]),
-            _ => None,
-        })
-        .collect();
+async fn moved_away(
+    ops: &[StoreOp],
+    written_whole: &HashSet<ByteString>,
+    handover_mark: u64,
+    link: &dyn ReplicaLink,
+) -> bool {
     let client_ids: Vec<String> = ops
         .iter()
         .flat_map(|op| match op {
             StoreOp::Accept { deliveries, .. } => deliveries.as_slice(),
             _ => &[],
         })
-        .filter(|delivery| !written_whole.contains(&delivery.client_id[..]))
+        .filter(|delivery| !written_whole.contains(&delivery.client_id))
         .map(|delivery| delivery.client_id.to_string())
         .collect();
-    !client_ids.is_empty() && link.moved_from_a_copy(client_ids).await
+    !client_ids.is_empty() && link.moved_from_a_copy(client_ids, handover_mark).await
+}
+
+/// The sessions `ops` write whole (removed, then put again): imports.
+fn written_whole(ops: &[StoreOp]) -> HashSet<ByteString> {
+    ops.iter()
+        .filter_map(|op| match op {
+            StoreOp::RemoveSession { client_id } => Some(client_id.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -350,6 +362,11 @@ impl Replicator {
         };
         let wire: Arc<Vec<WireOp>> =
             Arc::new(replicated.iter().filter_map(WireOp::encode).collect());
+        // Taken from the submission, not from what is replicated: the removal that
+        // starts an import of a session new to this node is not replicated (the backups
+        // hold nothing of it), and the import is written whole all the same.
+        let written_whole = written_whole(&ops);
+        let handover_mark = link.handover_mark();
         // Locally and to the backups under one lock: both see the submission order.
         let local = self.inner.submit(ops);
         let acks: Vec<_> = shared
@@ -385,7 +402,10 @@ impl Replicator {
             // adoption read a copy without it), the message is not acknowledged; the
             // publisher sends it again. A session this node handed over itself carried
             // the message.
-            if released && result.is_ok() && moved_away(&replicated, link.as_ref()).await {
+            if released
+                && result.is_ok()
+                && moved_away(&replicated, &written_whole, handover_mark, link.as_ref()).await
+            {
                 result = Err(StoreError::Io(
                     "a session moved to another node while its backup was out of reach".into(),
                 ));

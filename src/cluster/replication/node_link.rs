@@ -57,14 +57,20 @@ impl ReplicaLink for NodeLink {
         })
     }
 
-    fn moved_from_a_copy(&self, client_ids: Vec<String>) -> BoxFuture<'_, bool> {
+    fn moved_from_a_copy(&self, client_ids: Vec<String>, mark: u64) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             match self.node.upgrade() {
-                Some(node) => node.moved_from_a_copy(&client_ids).await,
+                Some(node) => node.moved_from_a_copy(&client_ids, mark).await,
                 // Stopping: nobody is acknowledged any more; refuse to be safe.
                 None => true,
             }
         })
+    }
+
+    fn handover_mark(&self) -> u64 {
+        self.node
+            .upgrade()
+            .map_or(0, |node| node.confirmed_handovers.mark())
     }
 
     fn set_in_sync(&self, backup: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>> {

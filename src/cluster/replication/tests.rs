@@ -203,7 +203,7 @@ impl ReplicaLink for SilentBackup {
         })
     }
 
-    fn moved_from_a_copy(&self, client_ids: Vec<String>) -> BoxFuture<'_, bool> {
+    fn moved_from_a_copy(&self, client_ids: Vec<String>, _: u64) -> BoxFuture<'_, bool> {
         let adopted = {
             let adopted = self.adopted.lock().unwrap();
             client_ids
@@ -315,8 +315,18 @@ async fn a_write_released_without_its_backup_fails_for_a_session_adopted_meanwhi
         put("adopted"),
         accept(3, &["adopted"]),
     ]);
+    // A session new to this node imported whole (an adoption whose client moved on
+    // at once): its removal is not replicated, and it is an import all the same.
+    let arrived = store.submit(vec![
+        StoreOp::RemoveSession {
+            client_id: "arrived".into(),
+        },
+        put("arrived"),
+        accept(4, &["arrived"]),
+    ]);
     backup.wait_for("proposed out of sync", 3).await;
     backup.adopted.lock().unwrap().insert("adopted".into());
+    backup.adopted.lock().unwrap().insert("arrived".into());
     backup.commit_gate.add_permits(1);
     here.await.expect("the session is still owned here");
     assert!(
@@ -326,6 +336,9 @@ async fn a_write_released_without_its_backup_fails_for_a_session_adopted_meanwhi
     imported
         .await
         .expect("an imported session is not failed for moving on");
+    arrived
+        .await
+        .expect("a session imported here for the first time is not failed either");
 }
 
 /// A backup that falls behind until its queue passes `replication_queue_bytes` is
