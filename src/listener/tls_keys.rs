@@ -90,6 +90,9 @@ impl LazyKey {
                 if expansions.len() >= MAX_EXPANDED {
                     expansions.remove(0);
                 }
+                // Room for this one only (a vector would take four at first): an
+                // expansion is 560 bytes, and a connection has two.
+                expansions.reserve_exact(1);
                 expansions.push((self.number, key));
                 expansions.len() - 1
             }),
@@ -188,6 +191,7 @@ mod tests {
         assert_eq!(sealed, sealed_by_ring(&aead::AES_256_GCM, &[3u8; 32]));
         assert_eq!(other_sealed, sealed_by_ring(&aead::AES_128_GCM, &[4u8; 16]));
         assert_eq!(registry.expanded(), 2);
+        assert_eq!(registry.expansions.capacity(), 2);
         // Used again: the same expansions.
         assert_eq!(registry.run(|| seal(&key)), sealed);
         assert_eq!(registry.expanded(), 2);
