@@ -13,7 +13,7 @@
 //! stream runs every rustls call synchronously on one thread, and moves its registry
 //! into that thread's slot for the call (`KeyRegistry::run`, a move of three words and
 //! back). A record finds its key's expansion there by the key's number: nothing is
-//! locked, counted or shared. The expansion is always the key's own (found by a number
+//! locked, reference-counted or shared. The expansion is always the key's own (found by a number
 //! no other key has, or made from the key's bytes), whichever registry holds it; a
 //! record sealed or opened outside any stream's call (tests, a caller that does not
 //! go through `run`) expands the key for that record alone.
