@@ -9,8 +9,9 @@
 //! taken them, decrypted data in `plaintext` only until the connection read it, and
 //! encrypted records in `outgoing` only until the socket took them. What an idle TLS
 //! connection keeps is rustls's connection state (keys, sequence numbers) and the socket;
-//! a parked one not even the expansion of its AES-GCM keys (`tls_keys`: the stream takes
-//! the keys rustls creates during its calls, and releases them when it parks).
+//! a parked one not even the expansion of its AES-GCM keys (`tls_keys`: the stream holds
+//! the expansions, lends them to the thread for each rustls call, and drops them when it
+//! parks).
 //!
 //! The handshake runs in `accept`; afterwards reads decrypt (answering what the peer's
 //! records require, such as a TLS 1.3 key update, on the way) and writes encrypt one
@@ -56,15 +57,13 @@ thread_local! {
 /// socket and without buffers, which are all empty when a connection is parked.
 pub struct ParkedTls {
     conn: UnbufferedServerConnection,
-    /// Its AES-GCM keys, their expansions released.
-    keys: KeyRegistry,
 }
 
 /// An accepted TLS connection.
 pub struct TlsStream {
     tcp: TcpStream,
     conn: UnbufferedServerConnection,
-    /// The AES-GCM record keys rustls created for `conn`, released when it parks.
+    /// The expansions of `conn`'s AES-GCM record keys, dropped when it parks.
     keys: KeyRegistry,
     /// TLS bytes read and not yet consumed by rustls.
     incoming: Vec<u8>,
@@ -144,13 +143,9 @@ impl TlsStream {
     /// Splits an idle stream (`is_idle`) into its socket and its TLS state, without the
     /// expansions of its AES-GCM keys (the first record after unparking expands them
     /// again).
-    pub fn park(mut self) -> (TcpStream, ParkedTls) {
-        self.keys.release();
-        let parked = ParkedTls {
-            conn: self.conn,
-            keys: self.keys,
-        };
-        (self.tcp, parked)
+    pub fn park(self) -> (TcpStream, ParkedTls) {
+        // The expansions go with the stream's registry.
+        (self.tcp, ParkedTls { conn: self.conn })
     }
 
     /// The stream of a parked connection, over its socket again.
@@ -158,7 +153,7 @@ impl TlsStream {
         TlsStream {
             tcp,
             conn: parked.conn,
-            keys: parked.keys,
+            keys: KeyRegistry::default(),
             incoming: Vec::new(),
             plaintext: Vec::new(),
             plaintext_read: 0,
@@ -214,11 +209,12 @@ impl TlsStream {
         }
     }
 
-    /// Hands what was received to rustls and carries out one thing it asks for, then
-    /// takes the record keys rustls created meanwhile (on this thread, in this call).
+    /// Hands what was received to rustls and carries out one thing it asks for, with
+    /// the expansions of the connection's AES-GCM keys where its records find them.
     fn step(&mut self, want: Want<'_>) -> io::Result<Progress> {
-        let progress = self.step_rustls(want);
-        self.keys.collect();
+        let mut keys = std::mem::take(&mut self.keys);
+        let progress = keys.run(|| self.step_rustls(want));
+        self.keys = keys;
         progress
     }
 
@@ -433,6 +429,13 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     fn configs() -> (Arc<ServerConfig>, TlsConnector) {
+        configs_with(Arc::new(rustls::crypto::ring::default_provider()))
+    }
+
+    /// A server configuration with `server_provider`, and a client with ring's.
+    fn configs_with(
+        server_provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> (Arc<ServerConfig>, TlsConnector) {
         let authority = crate::certs::Authority::new("test CA", 1).unwrap();
         let server = authority.issue_server(&["localhost".into()], 1).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -440,7 +443,7 @@ mod tests {
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
-        let mut server_config = ServerConfig::builder_with_provider(provider.clone())
+        let mut server_config = ServerConfig::builder_with_provider(server_provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -522,6 +525,58 @@ mod tests {
                 Some(rustls::HandshakeKind::Resumed)
             ]
         );
+    }
+
+    /// With the listener's AES-GCM suites, the stream holds the expansions of the
+    /// connection's two keys while it is in use and none once parked: after the
+    /// handshake (whose keys went with it), after a key update both ways (the replaced
+    /// keys' expansions went with them) and after unparking.
+    #[tokio::test]
+    async fn aes_gcm_keys_are_expanded_in_the_stream_and_not_kept_parked() {
+        let (provider, _) =
+            super::super::tls_suites::provider_arc(crate::config::CipherPreference::Aes);
+        let (server_config, connector) = configs_with(provider);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = TlsStream::accept(server_config, tcp).await.unwrap();
+            let mut expanded = Vec::new();
+            for _ in 0..3 {
+                let mut message = [0u8; 4];
+                tls.read_exact(&mut message).await.unwrap();
+                tls.write_all(&message).await.unwrap();
+                tls.flush().await.unwrap();
+                expanded.push(tls.keys.expanded());
+                assert!(tls.is_idle());
+                let (tcp, parked) = tls.park();
+                tls = TlsStream::unpark(tcp, parked);
+                expanded.push(tls.keys.expanded());
+            }
+            expanded
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(
+            client
+                .get_ref()
+                .1
+                .negotiated_cipher_suite()
+                .map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+        );
+        for round in 0..3u8 {
+            if round == 1 {
+                client.get_mut().1.refresh_traffic_keys().unwrap();
+            }
+            let message = [b'p', b'i', b'n', b'0' + round];
+            client.write_all(&message).await.unwrap();
+            let mut echoed = [0u8; 4];
+            client.read_exact(&mut echoed).await.unwrap();
+            assert_eq!(echoed, message);
+        }
+        assert_eq!(server.await.unwrap(), [2, 0, 2, 0, 2, 0]);
     }
 
     #[tokio::test]
