@@ -335,6 +335,16 @@ impl Stats {
         Stats::incr(&self.messages_sent[qos as usize]);
     }
 
+    /// Counts the PUBLISH packets of one drain, by QoS; a counter that gains nothing is
+    /// not touched.
+    pub fn messages_sent(&self, by_qos: [u64; 3]) {
+        for (counter, sent) in self.messages_sent.iter().zip(by_qos) {
+            if sent > 0 {
+                Stats::add(counter, sent);
+            }
+        }
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         StatsSnapshot {

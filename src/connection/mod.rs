@@ -41,8 +41,8 @@ use crate::auth::Exchange;
 use crate::broker::{now, Broker, Dropped, SessionHandle, Stats};
 use crate::config::Config;
 use crate::listener::{ClientStream, ConnectionSlots, ListenerContext};
-use crate::protocol::{decode_from_client, encode, reason, Packet, ProtocolVersion, QoS};
-use crate::session::Action;
+use crate::protocol::{decode_from_client, reason, Packet, ProtocolVersion, PubResponse, QoS};
+use crate::session::{Action, EncodedOutgoing, Outgoing};
 use crate::storage::{Completion, StoreOp};
 
 use backpressure::{Paused, Resume};
@@ -51,9 +51,9 @@ pub use open::{open, Connected};
 pub use park::{ParkingLot, ParkingTableTask};
 
 thread_local! {
-    /// The emptied packet list of the last drain on this thread. Drains reuse its
-    /// allocation rather than grow a list of their own each time, and an idle connection
-    /// keeps none.
+    /// The emptied packet list of the last drain on this thread. Connections reuse its
+    /// allocation for the packets their input produces (acknowledgements) rather than
+    /// grow a list of their own each time, and an idle connection keeps none.
     static SPARE_PACKETS: std::cell::Cell<Vec<Packet>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
@@ -438,6 +438,12 @@ impl Connection {
                 return Ok(());
             }
             match decode_from_client(&mut self.read_buf, Some(self.version), max_packet_size) {
+                // Taken apart where it was decoded: the subscriber's acknowledgement of
+                // every QoS 1 message is not moved around as a whole `Packet`.
+                Ok(Some(Packet::PubAck(puback))) => {
+                    Stats::incr(&self.broker.stats().packets_received);
+                    self.handle_puback(puback)?
+                }
                 Ok(Some(packet)) => {
                     Stats::incr(&self.broker.stats().packets_received);
                     self.handle_packet(packet)?
@@ -451,6 +457,23 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// PUBACK: frees the message's window slot; produces nothing to send.
+    fn handle_puback(&mut self, puback: PubResponse) -> Result<(), Exit> {
+        let mut session = self
+            .handle
+            .lock_current(self.generation)
+            .ok_or(Exit::TakenOver)?;
+        let handled = session.handle_puback(puback);
+        let _ = self.broker.submit_journal(&mut session);
+        drop(session);
+        handled.map_err(|violation| {
+            tracing::debug!(client_id = %self.handle.client_id, %violation, "protocol violation");
+            Exit::Violation {
+                reason_code: violation.reason_code,
+            }
+        })
     }
 
     fn handle_packet(&mut self, packet: Packet) -> Result<(), Exit> {
@@ -628,8 +651,16 @@ impl Connection {
         if self.held.must_hold(&writes) {
             self.held.hold(packet, writes);
         } else {
-            self.out.push(packet);
+            self.push_out(packet);
         }
+    }
+
+    /// Adds a packet to `out`, reusing the list this thread's last drain emptied.
+    fn push_out(&mut self, packet: Packet) {
+        if self.out.capacity() == 0 {
+            self.out = SPARE_PACKETS.take();
+        }
+        self.out.push(packet);
     }
 
     /// Moves held packets whose writes resolved to the output. A failed write means the
@@ -653,7 +684,7 @@ impl Connection {
                 }
                 self.refuse_ack(&mut packet, reason::UNSPECIFIED_ERROR)?;
             }
-            self.out.push(packet);
+            self.push_out(packet);
         }
         Ok(())
     }
@@ -671,12 +702,17 @@ impl Connection {
     /// queue at half or less.
     fn drain_session(&mut self) -> Result<(), Exit> {
         self.release_held()?;
-        let mut packets = SPARE_PACKETS.take();
-        packets.append(&mut self.out);
-        self.out = Vec::new();
         let mut dropped = Vec::new();
         let max_outbox = self.config.limits.max_outbox_bytes;
         let backlog_full = self.write_buf.len() >= max_outbox;
+        let budget = max_outbox.saturating_sub(self.write_buf.len());
+        let stats = self.broker.stats();
+        let timeout = self.slow_consumer_timeout();
+        // Acknowledgements and other packets produced by input go first, in order.
+        let mut output = EncodedOutgoing::new(&mut self.write_buf, self.version);
+        for packet in self.out.drain(..) {
+            output.packet(packet);
+        }
         {
             let mut session = self
                 .handle
@@ -684,12 +720,10 @@ impl Connection {
                 .ok_or(Exit::TakenOver)?;
             if !backlog_full {
                 self.outbox_deadline = None;
-                let budget = max_outbox - self.write_buf.len();
-                session.poll_outgoing_within(now(), budget, &mut packets, &mut dropped);
+                session.poll_outgoing_within(now(), budget, &mut output, &mut dropped);
                 // What went in flight or was dropped: nothing waits for these writes.
                 let _ = self.broker.submit_journal(&mut session);
             } else if session.has_queued_outgoing() {
-                let timeout = self.slow_consumer_timeout();
                 let deadline = self
                     .outbox_deadline
                     .get_or_insert_with(|| Box::pin(sleep(timeout)));
@@ -705,20 +739,19 @@ impl Connection {
             }
         }
         for reason in dropped {
-            self.broker.stats().dropped(reason);
+            stats.dropped(reason);
         }
-        let stats = self.broker.stats();
-        for packet in packets.drain(..) {
-            Stats::incr(&stats.packets_sent);
-            if let Packet::Publish(publish) = &packet {
-                stats.message_sent(publish.qos);
-                if publish.qos == QoS::AtMostOnce {
-                    self.qos0_unwritten += 1;
-                }
-            }
-            encode(&packet, self.version, &mut self.write_buf);
+        if output.packets > 0 {
+            Stats::add(&stats.packets_sent, output.packets);
+            stats.messages_sent(output.publishes);
         }
-        SPARE_PACKETS.set(packets);
+        self.qos0_unwritten += output.publishes[QoS::AtMostOnce as usize];
+        // The list's allocation goes back to this thread for the next connection's
+        // acknowledgements; an idle connection keeps none.
+        let spent = std::mem::take(&mut self.out);
+        if spent.capacity() > 0 {
+            SPARE_PACKETS.set(spent);
+        }
         Ok(())
     }
 }

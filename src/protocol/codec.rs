@@ -10,7 +10,7 @@
 //! primitives shared by measuring and writing).
 
 pub(crate) mod decode;
-mod encode;
+pub(crate) mod encode;
 mod properties;
 mod reader;
 pub(crate) mod sink;
@@ -19,10 +19,11 @@ mod tests;
 
 use bytes::{Buf, BytesMut};
 
-use super::packet::{Packet, ProtocolVersion};
+use super::packet::{Packet, ProtocolVersion, PubResponse, QoS};
 use reader::Reader;
 use sink::{Counter, Sink, Writer};
 
+pub use encode::PublishParts;
 pub use sink::MAX_VARINT as MAX_REMAINING_LENGTH;
 
 /// Why a byte stream could not be decoded. Each variant maps to the MQTT 5 reason code
@@ -65,6 +66,29 @@ pub fn decode(
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
+    // A two-byte PUBACK, PUBREC, PUBREL or PUBCOMP (a packet id, success in every
+    // version), the packet a subscriber sends for every QoS 1/2 message it gets, is
+    // recognised by its first two bytes and read in place, before the general checks it
+    // would pass (the flags, a one-byte remaining length of 2, 4 bytes within any
+    // maximum of 4 or more). Built here, in the returned value: a `Packet` returned by a
+    // helper would be copied into it.
+    if version.is_some()
+        && matches!(first, 0x40 | 0x50 | 0x62 | 0x70)
+        && buf.len() >= 4
+        && buf[1] == 2
+        && max_packet_size >= 4
+    {
+        let response = PubResponse {
+            packet_id: short_ack_id(buf)?,
+            ..PubResponse::default()
+        };
+        return Ok(Some(match first >> 4 {
+            4 => Packet::PubAck(response),
+            5 => Packet::PubRec(response),
+            6 => Packet::PubRel(response),
+            _ => Packet::PubComp(response),
+        }));
+    }
     let packet_type = first >> 4;
     let flags = first & 0x0f;
     if version.is_none() && packet_type != 1 {
@@ -94,6 +118,17 @@ pub fn decode(
         Some(version) => body(packet_type, flags, &mut r, version)?,
     };
     Ok(Some(packet))
+}
+
+/// Consumes a two-byte acknowledgement (fixed header, then the packet id) from the front
+/// of `buf`, which holds at least its 4 bytes, and returns its packet id.
+fn short_ack_id(buf: &mut BytesMut) -> Result<u16, DecodeError> {
+    let packet_id = u16::from_be_bytes([buf[2], buf[3]]);
+    if packet_id == 0 {
+        return Err(DecodeError::Protocol("[MQTT-2.2.1-3] packet identifier 0"));
+    }
+    buf.advance(4);
+    Ok(packet_id)
 }
 
 /// Decodes one packet a client sent, like `decode`, after refusing the packet types only
@@ -192,6 +227,60 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
     writer.u8(encode::first_byte(packet));
     writer.varint(remaining);
     encode::body(packet, version, &mut writer);
+}
+
+/// Appends the encoding of one PUBLISH from its parts, if it takes at most `limit` bytes
+/// (fixed header included), and returns its length; `None` (nothing written) for a
+/// larger one or one too large to frame at all. The bytes are those `encode` writes for
+/// the `Publish` the parts describe, without one being built.
+pub fn encode_publish(
+    parts: &PublishParts<'_>,
+    version: ProtocolVersion,
+    limit: usize,
+    out: &mut BytesMut,
+) -> Option<usize> {
+    // One PUBLISH per subscriber and message: its length is added up from the parts
+    // rather than measured by a first run of `publish_body`, and the fixed header with
+    // the topic's length goes in with one copy. `publish_body` is the reference the
+    // tests hold this to, byte for byte.
+    let v5 = version.is_v5();
+    let topic = sink::string_field(parts.topic);
+    let properties_len = match (v5, parts.properties) {
+        (false, _) => 0,
+        (true, None) => 1,
+        (true, Some(properties)) => {
+            let mut counter = Counter::default();
+            properties::write_block(&mut counter, properties);
+            counter.0
+        }
+    };
+    let packet_id_len = if parts.qos == QoS::AtMostOnce { 0 } else { 2 };
+    let body = 2 + topic.len() + packet_id_len + properties_len + parts.payload.len();
+    let remaining = u32::try_from(body)
+        .ok()
+        .filter(|remaining| *remaining <= sink::MAX_VARINT)?;
+    let length = 1 + sink::varint_len(remaining) + body;
+    if length > limit {
+        return None;
+    }
+    out.reserve(length);
+    let mut header = [0u8; 7];
+    header[0] = parts.first_byte();
+    let mut at = 1 + sink::put_varint(&mut header[1..], remaining);
+    header[at..at + 2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
+    at += 2;
+    out.extend_from_slice(&header[..at]);
+    out.extend_from_slice(topic);
+    if packet_id_len > 0 {
+        out.extend_from_slice(&parts.packet_id.to_be_bytes());
+    }
+    match (v5, parts.properties) {
+        (false, _) => {}
+        (true, None) => out.extend_from_slice(&[0]),
+        (true, Some(properties)) => properties::write_block(&mut Writer(out), properties),
+    }
+    out.extend_from_slice(parts.payload);
+    Some(length)
 }
 
 /// The number of bytes `encode` writes for `packet` (fixed header included), computed

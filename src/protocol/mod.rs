@@ -5,5 +5,7 @@ pub mod codec;
 pub mod packet;
 pub mod reason;
 
-pub use codec::{decode, decode_from_client, encode, encoded_len, DecodeError};
+pub use codec::{
+    decode, decode_from_client, encode, encode_publish, encoded_len, DecodeError, PublishParts,
+};
 pub use packet::*;

@@ -21,6 +21,16 @@ pub(crate) enum AliasPlan {
     Assign(u16),
 }
 
+impl AliasPlan {
+    /// The Topic Alias the PUBLISH carries.
+    pub(crate) fn alias(self) -> Option<u16> {
+        match self {
+            AliasPlan::None => None,
+            AliasPlan::Existing(alias) | AliasPlan::Assign(alias) => Some(alias),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct OutgoingAliases {
     /// The client's Topic Alias Maximum; 0 disables aliases.

@@ -7,7 +7,10 @@
 //! order, so the entry removed is mostly the front one. An entry acknowledged out of
 //! order leaves a hole, dropped once it reaches either end, and the deque is compacted
 //! whenever holes outnumber the live entries, so it never holds more than about twice
-//! what is in flight. An empty queue gives its memory back: an idle client keeps none.
+//! what is in flight. An empty queue keeps its allocation for the next burst (one
+//! allocation and release per burst of deliveries cost more than the rest of the queue's
+//! work): an idle client keeps none all the same, since its whole outbound state goes
+//! when it goes idle (`Session::release_idle_memory`).
 
 use std::collections::VecDeque;
 
@@ -77,7 +80,32 @@ impl<T> InflightQueue<T> {
 
     pub(super) fn remove(&mut self, sequence: &u64) -> Option<T> {
         let index = self.position(*sequence)?;
-        let removed = self.entries[index].1.take()?;
+        self.remove_at(index)
+    }
+
+    /// Removes the entry of `sequence` if `settles` says so, with one search; returns
+    /// what `settles` said (`None`: no such entry) and the entry if it was removed.
+    pub(super) fn remove_if(
+        &mut self,
+        sequence: &u64,
+        settles: impl FnOnce(&T) -> bool,
+    ) -> Option<(bool, Option<T>)> {
+        let index = self.position(*sequence)?;
+        let settled = settles(self.entries[index].1.as_ref()?);
+        Some((settled, if settled { self.remove_at(index) } else { None }))
+    }
+
+    fn remove_at(&mut self, index: usize) -> Option<T> {
+        let removed = if index == 0 {
+            // The usual case, acknowledged in send order: taken off the front whole.
+            self.entries.pop_front()?.1
+        } else {
+            self.entries[index].1.take()
+        };
+        let Some(removed) = removed else {
+            // A hole at the front is never left in place; elsewhere it stays one.
+            return None;
+        };
         self.live -= 1;
         while matches!(self.entries.front(), Some((_, None))) {
             self.entries.pop_front();
@@ -85,9 +113,7 @@ impl<T> InflightQueue<T> {
         while matches!(self.entries.back(), Some((_, None))) {
             self.entries.pop_back();
         }
-        if self.entries.is_empty() {
-            self.entries = VecDeque::new();
-        } else if self.entries.len() > 2 * self.live + SLACK {
+        if self.entries.len() > 2 * self.live + SLACK {
             self.entries.retain(|(_, entry)| entry.is_some());
         }
         Some(removed)
@@ -105,6 +131,28 @@ impl<T> InflightQueue<T> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn remove_if_removes_only_what_settles() {
+        let mut queue = InflightQueue::default();
+        for value in 0..4u64 {
+            queue.push(value * 10);
+        }
+        assert_eq!(queue.remove_if(&9, |_| true), None, "no such entry");
+        assert_eq!(
+            queue.remove_if(&0, |value| *value == 5),
+            Some((false, None))
+        );
+        assert_eq!(queue.len(), 4, "kept when it does not settle");
+        assert_eq!(
+            queue.remove_if(&0, |value| *value == 0),
+            Some((true, Some(0)))
+        );
+        assert_eq!(queue.remove_if(&2, |_| true), Some((true, Some(20))));
+        assert_eq!(queue.remove_if(&2, |_| true), None, "a hole is no entry");
+        let left: Vec<(u64, u64)> = queue.iter().map(|(k, v)| (k, *v)).collect();
+        assert_eq!(left, vec![(1, 10), (3, 30)]);
+    }
 
     /// Against a `BTreeMap`, with removals in order, in reverse and scattered, and
     /// the holes they leave kept within bounds.
@@ -150,10 +198,6 @@ mod tests {
             assert_eq!(queue.remove(key), model.remove(key));
         }
         assert!(queue.is_empty());
-        assert_eq!(
-            queue.entries.capacity(),
-            0,
-            "an empty queue holds no memory"
-        );
+        assert!(queue.entries.is_empty(), "no holes are left behind");
     }
 }

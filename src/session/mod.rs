@@ -39,12 +39,14 @@ mod inflight;
 mod journal;
 mod lazy_map;
 mod outbound;
+mod outgoing;
 mod retained_backlog;
 #[cfg(test)]
 mod tests;
 
 pub use actions::{Action, FilterRequest, SubscribeRequest, UnsubscribeRequest, Violation};
 pub use client_info::{ClientInfo, PeerAddr};
+pub use outgoing::{EncodedOutgoing, Outgoing};
 
 /// Per-session limits, from `[limits]` in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -502,7 +504,7 @@ impl Session {
         match packet {
             Packet::Publish(publish) => self.handle_publish(publish, now),
             Packet::PubRel(response) => Ok(self.handle_pubrel(response)),
-            Packet::PubAck(response) => self.handle_puback(response),
+            Packet::PubAck(response) => self.handle_puback(response).map(|()| Vec::new()),
             Packet::PubRec(response) => self.handle_pubrec(response),
             Packet::PubComp(response) => self.handle_pubcomp(response),
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
@@ -568,7 +570,7 @@ impl Session {
     pub fn poll_outgoing(
         &mut self,
         now: Instant,
-        out: &mut Vec<Packet>,
+        out: &mut impl Outgoing,
         dropped: &mut Vec<DropReason>,
     ) {
         self.poll_outgoing_within(now, usize::MAX, out, dropped);
@@ -581,7 +583,7 @@ impl Session {
         &mut self,
         now: Instant,
         budget: usize,
-        out: &mut Vec<Packet>,
+        out: &mut impl Outgoing,
         dropped: &mut Vec<DropReason>,
     ) {
         if !self.params.connected {

@@ -12,19 +12,18 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytestring::ByteString;
-
 use super::alias::{AliasPlan, OutgoingAliases};
 use super::control::protocol_error;
 use super::inbound::ack;
 use super::inflight::InflightQueue;
 use super::journal::Journal;
 use super::lazy_map::{LazyMap, OwnPacketIds};
+use super::outgoing::{Outgoing, OutgoingPublish};
 use super::retained_backlog::RetainedBacklog;
 use super::{Action, Delivery, DropReason, Session, SessionLimits, Violation};
 use crate::message::Message;
-use crate::protocol::{encoded_len, reason};
-use crate::protocol::{Packet, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS};
+use crate::protocol::reason;
+use crate::protocol::{Packet, ProtocolVersion, PubResponse, QoS};
 use crate::storage;
 
 /// What the current connection allows, as `poll` needs it.
@@ -343,7 +342,7 @@ impl Outbound {
         context: &OutgoingContext,
         now: Instant,
         budget: usize,
-        out: &mut Vec<Packet>,
+        out: &mut impl Outgoing,
         dropped: &mut Vec<DropReason>,
         journal: &mut Journal,
     ) {
@@ -401,13 +400,12 @@ impl Outbound {
         context: &OutgoingContext,
         delivery: Delivery,
         now: Instant,
-        out: &mut Vec<Packet>,
+        out: &mut impl Outgoing,
         dropped: &mut Vec<DropReason>,
         journal: &mut Journal,
     ) -> Result<usize, Delivery> {
-        let topic = delivery.message.topic.clone();
         let plan = if context.protocol.is_v5() {
-            self.aliases.plan(&topic)
+            self.aliases.plan(&delivery.message.topic)
         } else {
             AliasPlan::None
         };
@@ -421,20 +419,23 @@ impl Outbound {
             };
             packet_id
         };
-        let packet = Packet::Publish(build_publish(
-            context.protocol,
-            &delivery,
+        let publish = OutgoingPublish {
+            protocol: context.protocol,
+            delivery: &delivery,
             now,
             packet_id,
-            false,
+            dup: false,
             plan,
-        ));
-        let Some(length) = fitting_len(&packet, context) else {
+        };
+        let Some(length) = out.publish(&publish, packet_limit(context)) else {
             self.next_packet_id = next_packet_id;
             dropped.push(DropReason::TooLargeForClient);
             journal.dropped(&delivery);
             return Ok(0);
         };
+        if plan != AliasPlan::None {
+            self.aliases.commit(&delivery.message.topic, plan);
+        }
         if delivery.qos == QoS::AtMostOnce {
             journal.dropped(&delivery);
         } else {
@@ -451,8 +452,6 @@ impl Outbound {
             });
             self.sequence_by_id.insert(packet_id, sequence);
         }
-        self.aliases.commit(&topic, plan);
-        out.push(packet);
         Ok(length)
     }
 
@@ -462,14 +461,15 @@ impl Outbound {
         &mut self,
         context: &OutgoingContext,
         now: Instant,
-        out: &mut Vec<Packet>,
+        out: &mut impl Outgoing,
         dropped: &mut Vec<DropReason>,
         journal: &mut Journal,
     ) {
         let mut removed = Vec::new();
+        let limit = packet_limit(context);
         for (sequence, entry) in self.inflight.iter() {
             if entry.state == InflightState::Qos2Released {
-                out.push(Packet::PubRel(ack(entry.packet_id, reason::SUCCESS)));
+                out.packet(Packet::PubRel(ack(entry.packet_id, reason::SUCCESS)));
                 continue;
             }
             // Like Mosquitto, a PUBLISH that expired while the client was away is not
@@ -479,20 +479,18 @@ impl Outbound {
                 removed.push(sequence);
                 continue;
             }
-            let packet = Packet::Publish(build_publish(
-                context.protocol,
-                &entry.delivery,
+            let publish = OutgoingPublish {
+                protocol: context.protocol,
+                delivery: &entry.delivery,
                 now,
-                entry.packet_id,
-                true,
-                AliasPlan::None,
-            ));
-            if fitting_len(&packet, context).is_none() {
+                packet_id: entry.packet_id,
+                dup: true,
+                plan: AliasPlan::None,
+            };
+            if out.publish(&publish, limit).is_none() {
                 dropped.push(DropReason::TooLargeForClient);
                 removed.push(sequence);
-                continue;
             }
-            out.push(packet);
         }
         for sequence in removed {
             if let Some(entry) = self.inflight.remove(&sequence) {
@@ -534,6 +532,30 @@ impl Outbound {
         }
     }
 
+    /// Completes the flow of `packet_id` if it is in the `expected` state, with one
+    /// lookup of the id and one of its entry (an acknowledgement per message sent);
+    /// returns the state it was in, or `None` for an id not in flight.
+    fn complete_in(
+        &mut self,
+        packet_id: u16,
+        expected: InflightState,
+        journal: &mut Journal,
+    ) -> Option<InflightState> {
+        let sequence = *self.sequence_by_id.get(&packet_id)?;
+        let mut found = None;
+        let (settled, entry) = self.inflight.remove_if(&sequence, |entry| {
+            found = Some(entry.state);
+            entry.state == expected
+        })?;
+        if settled {
+            self.sequence_by_id.remove(&packet_id);
+            if let Some(entry) = entry {
+                journal.completed(&entry.delivery, packet_id);
+            }
+        }
+        found
+    }
+
     fn complete(&mut self, packet_id: u16, journal: &mut Journal) {
         if let Some(sequence) = self.sequence_by_id.remove(&packet_id) {
             if let Some(entry) = self.inflight.remove(&sequence) {
@@ -543,76 +565,33 @@ impl Outbound {
     }
 }
 
-/// The PUBLISH for one delivery. MQTT 5 gets the forwarded properties, the remaining
-/// message expiry, the subscription identifiers and the topic alias; 3.x gets none.
-fn build_publish(
-    protocol: ProtocolVersion,
-    delivery: &Delivery,
-    now: Instant,
-    packet_id: u16,
-    dup: bool,
-    plan: AliasPlan,
-) -> Publish {
-    let message = &delivery.message;
-    let (topic, properties) = if protocol.is_v5() {
-        let (topic, topic_alias) = match plan {
-            AliasPlan::None => (message.topic.clone(), None),
-            AliasPlan::Existing(alias) => (ByteString::new(), Some(alias)),
-            AliasPlan::Assign(alias) => (message.topic.clone(), Some(alias)),
-        };
-        let properties = PublishProperties {
-            message_expiry_interval: message.remaining_expiry(now),
-            topic_alias,
-            subscription_identifiers: delivery.subscription_ids.clone(),
-            ..message.properties.clone()
-        };
-        (topic, properties)
-    } else {
-        (message.topic.clone(), PublishProperties::default())
-    };
-    Publish {
-        dup,
-        qos: delivery.qos,
-        retain: delivery.retain,
-        topic,
-        packet_id,
-        properties,
-        payload: message.payload.clone(),
-    }
-}
-
 /// The largest packet the fixed header can frame: a four-byte Remaining Length of
 /// 268,435,455 plus the type byte.
 const MAX_FRAMED_PACKET: usize = 1 + 4 + 268_435_455;
 
-/// The encoded length of `packet` if the client accepts it: within its Maximum Packet
-/// Size (MQTT 5) and within what the fixed header can frame at all (the encoder writes
-/// nothing otherwise).
-fn fitting_len(packet: &Packet, context: &OutgoingContext) -> Option<usize> {
-    let limit = context
+/// The largest packet the client accepts: its Maximum Packet Size (MQTT 5), and at most
+/// what the fixed header can frame at all (the encoder writes nothing beyond).
+fn packet_limit(context: &OutgoingContext) -> usize {
+    context
         .maximum_packet_size
         .map_or(MAX_FRAMED_PACKET, |maximum| {
             MAX_FRAMED_PACKET.min(maximum as usize)
-        });
-    let length = encoded_len(packet, context.protocol);
-    (length <= limit).then_some(length)
+        })
 }
 
 impl Session {
-    /// PUBACK: the QoS 1 message is delivered and its window slot is free.
-    pub(super) fn handle_puback(&mut self, puback: PubResponse) -> Result<Vec<Action>, Violation> {
+    /// PUBACK: the QoS 1 message is delivered and its window slot is free. Nothing is
+    /// sent in answer.
+    pub fn handle_puback(&mut self, puback: PubResponse) -> Result<(), Violation> {
         let Some(outbound) = self.outbound.as_deref_mut() else {
-            return Ok(Vec::new());
+            return Ok(());
         };
-        match outbound.inflight_state(puback.packet_id) {
+        let expected = InflightState::Qos1Published;
+        match outbound.complete_in(puback.packet_id, expected, &mut self.journal) {
             // An unknown id (e.g. a duplicate ack) is ignored, as Mosquitto does.
-            None => {}
-            Some(InflightState::Qos1Published) => {
-                outbound.complete(puback.packet_id, &mut self.journal)
-            }
-            Some(_) => return Err(protocol_error("PUBACK for a QoS 2 message")),
+            None | Some(InflightState::Qos1Published) => Ok(()),
+            Some(_) => Err(protocol_error("PUBACK for a QoS 2 message")),
         }
-        Ok(Vec::new())
     }
 
     /// PUBREC: the client has the QoS 2 message; release it with PUBREL, unless a MQTT 5

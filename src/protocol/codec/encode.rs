@@ -10,12 +10,61 @@ use super::sink::Sink;
 use crate::protocol::packet::*;
 use crate::protocol::reason;
 
+/// The fields of a PUBLISH as the encoder reads them, borrowed from wherever they live:
+/// a `Publish`, or a message on its way to a subscriber, which is then written without
+/// building a `Publish` for it. Both go through `publish_body`, so they encode alike.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishParts<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a str,
+    /// Written for QoS 1 and 2 only.
+    pub packet_id: u16,
+    /// MQTT 5 only; `None` stands for no properties (an empty property block).
+    pub properties: Option<&'a PublishProperties>,
+    pub payload: &'a [u8],
+}
+
+impl<'a> PublishParts<'a> {
+    pub fn of(publish: &'a Publish) -> PublishParts<'a> {
+        PublishParts {
+            dup: publish.dup,
+            qos: publish.qos,
+            retain: publish.retain,
+            topic: &publish.topic,
+            packet_id: publish.packet_id,
+            properties: Some(&publish.properties),
+            payload: &publish.payload,
+        }
+    }
+
+    /// The first byte of the fixed header.
+    pub(crate) fn first_byte(&self) -> u8 {
+        (3 << 4) | (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
+    }
+}
+
+/// The body of a PUBLISH.
+pub(crate) fn publish_body<S: Sink>(parts: &PublishParts<'_>, v5: bool, s: &mut S) {
+    s.string(parts.topic);
+    if parts.qos != QoS::AtMostOnce {
+        s.u16(parts.packet_id);
+    }
+    if v5 {
+        match parts.properties {
+            Some(properties) => write_block(s, properties),
+            // The length of an empty property block.
+            None => s.u8(0),
+        }
+    }
+    s.raw(parts.payload);
+}
+
 /// The first byte of the fixed header: packet type and flags.
 pub(crate) fn first_byte(packet: &Packet) -> u8 {
     let flags = match packet {
-        Packet::Publish(publish) => {
-            (u8::from(publish.dup) << 3) | ((publish.qos as u8) << 1) | u8::from(publish.retain)
-        }
+        Packet::Publish(publish) => return PublishParts::of(publish).first_byte(),
         Packet::PubRel(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => 0b0010,
         _ => 0,
     };
@@ -28,16 +77,7 @@ pub(crate) fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S
     match packet {
         Packet::Connect(connect) => write_connect(connect, version, s),
         Packet::ConnAck(connack) => write_connack(connack, version, s),
-        Packet::Publish(publish) => {
-            s.string(&publish.topic);
-            if publish.qos != QoS::AtMostOnce {
-                s.u16(publish.packet_id);
-            }
-            if v5 {
-                write_block(s, &publish.properties);
-            }
-            s.raw(&publish.payload);
-        }
+        Packet::Publish(publish) => publish_body(&PublishParts::of(publish), v5, s),
         Packet::PubAck(response)
         | Packet::PubRec(response)
         | Packet::PubRel(response)

@@ -43,11 +43,36 @@ pub(crate) trait Sink {
     /// A UTF-8 string; one longer than 65,535 bytes is cut at a character boundary so the
     /// output stays valid UTF-8.
     fn string(&mut self, text: &str) {
-        let mut end = text.len().min(MAX_FIELD);
-        while !text.is_char_boundary(end) {
-            end -= 1;
+        self.binary(string_field(text));
+    }
+}
+
+/// The bytes of `text` a string field carries: all of them, or for a text longer than
+/// 65,535 bytes as many as fit, cut at a character boundary so they stay valid UTF-8.
+pub(crate) fn string_field(text: &str) -> &[u8] {
+    let mut end = text.len().min(MAX_FIELD);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text.as_bytes()[..end]
+}
+
+/// Writes `value` (at most `MAX_VARINT`) as a Variable Byte Integer at the start of
+/// `out`, which has room for four bytes; returns the bytes written.
+pub(crate) fn put_varint(out: &mut [u8], value: u32) -> usize {
+    let mut value = value.min(MAX_VARINT);
+    let mut written = 0;
+    loop {
+        let mut byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value > 0 {
+            byte |= 0x80;
         }
-        self.binary(&text.as_bytes()[..end]);
+        out[written] = byte;
+        written += 1;
+        if value == 0 {
+            return written;
+        }
     }
 }
 

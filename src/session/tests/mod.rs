@@ -5,6 +5,7 @@ mod inbound;
 mod model;
 mod outbound;
 mod outbox;
+mod outgoing;
 mod retained_backlog;
 
 use std::sync::Arc;

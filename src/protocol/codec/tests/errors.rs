@@ -227,6 +227,12 @@ fn publish_rules() {
 fn acknowledgement_rules() {
     check(&[
         (b"\x40\x02\x00\x00", Some(V3_1_1), P),
+        // Packet identifier 0 in every two-byte acknowledgement and version.
+        (b"\x40\x02\x00\x00", Some(V5), P),
+        (b"\x50\x02\x00\x00", Some(V3_1), P),
+        (b"\x62\x02\x00\x00", Some(V3_1_1), P),
+        (b"\x62\x02\x00\x00", Some(V5), P),
+        (b"\x70\x02\x00\x00", Some(V5), P),
         (b"\x40\x03\x00\x01\x00", Some(V3_1_1), M),
         (b"\x40\x01\x00", Some(V5), M),
         (b"\x40\x03\x00\x01\x92", Some(V5), P),

@@ -4,6 +4,7 @@
 //! proves that framing waits for the whole packet without consuming anything.
 
 mod errors;
+mod fast_paths;
 mod golden_v3;
 mod golden_v5;
 mod roundtrip;
