@@ -22,6 +22,11 @@ use super::state::{Command, Owner};
 /// How long a new owner asks the previous one for a moved session: the previous owner
 /// may apply the claim a little after this node, or be restarting.
 const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+/// How long one request for it waits for an answer before it is sent again (within
+/// `HANDOVER_WAIT`): a request sent as the previous owner's link went down, or to a
+/// node that restarted, is lost, and waiting out the whole `HANDOVER_WAIT` for its
+/// answer started the session fresh although the previous owner had it ready.
+const HANDOVER_ATTEMPT: Duration = Duration::from_secs(1);
 
 impl ClusterNode {
     /// The owner of `client_id`'s session as applied here.
@@ -147,7 +152,10 @@ impl ClusterNode {
                     return dump.map(|dump| (dump, Source::Replica(backup)));
                 }
             }
-            let answer = match self.links.request(previous, &body, HANDOVER_WAIT).await {
+            let attempt = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(HANDOVER_ATTEMPT);
+            let answer = match self.links.request(previous, &body, attempt).await {
                 Ok(answer) => answer,
                 // Not reachable (yet): a restarting node comes back within the wait.
                 Err(_) => {
