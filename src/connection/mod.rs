@@ -700,11 +700,25 @@ impl Connection {
     /// taken only up to the limit, and a waiting retained backlog alone is never a reason
     /// to disconnect. Publishers waiting for this session go on once the poll left its
     /// queue at half or less.
+    ///
+    /// In a cluster that replicates sessions, a QoS 2 PUBLISH to a persistent session is
+    /// shown to the client only once its in-flight record is durable on the backups
+    /// (held like an acknowledgement, with everything after it): a node that takes the
+    /// session over from a backup's copy then knows the client may have it, and resends
+    /// it with DUP, or PUBREL, instead of sending it again as new. While such a PUBLISH
+    /// is held, nothing more is taken from the session.
     fn drain_session(&mut self) -> Result<(), Exit> {
         self.release_held()?;
         let mut dropped = Vec::new();
         let max_outbox = self.config.limits.max_outbox_bytes;
-        let backlog_full = self.write_buf.len() >= max_outbox;
+        let durable_qos2 = self
+            .config
+            .cluster
+            .as_ref()
+            .is_some_and(|cluster| cluster.replication_factor >= 2)
+            && self.handle.is_persistent();
+        let backlog_full =
+            self.write_buf.len() >= max_outbox || (durable_qos2 && !self.held.is_empty());
         let budget = max_outbox.saturating_sub(self.write_buf.len());
         let stats = self.broker.stats();
         let timeout = self.slow_consumer_timeout();
@@ -713,12 +727,19 @@ impl Connection {
         for packet in self.out.drain(..) {
             output.packet(packet);
         }
+        let mut durable_wait: Option<(Vec<Packet>, Option<Completion>)> = None;
         {
             let mut session = self
                 .handle
                 .lock_current(self.generation)
                 .ok_or(Exit::TakenOver)?;
-            if !backlog_full {
+            if !backlog_full && durable_qos2 {
+                self.outbox_deadline = None;
+                let mut packets = Vec::new();
+                session.poll_outgoing_within(now(), budget, &mut packets, &mut dropped);
+                let written = self.broker.submit_journal(&mut session);
+                durable_wait = Some((packets, written));
+            } else if !backlog_full {
                 self.outbox_deadline = None;
                 session.poll_outgoing_within(now(), budget, &mut output, &mut dropped);
                 // What went in flight or was dropped: nothing waits for these writes.
@@ -741,11 +762,33 @@ impl Connection {
         for reason in dropped {
             stats.dropped(reason);
         }
-        if output.packets > 0 {
-            Stats::add(&stats.packets_sent, output.packets);
-            stats.messages_sent(output.publishes);
+        let (mut packets, mut publishes) = (output.packets, output.publishes);
+        if let Some((deliveries, mut written)) = durable_wait {
+            for packet in deliveries {
+                let new_qos2 = matches!(&packet, Packet::Publish(publish) if publish.qos == QoS::ExactlyOnce && !publish.dup);
+                // The first new QoS 2 PUBLISH waits for the drain's in-flight records;
+                // everything after it waits behind it.
+                let writes = match written.take_if(|_| new_qos2) {
+                    Some(written) => vec![written],
+                    None => Vec::new(),
+                };
+                self.send(packet, writes);
+            }
+            let mut output = EncodedOutgoing::new(&mut self.write_buf, self.version);
+            for packet in self.out.drain(..) {
+                output.packet(packet);
+            }
+            packets += output.packets;
+            for (total, more) in publishes.iter_mut().zip(output.publishes) {
+                *total += more;
+            }
         }
-        self.qos0_unwritten += output.publishes[QoS::AtMostOnce as usize];
+        if packets > 0 {
+            let stats = self.broker.stats();
+            Stats::add(&stats.packets_sent, packets);
+            stats.messages_sent(publishes);
+        }
+        self.qos0_unwritten += publishes[QoS::AtMostOnce as usize];
         // The list's allocation goes back to this thread for the next connection's
         // acknowledgements; an idle connection keeps none.
         let spent = std::mem::take(&mut self.out);

@@ -331,3 +331,55 @@ async fn a_session_handed_over_while_its_owners_backup_is_out_of_reach_keeps_its
     assert_eq!(received.payload, b"kept");
     cluster.pause_link(owner, backup, false);
 }
+
+/// A QoS 2 PUBLISH to a persistent session reaches its client only once the record that
+/// it is in flight is on the session's backup: a node taking the session over from that
+/// copy then resends it with DUP (or releases it) rather than sending it again as new,
+/// which the client would take for a second message. Node 1's link to its backup, node
+/// 2, is held (the proxy keeps every byte) while a QoS 2 message is published to a
+/// subscriber on node 1: the message waits until the link goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_qos2_publish_reaches_its_client_only_once_the_backup_has_it_in_flight() {
+    let mut cluster = Cluster::configure(3, &[]).await;
+    // The backup is declared out of sync only after ten heartbeats, well after the
+    // observation below.
+    cluster.set_heartbeat_ms(400);
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    eventually("node 1's backup in sync", || async {
+        (gauge(&cluster, 1, "fleetmq_cluster_backups_in_sync").await? == 1).then_some(())
+    })
+    .await;
+    let (mut subscriber, _) = RawClient::connect(cluster.mqtt(1), "durable-sub", 5)
+        .await
+        .unwrap();
+    subscriber.subscribe("durable/#", 2).await.unwrap();
+    let (mut publisher, _) = RawClient::connect(cluster.mqtt(1), "durable-pub", 5)
+        .await
+        .unwrap();
+
+    cluster.pause_link(1, 2, true);
+    let publishing = tokio::spawn(async move {
+        publisher
+            .publish("durable/1", 2, 1, b"exactly once", false)
+            .await
+    });
+    let early = tokio::time::timeout(std::time::Duration::from_secs(1), subscriber.receive()).await;
+    assert!(
+        early.is_err(),
+        "shown to the client before its backup had it in flight: {early:?}"
+    );
+    cluster.pause_link(1, 2, false);
+    let message = within("the message once the backup answered", subscriber.receive())
+        .await
+        .unwrap();
+    assert_eq!(message.payload, b"exactly once");
+    assert!(!message.dup);
+    let outcome = within("the publisher's acknowledgement", publishing)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Accepted));
+}
