@@ -130,6 +130,36 @@ fn message(topic: &str, retain: bool) -> Arc<Message> {
     })
 }
 
+/// `message` as a node relays it to a session subscribed at QoS 1 with
+/// `subscription_ids`.
+fn relayed(message: &Arc<Message>, subscription_ids: Vec<u32>) -> Relayed {
+    Relayed {
+        message: message.clone(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids,
+    }
+}
+
+/// A persistent session subscribed to `cmd/#`, handed over by its old node (which
+/// relays to it) to a new clustered broker over `store`, and resumed there.
+fn resumed_behind_relay(store: Arc<MemoryStore>) -> (Arc<Broker>, Connected) {
+    let (old_owner, _) = clustered();
+    let device = connect(&old_owner, "device", 3600);
+    subscribe(&old_owner, &device, "cmd/#");
+    old_owner.disconnect(&device.handle, device.attachment.generation, false);
+    let moved = old_owner.hand_over_session("device").unwrap();
+    let new_owner = Broker::new(Config::default(), store);
+    new_owner.set_cluster(Arc::new(Recorder::default()));
+    new_owner
+        .import_session_with(moved, true)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let resumed = connect(&new_owner, "device", 3600);
+    (new_owner, resumed)
+}
+
 fn drain(client: &Connected) -> Vec<Publish> {
     let mut out = Vec::new();
     let mut dropped = Vec::new();
@@ -282,14 +312,10 @@ fn a_session_moved_to_another_node_goes_whole_with_its_messages_in_order() {
     let copy = message("cmd/3", false);
     copy.cluster_id.set(held[2]).unwrap();
     let fresh = message("cmd/7", false);
-    let relayed = |message: &Arc<Message>| Relayed {
-        message: message.clone(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        subscription_ids: vec![9],
-    };
-    let (written, moved_on) =
-        new_owner.deliver_relayed("device", vec![relayed(&copy), relayed(&fresh)]);
+    let (written, moved_on) = new_owner.deliver_relayed(
+        "device",
+        vec![relayed(&copy, vec![9]), relayed(&fresh, vec![9])],
+    );
     assert!(moved_on.is_empty());
     written.unwrap().wait().unwrap();
     let out = drain(&resumed);
@@ -311,24 +337,8 @@ fn a_session_moved_to_another_node_goes_whole_with_its_messages_in_order() {
 
 #[test]
 fn a_session_behind_its_old_nodes_relay_holds_what_reaches_it_otherwise() {
-    let (old_owner, _) = clustered();
-    let device = connect(&old_owner, "device", 3600);
-    subscribe(&old_owner, &device, "cmd/#");
-    old_owner.disconnect(&device.handle, device.attachment.generation, false);
-    let moved = old_owner.hand_over_session("device").unwrap();
-    let (new_owner, _) = clustered();
-    new_owner
-        .import_session_with(moved, true)
-        .unwrap()
-        .wait()
-        .unwrap();
-    let resumed = connect(&new_owner, "device", 3600);
-    let relayed = |message: &Arc<Message>| Relayed {
-        message: message.clone(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        subscription_ids: Vec::new(),
-    };
+    let (new_owner, resumed) = resumed_behind_relay(Arc::new(MemoryStore::new()));
+    let relayed = |message: &Arc<Message>| relayed(message, Vec::new());
 
     // Published (or forwarded) here while the old node still relays: held.
     let late = message("cmd/1", false);
@@ -466,15 +476,7 @@ fn a_session_taken_from_a_copy_drops_a_message_it_holds_when_it_comes_again() {
         message
     };
     // Pulled by the taker before the session resumed, and forwarded to it again.
-    let (written, _) = taker.deliver_relayed(
-        "device",
-        vec![Relayed {
-            message: again(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            subscription_ids: vec![9],
-        }],
-    );
+    let (written, _) = taker.deliver_relayed("device", vec![relayed(&again(), vec![9])]);
     written.unwrap().wait().unwrap();
     taker.route(&again());
     let out = drain(&resumed);
@@ -500,26 +502,9 @@ fn a_session_taken_from_a_copy_drops_a_message_it_holds_when_it_comes_again() {
 
 #[test]
 fn a_message_that_comes_both_ways_behind_a_relay_is_stored_once_as_soon_as_both_are_here() {
-    let (old_owner, _) = clustered();
-    let device = connect(&old_owner, "device", 3600);
-    subscribe(&old_owner, &device, "cmd/#");
-    old_owner.disconnect(&device.handle, device.attachment.generation, false);
-    let moved = old_owner.hand_over_session("device").unwrap();
     let store = Arc::new(MemoryStore::new());
-    let new_owner = Broker::new(Config::default(), store.clone());
-    new_owner.set_cluster(Arc::new(Recorder::default()));
-    new_owner
-        .import_session_with(moved, true)
-        .unwrap()
-        .wait()
-        .unwrap();
-    let resumed = connect(&new_owner, "device", 3600);
-    let relayed = |message: &Arc<Message>| Relayed {
-        message: message.clone(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        subscription_ids: Vec::new(),
-    };
+    let (new_owner, resumed) = resumed_behind_relay(store.clone());
+    let relayed = |message: &Arc<Message>| relayed(message, Vec::new());
     let with_id = |topic: &str, sequence: u64| {
         let message = message(topic, false);
         message
