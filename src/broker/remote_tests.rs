@@ -141,18 +141,33 @@ fn relayed(message: &Arc<Message>, subscription_ids: Vec<u32>) -> Relayed {
     }
 }
 
+/// Leaves a persistent session `device`, subscribed to `cmd/#`, offline on `broker`.
+fn offline_device(broker: &Broker) {
+    let device = connect(broker, "device", 3600);
+    subscribe(broker, &device, "cmd/#");
+    broker.disconnect(&device.handle, device.attachment.generation, false);
+}
+
 /// A persistent session subscribed to `cmd/#`, handed over by its old node (which
 /// relays to it) to a new clustered broker over `store`, and resumed there.
 fn resumed_behind_relay(store: Arc<MemoryStore>) -> (Arc<Broker>, Connected) {
     let (old_owner, _) = clustered();
-    let device = connect(&old_owner, "device", 3600);
-    subscribe(&old_owner, &device, "cmd/#");
-    old_owner.disconnect(&device.handle, device.attachment.generation, false);
+    offline_device(&old_owner);
     let moved = old_owner.hand_over_session("device").unwrap();
+    resumed_elsewhere(moved, true, store)
+}
+
+/// `handed` imported by a new clustered broker over `store` (behind its old node's relay
+/// when `behind_relay`) and resumed there by its client.
+fn resumed_elsewhere(
+    handed: HandedOver,
+    behind_relay: bool,
+    store: Arc<MemoryStore>,
+) -> (Arc<Broker>, Connected) {
     let new_owner = Broker::new(Config::default(), store);
     new_owner.set_cluster(Arc::new(Recorder::default()));
     new_owner
-        .import_session_with(moved, true)
+        .import_session_with(handed, behind_relay)
         .unwrap()
         .wait()
         .unwrap();
@@ -365,17 +380,9 @@ fn a_session_behind_its_old_nodes_relay_holds_what_reaches_it_otherwise() {
 
     // Without a relay (a session taken from a backup), nothing waits.
     let (backup_owner, _) = clustered();
-    let device = connect(&backup_owner, "device", 3600);
-    subscribe(&backup_owner, &device, "cmd/#");
-    backup_owner.disconnect(&device.handle, device.attachment.generation, false);
+    offline_device(&backup_owner);
     let copy = backup_owner.hand_over_session("device").unwrap();
-    let (taker, _) = clustered();
-    taker
-        .import_session_with(copy, false)
-        .unwrap()
-        .wait()
-        .unwrap();
-    let resumed = connect(&taker, "device", 3600);
+    let (taker, resumed) = resumed_elsewhere(copy, false, Arc::new(MemoryStore::new()));
     assert_eq!(taker.route(&message("cmd/5", false)), 1);
     assert_eq!(topics(drain(&resumed)), ["cmd/5"]);
 }
@@ -383,9 +390,7 @@ fn a_session_behind_its_old_nodes_relay_holds_what_reaches_it_otherwise() {
 #[test]
 fn a_session_leaving_while_it_holds_takes_what_it_held_along_in_order() {
     let (old_owner, _) = clustered();
-    let device = connect(&old_owner, "device", 3600);
-    subscribe(&old_owner, &device, "cmd/#");
-    old_owner.disconnect(&device.handle, device.attachment.generation, false);
+    offline_device(&old_owner);
     let moved = old_owner.hand_over_session("device").unwrap();
     let (middle, _) = clustered();
     middle
@@ -442,9 +447,7 @@ fn a_session_taken_from_a_copy_drops_a_message_it_holds_when_it_comes_again() {
     // publishing node learns that it has it: that node sends it again to whichever node
     // takes the session over from a backup's copy.
     let (owner, _) = clustered();
-    let device = connect(&owner, "device", 3600);
-    subscribe(&owner, &device, "cmd/#");
-    owner.disconnect(&device.handle, device.attachment.generation, false);
+    offline_device(&owner);
     let stored = message("cmd/1", false);
     let id = crate::message::ClusterMessageId {
         node: 2,
@@ -463,13 +466,7 @@ fn a_session_taken_from_a_copy_drops_a_message_it_holds_when_it_comes_again() {
     assert_eq!(copy.session.queue.len(), 1);
     assert_eq!(copy.session.queue[0].message.cluster_id, Some(id));
 
-    let (taker, _) = clustered();
-    taker
-        .import_session_with(copy, false)
-        .unwrap()
-        .wait()
-        .unwrap();
-    let resumed = connect(&taker, "device", 3600);
+    let (taker, resumed) = resumed_elsewhere(copy, false, Arc::new(MemoryStore::new()));
     let again = || {
         let message = message("cmd/1", false);
         message.cluster_id.set(id).unwrap();
