@@ -115,6 +115,9 @@ pub struct Received {
     ids: Arc<Mutex<ReceivedIds>>,
     senders: Mutex<HashMap<NodeId, AckQueue>>,
     catching_up: Mutex<Option<CatchingUp>>,
+    /// Whether `catching_up` is set: every forward checks it, and only a restarted node
+    /// catching up takes the lock.
+    holding: std::sync::atomic::AtomicBool,
 }
 
 /// Forward frames received before a restarted node caught up, in arrival order.
@@ -137,11 +140,16 @@ impl Received {
     /// persistent sessions).
     pub fn hold_until_caught_up(&self) {
         *lock(&self.catching_up) = Some(CatchingUp::default());
+        self.holding
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Holds a forward frame while this node catches up: `None` when it is not (route
     /// it now), else whether it was kept (`false`: beyond the bound, dropped).
     fn hold(&self, from: NodeId, body: &bytes::Bytes, acknowledge: bool) -> Option<bool> {
+        if !self.holding.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         let mut catching_up = lock(&self.catching_up);
         let held = catching_up.as_mut()?;
         if held.frames.len() >= CATCHING_UP_FRAMES || held.bytes + body.len() > CATCHING_UP_BYTES {
@@ -158,6 +166,8 @@ impl Received {
         let held = catching_up.as_mut()?;
         if held.frames.is_empty() {
             *catching_up = None;
+            self.holding
+                .store(false, std::sync::atomic::Ordering::Release);
             return None;
         }
         held.bytes = 0;

@@ -52,13 +52,11 @@ async fn publish(mut publisher: RawClient, name: String, count: usize) -> (Vec<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forwarded_message_is_acknowledged_only_once_stored_on_the_subscribers_node() {
-    let mut cluster = Cluster::configure(3, &[]).await;
-    // Beyond the test: a message is refused only if a node refused it.
-    cluster.configure_section("cluster", "forward_ack_timeout_ms = 60000");
-    for id in 1..=3 {
-        cluster.spawn(id);
-    }
-    cluster.wait_for_leader(&[1, 2, 3]).await;
+    // The forward timeout beyond the test: a message is refused only if a node refused it.
+    let mut cluster = Cluster::start_with(3, |cluster| {
+        cluster.configure_section("cluster", "forward_ack_timeout_ms = 60000")
+    })
+    .await;
     eventually("node 2's backup in sync", || async {
         (metric(&cluster, 2, "fleetmq_cluster_backups_in_sync").await? == 1.0).then_some(())
     })

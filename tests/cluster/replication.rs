@@ -340,14 +340,9 @@ async fn a_session_handed_over_while_its_owners_backup_is_out_of_reach_keeps_its
 /// subscriber on node 1: the message waits until the link goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_qos2_publish_reaches_its_client_only_once_the_backup_has_it_in_flight() {
-    let mut cluster = Cluster::configure(3, &[]).await;
     // The backup is declared out of sync only after ten heartbeats, well after the
     // observation below.
-    cluster.set_heartbeat_ms(400);
-    for id in 1..=3 {
-        cluster.spawn(id);
-    }
-    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let cluster = Cluster::start_with(3, |cluster| cluster.set_heartbeat_ms(400)).await;
     eventually("node 1's backup in sync", || async {
         (gauge(&cluster, 1, "fleetmq_cluster_backups_in_sync").await? == 1).then_some(())
     })

@@ -98,7 +98,13 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `size` nodes and waits until all of them follow one leader.
     pub async fn start(size: u64) -> Cluster {
+        Cluster::start_with(size, |_| {}).await
+    }
+
+    /// `start`, with `configure` changing the nodes' configuration before they start.
+    pub async fn start_with(size: u64, configure: impl FnOnce(&Cluster)) -> Cluster {
         let mut cluster = Cluster::configure(size, &[]).await;
+        configure(&cluster);
         for id in 1..=size {
             cluster.spawn(id);
         }
