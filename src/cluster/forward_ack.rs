@@ -388,16 +388,17 @@ impl ClusterNode {
 
     /// Queues for `client_id`'s session those of `messages` it subscribes to, and waits
     /// until they are stored (copies it already has are recognised by their cluster id).
-    pub(super) async fn deliver_pending(&self, client_id: &str, messages: &[Arc<Message>]) {
+    /// Whether every one it subscribes to was stored, or relayed on to where the
+    /// session went.
+    pub(super) async fn deliver_pending(&self, client_id: &str, messages: &[Arc<Message>]) -> bool {
         if messages.is_empty() {
-            return;
+            return true;
         }
         let Some(broker) = self.broker.upgrade() else {
-            return;
+            return false;
         };
         let Some(handle) = broker.session(client_id) else {
-            self.relay_pending(client_id, messages.iter());
-            return;
+            return self.relay_pending(client_id, messages.iter());
         };
         let subscriptions: Vec<(bytestring::ByteString, crate::session::SubscriptionEntry)> =
             handle
@@ -412,12 +413,15 @@ impl ClusterNode {
             .collect();
         let count = relayed.len();
         let (written, moved_on) = broker.deliver_relayed(client_id, relayed);
-        self.relay_pending(client_id, moved_on.iter().map(|relayed| &relayed.message));
+        let relayed_on =
+            self.relay_pending(client_id, moved_on.iter().map(|relayed| &relayed.message));
         if let Some(written) = written {
             if let Err(error) = written.await {
                 tracing::warn!(client_id, %error, count, "messages for a session taken over from a dead node could not be stored");
+                return false;
             }
         }
+        relayed_on
     }
 
     /// The session moved on between its import and this pull (its client reconnected
@@ -425,8 +429,12 @@ impl ClusterNode {
     /// messages follow it through this node's relay to its new node, which drops what
     /// it already has by cluster id. (Left to the rerouting of the messages kept for
     /// the dead node, they were lost when that node came back first and took them for
-    /// the copy it restored.)
-    fn relay_pending<'a>(&self, client_id: &str, messages: impl Iterator<Item = &'a Arc<Message>>) {
+    /// the copy it restored.) Whether every one was relayed.
+    fn relay_pending<'a>(
+        &self,
+        client_id: &str,
+        messages: impl Iterator<Item = &'a Arc<Message>>,
+    ) -> bool {
         let mut unrelayed = 0usize;
         for message in messages {
             if !self.relay_for(client_id, message) {
@@ -440,6 +448,94 @@ impl ClusterNode {
                 "messages pulled for a session that moved on match none of its relayed filters"
             );
         }
+        unrelayed == 0
+    }
+
+    /// A message `from` could not keep for sessions that moved away from it, taken over
+    /// by other nodes from a backup's copy without it (`StoreError::SessionMoved`):
+    /// handed to each session's node now, which stores it for the session unless the
+    /// session has it (by cluster id: the copy it pulled from this node's kept
+    /// messages as it took the session over, `pull_pending`). Failing the publisher
+    /// instead had it send the message again as new, a second copy for the session.
+    /// What the publisher's acknowledgement waits for besides: a failure for each node
+    /// that did not store it.
+    pub(super) async fn hand_to_new_owners(
+        &self,
+        from: NodeId,
+        forward: &link::MovedForward,
+    ) -> Vec<Completion> {
+        let mut by_node: std::collections::BTreeMap<NodeId, Vec<String>> = Default::default();
+        for (client_id, node) in &forward.sessions {
+            by_node.entry(*node).or_default().push(client_id.clone());
+        }
+        let mut failed = Vec::new();
+        for (node, client_ids) in by_node {
+            let stored = if node == self.me {
+                self.store_moved_copy(&client_ids, &forward.message).await
+            } else {
+                self.send_moved_copy(node, client_ids, &forward.message)
+                    .await
+            };
+            if !stored {
+                failed.push(Completion::done(Err(crate::storage::StoreError::Io(format!(
+                    "node {node} did not store a message for sessions that moved there from node {from}"
+                )))));
+            }
+        }
+        failed
+    }
+
+    async fn send_moved_copy(
+        &self,
+        node: NodeId,
+        client_ids: Vec<String>,
+        message: &Arc<Message>,
+    ) -> bool {
+        let Some(broker) = self.broker.upgrade() else {
+            return false;
+        };
+        let body = forward::encode(message, broker.wall_clock(), &[]);
+        let request = Request::MovedCopy {
+            client_ids,
+            message: super::state::encode_base64(&body),
+        };
+        let Ok(body) = serde_json::to_vec(&request) else {
+            return false;
+        };
+        match self.links.request(node, &body, PULL_WAIT).await {
+            Ok(answer) => matches!(serde_json::from_slice(&answer), Ok(Response::Relayed(true))),
+            Err(_) => false,
+        }
+    }
+
+    /// `Request::MovedCopy` as it arrives: the message decoded, then stored.
+    pub(super) async fn take_moved_copy(&self, client_ids: &[String], encoded: &str) -> bool {
+        let Some(broker) = self.broker.upgrade() else {
+            return false;
+        };
+        let decoded = super::state::decode_base64(encoded)
+            .and_then(|body| forward::decode(body.into(), broker.wall_clock()));
+        match decoded {
+            Some((message, _)) => self.store_moved_copy(client_ids, &Arc::new(message)).await,
+            None => false,
+        }
+    }
+
+    /// `Request::MovedCopy`: stores `message` for those of `client_ids`' sessions here
+    /// that subscribe to it and lack it (relayed on for one that moved on); whether
+    /// every one has it now.
+    pub(super) async fn store_moved_copy(
+        &self,
+        client_ids: &[String],
+        message: &Arc<Message>,
+    ) -> bool {
+        let mut stored = true;
+        for client_id in client_ids {
+            stored &= self
+                .deliver_pending(client_id, std::slice::from_ref(message))
+                .await;
+        }
+        stored
     }
 }
 
@@ -478,18 +574,34 @@ async fn acknowledge(
 ) {
     let mut batch = Vec::with_capacity(ACKS_PER_FRAME);
     let mut acks = Vec::with_capacity(ACKS_PER_FRAME);
+    let mut moved = Vec::new();
     while receiver.recv_many(&mut batch, ACKS_PER_FRAME).await > 0 {
         for (id, writes) in batch.drain(..) {
-            let durable = match writes {
-                None => true,
-                Some(writes) => writes.await.is_ok(),
+            let result = match writes {
+                None => Ok(()),
+                Some(writes) => writes.await,
             };
-            acks.push((id, durable));
+            match result {
+                Ok(_) => acks.push((id, true)),
+                // Kept for sessions that moved away meanwhile: the sending node hands
+                // the message to their new nodes (`hand_to_new_owners`).
+                Err(crate::storage::StoreError::SessionMoved(sessions)) => {
+                    moved.push(link::MovedAck {
+                        node: id.node,
+                        sequence: id.sequence,
+                        sessions,
+                    });
+                }
+                Err(_) => acks.push((id, false)),
+            }
         }
         {
             let mut ids = lock(&ids);
             for (id, durable) in &acks {
                 ids.settle(*id, *durable);
+            }
+            for entry in &moved {
+                ids.settle(entry.id(), false);
             }
         }
         let Some(node) = node.upgrade() else {
@@ -498,9 +610,18 @@ async fn acknowledge(
         // A link that is down loses them: the sender sends the messages again, and
         // they are acknowledged again from `ids`.
         if let Some(peer) = node.links.peer(from) {
-            peer.send(link::frame(link::FORWARD_ACK, &link::encode_acks(&acks)));
+            if !acks.is_empty() {
+                peer.send(link::frame(link::FORWARD_ACK, &link::encode_acks(&acks)));
+            }
+            if !moved.is_empty() {
+                peer.send(link::frame(
+                    link::FORWARD_MOVED,
+                    &link::encode_moved(&moved),
+                ));
+            }
         }
         acks.clear();
+        moved.clear();
     }
 }
 

@@ -11,6 +11,10 @@
 //!   once every store write it caused there is durable, and the sender keeps it until
 //!   then, sending it again on every new connection (`unacked`).
 //! - `FORWARD_ACK`: the ids of acknowledged messages (`unacked`).
+//! - `FORWARD_MOVED`: forwarded messages the receiver could not keep for sessions that
+//!   moved away from it meanwhile, with those sessions and their nodes (JSON, `unacked`):
+//!   the sender hands each to those nodes (`LinkHandler::moved`). A node without it
+//!   ignores the frame (its publishers time out and send again, as before).
 //! - `PING` (empty): sent at least once per heartbeat, so that the peer hears from this
 //!   node at least that often even when the link is idle (and knows that it does).
 //!
@@ -61,7 +65,9 @@ mod unacked;
 use peer::Outbox;
 pub use peer::{NotQueued, PeerLink};
 use unacked::Unacked;
-pub use unacked::{encode_acks, Reroute, MAX_UNACKED_FORWARDS};
+pub use unacked::{
+    encode_acks, encode_moved, MovedAck, MovedForward, Reroute, MAX_UNACKED_FORWARDS,
+};
 
 pub const HELLO: u8 = 1;
 pub const REQUEST: u8 = 2;
@@ -70,6 +76,7 @@ pub const FORWARD: u8 = 4;
 pub const PING: u8 = 5;
 pub const FORWARD_ACKED: u8 = 6;
 pub const FORWARD_ACK: u8 = 7;
+pub const FORWARD_MOVED: u8 = 8;
 
 /// Largest frame accepted from a peer (a snapshot of a large retained set travels in one).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
@@ -90,6 +97,15 @@ pub trait LinkHandler: Send + Sync + 'static {
     /// with a `FORWARD_ACK` once its writes here are durable. What the link's reader
     /// waits for before it reads on (a local subscriber left congested), if anything.
     fn forwarded(&self, from: NodeId, body: Bytes, acknowledge: bool) -> Option<ReadPause>;
+    /// Forwarded messages `from` could not keep for sessions that moved from it to other
+    /// nodes (`FORWARD_MOVED`): each is to go to those nodes, its publisher's
+    /// acknowledgement settled once they have it (`MovedForward::settle`). Without a
+    /// handler they fail their publishers, as a failed write does.
+    fn moved(&self, from: NodeId, moved: Vec<MovedForward>) {
+        for forward in moved {
+            forward.fail(from);
+        }
+    }
 }
 
 /// What a link's reader waits for before it reads the next frame: the peer's writer then
@@ -121,6 +137,9 @@ pub struct LinkStats {
     pub timed_out_forwards: AtomicU64,
     /// QoS 1/2 messages refused: too many already waited for the peer's acknowledgement.
     pub unacked_refused: AtomicU64,
+    /// Messages the peer could not keep for sessions that moved away from it, handed to
+    /// those sessions' new nodes.
+    pub moved_forwards: AtomicU64,
 }
 
 /// Any stream a link runs over: TCP, or TLS over TCP.
@@ -592,6 +611,15 @@ impl Links {
                 }
             }
             FORWARD_ACK => peer.acknowledged(body),
+            FORWARD_MOVED => {
+                let moved = peer.take_moved(&body);
+                if !moved.is_empty() {
+                    match self.handler.get() {
+                        Some(handler) => handler.moved(peer.id, moved),
+                        None => moved.into_iter().for_each(|forward| forward.fail(peer.id)),
+                    }
+                }
+            }
             _ => tracing::debug!(peer = peer.id, kind, "unknown cluster frame ignored"),
         }
         None

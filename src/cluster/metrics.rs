@@ -236,6 +236,13 @@ pub fn render(node: &ClusterNode) -> String {
     metric(
         &mut out,
         "counter",
+        "fleetmq_cluster_forwards_moved_total",
+        "QoS 1/2 messages the peer could not keep for sessions that moved away from it, handed to the sessions' new nodes instead",
+        &per_peer(&|peer| peer.stats.moved_forwards.load(Ordering::Relaxed)),
+    );
+    metric(
+        &mut out,
+        "counter",
         "fleetmq_cluster_forwards_timed_out_total",
         "QoS 1/2 messages the peer did not acknowledge within cluster.forward_ack_timeout_ms (their publishers were not acknowledged)",
         &per_peer(&|peer| peer.stats.timed_out_forwards.load(Ordering::Relaxed)),

@@ -78,6 +78,14 @@ pub enum Request {
     PendingFor {
         dead: NodeId,
     },
+    /// A message the asking node forwarded to another node that could not keep it for
+    /// these sessions, which moved to the asked node (`super::forward_ack`,
+    /// `hand_to_new_owners`): stored for them unless they have it. `FORWARD` body,
+    /// base64; answered `Relayed`.
+    MovedCopy {
+        client_ids: Vec<String>,
+        message: String,
+    },
 }
 
 /// What the previous owner answers to `Request::Handover`.

@@ -306,31 +306,36 @@ impl ClusterNode {
         self.confirm_relay(client_id, epoch);
     }
 
-    /// Whether one of `client_ids`' sessions moved to another node that may have taken
-    /// it from a backup's copy rather than from this node: it moved, and neither did
-    /// its new owner confirm taking this node's hand-over within `HANDOVER_WAIT` (one
-    /// wait for them all) nor did this node hand it over after `mark` (when the write
-    /// was submitted: the session it handed over held the write's messages, and the
-    /// nodes it went on to got them with it, as when two connects race). A write
-    /// released without a backup's copy is lost only in that case (the hand-over
-    /// carries the session as this node holds it).
-    pub(super) async fn moved_from_a_copy(&self, client_ids: &[String], mark: u64) -> bool {
+    /// Those of `client_ids`' sessions that moved to another node that may have taken
+    /// them from a backup's copy rather than from this node, with that node: moved, and
+    /// neither did the new owner confirm taking this node's hand-over within
+    /// `HANDOVER_WAIT` (one wait for them all) nor did this node hand it over after
+    /// `mark` (when the write was submitted: the session it handed over held the
+    /// write's messages, and the nodes it went on to got them with it, as when two
+    /// connects race). A write released without a backup's copy misses those sessions
+    /// only (the hand-over carries the session as this node holds it).
+    pub(super) async fn moved_from_a_copy(
+        &self,
+        client_ids: &[String],
+        mark: u64,
+    ) -> Vec<(String, NodeId)> {
         let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
         loop {
             let confirmed = self.confirmed_handovers.changed.notified();
             tokio::pin!(confirmed);
             confirmed.as_mut().enable();
-            let unconfirmed = client_ids.iter().any(|client_id| {
-                self.owner(client_id).is_some_and(|owner| {
-                    owner.node != self.me
-                        && !self.confirmed_handovers.has(client_id, owner.epoch, mark)
+            let unconfirmed: Vec<(String, NodeId)> = client_ids
+                .iter()
+                .filter_map(|client_id| {
+                    let owner = self.owner(client_id)?;
+                    (owner.node != self.me
+                        && !self.confirmed_handovers.has(client_id, owner.epoch, mark))
+                    .then(|| (client_id.clone(), owner.node))
                 })
-            });
-            if !unconfirmed {
-                return false;
-            }
-            if tokio::time::timeout_at(deadline, confirmed).await.is_err() {
-                return true;
+                .collect();
+            if unconfirmed.is_empty() || tokio::time::timeout_at(deadline, confirmed).await.is_err()
+            {
+                return unconfirmed;
             }
         }
     }

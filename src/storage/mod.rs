@@ -110,6 +110,12 @@ pub enum StoreError {
     Overloaded,
     #[error("storage writer has stopped")]
     Closed,
+    /// Cluster replication: a write released without a backup's copy stored messages
+    /// for sessions that another node has taken over from a copy without them since
+    /// (client id, the node that owns it now). The message belongs to those nodes now:
+    /// a forwarding node hands it to them instead of failing its publisher.
+    #[error("a session moved to another node while its backup was out of reach")]
+    SessionMoved(Vec<(String, u64)>),
     #[error("cannot open database {}: it is locked, another process is using it ({detail})", .path.display())]
     Locked { path: PathBuf, detail: String },
     #[error("database {} is corrupt: {detail}", .path.display())]

@@ -332,6 +332,87 @@ async fn a_session_handed_over_while_its_owners_backup_is_out_of_reach_keeps_its
     cluster.pause_link(owner, backup, false);
 }
 
+/// A QoS 2 message forwarded to the node owning a persistent session, whose write there
+/// waits for that node's backup when the owner is cut off (a partition): the session's
+/// client comes back on the backup, which takes the session over from its copy and
+/// pulls the message from the publishing node. Healed, the owner learns of the move,
+/// its write is released without the backup and fails for the session that moved; the
+/// owner names the session and its new node, and the publishing node hands the message
+/// there (which has it already) instead of failing the publisher, whose resend would
+/// have been a second message for the subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_the_owner_could_not_keep_for_a_session_taken_from_its_backup_is_handed_to_the_new_owner(
+) {
+    let cluster = Cluster::start(3).await;
+    // The publisher on the leader, the session's owner and backup the other two (a
+    // node's backup is the next id after it).
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    let owner = leader % 3 + 1;
+    let backup = owner % 3 + 1;
+    wait_in_sync(&cluster, owner).await;
+
+    let (mut subscriber, present) = RawClient::connect(cluster.mqtt(owner), "moving-sub", 5)
+        .await
+        .unwrap();
+    assert!(!present);
+    subscriber.subscribe("moving/#", 2).await.unwrap();
+    // The subscription reaches the publishing node (routes go through consensus).
+    let mut prober = crate::common::mqtt::Publisher::v4(cluster.mqtt(leader), "moving-probe").await;
+    within("the route to reach the publishing node", async {
+        loop {
+            prober.publish("moving/probe", 0, false, b"probe").await;
+            let probe = std::time::Duration::from_millis(100);
+            if let Ok(Ok(_)) = tokio::time::timeout(probe, subscriber.receive()).await {
+                return;
+            }
+        }
+    })
+    .await;
+    drop(subscriber);
+    let (mut publisher, _) = RawClient::connect(cluster.mqtt(leader), "moving-pub", 5)
+        .await
+        .unwrap();
+
+    // The owner's write waits for the backup, then the owner is cut off (every link of
+    // it, the paused one too): it can commit nothing (the backup stays in sync), and
+    // the write waits.
+    cluster.pause_link(owner, backup, true);
+    let publishing =
+        tokio::spawn(async move { publisher.publish("moving/1", 2, 1, b"once", false).await });
+    let waiting = format!("fleetmq_cluster_replication_queue_bytes{{backup=\"{backup}\"}}");
+    eventually("the owner's write waiting for the backup", || async {
+        let text = cluster.try_metrics(owner).await?;
+        (metric_value(&text, &waiting)? > 0.0).then_some(())
+    })
+    .await;
+    cluster.isolate(owner, true);
+
+    let (mut moved, present) = RawClient::connect(cluster.mqtt(backup), "moving-sub", 5)
+        .await
+        .unwrap();
+    assert!(present, "the session was taken over from the backup's copy");
+    let message = within("the message on the new owner", moved.receive())
+        .await
+        .unwrap();
+    assert_eq!(message.payload, b"once");
+    cluster.isolate(owner, false);
+    let outcome = within("the publisher's PUBREC", publishing).await.unwrap();
+    assert_eq!(
+        outcome,
+        Ok(Outcome::Accepted),
+        "the publisher was refused although the session's new owner has the message"
+    );
+    let handed = format!("fleetmq_cluster_forwards_moved_total{{peer=\"{owner}\"}}");
+    let text = cluster.try_metrics(leader).await.unwrap();
+    assert_eq!(
+        metric_value(&text, &handed),
+        Some(1.0),
+        "the owner handed the message back for the session's new owner"
+    );
+    let again = tokio::time::timeout(std::time::Duration::from_secs(1), moved.receive()).await;
+    assert!(again.is_err(), "the message came twice: {again:?}");
+}
+
 /// A QoS 2 PUBLISH to a persistent session reaches its client only once the record that
 /// it is in flight is on the session's backup: a node taking the session over from that
 /// copy then resends it with DUP (or releases it) rather than sending it again as new,

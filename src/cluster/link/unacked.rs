@@ -7,6 +7,9 @@
 //!
 //! `FORWARD_ACK` body: entries of `u64` BE node, `u64` BE sequence (the message's
 //! `ClusterMessageId`) and one byte, 1 when the writes are durable, 0 when they failed.
+//! `FORWARD_MOVED` body: a JSON list of `MovedAck`, messages whose writes failed only
+//! because sessions they were for moved to other nodes: the entry leaves the list, and
+//! its publisher's acknowledgement waits for those nodes instead (`MovedForward`).
 
 use std::collections::BTreeMap;
 
@@ -50,6 +53,52 @@ pub struct Reroute {
     pub message: Arc<Message>,
     pub groups: Vec<String>,
     pub sent_to: Vec<NodeId>,
+}
+
+/// A `FORWARD_MOVED` entry: a forwarded message the peer could not keep for sessions
+/// that other nodes took over from a backup's copy without it, and those sessions
+/// (client id, the node that holds it now).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct MovedAck {
+    pub node: u64,
+    pub sequence: u64,
+    pub sessions: Vec<(String, NodeId)>,
+}
+
+impl MovedAck {
+    pub fn id(&self) -> ClusterMessageId {
+        ClusterMessageId {
+            node: self.node,
+            sequence: self.sequence,
+        }
+    }
+}
+
+/// A message off the unacknowledged list by `FORWARD_MOVED`, to be handed to the nodes
+/// its sessions moved to; its publisher's acknowledgement waits for `settle`.
+pub struct MovedForward {
+    pub message: Arc<Message>,
+    pub sessions: Vec<(String, NodeId)>,
+    promise: WritePromise,
+    /// Copies sent to other nodes while the peer was down (`PendingForward::also`).
+    also: Vec<Completion>,
+}
+
+impl MovedForward {
+    /// The publisher's acknowledgement waits for `copies` (the new nodes' answers) and
+    /// for whatever it waited for besides the peer.
+    pub fn settle(self, copies: Vec<Completion>) {
+        let mut writes = self.also;
+        writes.extend(copies);
+        self.promise.fulfil(writes);
+    }
+
+    /// Nobody takes it to the new nodes: its publisher is not acknowledged.
+    pub fn fail(self, peer: NodeId) {
+        self.settle(vec![Completion::done(Err(StoreError::Io(format!(
+            "node {peer} could not store a forwarded message"
+        ))))]);
+    }
 }
 
 fn key(id: ClusterMessageId) -> (u64, u64) {
@@ -147,6 +196,37 @@ impl PeerLink {
             }
             entry.promise.fulfil(writes);
         }
+    }
+
+    /// A `FORWARD_MOVED` from the peer: the messages it names leave the list, to be
+    /// handed to the nodes their sessions moved to. A malformed body is ignored (its
+    /// messages time out).
+    pub(super) fn take_moved(&self, body: &[u8]) -> Vec<MovedForward> {
+        let entries: Vec<MovedAck> = match serde_json::from_slice(body) {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(peer = self.id, %error, "malformed FORWARD_MOVED frame ignored");
+                return Vec::new();
+            }
+        };
+        let mut moved = Vec::with_capacity(entries.len());
+        let mut unacked = lock(&self.unacked);
+        for entry in entries {
+            if let Some(pending) = unacked.entries.remove(&key(entry.id())) {
+                unacked.bytes -= pending.frame.len();
+                moved.push(MovedForward {
+                    message: pending.message,
+                    sessions: entry.sessions,
+                    promise: pending.promise,
+                    also: pending.also,
+                });
+            }
+        }
+        drop(unacked);
+        self.stats
+            .moved_forwards
+            .fetch_add(moved.len() as u64, Ordering::Relaxed);
+        moved
     }
 
     /// Queues every unacknowledged message again, in order, on a connection that just
@@ -257,6 +337,11 @@ impl PeerLink {
         self.stats.rerouted_forwards.fetch_add(1, Ordering::Relaxed);
         true
     }
+}
+
+/// Encodes a `FORWARD_MOVED` body.
+pub fn encode_moved(entries: &[MovedAck]) -> Vec<u8> {
+    serde_json::to_vec(entries).unwrap_or_default()
 }
 
 /// Encodes `FORWARD_ACK` entries.

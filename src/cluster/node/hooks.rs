@@ -206,9 +206,27 @@ impl LinkHandler for ClusterNode {
                     Response::HandoverDone
                 }
                 Ok(Request::PendingFor { dead }) => Response::Pending(self.pending_for(dead)),
+                Ok(Request::MovedCopy {
+                    client_ids,
+                    message,
+                }) => Response::Relayed(self.take_moved_copy(&client_ids, &message).await),
             };
             serde_json::to_vec(&response).unwrap_or_default()
         })
+    }
+
+    fn moved(&self, from: NodeId, moved: Vec<link::MovedForward>) {
+        let node = self.this();
+        tokio::spawn(async move {
+            for forward in moved {
+                let Some(this) = node.upgrade() else {
+                    forward.fail(from);
+                    continue;
+                };
+                let copies = this.hand_to_new_owners(from, &forward).await;
+                forward.settle(copies);
+            }
+        });
     }
 
     fn forwarded(&self, from: NodeId, body: Bytes, acknowledge: bool) -> Option<link::ReadPause> {

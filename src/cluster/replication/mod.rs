@@ -74,10 +74,15 @@ pub trait ReplicaLink: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(), String>>;
     /// Commits `backup`'s in-sync flag for this node through consensus.
     fn set_in_sync(&self, backup: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>>;
-    /// Whether `client_id`'s session moved to a node that may have taken it from a
-    /// backup's copy (not handed over by this node, at the current owner's claim or
-    /// after `mark`); may wait a little for the new owner's confirmation of a hand-over.
-    fn moved_from_a_copy(&self, client_ids: Vec<String>, mark: u64) -> BoxFuture<'_, bool>;
+    /// Those of `client_ids` whose sessions moved to a node that may have taken them
+    /// from a backup's copy (not handed over by this node, at the current owner's claim
+    /// or after `mark`), with that node; may wait a little for the new owner's
+    /// confirmation of a hand-over. `Err` when it cannot tell (the node stops).
+    fn moved_from_a_copy(
+        &self,
+        client_ids: Vec<String>,
+        mark: u64,
+    ) -> BoxFuture<'_, Result<Vec<(String, NodeId)>, String>>;
     /// Where this node's confirmed hand-overs stand, noted as a write is submitted.
     fn handover_mark(&self) -> u64 {
         0
@@ -160,7 +165,7 @@ async fn moved_away(
     written_whole: &HashSet<ByteString>,
     handover_mark: u64,
     link: &dyn ReplicaLink,
-) -> bool {
+) -> Result<Vec<(String, NodeId)>, String> {
     let client_ids: Vec<String> = ops
         .iter()
         .flat_map(|op| match op {
@@ -170,7 +175,10 @@ async fn moved_away(
         .filter(|delivery| !written_whole.contains(&delivery.client_id))
         .map(|delivery| delivery.client_id.to_string())
         .collect();
-    !client_ids.is_empty() && link.moved_from_a_copy(client_ids, handover_mark).await
+    if client_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    link.moved_from_a_copy(client_ids, handover_mark).await
 }
 
 /// The sessions `ops` write whole (removed, then put again): imports.
@@ -399,16 +407,16 @@ impl Replicator {
             }
             // Released without a backup's copy: if a session it stored a message for
             // was taken elsewhere from a backup's copy meanwhile (a failover or an
-            // adoption read a copy without it), the message is not acknowledged; the
-            // publisher sends it again. A session this node handed over itself carried
-            // the message.
-            if released
-                && result.is_ok()
-                && moved_away(&replicated, &written_whole, handover_mark, link.as_ref()).await
-            {
-                result = Err(StoreError::Io(
-                    "a session moved to another node while its backup was out of reach".into(),
-                ));
+            // adoption read a copy without it), the write fails, naming those sessions
+            // and their nodes: a local publisher sends the message again, a forwarding
+            // node hands it to them (`forward_ack`). A session this node handed over
+            // itself carried the message.
+            if released && result.is_ok() {
+                match moved_away(&replicated, &written_whole, handover_mark, link.as_ref()).await {
+                    Ok(moved) if moved.is_empty() => {}
+                    Ok(moved) => result = Err(StoreError::SessionMoved(moved)),
+                    Err(error) => result = Err(StoreError::Io(error)),
+                }
             }
             let _ = done.send(result);
         });

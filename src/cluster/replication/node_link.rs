@@ -57,12 +57,16 @@ impl ReplicaLink for NodeLink {
         })
     }
 
-    fn moved_from_a_copy(&self, client_ids: Vec<String>, mark: u64) -> BoxFuture<'_, bool> {
+    fn moved_from_a_copy(
+        &self,
+        client_ids: Vec<String>,
+        mark: u64,
+    ) -> BoxFuture<'_, Result<Vec<(String, NodeId)>, String>> {
         Box::pin(async move {
             match self.node.upgrade() {
-                Some(node) => node.moved_from_a_copy(&client_ids, mark).await,
+                Some(node) => Ok(node.moved_from_a_copy(&client_ids, mark).await),
                 // Stopping: nobody is acknowledged any more; refuse to be safe.
-                None => true,
+                None => Err("the node stops".into()),
             }
         })
     }

@@ -13,6 +13,9 @@ use super::*;
 use crate::protocol::{ProtocolVersion, QoS};
 use crate::storage::{MemoryStore, QueuedDelivery, SessionRecord, StoredMessage};
 
+/// The node that adopts sessions in these tests.
+const ADOPTER: NodeId = 3;
+
 fn put(client_id: &str) -> StoreOp {
     StoreOp::PutSession(SessionRecord {
         client_id: client_id.into(),
@@ -203,14 +206,20 @@ impl ReplicaLink for SilentBackup {
         })
     }
 
-    fn moved_from_a_copy(&self, client_ids: Vec<String>, _: u64) -> BoxFuture<'_, bool> {
-        let adopted = {
+    fn moved_from_a_copy(
+        &self,
+        client_ids: Vec<String>,
+        _: u64,
+    ) -> BoxFuture<'_, Result<Vec<(String, NodeId)>, String>> {
+        let adopted: Vec<(String, NodeId)> = {
             let adopted = self.adopted.lock().unwrap();
             client_ids
-                .iter()
-                .any(|client_id| adopted.contains(client_id))
+                .into_iter()
+                .filter(|client_id| adopted.contains(client_id))
+                .map(|client_id| (client_id, ADOPTER))
+                .collect()
         };
-        Box::pin(async move { adopted })
+        Box::pin(async move { Ok(adopted) })
     }
 
     fn set_in_sync(&self, _: NodeId, in_sync: bool) -> BoxFuture<'_, Result<(), String>> {
@@ -286,8 +295,9 @@ async fn a_silent_backup_is_committed_out_of_sync_before_the_writes_waiting_on_i
 }
 
 /// A write released without its backup's copy fails when the session it stored a
-/// message for was adopted elsewhere meanwhile (the adopter's copy lacks the message):
-/// its publisher gets no acknowledgement and sends it again.
+/// message for was adopted elsewhere meanwhile (the adopter's copy lacks the message),
+/// naming the session and its new node: a local publisher gets no acknowledgement and
+/// sends the message again, a forwarding node hands it to that node.
 #[tokio::test]
 async fn a_write_released_without_its_backup_fails_for_a_session_adopted_meanwhile() {
     let replicator = Replicator::new(
@@ -329,10 +339,12 @@ async fn a_write_released_without_its_backup_fails_for_a_session_adopted_meanwhi
     backup.adopted.lock().unwrap().insert("arrived".into());
     backup.commit_gate.add_permits(1);
     here.await.expect("the session is still owned here");
-    assert!(
-        moved.await.is_err(),
-        "acknowledged without any copy the new owner has"
-    );
+    match moved.await {
+        Err(StoreError::SessionMoved(sessions)) => {
+            assert_eq!(sessions, vec![("adopted".to_string(), ADOPTER)]);
+        }
+        other => panic!("acknowledged without any copy the new owner has: {other:?}"),
+    }
     imported
         .await
         .expect("an imported session is not failed for moving on");
