@@ -308,9 +308,11 @@ impl ClusterNode {
                     self.release(client_id).await;
                     continue;
                 }
+                // Copies of the QoS 2 messages it completed lately are dropped too
+                // (`Replicas::recently_completed`).
                 let handed = HandedOver {
                     session,
-                    held: Vec::new(),
+                    held: replicas.recently_completed(origin, &client_id),
                 };
                 match broker.import_session(handed) {
                     Some(written) => {

@@ -64,6 +64,13 @@ impl SessionDump {
         dump
     }
 
+    /// Adds ids of messages the session had lately (completed ones, from a backup's
+    /// copy) to those it holds: copies of them that reach its new node are dropped.
+    pub fn also_held(&mut self, ids: Vec<ClusterMessageId>) {
+        self.held
+            .extend(ids.into_iter().map(|id| (id.node, id.sequence)));
+    }
+
     /// `into_session`, with the ids of the messages it holds.
     pub fn into_handed(self) -> Option<HandedOver> {
         let held = self

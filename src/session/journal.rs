@@ -95,6 +95,19 @@ impl Journal {
                 client_id: persisted.client_id.clone(),
                 packet_id,
             });
+            // Only a cluster node's messages have an id; a QoS 1 message may come
+            // twice anyway.
+            if let Some(cluster_id) = delivery
+                .message
+                .cluster_id
+                .get()
+                .filter(|_| delivery.qos == crate::protocol::QoS::ExactlyOnce)
+            {
+                persisted.ops.push(StoreOp::CompletedInCluster {
+                    client_id: persisted.client_id.clone(),
+                    cluster_id: *cluster_id,
+                });
+            }
         }
     }
 

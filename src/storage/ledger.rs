@@ -306,6 +306,8 @@ impl Ledger {
                 client_id,
                 packet_id,
             } => self.complete_inflight(client_id, *packet_id, out),
+            // Kept in memory by a cluster node's backups, not stored.
+            StoreOp::CompletedInCluster { .. } => {}
             StoreOp::DropQueued {
                 client_id,
                 message_id,

@@ -190,6 +190,16 @@ pub enum StoreOp {
         client_id: ByteString,
         packet_id: u16,
     },
+    /// The session completed a QoS 2 message with this cluster id (a cluster node
+    /// writes it after `CompleteInflight`). Nothing is stored: the node's backups
+    /// remember it for a while, so that a node taking the session over from their copy
+    /// drops the copy of it the publishing node sends again (it kept the message
+    /// because the dead owner had not acknowledged its forward) instead of delivering
+    /// it a second time (`cluster::replication::replica`).
+    CompletedInCluster {
+        client_id: ByteString,
+        cluster_id: crate::message::ClusterMessageId,
+    },
     /// The oldest queued reference to `message_id` left the queue without going in flight
     /// (QoS 0 sent, expired, too large for the client, dropped).
     DropQueued {

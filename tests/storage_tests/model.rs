@@ -171,6 +171,7 @@ impl Model {
                     }
                 }
             }
+            StoreOp::CompletedInCluster { .. } => {}
             StoreOp::AddIncomingQos2 {
                 client_id,
                 packet_id,

@@ -134,7 +134,11 @@ impl ClusterNode {
             return HandoverAnswer::Nothing;
         };
         match replicas.session(origin, client_id).await {
-            Some(session) => HandoverAnswer::Session(Box::new(SessionDump::from_session(&session))),
+            Some(session) => {
+                let mut dump = SessionDump::from_session(&session);
+                dump.also_held(replicas.recently_completed(origin, client_id));
+                HandoverAnswer::Session(Box::new(dump))
+            }
             None => HandoverAnswer::Nothing,
         }
     }

@@ -3,10 +3,10 @@
 //! tables are used), written in the order the origin sent, and read when the origin is
 //! down and one of its sessions is claimed elsewhere (failover).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -16,6 +16,57 @@ use crate::storage::{
 
 use super::super::config::NodeId;
 use super::{lock, Batch};
+use crate::message::ClusterMessageId;
+
+/// How long a completed QoS 2 message's id is remembered: longer than a publishing node
+/// keeps a forward its dead peer did not acknowledge (`cluster.forward_ack_timeout_ms`,
+/// 5 s by default) plus a failover.
+const COMPLETED_FOR: Duration = Duration::from_secs(60);
+/// Completed ids remembered at most, all origins together (the oldest go first).
+const COMPLETED_MAX: usize = 50_000;
+
+/// The cluster ids of QoS 2 messages the origins' sessions completed lately
+/// (`StoreOp::CompletedInCluster`), in memory only, oldest first. A subscriber's node
+/// can die after its client completed a message and before the publishing node got its
+/// acknowledgement of the forward; that node then sends the message again to whoever
+/// takes the session over from this copy, which no longer holds it: these ids let the
+/// new owner drop it instead of delivering it twice. Lost with this node (a second
+/// failure), bounded in time and count.
+#[derive(Default)]
+struct RecentlyCompleted {
+    entries: VecDeque<(Instant, NodeId, bytestring::ByteString, ClusterMessageId)>,
+}
+
+impl RecentlyCompleted {
+    fn note(
+        &mut self,
+        now: Instant,
+        origin: NodeId,
+        completed: Vec<(bytestring::ByteString, ClusterMessageId)>,
+    ) {
+        for (client_id, id) in completed {
+            self.entries.push_back((now, origin, client_id, id));
+        }
+        while self.entries.len() > COMPLETED_MAX
+            || self
+                .entries
+                .front()
+                .is_some_and(|(at, ..)| now.duration_since(*at) > COMPLETED_FOR)
+        {
+            self.entries.pop_front();
+        }
+    }
+
+    fn of(&self, now: Instant, origin: NodeId, client_id: &str) -> Vec<ClusterMessageId> {
+        self.entries
+            .iter()
+            .filter(|(at, from, session, _)| {
+                *from == origin && session == client_id && now.duration_since(*at) <= COMPLETED_FOR
+            })
+            .map(|(.., id)| *id)
+            .collect()
+    }
+}
 
 /// The copy of one origin's sessions.
 struct Replica {
@@ -55,6 +106,7 @@ pub struct Replicas {
     open: Mutex<HashMap<NodeId, Arc<Replica>>>,
     /// Held while a copy is opened: RocksDB refuses a second open of one database.
     opening: tokio::sync::Mutex<()>,
+    completed: Mutex<RecentlyCompleted>,
 }
 
 impl Replicas {
@@ -65,6 +117,7 @@ impl Replicas {
             sync,
             open: Mutex::default(),
             opening: tokio::sync::Mutex::new(()),
+            completed: Mutex::default(),
         }
     }
 
@@ -100,8 +153,15 @@ impl Replicas {
     pub async fn apply(&self, origin: NodeId, batch: Batch) -> Result<(), String> {
         let replica = self.replica(origin).await?;
         let mut ops = Vec::with_capacity(batch.ops.len());
+        let mut completed = Vec::new();
         for op in batch.ops {
-            ops.push(op.decode().ok_or("an operation did not decode")?);
+            match op.decode().ok_or("an operation did not decode")? {
+                StoreOp::CompletedInCluster {
+                    client_id,
+                    cluster_id,
+                } => completed.push((client_id, cluster_id)),
+                op => ops.push(op),
+            }
         }
         let waited_since = tokio::time::Instant::now();
         let written = loop {
@@ -144,6 +204,9 @@ impl Replicas {
             } else {
                 batch.sequence + 1
             };
+            if !completed.is_empty() {
+                lock(&self.completed).note(Instant::now(), origin, std::mem::take(&mut completed));
+            }
             let written = (!ops.is_empty()).then(|| replica.store.submit(ops));
             drop(position);
             replica.turn.notify_waiters();
@@ -211,6 +274,13 @@ impl Replicas {
         .map_err(|error| error.to_string())?
     }
 
+    /// The cluster ids of the QoS 2 messages `client_id`'s session on `origin` completed
+    /// lately (`RecentlyCompleted`): a node taking the session over from this copy
+    /// drops copies of them that reach it.
+    pub fn recently_completed(&self, origin: NodeId, client_id: &str) -> Vec<ClusterMessageId> {
+        lock(&self.completed).of(Instant::now(), origin, client_id)
+    }
+
     /// The session moved on from a failover: its copy goes.
     pub async fn forget(&self, origin: NodeId, client_id: &str) {
         let Ok(replica) = self.replica(origin).await else {
@@ -223,5 +293,45 @@ impl Replicas {
                 client_id: client_id.into(),
             }])
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(sequence: u64) -> ClusterMessageId {
+        ClusterMessageId { node: 1, sequence }
+    }
+
+    #[test]
+    fn completed_ids_are_forgotten_after_a_while_and_beyond_the_bound() {
+        let mut completed = RecentlyCompleted::default();
+        let start = Instant::now();
+        completed.note(start, 2, vec![("s".into(), id(1))]);
+        completed.note(start + COMPLETED_FOR / 2, 2, vec![("s".into(), id(2))]);
+        assert_eq!(
+            completed.of(start + COMPLETED_FOR / 2, 2, "s"),
+            vec![id(1), id(2)]
+        );
+        // The first one ran out.
+        let later = start + COMPLETED_FOR + Duration::from_secs(1);
+        assert_eq!(completed.of(later, 2, "s"), vec![id(2)]);
+        completed.note(later, 2, vec![("t".into(), id(3))]);
+        assert_eq!(
+            completed.entries.len(),
+            2,
+            "what ran out is dropped as more come"
+        );
+
+        let many: Vec<_> = (0..COMPLETED_MAX as u64 + 10)
+            .map(|n| (bytestring::ByteString::from("u"), id(100 + n)))
+            .collect();
+        completed.note(later, 2, many);
+        assert_eq!(completed.entries.len(), COMPLETED_MAX);
+        assert!(
+            completed.of(later, 2, "t").is_empty(),
+            "the oldest go first"
+        );
     }
 }

@@ -122,6 +122,13 @@ fn every_replicated_operation_survives_the_wire() {
             client_id: "c".into(),
             packet_id: 4,
         },
+        StoreOp::CompletedInCluster {
+            client_id: "c".into(),
+            cluster_id: crate::message::ClusterMessageId {
+                node: 2,
+                sequence: 11,
+            },
+        },
         StoreOp::RemoveSession {
             client_id: "c".into(),
         },
@@ -472,6 +479,56 @@ async fn a_backup_copy_follows_its_stream_refuses_an_older_one_and_a_reset_repla
     assert!(replicas.session(1, "c").await.is_some());
     replicas.forget(1, "c").await;
     assert!(replicas.session(1, "c").await.is_none());
+}
+
+/// A backup remembers the cluster ids of the QoS 2 messages a session of its origin
+/// completed (nothing of them is stored), for that origin's session only, and a node
+/// taking the session over from the copy gets them with it: the copy the publishing
+/// node sends again (its forward to the dead owner was never acknowledged) is then
+/// dropped, not delivered a second time.
+#[tokio::test]
+async fn a_backup_hands_the_ids_of_qos2_messages_its_origin_completed_lately_with_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replica::Replicas::new(dir.path(), crate::storage::SyncMode::Batch);
+    let completed = crate::message::ClusterMessageId {
+        node: 3,
+        sequence: 42,
+    };
+    let ops = [
+        put("a"),
+        accept(5, &["a"]),
+        StoreOp::MarkInflight {
+            client_id: "a".into(),
+            message_id: 5,
+            packet_id: 1,
+            state: crate::storage::InflightState::AwaitingPubRec,
+        },
+        StoreOp::CompleteInflight {
+            client_id: "a".into(),
+            packet_id: 1,
+        },
+        StoreOp::CompletedInCluster {
+            client_id: "a".into(),
+            cluster_id: completed,
+        },
+    ];
+    let batch = Batch {
+        generation: 1,
+        reset: true,
+        sequence: 0,
+        ops: wire(&ops),
+    };
+    replicas.apply(1, batch).await.unwrap();
+    let session = replicas.session(1, "a").await.expect("replicated");
+    assert!(session.inflight.is_empty() && session.queue.is_empty());
+    assert_eq!(replicas.recently_completed(1, "a"), vec![completed]);
+    assert!(replicas.recently_completed(1, "b").is_empty());
+    assert!(replicas.recently_completed(2, "a").is_empty());
+
+    let mut dump = crate::cluster::handover::SessionDump::from_session(&session);
+    dump.also_held(replicas.recently_completed(1, "a"));
+    let handed = dump.into_handed().expect("decodes");
+    assert_eq!(handed.held, vec![completed]);
 }
 
 #[tokio::test]

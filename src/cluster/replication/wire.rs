@@ -51,6 +51,11 @@ pub enum WireOp {
         client_id: String,
         packet_id: u16,
     },
+    CompletedInCluster {
+        client_id: String,
+        node: u64,
+        sequence: u64,
+    },
     DropQueued {
         client_id: String,
         message_id: u64,
@@ -94,6 +99,7 @@ impl WireOp {
                 | WireOp::MarkInflight { client_id, .. }
                 | WireOp::AdvanceInflight { client_id, .. }
                 | WireOp::CompleteInflight { client_id, .. }
+                | WireOp::CompletedInCluster { client_id, .. }
                 | WireOp::DropQueued { client_id, .. }
                 | WireOp::AddIncomingQos2 { client_id, .. }
                 | WireOp::RemoveIncomingQos2 { client_id, .. } => client_id.len(),
@@ -190,6 +196,14 @@ impl WireOp {
                 client_id: id(client_id),
                 packet_id: *packet_id,
             },
+            StoreOp::CompletedInCluster {
+                client_id,
+                cluster_id,
+            } => WireOp::CompletedInCluster {
+                client_id: id(client_id),
+                node: cluster_id.node,
+                sequence: cluster_id.sequence,
+            },
             StoreOp::DropQueued {
                 client_id,
                 message_id,
@@ -281,6 +295,14 @@ impl WireOp {
             } => StoreOp::CompleteInflight {
                 client_id: client_id.into(),
                 packet_id,
+            },
+            WireOp::CompletedInCluster {
+                client_id,
+                node,
+                sequence,
+            } => StoreOp::CompletedInCluster {
+                client_id: client_id.into(),
+                cluster_id: crate::message::ClusterMessageId { node, sequence },
             },
             WireOp::DropQueued {
                 client_id,

@@ -70,6 +70,52 @@ fn qos2_delivery_runs_pubrec_pubrel_pubcomp() {
     }
 }
 
+/// A persistent session of a cluster node journals the cluster id of each QoS 2
+/// message it completes (its backups remember it: a node taking the session over from
+/// their copy drops a copy of it sent again); not for QoS 1, nor for a message without
+/// one (a single node).
+#[test]
+fn a_completed_qos2_cluster_message_journals_its_cluster_id() {
+    use crate::storage::StoreOp;
+    let (mut session, now) = attached(ProtocolVersion::V5);
+    session.set_persistent(Some(&"device-1".into()));
+    let id = crate::message::ClusterMessageId {
+        node: 2,
+        sequence: 9,
+    };
+    let with_id = |qos: QoS, cluster: bool| {
+        let mut delivery = delivery("a/b", qos);
+        let message = Arc::get_mut(&mut delivery.message).expect("not shared");
+        if cluster {
+            let _ = message.cluster_id.set(id);
+        }
+        delivery.stored = Some(7);
+        delivery
+    };
+    for (qos, cluster, noted) in [
+        (QoS::ExactlyOnce, true, true),
+        (QoS::ExactlyOnce, false, false),
+        (QoS::AtLeastOnce, true, false),
+    ] {
+        enqueue_ok(&mut session, with_id(qos, cluster), now);
+        let packet_id = publishes(poll(&mut session, now).0)[0].packet_id;
+        if qos == QoS::ExactlyOnce {
+            handle(&mut session, Packet::PubRec(response(packet_id)), now);
+            handle(&mut session, Packet::PubComp(response(packet_id)), now);
+        } else {
+            handle(&mut session, Packet::PubAck(response(packet_id)), now);
+        }
+        let journal = session.take_journal();
+        assert!(journal
+            .iter()
+            .any(|op| matches!(op, StoreOp::CompleteInflight { .. })));
+        let completed = journal.iter().any(
+            |op| matches!(op, StoreOp::CompletedInCluster { cluster_id, .. } if *cluster_id == id),
+        );
+        assert_eq!(completed, noted, "{qos:?}, cluster id: {cluster}");
+    }
+}
+
 #[test]
 fn mismatched_acknowledgements_are_protocol_errors() {
     let (mut session, now) = attached(ProtocolVersion::V5);
