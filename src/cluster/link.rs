@@ -161,7 +161,8 @@ pub struct Links {
     me: NodeId,
     tls: Option<LinkTls>,
     peers: Mutex<HashMap<NodeId, Arc<PeerLink>>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
+    /// Requests waiting for their response: the node asked, and where the answer goes.
+    pending: Mutex<HashMap<u64, (NodeId, oneshot::Sender<Bytes>)>>,
     next_request: AtomicU64,
     handler: OnceLock<Arc<dyn LinkHandler>>,
     limit: usize,
@@ -304,7 +305,7 @@ impl Links {
             .ok_or_else(|| format!("node {to} is not a known peer"))?;
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
-        lock(&self.pending).insert(id, sender);
+        lock(&self.pending).insert(id, (to, sender));
         let mut framed = Vec::with_capacity(8 + body.len());
         framed.extend_from_slice(&id.to_be_bytes());
         framed.extend_from_slice(body);
@@ -574,7 +575,13 @@ impl Links {
         if outbox.connection == connection {
             peer.stats.connected.store(false, Ordering::Relaxed);
             outbox.clear();
+            drop(outbox);
             tracing::warn!(peer = peer.id, "cluster link down");
+            // Their answers would have come on this connection: they fail now rather
+            // than at their timeout. A proposal forwarded to a leader that just died
+            // held a CONNECT for the whole 3 s before the client was refused (and came
+            // back to a new leader).
+            lock(&self.pending).retain(|_, (to, _)| *to != peer.id);
         }
         result
     }
@@ -601,7 +608,7 @@ impl Links {
             }
             RESPONSE if body.len() >= 8 => {
                 let id = body.get_u64();
-                if let Some(waiter) = lock(&self.pending).remove(&id) {
+                if let Some((_, waiter)) = lock(&self.pending).remove(&id) {
                     let _ = waiter.send(body);
                 }
             }

@@ -271,3 +271,53 @@ fn kept_messages_are_bounded_in_bytes_and_rerouted_copies_are_waited_for() {
     copy.fulfil(Vec::new());
     assert!(matches!(acknowledged.try_result(), Some(Ok(()))));
 }
+
+/// A request waits for its answer only while the link it went out on is up: when that
+/// connection fails, the request fails at once ("the link closed") instead of at its
+/// timeout. (A proposal forwarded to a leader that had just died held the CONNECT that
+/// caused it for the whole timeout.) Node 2 never answers (it has no handler); its
+/// links shut down while node 1 waits.
+#[tokio::test]
+async fn a_request_fails_as_soon_as_its_link_goes_down() {
+    let liveness = Liveness {
+        ping_interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(30),
+        publisher_pause: Duration::from_secs(1),
+    };
+    let asked = Links::new(2, 1 << 20, liveness, None);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(asked.clone().accept_loop(listener));
+    // Node 2 knows node 1 (it only accepts known peers) and never dials it.
+    asked.ensure_peer(1, "127.0.0.1:1");
+    let asking = Links::new(1, 1 << 20, liveness, None);
+    let peer = asking.ensure_peer(2, &addr.to_string());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !peer.is_connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the link comes up");
+
+    let request = tokio::spawn({
+        let asking = asking.clone();
+        async move { asking.request(2, b"{}", Duration::from_secs(60)).await }
+    });
+    // The request is out (waiting for its answer) before the link goes.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while lock(&asking.pending).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the request waits");
+    asked.begin_shutdown();
+    let answer = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("failed with the link, not at its 60 s timeout")
+        .unwrap();
+    let error = answer.expect_err("nobody answered");
+    assert!(error.contains("the link closed"), "{error}");
+    asking.begin_shutdown();
+}
