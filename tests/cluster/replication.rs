@@ -38,6 +38,17 @@ pub(crate) async fn wait_in_sync(cluster: &Cluster, id: u64) {
     .await;
 }
 
+/// Waits until a write of node `owner` waits for its backup `backup` (its replication
+/// queue holds bytes).
+async fn write_waiting_for_backup(cluster: &Cluster, owner: u64, backup: u64) {
+    let waiting = format!("fleetmq_cluster_replication_queue_bytes{{backup=\"{backup}\"}}");
+    eventually("the owner's write waiting for the backup", || async {
+        let text = cluster.try_metrics(owner).await?;
+        (metric_value(&text, &waiting)? > 0.0).then_some(())
+    })
+    .await;
+}
+
 /// Publishes `0..MESSAGES` at QoS 1 to node `id` with `mosquitto_pub`, which exits once
 /// every PUBACK arrived.
 async fn publish_acknowledged(cluster: &Cluster, id: u64, topic: &str) {
@@ -308,12 +319,7 @@ async fn a_session_handed_over_while_its_owners_backup_is_out_of_reach_keeps_its
     cluster.pause_link(owner, backup, true);
     let publishing =
         tokio::spawn(async move { publisher.publish("handed/1", 1, 1, b"kept", false).await });
-    let waiting = format!("fleetmq_cluster_replication_queue_bytes{{backup=\"{backup}\"}}");
-    eventually("the message's write waiting for the backup", || async {
-        let text = cluster.try_metrics(owner).await?;
-        (metric_value(&text, &waiting)? > 0.0).then_some(())
-    })
-    .await;
+    write_waiting_for_backup(&cluster, owner, backup).await;
 
     let (mut moved, present) = RawClient::connect(cluster.mqtt(leader), "handed-sub", 5)
         .await
@@ -379,12 +385,7 @@ async fn a_message_the_owner_could_not_keep_for_a_session_taken_from_its_backup_
     cluster.pause_link(owner, backup, true);
     let publishing =
         tokio::spawn(async move { publisher.publish("moving/1", 2, 1, b"once", false).await });
-    let waiting = format!("fleetmq_cluster_replication_queue_bytes{{backup=\"{backup}\"}}");
-    eventually("the owner's write waiting for the backup", || async {
-        let text = cluster.try_metrics(owner).await?;
-        (metric_value(&text, &waiting)? > 0.0).then_some(())
-    })
-    .await;
+    write_waiting_for_backup(&cluster, owner, backup).await;
     cluster.isolate(owner, true);
 
     let (mut moved, present) = RawClient::connect(cluster.mqtt(backup), "moving-sub", 5)
