@@ -32,6 +32,10 @@ pub struct HandedOver {
     pub session: RestoredSession,
     /// The cluster ids of its queued and inflight messages.
     pub held: Vec<ClusterMessageId>,
+    /// Taken from a backup's copy (failover, adoption) rather than handed over by its
+    /// live owner: a resend of an incoming QoS 2 message it holds the packet id of is
+    /// routed again (`session::RestoredParts::incoming_qos2_unconfirmed`).
+    pub from_copy: bool,
 }
 
 /// A message the old owner of a moving session relays to the new one, as that session's
@@ -179,7 +183,11 @@ impl Broker {
                 .collect(),
             incoming_qos2: parts.incoming_qos2,
         };
-        HandedOver { session, held }
+        HandedOver {
+            session,
+            held,
+            from_copy: false,
+        }
     }
 
     /// Rebuilds a session handed over by its previous owner, offline, before the CONNECT
@@ -203,6 +211,7 @@ impl Broker {
         let HandedOver {
             mut session,
             mut held,
+            from_copy,
         } = handed;
         // The ids its stored messages carry (a backup's copy, or a session handed over
         // by a node that took it from one): a copy of one of them that the publishing
@@ -261,7 +270,8 @@ impl Broker {
             .iter()
             .map(|(filter, _)| filter.clone())
             .collect();
-        let installed = self.install_session(session, now_ms, &mut delivery_of, &mut ops);
+        let installed =
+            self.install_session(session, now_ms, &mut delivery_of, &mut ops, from_copy);
         {
             let mut recent = lock(&self.recent);
             // Windows of sessions that ended before their window closed go here too.

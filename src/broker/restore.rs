@@ -71,12 +71,20 @@ impl Broker {
         let mut wills_due: Vec<(ByteString, Will)> = Vec::new();
         let mut ops = Vec::new();
         let mut registry = lock(&self.registry);
+        // A cluster node may have died with forwards of a received QoS 2 message unsent.
+        let unconfirmed_incoming = self.config().cluster.is_some();
         for restored in state.sessions {
             summary.sessions += 1;
             summary.subscriptions += restored.subscriptions.len();
             summary.queued_messages += restored.queue.len();
             summary.inflight_messages += restored.inflight.len();
-            let installed = self.install_session(restored, now_ms, &mut delivery_of, &mut ops);
+            let installed = self.install_session(
+                restored,
+                now_ms,
+                &mut delivery_of,
+                &mut ops,
+                unconfirmed_incoming,
+            );
             let client_id = &installed.handle.client_id;
             wills_due.extend(installed.will_due.map(|will| (client_id.clone(), will)));
             registry.insert(installed.handle.client_id.clone(), installed.handle);
@@ -109,6 +117,7 @@ impl Broker {
         now_ms: UnixMillis,
         delivery_of: &mut impl FnMut(RestoredDelivery) -> Delivery,
         ops: &mut Vec<StoreOp>,
+        unconfirmed_incoming: bool,
     ) -> Installed {
         let clock = self.clock;
         let mut record = restored.record;
@@ -162,6 +171,7 @@ impl Broker {
                 })
                 .collect(),
             incoming_qos2: restored.incoming_qos2,
+            incoming_qos2_unconfirmed: unconfirmed_incoming,
         };
         let key = self.next_session_key();
         let handle = Arc::new(SessionHandle::restored(

@@ -313,6 +313,7 @@ impl ClusterNode {
                 let handed = HandedOver {
                     session,
                     held: replicas.recently_completed(origin, &client_id),
+                    from_copy: true,
                 };
                 match broker.import_session(handed) {
                     Some(written) => {

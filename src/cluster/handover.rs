@@ -84,6 +84,7 @@ impl SessionDump {
         Some(HandedOver {
             session: self.into_session()?,
             held,
+            from_copy: false,
         })
     }
 
@@ -283,6 +284,7 @@ mod tests {
         let handed = HandedOver {
             session: without_ids(sample_session()),
             held,
+            from_copy: false,
         };
         let json = serde_json::to_vec(&SessionDump::from_handed(&handed)).unwrap();
         let dump: SessionDump = serde_json::from_slice(&json).unwrap();

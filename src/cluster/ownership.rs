@@ -58,7 +58,7 @@ impl ClusterNode {
         // The previous owner relays to the session: what reaches it otherwise waits
         // behind that relay until it ended. A backup relays nothing.
         let behind_relay = matches!(source, Source::Owner) && dump.relayed;
-        let Some(handed) = dump.into_handed() else {
+        let Some(mut handed) = dump.into_handed() else {
             tracing::warn!(
                 client_id,
                 previous,
@@ -66,6 +66,7 @@ impl ClusterNode {
             );
             return false;
         };
+        handed.from_copy = matches!(source, Source::Replica(_));
         let moved = handed.session.queue.len() + handed.session.inflight.len();
         let Some(written) = broker.import_session_with(handed, behind_relay) else {
             return false;

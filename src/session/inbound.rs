@@ -32,6 +32,13 @@ pub(super) enum IncomingWrite {
     Settled,
     /// Written by this write, which may not have completed (or even been submitted).
     Pending(SharedCompletion),
+    /// Restored on a cluster node (after a restart, or taken over from a backup's copy):
+    /// the record says the packet id was received, not that its message reached every
+    /// node it was forwarded to (the node that received it may have died with a forward
+    /// unsent). A resend of it is routed again: a subscriber may get it twice, none
+    /// misses it. Acknowledged without routing, a message whose forward never left was
+    /// lost although its publisher got its PUBREC.
+    Unconfirmed,
 }
 
 #[derive(Debug, Default)]
@@ -68,20 +75,31 @@ impl Inbound {
         ids
     }
 
-    /// Puts back the packet ids of a restored session.
-    pub(super) fn restore_awaiting_release(&mut self, packet_ids: impl IntoIterator<Item = u16>) {
+    /// Puts back the packet ids of a restored session; `unconfirmed`: a resend of one is
+    /// routed again (`IncomingWrite::Unconfirmed`).
+    pub(super) fn restore_awaiting_release(
+        &mut self,
+        packet_ids: impl IntoIterator<Item = u16>,
+        unconfirmed: bool,
+    ) {
         for packet_id in packet_ids {
-            self.awaiting_release
-                .insert(packet_id, IncomingWrite::Settled);
+            let write = if unconfirmed {
+                IncomingWrite::Unconfirmed
+            } else {
+                IncomingWrite::Settled
+            };
+            self.awaiting_release.insert(packet_id, write);
         }
     }
 
     /// Whether `packet_id` awaits PUBREL, as a duplicate would see it: a packet id whose
-    /// write failed is forgotten (and `false`).
+    /// write failed is forgotten (and `false`); one restored unconfirmed is kept, and
+    /// `false` (its resend is routed).
     fn knows(&mut self, packet_id: u16) -> bool {
         let failed = match self.awaiting_release.get_mut(&packet_id) {
             None => return false,
             Some(IncomingWrite::Settled) => false,
+            Some(IncomingWrite::Unconfirmed) => return false,
             Some(IncomingWrite::Pending(write)) => matches!(write.try_result(), Some(Err(_))),
         };
         if failed {
@@ -166,9 +184,13 @@ impl Session {
             publish.qos == QoS::ExactlyOnce && self.inbound.knows(publish.packet_id);
         if publish.qos == QoS::ExactlyOnce && !qos2_duplicate {
             // 3.x has no Receive Maximum: there the set is bounded by the packet id space,
-            // and Mosquitto likewise only enforces the limit for MQTT 5 clients.
+            // and Mosquitto likewise only enforces the limit for MQTT 5 clients. An
+            // unconfirmed id sent again is in the set already.
             let maximum = usize::from(self.limits.receive_maximum.max(1));
-            if self.params.protocol.is_v5() && self.inbound.awaiting_release.len() >= maximum {
+            if self.params.protocol.is_v5()
+                && self.inbound.awaiting_release.len() >= maximum
+                && !self.inbound.awaits_release(publish.packet_id)
+            {
                 return Err(violation(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     "more QoS 2 messages awaiting PUBREL than Receive Maximum",

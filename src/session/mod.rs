@@ -219,6 +219,10 @@ pub struct RestoredParts {
     pub inflight: Vec<(Delivery, u16, InflightState)>,
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub incoming_qos2: Vec<u16>,
+    /// Whether a resend of one of them is routed again: restored on a cluster node,
+    /// where the record does not say that every forward of its message left
+    /// (`inbound::IncomingWrite::Unconfirmed`).
+    pub incoming_qos2_unconfirmed: bool,
 }
 
 impl Session {
@@ -276,7 +280,7 @@ impl Session {
         }
         session
             .inbound
-            .restore_awaiting_release(parts.incoming_qos2);
+            .restore_awaiting_release(parts.incoming_qos2, parts.incoming_qos2_unconfirmed);
         session.journal.set_persistent(Some(&client_id));
         session
     }
@@ -304,6 +308,8 @@ impl Session {
             queue,
             inflight,
             incoming_qos2: self.inbound.awaiting_release_ids(),
+            // Handed over by a live node: its forwards go on from there.
+            incoming_qos2_unconfirmed: false,
         }
     }
 

@@ -414,6 +414,99 @@ async fn a_message_the_owner_could_not_keep_for_a_session_taken_from_its_backup_
     assert!(again.is_err(), "the message came twice: {again:?}");
 }
 
+/// A QoS 2 PUBLISH whose node dies after storing its packet id (on its backup too) but
+/// before its forward reached the subscriber's node: the publisher, never answered,
+/// sends it again (DUP, same packet id) to the node that took its session over from the
+/// backup's copy. That node must route it: the copy says the packet id was received,
+/// not that the message reached every node it was for. (It answered PUBREC without
+/// routing it, and the subscriber never got a message its publisher was told was
+/// taken.) The link between the publisher's node and the subscriber's node is cut so
+/// that the forward waits; the link timeout is long, so nothing else moves meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_qos2_message_its_publishers_node_died_before_forwarding_reaches_the_subscriber_once_sent_again(
+) {
+    let mut cluster = Cluster::configure(3, &[]).await;
+    cluster.configure_section("cluster", "link_timeout_ms = 30000");
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    // The publisher's node, its backup (the next id), and the subscriber's node.
+    let (publishers, backup, subscribers) = (1u64, 2u64, 3u64);
+    wait_in_sync(&cluster, publishers).await;
+
+    let (mut subscriber, _) = RawClient::connect(cluster.mqtt(subscribers), "pf-sub", 5)
+        .await
+        .unwrap();
+    subscriber.subscribe("pf/#", 2).await.unwrap();
+    let mut prober = crate::common::mqtt::Publisher::v4(cluster.mqtt(publishers), "pf-probe").await;
+    within("the route to reach the publishing node", async {
+        loop {
+            prober.publish("pf/probe", 0, false, b"probe").await;
+            let probe = std::time::Duration::from_millis(100);
+            if let Ok(Ok(_)) = tokio::time::timeout(probe, subscriber.receive()).await {
+                return;
+            }
+        }
+    })
+    .await;
+    drop(prober);
+    let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "pf-pub", 5)
+        .await
+        .unwrap();
+
+    cluster.cut_link(publishers, subscribers, true);
+    let replicated = |text: &str| {
+        metric_value(text, "fleetmq_cluster_replication_latency_seconds_count").unwrap_or(0.0)
+    };
+    let before = replicated(&cluster.try_metrics(publishers).await.unwrap());
+    let publishing =
+        tokio::spawn(async move { publisher.publish("pf/1", 2, 1, b"once", false).await });
+    // Kept for the subscriber's node, and the packet id's write on the backup.
+    let kept = format!("fleetmq_cluster_forwards_unacked{{peer=\"{subscribers}\"}}");
+    let waiting = format!("fleetmq_cluster_replication_queue_bytes{{backup=\"{backup}\"}}");
+    eventually(
+        "the forward kept and the packet id on the backup",
+        || async {
+            let text = cluster.try_metrics(publishers).await?;
+            (metric_value(&text, &kept)? == 1.0
+                && metric_value(&text, &waiting)? == 0.0
+                && replicated(&text) > before)
+                .then_some(())
+        },
+    )
+    .await;
+    cluster.kill(publishers).await;
+    publishing.abort();
+
+    let (mut publisher, present) = within("the publisher back on the backup", async {
+        loop {
+            if let Ok(connected) = RawClient::connect(cluster.mqtt(backup), "pf-pub", 5).await {
+                return connected;
+            }
+            // Refused while the cluster elects a leader: again shortly.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        present,
+        "the publisher's session was taken over from the copy"
+    );
+    let outcome = within(
+        "the PUBREC of the message sent again",
+        publisher.publish("pf/1", 2, 1, b"once", true),
+    )
+    .await;
+    assert_eq!(outcome, Ok(Outcome::Accepted));
+    let message = within("the message at the subscriber", subscriber.receive())
+        .await
+        .unwrap();
+    assert_eq!(message.payload, b"once");
+    let again = tokio::time::timeout(std::time::Duration::from_secs(1), subscriber.receive()).await;
+    assert!(again.is_err(), "the message came twice: {again:?}");
+}
+
 /// A QoS 2 PUBLISH to a persistent session reaches its client only once the record that
 /// it is in flight is on the session's backup: a node taking the session over from that
 /// copy then resends it with DUP (or releases it) rather than sending it again as new,

@@ -87,6 +87,52 @@ fn qos2_duplicate_before_pubrel_is_not_routed_twice() {
     }
 }
 
+/// A QoS 2 packet id restored on a cluster node (a restart, or a session taken over
+/// from a backup's copy) does not say the message reached every node it was forwarded
+/// to: the client's resend is routed again (and not refused by Receive Maximum, the id
+/// being counted already), then answered; a packet id restored on a single node is
+/// acknowledged without routing, as before.
+#[test]
+fn a_qos2_resend_of_an_unconfirmed_restored_packet_id_is_routed_again() {
+    for unconfirmed in [true, false] {
+        let mut session = Session::restored(
+            KEY,
+            "device-1".into(),
+            SessionLimits {
+                receive_maximum: 1,
+                ..limits()
+            },
+            crate::session::RestoredParts {
+                protocol: ProtocolVersion::V5,
+                expiry_interval: Duration::from_secs(60),
+                detached_at: Instant::now(),
+                subscriptions: Vec::new(),
+                queue: Vec::new(),
+                inflight: Vec::new(),
+                incoming_qos2: vec![3],
+                incoming_qos2_unconfirmed: unconfirmed,
+            },
+        );
+        let now = Instant::now();
+        session.attach(&connect(ProtocolVersion::V5), Duration::from_secs(60), now);
+        let mut resent = publish("a/b", QoS::ExactlyOnce, 3);
+        resent.dup = true;
+        let actions = handle(&mut session, Packet::Publish(resent.clone()), now);
+        assert_eq!(
+            routed(&actions).len(),
+            usize::from(unconfirmed),
+            "unconfirmed: {unconfirmed}"
+        );
+        assert!(actions.contains(&Action::Send(Packet::PubRec(response(3)))));
+        assert_eq!(session.incoming_qos2_len(), 1);
+        // Routed once: a further resend is a duplicate.
+        let again = handle(&mut session, Packet::Publish(resent), now);
+        assert!(routed(&again).is_empty());
+        let released = handle(&mut session, Packet::PubRel(response(3)), now);
+        assert_eq!(released, vec![Action::Send(Packet::PubComp(response(3)))]);
+    }
+}
+
 #[test]
 fn qos2_state_survives_a_reconnect() {
     let (mut session, now) = attached(ProtocolVersion::V5);

@@ -324,6 +324,11 @@ impl Cluster {
         }
     }
 
+    /// Cuts (or heals) the link between nodes `a` and `b` alone.
+    pub fn cut_link(&self, a: u64, b: u64, cut: bool) {
+        self.proxies[&(a.min(b), a.max(b))].set_cut(cut);
+    }
+
     /// Pauses (or resumes) the link between nodes `a` and `b`: nothing passes, nothing
     /// is lost (see `proxy`).
     pub fn pause_link(&self, a: u64, b: u64, paused: bool) {
