@@ -36,6 +36,9 @@ pub struct HandedOver {
     /// live owner: a resend of an incoming QoS 2 message it holds the packet id of is
     /// routed again (`session::RestoredParts::incoming_qos2_unconfirmed`).
     pub from_copy: bool,
+    /// With `from_copy`: the cluster ids of its incoming QoS 2 messages, where the
+    /// backup knew them (`StoreOp::IncomingInCluster`).
+    pub incoming_ids: Vec<(u16, ClusterMessageId)>,
 }
 
 /// A message the old owner of a moving session relays to the new one, as that session's
@@ -187,6 +190,7 @@ impl Broker {
             session,
             held,
             from_copy: false,
+            incoming_ids: Vec::new(),
         }
     }
 
@@ -212,6 +216,7 @@ impl Broker {
             mut session,
             mut held,
             from_copy,
+            incoming_ids,
         } = handed;
         // The ids its stored messages carry (a backup's copy, or a session handed over
         // by a node that took it from one): a copy of one of them that the publishing
@@ -270,8 +275,14 @@ impl Broker {
             .iter()
             .map(|(filter, _)| filter.clone())
             .collect();
-        let installed =
-            self.install_session(session, now_ms, &mut delivery_of, &mut ops, from_copy);
+        let installed = self.install_session(
+            session,
+            now_ms,
+            &mut delivery_of,
+            &mut ops,
+            from_copy,
+            incoming_ids,
+        );
         {
             let mut recent = lock(&self.recent);
             // Windows of sessions that ended before their window closed go here too.

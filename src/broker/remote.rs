@@ -23,6 +23,11 @@ pub trait ClusterHook: Send + Sync + 'static {
     /// What the publisher's acknowledgement must also wait for (a retained message's
     /// commit), if anything.
     fn published(&self, message: &Arc<Message>) -> Option<crate::storage::Completion>;
+    /// Whether a message with cluster id `id` was forwarded to this node lately (and
+    /// routed to its local subscribers).
+    fn received(&self, _id: crate::message::ClusterMessageId) -> bool {
+        false
+    }
     /// The first local subscription to `filter` (a `$share/...` filter kept whole).
     fn filter_added(&self, filter: &str);
     /// A local subscription to `filter` went away.

@@ -84,6 +84,7 @@ impl Broker {
                 &mut delivery_of,
                 &mut ops,
                 unconfirmed_incoming,
+                Vec::new(),
             );
             let client_id = &installed.handle.client_id;
             wills_due.extend(installed.will_due.map(|will| (client_id.clone(), will)));
@@ -118,6 +119,7 @@ impl Broker {
         delivery_of: &mut impl FnMut(RestoredDelivery) -> Delivery,
         ops: &mut Vec<StoreOp>,
         unconfirmed_incoming: bool,
+        incoming_ids: Vec<(u16, crate::message::ClusterMessageId)>,
     ) -> Installed {
         let clock = self.clock;
         let mut record = restored.record;
@@ -172,6 +174,7 @@ impl Broker {
                 .collect(),
             incoming_qos2: restored.incoming_qos2,
             incoming_qos2_unconfirmed: unconfirmed_incoming,
+            incoming_qos2_ids: incoming_ids,
         };
         let key = self.next_session_key();
         let handle = Arc::new(SessionHandle::restored(

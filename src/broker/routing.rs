@@ -218,9 +218,34 @@ impl Broker {
     pub fn publish_durably_with(
         &self,
         message: &Arc<Message>,
-        publisher_ops: Vec<StoreOp>,
+        mut publisher_ops: Vec<StoreOp>,
     ) -> Published {
         self.stats.message_received(message.qos);
+        // Only a client's QoS 2 resend routed again under the id its packet id was
+        // recorded with has one before routing (`session::inbound`, "unconfirmed").
+        let resent_under = message.cluster_id.get().copied();
+        if let Some(cluster) = self.cluster.get() {
+            note_incoming_ids(message, &mut publisher_ops);
+            if let Some(id) = resent_under.filter(|id| cluster.received(*id)) {
+                // This node had the message forwarded from the publisher's old node:
+                // its local subscribers have it. The other nodes are sent it again
+                // under the same id and recognise it likewise.
+                tracing::debug!(
+                    ?id,
+                    "a QoS 2 resend this node received before: not routed here again"
+                );
+                let mut writes: Vec<Completion> = self.submit(publisher_ops).into_iter().collect();
+                if message.retain {
+                    writes.extend(self.retain(message));
+                }
+                writes.extend(cluster.published(message));
+                return Published {
+                    routed: 1,
+                    writes,
+                    congested: None,
+                };
+            }
+        }
         let mut writes = Vec::new();
         if message.retain {
             writes.extend(self.retain(message));
@@ -667,4 +692,26 @@ mod size_tests {
     fn a_subscriber_entry_stays_small() {
         assert_eq!(std::mem::size_of::<(SessionKey, Route)>(), 24);
     }
+}
+
+/// On a cluster node, with each incoming QoS 2 packet id the publisher's session
+/// records, the cluster id its message goes under (`StoreOp::IncomingInCluster`): the
+/// backups keep it, and a node that takes the session over from their copy routes the
+/// client's resend under the same id.
+fn note_incoming_ids(message: &Message, publisher_ops: &mut Vec<StoreOp>) {
+    let noted: Vec<StoreOp> = publisher_ops
+        .iter()
+        .filter_map(|op| match op {
+            StoreOp::AddIncomingQos2 {
+                client_id,
+                packet_id,
+            } => Some(StoreOp::IncomingInCluster {
+                client_id: client_id.clone(),
+                packet_id: *packet_id,
+                cluster_id: message.cluster_id(),
+            }),
+            _ => None,
+        })
+        .collect();
+    publisher_ops.extend(noted);
 }

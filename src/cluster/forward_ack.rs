@@ -53,10 +53,13 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 const ACKS_PER_FRAME: usize = 1024;
 
 /// Where a received message's writes stand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Written {
-    /// Routed; its writes are under way (its acknowledgement follows them).
-    Pending,
+    /// Routed; its writes are under way (its acknowledgement follows them). With the
+    /// other nodes that sent a copy meanwhile, each answered too once the writes are
+    /// done: a publisher's client sent its message again to another node after the
+    /// first one died, which routed it under the same id.
+    Pending(Vec<NodeId>),
     /// Its writes are durable: a copy is acknowledged at once.
     Durable,
 }
@@ -80,13 +83,19 @@ pub struct ReceivedIds {
 }
 
 impl ReceivedIds {
-    pub fn arrive(&mut self, id: ClusterMessageId) -> Arrival {
-        match self.state.get(&id) {
+    /// A forward of `id` arrived from node `from`.
+    pub fn arrive(&mut self, id: ClusterMessageId, from: NodeId) -> Arrival {
+        match self.state.get_mut(&id) {
             Some(Written::Durable) => return Arrival::AcknowledgeAgain,
-            Some(Written::Pending) => return Arrival::Wait,
+            Some(Written::Pending(others)) => {
+                if !others.contains(&from) {
+                    others.push(from);
+                }
+                return Arrival::Wait;
+            }
             None => {}
         }
-        self.state.insert(id, Written::Pending);
+        self.state.insert(id, Written::Pending(Vec::new()));
         self.order.push_back(id);
         while self.order.len() > RECEIVED_WINDOW {
             if let Some(oldest) = self.order.pop_front() {
@@ -96,14 +105,25 @@ impl ReceivedIds {
         Arrival::New
     }
 
+    /// Whether `id` arrived lately (routed, whether or not its writes are done).
+    pub fn contains(&self, id: ClusterMessageId) -> bool {
+        self.state.contains_key(&id)
+    }
+
     /// The writes of `id` finished: durable, or failed (then a copy is routed anew).
-    pub fn settle(&mut self, id: ClusterMessageId, durable: bool) {
-        if durable {
-            if let Some(state) = self.state.get_mut(&id) {
-                *state = Written::Durable;
-            }
+    /// The other nodes waiting for the answer too (besides the first sender, and any of
+    /// them may be it again: a copy it sent on a new connection).
+    pub fn settle(&mut self, id: ClusterMessageId, durable: bool) -> Vec<NodeId> {
+        let previous = if durable {
+            self.state
+                .get_mut(&id)
+                .map(|state| std::mem::replace(state, Written::Durable))
         } else {
-            self.state.remove(&id);
+            self.state.remove(&id)
+        };
+        match previous {
+            Some(Written::Pending(others)) => others,
+            _ => Vec::new(),
         }
     }
 }
@@ -136,6 +156,11 @@ const CATCHING_UP_FRAMES: usize = RECEIVED_WINDOW;
 const CATCHING_UP_BYTES: usize = 64 << 20;
 
 impl Received {
+    /// Whether a forward of `id` arrived lately (`ReceivedIds::contains`).
+    pub fn knows(&self, id: ClusterMessageId) -> bool {
+        lock(&self.ids).contains(id)
+    }
+
     /// Starts holding forwards until `release_held_forwards` (a node that restored
     /// persistent sessions).
     pub fn hold_until_caught_up(&self) {
@@ -235,7 +260,7 @@ impl ClusterNode {
         route: impl FnOnce() -> Option<Completion>,
     ) -> Option<link::ReadPause> {
         let id = message.cluster_id();
-        let arrival = lock(&self.received.ids).arrive(id);
+        let arrival = lock(&self.received.ids).arrive(id, from);
         let writes = match arrival {
             Arrival::Wait => return None,
             Arrival::AcknowledgeAgain => None,
@@ -595,18 +620,42 @@ async fn acknowledge(
                 Err(_) => acks.push((id, false)),
             }
         }
+        // Answers for the other nodes that sent a copy while the writes were under way.
+        let mut others: HashMap<NodeId, (Vec<(ClusterMessageId, bool)>, Vec<link::MovedAck>)> =
+            HashMap::new();
         {
             let mut ids = lock(&ids);
             for (id, durable) in &acks {
-                ids.settle(*id, *durable);
+                for other in ids.settle(*id, *durable) {
+                    others.entry(other).or_default().0.push((*id, *durable));
+                }
             }
             for entry in &moved {
-                ids.settle(entry.id(), false);
+                for other in ids.settle(entry.id(), false) {
+                    others.entry(other).or_default().1.push(entry.clone());
+                }
             }
         }
         let Some(node) = node.upgrade() else {
             return;
         };
+        for (other, (other_acks, other_moved)) in others {
+            let Some(peer) = node.links.peer(other) else {
+                continue;
+            };
+            if !other_acks.is_empty() {
+                peer.send(link::frame(
+                    link::FORWARD_ACK,
+                    &link::encode_acks(&other_acks),
+                ));
+            }
+            if !other_moved.is_empty() {
+                peer.send(link::frame(
+                    link::FORWARD_MOVED,
+                    &link::encode_moved(&other_moved),
+                ));
+            }
+        }
         // A link that is down loses them: the sender sends the messages again, and
         // they are acknowledged again from `ids`.
         if let Some(peer) = node.links.peer(from) {
@@ -664,14 +713,19 @@ mod tests {
     #[test]
     fn a_copy_is_routed_once_and_acknowledged_again_once_durable() {
         let mut ids = ReceivedIds::default();
-        assert_eq!(ids.arrive(id(1)), Arrival::New);
-        assert_eq!(ids.arrive(id(1)), Arrival::Wait, "writes under way");
-        ids.settle(id(1), true);
-        assert_eq!(ids.arrive(id(1)), Arrival::AcknowledgeAgain);
-        assert_eq!(ids.arrive(id(2)), Arrival::New);
+        assert_eq!(ids.arrive(id(1), 2), Arrival::New);
+        assert_eq!(ids.arrive(id(1), 2), Arrival::Wait, "writes under way");
+        assert_eq!(ids.arrive(id(1), 3), Arrival::Wait, "another node's copy");
+        assert_eq!(
+            ids.settle(id(1), true),
+            vec![2, 3],
+            "the nodes that sent a copy meanwhile are answered too"
+        );
+        assert_eq!(ids.arrive(id(1), 2), Arrival::AcknowledgeAgain);
+        assert_eq!(ids.arrive(id(2), 2), Arrival::New);
         ids.settle(id(2), false);
         assert_eq!(
-            ids.arrive(id(2)),
+            ids.arrive(id(2), 2),
             Arrival::New,
             "a failed write is routed anew"
         );
@@ -681,9 +735,9 @@ mod tests {
     fn the_window_is_bounded() {
         let mut ids = ReceivedIds::default();
         for sequence in 0..(RECEIVED_WINDOW as u64 + 10) {
-            assert_eq!(ids.arrive(id(sequence)), Arrival::New);
+            assert_eq!(ids.arrive(id(sequence), 2), Arrival::New);
         }
         assert_eq!(ids.order.len(), RECEIVED_WINDOW);
-        assert_eq!(ids.arrive(id(0)), Arrival::New, "the oldest went");
+        assert_eq!(ids.arrive(id(0), 2), Arrival::New, "the oldest went");
     }
 }

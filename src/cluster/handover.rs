@@ -34,6 +34,10 @@ pub struct SessionDump {
     /// session (`super::relay`); false from a backup or a node that does not say.
     #[serde(default)]
     pub relayed: bool,
+    /// From a backup: the cluster ids of the messages of `incoming_qos2` it knows
+    /// (packet id, node, sequence; `StoreOp::IncomingInCluster`).
+    #[serde(default)]
+    incoming_ids: Vec<(u16, u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +75,14 @@ impl SessionDump {
             .extend(ids.into_iter().map(|id| (id.node, id.sequence)));
     }
 
+    /// Adds the cluster ids of its incoming QoS 2 messages (from a backup's copy).
+    pub fn with_incoming_ids(&mut self, ids: Vec<(u16, ClusterMessageId)>) {
+        self.incoming_ids = ids
+            .into_iter()
+            .map(|(packet_id, id)| (packet_id, id.node, id.sequence))
+            .collect();
+    }
+
     /// `into_session`, with the ids of the messages it holds.
     pub fn into_handed(self) -> Option<HandedOver> {
         let held = self
@@ -81,10 +93,24 @@ impl SessionDump {
                 sequence: *sequence,
             })
             .collect();
+        let incoming_ids = self
+            .incoming_ids
+            .iter()
+            .map(|(packet_id, node, sequence)| {
+                (
+                    *packet_id,
+                    ClusterMessageId {
+                        node: *node,
+                        sequence: *sequence,
+                    },
+                )
+            })
+            .collect();
         Some(HandedOver {
             session: self.into_session()?,
             held,
             from_copy: false,
+            incoming_ids,
         })
     }
 
@@ -125,6 +151,7 @@ impl SessionDump {
             incoming_qos2: session.incoming_qos2.clone(),
             held: Vec::new(),
             relayed: false,
+            incoming_ids: Vec::new(),
         }
     }
 
@@ -285,6 +312,7 @@ mod tests {
             session: without_ids(sample_session()),
             held,
             from_copy: false,
+            incoming_ids: Vec::new(),
         };
         let json = serde_json::to_vec(&SessionDump::from_handed(&handed)).unwrap();
         let dump: SessionDump = serde_json::from_slice(&json).unwrap();

@@ -18,7 +18,7 @@ use bytestring::ByteString;
 
 use super::lazy_map::LazyMap;
 use super::{Action, Session, Violation};
-use crate::message::Message;
+use crate::message::{ClusterMessageId, Message};
 use crate::protocol::reason;
 use crate::protocol::{Packet, PubResponse, Publish, PublishProperties, QoS};
 use crate::storage::{write_promise, Completion, SharedCompletion, StoreOp, WritePromise};
@@ -35,10 +35,12 @@ pub(super) enum IncomingWrite {
     /// Restored on a cluster node (after a restart, or taken over from a backup's copy):
     /// the record says the packet id was received, not that its message reached every
     /// node it was forwarded to (the node that received it may have died with a forward
-    /// unsent). A resend of it is routed again: a subscriber may get it twice, none
+    /// unsent). A resend of it is routed again, under the cluster id its message had
+    /// when the backups know it (`StoreOp::IncomingInCluster`), so that the nodes that
+    /// got it already recognise it; without one a subscriber may get it twice, none
     /// misses it. Acknowledged without routing, a message whose forward never left was
     /// lost although its publisher got its PUBREC.
-    Unconfirmed,
+    Unconfirmed(Option<ClusterMessageId>),
 }
 
 #[derive(Debug, Default)]
@@ -76,19 +78,32 @@ impl Inbound {
     }
 
     /// Puts back the packet ids of a restored session; `unconfirmed`: a resend of one is
-    /// routed again (`IncomingWrite::Unconfirmed`).
+    /// routed again (`IncomingWrite::Unconfirmed`), under its id in `recorded` if there.
     pub(super) fn restore_awaiting_release(
         &mut self,
         packet_ids: impl IntoIterator<Item = u16>,
         unconfirmed: bool,
+        recorded: &[(u16, ClusterMessageId)],
     ) {
         for packet_id in packet_ids {
             let write = if unconfirmed {
-                IncomingWrite::Unconfirmed
+                let id = recorded
+                    .iter()
+                    .find(|(recorded, _)| *recorded == packet_id)
+                    .map(|(_, id)| *id);
+                IncomingWrite::Unconfirmed(id)
             } else {
                 IncomingWrite::Settled
             };
             self.awaiting_release.insert(packet_id, write);
+        }
+    }
+
+    /// The cluster id to route a resend of unconfirmed `packet_id` under, if recorded.
+    fn recorded_id(&self, packet_id: u16) -> Option<ClusterMessageId> {
+        match self.awaiting_release.get(&packet_id) {
+            Some(IncomingWrite::Unconfirmed(id)) => *id,
+            _ => None,
         }
     }
 
@@ -99,7 +114,7 @@ impl Inbound {
         let failed = match self.awaiting_release.get_mut(&packet_id) {
             None => return false,
             Some(IncomingWrite::Settled) => false,
-            Some(IncomingWrite::Unconfirmed) => return false,
+            Some(IncomingWrite::Unconfirmed(_)) => return false,
             Some(IncomingWrite::Pending(write)) => matches!(write.try_result(), Some(Err(_))),
         };
         if failed {
@@ -202,9 +217,14 @@ impl Session {
         let qos = publish.qos;
         let mut actions = Vec::with_capacity(2);
         if !qos2_duplicate {
-            actions.push(Action::Route(Arc::new(
-                self.build_message(topic, publish, now),
-            )));
+            let recorded = (qos == QoS::ExactlyOnce)
+                .then(|| self.inbound.recorded_id(packet_id))
+                .flatten();
+            let message = self.build_message(topic, publish, now);
+            if let Some(id) = recorded {
+                let _ = message.cluster_id.set(id);
+            }
+            actions.push(Action::Route(Arc::new(message)));
         }
         match qos {
             QoS::AtMostOnce => {}

@@ -223,6 +223,9 @@ pub struct RestoredParts {
     /// where the record does not say that every forward of its message left
     /// (`inbound::IncomingWrite::Unconfirmed`).
     pub incoming_qos2_unconfirmed: bool,
+    /// The cluster ids those messages went under, where the backups knew them: a resend
+    /// is routed under the same id.
+    pub incoming_qos2_ids: Vec<(u16, crate::message::ClusterMessageId)>,
 }
 
 impl Session {
@@ -278,9 +281,11 @@ impl Session {
                 .outbound_mut()
                 .restore_inflight(delivery, packet_id, state);
         }
-        session
-            .inbound
-            .restore_awaiting_release(parts.incoming_qos2, parts.incoming_qos2_unconfirmed);
+        session.inbound.restore_awaiting_release(
+            parts.incoming_qos2,
+            parts.incoming_qos2_unconfirmed,
+            &parts.incoming_qos2_ids,
+        );
         session.journal.set_persistent(Some(&client_id));
         session
     }
@@ -310,6 +315,7 @@ impl Session {
             incoming_qos2: self.inbound.awaiting_release_ids(),
             // Handed over by a live node: its forwards go on from there.
             incoming_qos2_unconfirmed: false,
+            incoming_qos2_ids: Vec::new(),
         }
     }
 

@@ -307,7 +307,7 @@ impl Ledger {
                 packet_id,
             } => self.complete_inflight(client_id, *packet_id, out),
             // Kept in memory by a cluster node's backups, not stored.
-            StoreOp::CompletedInCluster { .. } => {}
+            StoreOp::CompletedInCluster { .. } | StoreOp::IncomingInCluster { .. } => {}
             StoreOp::DropQueued {
                 client_id,
                 message_id,

@@ -190,6 +190,17 @@ pub enum StoreOp {
         client_id: ByteString,
         packet_id: u16,
     },
+    /// The incoming QoS 2 message of `packet_id` (its `AddIncomingQos2` goes in the same
+    /// write) got this cluster id (a cluster node writes it). Nothing is stored: the
+    /// node's backups remember it while the packet id awaits release, so that a node
+    /// taking the session over from their copy routes the client's resend under the
+    /// same id, and the nodes that had it already recognise it
+    /// (`cluster::replication::replica`).
+    IncomingInCluster {
+        client_id: ByteString,
+        packet_id: u16,
+        cluster_id: crate::message::ClusterMessageId,
+    },
     /// The session completed a QoS 2 message with this cluster id (a cluster node
     /// writes it after `CompleteInflight`). Nothing is stored: the node's backups
     /// remember it for a while, so that a node taking the session over from their copy

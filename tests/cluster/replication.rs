@@ -507,6 +507,103 @@ async fn a_qos2_message_its_publishers_node_died_before_forwarding_reaches_the_s
     assert!(again.is_err(), "the message came twice: {again:?}");
 }
 
+/// A QoS 2 PUBLISH whose node dies after its forward reached the subscriber's node but
+/// before that node acknowledged it: the publisher sends it again (DUP) to the node that
+/// takes its session over from the backup's copy, which routes it under the cluster id
+/// the dead node gave it (the backup knew it), so the subscriber's node recognises it
+/// and the subscriber gets it once. (Under a new id it was a second message.) Four
+/// nodes (a node's backup is the next id): the publisher's node, the subscriber's node,
+/// whose link to its own backup is held so that its write, and so its acknowledgement,
+/// waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_qos2_message_sent_again_after_its_publishers_node_died_is_recognised_where_it_arrived() {
+    let mut cluster = Cluster::configure(4, &[]).await;
+    cluster.configure_section("cluster", "link_timeout_ms = 30000");
+    for id in 1..=4 {
+        cluster.spawn(id);
+    }
+    // The leader is the publisher's node's backup: once the publisher's node is dead and
+    // the subscriber's node's link to its backup held, it still reaches a majority.
+    let leader = cluster.wait_for_leader(&[1, 2, 3, 4]).await;
+    let next = |id: u64| id % 4 + 1;
+    let (publishers, backup) = (next(next(next(leader))), leader);
+    let (subscribers, subscribers_backup) = (next(leader), next(next(leader)));
+    wait_in_sync(&cluster, publishers).await;
+    wait_in_sync(&cluster, subscribers).await;
+
+    let (mut subscriber, _) = RawClient::connect(cluster.mqtt(subscribers), "pa-sub", 5)
+        .await
+        .unwrap();
+    subscriber.subscribe("pa/#", 2).await.unwrap();
+    let mut prober = crate::common::mqtt::Publisher::v4(cluster.mqtt(publishers), "pa-probe").await;
+    within("the route to reach the publishing node", async {
+        loop {
+            prober.publish("pa/probe", 0, false, b"probe").await;
+            let probe = std::time::Duration::from_millis(100);
+            if let Ok(Ok(_)) = tokio::time::timeout(probe, subscriber.receive()).await {
+                return;
+            }
+        }
+    })
+    .await;
+    drop(prober);
+    let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "pa-pub", 5)
+        .await
+        .unwrap();
+
+    cluster.pause_link(subscribers, subscribers_backup, true);
+    let replicated = |text: &str| {
+        metric_value(text, "fleetmq_cluster_replication_latency_seconds_count").unwrap_or(0.0)
+    };
+    let before = replicated(&cluster.try_metrics(publishers).await.unwrap());
+    let publishing =
+        tokio::spawn(async move { publisher.publish("pa/1", 2, 1, b"once", false).await });
+    // The subscriber's node holds the message (its write waits for its backup), the
+    // publisher's node waits for its acknowledgement and has the packet id on its backup.
+    write_waiting_for_backup(&cluster, subscribers, subscribers_backup).await;
+    let kept = format!("fleetmq_cluster_forwards_unacked{{peer=\"{subscribers}\"}}");
+    let waiting = format!("fleetmq_cluster_replication_queue_bytes{{backup=\"{backup}\"}}");
+    eventually(
+        "the forward waiting and the packet id on the backup",
+        || async {
+            let text = cluster.try_metrics(publishers).await?;
+            (metric_value(&text, &kept)? == 1.0
+                && metric_value(&text, &waiting)? == 0.0
+                && replicated(&text) > before)
+                .then_some(())
+        },
+    )
+    .await;
+    cluster.kill(publishers).await;
+    publishing.abort();
+
+    let (mut publisher, present) = within("the publisher back on the backup", async {
+        loop {
+            if let Ok(connected) = RawClient::connect(cluster.mqtt(backup), "pa-pub", 5).await {
+                return connected;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        present,
+        "the publisher's session was taken over from the copy"
+    );
+    let resent = tokio::spawn(async move { publisher.publish("pa/1", 2, 1, b"once", true).await });
+    cluster.pause_link(subscribers, subscribers_backup, false);
+    let outcome = within("the PUBREC of the message sent again", resent)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Ok(Outcome::Accepted));
+    let message = within("the message at the subscriber", subscriber.receive())
+        .await
+        .unwrap();
+    assert_eq!(message.payload, b"once");
+    let again = tokio::time::timeout(std::time::Duration::from_secs(1), subscriber.receive()).await;
+    assert!(again.is_err(), "the message came twice: {again:?}");
+}
+
 /// A QoS 2 PUBLISH to a persistent session reaches its client only once the record that
 /// it is in flight is on the session's backup: a node taking the session over from that
 /// copy then resends it with DUP (or releases it) rather than sending it again as new,

@@ -171,7 +171,7 @@ impl Model {
                     }
                 }
             }
-            StoreOp::CompletedInCluster { .. } => {}
+            StoreOp::CompletedInCluster { .. } | StoreOp::IncomingInCluster { .. } => {}
             StoreOp::AddIncomingQos2 {
                 client_id,
                 packet_id,

@@ -58,7 +58,7 @@ pub struct Reroute {
 /// A `FORWARD_MOVED` entry: a forwarded message the peer could not keep for sessions
 /// that other nodes took over from a backup's copy without it, and those sessions
 /// (client id, the node that holds it now).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MovedAck {
     pub node: u64,
     pub sequence: u64,

@@ -20,6 +20,10 @@ use super::super::network::{Request, Response};
 use super::*;
 
 impl ClusterHook for ClusterNode {
+    fn received(&self, id: crate::message::ClusterMessageId) -> bool {
+        self.received.knows(id)
+    }
+
     fn published(&self, message: &Arc<Message>) -> Option<Completion> {
         let broker = self.broker.upgrade()?;
         let committed = message

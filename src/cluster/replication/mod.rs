@@ -144,6 +144,7 @@ pub fn replicated_ops(ops: &[StoreOp], persistent: &mut HashSet<ByteString>) -> 
             | StoreOp::AdvanceInflight { client_id, .. }
             | StoreOp::CompleteInflight { client_id, .. }
             | StoreOp::CompletedInCluster { client_id, .. }
+            | StoreOp::IncomingInCluster { client_id, .. }
             | StoreOp::DropQueued { client_id, .. }
             | StoreOp::AddIncomingQos2 { client_id, .. }
             | StoreOp::RemoveIncomingQos2 { client_id, .. } => persistent.contains(client_id),

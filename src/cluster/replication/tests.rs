@@ -485,7 +485,9 @@ async fn a_backup_copy_follows_its_stream_refuses_an_older_one_and_a_reset_repla
 /// completed (nothing of them is stored), for that origin's session only, and a node
 /// taking the session over from the copy gets them with it: the copy the publishing
 /// node sends again (its forward to the dead owner was never acknowledged) is then
-/// dropped, not delivered a second time.
+/// dropped, not delivered a second time. Likewise the ids of the incoming QoS 2
+/// messages whose packet ids await release: the client's resend is routed under the
+/// same id.
 #[tokio::test]
 async fn a_backup_hands_the_ids_of_qos2_messages_its_origin_completed_lately_with_the_session() {
     let dir = tempfile::tempdir().unwrap();
@@ -493,6 +495,10 @@ async fn a_backup_hands_the_ids_of_qos2_messages_its_origin_completed_lately_wit
     let completed = crate::message::ClusterMessageId {
         node: 3,
         sequence: 42,
+    };
+    let incoming = crate::message::ClusterMessageId {
+        node: 1,
+        sequence: 43,
     };
     let ops = [
         put("a"),
@@ -511,6 +517,15 @@ async fn a_backup_hands_the_ids_of_qos2_messages_its_origin_completed_lately_wit
             client_id: "a".into(),
             cluster_id: completed,
         },
+        StoreOp::AddIncomingQos2 {
+            client_id: "a".into(),
+            packet_id: 7,
+        },
+        StoreOp::IncomingInCluster {
+            client_id: "a".into(),
+            packet_id: 7,
+            cluster_id: incoming,
+        },
     ];
     let batch = Batch {
         generation: 1,
@@ -525,10 +540,30 @@ async fn a_backup_hands_the_ids_of_qos2_messages_its_origin_completed_lately_wit
     assert!(replicas.recently_completed(1, "b").is_empty());
     assert!(replicas.recently_completed(2, "a").is_empty());
 
+    assert_eq!(session.incoming_qos2, vec![7]);
+    assert_eq!(replicas.incoming_ids(1, "a"), vec![(7, incoming)]);
+
     let mut dump = crate::cluster::handover::SessionDump::from_session(&session);
     dump.also_held(replicas.recently_completed(1, "a"));
+    dump.with_incoming_ids(replicas.incoming_ids(1, "a"));
+    let json = serde_json::to_vec(&dump).unwrap();
+    let dump: crate::cluster::handover::SessionDump = serde_json::from_slice(&json).unwrap();
     let handed = dump.into_handed().expect("decodes");
     assert_eq!(handed.held, vec![completed]);
+    assert_eq!(handed.incoming_ids, vec![(7, incoming)]);
+
+    // Released, the packet id's cluster id goes.
+    let released = Batch {
+        generation: 1,
+        reset: false,
+        sequence: 0,
+        ops: wire(&[StoreOp::RemoveIncomingQos2 {
+            client_id: "a".into(),
+            packet_id: 7,
+        }]),
+    };
+    replicas.apply(1, released).await.unwrap();
+    assert!(replicas.incoming_ids(1, "a").is_empty());
 }
 
 #[tokio::test]

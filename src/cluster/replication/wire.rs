@@ -56,6 +56,12 @@ pub enum WireOp {
         node: u64,
         sequence: u64,
     },
+    IncomingInCluster {
+        client_id: String,
+        packet_id: u16,
+        node: u64,
+        sequence: u64,
+    },
     DropQueued {
         client_id: String,
         message_id: u64,
@@ -100,6 +106,7 @@ impl WireOp {
                 | WireOp::AdvanceInflight { client_id, .. }
                 | WireOp::CompleteInflight { client_id, .. }
                 | WireOp::CompletedInCluster { client_id, .. }
+                | WireOp::IncomingInCluster { client_id, .. }
                 | WireOp::DropQueued { client_id, .. }
                 | WireOp::AddIncomingQos2 { client_id, .. }
                 | WireOp::RemoveIncomingQos2 { client_id, .. } => client_id.len(),
@@ -204,6 +211,16 @@ impl WireOp {
                 node: cluster_id.node,
                 sequence: cluster_id.sequence,
             },
+            StoreOp::IncomingInCluster {
+                client_id,
+                packet_id,
+                cluster_id,
+            } => WireOp::IncomingInCluster {
+                client_id: id(client_id),
+                packet_id: *packet_id,
+                node: cluster_id.node,
+                sequence: cluster_id.sequence,
+            },
             StoreOp::DropQueued {
                 client_id,
                 message_id,
@@ -302,6 +319,16 @@ impl WireOp {
                 sequence,
             } => StoreOp::CompletedInCluster {
                 client_id: client_id.into(),
+                cluster_id: crate::message::ClusterMessageId { node, sequence },
+            },
+            WireOp::IncomingInCluster {
+                client_id,
+                packet_id,
+                node,
+                sequence,
+            } => StoreOp::IncomingInCluster {
+                client_id: client_id.into(),
+                packet_id,
                 cluster_id: crate::message::ClusterMessageId { node, sequence },
             },
             WireOp::DropQueued {

@@ -87,6 +87,43 @@ fn qos2_duplicate_before_pubrel_is_not_routed_twice() {
     }
 }
 
+/// A resend of an unconfirmed packet id whose cluster id the backup knew is routed under
+/// that id: the nodes that got the message before recognise it.
+#[test]
+fn an_unconfirmed_resend_is_routed_under_its_recorded_cluster_id() {
+    let id = crate::message::ClusterMessageId {
+        node: 1,
+        sequence: 77,
+    };
+    let mut session = Session::restored(
+        KEY,
+        "device-1".into(),
+        limits(),
+        crate::session::RestoredParts {
+            protocol: ProtocolVersion::V5,
+            expiry_interval: Duration::from_secs(60),
+            detached_at: Instant::now(),
+            subscriptions: Vec::new(),
+            queue: Vec::new(),
+            inflight: Vec::new(),
+            incoming_qos2: vec![3, 4],
+            incoming_qos2_unconfirmed: true,
+            incoming_qos2_ids: vec![(3, id)],
+        },
+    );
+    let now = Instant::now();
+    session.attach(&connect(ProtocolVersion::V5), Duration::from_secs(60), now);
+    let mut resent = publish("a/b", QoS::ExactlyOnce, 3);
+    resent.dup = true;
+    let actions = handle(&mut session, Packet::Publish(resent), now);
+    assert_eq!(routed(&actions)[0].cluster_id.get(), Some(&id));
+    // One the backup did not know goes under a new id (given where it is routed).
+    let mut resent = publish("a/b", QoS::ExactlyOnce, 4);
+    resent.dup = true;
+    let actions = handle(&mut session, Packet::Publish(resent), now);
+    assert_eq!(routed(&actions)[0].cluster_id.get(), None);
+}
+
 /// A QoS 2 packet id restored on a cluster node (a restart, or a session taken over
 /// from a backup's copy) does not say the message reached every node it was forwarded
 /// to: the client's resend is routed again (and not refused by Receive Maximum, the id
@@ -111,6 +148,7 @@ fn a_qos2_resend_of_an_unconfirmed_restored_packet_id_is_routed_again() {
                 inflight: Vec::new(),
                 incoming_qos2: vec![3],
                 incoming_qos2_unconfirmed: unconfirmed,
+                incoming_qos2_ids: Vec::new(),
             },
         );
         let now = Instant::now();
