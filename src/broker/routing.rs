@@ -682,18 +682,6 @@ fn remove_route(routes: &mut SubscriptionTrie<SessionKey, Route>, filter: &str, 
     }
 }
 
-#[cfg(test)]
-mod size_tests {
-    use super::*;
-
-    /// A device's subscription is one subscriber entry in the trie (BENCHMARKS.md,
-    /// "Memory per idle connection"): 24 bytes, a 32-byte allocation.
-    #[test]
-    fn a_subscriber_entry_stays_small() {
-        assert_eq!(std::mem::size_of::<(SessionKey, Route)>(), 24);
-    }
-}
-
 /// On a cluster node, with each incoming QoS 2 packet id the publisher's session
 /// records, the cluster id its message goes under (`StoreOp::IncomingInCluster`): the
 /// backups keep it, and a node that takes the session over from their copy routes the
@@ -714,4 +702,16 @@ fn note_incoming_ids(message: &Message, publisher_ops: &mut Vec<StoreOp>) {
         })
         .collect();
     publisher_ops.extend(noted);
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// A device's subscription is one subscriber entry in the trie (BENCHMARKS.md,
+    /// "Memory per idle connection"): 24 bytes, a 32-byte allocation.
+    #[test]
+    fn a_subscriber_entry_stays_small() {
+        assert_eq!(std::mem::size_of::<(SessionKey, Route)>(), 24);
+    }
 }

@@ -200,6 +200,10 @@ impl Received {
     }
 }
 
+/// The answers one node gets: acknowledgements (durable or failed), and messages kept
+/// for sessions that moved away.
+type Answers = (Vec<(ClusterMessageId, bool)>, Vec<link::MovedAck>);
+
 /// A received message and the writes its acknowledgement waits for.
 type AckQueue = mpsc::Sender<(ClusterMessageId, Option<Completion>)>;
 
@@ -621,8 +625,7 @@ async fn acknowledge(
             }
         }
         // Answers for the other nodes that sent a copy while the writes were under way.
-        let mut others: HashMap<NodeId, (Vec<(ClusterMessageId, bool)>, Vec<link::MovedAck>)> =
-            HashMap::new();
+        let mut others: HashMap<NodeId, Answers> = HashMap::new();
         {
             let mut ids = lock(&ids);
             for (id, durable) in &acks {
