@@ -38,6 +38,85 @@ pub(crate) async fn wait_in_sync(cluster: &Cluster, id: u64) {
     .await;
 }
 
+/// A persistent subscriber (MQTT 5) of `client_id` on node `on` to `prefix/#` at QoS 2,
+/// once its route reached node `publishing` (QoS 0 probes from there until one arrives;
+/// routes go through consensus).
+async fn subscribed_and_routed(
+    cluster: &Cluster,
+    on: u64,
+    publishing: u64,
+    client_id: &str,
+    prefix: &str,
+) -> RawClient {
+    let (mut subscriber, _) = RawClient::connect(cluster.mqtt(on), client_id, 5)
+        .await
+        .unwrap();
+    subscriber
+        .subscribe(&format!("{prefix}/#"), 2)
+        .await
+        .unwrap();
+    let probe_id = format!("{client_id}-probe");
+    let mut prober = crate::common::mqtt::Publisher::v4(cluster.mqtt(publishing), &probe_id).await;
+    let topic = format!("{prefix}/probe");
+    within("the route to reach the publishing node", async {
+        loop {
+            prober.publish(&topic, 0, false, b"probe").await;
+            let probe = std::time::Duration::from_millis(100);
+            if let Ok(Ok(_)) = tokio::time::timeout(probe, subscriber.receive()).await {
+                return;
+            }
+        }
+    })
+    .await;
+    subscriber
+}
+
+/// Waits until node `publishers` keeps one forward for node `subscribers` unacknowledged
+/// and its backup `backup` acknowledged a write since `before` (`replicated_writes`)
+/// with nothing left waiting: the packet id of the QoS 2 PUBLISH in flight is on the
+/// backup.
+async fn forward_kept_and_packet_id_on_backup(
+    cluster: &Cluster,
+    publishers: u64,
+    subscribers: u64,
+    backup: u64,
+    before: f64,
+) {
+    let kept = format!("fleetmq_cluster_forwards_unacked{{peer=\"{subscribers}\"}}");
+    let waiting = format!("fleetmq_cluster_replication_queue_bytes{{backup=\"{backup}\"}}");
+    eventually(
+        "the forward kept and the packet id on the backup",
+        || async {
+            let text = cluster.try_metrics(publishers).await?;
+            (metric_value(&text, &kept)? == 1.0
+                && metric_value(&text, &waiting)? == 0.0
+                && replicated_writes(&text) > before)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The writes a node's backups acknowledged so far (its replication latency count), in
+/// its metrics.
+fn replicated_writes(metrics: &str) -> f64 {
+    metric_value(metrics, "fleetmq_cluster_replication_latency_seconds_count").unwrap_or(0.0)
+}
+
+/// `client_id` connecting to node `id` until accepted (refused while the cluster elects
+/// a leader); returns the client and Session Present.
+async fn reconnected(cluster: &Cluster, id: u64, client_id: &str) -> (RawClient, bool) {
+    within("the client back on another node", async {
+        loop {
+            if let Ok(connected) = RawClient::connect(cluster.mqtt(id), client_id, 5).await {
+                return connected;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
 /// Waits until a write of node `owner` waits for its backup `backup` (its replication
 /// queue holds bytes).
 async fn write_waiting_for_backup(cluster: &Cluster, owner: u64, backup: u64) {
@@ -357,23 +436,7 @@ async fn a_message_the_owner_could_not_keep_for_a_session_taken_from_its_backup_
     let backup = owner % 3 + 1;
     wait_in_sync(&cluster, owner).await;
 
-    let (mut subscriber, present) = RawClient::connect(cluster.mqtt(owner), "moving-sub", 5)
-        .await
-        .unwrap();
-    assert!(!present);
-    subscriber.subscribe("moving/#", 2).await.unwrap();
-    // The subscription reaches the publishing node (routes go through consensus).
-    let mut prober = crate::common::mqtt::Publisher::v4(cluster.mqtt(leader), "moving-probe").await;
-    within("the route to reach the publishing node", async {
-        loop {
-            prober.publish("moving/probe", 0, false, b"probe").await;
-            let probe = std::time::Duration::from_millis(100);
-            if let Ok(Ok(_)) = tokio::time::timeout(probe, subscriber.receive()).await {
-                return;
-            }
-        }
-    })
-    .await;
+    let subscriber = subscribed_and_routed(&cluster, owner, leader, "moving-sub", "moving").await;
     drop(subscriber);
     let (mut publisher, _) = RawClient::connect(cluster.mqtt(leader), "moving-pub", 5)
         .await
@@ -435,60 +498,21 @@ async fn a_qos2_message_its_publishers_node_died_before_forwarding_reaches_the_s
     let (publishers, backup, subscribers) = (1u64, 2u64, 3u64);
     wait_in_sync(&cluster, publishers).await;
 
-    let (mut subscriber, _) = RawClient::connect(cluster.mqtt(subscribers), "pf-sub", 5)
-        .await
-        .unwrap();
-    subscriber.subscribe("pf/#", 2).await.unwrap();
-    let mut prober = crate::common::mqtt::Publisher::v4(cluster.mqtt(publishers), "pf-probe").await;
-    within("the route to reach the publishing node", async {
-        loop {
-            prober.publish("pf/probe", 0, false, b"probe").await;
-            let probe = std::time::Duration::from_millis(100);
-            if let Ok(Ok(_)) = tokio::time::timeout(probe, subscriber.receive()).await {
-                return;
-            }
-        }
-    })
-    .await;
-    drop(prober);
+    let mut subscriber =
+        subscribed_and_routed(&cluster, subscribers, publishers, "pf-sub", "pf").await;
     let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "pf-pub", 5)
         .await
         .unwrap();
 
     cluster.cut_link(publishers, subscribers, true);
-    let replicated = |text: &str| {
-        metric_value(text, "fleetmq_cluster_replication_latency_seconds_count").unwrap_or(0.0)
-    };
-    let before = replicated(&cluster.try_metrics(publishers).await.unwrap());
+    let before = replicated_writes(&cluster.try_metrics(publishers).await.unwrap());
     let publishing =
         tokio::spawn(async move { publisher.publish("pf/1", 2, 1, b"once", false).await });
-    // Kept for the subscriber's node, and the packet id's write on the backup.
-    let kept = format!("fleetmq_cluster_forwards_unacked{{peer=\"{subscribers}\"}}");
-    let waiting = format!("fleetmq_cluster_replication_queue_bytes{{backup=\"{backup}\"}}");
-    eventually(
-        "the forward kept and the packet id on the backup",
-        || async {
-            let text = cluster.try_metrics(publishers).await?;
-            (metric_value(&text, &kept)? == 1.0
-                && metric_value(&text, &waiting)? == 0.0
-                && replicated(&text) > before)
-                .then_some(())
-        },
-    )
-    .await;
+    forward_kept_and_packet_id_on_backup(&cluster, publishers, subscribers, backup, before).await;
     cluster.kill(publishers).await;
     publishing.abort();
 
-    let (mut publisher, present) = within("the publisher back on the backup", async {
-        loop {
-            if let Ok(connected) = RawClient::connect(cluster.mqtt(backup), "pf-pub", 5).await {
-                return connected;
-            }
-            // Refused while the cluster elects a leader: again shortly.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let (mut publisher, present) = reconnected(&cluster, backup, "pf-pub").await;
     assert!(
         present,
         "the publisher's session was taken over from the copy"
@@ -531,61 +555,24 @@ async fn a_qos2_message_sent_again_after_its_publishers_node_died_is_recognised_
     wait_in_sync(&cluster, publishers).await;
     wait_in_sync(&cluster, subscribers).await;
 
-    let (mut subscriber, _) = RawClient::connect(cluster.mqtt(subscribers), "pa-sub", 5)
-        .await
-        .unwrap();
-    subscriber.subscribe("pa/#", 2).await.unwrap();
-    let mut prober = crate::common::mqtt::Publisher::v4(cluster.mqtt(publishers), "pa-probe").await;
-    within("the route to reach the publishing node", async {
-        loop {
-            prober.publish("pa/probe", 0, false, b"probe").await;
-            let probe = std::time::Duration::from_millis(100);
-            if let Ok(Ok(_)) = tokio::time::timeout(probe, subscriber.receive()).await {
-                return;
-            }
-        }
-    })
-    .await;
-    drop(prober);
+    let mut subscriber =
+        subscribed_and_routed(&cluster, subscribers, publishers, "pa-sub", "pa").await;
     let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "pa-pub", 5)
         .await
         .unwrap();
 
     cluster.pause_link(subscribers, subscribers_backup, true);
-    let replicated = |text: &str| {
-        metric_value(text, "fleetmq_cluster_replication_latency_seconds_count").unwrap_or(0.0)
-    };
-    let before = replicated(&cluster.try_metrics(publishers).await.unwrap());
+    let before = replicated_writes(&cluster.try_metrics(publishers).await.unwrap());
     let publishing =
         tokio::spawn(async move { publisher.publish("pa/1", 2, 1, b"once", false).await });
     // The subscriber's node holds the message (its write waits for its backup), the
     // publisher's node waits for its acknowledgement and has the packet id on its backup.
     write_waiting_for_backup(&cluster, subscribers, subscribers_backup).await;
-    let kept = format!("fleetmq_cluster_forwards_unacked{{peer=\"{subscribers}\"}}");
-    let waiting = format!("fleetmq_cluster_replication_queue_bytes{{backup=\"{backup}\"}}");
-    eventually(
-        "the forward waiting and the packet id on the backup",
-        || async {
-            let text = cluster.try_metrics(publishers).await?;
-            (metric_value(&text, &kept)? == 1.0
-                && metric_value(&text, &waiting)? == 0.0
-                && replicated(&text) > before)
-                .then_some(())
-        },
-    )
-    .await;
+    forward_kept_and_packet_id_on_backup(&cluster, publishers, subscribers, backup, before).await;
     cluster.kill(publishers).await;
     publishing.abort();
 
-    let (mut publisher, present) = within("the publisher back on the backup", async {
-        loop {
-            if let Ok(connected) = RawClient::connect(cluster.mqtt(backup), "pa-pub", 5).await {
-                return connected;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let (mut publisher, present) = reconnected(&cluster, backup, "pa-pub").await;
     assert!(
         present,
         "the publisher's session was taken over from the copy"

@@ -87,6 +87,35 @@ fn qos2_duplicate_before_pubrel_is_not_routed_twice() {
     }
 }
 
+/// A session restored (MQTT 5, attached again) with incoming QoS 2 packet ids awaiting
+/// release, as a cluster node restores them when `unconfirmed`.
+fn restored_with_incoming(
+    incoming_qos2: Vec<u16>,
+    unconfirmed: bool,
+    recorded: Vec<(u16, crate::message::ClusterMessageId)>,
+    limits: SessionLimits,
+) -> (Session, Instant) {
+    let mut session = Session::restored(
+        KEY,
+        "device-1".into(),
+        limits,
+        crate::session::RestoredParts {
+            protocol: ProtocolVersion::V5,
+            expiry_interval: Duration::from_secs(60),
+            detached_at: Instant::now(),
+            subscriptions: Vec::new(),
+            queue: Vec::new(),
+            inflight: Vec::new(),
+            incoming_qos2,
+            incoming_qos2_unconfirmed: unconfirmed,
+            incoming_qos2_ids: recorded,
+        },
+    );
+    let now = Instant::now();
+    session.attach(&connect(ProtocolVersion::V5), Duration::from_secs(60), now);
+    (session, now)
+}
+
 /// A resend of an unconfirmed packet id whose cluster id the backup knew is routed under
 /// that id: the nodes that got the message before recognise it.
 #[test]
@@ -95,24 +124,7 @@ fn an_unconfirmed_resend_is_routed_under_its_recorded_cluster_id() {
         node: 1,
         sequence: 77,
     };
-    let mut session = Session::restored(
-        KEY,
-        "device-1".into(),
-        limits(),
-        crate::session::RestoredParts {
-            protocol: ProtocolVersion::V5,
-            expiry_interval: Duration::from_secs(60),
-            detached_at: Instant::now(),
-            subscriptions: Vec::new(),
-            queue: Vec::new(),
-            inflight: Vec::new(),
-            incoming_qos2: vec![3, 4],
-            incoming_qos2_unconfirmed: true,
-            incoming_qos2_ids: vec![(3, id)],
-        },
-    );
-    let now = Instant::now();
-    session.attach(&connect(ProtocolVersion::V5), Duration::from_secs(60), now);
+    let (mut session, now) = restored_with_incoming(vec![3, 4], true, vec![(3, id)], limits());
     let mut resent = publish("a/b", QoS::ExactlyOnce, 3);
     resent.dup = true;
     let actions = handle(&mut session, Packet::Publish(resent), now);
@@ -132,27 +144,11 @@ fn an_unconfirmed_resend_is_routed_under_its_recorded_cluster_id() {
 #[test]
 fn a_qos2_resend_of_an_unconfirmed_restored_packet_id_is_routed_again() {
     for unconfirmed in [true, false] {
-        let mut session = Session::restored(
-            KEY,
-            "device-1".into(),
-            SessionLimits {
-                receive_maximum: 1,
-                ..limits()
-            },
-            crate::session::RestoredParts {
-                protocol: ProtocolVersion::V5,
-                expiry_interval: Duration::from_secs(60),
-                detached_at: Instant::now(),
-                subscriptions: Vec::new(),
-                queue: Vec::new(),
-                inflight: Vec::new(),
-                incoming_qos2: vec![3],
-                incoming_qos2_unconfirmed: unconfirmed,
-                incoming_qos2_ids: Vec::new(),
-            },
-        );
-        let now = Instant::now();
-        session.attach(&connect(ProtocolVersion::V5), Duration::from_secs(60), now);
+        let limits = SessionLimits {
+            receive_maximum: 1,
+            ..limits()
+        };
+        let (mut session, now) = restored_with_incoming(vec![3], unconfirmed, Vec::new(), limits);
         let mut resent = publish("a/b", QoS::ExactlyOnce, 3);
         resent.dup = true;
         let actions = handle(&mut session, Packet::Publish(resent.clone()), now);
