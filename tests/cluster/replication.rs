@@ -117,6 +117,16 @@ async fn reconnected(cluster: &Cluster, id: u64, client_id: &str) -> (RawClient,
     .await
 }
 
+/// `subscriber` gets `payload`, and no second copy of anything within a second after.
+async fn received_once(subscriber: &mut RawClient, payload: &[u8]) {
+    let message = within("the message at the subscriber", subscriber.receive())
+        .await
+        .unwrap();
+    assert_eq!(message.payload, payload);
+    let again = tokio::time::timeout(std::time::Duration::from_secs(1), subscriber.receive()).await;
+    assert!(again.is_err(), "the message came twice: {again:?}");
+}
+
 /// Waits until a write of node `owner` waits for its backup `backup` (its replication
 /// queue holds bytes).
 async fn write_waiting_for_backup(cluster: &Cluster, owner: u64, backup: u64) {
@@ -523,12 +533,7 @@ async fn a_qos2_message_its_publishers_node_died_before_forwarding_reaches_the_s
     )
     .await;
     assert_eq!(outcome, Ok(Outcome::Accepted));
-    let message = within("the message at the subscriber", subscriber.receive())
-        .await
-        .unwrap();
-    assert_eq!(message.payload, b"once");
-    let again = tokio::time::timeout(std::time::Duration::from_secs(1), subscriber.receive()).await;
-    assert!(again.is_err(), "the message came twice: {again:?}");
+    received_once(&mut subscriber, b"once").await;
 }
 
 /// A QoS 2 PUBLISH whose node dies after its forward reached the subscriber's node but
@@ -583,12 +588,7 @@ async fn a_qos2_message_sent_again_after_its_publishers_node_died_is_recognised_
         .await
         .unwrap();
     assert_eq!(outcome, Ok(Outcome::Accepted));
-    let message = within("the message at the subscriber", subscriber.receive())
-        .await
-        .unwrap();
-    assert_eq!(message.payload, b"once");
-    let again = tokio::time::timeout(std::time::Duration::from_secs(1), subscriber.receive()).await;
-    assert!(again.is_err(), "the message came twice: {again:?}");
+    received_once(&mut subscriber, b"once").await;
 }
 
 /// A QoS 2 PUBLISH to a persistent session reaches its client only once the record that
