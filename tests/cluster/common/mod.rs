@@ -305,12 +305,24 @@ impl Cluster {
         .await
     }
 
-    /// Cuts (or heals) every link between node `id` and the others.
+    /// Cuts (or heals) every link between node `id` and the others. All of them stop
+    /// passing bytes before any is closed: closed one by one, the node could still
+    /// reach the leader through a link not cut yet in the instant it saw another one
+    /// fail (and, say, commit its backup out of sync), which a partition does not allow.
     pub fn isolate(&self, id: u64, cut: bool) {
-        for ((i, j), proxy) in &self.proxies {
-            if *i == id || *j == id {
-                proxy.set_cut(cut);
+        let links: Vec<&Proxy> = self
+            .proxies
+            .iter()
+            .filter(|((i, j), _)| *i == id || *j == id)
+            .map(|(_, proxy)| proxy)
+            .collect();
+        if cut {
+            for proxy in &links {
+                proxy.set_paused(true);
             }
+        }
+        for proxy in links {
+            proxy.set_cut(cut);
         }
     }
 

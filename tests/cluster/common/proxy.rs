@@ -122,7 +122,21 @@ async fn relay(inbound: TcpStream, target: SocketAddr, mut mode: watch::Receiver
         if !in_open && !out_open {
             return;
         }
+        // Biased, mode changes first: once paused or cut, nothing read later passes.
         tokio::select! {
+            biased;
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                match *mode.borrow_and_update() {
+                    Mode::Cut => return,
+                    Mode::BlackHole => black_holed = true,
+                    Mode::Open if black_holed => return,
+                    Mode::Open => paused = false,
+                    Mode::Paused => paused = true,
+                }
+            }
             read = in_read.read(&mut from_in), if in_open && !paused => {
                 match read {
                     Ok(0) | Err(_) if black_holed => in_open = false,
@@ -143,18 +157,6 @@ async fn relay(inbound: TcpStream, target: SocketAddr, mut mode: watch::Receiver
                             return;
                         }
                     }
-                }
-            }
-            changed = mode.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                match *mode.borrow_and_update() {
-                    Mode::Cut => return,
-                    Mode::BlackHole => black_holed = true,
-                    Mode::Open if black_holed => return,
-                    Mode::Open => paused = false,
-                    Mode::Paused => paused = true,
                 }
             }
         }
