@@ -239,6 +239,7 @@ impl Broker {
                     writes.extend(self.retain(message));
                 }
                 writes.extend(cluster.published(message));
+                // Routed here once already (not "no matching subscribers").
                 return Published {
                     routed: 1,
                     writes,
@@ -687,20 +688,18 @@ fn remove_route(routes: &mut SubscriptionTrie<SessionKey, Route>, filter: &str, 
 /// backups keep it, and a node that takes the session over from their copy routes the
 /// client's resend under the same id.
 fn note_incoming_ids(message: &Message, publisher_ops: &mut Vec<StoreOp>) {
-    let noted: Vec<StoreOp> = publisher_ops
-        .iter()
-        .filter_map(|op| match op {
-            StoreOp::AddIncomingQos2 {
-                client_id,
-                packet_id,
-            } => Some(StoreOp::IncomingInCluster {
-                client_id: client_id.clone(),
-                packet_id: *packet_id,
-                cluster_id: message.cluster_id(),
-            }),
-            _ => None,
-        })
-        .collect();
+    // A PUBLISH records at most one packet id.
+    let noted = publisher_ops.iter().find_map(|op| match op {
+        StoreOp::AddIncomingQos2 {
+            client_id,
+            packet_id,
+        } => Some(StoreOp::IncomingInCluster {
+            client_id: client_id.clone(),
+            packet_id: *packet_id,
+            cluster_id: message.cluster_id(),
+        }),
+        _ => None,
+    });
     publisher_ops.extend(noted);
 }
 

@@ -55,11 +55,12 @@ const ACKS_PER_FRAME: usize = 1024;
 /// Where a received message's writes stand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Written {
-    /// Routed; its writes are under way (its acknowledgement follows them). With the
-    /// other nodes that sent a copy meanwhile, each answered too once the writes are
-    /// done: a publisher's client sent its message again to another node after the
-    /// first one died, which routed it under the same id.
-    Pending(Vec<NodeId>),
+    /// Routed; its writes are under way (its acknowledgement follows them, to the node
+    /// that sent it first). With the other nodes that sent a copy meanwhile, each
+    /// answered too once the writes are done: a publisher's client sent its message
+    /// again to another node after the first one died, which routed it under the same
+    /// id.
+    Pending { first: NodeId, others: Vec<NodeId> },
     /// Its writes are durable: a copy is acknowledged at once.
     Durable,
 }
@@ -87,15 +88,21 @@ impl ReceivedIds {
     pub fn arrive(&mut self, id: ClusterMessageId, from: NodeId) -> Arrival {
         match self.state.get_mut(&id) {
             Some(Written::Durable) => return Arrival::AcknowledgeAgain,
-            Some(Written::Pending(others)) => {
-                if !others.contains(&from) {
+            Some(Written::Pending { first, others }) => {
+                if from != *first && !others.contains(&from) {
                     others.push(from);
                 }
                 return Arrival::Wait;
             }
             None => {}
         }
-        self.state.insert(id, Written::Pending(Vec::new()));
+        self.state.insert(
+            id,
+            Written::Pending {
+                first: from,
+                others: Vec::new(),
+            },
+        );
         self.order.push_back(id);
         while self.order.len() > RECEIVED_WINDOW {
             if let Some(oldest) = self.order.pop_front() {
@@ -111,8 +118,7 @@ impl ReceivedIds {
     }
 
     /// The writes of `id` finished: durable, or failed (then a copy is routed anew).
-    /// The other nodes waiting for the answer too (besides the first sender, and any of
-    /// them may be it again: a copy it sent on a new connection).
+    /// The other nodes waiting for the answer too, besides the first sender.
     pub fn settle(&mut self, id: ClusterMessageId, durable: bool) -> Vec<NodeId> {
         let previous = if durable {
             self.state
@@ -122,7 +128,7 @@ impl ReceivedIds {
             self.state.remove(&id)
         };
         match previous {
-            Some(Written::Pending(others)) => others,
+            Some(Written::Pending { others, .. }) => others,
             _ => Vec::new(),
         }
     }
@@ -642,38 +648,32 @@ async fn acknowledge(
         let Some(node) = node.upgrade() else {
             return;
         };
-        for (other, (other_acks, other_moved)) in others {
-            let Some(peer) = node.links.peer(other) else {
-                continue;
-            };
-            if !other_acks.is_empty() {
-                peer.send(link::frame(
-                    link::FORWARD_ACK,
-                    &link::encode_acks(&other_acks),
-                ));
-            }
-            if !other_moved.is_empty() {
-                peer.send(link::frame(
-                    link::FORWARD_MOVED,
-                    &link::encode_moved(&other_moved),
-                ));
-            }
-        }
         // A link that is down loses them: the sender sends the messages again, and
         // they are acknowledged again from `ids`.
-        if let Some(peer) = node.links.peer(from) {
-            if !acks.is_empty() {
-                peer.send(link::frame(link::FORWARD_ACK, &link::encode_acks(&acks)));
-            }
-            if !moved.is_empty() {
-                peer.send(link::frame(
-                    link::FORWARD_MOVED,
-                    &link::encode_moved(&moved),
-                ));
-            }
+        for (other, (other_acks, other_moved)) in others {
+            answer(&node, other, &other_acks, &other_moved);
         }
+        answer(&node, from, &acks, &moved);
         acks.clear();
         moved.clear();
+    }
+}
+
+/// Sends node `to` its acknowledgements and the messages kept for sessions that moved.
+fn answer(
+    node: &ClusterNode,
+    to: NodeId,
+    acks: &[(ClusterMessageId, bool)],
+    moved: &[link::MovedAck],
+) {
+    let Some(peer) = node.links.peer(to) else {
+        return;
+    };
+    if !acks.is_empty() {
+        peer.send(link::frame(link::FORWARD_ACK, &link::encode_acks(acks)));
+    }
+    if !moved.is_empty() {
+        peer.send(link::frame(link::FORWARD_MOVED, &link::encode_moved(moved)));
     }
 }
 
@@ -721,8 +721,8 @@ mod tests {
         assert_eq!(ids.arrive(id(1), 3), Arrival::Wait, "another node's copy");
         assert_eq!(
             ids.settle(id(1), true),
-            vec![2, 3],
-            "the nodes that sent a copy meanwhile are answered too"
+            vec![3],
+            "the other nodes that sent a copy meanwhile are answered too"
         );
         assert_eq!(ids.arrive(id(1), 2), Arrival::AcknowledgeAgain);
         assert_eq!(ids.arrive(id(2), 2), Arrival::New);

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytestring::ByteString;
 use tokio::sync::Notify;
 
 use crate::storage::{
@@ -25,13 +26,6 @@ const COMPLETED_FOR: Duration = Duration::from_secs(60);
 /// Completed ids remembered at most, all origins together (the oldest go first).
 const COMPLETED_MAX: usize = 50_000;
 
-/// The cluster ids of QoS 2 messages the origins' sessions completed lately
-/// (`StoreOp::CompletedInCluster`), in memory only, oldest first. A subscriber's node
-/// can die after its client completed a message and before the publishing node got its
-/// acknowledgement of the forward; that node then sends the message again to whoever
-/// takes the session over from this copy, which no longer holds it: these ids let the
-/// new owner drop it instead of delivering it twice. Lost with this node (a second
-/// failure), bounded in time and count.
 /// Incoming QoS 2 messages' cluster ids the origins recorded, per session by packet id
 /// (`StoreOp::IncomingInCluster`), while the packet id awaits release: in memory only,
 /// at most `INCOMING_IDS_MAX` (more are not remembered; their resends get new ids). A
@@ -39,7 +33,7 @@ const COMPLETED_MAX: usize = 50_000;
 /// message under the same id, so the nodes that got it from the dead node recognise it.
 #[derive(Default)]
 struct IncomingIds {
-    sessions: HashMap<(NodeId, bytestring::ByteString), HashMap<u16, ClusterMessageId>>,
+    sessions: HashMap<(NodeId, ByteString), HashMap<u16, ClusterMessageId>>,
     count: usize,
 }
 
@@ -103,7 +97,7 @@ impl IncomingIds {
 
     fn of(&self, origin: NodeId, client_id: &str) -> Vec<(u16, ClusterMessageId)> {
         self.sessions
-            .get(&(origin, bytestring::ByteString::from(client_id)))
+            .get(&(origin, ByteString::from(client_id)))
             .map(|ids| {
                 ids.iter()
                     .map(|(packet_id, id)| (*packet_id, *id))
@@ -113,21 +107,26 @@ impl IncomingIds {
     }
 }
 
+/// The cluster ids of QoS 2 messages the origins' sessions completed lately
+/// (`StoreOp::CompletedInCluster`), in memory only, oldest first. A subscriber's node
+/// can die after its client completed a message and before the publishing node got its
+/// acknowledgement of the forward; that node then sends the message again to whoever
+/// takes the session over from this copy, which no longer holds it: these ids let the
+/// new owner drop it instead of delivering it twice. Lost with this node (a second
+/// failure), bounded in time and count.
 #[derive(Default)]
 struct RecentlyCompleted {
-    entries: VecDeque<(Instant, NodeId, bytestring::ByteString, ClusterMessageId)>,
+    entries: VecDeque<(Instant, NodeId, ByteString, ClusterMessageId)>,
 }
 
 impl RecentlyCompleted {
-    fn note(
-        &mut self,
-        now: Instant,
-        origin: NodeId,
-        completed: Vec<(bytestring::ByteString, ClusterMessageId)>,
-    ) {
-        for (client_id, id) in completed {
-            self.entries.push_back((now, origin, client_id, id));
-        }
+    fn note(&mut self, now: Instant, origin: NodeId, client_id: &ByteString, id: ClusterMessageId) {
+        self.entries.push_back((now, origin, client_id.clone(), id));
+        self.prune(now);
+    }
+
+    /// Drops what ran out and what is beyond the bound, oldest first.
+    fn prune(&mut self, now: Instant) {
         while self.entries.len() > COMPLETED_MAX
             || self
                 .entries
@@ -236,26 +235,8 @@ impl Replicas {
     pub async fn apply(&self, origin: NodeId, batch: Batch) -> Result<(), String> {
         let replica = self.replica(origin).await?;
         let mut ops = Vec::with_capacity(batch.ops.len());
-        let mut completed = Vec::new();
-        // What the memory of incoming ids follows, in order (`IncomingIds`).
-        let mut incoming = Vec::new();
         for op in batch.ops {
-            match op.decode().ok_or("an operation did not decode")? {
-                StoreOp::CompletedInCluster {
-                    client_id,
-                    cluster_id,
-                } => completed.push((client_id, cluster_id)),
-                op @ StoreOp::IncomingInCluster { .. } => incoming.push(op),
-                op => {
-                    if matches!(
-                        op,
-                        StoreOp::RemoveIncomingQos2 { .. } | StoreOp::RemoveSession { .. }
-                    ) {
-                        incoming.push(op.clone());
-                    }
-                    ops.push(op);
-                }
-            }
+            ops.push(op.decode().ok_or("an operation did not decode")?);
         }
         let waited_since = tokio::time::Instant::now();
         let written = loop {
@@ -298,18 +279,7 @@ impl Replicas {
             } else {
                 batch.sequence + 1
             };
-            if !completed.is_empty() {
-                lock(&self.completed).note(Instant::now(), origin, std::mem::take(&mut completed));
-            }
-            {
-                let mut ids = lock(&self.incoming);
-                if batch.reset {
-                    ids.forget_origin(origin);
-                }
-                for op in incoming.drain(..) {
-                    ids.apply(origin, &op);
-                }
-            }
+            self.remember_ids(origin, batch.reset, &ops);
             let written = (!ops.is_empty()).then(|| replica.store.submit(ops));
             drop(position);
             replica.turn.notify_waiters();
@@ -375,6 +345,26 @@ impl Replicas {
         })
         .await
         .map_err(|error| error.to_string())?
+    }
+
+    /// What this node keeps in memory of `origin`'s QoS 2 messages follows `ops`, in the
+    /// stream's order (the store ignores the operations that only say so).
+    fn remember_ids(&self, origin: NodeId, reset: bool, ops: &[StoreOp]) {
+        let now = Instant::now();
+        let mut completed = lock(&self.completed);
+        let mut incoming = lock(&self.incoming);
+        if reset {
+            incoming.forget_origin(origin);
+        }
+        for op in ops {
+            match op {
+                StoreOp::CompletedInCluster {
+                    client_id,
+                    cluster_id,
+                } => completed.note(now, origin, client_id, *cluster_id),
+                op => incoming.apply(origin, op),
+            }
+        }
     }
 
     /// The cluster ids of the QoS 2 messages `client_id`'s session on `origin` completed
@@ -469,8 +459,9 @@ mod tests {
     fn completed_ids_are_forgotten_after_a_while_and_beyond_the_bound() {
         let mut completed = RecentlyCompleted::default();
         let start = Instant::now();
-        completed.note(start, 2, vec![("s".into(), id(1))]);
-        completed.note(start + COMPLETED_FOR / 2, 2, vec![("s".into(), id(2))]);
+        let (s, t, u) = ("s".into(), "t".into(), "u".into());
+        completed.note(start, 2, &s, id(1));
+        completed.note(start + COMPLETED_FOR / 2, 2, &s, id(2));
         assert_eq!(
             completed.of(start + COMPLETED_FOR / 2, 2, "s"),
             vec![id(1), id(2)]
@@ -478,17 +469,16 @@ mod tests {
         // The first one ran out.
         let later = start + COMPLETED_FOR + Duration::from_secs(1);
         assert_eq!(completed.of(later, 2, "s"), vec![id(2)]);
-        completed.note(later, 2, vec![("t".into(), id(3))]);
+        completed.note(later, 2, &t, id(3));
         assert_eq!(
             completed.entries.len(),
             2,
             "what ran out is dropped as more come"
         );
 
-        let many: Vec<_> = (0..COMPLETED_MAX as u64 + 10)
-            .map(|n| (bytestring::ByteString::from("u"), id(100 + n)))
-            .collect();
-        completed.note(later, 2, many);
+        for n in 0..COMPLETED_MAX as u64 + 10 {
+            completed.note(later, 2, &u, id(100 + n));
+        }
         assert_eq!(completed.entries.len(), COMPLETED_MAX);
         assert!(
             completed.of(later, 2, "t").is_empty(),
