@@ -12,6 +12,10 @@
 #     and a clean-session-false subscriber on node 1) on one node, on three nodes with
 #     replication_factor 1 and with 2: acknowledged msg/s, PUBACK latency p50/p99, CPU
 #     of all nodes per acknowledged message.
+#   - persistent QoS 2 across nodes (--parts qos2): persistent QoS 2 publishers on node
+#     1, a persistent subscriber on node 2, replication_factor 2: acknowledged (PUBREC)
+#     msg/s, PUBREC latency p50/p99. Such a message goes to node 2 only once its packet
+#     id is on node 1's backup; run it with --fleetmq against another build for an A/B.
 # Results: $OUT/results.jsonl (fleetmq-bench's JSON lines) and $OUT/summary.txt.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
@@ -24,7 +28,8 @@ usage: bench/cluster.sh [options]
   --publishers N   fan-in publishers (default 8)
   --takeovers N    takeovers timed (default 20)
   --window N       replication part: unacknowledged messages per publisher (default 16)
-  --parts "LIST"   among: fanin latency takeover replication (default: all)
+  --parts "LIST"   among: fanin latency takeover replication qos2 (default: all)
+  --fleetmq PATH   the fleetmq binary the nodes run (default: the profile's build)
   --out DIR        results directory (default /tmp/fleetmq-cluster-bench/DATE)
   --profile P      cargo profile whose binaries run: release (default) or debug
   --no-build       use the existing binaries
@@ -38,7 +43,8 @@ DURATION=5
 PUBLISHERS=8
 TAKEOVERS=20
 WINDOW=16
-PARTS="fanin latency takeover replication"
+PARTS="fanin latency takeover replication qos2"
+FLEETMQ=""
 OUT=""
 PROFILE=release
 BUILD=1
@@ -49,6 +55,7 @@ while [ $# -gt 0 ]; do
         --takeovers) TAKEOVERS="$2"; shift 2 ;;
         --window) WINDOW="$2"; shift 2 ;;
         --parts) PARTS="$2"; shift 2 ;;
+        --fleetmq) FLEETMQ="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --profile) PROFILE="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
@@ -65,7 +72,7 @@ if [ "$BUILD" = 1 ]; then
         cargo build --bin fleetmq --bin fleetmq-bench
     fi
 fi
-FLEETMQ="$TARGET_DIR/$PROFILE/fleetmq"
+FLEETMQ="${FLEETMQ:-$TARGET_DIR/$PROFILE/fleetmq}"
 BENCH="$TARGET_DIR/$PROFILE/fleetmq-bench"
 OUT="${OUT:-${TMPDIR:-/tmp}/fleetmq-cluster-bench/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
@@ -221,18 +228,20 @@ if has_part takeover; then
     stop_nodes
 fi
 
-# persist LABEL: persistent QoS 1 fan-in on node 1 of the running nodes.
+# persist LABEL [EXTRA...]: persistent QoS 1 fan-in on node 1 of the running nodes
+# (EXTRA: more fleetmq-bench persist options).
 persist() {
-    local before after line acked
+    local before after line acked label="$1"
+    shift
     before=$(cluster_ticks)
     line=$("$BENCH" persist --addr 127.0.0.1:11883 --broker-pid "${NODE_PIDS[0]}" \
-        --clk-tck "$CLK_TCK" --label "$1" --duration "$DURATION" \
-        --publishers "$PUBLISHERS" --window "$WINDOW")
+        --clk-tck "$CLK_TCK" --label "$label" --duration "$DURATION" \
+        --publishers "$PUBLISHERS" --window "$WINDOW" "$@")
     after=$(cluster_ticks)
     echo "$line" | tee -a "$OUT/results.jsonl"
     acked=$(grep -o '"acked":[0-9.e+]*' <<<"$line" | cut -d: -f2)
-    CLUSTER_CPU+=("$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v d="${acked:-0}" -v l="$1" \
-        'BEGIN { printf "%-24s persistent QoS 1: %.2f us CPU of all nodes per acknowledged msg\n", l, (d > 0 ? t / hz * 1e6 / d : 0) }')")
+    CLUSTER_CPU+=("$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v d="${acked:-0}" -v l="$label" \
+        'BEGIN { printf "%-24s persistent: %.2f us CPU of all nodes per acknowledged msg\n", l, (d > 0 ? t / hz * 1e6 / d : 0) }')")
 }
 
 if has_part replication; then
@@ -244,6 +253,13 @@ if has_part replication; then
     stop_nodes
     start_nodes 3 2
     persist "three-nodes-factor-2"
+    stop_nodes
+fi
+
+if has_part qos2; then
+    start_nodes 3 2
+    persist "three-nodes-factor-2-q2-across" --qos 2 --persistent-publishers \
+        --subscriber-addr 127.0.0.1:12883
     stop_nodes
 fi
 

@@ -36,8 +36,12 @@ pub struct HandedOver {
     /// live owner: a resend of an incoming QoS 2 message it holds the packet id of is
     /// routed again (`session::RestoredParts::incoming_qos2_unconfirmed`).
     pub from_copy: bool,
-    /// With `from_copy`: the cluster ids of its incoming QoS 2 messages, where the
-    /// backup knew them (`StoreOp::IncomingInCluster`).
+    /// Handed over by its live owner: the incoming QoS 2 packet ids that owner held
+    /// unconfirmed (it took the session from a copy, and the client has not sent those
+    /// messages again since): they stay unconfirmed here.
+    pub unconfirmed: Vec<u16>,
+    /// The cluster ids of its unconfirmed incoming QoS 2 messages, where known (from a
+    /// backup's copy, `StoreOp::IncomingInCluster`).
     pub incoming_ids: Vec<(u16, ClusterMessageId)>,
 }
 
@@ -185,12 +189,14 @@ impl Broker {
                 })
                 .collect(),
             incoming_qos2: parts.incoming_qos2,
+            incoming_ids: parts.incoming_qos2_ids.clone(),
         };
         HandedOver {
             session,
             held,
             from_copy: false,
-            incoming_ids: Vec::new(),
+            unconfirmed: parts.incoming_qos2_unconfirmed,
+            incoming_ids: parts.incoming_qos2_ids,
         }
     }
 
@@ -216,8 +222,19 @@ impl Broker {
             mut session,
             mut held,
             from_copy,
+            unconfirmed,
             incoming_ids,
         } = handed;
+        // Stored here too (`to_ops`): were this node to restart, the client's resend
+        // would still be routed under the same id.
+        session.add_incoming_ids(incoming_ids);
+        // Every packet id of a backup's copy is unconfirmed; of a live owner's, those it
+        // held unconfirmed itself.
+        let unconfirmed = if from_copy {
+            session.incoming_qos2.clone()
+        } else {
+            unconfirmed
+        };
         // The ids its stored messages carry (a backup's copy, or a session handed over
         // by a node that took it from one): a copy of one of them that the publishing
         // node sends again, having kept it for the session's dead owner, is dropped.
@@ -275,14 +292,8 @@ impl Broker {
             .iter()
             .map(|(filter, _)| filter.clone())
             .collect();
-        let installed = self.install_session(
-            session,
-            now_ms,
-            &mut delivery_of,
-            &mut ops,
-            from_copy,
-            incoming_ids,
-        );
+        let installed =
+            self.install_session(session, now_ms, &mut delivery_of, &mut ops, unconfirmed);
         {
             let mut recent = lock(&self.recent);
             // Windows of sessions that ended before their window closed go here too.

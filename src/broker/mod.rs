@@ -26,6 +26,7 @@
 //! locks target sessions one at a time.
 
 pub mod congestion;
+pub mod forward_order;
 pub mod handle;
 mod handover;
 mod held_wills;
@@ -60,6 +61,7 @@ use crate::session::{Session, SessionLimits};
 use crate::storage::{Completion, Store, StoreOp, WallClock};
 use crate::topic::{RetainedTree, SubscriptionTrie};
 
+pub use forward_order::ForwardOrder;
 pub use handle::{Attachment, SessionHandle};
 pub use handover::{HandedOver, Relayed, MOVE_WINDOW};
 pub use lifecycle::Connected;

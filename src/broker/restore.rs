@@ -72,8 +72,13 @@ impl Broker {
         let mut ops = Vec::new();
         let mut registry = lock(&self.registry);
         // A cluster node may have died with forwards of a received QoS 2 message unsent.
-        let unconfirmed_incoming = self.config().cluster.is_some();
+        let clustered = self.config().cluster.is_some();
         for restored in state.sessions {
+            let unconfirmed_incoming = if clustered {
+                restored.incoming_qos2.clone()
+            } else {
+                Vec::new()
+            };
             summary.sessions += 1;
             summary.subscriptions += restored.subscriptions.len();
             summary.queued_messages += restored.queue.len();
@@ -84,7 +89,6 @@ impl Broker {
                 &mut delivery_of,
                 &mut ops,
                 unconfirmed_incoming,
-                Vec::new(),
             );
             let client_id = &installed.handle.client_id;
             wills_due.extend(installed.will_due.map(|will| (client_id.clone(), will)));
@@ -111,15 +115,17 @@ impl Broker {
     /// Rebuilds one stored session offline (not yet in the registry): its handle with
     /// queue, inflight messages and incoming QoS 2 ids, its routes, its expiry timer and
     /// the delayed will it still owes. A will already due is returned to be published;
-    /// store operations that bring its record up to date go to `ops`.
+    /// store operations that bring its record up to date go to `ops`. A resend of an
+    /// incoming QoS 2 message of `unconfirmed_incoming` is routed again, under its
+    /// recorded cluster id if any (`RestoredSession::incoming_ids`,
+    /// `session::RestoredParts::incoming_qos2_unconfirmed`).
     pub(super) fn install_session(
         &self,
         restored: RestoredSession,
         now_ms: UnixMillis,
         delivery_of: &mut impl FnMut(RestoredDelivery) -> Delivery,
         ops: &mut Vec<StoreOp>,
-        unconfirmed_incoming: bool,
-        incoming_ids: Vec<(u16, crate::message::ClusterMessageId)>,
+        unconfirmed_incoming: Vec<u16>,
     ) -> Installed {
         let clock = self.clock;
         let mut record = restored.record;
@@ -174,7 +180,7 @@ impl Broker {
                 .collect(),
             incoming_qos2: restored.incoming_qos2,
             incoming_qos2_unconfirmed: unconfirmed_incoming,
-            incoming_qos2_ids: incoming_ids,
+            incoming_qos2_ids: restored.incoming_ids,
         };
         let key = self.next_session_key();
         let handle = Arc::new(SessionHandle::restored(

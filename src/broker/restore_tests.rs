@@ -367,3 +367,60 @@ fn a_qos2_packet_id_is_stored_in_the_same_write_as_its_message() {
     assert_eq!((unrouted.routed, unrouted.writes.len()), (0, 1));
     assert_eq!(store.last_submission(), vec![incoming(8)]);
 }
+
+/// A cluster node that restarts knows, for each incoming QoS 2 packet id it restores,
+/// the cluster id its message went under (stored with the packet id): the packet id is
+/// unconfirmed (its resend is routed again) and a session handed on from here carries
+/// both, so the resend goes under that id wherever the client sends it and the nodes
+/// that had the message recognise it. (Without the id, it was routed as a new message.)
+#[test]
+fn a_restarted_cluster_node_keeps_the_cluster_ids_of_its_incoming_qos2_messages() {
+    let cluster: crate::cluster::ClusterConfig = toml::from_str(
+        r#"
+            node_id = 1
+            bind = "127.0.0.1:1"
+            peers = ["1@127.0.0.1:1"]
+        "#,
+    )
+    .expect("a cluster section");
+    let config = Config {
+        cluster: Some(cluster),
+        ..Config::default()
+    };
+    let store = Arc::new(MemoryStore::new());
+    let broker = Broker::new(config.clone(), store.clone());
+    let publisher = attach(&broker, &connect_packet("pub", false, 3600));
+    let id = crate::message::ClusterMessageId {
+        node: 1,
+        sequence: 42,
+    };
+    let published = broker.publish_durably_with(
+        &message("t/1", QoS::ExactlyOnce, false, b"one"),
+        vec![
+            StoreOp::AddIncomingQos2 {
+                client_id: "pub".into(),
+                packet_id: 7,
+            },
+            StoreOp::IncomingInCluster {
+                client_id: "pub".into(),
+                packet_id: 7,
+                cluster_id: id,
+            },
+        ],
+    );
+    for write in published.writes {
+        write.wait().expect("written");
+    }
+    broker.disconnect(&publisher.handle, publisher.attachment.generation, false);
+
+    let state = store
+        .restore(WallClock::now().unix_millis())
+        .expect("memory store restores");
+    let restarted = Broker::new(config, store.clone());
+    let _ = restarted.restore(state);
+    let handed = restarted.hand_over_session("pub").expect("the session");
+    assert_eq!(handed.session.incoming_qos2, vec![7]);
+    assert_eq!(handed.unconfirmed, vec![7]);
+    assert_eq!(handed.incoming_ids, vec![(7, id)]);
+    assert_eq!(handed.session.incoming_ids, vec![(7, id)]);
+}

@@ -22,6 +22,7 @@ use crate::session::{Delivery, SubscribeRequest, UnsubscribeRequest};
 use crate::storage::{Completion, QueuedDelivery, StoreOp, StoredMessage};
 use crate::topic::{parse_shared, Match, SharedGroup, SubscriptionTrie};
 
+use super::forward_order::{self, ForwardOrder};
 use super::handover::Via;
 use super::{read, write, Broker, Dropped, SessionHandle, Stats};
 
@@ -218,13 +219,27 @@ impl Broker {
     pub fn publish_durably_with(
         &self,
         message: &Arc<Message>,
+        publisher_ops: Vec<StoreOp>,
+    ) -> Published {
+        self.publish_in_order(message, publisher_ops, &mut ForwardOrder::default())
+    }
+
+    /// `publish_durably_with` for a client's PUBLISH: `order` is its publisher's place
+    /// in line for the other cluster nodes (`super::forward_order`), kept by its
+    /// connection so that a message held back until its packet id reached the
+    /// session's backups keeps the publisher's later messages behind it.
+    pub fn publish_in_order(
+        &self,
+        message: &Arc<Message>,
         mut publisher_ops: Vec<StoreOp>,
+        order: &mut ForwardOrder,
     ) -> Published {
         self.stats.message_received(message.qos);
         // Only a client's QoS 2 resend routed again under the id its packet id was
         // recorded with has one before routing (`session::inbound`, "unconfirmed").
         let resent_under = message.cluster_id.get().copied();
         if let Some(cluster) = self.cluster.get() {
+            let hold = forward_order::waits_for_publisher(message, &publisher_ops);
             note_incoming_ids(message, &mut publisher_ops);
             if let Some(id) = resent_under.filter(|id| cluster.received(*id)) {
                 // This node had the message forwarded from the publisher's old node:
@@ -234,11 +249,12 @@ impl Broker {
                     ?id,
                     "a QoS 2 resend this node received before: not routed here again"
                 );
-                let mut writes: Vec<Completion> = self.submit(publisher_ops).into_iter().collect();
+                let publisher_write = self.submit(publisher_ops);
+                let mut writes = Vec::new();
                 if message.retain {
                     writes.extend(self.retain(message));
                 }
-                writes.extend(cluster.published(message));
+                forward_order::forward(cluster, message, publisher_write, hold, order, &mut writes);
                 // Routed here once already (not "no matching subscribers").
                 return Published {
                     routed: 1,
@@ -246,19 +262,33 @@ impl Broker {
                     congested: None,
                 };
             }
+            let mut writes = Vec::new();
+            if message.retain {
+                writes.extend(self.retain(message));
+            }
+            let (routed, publisher_write, congested) = self.route_durably(message, publisher_ops);
+            forward_order::forward(cluster, message, publisher_write, hold, order, &mut writes);
+            return self.published(routed, writes, congested);
         }
         let mut writes = Vec::new();
         if message.retain {
             writes.extend(self.retain(message));
         }
         let (routed, accepted, congested) = self.route_durably(message, publisher_ops);
-        if let Some(cluster) = self.cluster.get() {
-            writes.extend(cluster.published(message));
-        }
+        writes.extend(accepted);
+        self.published(routed, writes, congested)
+    }
+
+    /// The outcome of a message routed to `routed` sessions (counted as unrouted if none).
+    fn published(
+        &self,
+        routed: usize,
+        writes: Vec<Completion>,
+        congested: Option<Arc<SessionHandle>>,
+    ) -> Published {
         if routed == 0 {
             Stats::incr(&self.stats.messages_unrouted);
         }
-        writes.extend(accepted);
         Published {
             routed,
             writes,

@@ -34,10 +34,16 @@ pub struct SessionDump {
     /// session (`super::relay`); false from a backup or a node that does not say.
     #[serde(default)]
     pub relayed: bool,
-    /// From a backup: the cluster ids of the messages of `incoming_qos2` it knows
-    /// (packet id, node, sequence; `StoreOp::IncomingInCluster`).
+    /// The cluster ids of the unconfirmed messages of `incoming_qos2` (packet id, node,
+    /// sequence; `StoreOp::IncomingInCluster`), from a backup, or from a live owner
+    /// that took the session from a backup's copy.
     #[serde(default)]
     incoming_ids: Vec<(u16, u64, u64)>,
+    /// From a live owner: the packet ids of `incoming_qos2` it held unconfirmed
+    /// (`HandedOver::unconfirmed`). A node of an older version leaves it out: they are
+    /// then confirmed, as before.
+    #[serde(default)]
+    unconfirmed: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +66,8 @@ struct DumpedInflight {
 impl SessionDump {
     pub fn from_handed(handed: &HandedOver) -> SessionDump {
         let mut dump = SessionDump::from_session(&handed.session);
+        dump.unconfirmed = handed.unconfirmed.clone();
+        dump.with_incoming_ids(handed.incoming_ids.clone());
         dump.held = handed
             .held
             .iter()
@@ -75,16 +83,23 @@ impl SessionDump {
             .extend(ids.into_iter().map(|id| (id.node, id.sequence)));
     }
 
-    /// Adds the cluster ids of its incoming QoS 2 messages (from a backup's copy).
+    /// Adds the cluster ids of its incoming QoS 2 messages it does not have yet (from a
+    /// backup's memory).
     pub fn with_incoming_ids(&mut self, ids: Vec<(u16, ClusterMessageId)>) {
-        self.incoming_ids = ids
-            .into_iter()
-            .map(|(packet_id, id)| (packet_id, id.node, id.sequence))
-            .collect();
+        for (packet_id, id) in ids {
+            if !self
+                .incoming_ids
+                .iter()
+                .any(|(known, _, _)| *known == packet_id)
+            {
+                self.incoming_ids.push((packet_id, id.node, id.sequence));
+            }
+        }
+        self.incoming_ids.sort_unstable();
     }
 
     /// `into_session`, with the ids of the messages it holds.
-    pub fn into_handed(self) -> Option<HandedOver> {
+    pub fn into_handed(mut self) -> Option<HandedOver> {
         let held = self
             .held
             .iter()
@@ -93,23 +108,14 @@ impl SessionDump {
                 sequence: *sequence,
             })
             .collect();
-        let incoming_ids = self
-            .incoming_ids
-            .iter()
-            .map(|(packet_id, node, sequence)| {
-                (
-                    *packet_id,
-                    ClusterMessageId {
-                        node: *node,
-                        sequence: *sequence,
-                    },
-                )
-            })
-            .collect();
+        let unconfirmed = std::mem::take(&mut self.unconfirmed);
+        let session = self.into_session()?;
+        let incoming_ids = session.incoming_ids.clone();
         Some(HandedOver {
-            session: self.into_session()?,
+            session,
             held,
             from_copy: false,
+            unconfirmed,
             incoming_ids,
         })
     }
@@ -151,7 +157,12 @@ impl SessionDump {
             incoming_qos2: session.incoming_qos2.clone(),
             held: Vec::new(),
             relayed: false,
-            incoming_ids: Vec::new(),
+            incoming_ids: session
+                .incoming_ids
+                .iter()
+                .map(|(packet_id, id)| (*packet_id, id.node, id.sequence))
+                .collect(),
+            unconfirmed: Vec::new(),
         }
     }
 
@@ -207,6 +218,19 @@ impl SessionDump {
             queue,
             inflight,
             incoming_qos2: self.incoming_qos2,
+            incoming_ids: self
+                .incoming_ids
+                .iter()
+                .map(|(packet_id, node, sequence)| {
+                    (
+                        *packet_id,
+                        ClusterMessageId {
+                            node: *node,
+                            sequence: *sequence,
+                        },
+                    )
+                })
+                .collect(),
         })
     }
 }
@@ -273,6 +297,13 @@ mod tests {
                 delivery(4, b"d", QoS::AtLeastOnce),
             ],
             incoming_qos2: vec![3, 9],
+            incoming_ids: vec![(
+                9,
+                ClusterMessageId {
+                    node: 1,
+                    sequence: 5,
+                },
+            )],
         }
     }
 
@@ -308,11 +339,14 @@ mod tests {
                 sequence: 7,
             },
         ];
+        // A live owner's unconfirmed packet ids and their recorded cluster ids.
+        let session = without_ids(sample_session());
         let handed = HandedOver {
-            session: without_ids(sample_session()),
+            incoming_ids: session.incoming_ids.clone(),
+            session,
             held,
             from_copy: false,
-            incoming_ids: Vec::new(),
+            unconfirmed: vec![9],
         };
         let json = serde_json::to_vec(&SessionDump::from_handed(&handed)).unwrap();
         let dump: SessionDump = serde_json::from_slice(&json).unwrap();

@@ -39,7 +39,7 @@ use tokio::io::AsyncWrite;
 use tokio::time::{sleep_until, Instant as TokioInstant, Sleep};
 
 use crate::auth::Exchange;
-use crate::broker::{now, Broker, Dropped, SessionHandle, Stats};
+use crate::broker::{now, Broker, Dropped, ForwardOrder, SessionHandle, Stats};
 use crate::config::Config;
 use crate::listener::{ClientStream, ConnectionSlots, ListenerContext};
 use crate::protocol::{decode_from_client, reason, Packet, ProtocolVersion, PubResponse, QoS};
@@ -166,8 +166,9 @@ struct Connection {
     out: Vec<Packet>,
     /// Acknowledgements waiting for their writes to be durable, and what queued behind.
     held: HeldPackets,
-    /// 1.5 times the effective keep alive; `None` when disabled.
-    keep_alive: Option<Duration>,
+    /// The effective keep alive in seconds, 0 when disabled (`keep_alive` gives the
+    /// deadline's period); two bytes rather than a 16-byte `Option<Duration>`.
+    keep_alive_secs: u16,
     /// QoS 0 PUBLISHes encoded since `write_buf` was last empty: what is lost if the
     /// client is cut off as a slow consumer (QoS 1/2 stay in the session).
     qos0_unwritten: u64,
@@ -194,6 +195,9 @@ struct Connection {
     slots: ConnectionSlots,
     /// The connection went on as a parked entry (`park`), which counts its close.
     parked: bool,
+    /// Keeps this publisher's messages in order on their way to other cluster nodes
+    /// while one waits for its packet id to reach the session's backups.
+    forward_order: ForwardOrder,
 }
 
 /// What re-authentication (AUTH after CONNACK) needs.
@@ -209,6 +213,15 @@ impl Drop for Connection {
         if !self.parked {
             Stats::incr(&self.broker.stats().connections_closed);
         }
+    }
+}
+
+impl Connection {
+    /// How long the client may stay silent: 1.5 times its effective keep alive
+    /// (MQTT 3.1.1 section 3.1.2.10); `None` when disabled.
+    fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive_secs != 0)
+            .then(|| Duration::from_millis(u64::from(self.keep_alive_secs) * 1500))
     }
 }
 
@@ -235,7 +248,7 @@ impl Connection {
         async move {
             let started = TokioInstant::now();
             let mut keep_alive_deadline =
-                keep_alive_deadline.or_else(|| self.keep_alive.map(|period| started + period));
+                keep_alive_deadline.or_else(|| self.keep_alive().map(|period| started + period));
             // Parking happens once the connection stayed idle (`can_park`) through one
             // whole period between two checks: between one and two periods after its
             // last event, without a clock read or a timer change per event.
@@ -280,7 +293,7 @@ impl Connection {
                     Event::Read(Ok(read)) => {
                         Stats::add(&self.broker.stats().bytes_received, read as u64);
                         let handled = self.process_input();
-                        if let Some(period) = self.keep_alive {
+                        if let Some(period) = self.keep_alive() {
                             keep_alive_deadline = Some(TokioInstant::now() + period);
                         }
                         handled.and_then(|()| self.drain_session())
@@ -312,7 +325,7 @@ impl Connection {
                             }
                         }
                         // The client was not read while paused; it was not silent.
-                        if let Some(period) = self.keep_alive {
+                        if let Some(period) = self.keep_alive() {
                             keep_alive_deadline = Some(TokioInstant::now() + period);
                         }
                         // What was read before the pause comes first.
@@ -560,9 +573,11 @@ impl Connection {
                     // Routed before its acknowledgement is queued, with the session
                     // changes of this PUBLISH in the same store write as the message.
                     let recorded = std::mem::take(&mut incoming);
+                    let mut order = std::mem::take(&mut self.forward_order);
                     let published = self.record_incoming(recorded, |ops| {
-                        self.broker.publish_durably_with(&message, ops)
+                        self.broker.publish_in_order(&message, ops, &mut order)
                     });
+                    self.forward_order = order;
                     keep_promise(&mut promise, published.writes, &mut writes);
                     if let Some(target) = published.congested {
                         self.pause_for(target);
@@ -703,7 +718,7 @@ mod tests {
     #[test]
     fn a_connection_stays_small() {
         assert!(
-            std::mem::size_of::<Connection>() <= 344,
+            std::mem::size_of::<Connection>() <= 336,
             "Connection is {} bytes",
             std::mem::size_of::<Connection>()
         );

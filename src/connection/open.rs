@@ -3,12 +3,11 @@
 //! client with a failure CONNACK.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use bytestring::ByteString;
 
-use crate::broker::{now, Broker, Refusal, Stats};
+use crate::broker::{now, Broker, ForwardOrder, Refusal, Stats};
 use crate::listener::{Accepted, ClientStream, ListenerContext};
 use crate::protocol::{encode, reason, ConnAck, Packet, ProtocolVersion};
 use crate::session::ClientInfo;
@@ -229,8 +228,7 @@ pub async fn open(
         write_buf: BytesMut::new(),
         out: vec![Packet::ConnAck(connack)],
         held: HeldPackets::default(),
-        keep_alive: (terms.keep_alive != 0)
-            .then(|| Duration::from_millis(u64::from(terms.keep_alive) * 1500)),
+        keep_alive_secs: terms.keep_alive,
         qos0_unwritten: 0,
         unflushed: false,
         listener: listener.clone(),
@@ -247,6 +245,7 @@ pub async fn open(
         output_waiting: false,
         slots,
         parked: false,
+        forward_order: ForwardOrder::default(),
     });
     drop(connect);
     // The connection counts itself closed from here on.

@@ -48,7 +48,7 @@ use super::chunked::Chunked;
 use super::held::HeldPackets;
 use super::{policy, Connection};
 use crate::broker::wakeup::UnparkQueue;
-use crate::broker::{lock, now, Broker, SessionHandle, Stats};
+use crate::broker::{lock, now, Broker, ForwardOrder, SessionHandle, Stats};
 use crate::config::Config;
 use crate::listener::{ClientStream, ConnectionSlots, ListenerContext, ParkedTls, TlsStream};
 use crate::protocol::ProtocolVersion;
@@ -291,9 +291,7 @@ pub(super) fn park(
         socket,
         stamp,
         keep_alive_at,
-        keep_alive_secs: connection
-            .keep_alive
-            .map_or(0, |period| (period.as_millis() / 1500) as u16),
+        keep_alive_secs: connection.keep_alive_secs,
         handle: connection.handle.clone(),
         generation,
         config: connection.config.clone(),
@@ -498,8 +496,6 @@ impl Unparker {
                 .client_info()
                 .and_then(|info| info.username.as_deref().map(String::from))
         });
-        let keep_alive = (keep_alive_secs != 0)
-            .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
         let connection = Box::new(Connection {
             broker: self.broker.clone(),
             rate: policy::PublishRate::new(config.limits.max_publish_rate, now()),
@@ -512,7 +508,7 @@ impl Unparker {
             write_buf: BytesMut::new(),
             out: Vec::new(),
             held: HeldPackets::default(),
-            keep_alive,
+            keep_alive_secs,
             qos0_unwritten: 0,
             unflushed: false,
             listener: self.listener.clone(),
@@ -523,6 +519,7 @@ impl Unparker {
             output_waiting: false,
             slots,
             parked: false,
+            forward_order: ForwardOrder::default(),
         });
         let serving = Box::pin(connection.run(client_stream(tcp, tls), keep_alive_deadline, false));
         tokio::spawn(serving);

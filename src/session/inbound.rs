@@ -77,16 +77,17 @@ impl Inbound {
         ids
     }
 
-    /// Puts back the packet ids of a restored session; `unconfirmed`: a resend of one is
-    /// routed again (`IncomingWrite::Unconfirmed`), under its id in `recorded` if there.
+    /// Puts back the packet ids of a restored session; a resend of one of `unconfirmed`
+    /// is routed again (`IncomingWrite::Unconfirmed`), under its id in `recorded` if
+    /// there.
     pub(super) fn restore_awaiting_release(
         &mut self,
         packet_ids: impl IntoIterator<Item = u16>,
-        unconfirmed: bool,
+        unconfirmed: &[u16],
         recorded: &[(u16, ClusterMessageId)],
     ) {
         for packet_id in packet_ids {
-            let write = if unconfirmed {
+            let write = if unconfirmed.contains(&packet_id) {
                 let id = recorded
                     .iter()
                     .find(|(recorded, _)| *recorded == packet_id)
@@ -97,6 +98,22 @@ impl Inbound {
             };
             self.awaiting_release.insert(packet_id, write);
         }
+    }
+
+    /// The packet ids still unconfirmed (ascending), and the cluster ids recorded for
+    /// them, for a session handed to another node.
+    pub(super) fn unconfirmed(&self) -> (Vec<u16>, Vec<(u16, ClusterMessageId)>) {
+        let mut packet_ids = Vec::new();
+        let mut recorded = Vec::new();
+        for (packet_id, write) in self.awaiting_release.iter() {
+            if let IncomingWrite::Unconfirmed(id) = write {
+                packet_ids.push(*packet_id);
+                recorded.extend(id.map(|id| (*packet_id, id)));
+            }
+        }
+        packet_ids.sort_unstable();
+        recorded.sort_unstable_by_key(|(packet_id, _)| *packet_id);
+        (packet_ids, recorded)
     }
 
     /// The cluster id to route a resend of unconfirmed `packet_id` under, if recorded.

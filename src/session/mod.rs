@@ -219,10 +219,11 @@ pub struct RestoredParts {
     pub inflight: Vec<(Delivery, u16, InflightState)>,
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub incoming_qos2: Vec<u16>,
-    /// Whether a resend of one of them is routed again: restored on a cluster node,
-    /// where the record does not say that every forward of its message left
-    /// (`inbound::IncomingWrite::Unconfirmed`).
-    pub incoming_qos2_unconfirmed: bool,
+    /// Those of them whose resend is routed again: all of them restored on a cluster
+    /// node, where the record does not say that every forward of its message left
+    /// (`inbound::IncomingWrite::Unconfirmed`), and those a session handed over by its
+    /// live owner had not seen resent there yet.
+    pub incoming_qos2_unconfirmed: Vec<u16>,
     /// The cluster ids those messages went under, where the backups knew them: a resend
     /// is routed under the same id.
     pub incoming_qos2_ids: Vec<(u16, crate::message::ClusterMessageId)>,
@@ -283,7 +284,7 @@ impl Session {
         }
         session.inbound.restore_awaiting_release(
             parts.incoming_qos2,
-            parts.incoming_qos2_unconfirmed,
+            &parts.incoming_qos2_unconfirmed,
             &parts.incoming_qos2_ids,
         );
         session.journal.set_persistent(Some(&client_id));
@@ -294,6 +295,7 @@ impl Session {
     /// nodes): the same parts a restart restores. `detached_at` is when its last
     /// connection went away (the caller's now for a connected session).
     pub fn export(&self, now: Instant) -> RestoredParts {
+        let (incoming_qos2_unconfirmed, incoming_qos2_ids) = self.inbound.unconfirmed();
         let (inflight, queue) = self
             .outbound
             .as_deref()
@@ -313,9 +315,13 @@ impl Session {
             queue,
             inflight,
             incoming_qos2: self.inbound.awaiting_release_ids(),
-            // Handed over by a live node: its forwards go on from there.
-            incoming_qos2_unconfirmed: false,
-            incoming_qos2_ids: Vec::new(),
+            // Handed over by a live node, the packet ids it confirmed stay confirmed
+            // (their forwards go on from there); those it took unconfirmed from a
+            // backup's copy and whose resend it has not seen stay unconfirmed: acknowledged
+            // without routing at the next node, a message whose forward never left the
+            // dead node would be lost.
+            incoming_qos2_unconfirmed,
+            incoming_qos2_ids,
         }
     }
 

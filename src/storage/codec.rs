@@ -46,6 +46,10 @@ pub const FORMAT_VERSION: u8 = 1;
 /// followed by the id's node and sequence (u64 each). Only cluster nodes write it, so a
 /// single node's records are exactly as before.
 pub const MESSAGE_WITH_ID_VERSION: u8 = 2;
+/// An incoming QoS 2 entry with the cluster id its message went under
+/// (`StoreOp::IncomingInCluster`): the id's node and sequence (u64 each). Only cluster
+/// nodes write it.
+pub const INCOMING_WITH_ID_VERSION: u8 = 2;
 
 /// Why bytes did not decode. The caller adds the column family and key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -266,9 +270,16 @@ pub fn encode_inflight(value: &QueueValue, packet_id: u16, state: InflightState)
     w.0
 }
 
-/// An incoming QoS 2 entry is all key; the value only carries the format version.
-pub fn encode_incoming() -> Vec<u8> {
-    Writer::new().0
+/// An incoming QoS 2 entry is all key; the value carries the format version, and on a
+/// cluster node the id its message went under once known.
+pub fn encode_incoming(cluster_id: Option<crate::message::ClusterMessageId>) -> Vec<u8> {
+    let mut w = Writer::new();
+    if let Some(id) = cluster_id {
+        w.0[0] = INCOMING_WITH_ID_VERSION;
+        w.u64(id.node);
+        w.u64(id.sequence);
+    }
+    w.0
 }
 
 // ---- values: decoding ----
@@ -510,8 +521,18 @@ pub fn decode_inflight(value: &[u8]) -> Decoded<(QueueValue, u16, InflightState)
     r.finish((queued, packet_id, state))
 }
 
-pub fn decode_incoming(value: &[u8]) -> Decoded<()> {
-    Reader::versioned(value)?.finish(())
+pub fn decode_incoming(value: &[u8]) -> Decoded<Option<crate::message::ClusterMessageId>> {
+    match value.split_first() {
+        Some((&INCOMING_WITH_ID_VERSION, rest)) => {
+            let mut r = Reader::new(rest);
+            let id = crate::message::ClusterMessageId {
+                node: r.u64()?,
+                sequence: r.u64()?,
+            };
+            r.finish(Some(id))
+        }
+        _ => Reader::versioned(value)?.finish(None),
+    }
 }
 
 #[cfg(test)]

@@ -112,7 +112,15 @@ fn every_record_round_trips() {
         let encoded = encode_inflight(&value, 65535, state);
         assert_eq!(decode_inflight(&encoded), Ok((value.clone(), 65535, state)));
     }
-    assert_eq!(decode_incoming(&encode_incoming()), Ok(()));
+    assert_eq!(decode_incoming(&encode_incoming(None)), Ok(None));
+    let id = crate::message::ClusterMessageId {
+        node: 3,
+        sequence: u64::MAX - 1,
+    };
+    assert_eq!(decode_incoming(&encode_incoming(Some(id))), Ok(Some(id)));
+    // A version 1 entry (every entry a single node or an older build wrote) reads as
+    // one without an id.
+    assert_eq!(decode_incoming(&[FORMAT_VERSION]), Ok(None));
 }
 
 #[test]

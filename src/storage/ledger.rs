@@ -8,11 +8,12 @@
 //! Having one ledger gives both stores the same semantics by construction; the storage
 //! tests still check both against an independent model.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytestring::ByteString;
 
+use crate::message::ClusterMessageId;
 use crate::session::SubscriptionEntry;
 
 use super::codec::QueueValue;
@@ -35,7 +36,12 @@ pub(crate) trait Mutations {
     fn delete_queued(&mut self, client_id: &str, sequence: u64);
     fn put_inflight(&mut self, client_id: &str, sequence: u64, inflight: &Inflight);
     fn delete_inflight(&mut self, client_id: &str, sequence: u64);
-    fn put_incoming(&mut self, client_id: &str, packet_id: u16);
+    fn put_incoming(
+        &mut self,
+        client_id: &str,
+        packet_id: u16,
+        cluster_id: Option<ClusterMessageId>,
+    );
     fn delete_incoming(&mut self, client_id: &str, packet_id: u16);
 }
 
@@ -55,7 +61,7 @@ impl Mutations for NoMutations {
     fn delete_queued(&mut self, _: &str, _: u64) {}
     fn put_inflight(&mut self, _: &str, _: u64, _: &Inflight) {}
     fn delete_inflight(&mut self, _: &str, _: u64) {}
-    fn put_incoming(&mut self, _: &str, _: u16) {}
+    fn put_incoming(&mut self, _: &str, _: u16, _: Option<ClusterMessageId>) {}
     fn delete_incoming(&mut self, _: &str, _: u16) {}
 }
 
@@ -85,7 +91,9 @@ struct SessionEntry {
     ids_ascending: bool,
     /// By the sequence the entry had in the queue, so first sent first.
     inflight: BTreeMap<u64, Inflight>,
-    incoming: BTreeSet<u16>,
+    /// Incoming QoS 2 packet ids awaiting PUBREL, with the cluster id the message went
+    /// under once a cluster node wrote it (`StoreOp::IncomingInCluster`).
+    incoming: BTreeMap<u16, Option<ClusterMessageId>>,
 }
 
 impl SessionEntry {
@@ -96,7 +104,7 @@ impl SessionEntry {
             queue: BTreeMap::new(),
             ids_ascending: true,
             inflight: BTreeMap::new(),
-            incoming: BTreeSet::new(),
+            incoming: BTreeMap::new(),
         }
     }
 
@@ -307,7 +315,24 @@ impl Ledger {
                 packet_id,
             } => self.complete_inflight(client_id, *packet_id, out),
             // Kept in memory by a cluster node's backups, not stored.
-            StoreOp::CompletedInCluster { .. } | StoreOp::IncomingInCluster { .. } => {}
+            StoreOp::CompletedInCluster { .. } => {}
+            // Stored with the packet id: a restarted node routes the client's resend
+            // under the same id (`session::inbound`, "unconfirmed").
+            StoreOp::IncomingInCluster {
+                client_id,
+                packet_id,
+                cluster_id,
+            } => {
+                let Some(session) = self.sessions.get_mut(client_id) else {
+                    return;
+                };
+                if let Some(recorded) = session.incoming.get_mut(packet_id) {
+                    if *recorded != Some(*cluster_id) {
+                        *recorded = Some(*cluster_id);
+                        out.put_incoming(client_id, *packet_id, Some(*cluster_id));
+                    }
+                }
+            }
             StoreOp::DropQueued {
                 client_id,
                 message_id,
@@ -327,8 +352,9 @@ impl Ledger {
                 packet_id,
             } => {
                 if let Some(session) = self.sessions.get_mut(client_id) {
-                    if session.incoming.insert(*packet_id) {
-                        out.put_incoming(client_id, *packet_id);
+                    if !session.incoming.contains_key(packet_id) {
+                        session.incoming.insert(*packet_id, None);
+                        out.put_incoming(client_id, *packet_id, None);
                     }
                 }
             }
@@ -337,7 +363,7 @@ impl Ledger {
                 packet_id,
             } => {
                 if let Some(session) = self.sessions.get_mut(client_id) {
-                    if session.incoming.remove(packet_id) {
+                    if session.incoming.remove(packet_id).is_some() {
                         out.delete_incoming(client_id, *packet_id);
                     }
                 }
@@ -360,7 +386,7 @@ impl Ledger {
             out.delete_inflight(client_id, *sequence);
             self.release(inflight.value.message_id, out);
         }
-        for packet_id in &session.incoming {
+        for packet_id in session.incoming.keys() {
             out.delete_incoming(client_id, *packet_id);
         }
         out.delete_session(client_id);
@@ -513,8 +539,11 @@ impl Ledger {
         &mut self,
         client_id: &str,
         packet_id: u16,
+        cluster_id: Option<ClusterMessageId>,
     ) -> Result<(), LoadError> {
-        self.loaded_session(client_id)?.incoming.insert(packet_id);
+        self.loaded_session(client_id)?
+            .incoming
+            .insert(packet_id, cluster_id);
         Ok(())
     }
 
@@ -617,7 +646,12 @@ impl Ledger {
                         })
                     })
                     .collect(),
-                incoming_qos2: session.incoming.iter().copied().collect(),
+                incoming_qos2: session.incoming.keys().copied().collect(),
+                incoming_ids: session
+                    .incoming
+                    .iter()
+                    .filter_map(|(packet_id, id)| Some((*packet_id, (*id)?)))
+                    .collect(),
             })
             .collect();
         RestoredState {

@@ -80,6 +80,13 @@ fn session() -> RestoredSession {
             delivery(15, b"fifth", QoS::ExactlyOnce),
         ],
         incoming_qos2: vec![3, 9, 300],
+        incoming_ids: vec![(
+            9,
+            crate::message::ClusterMessageId {
+                node: 2,
+                sequence: 17,
+            },
+        )],
     }
 }
 

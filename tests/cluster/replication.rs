@@ -536,6 +536,126 @@ async fn a_qos2_message_its_publishers_node_died_before_forwarding_reaches_the_s
     received_once(&mut subscriber, b"once").await;
 }
 
+/// A QoS 2 PUBLISH whose node died with its forward unsent, its packet id on the
+/// backup: the session taken from the copy holds the packet id unconfirmed, and keeps
+/// it so when that node hands the session on to a third before the client sent the
+/// message again. Node 1's link to the subscriber's node 3 is cut, node 1 is killed,
+/// the publisher comes back on node 2 (the backup), leaves, and sends the message again
+/// on node 3: routed there, not only acknowledged (a loss before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_qos2_message_unconfirmed_where_its_session_moves_on_is_routed_when_sent_again() {
+    let mut cluster = Cluster::configure(3, &[]).await;
+    cluster.configure_section("cluster", "link_timeout_ms = 30000");
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let (publishers, backup, subscribers) = (1u64, 2u64, 3u64);
+    wait_in_sync(&cluster, publishers).await;
+
+    let mut subscriber =
+        subscribed_and_routed(&cluster, subscribers, publishers, "mo-sub", "mo").await;
+    let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "mo-pub", 5)
+        .await
+        .unwrap();
+
+    cluster.cut_link(publishers, subscribers, true);
+    let before = replicated_writes(&cluster.try_metrics(publishers).await.unwrap());
+    let publishing =
+        tokio::spawn(async move { publisher.publish("mo/1", 2, 1, b"once", false).await });
+    forward_kept_and_packet_id_on_backup(&cluster, publishers, subscribers, backup, before).await;
+    cluster.kill(publishers).await;
+    publishing.abort();
+
+    let (on_backup, present) = reconnected(&cluster, backup, "mo-pub").await;
+    assert!(present, "the publisher's session was taken from the copy");
+    drop(on_backup);
+    let (mut publisher, present) = reconnected(&cluster, subscribers, "mo-pub").await;
+    assert!(present, "the publisher's session was handed on");
+    let outcome = within(
+        "the PUBREC of the message sent again",
+        publisher.publish("mo/1", 2, 1, b"once", true),
+    )
+    .await;
+    assert_eq!(outcome, Ok(Outcome::Accepted));
+    received_once(&mut subscriber, b"once").await;
+}
+
+/// The payloads `subscriber` gets until (and without) `marker`.
+async fn received_before(subscriber: &mut RawClient, marker: &[u8]) -> Vec<Vec<u8>> {
+    let mut before = Vec::new();
+    loop {
+        let message = within("the marker at the subscriber", subscriber.receive())
+            .await
+            .unwrap();
+        if message.payload == marker {
+            return before;
+        }
+        before.push(message.payload);
+    }
+}
+
+/// A QoS 2 PUBLISH from a persistent session goes to other nodes only once its packet
+/// id is on the session's backup: had it been forwarded before, and the publisher's
+/// node died, the node taking the session over from the backup's copy (without the
+/// packet id) would route the client's resend as a new message, a second copy for the
+/// subscriber. Node 1's link to its backup, node 2, is held while the publisher on node
+/// 1 sends the message; a marker published on node 1 after it reaches the subscriber
+/// on node 3 over the same link (the message would have come first), node 1 is killed
+/// (and the held link cut), the publisher sends the message again to node 2, and a second marker from node 2
+/// ends what the subscriber got: the message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_qos2_message_goes_to_other_nodes_only_once_its_packet_id_is_on_the_backup() {
+    let mut cluster = Cluster::configure(3, &[]).await;
+    cluster.configure_section("cluster", "link_timeout_ms = 30000");
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let (publishers, backup, subscribers) = (1u64, 2u64, 3u64);
+    wait_in_sync(&cluster, publishers).await;
+
+    let mut subscriber =
+        subscribed_and_routed(&cluster, subscribers, publishers, "ho-sub", "ho").await;
+    let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "ho-pub", 5)
+        .await
+        .unwrap();
+    let mut marker = crate::common::mqtt::Publisher::v4(cluster.mqtt(publishers), "ho-m1").await;
+
+    cluster.pause_link(publishers, backup, true);
+    let publishing =
+        tokio::spawn(async move { publisher.publish("ho/1", 2, 1, b"once", false).await });
+    write_waiting_for_backup(&cluster, publishers, backup).await;
+    marker.publish("ho/marker", 1, false, b"marker 1").await;
+    let mut received = received_before(&mut subscriber, b"marker 1").await;
+    cluster.kill(publishers).await;
+    publishing.abort();
+    // The held link would hide the death from node 2 (the proxy keeps its side open);
+    // cut, node 2 sees it at once, and nothing held reaches it.
+    cluster.cut_link(publishers, backup, true);
+
+    let (mut publisher, present) = reconnected(&cluster, backup, "ho-pub").await;
+    assert!(
+        present,
+        "the publisher's session was taken over from the copy"
+    );
+    let outcome = within(
+        "the PUBREC of the message sent again",
+        publisher.publish("ho/1", 2, 1, b"once", true),
+    )
+    .await;
+    assert_eq!(outcome, Ok(Outcome::Accepted));
+    let mut marker = crate::common::mqtt::Publisher::v4(cluster.mqtt(backup), "ho-m2").await;
+    marker.publish("ho/marker", 1, false, b"marker 2").await;
+    received.extend(received_before(&mut subscriber, b"marker 2").await);
+    let received: Vec<_> = received
+        .iter()
+        .map(|payload| String::from_utf8_lossy(payload))
+        .collect();
+    let copies = received.iter().filter(|payload| *payload == "once").count();
+    assert_eq!(copies, 1, "the subscriber got {received:?}");
+}
+
 /// A QoS 2 PUBLISH whose node dies after its forward reached the subscriber's node but
 /// before that node acknowledged it: the publisher sends it again (DUP) to the node that
 /// takes its session over from the backup's copy, which routes it under the cluster id

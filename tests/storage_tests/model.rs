@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use fleetmq::message::ClusterMessageId;
 use fleetmq::protocol::{PublishProperties, QoS};
 use fleetmq::session::SubscriptionEntry;
 use fleetmq::storage::{
@@ -45,7 +46,8 @@ struct ModelSession {
     subscriptions: BTreeMap<String, SubscriptionEntry>,
     queue: Vec<Entry>,
     inflight: Vec<(Entry, u16, InflightState)>,
-    incoming: BTreeSet<u16>,
+    /// With the cluster id recorded for it, if any.
+    incoming: BTreeMap<u16, Option<ClusterMessageId>>,
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +67,7 @@ impl Model {
                     subscriptions: BTreeMap::new(),
                     queue: Vec::new(),
                     inflight: Vec::new(),
-                    incoming: BTreeSet::new(),
+                    incoming: BTreeMap::new(),
                 };
                 self.sessions
                     .entry(record.client_id.to_string())
@@ -171,13 +173,24 @@ impl Model {
                     }
                 }
             }
-            StoreOp::CompletedInCluster { .. } | StoreOp::IncomingInCluster { .. } => {}
+            StoreOp::CompletedInCluster { .. } => {}
+            StoreOp::IncomingInCluster {
+                client_id,
+                packet_id,
+                cluster_id,
+            } => {
+                if let Some(session) = self.sessions.get_mut(&client_id.to_string()) {
+                    if let Some(recorded) = session.incoming.get_mut(packet_id) {
+                        *recorded = Some(*cluster_id);
+                    }
+                }
+            }
             StoreOp::AddIncomingQos2 {
                 client_id,
                 packet_id,
             } => {
                 if let Some(session) = self.sessions.get_mut(&client_id.to_string()) {
-                    session.incoming.insert(*packet_id);
+                    session.incoming.entry(*packet_id).or_insert(None);
                 }
             }
             StoreOp::RemoveIncomingQos2 {
@@ -257,7 +270,12 @@ impl Model {
                             state: *state,
                         })
                         .collect(),
-                    incoming_qos2: session.incoming.iter().copied().collect(),
+                    incoming_qos2: session.incoming.keys().copied().collect(),
+                    incoming_ids: session
+                        .incoming
+                        .iter()
+                        .filter_map(|(packet_id, id)| Some((*packet_id, (*id)?)))
+                        .collect(),
                 })
                 .collect(),
             expired_sessions,
@@ -377,6 +395,13 @@ fn op() -> impl Strategy<Value = StoreOp> {
             .prop_map(|(c, m)| StoreOp::DropQueued { client_id: c.into(), message_id: m }),
         1 => (client(), packet_id.clone())
             .prop_map(|(c, p)| StoreOp::AddIncomingQos2 { client_id: c.into(), packet_id: p }),
+        1 => (client(), packet_id.clone(), 1u64..4, 1u64..1000).prop_map(|(c, p, node, sequence)| {
+            StoreOp::IncomingInCluster {
+                client_id: c.into(),
+                packet_id: p,
+                cluster_id: ClusterMessageId { node, sequence },
+            }
+        }),
         1 => (client(), packet_id)
             .prop_map(|(c, p)| StoreOp::RemoveIncomingQos2 { client_id: c.into(), packet_id: p }),
     ]

@@ -277,6 +277,18 @@ fn queue_and_inflight_keep_their_order_and_states(mut backend: Box<dyn Backend>)
     assert_eq!(backend.store().stats().message_bodies, 4);
 }
 
+fn cluster_id(sequence: u64) -> fleetmq::message::ClusterMessageId {
+    fleetmq::message::ClusterMessageId { node: 2, sequence }
+}
+
+fn in_cluster(packet_id: u16, sequence: u64) -> StoreOp {
+    StoreOp::IncomingInCluster {
+        client_id: id("c"),
+        packet_id,
+        cluster_id: cluster_id(sequence),
+    }
+}
+
 fn incoming_qos2_ids_are_kept_until_released(mut backend: Box<dyn Backend>) {
     let add = |packet_id| StoreOp::AddIncomingQos2 {
         client_id: id("c"),
@@ -294,11 +306,30 @@ fn incoming_qos2_ids_are_kept_until_released(mut backend: Box<dyn Backend>) {
                 client_id: id("c"),
                 packet_id: 300,
             },
+            // A cluster node records the id each message went under.
+            in_cluster(65535, 7),
+            in_cluster(300, 8),
+            in_cluster(2, 9),
         ],
     );
     backend.reopen();
     let state = backend.store().restore(0).unwrap();
     assert_eq!(state.sessions[0].incoming_qos2, vec![1, 65535]);
+    assert_eq!(
+        state.sessions[0].incoming_ids,
+        vec![(65535, cluster_id(7))],
+        "kept with its packet id, never without one"
+    );
+    apply(
+        backend.store(),
+        vec![StoreOp::RemoveIncomingQos2 {
+            client_id: id("c"),
+            packet_id: 65535,
+        }],
+    );
+    backend.reopen();
+    let state = backend.store().restore(0).unwrap();
+    assert!(state.sessions[0].incoming_ids.is_empty());
 }
 
 fn nothing_is_kept_for_clients_without_a_stored_session(mut backend: Box<dyn Backend>) {

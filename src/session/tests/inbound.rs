@@ -106,8 +106,12 @@ fn restored_with_incoming(
             subscriptions: Vec::new(),
             queue: Vec::new(),
             inflight: Vec::new(),
+            incoming_qos2_unconfirmed: if unconfirmed {
+                incoming_qos2.clone()
+            } else {
+                Vec::new()
+            },
             incoming_qos2,
-            incoming_qos2_unconfirmed: unconfirmed,
             incoming_qos2_ids: recorded,
         },
     );
@@ -134,6 +138,35 @@ fn an_unconfirmed_resend_is_routed_under_its_recorded_cluster_id() {
     resent.dup = true;
     let actions = handle(&mut session, Packet::Publish(resent), now);
     assert_eq!(routed(&actions)[0].cluster_id.get(), None);
+}
+
+/// A session handed on from the node that took it from a backup's copy keeps the packet
+/// ids whose resend that node has not seen unconfirmed, with their cluster ids:
+/// confirmed, the next node would acknowledge the resend without routing it, and a
+/// message whose forward never left the dead node would be lost.
+#[test]
+fn a_session_handed_on_keeps_its_packet_ids_not_sent_again_unconfirmed() {
+    let id = crate::message::ClusterMessageId {
+        node: 1,
+        sequence: 78,
+    };
+    let (mut session, now) = restored_with_incoming(vec![3, 4], true, vec![(3, id)], limits());
+    let exported = session.export(now);
+    assert_eq!(exported.incoming_qos2_unconfirmed, vec![3, 4]);
+    assert_eq!(exported.incoming_qos2_ids, vec![(3, id)]);
+
+    let mut resent = publish("a/b", QoS::ExactlyOnce, 3);
+    resent.dup = true;
+    let actions = handle(&mut session, Packet::Publish(resent), now);
+    assert_eq!(routed(&actions).len(), 1);
+    let exported = session.export(now);
+    assert_eq!(exported.incoming_qos2, vec![3, 4]);
+    assert_eq!(
+        exported.incoming_qos2_unconfirmed,
+        vec![4],
+        "3 was routed here"
+    );
+    assert!(exported.incoming_qos2_ids.is_empty());
 }
 
 /// A QoS 2 packet id restored on a cluster node (a restart, or a session taken over

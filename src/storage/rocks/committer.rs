@@ -112,10 +112,18 @@ impl Mutations for BatchMutations<'_> {
         let key = codec::sequence_key(client_id, sequence);
         self.batch.delete_cf(self.families.inflight, key);
     }
-    fn put_incoming(&mut self, client_id: &str, packet_id: u16) {
+    fn put_incoming(
+        &mut self,
+        client_id: &str,
+        packet_id: u16,
+        cluster_id: Option<crate::message::ClusterMessageId>,
+    ) {
         let key = codec::incoming_key(client_id, packet_id);
-        self.batch
-            .put_cf(self.families.incoming, key, codec::encode_incoming());
+        self.batch.put_cf(
+            self.families.incoming,
+            key,
+            codec::encode_incoming(cluster_id),
+        );
     }
     fn delete_incoming(&mut self, client_id: &str, packet_id: u16) {
         let key = codec::incoming_key(client_id, packet_id);
@@ -345,9 +353,9 @@ fn scan(
     each(families.incoming, INCOMING, &mut |key, value| {
         let (client_id, packet_id) = codec::split_client_key(key)?;
         let packet_id = codec::decode_u16_key(packet_id)?;
-        codec::decode_incoming(value)?;
+        let cluster_id = codec::decode_incoming(value)?;
         ledger
-            .load_incoming(&client_id, packet_id)
+            .load_incoming(&client_id, packet_id, cluster_id)
             .map_err(invariant)
     })?;
     Ok(ledger)

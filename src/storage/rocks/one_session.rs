@@ -143,9 +143,9 @@ pub(super) fn read_session(
     }
     for (packet_id, value) in entries(INCOMING)? {
         let packet_id = codec::decode_u16_key(&packet_id).map_err(decoded(INCOMING))?;
-        codec::decode_incoming(&value).map_err(decoded(INCOMING))?;
+        let cluster_id = codec::decode_incoming(&value).map_err(decoded(INCOMING))?;
         ledger
-            .load_incoming(client_id, packet_id)
+            .load_incoming(client_id, packet_id, cluster_id)
             .map_err(|error| invariant(INCOMING, error))?;
     }
     Ok(ledger.snapshot().sessions.into_iter().next())
