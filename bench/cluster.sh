@@ -260,12 +260,17 @@ if has_part qos2; then
     start_nodes 3 2
     persist "three-nodes-factor-2-q2-across" --qos 2 --persistent-publishers \
         --subscriber-addr 127.0.0.1:12883
+    # What the subscriber's node dropped, by reason (a subscriber slower than the
+    # publishers fills its session's queue).
+    curl -s http://127.0.0.1:12884/metrics | grep '^fleetmq_messages_dropped_total' |
+        grep -v ' 0$' | sed 's/^/node 2 /' >>"$OUT/dropped.txt" || true
     stop_nodes
 fi
 
 {
     "$BENCH" report "$OUT/results.jsonl" || true
     printf '%s\n' "${CLUSTER_CPU[@]}"
+    if [ -s "$OUT/dropped.txt" ]; then cat "$OUT/dropped.txt"; fi
     if has_part takeover; then
         echo "reconnect to the owning node, ms (median of $TAKEOVERS): $(printf '%s\n' "${same[@]}" | median)"
         echo "takeover from another node, ms (median of $TAKEOVERS):  $(printf '%s\n' "${moved[@]}" | median)"

@@ -12,9 +12,14 @@
 //! cost is one replicated write's latency before the forward, for such messages only.
 //!
 //! Messages of one publisher keep their order: while one of its forwards is held, the
-//! publisher's later messages (any QoS) queue behind it (`ForwardOrder`), each task
-//! waiting for the previous one to hand its message over.
+//! publisher's later QoS 1 and 2 messages queue behind it (`ForwardOrder`), each task
+//! waiting for the previous one to hand its message over. QoS 0 messages do not wait
+//! (MQTT orders messages per QoS level, and nothing would bound a QoS 0 flood waiting
+//! there). A QoS 1/2 message in line keeps its acknowledgement held, and the publisher's
+//! connection stops reading while `LINE_LIMIT` of them wait (`ForwardOrder::is_full`),
+//! so a stalled backup slows its publishers down instead of piling up their messages.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -25,29 +30,48 @@ use crate::storage::{write_promise, Completion, StoreOp};
 
 use super::ClusterHook;
 
+/// Messages of one publisher waiting in line beyond which its connection stops reading
+/// until the line is shorter: far more than a client's window of unacknowledged
+/// messages (mosquitto_pub keeps 20, MQTT 5 clients at most our Receive Maximum).
+pub const LINE_LIMIT: usize = 1024;
+
 /// One publisher's place in line for the cluster: its connection keeps it across its
 /// PUBLISHes. Empty (and free) while none of its forwards is held.
 #[derive(Debug, Default)]
 pub struct ForwardOrder {
-    /// Resolves once the publisher's last held forward was handed to the cluster. Boxed:
-    /// every connection has a `ForwardOrder`, few ever hold a forward.
-    last: Option<Box<oneshot::Receiver<()>>>,
+    /// Boxed: every connection has a `ForwardOrder`, few ever hold a forward.
+    line: Option<Box<Line>>,
+}
+
+#[derive(Debug)]
+struct Line {
+    /// Resolves once the publisher's last message in line was handed to the cluster.
+    last: oneshot::Receiver<()>,
+    /// Messages in line, counted down by their tasks as each is handed over.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl ForwardOrder {
-    /// Whether a held forward of this publisher has not been handed over yet.
+    /// Whether a message of this publisher waits in line.
     fn waiting(&mut self) -> bool {
-        let Some(last) = &mut self.last else {
+        let Some(line) = &mut self.line else {
             return false;
         };
-        match last.try_recv() {
+        match line.last.try_recv() {
             Err(oneshot::error::TryRecvError::Empty) => true,
             // Handed over, or its task ended (the runtime shutting down).
             _ => {
-                self.last = None;
+                self.line = None;
                 false
             }
         }
+    }
+
+    /// Whether `LINE_LIMIT` messages wait: the publisher is not read meanwhile.
+    pub fn is_full(&self) -> bool {
+        self.line
+            .as_ref()
+            .is_some_and(|line| line.waiting.load(Ordering::Relaxed) >= LINE_LIMIT)
     }
 }
 
@@ -73,7 +97,7 @@ pub(super) fn forward(
     order: &mut ForwardOrder,
     writes: &mut Vec<Completion>,
 ) {
-    let behind = order.waiting();
+    let behind = message.qos != QoS::AtMostOnce && order.waiting();
     let runtime = match tokio::runtime::Handle::try_current() {
         Ok(runtime) if hold || behind => runtime,
         // Nothing to wait for (or no runtime to wait on: tests driving the broker from
@@ -87,13 +111,21 @@ pub(super) fn forward(
     let (promise, forwarded) = write_promise();
     writes.push(Completion::shared(forwarded));
     let (handed_over, next) = oneshot::channel();
-    let previous = order.last.replace(Box::new(next));
+    let waiting = order
+        .line
+        .as_ref()
+        .map_or_else(Arc::default, |line| line.waiting.clone());
+    waiting.fetch_add(1, Ordering::Relaxed);
+    let previous = order.line.replace(Box::new(Line {
+        last: next,
+        waiting: waiting.clone(),
+    }));
     let cluster = cluster.clone();
     let message = message.clone();
     runtime.spawn(async move {
         if let Some(previous) = previous {
             // An error only means that task ended unfinished (shutdown): go on.
-            let _ = (*previous).await;
+            let _ = previous.last.await;
         }
         let mut settled = Vec::with_capacity(2);
         match publisher_write {
@@ -105,6 +137,7 @@ pub(super) fn forward(
             write => settled.extend(write),
         }
         settled.extend(cluster.published(&message));
+        waiting.fetch_sub(1, Ordering::Relaxed);
         let _ = handed_over.send(());
         promise.fulfil(settled);
     });
@@ -253,16 +286,20 @@ mod tests {
         let mut writes = Vec::new();
         let first = message("first", QoS::ExactlyOnce);
         forward(&hook, &first, Some(write), true, &mut order, &mut writes);
-        for (topic, qos) in [("second", QoS::AtMostOnce), ("third", QoS::AtLeastOnce)] {
-            forward(
-                &hook,
-                &message(topic, qos),
-                None,
-                false,
-                &mut order,
-                &mut writes,
-            );
+        for topic in ["second", "third"] {
+            let later = message(topic, QoS::AtLeastOnce);
+            forward(&hook, &later, None, false, &mut order, &mut writes);
         }
+        // QoS 0 is ordered only among QoS 0 messages: it does not wait.
+        let at_most_once = message("qos0", QoS::AtMostOnce);
+        forward(
+            &hook,
+            &at_most_once,
+            None,
+            false,
+            &mut order,
+            &mut Vec::new(),
+        );
         let unrelated = message("unrelated", QoS::AtLeastOnce);
         forward(
             &hook,
@@ -273,14 +310,36 @@ mod tests {
             &mut Vec::new(),
         );
         settle().await;
-        assert_eq!(cluster.forwarded(), ["unrelated"]);
+        assert_eq!(cluster.forwarded(), ["qos0", "unrelated"]);
 
         durable.send(Ok(())).expect("the task waits");
         assert!(acknowledged(writes).await.is_ok());
         assert_eq!(
             cluster.forwarded(),
-            ["unrelated", "first", "second", "third"]
+            ["qos0", "unrelated", "first", "second", "third"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_line_of_limit_messages_is_full_until_they_are_handed_over() {
+        let (cluster, hook) = cluster();
+        let mut order = ForwardOrder::default();
+        let (durable, write) = Completion::waiting();
+        let mut writes = Vec::new();
+        let first = message("first", QoS::ExactlyOnce);
+        forward(&hook, &first, Some(write), true, &mut order, &mut writes);
+        for _ in 1..LINE_LIMIT {
+            assert!(!order.is_full());
+            let later = message("later", QoS::AtLeastOnce);
+            forward(&hook, &later, None, false, &mut order, &mut writes);
+        }
+        assert!(order.is_full());
+
+        durable.send(Ok(())).expect("the task waits");
+        assert!(acknowledged(writes).await.is_ok());
+        assert_eq!(cluster.forwarded().len(), LINE_LIMIT);
+        assert!(!order.is_full());
+        assert!(!order.waiting());
     }
 
     #[tokio::test]

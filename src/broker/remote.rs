@@ -28,6 +28,11 @@ pub trait ClusterHook: Send + Sync + 'static {
     fn received(&self, _id: crate::message::ClusterMessageId) -> bool {
         false
     }
+    /// Whether a subscription on another node matches `topic`: a message no local
+    /// session takes is then not "unrouted" (MQTT 5: no 0x10 No matching subscribers).
+    fn subscribed_elsewhere(&self, _topic: &str) -> bool {
+        false
+    }
     /// The first local subscription to `filter` (a `$share/...` filter kept whole).
     fn filter_added(&self, filter: &str);
     /// A local subscription to `filter` went away.

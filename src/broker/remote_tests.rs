@@ -25,6 +25,9 @@ impl ClusterHook for Recorder {
         lock(&self.calls).push(format!("published {}", message.topic));
         None
     }
+    fn subscribed_elsewhere(&self, topic: &str) -> bool {
+        topic.starts_with("elsewhere/")
+    }
     fn filter_added(&self, filter: &str) {
         lock(&self.calls).push(format!("added {filter}"));
     }
@@ -210,6 +213,19 @@ fn the_cluster_hears_of_the_first_and_last_subscriber_of_a_filter_and_of_each_pu
     // A session that ends takes its filters along and is reported ended.
     broker.disconnect(&b.handle, b.attachment.generation, false);
     assert_eq!(calls(&recorder), vec!["removed t/#", "ended b"]);
+}
+
+/// A message only other nodes' subscribers take is routed, not unrouted: its MQTT 5
+/// publisher gets a plain PUBACK, not 0x10 No matching subscribers.
+#[test]
+fn a_message_subscribed_to_only_on_other_nodes_counts_as_routed() {
+    let (broker, _recorder) = clustered();
+    let published = broker.publish_durably(&message("elsewhere/1", false));
+    assert_eq!(published.routed, 1);
+    assert_eq!(broker.stats().snapshot().messages_unrouted, 0);
+    let published = broker.publish_durably(&message("nowhere/1", false));
+    assert_eq!(published.routed, 0);
+    assert_eq!(broker.stats().snapshot().messages_unrouted, 1);
 }
 
 #[test]

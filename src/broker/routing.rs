@@ -29,7 +29,8 @@ use super::{read, write, Broker, Dropped, SessionHandle, Stats};
 /// The outcome of publishing one message.
 #[must_use = "a QoS 1/2 PUBLISH may be acknowledged only once its writes are durable"]
 pub struct Published {
-    /// Sessions the message was handed to.
+    /// Sessions the message was handed to; on a cluster node, 1 when only other nodes'
+    /// subscribers take it.
     pub routed: usize,
     /// Writes the acknowledgement must wait for (the retained message, the message queued
     /// for persistent sessions); empty when nothing needed storing.
@@ -266,7 +267,11 @@ impl Broker {
             if message.retain {
                 writes.extend(self.retain(message));
             }
-            let (routed, publisher_write, congested) = self.route_durably(message, publisher_ops);
+            let (mut routed, publisher_write, congested) =
+                self.route_durably(message, publisher_ops);
+            if routed == 0 && cluster.subscribed_elsewhere(&message.topic) {
+                routed = 1;
+            }
             forward_order::forward(cluster, message, publisher_write, hold, order, &mut writes);
             return self.published(routed, writes, congested);
         }

@@ -80,6 +80,20 @@ impl RouteTable {
         }
     }
 
+    /// Whether another node subscribes to `topic` (`destinations` without its round
+    /// robin over shared groups).
+    pub fn subscribed_elsewhere(&self, topic: &str) -> bool {
+        let table = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let mut found = false;
+        table.trie.for_each_match(topic, |matched| {
+            found |= match matched {
+                Match::Direct(node, ()) => *node != self.me,
+                Match::Shared(group) => !group.members.iter().any(|(node, _)| *node == self.me),
+            };
+        });
+        found
+    }
+
     /// The other nodes `topic` must be forwarded to. Empty (without allocating) when no
     /// other node subscribes.
     pub fn destinations(&self, topic: &str) -> Destinations {

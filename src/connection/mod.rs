@@ -283,7 +283,15 @@ impl Connection {
                 if self.broker.is_shutting_down() {
                     break Exit::Shutdown;
                 }
+                let line_full = self.forward_order.is_full();
                 let event = poll_fn(|cx| self.poll_event(cx, &mut stream, &mut timer)).await;
+                if line_full && !self.forward_order.is_full() {
+                    // Not read while its line to the other nodes was full
+                    // (`broker::forward_order`): the client was not silent.
+                    if let Some(period) = self.keep_alive() {
+                        keep_alive_deadline = Some(TokioInstant::now() + period);
+                    }
+                }
                 if !matches!(event, Event::Timer) {
                     active = true;
                 }
@@ -317,6 +325,12 @@ impl Connection {
                         Ok(())
                     }
                     Event::Wake => self.drain_session(),
+                    // What was read while this publisher's line to the other nodes was
+                    // full waits in the buffer; acknowledgements settling is how the
+                    // line empties.
+                    Event::Settled if !self.read_buf.is_empty() && self.paused.is_none() => {
+                        self.process_input().and_then(|()| self.drain_session())
+                    }
                     Event::Settled => self.drain_session(),
                     Event::Resume(resume) => {
                         if let Some(paused) = self.paused.take() {
@@ -391,7 +405,7 @@ impl Connection {
         stream: &mut ClientStream,
         timer: &mut Option<Pin<Box<Sleep>>>,
     ) -> Poll<Event> {
-        let reading = self.paused.is_none();
+        let reading = self.paused.is_none() && !self.forward_order.is_full();
         if let (true, Some(timer)) = (reading, timer) {
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Timer);
@@ -441,7 +455,7 @@ impl Connection {
     fn process_input(&mut self) -> Result<(), Exit> {
         let max_packet_size = self.config.limits.max_packet_size;
         loop {
-            if self.paused.is_some() {
+            if self.paused.is_some() || self.forward_order.is_full() {
                 return Ok(());
             }
             match decode_from_client(&mut self.read_buf, Some(self.version), max_packet_size) {

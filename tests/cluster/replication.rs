@@ -581,6 +581,70 @@ async fn a_qos2_message_unconfirmed_where_its_session_moves_on_is_routed_when_se
     received_once(&mut subscriber, b"once").await;
 }
 
+/// A persistent publisher's QoS 1 messages queue behind its QoS 2 message held until
+/// its packet id is on the backup; once `LINE_LIMIT` (1,024) wait, its connection is not
+/// read, and once the backup answers, what waited in the read buffer is read too:
+/// everything is acknowledged and delivered, in order. Node 1's link to its backup is
+/// held while the publisher sends one QoS 2 and 1,100 QoS 1 messages without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_behind_a_held_qos2_forward_keep_their_order_past_the_line_limit() {
+    const LINE_LIMIT: usize = 1024;
+    const MORE: u16 = 1100;
+    let mut cluster = Cluster::configure(3, &[]).await;
+    cluster.configure_section("cluster", "link_timeout_ms = 30000");
+    // The subscriber's queue takes the whole burst (1,000 by default: the overflow of
+    // a subscriber that far behind is dropped and counted).
+    cluster.configure_section("limits", "max_queued_messages = 5000");
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let (publishers, backup, subscribers) = (1u64, 2u64, 3u64);
+    wait_in_sync(&cluster, publishers).await;
+
+    let mut subscriber =
+        subscribed_and_routed(&cluster, subscribers, publishers, "ll-sub", "ll").await;
+    let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "ll-pub", 5)
+        .await
+        .unwrap();
+
+    cluster.pause_link(publishers, backup, true);
+    publisher.send_publish("ll/1", 2, 1, b"0").await.unwrap();
+    for n in 1..=MORE {
+        let payload = n.to_string();
+        publisher
+            .send_publish("ll/1", 1, n + 1, payload.as_bytes())
+            .await
+            .unwrap();
+    }
+    let read = "fleetmq_messages_received_total{qos=\"1\"}";
+    eventually("the line full", || async {
+        let text = cluster.try_metrics(publishers).await?;
+        (metric_value(&text, read)? >= (LINE_LIMIT - 1) as f64).then_some(())
+    })
+    .await;
+    let text = cluster.try_metrics(publishers).await.unwrap();
+    assert_eq!(
+        metric_value(&text, read),
+        Some((LINE_LIMIT - 1) as f64),
+        "read on past a full line"
+    );
+
+    cluster.pause_link(publishers, backup, false);
+    let last = within(
+        "the last acknowledgement",
+        publisher.acknowledgement(4, MORE + 1),
+    )
+    .await;
+    assert_eq!(last, Ok(0));
+    for n in 0..=MORE {
+        let message = within(&format!("message {n}"), subscriber.receive())
+            .await
+            .unwrap();
+        assert_eq!(message.payload, n.to_string().as_bytes(), "out of order");
+    }
+}
+
 /// The payloads `subscriber` gets until (and without) `marker`.
 async fn received_before(subscriber: &mut RawClient, marker: &[u8]) -> Vec<Vec<u8>> {
     let mut before = Vec::new();

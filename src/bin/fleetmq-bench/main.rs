@@ -196,8 +196,8 @@ enum Command {
         #[arg(long, default_value_t = 30.0)]
         duration: f64,
     },
-    /// QoS 1 publishers to a persistent (clean session = false) QoS 1 subscriber:
-    /// acknowledged msg/s and PUBACK latency.
+    /// QoS 1 (or 2) publishers to a persistent (clean session = false) subscriber at the
+    /// same QoS: acknowledged msg/s and PUBACK (PUBREC) latency.
     Persist {
         #[command(flatten)]
         common: Common,
@@ -216,6 +216,12 @@ enum Command {
         window: usize,
         #[arg(long, default_value_t = 2000)]
         drain_idle_ms: u64,
+        /// QoS of the publishes and the subscription (1 or 2).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        qos: u8,
+        /// Publishers keep sessions (clean session = false), as QoS 2 devices do.
+        #[arg(long)]
+        persistent_publishers: bool,
     },
     /// Store many retained topics, then time a wildcard subscriber receiving them.
     Retained {
@@ -417,6 +423,8 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
             payload,
             window,
             drain_idle_ms,
+            qos,
+            persistent_publishers,
         } => {
             let params = persist::Params {
                 publishers,
@@ -424,6 +432,8 @@ async fn run_scenario(command: Command) -> anyhow::Result<Option<Outcome>> {
                 messages,
                 payload,
                 window,
+                qos,
+                persistent_publishers,
                 drain_idle: Duration::from_millis(drain_idle_ms),
             };
             persist::run(&target(&common)?, &params).await?

@@ -24,6 +24,10 @@ impl ClusterHook for ClusterNode {
         self.received.knows(id)
     }
 
+    fn subscribed_elsewhere(&self, topic: &str) -> bool {
+        self.routes.subscribed_elsewhere(topic)
+    }
+
     fn published(&self, message: &Arc<Message>) -> Option<Completion> {
         let broker = self.broker.upgrade()?;
         let committed = message

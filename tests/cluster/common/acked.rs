@@ -181,6 +181,31 @@ impl RawClient {
         Ok(Outcome::Accepted)
     }
 
+    /// Sends a PUBLISH at `qos` (1 or 2) with `packet_id` without waiting for its
+    /// acknowledgement (`acknowledgement` reads it).
+    pub async fn send_publish(
+        &mut self,
+        topic: &str,
+        qos: u8,
+        packet_id: u16,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        let mut body = Vec::new();
+        string(topic, &mut body);
+        body.extend_from_slice(&packet_id.to_be_bytes());
+        if self.version == 5 {
+            body.push(0);
+        }
+        body.extend_from_slice(payload);
+        self.send(&packet(0x30 | (qos << 1), &body)).await
+    }
+
+    /// The reason code of the acknowledgement of `kind` (4 PUBACK, 5 PUBREC) for
+    /// `packet_id`, skipping the packets before it.
+    pub async fn acknowledgement(&mut self, kind: u8, packet_id: u16) -> Result<u8, String> {
+        self.answer(kind, packet_id).await
+    }
+
     /// Releases a QoS 2 message the broker took (PUBREL, waits for PUBCOMP).
     pub async fn release(&mut self, packet_id: u16) -> Result<(), String> {
         let mut body = packet_id.to_be_bytes().to_vec();

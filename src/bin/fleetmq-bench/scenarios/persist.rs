@@ -1,11 +1,15 @@
-//! Persistent QoS 1: publishers to `bench/{i}`, each keeping a small window of
+//! Persistent QoS 1 (or 2): publishers to `bench/{i}`, each keeping a small window of
 //! unacknowledged messages (1 by default), and one subscriber with a persistent session
-//! (clean session = false) subscribed to `bench/+` at QoS 1, connected and consuming.
+//! (clean session = false) subscribed to `bench/+` at the same QoS, connected and
+//! consuming, on the subscriber address (another cluster node, if given). With
+//! `persistent_publishers` the publishers keep sessions too, as devices that publish at
+//! QoS 2 do: a broker then stores each incoming QoS 2 packet id as well.
 //!
 //! Every message is queued for a persistent session, so a broker that persists
 //! sessions writes each one before it acknowledges it (how durably depends on the
 //! broker and its configuration). The figures are the acknowledged publish rate and
-//! the PUBACK latency: the time from writing a PUBLISH to reading its PUBACK.
+//! the PUBACK latency: the time from writing a PUBLISH to reading its PUBACK (QoS 2: its
+//! PUBREC, the broker's promise; the window slot is freed by PUBCOMP).
 //!
 //! At the end the subscriber's session is discarded (a clean-session connect with the
 //! same client id), so repeated runs against one broker do not accumulate sessions.
@@ -35,6 +39,10 @@ pub struct Params {
     pub payload: usize,
     /// Unacknowledged messages per publisher.
     pub window: usize,
+    /// 1 or 2.
+    pub qos: u8,
+    /// Publishers connect with clean session = false.
+    pub persistent_publishers: bool,
     /// The subscriber stops after this long without messages once publishers are done.
     pub drain_idle: Duration,
 }
@@ -49,7 +57,8 @@ struct Timed {
 }
 
 pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
-    let case = "persist-q1";
+    let case = format!("persist-q{}", params.qos);
+    let case = case.as_str();
     let publishers = params.publishers.max(1);
     let before = target.sample()?;
 
@@ -58,12 +67,20 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         clean_session: false,
         ..ConnectOptions::default()
     };
-    let mut subscriber = Conn::connect(&target.dial, &subscriber_id, persistent).await?;
-    subscriber.subscribe(&[FILTER], 1).await?;
+    let mut subscriber = Conn::connect(&target.subscriber_dial, &subscriber_id, persistent).await?;
+    subscriber.subscribe(&[FILTER], params.qos).await?;
+    wait_for_route(target, &mut subscriber).await?;
     let mut publisher_conns = Vec::with_capacity(publishers);
+    let mut publisher_ids = Vec::with_capacity(publishers);
     for index in 0..publishers {
         let id = target.client_id("pub", index);
-        publisher_conns.push(Conn::connect(&target.dial, &id, ConnectOptions::default()).await?);
+        let options = if params.persistent_publishers {
+            persistent
+        } else {
+            ConnectOptions::default()
+        };
+        publisher_conns.push(Conn::connect(&target.dial, &id, options).await?);
+        publisher_ids.push(id);
     }
 
     let payload = vec![b'p'; params.payload];
@@ -86,7 +103,8 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         .into_iter()
         .enumerate()
         .map(|(index, mut conn)| {
-            let template = PublishTemplate::new(&format!("bench/{index}"), 1, false, &payload);
+            let template =
+                PublishTemplate::new(&format!("bench/{index}"), params.qos, false, &payload);
             let (window, messages) = (params.window, params.messages);
             tokio::spawn(async move {
                 let timed = publish_timed(&mut conn, &template, window, messages, until).await;
@@ -120,7 +138,11 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     );
     let mut record = Record::new(case, &target.label);
     record
-        .number("qos", 1.0)
+        .number("qos", f64::from(params.qos))
+        .number(
+            "persistent_publishers",
+            f64::from(u8::from(params.persistent_publishers)),
+        )
         .number("publishers", publishers as f64)
         .number("window", params.window.max(1) as f64)
         .number("payload_bytes", params.payload as f64)
@@ -149,7 +171,12 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
         conn.disconnect().await;
     }
     subscriber.disconnect().await;
-    discard_session(target, &subscriber_id).await;
+    discard_session(&target.subscriber_dial, &subscriber_id).await;
+    if params.persistent_publishers {
+        for id in &publisher_ids {
+            discard_session(&target.dial, id).await;
+        }
+    }
 
     let mut summary = format!(
         "{case} [{}]: {publishers} publishers, window {}: acked {acked_per_s:.0} msg/s, delivered {delivered_per_s:.0} msg/s ({} of {sent})",
@@ -166,18 +193,57 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Outcome> {
     Ok(Outcome { record, summary })
 }
 
+/// Publishes QoS 0 probes to `bench/probe` on the publishers' address until
+/// `subscriber` receives one, then lets the stragglers arrive. On a cluster a
+/// subscription reaches the other nodes through consensus a moment after its SUBACK;
+/// what the publishers' node takes before that has no subscriber there (acknowledged,
+/// never forwarded), which made an across-nodes run fast and its delivery ratio low.
+async fn wait_for_route(target: &Target, subscriber: &mut Conn) -> anyhow::Result<()> {
+    const PROBE_WAIT: Duration = Duration::from_millis(100);
+    let mut prober = Conn::connect(
+        &target.dial,
+        &target.client_id("probe", 0),
+        ConnectOptions::default(),
+    )
+    .await?;
+    let probe = PublishTemplate::new("bench/probe", 0, false, b"probe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut arrived = false;
+    while !arrived {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the subscription did not reach the publishers' node within 30 s"
+        );
+        probe.append(&mut prober.write_buf, 0);
+        prober.flush().await?;
+        if subscriber.read_some(PROBE_WAIT).await? {
+            subscriber.drain_frames(|frame, _| {
+                arrived |= frame.packet_type == wire::PUBLISH;
+                Ok(())
+            })?;
+        }
+    }
+    prober.disconnect().await;
+    // Probes sent before the one that arrived and still on their way.
+    while subscriber.read_some(PROBE_WAIT * 3).await? {
+        subscriber.drain_frames(|_, _| Ok(()))?;
+    }
+    Ok(())
+}
+
 /// Ends the persistent session: a clean-session CONNECT with its client id discards it.
 /// Failures only leave a session behind, so they are reported and otherwise ignored.
-async fn discard_session(target: &Target, client_id: &str) {
-    match Conn::connect(&target.dial, client_id, ConnectOptions::default()).await {
+async fn discard_session(dial: &crate::conn::Dial, client_id: &str) {
+    match Conn::connect(dial, client_id, ConnectOptions::default()).await {
         Ok(conn) => conn.disconnect().await,
         Err(error) => eprintln!("persist: could not discard session {client_id}: {error:#}"),
     }
 }
 
-/// Publishes copies of `template` at QoS 1 with at most `window` unacknowledged, until
-/// `max` are sent or `until` passes, and times each PUBACK from the write of its
-/// PUBLISH to the read that returned it.
+/// Publishes copies of `template` (QoS 1 or 2) with at most `window` unacknowledged,
+/// until `max` are sent or `until` passes, and times each PUBACK (QoS 2: PUBREC) from
+/// the write of its PUBLISH to the read that returned it; a QoS 2 message keeps its
+/// window slot until its PUBCOMP.
 async fn publish_timed(
     conn: &mut Conn,
     template: &PublishTemplate,
@@ -223,14 +289,28 @@ async fn publish_timed(
         let read_at = Instant::now();
         let read_ns = (read_at - base).as_nanos() as u64;
         let before = timed.acked;
-        conn.drain_frames(|frame, _| {
-            if frame.packet_type == wire::PUBACK {
-                let id = frame.packet_id()?;
-                if in_flight.release(id) {
-                    timed.acked += 1;
-                    let latency = read_ns.saturating_sub(sent_at[usize::from(id)]);
-                    timed.latencies_us.push(latency / 1000);
+        conn.drain_frames(|frame, replies| {
+            let mut taken = |id: u16| {
+                timed.acked += 1;
+                let latency = read_ns.saturating_sub(sent_at[usize::from(id)]);
+                timed.latencies_us.push(latency / 1000);
+            };
+            match frame.packet_type {
+                wire::PUBACK => {
+                    let id = frame.packet_id()?;
+                    if in_flight.release(id) {
+                        taken(id);
+                    }
                 }
+                wire::PUBREC => {
+                    let id = frame.packet_id()?;
+                    wire::ack(replies, wire::PUBREL, id);
+                    taken(id);
+                }
+                wire::PUBCOMP => {
+                    in_flight.release(frame.packet_id()?);
+                }
+                _ => {}
             }
             Ok(())
         })?;
