@@ -71,6 +71,32 @@ async fn subscribed_and_routed(
     subscriber
 }
 
+/// Three nodes with a long link timeout (nothing moves while a link is held or cut;
+/// `limits`: lines for every node's `[limits]`), node 1's backup (node 2) in sync, a
+/// persistent subscriber of `{prefix}/#` on node 3 whose route reached node 1, and a
+/// persistent MQTT 5 publisher `{prefix}-pub` on node 1: the cluster, the subscriber
+/// and the publisher.
+async fn publisher_on_1_subscriber_on_3(
+    prefix: &str,
+    limits: Option<&str>,
+) -> (Cluster, RawClient, RawClient) {
+    let mut cluster = Cluster::configure(3, &[]).await;
+    cluster.configure_section("cluster", "link_timeout_ms = 30000");
+    if let Some(lines) = limits {
+        cluster.configure_section("limits", lines);
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&[1, 2, 3]).await;
+    wait_in_sync(&cluster, 1).await;
+    let subscriber = subscribed_and_routed(&cluster, 3, 1, &format!("{prefix}-sub"), prefix).await;
+    let (publisher, _) = RawClient::connect(cluster.mqtt(1), &format!("{prefix}-pub"), 5)
+        .await
+        .unwrap();
+    (cluster, subscriber, publisher)
+}
+
 /// Waits until node `publishers` keeps one forward for node `subscribers` unacknowledged
 /// and its backup `backup` acknowledged a write since `before` (`replicated_writes`)
 /// with nothing left waiting: the packet id of the QoS 2 PUBLISH in flight is on the
@@ -498,21 +524,10 @@ async fn a_message_the_owner_could_not_keep_for_a_session_taken_from_its_backup_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_qos2_message_its_publishers_node_died_before_forwarding_reaches_the_subscriber_once_sent_again(
 ) {
-    let mut cluster = Cluster::configure(3, &[]).await;
-    cluster.configure_section("cluster", "link_timeout_ms = 30000");
-    for id in 1..=3 {
-        cluster.spawn(id);
-    }
-    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let (mut cluster, mut subscriber, mut publisher) =
+        publisher_on_1_subscriber_on_3("pf", None).await;
     // The publisher's node, its backup (the next id), and the subscriber's node.
     let (publishers, backup, subscribers) = (1u64, 2u64, 3u64);
-    wait_in_sync(&cluster, publishers).await;
-
-    let mut subscriber =
-        subscribed_and_routed(&cluster, subscribers, publishers, "pf-sub", "pf").await;
-    let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "pf-pub", 5)
-        .await
-        .unwrap();
 
     cluster.cut_link(publishers, subscribers, true);
     let before = replicated_writes(&cluster.try_metrics(publishers).await.unwrap());
@@ -544,20 +559,9 @@ async fn a_qos2_message_its_publishers_node_died_before_forwarding_reaches_the_s
 /// on node 3: routed there, not only acknowledged (a loss before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_qos2_message_unconfirmed_where_its_session_moves_on_is_routed_when_sent_again() {
-    let mut cluster = Cluster::configure(3, &[]).await;
-    cluster.configure_section("cluster", "link_timeout_ms = 30000");
-    for id in 1..=3 {
-        cluster.spawn(id);
-    }
-    cluster.wait_for_leader(&[1, 2, 3]).await;
+    let (mut cluster, mut subscriber, mut publisher) =
+        publisher_on_1_subscriber_on_3("mo", None).await;
     let (publishers, backup, subscribers) = (1u64, 2u64, 3u64);
-    wait_in_sync(&cluster, publishers).await;
-
-    let mut subscriber =
-        subscribed_and_routed(&cluster, subscribers, publishers, "mo-sub", "mo").await;
-    let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "mo-pub", 5)
-        .await
-        .unwrap();
 
     cluster.cut_link(publishers, subscribers, true);
     let before = replicated_writes(&cluster.try_metrics(publishers).await.unwrap());
@@ -590,23 +594,11 @@ async fn a_qos2_message_unconfirmed_where_its_session_moves_on_is_routed_when_se
 async fn messages_behind_a_held_qos2_forward_keep_their_order_past_the_line_limit() {
     const LINE_LIMIT: usize = 1024;
     const MORE: u16 = 1100;
-    let mut cluster = Cluster::configure(3, &[]).await;
-    cluster.configure_section("cluster", "link_timeout_ms = 30000");
     // The subscriber's queue takes the whole burst (1,000 by default: the overflow of
     // a subscriber that far behind is dropped and counted).
-    cluster.configure_section("limits", "max_queued_messages = 5000");
-    for id in 1..=3 {
-        cluster.spawn(id);
-    }
-    cluster.wait_for_leader(&[1, 2, 3]).await;
-    let (publishers, backup, subscribers) = (1u64, 2u64, 3u64);
-    wait_in_sync(&cluster, publishers).await;
-
-    let mut subscriber =
-        subscribed_and_routed(&cluster, subscribers, publishers, "ll-sub", "ll").await;
-    let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "ll-pub", 5)
-        .await
-        .unwrap();
+    let (cluster, mut subscriber, mut publisher) =
+        publisher_on_1_subscriber_on_3("ll", Some("max_queued_messages = 5000")).await;
+    let (publishers, backup) = (1u64, 2u64);
 
     cluster.pause_link(publishers, backup, true);
     publisher.send_publish("ll/1", 2, 1, b"0").await.unwrap();
@@ -666,24 +658,13 @@ async fn received_before(subscriber: &mut RawClient, marker: &[u8]) -> Vec<Vec<u
 /// subscriber. Node 1's link to its backup, node 2, is held while the publisher on node
 /// 1 sends the message; a marker published on node 1 after it reaches the subscriber
 /// on node 3 over the same link (the message would have come first), node 1 is killed
-/// (and the held link cut), the publisher sends the message again to node 2, and a second marker from node 2
-/// ends what the subscriber got: the message once.
+/// (and the held link cut), the publisher sends the message again to node 2, and a
+/// second marker from node 2 ends what the subscriber got: the message once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_qos2_message_goes_to_other_nodes_only_once_its_packet_id_is_on_the_backup() {
-    let mut cluster = Cluster::configure(3, &[]).await;
-    cluster.configure_section("cluster", "link_timeout_ms = 30000");
-    for id in 1..=3 {
-        cluster.spawn(id);
-    }
-    cluster.wait_for_leader(&[1, 2, 3]).await;
-    let (publishers, backup, subscribers) = (1u64, 2u64, 3u64);
-    wait_in_sync(&cluster, publishers).await;
-
-    let mut subscriber =
-        subscribed_and_routed(&cluster, subscribers, publishers, "ho-sub", "ho").await;
-    let (mut publisher, _) = RawClient::connect(cluster.mqtt(publishers), "ho-pub", 5)
-        .await
-        .unwrap();
+    let (mut cluster, mut subscriber, mut publisher) =
+        publisher_on_1_subscriber_on_3("ho", None).await;
+    let (publishers, backup) = (1u64, 2u64);
     let mut marker = crate::common::mqtt::Publisher::v4(cluster.mqtt(publishers), "ho-m1").await;
 
     cluster.pause_link(publishers, backup, true);

@@ -157,15 +157,8 @@ impl RawClient {
         payload: &[u8],
         dup: bool,
     ) -> Result<Outcome, String> {
-        let mut body = Vec::new();
-        string(topic, &mut body);
-        body.extend_from_slice(&packet_id.to_be_bytes());
-        if self.version == 5 {
-            body.push(0);
-        }
-        body.extend_from_slice(payload);
-        let first = 0x30 | (qos << 1) | if dup { 0x08 } else { 0 };
-        self.send(&packet(first, &body)).await?;
+        self.send_publish_with(topic, qos, packet_id, payload, dup)
+            .await?;
         if qos == 1 {
             let reason = self.answer(4, packet_id).await?;
             return Ok(if reason >= 0x80 {
@@ -190,6 +183,18 @@ impl RawClient {
         packet_id: u16,
         payload: &[u8],
     ) -> Result<(), String> {
+        self.send_publish_with(topic, qos, packet_id, payload, false)
+            .await
+    }
+
+    async fn send_publish_with(
+        &mut self,
+        topic: &str,
+        qos: u8,
+        packet_id: u16,
+        payload: &[u8],
+        dup: bool,
+    ) -> Result<(), String> {
         let mut body = Vec::new();
         string(topic, &mut body);
         body.extend_from_slice(&packet_id.to_be_bytes());
@@ -197,7 +202,8 @@ impl RawClient {
             body.push(0);
         }
         body.extend_from_slice(payload);
-        self.send(&packet(0x30 | (qos << 1), &body)).await
+        let first = 0x30 | (qos << 1) | if dup { 0x08 } else { 0 };
+        self.send(&packet(first, &body)).await
     }
 
     /// The reason code of the acknowledgement of `kind` (4 PUBACK, 5 PUBREC) for
