@@ -98,15 +98,15 @@ pub(super) fn forward(
     writes: &mut Vec<Completion>,
 ) {
     let behind = message.qos != QoS::AtMostOnce && order.waiting();
-    let runtime = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) if hold || behind => runtime,
-        // Nothing to wait for (or no runtime to wait on: tests driving the broker from
-        // a plain thread).
-        _ => {
-            writes.extend(publisher_write);
-            writes.extend(cluster.published(message));
-            return;
-        }
+    // Nothing to wait for (or no runtime to wait on: tests driving the broker from a
+    // plain thread).
+    let runtime = (hold || behind)
+        .then(tokio::runtime::Handle::try_current)
+        .and_then(Result::ok);
+    let Some(runtime) = runtime else {
+        writes.extend(publisher_write);
+        writes.extend(cluster.published(message));
+        return;
     };
     let (promise, forwarded) = write_promise();
     writes.push(Completion::shared(forwarded));

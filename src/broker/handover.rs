@@ -39,10 +39,9 @@ pub struct HandedOver {
     /// Handed over by its live owner: the incoming QoS 2 packet ids that owner held
     /// unconfirmed (it took the session from a copy, and the client has not sent those
     /// messages again since): they stay unconfirmed here.
+    /// (The cluster ids of its incoming QoS 2 messages, where known, are
+    /// `session.incoming_ids`.)
     pub unconfirmed: Vec<u16>,
-    /// The cluster ids of its unconfirmed incoming QoS 2 messages, where known (from a
-    /// backup's copy, `StoreOp::IncomingInCluster`).
-    pub incoming_ids: Vec<(u16, ClusterMessageId)>,
 }
 
 /// A message the old owner of a moving session relays to the new one, as that session's
@@ -189,14 +188,13 @@ impl Broker {
                 })
                 .collect(),
             incoming_qos2: parts.incoming_qos2,
-            incoming_ids: parts.incoming_qos2_ids.clone(),
+            incoming_ids: parts.incoming_qos2_ids,
         };
         HandedOver {
             session,
             held,
             from_copy: false,
             unconfirmed: parts.incoming_qos2_unconfirmed,
-            incoming_ids: parts.incoming_qos2_ids,
         }
     }
 
@@ -223,11 +221,7 @@ impl Broker {
             mut held,
             from_copy,
             unconfirmed,
-            incoming_ids,
         } = handed;
-        // Stored here too (`to_ops`): were this node to restart, the client's resend
-        // would still be routed under the same id.
-        session.add_incoming_ids(incoming_ids);
         // Every packet id of a backup's copy is unconfirmed; of a live owner's, those it
         // held unconfirmed itself.
         let unconfirmed = if from_copy {

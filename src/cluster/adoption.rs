@@ -315,7 +315,6 @@ impl ClusterNode {
                     held: replicas.recently_completed(origin, &client_id),
                     from_copy: true,
                     unconfirmed: Vec::new(),
-                    incoming_ids: replicas.incoming_ids(origin, &client_id),
                 };
                 match broker.import_session(handed) {
                     Some(written) => {

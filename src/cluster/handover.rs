@@ -67,7 +67,6 @@ impl SessionDump {
     pub fn from_handed(handed: &HandedOver) -> SessionDump {
         let mut dump = SessionDump::from_session(&handed.session);
         dump.unconfirmed = handed.unconfirmed.clone();
-        dump.with_incoming_ids(handed.incoming_ids.clone());
         dump.held = handed
             .held
             .iter()
@@ -83,21 +82,6 @@ impl SessionDump {
             .extend(ids.into_iter().map(|id| (id.node, id.sequence)));
     }
 
-    /// Adds the cluster ids of its incoming QoS 2 messages it does not have yet (from a
-    /// backup's memory).
-    pub fn with_incoming_ids(&mut self, ids: Vec<(u16, ClusterMessageId)>) {
-        for (packet_id, id) in ids {
-            if !self
-                .incoming_ids
-                .iter()
-                .any(|(known, _, _)| *known == packet_id)
-            {
-                self.incoming_ids.push((packet_id, id.node, id.sequence));
-            }
-        }
-        self.incoming_ids.sort_unstable();
-    }
-
     /// `into_session`, with the ids of the messages it holds.
     pub fn into_handed(mut self) -> Option<HandedOver> {
         let held = self
@@ -109,14 +93,11 @@ impl SessionDump {
             })
             .collect();
         let unconfirmed = std::mem::take(&mut self.unconfirmed);
-        let session = self.into_session()?;
-        let incoming_ids = session.incoming_ids.clone();
         Some(HandedOver {
-            session,
+            session: self.into_session()?,
             held,
             from_copy: false,
             unconfirmed,
-            incoming_ids,
         })
     }
 
@@ -340,10 +321,8 @@ mod tests {
             },
         ];
         // A live owner's unconfirmed packet ids and their recorded cluster ids.
-        let session = without_ids(sample_session());
         let handed = HandedOver {
-            incoming_ids: session.incoming_ids.clone(),
-            session,
+            session: without_ids(sample_session()),
             held,
             from_copy: false,
             unconfirmed: vec![9],

@@ -282,25 +282,6 @@ pub struct RestoredSession {
 }
 
 impl RestoredSession {
-    /// Adds the cluster ids of `ids` whose packet ids await release and have none yet
-    /// (the ids a backup kept in memory, or a session's unconfirmed ones).
-    pub fn add_incoming_ids(
-        &mut self,
-        ids: impl IntoIterator<Item = (u16, crate::message::ClusterMessageId)>,
-    ) {
-        for (packet_id, id) in ids {
-            let awaited = self.incoming_qos2.binary_search(&packet_id).is_ok();
-            if let Err(at) = self
-                .incoming_ids
-                .binary_search_by_key(&packet_id, |(known, _)| *known)
-            {
-                if awaited {
-                    self.incoming_ids.insert(at, (packet_id, id));
-                }
-            }
-        }
-    }
-
     /// The store operations that write this session into a store as it is, replacing
     /// any copy there: record, subscriptions, inflight messages (each queued, then
     /// marked in flight with its packet id and state, in their order), queued messages,

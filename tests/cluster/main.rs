@@ -12,6 +12,7 @@ mod kill_loop;
 mod links;
 mod membership;
 mod pubsub;
+mod qos2_publisher_death;
 mod replication;
 mod restart;
 mod retained;

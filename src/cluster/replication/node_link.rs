@@ -137,7 +137,6 @@ impl ClusterNode {
             Some(session) => {
                 let mut dump = SessionDump::from_session(&session);
                 dump.also_held(replicas.recently_completed(origin, client_id));
-                dump.with_incoming_ids(replicas.incoming_ids(origin, client_id));
                 HandoverAnswer::Session(Box::new(dump))
             }
             None => HandoverAnswer::Nothing,

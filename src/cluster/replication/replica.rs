@@ -26,87 +26,6 @@ const COMPLETED_FOR: Duration = Duration::from_secs(60);
 /// Completed ids remembered at most, all origins together (the oldest go first).
 const COMPLETED_MAX: usize = 50_000;
 
-/// Incoming QoS 2 messages' cluster ids the origins recorded, per session by packet id
-/// (`StoreOp::IncomingInCluster`), while the packet id awaits release: in memory only,
-/// at most `INCOMING_IDS_MAX` (more are not remembered; their resends get new ids). A
-/// node that takes a session over from this copy routes the client's resend of such a
-/// message under the same id, so the nodes that got it from the dead node recognise it.
-#[derive(Default)]
-struct IncomingIds {
-    sessions: HashMap<(NodeId, ByteString), HashMap<u16, ClusterMessageId>>,
-    count: usize,
-}
-
-/// Incoming ids remembered at most, all origins together.
-const INCOMING_IDS_MAX: usize = 100_000;
-
-impl IncomingIds {
-    /// Follows `origin`'s operations, in their order.
-    fn apply(&mut self, origin: NodeId, op: &StoreOp) {
-        match op {
-            StoreOp::IncomingInCluster {
-                client_id,
-                packet_id,
-                cluster_id,
-            } => {
-                if self.count >= INCOMING_IDS_MAX {
-                    return;
-                }
-                let ids = self
-                    .sessions
-                    .entry((origin, client_id.clone()))
-                    .or_default();
-                if ids.insert(*packet_id, *cluster_id).is_none() {
-                    self.count += 1;
-                }
-            }
-            StoreOp::RemoveIncomingQos2 {
-                client_id,
-                packet_id,
-            } => {
-                let key = (origin, client_id.clone());
-                if let Some(ids) = self.sessions.get_mut(&key) {
-                    if ids.remove(packet_id).is_some() {
-                        self.count -= 1;
-                    }
-                    if ids.is_empty() {
-                        self.sessions.remove(&key);
-                    }
-                }
-            }
-            StoreOp::RemoveSession { client_id } => {
-                if let Some(ids) = self.sessions.remove(&(origin, client_id.clone())) {
-                    self.count -= ids.len();
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// A resync replaces the origin's copy: what it remembered of it goes.
-    fn forget_origin(&mut self, origin: NodeId) {
-        let count = &mut self.count;
-        self.sessions.retain(|(from, _), ids| {
-            let keep = *from != origin;
-            if !keep {
-                *count -= ids.len();
-            }
-            keep
-        });
-    }
-
-    fn of(&self, origin: NodeId, client_id: &str) -> Vec<(u16, ClusterMessageId)> {
-        self.sessions
-            .get(&(origin, ByteString::from(client_id)))
-            .map(|ids| {
-                ids.iter()
-                    .map(|(packet_id, id)| (*packet_id, *id))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
 /// The cluster ids of QoS 2 messages the origins' sessions completed lately
 /// (`StoreOp::CompletedInCluster`), in memory only, oldest first. A subscriber's node
 /// can die after its client completed a message and before the publishing node got its
@@ -187,7 +106,6 @@ pub struct Replicas {
     /// Held while a copy is opened: RocksDB refuses a second open of one database.
     opening: tokio::sync::Mutex<()>,
     completed: Mutex<RecentlyCompleted>,
-    incoming: Mutex<IncomingIds>,
 }
 
 impl Replicas {
@@ -199,7 +117,6 @@ impl Replicas {
             open: Mutex::default(),
             opening: tokio::sync::Mutex::new(()),
             completed: Mutex::default(),
-            incoming: Mutex::default(),
         }
     }
 
@@ -279,7 +196,7 @@ impl Replicas {
             } else {
                 batch.sequence + 1
             };
-            self.remember_ids(origin, batch.reset, &ops);
+            self.remember_completed(origin, &ops);
             let written = (!ops.is_empty()).then(|| replica.store.submit(ops));
             drop(position);
             replica.turn.notify_waiters();
@@ -347,22 +264,19 @@ impl Replicas {
         .map_err(|error| error.to_string())?
     }
 
-    /// What this node keeps in memory of `origin`'s QoS 2 messages follows `ops`, in the
-    /// stream's order (the store ignores the operations that only say so).
-    fn remember_ids(&self, origin: NodeId, reset: bool, ops: &[StoreOp]) {
+    /// Notes the QoS 2 messages `origin`'s sessions completed (`ops`, in the stream's
+    /// order; the store ignores the operations that only say so). The cluster ids of
+    /// their incoming ones are in the copy's store (`StoreOp::IncomingInCluster`).
+    fn remember_completed(&self, origin: NodeId, ops: &[StoreOp]) {
         let now = Instant::now();
         let mut completed = lock(&self.completed);
-        let mut incoming = lock(&self.incoming);
-        if reset {
-            incoming.forget_origin(origin);
-        }
         for op in ops {
-            match op {
-                StoreOp::CompletedInCluster {
-                    client_id,
-                    cluster_id,
-                } => completed.note(now, origin, client_id, *cluster_id),
-                op => incoming.apply(origin, op),
+            if let StoreOp::CompletedInCluster {
+                client_id,
+                cluster_id,
+            } = op
+            {
+                completed.note(now, origin, client_id, *cluster_id);
             }
         }
     }
@@ -374,20 +288,8 @@ impl Replicas {
         lock(&self.completed).of(Instant::now(), origin, client_id)
     }
 
-    /// The cluster ids of the incoming QoS 2 messages of `client_id`'s session on
-    /// `origin` that await release, by packet id (`IncomingIds`).
-    pub fn incoming_ids(&self, origin: NodeId, client_id: &str) -> Vec<(u16, ClusterMessageId)> {
-        lock(&self.incoming).of(origin, client_id)
-    }
-
     /// The session moved on from a failover: its copy goes.
     pub async fn forget(&self, origin: NodeId, client_id: &str) {
-        lock(&self.incoming).apply(
-            origin,
-            &StoreOp::RemoveSession {
-                client_id: client_id.into(),
-            },
-        );
         let Ok(replica) = self.replica(origin).await else {
             return;
         };
@@ -407,52 +309,6 @@ mod tests {
 
     fn id(sequence: u64) -> ClusterMessageId {
         ClusterMessageId { node: 1, sequence }
-    }
-
-    #[test]
-    fn incoming_ids_follow_their_packet_ids_sessions_and_origins() {
-        let mut ids = IncomingIds::default();
-        let noted = |client: &str, packet_id, sequence| StoreOp::IncomingInCluster {
-            client_id: client.into(),
-            packet_id,
-            cluster_id: id(sequence),
-        };
-        ids.apply(1, &noted("a", 1, 10));
-        ids.apply(1, &noted("a", 2, 11));
-        ids.apply(1, &noted("b", 1, 12));
-        ids.apply(2, &noted("a", 1, 13));
-        let mut of_a = ids.of(1, "a");
-        of_a.sort_by_key(|(packet_id, _)| *packet_id);
-        assert_eq!(of_a, vec![(1, id(10)), (2, id(11))]);
-        assert_eq!(ids.of(2, "a"), vec![(1, id(13))]);
-        ids.apply(
-            1,
-            &StoreOp::RemoveIncomingQos2 {
-                client_id: "a".into(),
-                packet_id: 1,
-            },
-        );
-        assert_eq!(ids.of(1, "a"), vec![(2, id(11))]);
-        ids.apply(
-            1,
-            &StoreOp::RemoveSession {
-                client_id: "b".into(),
-            },
-        );
-        assert!(ids.of(1, "b").is_empty());
-        ids.forget_origin(1);
-        assert!(ids.of(1, "a").is_empty());
-        assert_eq!(ids.count, 1, "node 2's stays");
-
-        let sessions: Vec<String> = (0..3).map(|n| format!("c{n}")).collect();
-        for n in 0..INCOMING_IDS_MAX as u64 + 5 {
-            let client = &sessions[(n / 50_000) as usize];
-            ids.apply(3, &noted(client, (n % 50_000) as u16, n));
-        }
-        assert_eq!(
-            ids.count, INCOMING_IDS_MAX,
-            "bounded: more are not remembered"
-        );
     }
 
     #[test]
