@@ -183,7 +183,18 @@ impl Counters {
     }
 }
 
-type CompletionResult = Result<(), StoreError>;
+pub type CompletionResult = Result<(), StoreError>;
+
+/// A write whose outcome depends on more than the local store (a cluster node's own
+/// write and its backups' acknowledgements), decided where it is waited for: polling
+/// the completion polls its parts, so no task of its own stands between the parts and
+/// the waiter.
+pub trait ComposedWrite: Send + Sync + std::fmt::Debug {
+    /// Polls the parts; `Ready` once the outcome is decided.
+    fn poll_result(&mut self, context: &mut Context<'_>) -> Poll<CompletionResult>;
+    /// The outcome if decided by now, without registering for a wake-up.
+    fn try_result(&mut self) -> Option<CompletionResult>;
+}
 
 /// Resolves when a submitted write is durable (or failed). Await it from async code;
 /// `wait` blocks a plain thread.
@@ -200,6 +211,8 @@ enum CompletionState {
     Waiting(oneshot::Receiver<CompletionResult>),
     /// Another holder's write, shared (`shared`).
     Shared(Option<SharedCompletion>),
+    /// Several parts (`composed`); `None` once its result was handed out.
+    Composed(Option<Box<dyn ComposedWrite>>),
 }
 
 impl Completion {
@@ -225,6 +238,13 @@ impl Completion {
         }
     }
 
+    /// A write decided by `write`'s parts.
+    pub fn composed(write: Box<dyn ComposedWrite>) -> Completion {
+        Completion {
+            state: CompletionState::Composed(Some(write)),
+        }
+    }
+
     /// The result if the write has resolved, without waiting. Each result is handed out
     /// once: call neither this nor `poll` again after it returned `Some`.
     pub fn try_result(&mut self) -> Option<CompletionResult> {
@@ -243,6 +263,14 @@ impl Completion {
                 }
                 None => Some(Err(StoreError::Closed)),
             },
+            CompletionState::Composed(composed) => match composed {
+                Some(write) => {
+                    let result = write.try_result()?;
+                    *composed = None;
+                    Some(result)
+                }
+                None => Some(Err(StoreError::Closed)),
+            },
         }
     }
 
@@ -256,6 +284,25 @@ impl Completion {
             }
             CompletionState::Shared(shared) => {
                 shared.map_or(Err(StoreError::Closed), |shared| shared.wait())
+            }
+            CompletionState::Composed(None) => Err(StoreError::Closed),
+            CompletionState::Composed(Some(mut write)) => {
+                // Parks this thread between polls; the parts wake it.
+                struct Unpark(std::thread::Thread);
+                impl std::task::Wake for Unpark {
+                    fn wake(self: std::sync::Arc<Self>) {
+                        self.0.unpark();
+                    }
+                }
+                let waker =
+                    std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+                let mut context = Context::from_waker(&waker);
+                loop {
+                    if let Poll::Ready(result) = write.poll_result(&mut context) {
+                        return result;
+                    }
+                    std::thread::park();
+                }
             }
         }
     }
@@ -277,6 +324,14 @@ impl Future for Completion {
                 Some(pending) => {
                     let result = std::task::ready!(Pin::new(pending).poll(context));
                     *shared = None;
+                    Poll::Ready(result)
+                }
+                None => Poll::Ready(Err(StoreError::Closed)),
+            },
+            CompletionState::Composed(composed) => match composed {
+                Some(write) => {
+                    let result = std::task::ready!(write.poll_result(context));
+                    *composed = None;
                     Poll::Ready(result)
                 }
                 None => Poll::Ready(Err(StoreError::Closed)),

@@ -29,13 +29,14 @@ use std::time::Duration;
 
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use crate::storage::{
     Completion, MessageId, RestoredState, Store, StoreError, StoreOp, StoreStats, UnixMillis,
 };
 
 use super::config::NodeId;
-use sender::BackupQueue;
+use sender::{BackupQueue, SyncMark};
 use wire::WireOp;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -391,38 +392,190 @@ impl Replicator {
         if acks.is_empty() {
             return local;
         }
-        let (done, completion) = Completion::waiting();
-        let link = link.clone();
-        handle.spawn(async move {
-            let mut result = local.await;
-            let mut released = false;
-            for (ack, queue, mark) in acks {
-                match ack.await {
-                    // Released without a copy that never counted as in sync (a backup
-                    // being resynced): no failover or adoption reads it.
-                    Ok(acknowledged) => released |= !acknowledged && queue.in_sync_since(mark),
-                    Err(_) if result.is_ok() => {
-                        result = Err(StoreError::Io("replication to a backup stopped".into()));
-                    }
-                    Err(_) => {}
+        Completion::composed(Box::new(ReplicatedWrite {
+            local: Some(local),
+            acks,
+            result: Ok(()),
+            released: Vec::new(),
+            moved_check: Some(MovedCheck {
+                replicated,
+                written_whole,
+                handover_mark,
+                link: link.clone(),
+                runtime: handle.clone(),
+            }),
+            checking: None,
+        }))
+    }
+}
+
+/// A replicated submission's outcome: the local write and every backup's
+/// acknowledgement, decided where the completion is waited for (no task per write).
+struct ReplicatedWrite {
+    local: Option<Completion>,
+    /// Each backup's acknowledgement still awaited: `true` once it holds the write,
+    /// `false` when released without it; with its queue and where the backup stood in
+    /// the replicated state as the write was queued (`BackupQueue::sync_mark`).
+    acks: Vec<PendingAck>,
+    /// What the parts decided so far.
+    result: Result<(), StoreError>,
+    /// Backups that released the write without holding it, with where each stood as it
+    /// was queued; weighed once every part answered (`settle`).
+    released: Vec<(Arc<BackupQueue>, SyncMark)>,
+    /// What the check after such a release needs (`moved_away`); taken when it starts.
+    moved_check: Option<MovedCheck>,
+    /// The check under way, on the runtime (it asks the cluster).
+    checking: Option<oneshot::Receiver<Result<(), StoreError>>>,
+}
+
+/// A backup's acknowledgement of one write, with its queue and the backup's standing
+/// as the write was queued.
+type PendingAck = (oneshot::Receiver<bool>, Arc<BackupQueue>, SyncMark);
+
+struct MovedCheck {
+    replicated: Vec<StoreOp>,
+    written_whole: HashSet<ByteString>,
+    handover_mark: u64,
+    link: Arc<dyn ReplicaLink>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for ReplicatedWrite {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ReplicatedWrite")
+            .field("local_pending", &self.local.is_some())
+            .field("acks_pending", &self.acks.len())
+            .field("result", &self.result)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicatedWrite {
+    fn local_done(&mut self, result: Result<(), StoreError>) {
+        self.local = None;
+        // The local write's error comes first, as the first thing awaited before.
+        if let Err(error) = result {
+            self.result = Err(error);
+        }
+    }
+
+    fn ack_done(&mut self, index: usize, answer: Result<bool, oneshot::error::RecvError>) {
+        let (_, queue, mark) = self.acks.swap_remove(index);
+        match answer {
+            Ok(true) => {}
+            Ok(false) => self.released.push((queue, mark)),
+            Err(_) => self.stopped_error(),
+        }
+    }
+
+    /// A backup's queue went away without answering: the write cannot count as
+    /// replicated (a local error takes precedence: `local_done` overrides this).
+    fn stopped_error(&mut self) {
+        if self.result.is_ok() {
+            self.result = Err(StoreError::Io("replication to a backup stopped".into()));
+        }
+    }
+
+    /// Released without the copy of a backup that counted as in sync at some point of
+    /// the write's life; a copy that never did (a backup being resynced) is read by no
+    /// failover or adoption.
+    fn released_at_risk(&self) -> bool {
+        self.released
+            .iter()
+            .any(|(queue, mark)| queue.in_sync_since(*mark))
+    }
+
+    /// Once every part answered: the outcome, or the check that still decides it.
+    ///
+    /// Released without a backup's copy: if a session it stored a message for was
+    /// taken elsewhere from a backup's copy meanwhile (a failover or an adoption read a
+    /// copy without it), the write fails, naming those sessions and their nodes: a
+    /// local publisher sends the message again, a forwarding node hands it to them
+    /// (`forward_ack`). A session this node handed over itself carried the message.
+    fn settle(&mut self) -> Option<Result<(), StoreError>> {
+        if self.local.is_some() || !self.acks.is_empty() {
+            return None;
+        }
+        if self.result.is_err() || (self.checking.is_none() && !self.released_at_risk()) {
+            return Some(std::mem::replace(&mut self.result, Ok(())));
+        }
+        if let Some(check) = self.moved_check.take() {
+            let (done, answer) = oneshot::channel();
+            check.runtime.spawn(async move {
+                let result = match moved_away(
+                    &check.replicated,
+                    &check.written_whole,
+                    check.handover_mark,
+                    check.link.as_ref(),
+                )
+                .await
+                {
+                    Ok(moved) if moved.is_empty() => Ok(()),
+                    Ok(moved) => Err(StoreError::SessionMoved(moved)),
+                    Err(error) => Err(StoreError::Io(error)),
+                };
+                let _ = done.send(result);
+            });
+            self.checking = Some(answer);
+        }
+        None
+    }
+}
+
+impl crate::storage::ComposedWrite for ReplicatedWrite {
+    fn poll_result(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<crate::storage::CompletionResult> {
+        use std::task::Poll;
+        if let Some(local) = self.local.as_mut() {
+            if let Poll::Ready(result) = Pin::new(local).poll(context) {
+                self.local_done(result);
+            }
+        }
+        let mut index = 0;
+        while index < self.acks.len() {
+            match Pin::new(&mut self.acks[index].0).poll(context) {
+                Poll::Ready(answer) => self.ack_done(index, answer),
+                Poll::Pending => index += 1,
+            }
+        }
+        if let Some(result) = self.settle() {
+            return Poll::Ready(result);
+        }
+        match self.checking.as_mut() {
+            Some(checking) => Pin::new(checking)
+                .poll(context)
+                .map(|answer| answer.unwrap_or(Err(StoreError::Closed))),
+            None => Poll::Pending,
+        }
+    }
+
+    fn try_result(&mut self) -> Option<crate::storage::CompletionResult> {
+        if let Some(local) = self.local.as_mut() {
+            let result = local.try_result()?;
+            self.local_done(result);
+        }
+        let mut index = 0;
+        while index < self.acks.len() {
+            match self.acks[index].0.try_recv() {
+                Ok(acknowledged) => self.ack_done(index, Ok(acknowledged)),
+                Err(oneshot::error::TryRecvError::Empty) => index += 1,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    self.acks.swap_remove(index);
+                    self.stopped_error();
                 }
             }
-            // Released without a backup's copy: if a session it stored a message for
-            // was taken elsewhere from a backup's copy meanwhile (a failover or an
-            // adoption read a copy without it), the write fails, naming those sessions
-            // and their nodes: a local publisher sends the message again, a forwarding
-            // node hands it to them (`forward_ack`). A session this node handed over
-            // itself carried the message.
-            if released && result.is_ok() {
-                match moved_away(&replicated, &written_whole, handover_mark, link.as_ref()).await {
-                    Ok(moved) if moved.is_empty() => {}
-                    Ok(moved) => result = Err(StoreError::SessionMoved(moved)),
-                    Err(error) => result = Err(StoreError::Io(error)),
-                }
-            }
-            let _ = done.send(result);
-        });
-        completion
+        }
+        if let Some(result) = self.settle() {
+            return Some(result);
+        }
+        match self.checking.as_mut()?.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(StoreError::Closed)),
+        }
     }
 }
 

@@ -684,3 +684,143 @@ async fn an_adoption_looks_sessions_up_in_a_copy_without_taking_an_expired_one_o
     let held = replicas.holding(1, ids(&["live", "gone"])).await.unwrap();
     assert_eq!(held, ["live"]);
 }
+
+/// A replicated write with its parts in the test's hands: the local write's sender, one
+/// backup acknowledgement's sender per `marks` entry (where that backup stood as the
+/// write was queued), over `link` for the check after a release.
+fn replicated_write(
+    ops: Vec<StoreOp>,
+    marks: &[sender::SyncMark],
+    link: Arc<dyn ReplicaLink>,
+) -> (
+    oneshot::Sender<crate::storage::CompletionResult>,
+    Vec<oneshot::Sender<bool>>,
+    Completion,
+) {
+    let (local_done, local) = Completion::waiting();
+    let mut acks = Vec::new();
+    let mut senders = Vec::new();
+    for mark in marks {
+        let (sender, ack) = oneshot::channel();
+        senders.push(sender);
+        acks.push((ack, Arc::new(BackupQueue::new(1 << 20)), *mark));
+    }
+    let write = ReplicatedWrite {
+        local: Some(local),
+        acks,
+        result: Ok(()),
+        released: Vec::new(),
+        moved_check: Some(MovedCheck {
+            written_whole: written_whole(&ops),
+            replicated: ops,
+            handover_mark: 0,
+            link,
+            runtime: tokio::runtime::Handle::current(),
+        }),
+        checking: None,
+    };
+    (local_done, senders, Completion::composed(Box::new(write)))
+}
+
+const IN_SYNC: sender::SyncMark = (true, 0);
+/// A backup being resynced as the write was queued (out of sync, never committed in
+/// sync since).
+const RESYNCING: sender::SyncMark = (false, 0);
+
+/// The outcome a replicated write's parts decide, polled in place by its waiter: every
+/// part is waited for, the local write's error comes first, a backup that went away
+/// fails the write, and one that released it without its copy is weighed as before.
+#[tokio::test]
+async fn a_replicated_write_is_decided_by_its_parts_where_it_is_waited_for() {
+    let link: Arc<dyn ReplicaLink> = Arc::new(SilentBackup::new());
+
+    // Both parts are waited for, whichever answers first.
+    let (local, mut acks, mut write) =
+        replicated_write(vec![accept(1, &["a"])], &[IN_SYNC, IN_SYNC], link.clone());
+    acks.remove(0).send(true).unwrap();
+    local.send(Ok(())).unwrap();
+    assert!(
+        write.try_result().is_none(),
+        "decided before the second backup answered"
+    );
+    acks.remove(0).send(true).unwrap();
+    assert!(matches!(write.try_result(), Some(Ok(()))));
+
+    // The local write's error wins over a backup that went away, in either order.
+    let (local, acks, write) = replicated_write(vec![accept(2, &["a"])], &[IN_SYNC], link.clone());
+    drop(acks);
+    local
+        .send(Err(StoreError::Io("the disk is full".into())))
+        .unwrap();
+    match write.await {
+        Err(StoreError::Io(error)) => assert_eq!(error, "the disk is full"),
+        other => panic!("{other:?}"),
+    }
+
+    // A backup that went away without answering fails a write stored locally.
+    let (local, acks, write) = replicated_write(vec![accept(3, &["a"])], &[IN_SYNC], link.clone());
+    local.send(Ok(())).unwrap();
+    drop(acks);
+    match write.await {
+        Err(StoreError::Io(error)) => assert_eq!(error, "replication to a backup stopped"),
+        other => panic!("{other:?}"),
+    }
+
+    // Released without the copy of a backup that never counted as in sync meanwhile:
+    // no failover reads that copy, the write stands without a check.
+    let (local, acks, mut write) =
+        replicated_write(vec![accept(4, &["a"])], &[RESYNCING], link.clone());
+    local.send(Ok(())).unwrap();
+    for ack in acks {
+        ack.send(false).unwrap();
+    }
+    assert!(matches!(write.try_result(), Some(Ok(()))));
+}
+
+/// Released without the copy of an in-sync backup: the check runs on the runtime and
+/// fails the write for a session adopted elsewhere meanwhile, both for a waiter that
+/// polls and for a plain thread that blocks on the completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_write_released_without_its_backup_is_checked_where_it_is_waited_for() {
+    let backup = Arc::new(SilentBackup::new());
+    backup.adopted.lock().unwrap().insert("adopted".into());
+    let link: Arc<dyn ReplicaLink> = backup.clone();
+
+    let (local, acks, mut write) =
+        replicated_write(vec![accept(1, &["adopted"])], &[IN_SYNC], link.clone());
+    local.send(Ok(())).unwrap();
+    for ack in acks {
+        ack.send(false).unwrap();
+    }
+    // The check asks the cluster: not decided by a look alone.
+    assert!(write.try_result().is_none());
+    match write.await {
+        Err(StoreError::SessionMoved(sessions)) => {
+            assert_eq!(sessions, vec![("adopted".to_string(), ADOPTER)]);
+        }
+        other => panic!("acknowledged without any copy the new owner has: {other:?}"),
+    }
+
+    // The same from a plain thread that blocks on the completion while the parts
+    // answer from the runtime (the local write at once, the backup once the thread
+    // waits or is about to).
+    let (local, acks, write) = replicated_write(
+        vec![accept(2, &["adopted"]), accept(3, &["stays"])],
+        &[IN_SYNC],
+        link,
+    );
+    local.send(Ok(())).unwrap();
+    let blocked = std::thread::spawn(move || write.wait());
+    for ack in acks {
+        ack.send(false).unwrap();
+    }
+    let result = tokio::task::spawn_blocking(move || blocked.join().unwrap())
+        .await
+        .unwrap();
+    match result {
+        Err(StoreError::SessionMoved(sessions)) => {
+            assert_eq!(sessions, vec![("adopted".to_string(), ADOPTER)]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
