@@ -385,21 +385,27 @@ impl Broker {
     /// Screens a delivery to `session` (which moved here a short while ago), called with
     /// the session locked: a copy of a message it already has is dropped, and while its
     /// previous node's relay is open what did not come through the relay is held behind
-    /// it. The delivery to enqueue now, if any. The window closes by itself after
+    /// it. What to enqueue now, in order. The window closes by itself after
     /// `MOVE_WINDOW`.
+    ///
+    /// The store keeps the queue's order: held deliveries were stored as they arrived,
+    /// and one the relay brings is stored as it arrives, behind them; the held ones are
+    /// then queued again in the store behind it (`requeue_stored`), so that the stored
+    /// queue is always what the session sends followed by what it holds. A restart
+    /// while it holds resends them in that order.
     pub(super) fn screen_moved(
         &self,
         session: &super::SessionHandle,
         delivery: Delivery,
         now: std::time::Instant,
         via: Via,
-    ) -> Option<Delivery> {
+    ) -> Screened {
         let mut recent = lock(&self.recent);
         let Some(window) = recent.get_mut(&session.key) else {
             session
                 .moved_recently
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            return Some(delivery);
+            return Screened::now(delivery);
         };
         if now >= window.until {
             // A hold ends long before (the cluster bounds it), so nothing is left in it.
@@ -407,16 +413,29 @@ impl Broker {
             session
                 .moved_recently
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            return Some(delivery);
+            return Screened::now(delivery);
         }
         // While the old node relays, a message that comes both ways keeps its relayed
-        // copy (in the relay's order); the other goes as soon as both are here
-        // (`super::recent`).
+        // copy (in the relay's order), and what was held before the other copy goes
+        // ahead of it (`Held::take_through`); the other copy goes as soon as both are
+        // here (`super::recent`).
         let id = delivery.message.cluster_id();
-        let copy = match via {
-            Via::Relay => window.held.as_mut().and_then(|held| held.take_copy(id)),
-            Via::Straight => None,
-        };
+        let mut copies = Vec::new();
+        let mut ahead = Vec::new();
+        if let Via::Relay = via {
+            if let Some((earlier, twin)) =
+                window.held.as_mut().and_then(|held| held.take_through(id))
+            {
+                for held in earlier {
+                    if window.admit(held.message.cluster_id()) {
+                        ahead.push(held);
+                    } else {
+                        copies.push(held);
+                    }
+                }
+                copies.push(twin);
+            }
+        }
         let copy_came_before = window.contains(id);
         let screened = match (via, window.held.as_mut()) {
             (Via::Straight, Some(_)) if copy_came_before => {
@@ -441,14 +460,27 @@ impl Broker {
                 }
             }
         };
+        // A relayed delivery goes ahead of what is held: so does its stored entry.
+        let requeued: Vec<StoreOp> = match (&screened, window.held.as_ref()) {
+            (Ok(Some(_)), Some(held)) if via == Via::Relay => held
+                .deliveries
+                .iter()
+                .flat_map(|held| self.requeue_stored(session, held))
+                .collect(),
+            _ => Vec::new(),
+        };
         drop(recent);
-        if let Some(copy) = copy {
-            self.drop_delivery(session, &copy, super::Dropped::Duplicate);
+        for copy in &copies {
+            self.drop_delivery(session, copy, super::Dropped::Duplicate);
         }
-        screened.unwrap_or_else(|(delivery, reason)| {
+        if !requeued.is_empty() {
+            self.submit_detached(requeued);
+        }
+        let delivery = screened.unwrap_or_else(|(delivery, reason)| {
             self.drop_delivery(session, &delivery, reason);
             None
-        })
+        });
+        Screened { ahead, delivery }
     }
 
     fn drop_delivery(
@@ -493,6 +525,7 @@ impl Broker {
                 release
             };
             let now = super::now();
+            // Stored already behind everything the session queued (`screen_moved`).
             for delivery in release {
                 if handle.is_retired() {
                     self.drop_stored(&handle, &delivery);
@@ -511,7 +544,54 @@ impl Broker {
     }
 }
 
+/// What `Broker::screen_moved` lets through: held deliveries that go first, then the
+/// delivery itself unless it was held or dropped.
+pub(super) struct Screened {
+    pub(super) ahead: Vec<Delivery>,
+    pub(super) delivery: Option<Delivery>,
+}
+
+impl Screened {
+    fn now(delivery: Delivery) -> Screened {
+        Screened {
+            ahead: Vec::new(),
+            delivery: Some(delivery),
+        }
+    }
+}
+
 impl Broker {
+    /// The store operations that move `delivery`'s stored queue entry to the back of
+    /// `session`'s stored queue. A delivery held behind a relay was stored when it
+    /// arrived (its publisher's acknowledgement waited for that) but is sent only after
+    /// what the relay brings meanwhile; left where it was, a restart would resend it
+    /// ahead of those. Queued again under the same message id (the body stays), then
+    /// its older entry dropped (`DropQueued` takes a message's oldest entry).
+    fn requeue_stored(&self, session: &super::SessionHandle, delivery: &Delivery) -> Vec<StoreOp> {
+        let Some(message_id) = delivery.stored else {
+            return Vec::new();
+        };
+        vec![
+            StoreOp::Accept {
+                message_id,
+                message: Arc::new(crate::storage::StoredMessage::from_message(
+                    &delivery.message,
+                    &self.clock,
+                )),
+                deliveries: vec![crate::storage::QueuedDelivery {
+                    client_id: session.client_id.clone(),
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    subscription_ids: delivery.subscription_ids.clone(),
+                }],
+            },
+            StoreOp::DropQueued {
+                client_id: session.client_id.clone(),
+                message_id,
+            },
+        ]
+    }
+
     /// What sessions of `client_id` other than the one with key `live` (ended while they
     /// held, by a clean start) still hold: dropped with their store entries.
     fn drop_stale_holds(&self, client_id: &str, live: Option<crate::message::SessionKey>) {

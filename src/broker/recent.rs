@@ -9,8 +9,9 @@
 //! deliveries that reach it otherwise (forwarded straight here, or published here) wait
 //! in `held`, in their order, until the old node tells that its relay ended
 //! (`Broker::release_held`): a message it relays late is then not overtaken by a later
-//! one of the same publisher. A message that comes both ways keeps its relayed copy,
-//! and the other one goes as soon as both are here, whichever came first: a held copy
+//! one of the same publisher. A message that comes both ways keeps its relayed copy
+//! (what was held before the other copy goes ahead of it, `Held::take_through`), and
+//! the other one goes as soon as both are here, whichever came first: a held copy
 //! left stored until the relay ended would be queued again by a node that takes the
 //! session over from a copy made meanwhile (the session's node dying within the relay's
 //! few seconds), and delivered twice. A session taken from a backup has no relay and holds
@@ -49,8 +50,15 @@ impl Held {
     }
 
     /// Takes out the held delivery of the message `id`, if one waits (its relayed copy
-    /// arrived).
-    pub(crate) fn take_copy(&mut self, id: ClusterMessageId) -> Option<Delivery> {
+    /// arrived), with the deliveries held before it, in their order: those arrived
+    /// here before that message did, so whatever the relay must bring ahead of them
+    /// it brought ahead of that message's copy, already here (the relay keeps the old
+    /// node's order, and the message reached the old node after they reached this one).
+    /// They go now, ahead of the relayed copy, as they would have with the copy's twin.
+    pub(crate) fn take_through(
+        &mut self,
+        id: ClusterMessageId,
+    ) -> Option<(Vec<Delivery>, Delivery)> {
         if !self.ids.remove(&id) {
             return None;
         }
@@ -58,9 +66,13 @@ impl Held {
             .deliveries
             .iter()
             .position(|delivery| delivery.message.cluster_id() == id)?;
-        let delivery = self.deliveries.remove(index)?;
-        self.bytes -= delivery.message.payload.len();
-        Some(delivery)
+        let earlier: Vec<Delivery> = self.deliveries.drain(..index).collect();
+        let twin = self.deliveries.pop_front()?;
+        for delivery in earlier.iter().chain(std::iter::once(&twin)) {
+            self.ids.remove(&delivery.message.cluster_id());
+            self.bytes -= delivery.message.payload.len();
+        }
+        Some((earlier, twin))
     }
 
     /// Keeps `delivery` at the end; gives it back beyond `max_messages` or `max_bytes`.

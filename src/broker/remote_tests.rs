@@ -403,6 +403,88 @@ fn a_session_behind_its_old_nodes_relay_holds_what_reaches_it_otherwise() {
     assert_eq!(topics(drain(&resumed)), ["cmd/5"]);
 }
 
+/// The topics of `store`'s one session as a restart would resend them: in flight first,
+/// then queued.
+fn stored_topics(store: &MemoryStore) -> Vec<String> {
+    let restored = store
+        .restore(crate::storage::WallClock::now().unix_millis())
+        .unwrap();
+    let session = &restored.sessions[0];
+    session
+        .inflight
+        .iter()
+        .map(|inflight| &inflight.delivery)
+        .chain(&session.queue)
+        .map(|delivery| delivery.message.topic.to_string())
+        .collect()
+}
+
+fn topics(out: Vec<Publish>) -> Vec<String> {
+    out.iter()
+        .map(|publish| publish.topic.to_string())
+        .collect()
+}
+
+/// What a session holds behind its old node's relay is stored behind what the relay
+/// brought meanwhile, as it is sent. Stored as it arrived (its publisher's
+/// acknowledgement waits for that), it sat ahead of the relayed messages in the store,
+/// and a restart before the client took them resent them out of order.
+#[test]
+fn what_a_session_holds_behind_a_relay_is_stored_in_the_order_it_is_sent() {
+    let store = Arc::new(MemoryStore::new());
+    let (new_owner, resumed) = resumed_behind_relay(store.clone());
+    let relayed = |message: &Arc<Message>| relayed(message, Vec::new());
+    let first = message("cmd/1", false);
+    let second = message("cmd/2", false);
+    let third = message("cmd/3", false);
+    // Published here while the old node still relays: held (and stored).
+    assert_eq!(new_owner.route(&second), 1);
+    assert_eq!(new_owner.route(&third), 1);
+    // The relay brings what reached the old node: one message, and a copy of a held one,
+    // which keeps the relay's place.
+    let (written, _) = new_owner.deliver_relayed("device", vec![relayed(&first), relayed(&second)]);
+    written.unwrap().wait().unwrap();
+    new_owner.store().flush().wait().unwrap();
+    assert_eq!(
+        stored_topics(&store),
+        ["cmd/1", "cmd/2", "cmd/3"],
+        "as a restart while it holds resends them"
+    );
+    assert!(new_owner.release_held("device"));
+    new_owner.store().flush().wait().unwrap();
+    assert_eq!(stored_topics(&store), ["cmd/1", "cmd/2", "cmd/3"]);
+    assert_eq!(topics(drain(&resumed)), ["cmd/1", "cmd/2", "cmd/3"]);
+}
+
+/// A publisher on the session's new node whose messages reach the old node too (its
+/// routes there not yet gone): the relay brings a copy of one of them while an earlier
+/// one waits, held, without a relayed copy. The earlier one goes first, in the session
+/// and in the store. Sent ahead of it before, the client got 2, 1, 3.
+#[test]
+fn a_relayed_copy_of_a_held_message_lets_what_was_held_before_it_go_first() {
+    let store = Arc::new(MemoryStore::new());
+    let (new_owner, resumed) = resumed_behind_relay(store.clone());
+    let messages: Vec<Arc<Message>> = (1..=3)
+        .map(|n| message(&format!("cmd/{n}"), false))
+        .collect();
+    for message in &messages {
+        assert_eq!(new_owner.route(message), 1);
+    }
+    let (written, _) = new_owner.deliver_relayed("device", vec![relayed(&messages[1], Vec::new())]);
+    written.unwrap().wait().unwrap();
+    assert_eq!(topics(drain(&resumed)), ["cmd/1", "cmd/2"]);
+    new_owner.store().flush().wait().unwrap();
+    assert_eq!(
+        stored_topics(&store),
+        ["cmd/1", "cmd/2", "cmd/3"],
+        "as a restart while it holds resends them"
+    );
+    assert!(new_owner.release_held("device"));
+    assert_eq!(topics(drain(&resumed)), ["cmd/3"]);
+    new_owner.store().flush().wait().unwrap();
+    assert_eq!(stored_topics(&store), ["cmd/1", "cmd/2", "cmd/3"]);
+}
+
 #[test]
 fn a_session_leaving_while_it_holds_takes_what_it_held_along_in_order() {
     let (old_owner, _) = clustered();

@@ -478,6 +478,9 @@ impl Broker {
         now: Instant,
         via: Via,
     ) -> bool {
+        // Held deliveries let go ahead of this one (a moved session's relay brought a
+        // copy of one of them).
+        let mut ahead = Vec::new();
         let (result, congested) = {
             let mut state = session.lock();
             if session.is_retired() {
@@ -490,17 +493,32 @@ impl Broker {
                 .moved_recently
                 .load(std::sync::atomic::Ordering::Relaxed)
             {
-                match self.screen_moved(session, delivery, now, via) {
-                    Some(delivery) => delivery,
-                    None => return false,
+                let screened = self.screen_moved(session, delivery, now, via);
+                for held in screened.ahead {
+                    ahead.push(self.enqueue_locked(session, &mut state, held, now));
                 }
+                screened.delivery
             } else {
-                delivery
+                Some(delivery)
             };
-            self.enqueue_locked(session, &mut state, delivery, now)
+            match delivery {
+                Some(delivery) => {
+                    let (result, congested) =
+                        self.enqueue_locked(session, &mut state, delivery, now);
+                    (Some(result), congested)
+                }
+                None => (None, false),
+            }
         };
-        self.enqueued(session, result);
-        congested
+        let mut congested_ahead = false;
+        for (result, congested) in ahead {
+            congested_ahead |= congested;
+            self.enqueued(session, result);
+        }
+        if let Some(result) = result {
+            self.enqueued(session, result);
+        }
+        congested || congested_ahead
     }
 
     /// Enqueues one delivery into the locked session: the outcome (for `enqueued`, once
