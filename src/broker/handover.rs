@@ -379,7 +379,36 @@ impl Broker {
             }
             self.deliver_via(&handle, delivery, now, Via::Relay);
         }
+        self.requeue_behind_relay(&handle);
         (written, Vec::new())
+    }
+
+    /// Puts the store back in the session's order after a relay batch: what the batch
+    /// queued while deliveries were held was stored behind those (stored as they
+    /// arrived); their entries are queued again in the order the session sends them,
+    /// then the held ones behind (`requeue_stored`). The stored queue is then what the
+    /// session sends followed by what it holds, and a restart during the hold resends
+    /// them in that order. Once per batch: its cost is the batch and the held line, not
+    /// their product.
+    fn requeue_behind_relay(&self, handle: &super::SessionHandle) {
+        let _state = handle.lock();
+        let requeued = {
+            let mut recent = lock(&self.recent);
+            let Some(window) = recent.get_mut(&handle.key) else {
+                return;
+            };
+            let mut requeued = std::mem::take(&mut window.requeue);
+            if requeued.is_empty() {
+                return;
+            }
+            if let Some(held) = &window.held {
+                for delivery in &held.deliveries {
+                    requeued.extend(self.requeue_stored(handle, delivery));
+                }
+            }
+            requeued
+        };
+        self.submit_detached(requeued);
     }
 
     /// Screens a delivery to `session` (which moved here a short while ago), called with
@@ -388,11 +417,9 @@ impl Broker {
     /// it. What to enqueue now, in order. The window closes by itself after
     /// `MOVE_WINDOW`.
     ///
-    /// The store keeps the queue's order: held deliveries were stored as they arrived,
-    /// and one the relay brings is stored as it arrives, behind them; the held ones are
-    /// then queued again in the store behind it (`requeue_stored`), so that the stored
-    /// queue is always what the session sends followed by what it holds. A restart
-    /// while it holds resends them in that order.
+    /// A delivery the relay brings is stored as it arrives, behind the held ones' entries
+    /// (stored as they arrived): what it queues then is noted in `RecentIds::requeue`
+    /// for `requeue_behind_relay`.
     pub(super) fn screen_moved(
         &self,
         session: &super::SessionHandle,
@@ -420,6 +447,12 @@ impl Broker {
         // ahead of it (`Held::take_through`); the other copy goes as soon as both are
         // here (`super::recent`).
         let id = delivery.message.cluster_id();
+        // Stored behind held deliveries: put back in order once the batch is in.
+        let behind_held = via == Via::Relay
+            && window
+                .held
+                .as_ref()
+                .is_some_and(|held| !held.deliveries.is_empty());
         let mut copies = Vec::new();
         let mut ahead = Vec::new();
         if let Via::Relay = via {
@@ -460,21 +493,18 @@ impl Broker {
                 }
             }
         };
-        // A relayed delivery goes ahead of what is held: so does its stored entry.
-        let requeued: Vec<StoreOp> = match (&screened, window.held.as_ref()) {
-            (Ok(Some(_)), Some(held)) if via == Via::Relay => held
-                .deliveries
-                .iter()
-                .flat_map(|held| self.requeue_stored(session, held))
-                .collect(),
-            _ => Vec::new(),
-        };
+        if behind_held {
+            let queued_now = ahead.iter().chain(match &screened {
+                Ok(Some(delivery)) => Some(delivery),
+                _ => None,
+            });
+            for queued in queued_now {
+                window.requeue.extend(self.requeue_stored(session, queued));
+            }
+        }
         drop(recent);
         for copy in &copies {
             self.drop_delivery(session, copy, super::Dropped::Duplicate);
-        }
-        if !requeued.is_empty() {
-            self.submit_detached(requeued);
         }
         let delivery = screened.unwrap_or_else(|(delivery, reason)| {
             self.drop_delivery(session, &delivery, reason);

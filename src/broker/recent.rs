@@ -105,6 +105,10 @@ pub(crate) struct RecentIds {
     pub(crate) until: Instant,
     /// While the old node's relay is open: the deliveries that did not come through it.
     pub(crate) held: Option<Held>,
+    /// Store operations that put the deliveries queued from the relay batch being
+    /// delivered behind the held ones' entries back in the session's order
+    /// (`Broker::deliver_relayed`).
+    pub(crate) requeue: Vec<crate::storage::StoreOp>,
 }
 
 impl RecentIds {
@@ -115,6 +119,7 @@ impl RecentIds {
             capacity: RECENT_IDS,
             until,
             held: None,
+            requeue: Vec::new(),
         };
         for id in held {
             recent.admit(id);

@@ -485,6 +485,37 @@ fn a_relayed_copy_of_a_held_message_lets_what_was_held_before_it_go_first() {
     assert_eq!(stored_topics(&store), ["cmd/1", "cmd/2", "cmd/3"]);
 }
 
+/// One relay batch that brings a message and, after it, a copy of a held one: the held
+/// ones before that copy go between them, in the session and in the store.
+#[test]
+fn a_relay_batch_and_the_held_deliveries_it_lets_go_are_stored_in_the_order_they_are_sent() {
+    let store = Arc::new(MemoryStore::new());
+    let (new_owner, resumed) = resumed_behind_relay(store.clone());
+    let messages: Vec<Arc<Message>> = (1..=4)
+        .map(|n| message(&format!("cmd/{n}"), false))
+        .collect();
+    for message in &messages[1..] {
+        assert_eq!(new_owner.route(message), 1);
+    }
+    let (written, _) = new_owner.deliver_relayed(
+        "device",
+        vec![
+            relayed(&messages[0], Vec::new()),
+            relayed(&messages[2], Vec::new()),
+        ],
+    );
+    written.unwrap().wait().unwrap();
+    new_owner.store().flush().wait().unwrap();
+    assert_eq!(
+        stored_topics(&store),
+        ["cmd/1", "cmd/2", "cmd/3", "cmd/4"],
+        "as a restart while it holds resends them"
+    );
+    assert_eq!(topics(drain(&resumed)), ["cmd/1", "cmd/2", "cmd/3"]);
+    assert!(new_owner.release_held("device"));
+    assert_eq!(topics(drain(&resumed)), ["cmd/4"]);
+}
+
 #[test]
 fn a_session_leaving_while_it_holds_takes_what_it_held_along_in_order() {
     let (old_owner, _) = clustered();
