@@ -478,9 +478,6 @@ impl Broker {
         now: Instant,
         via: Via,
     ) -> bool {
-        // Held deliveries let go ahead of this one (a moved session's relay brought a
-        // copy of one of them).
-        let mut ahead = Vec::new();
         let (result, congested) = {
             let mut state = session.lock();
             if session.is_retired() {
@@ -489,36 +486,42 @@ impl Broker {
                 self.drop_stored(session, &delivery);
                 return false;
             }
-            let delivery = if session
+            if session
                 .moved_recently
                 .load(std::sync::atomic::Ordering::Relaxed)
             {
-                let screened = self.screen_moved(session, delivery, now, via);
-                for held in screened.ahead {
-                    ahead.push(self.enqueue_locked(session, &mut state, held, now));
-                }
-                screened.delivery
-            } else {
-                Some(delivery)
-            };
-            match delivery {
-                Some(delivery) => {
-                    let (result, congested) =
-                        self.enqueue_locked(session, &mut state, delivery, now);
-                    (Some(result), congested)
-                }
-                None => (None, false),
+                return self.deliver_to_moved(session, state, delivery, now, via);
             }
+            self.enqueue_locked(session, &mut state, delivery, now)
         };
-        let mut congested_ahead = false;
-        for (result, congested) in ahead {
-            congested_ahead |= congested;
+        self.enqueued(session, result);
+        congested
+    }
+
+    /// `deliver_via` for a session that moved here a short while ago, locked (`state`):
+    /// screened (`screen_moved`), with the held deliveries that go ahead of it. Apart,
+    /// so that the path every other delivery takes stays as small as it was.
+    #[cold]
+    fn deliver_to_moved(
+        &self,
+        session: &SessionHandle,
+        mut state: std::sync::MutexGuard<'_, crate::session::Session>,
+        delivery: Delivery,
+        now: Instant,
+        via: Via,
+    ) -> bool {
+        let screened = self.screen_moved(session, delivery, now, via);
+        let mut outcomes = Vec::with_capacity(screened.ahead.len() + 1);
+        for queued in screened.ahead.into_iter().chain(screened.delivery) {
+            outcomes.push(self.enqueue_locked(session, &mut state, queued, now));
+        }
+        drop(state);
+        let mut congested = false;
+        for (result, congested_now) in outcomes {
+            congested |= congested_now;
             self.enqueued(session, result);
         }
-        if let Some(result) = result {
-            self.enqueued(session, result);
-        }
-        congested || congested_ahead
+        congested
     }
 
     /// Enqueues one delivery into the locked session: the outcome (for `enqueued`, once
