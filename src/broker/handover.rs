@@ -363,19 +363,11 @@ impl Broker {
             if delivery.qos != crate::protocol::QoS::AtMostOnce && handle.is_persistent() {
                 let message_id = self.store.next_message_id();
                 delivery.stored = Some(message_id);
-                written = Some(self.store.submit(vec![StoreOp::Accept {
+                written = Some(self.store.submit(vec![self.accept_one(
+                    &handle.client_id,
                     message_id,
-                    message: Arc::new(crate::storage::StoredMessage::from_message(
-                        &delivery.message,
-                        &self.clock,
-                    )),
-                    deliveries: vec![crate::storage::QueuedDelivery {
-                        client_id: handle.client_id.clone(),
-                        qos: delivery.qos,
-                        retain: delivery.retain,
-                        subscription_ids: delivery.subscription_ids.clone(),
-                    }],
-                }]));
+                    &delivery,
+                )]));
             }
             self.deliver_via(&handle, delivery, now, Via::Relay);
         }
@@ -591,6 +583,28 @@ impl Screened {
 }
 
 impl Broker {
+    /// `delivery` stored for `client_id` alone, under `message_id`.
+    fn accept_one(
+        &self,
+        client_id: &bytestring::ByteString,
+        message_id: crate::storage::MessageId,
+        delivery: &Delivery,
+    ) -> StoreOp {
+        StoreOp::Accept {
+            message_id,
+            message: Arc::new(crate::storage::StoredMessage::from_message(
+                &delivery.message,
+                &self.clock,
+            )),
+            deliveries: vec![crate::storage::QueuedDelivery {
+                client_id: client_id.clone(),
+                qos: delivery.qos,
+                retain: delivery.retain,
+                subscription_ids: delivery.subscription_ids.clone(),
+            }],
+        }
+    }
+
     /// The store operations that move `delivery`'s stored queue entry to the back of
     /// `session`'s stored queue. A delivery held behind a relay was stored when it
     /// arrived (its publisher's acknowledgement waited for that) but is sent only after
@@ -602,19 +616,7 @@ impl Broker {
             return Vec::new();
         };
         vec![
-            StoreOp::Accept {
-                message_id,
-                message: Arc::new(crate::storage::StoredMessage::from_message(
-                    &delivery.message,
-                    &self.clock,
-                )),
-                deliveries: vec![crate::storage::QueuedDelivery {
-                    client_id: session.client_id.clone(),
-                    qos: delivery.qos,
-                    retain: delivery.retain,
-                    subscription_ids: delivery.subscription_ids.clone(),
-                }],
-            },
+            self.accept_one(&session.client_id, message_id, delivery),
             StoreOp::DropQueued {
                 client_id: session.client_id.clone(),
                 message_id,
