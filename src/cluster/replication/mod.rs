@@ -16,6 +16,8 @@
 pub mod latency;
 pub(super) mod node_link;
 pub mod replica;
+#[cfg(test)]
+mod replica_tests;
 mod sender;
 #[cfg(test)]
 mod tests;

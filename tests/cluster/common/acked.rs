@@ -159,19 +159,14 @@ impl RawClient {
     ) -> Result<Outcome, String> {
         self.send_publish_with(topic, qos, packet_id, payload, dup)
             .await?;
-        if qos == 1 {
-            let reason = self.answer(4, packet_id).await?;
-            return Ok(if reason >= 0x80 {
-                Outcome::Refused(reason)
-            } else {
-                Outcome::Accepted
-            });
-        }
-        let reason = self.answer(5, packet_id).await?;
-        if reason >= 0x80 {
-            return Ok(Outcome::Refused(reason));
-        }
-        Ok(Outcome::Accepted)
+        // PUBACK for QoS 1, PUBREC for QoS 2.
+        let answer_type = if qos == 1 { 4 } else { 5 };
+        let reason = self.answer(answer_type, packet_id).await?;
+        Ok(if reason >= 0x80 {
+            Outcome::Refused(reason)
+        } else {
+            Outcome::Accepted
+        })
     }
 
     /// Sends a PUBLISH at `qos` (1 or 2) with `packet_id` without waiting for its
