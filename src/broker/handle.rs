@@ -229,8 +229,8 @@ mod tests {
     /// client id copy of a persistent session, the backpressure signal, the will, the
     /// operators' view, the will and authentication method. A field that makes these
     /// larger should be a decision, not an accident. (264: the handle's allocation, 280
-    /// bytes with its reference counts, is a 288-byte glibc chunk; 8 bytes more take the
-    /// next one.)
+    /// bytes with its reference counts, takes jemalloc's 320-byte size class, which
+    /// leaves 40 bytes of room; 24 bytes less would fit the 256-byte class.)
     #[test]
     fn a_session_stays_small() {
         assert!(
