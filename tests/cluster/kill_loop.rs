@@ -24,7 +24,8 @@
 //! a kill to the subscribers' sessions being served again (p50 and max). A publisher's
 //! session came back fresh now and then before a restarted node judged its sessions by
 //! the owners at its committed index rather than at its last snapshot (ARCHITECTURE.md,
-//! "A node that comes back"; `restart.rs` reproduces it alone).
+//! "A node that comes back"; `restart.rs` reproduces it alone). A failed run keeps the
+//! nodes' logs under `cluster-test-logs/` in the target directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -513,6 +514,18 @@ async fn kill_9_in_a_loop_loses_no_acknowledged_message_and_no_session() {
         failures.push(format!(
             "{publisher_sessions_lost} publisher sessions not present on reconnection"
         ));
+    }
+    if !failures.is_empty() {
+        // The nodes' logs of a failed run are what tells a lost message's story: kept
+        // beside the test binary's build (`cluster-test-logs/` in the target directory).
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.ancestors().nth(3).unwrap().join("cluster-test-logs");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("kill_loop-{}.log", std::process::id()));
+        match std::fs::write(&path, cluster.logs()) {
+            Ok(()) => eprintln!("nodes' logs: {}", path.display()),
+            Err(error) => eprintln!("nodes' logs not written to {}: {error}", path.display()),
+        }
     }
     assert!(failures.is_empty(), "{failures:#?}");
     served_again.sort();
