@@ -163,31 +163,6 @@ pub(super) async fn run(node: Weak<ClusterNode>, after: Duration) {
     }
 }
 
-impl ClusterNode {
-    /// Commits that `origin` has no routes any more, together with this node's own
-    /// (which include those of the sessions it just adopted from `origin`), so that at no
-    /// point of the log do their filters lack a node. True once committed.
-    async fn drop_routes_of(&self, origin: NodeId) -> bool {
-        let command = Command::Batch(vec![
-            Command::ReplaceRoutes {
-                node: self.me,
-                filters: self.local_filters(),
-            },
-            Command::DropRoutes { node: origin },
-        ]);
-        match self.propose(command).await {
-            Ok(_) => {
-                tracing::info!(origin, "node unreachable: its routes dropped");
-                true
-            }
-            Err(error) => {
-                tracing::info!(origin, %error, "dropping an unreachable node's routes failed; retrying");
-                false
-            }
-        }
-    }
-}
-
 /// Once this node caught up with the cluster's log after it started, routes the
 /// forwards held meanwhile (`forward_ack`, "restart") and publishes the wills its
 /// restore held back for the sessions it still owns (`Broker::hold_wills`).

@@ -110,6 +110,9 @@ struct FilterBook {
     retained: VecDeque<PendingRetained>,
     /// Sessions that ended here, whose ownership is to be released.
     released: VecDeque<String>,
+    /// Unreachable nodes whose routes are to be dropped together with this node's full
+    /// set (`drop_routes_of`), each with whoever waits for the commit.
+    drops: VecDeque<(NodeId, tokio::sync::oneshot::Sender<bool>)>,
 }
 
 pub struct ClusterNode {
@@ -625,9 +628,20 @@ impl ClusterNode {
         self.book_changed.notify_one();
     }
 
-    /// This node's filters as they are now.
-    pub(super) fn local_filters(&self) -> Vec<String> {
-        lock(&self.book).counts.keys().cloned().collect()
+    /// Commits that `origin` has no routes any more, together with this node's own
+    /// (which include those of the sessions it just adopted from `origin`), so that at no
+    /// point of the log do their filters lack a node. The proposer builds and proposes
+    /// it in line with this node's other route changes (`propose_loop`). True once
+    /// committed.
+    pub(super) async fn drop_routes_of(&self, origin: NodeId) -> bool {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        lock(&self.book).drops.push_back((origin, done));
+        self.book_changed.notify_one();
+        let committed = committed.await.unwrap_or(false);
+        if committed {
+            tracing::info!(origin, "node unreachable: its routes dropped");
+        }
+        committed
     }
 
     /// Proposes this node's route changes and retained messages, in order, retrying
@@ -641,6 +655,39 @@ impl ClusterNode {
             let released = lock(&self.book).released.pop_front();
             if let Some(client_id) = released {
                 self.release(client_id).await;
+                continue;
+            }
+            // Proposed here, in line with this node's other route changes: built
+            // elsewhere, a full set taken before a filter was added and committed after
+            // that filter's own addition removed it again.
+            let drop = {
+                let mut book = lock(&self.book);
+                let drop = book.drops.pop_front();
+                drop.map(|(origin, done)| {
+                    book.replace = false;
+                    book.dirty.clear();
+                    let filters: Vec<String> = book.counts.keys().cloned().collect();
+                    (origin, done, filters)
+                })
+            };
+            if let Some((origin, done, filters)) = drop {
+                let command = Command::Batch(vec![
+                    Command::ReplaceRoutes {
+                        node: self.me,
+                        filters,
+                    },
+                    Command::DropRoutes { node: origin },
+                ]);
+                let committed = match self.propose(command).await {
+                    Ok(_) => true,
+                    Err(error) => {
+                        tracing::info!(origin, %error, "dropping an unreachable node's routes failed; retrying");
+                        // What was cleared above goes again, whole.
+                        lock(&self.book).replace = true;
+                        false
+                    }
+                };
+                let _ = done.send(committed);
                 continue;
             }
             let (command, retained) = {
