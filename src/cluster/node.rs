@@ -3,7 +3,7 @@
 //! proposes this node's route changes and retained messages, applies what consensus
 //! decided to the local broker, and forwards PUBLISHes (`super::forward`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -29,8 +29,11 @@ use super::state::{ClusterState, Command, CommandResult, Effect};
 use super::storage::{EffectSink, LogStore, StateMachineStore};
 use super::types::{ProposeError, Raft};
 
+mod book;
 mod hooks;
 mod proposer;
+
+use book::FilterBook;
 
 /// How long a proposal may take before it counts as failed (a leader cut off from the
 /// majority never commits it).
@@ -99,22 +102,6 @@ pub(super) struct Kept {
 
 /// Sessions whose handover may wait for their new owner; beyond, the oldest go.
 const MAX_HANDOVERS: usize = 10_000;
-
-/// This node's subscriptions as the cluster should know them.
-#[derive(Default)]
-struct FilterBook {
-    counts: HashMap<String, usize>,
-    /// Filters whose presence changed since the last proposal.
-    dirty: BTreeSet<String>,
-    /// The full set must be proposed (at start).
-    replace: bool,
-    retained: VecDeque<PendingRetained>,
-    /// Sessions that ended here, whose ownership is to be released.
-    released: VecDeque<String>,
-    /// Unreachable nodes whose routes are to be dropped together with this node's full
-    /// set (`drop_routes_of`), each with whoever waits for the commit.
-    drops: VecDeque<(NodeId, tokio::sync::oneshot::Sender<bool>)>,
-}
 
 pub struct ClusterNode {
     pub(super) me: NodeId,
@@ -384,13 +371,12 @@ pub async fn start(
     .await
     .map_err(|error| anyhow::anyhow!("cannot start consensus: {error}"))?;
 
-    let mut book = FilterBook {
-        replace: true,
-        ..FilterBook::default()
-    };
-    for (filter, count) in broker.local_filters() {
-        book.counts.insert(filter.to_string(), count);
-    }
+    let book = FilterBook::starting_with(
+        broker
+            .local_filters()
+            .into_iter()
+            .map(|(filter, count)| (filter.to_string(), count)),
+    );
     let node = Arc::new_cyclic(|this| ClusterNode {
         me,
         this: this.clone(),

@@ -115,26 +115,13 @@ impl ClusterHook for ClusterNode {
     }
 
     fn filter_added(&self, filter: &str) {
-        let mut book = lock(&self.book);
-        let count = book.counts.entry(filter.to_string()).or_default();
-        *count += 1;
-        if *count == 1 {
-            book.dirty.insert(filter.to_string());
-            drop(book);
+        if lock(&self.book).add(filter) {
             self.book_changed.notify_one();
         }
     }
 
     fn filter_removed(&self, filter: &str) {
-        let mut book = lock(&self.book);
-        let Some(count) = book.counts.get_mut(filter) else {
-            return;
-        };
-        *count -= 1;
-        if *count == 0 {
-            book.counts.remove(filter);
-            book.dirty.insert(filter.to_string());
-            drop(book);
+        if lock(&self.book).remove(filter) {
             self.book_changed.notify_one();
         }
     }

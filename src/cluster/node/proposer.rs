@@ -8,7 +8,7 @@ impl ClusterNode {
     /// Has the proposer send this node's whole set of filters again
     /// (`Command::ReplaceRoutes`).
     pub(in crate::cluster) fn propose_all_routes(&self) {
-        lock(&self.book).replace = true;
+        lock(&self.book).replace_all();
         self.book_changed.notify_one();
     }
 
@@ -19,7 +19,7 @@ impl ClusterNode {
     /// committed.
     pub(in crate::cluster) async fn drop_routes_of(&self, origin: NodeId) -> bool {
         let (done, committed) = tokio::sync::oneshot::channel();
-        lock(&self.book).drops.push_back((origin, done));
+        lock(&self.book).request_drop(origin, done);
         self.book_changed.notify_one();
         let committed = committed.await.unwrap_or(false);
         if committed {
@@ -41,33 +41,17 @@ impl ClusterNode {
                 self.release(client_id).await;
                 continue;
             }
-            // Proposed here, in line with this node's other route changes: built
-            // elsewhere, a full set taken before a filter was added and committed after
-            // that filter's own addition removed it again.
-            let drop = {
-                let mut book = lock(&self.book);
-                let drop = book.drops.pop_front();
-                drop.map(|(origin, done)| {
-                    book.replace = false;
-                    book.dirty.clear();
-                    let filters: Vec<String> = book.counts.keys().cloned().collect();
-                    (origin, done, filters)
-                })
-            };
-            if let Some((origin, done, filters)) = drop {
-                let command = Command::Batch(vec![
-                    Command::ReplaceRoutes {
-                        node: self.me,
-                        filters,
-                    },
-                    Command::DropRoutes { node: origin },
-                ]);
+            // Built from the book here, when it is proposed, and in line with this
+            // node's other route changes (`book.rs`): built earlier, a full set taken
+            // before a filter was added and committed after that filter's own addition
+            // removed it again.
+            let drop = lock(&self.book).take_drop(self.me);
+            if let Some((origin, done, command)) = drop {
                 let committed = match self.propose(command).await {
                     Ok(_) => true,
                     Err(error) => {
                         tracing::info!(origin, %error, "dropping an unreachable node's routes failed; retrying");
-                        // What was cleared above goes again, whole.
-                        lock(&self.book).replace = true;
+                        lock(&self.book).drop_failed();
                         false
                     }
                 };
@@ -76,26 +60,7 @@ impl ClusterNode {
             }
             let (command, retained) = {
                 let mut book = lock(&self.book);
-                let command = if book.replace {
-                    book.replace = false;
-                    book.dirty.clear();
-                    Some(Command::ReplaceRoutes {
-                        node: self.me,
-                        filters: book.counts.keys().cloned().collect(),
-                    })
-                } else if !book.dirty.is_empty() {
-                    let dirty = std::mem::take(&mut book.dirty);
-                    let (add, remove): (Vec<String>, Vec<String>) = dirty
-                        .into_iter()
-                        .partition(|filter| book.counts.contains_key(filter));
-                    Some(Command::Routes {
-                        node: self.me,
-                        add,
-                        remove,
-                    })
-                } else {
-                    None
-                };
+                let command = book.take_route_change(self.me);
                 let take = book.retained.len().min(MAX_RETAINED_PER_ENTRY);
                 let retained: Vec<_> = book.retained.drain(..take).collect();
                 (command, retained)
@@ -108,14 +73,7 @@ impl ClusterNode {
             if let Some(command) = command {
                 if let Err(error) = self.propose(command.clone()).await {
                     tracing::debug!(%error, "route change not committed; retrying");
-                    let mut book = lock(&self.book);
-                    match command {
-                        Command::ReplaceRoutes { .. } => book.replace = true,
-                        Command::Routes { add, remove, .. } => {
-                            book.dirty.extend(add.into_iter().chain(remove))
-                        }
-                        _ => {}
-                    }
+                    lock(&self.book).route_change_failed(command);
                     failed = true;
                 }
             }
