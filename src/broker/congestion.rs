@@ -12,20 +12,27 @@
 //! Marking and clearing happen with the session locked, beside the queue check they
 //! depend on, so a mark is never set after the drain that should have cleared it.
 //!
-//! The signal (a `Notify`, 32 bytes) is allocated by the first mark: every session holds
-//! a `Congestion`, and most are never congested. A mark allocates it before it is set,
-//! under the session lock, so whoever clears the mark later finds it.
+//! The marks and the signal (a `Notify`) live in one box, allocated by the first mark:
+//! every session holds a `Congestion`, most are never congested, and so it is one
+//! pointer (8 bytes; `OnceLock` would be 16, and the marks beside it 8 more) that is
+//! null until then. A mark allocates the box before it is set, under the session lock,
+//! so whoever clears the mark later finds it; without the box there is no mark.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 
+use once_cell::race::OnceBox;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 pub struct Congestion {
+    state: OnceBox<Marks>,
+}
+
+#[derive(Debug, Default)]
+struct Marks {
     /// Woken (all waiters) when the session drained, stalled or went offline.
-    space: OnceLock<Box<Notify>>,
+    space: Notify,
     /// Publishers wait for this session's queue to drain.
     congested: AtomicBool,
     /// A publisher waited the whole timeout: nobody waits for this session until it
@@ -34,50 +41,56 @@ pub struct Congestion {
 }
 
 impl Congestion {
+    fn marks(&self) -> &Marks {
+        self.state.get_or_init(Box::default)
+    }
+
     /// Marks the session congested after a delivery found its queue nearly full; returns
     /// whether the publisher should wait (not while the session is stalled). Called with
     /// the session locked.
     pub fn note(&self) -> bool {
-        if self.stalled.load(Ordering::SeqCst) {
+        let marks = self.marks();
+        if marks.stalled.load(Ordering::SeqCst) {
             return false;
         }
-        self.space.get_or_init(Box::default);
-        self.congested.store(true, Ordering::SeqCst);
+        marks.congested.store(true, Ordering::SeqCst);
         true
     }
 
     /// Whether publishers are waiting, or the session stalled: its connection then checks
     /// after each drain whether the queue is relieved.
     pub fn needs_relief(&self) -> bool {
-        self.congested.load(Ordering::SeqCst) || self.stalled.load(Ordering::SeqCst)
+        self.state.get().is_some_and(|marks| {
+            marks.congested.load(Ordering::SeqCst) || marks.stalled.load(Ordering::SeqCst)
+        })
     }
 
     /// The queue drained (or the session went offline or ended): clears both marks and
     /// lets every waiting publisher go on. Called with the session locked.
     pub fn relieve(&self) {
-        self.congested.store(false, Ordering::SeqCst);
-        self.stalled.store(false, Ordering::SeqCst);
-        if let Some(space) = self.space.get() {
-            space.notify_waiters();
+        if let Some(marks) = self.state.get() {
+            marks.congested.store(false, Ordering::SeqCst);
+            marks.stalled.store(false, Ordering::SeqCst);
+            marks.space.notify_waiters();
         }
     }
 
     /// A publisher waited the whole timeout: publishers stop waiting for this session
     /// until it drained, and those waiting now go on.
     pub fn stall(&self) {
-        self.stalled.store(true, Ordering::SeqCst);
-        self.congested.store(false, Ordering::SeqCst);
-        if let Some(space) = self.space.get() {
-            space.notify_waiters();
-        }
+        let marks = self.marks();
+        marks.stalled.store(true, Ordering::SeqCst);
+        marks.congested.store(false, Ordering::SeqCst);
+        marks.space.notify_waiters();
     }
 
     /// A future that resolves on the next `relieve` or `stall`, and whether waiting for
     /// it is needed at all. Take the future first, then check: a wake-up between the two
     /// is not lost.
     pub fn wait_for_space(&self) -> (Notified<'_>, bool) {
-        let notified = self.space.get_or_init(Box::default).notified();
-        let congested = self.congested.load(Ordering::SeqCst);
+        let marks = self.marks();
+        let notified = marks.space.notified();
+        let congested = marks.congested.load(Ordering::SeqCst);
         (notified, congested)
     }
 }
@@ -90,10 +103,32 @@ mod tests {
     fn relief_without_a_mark_allocates_nothing() {
         let congestion = Congestion::default();
         congestion.relieve();
-        congestion.stall();
-        assert!(congestion.space.get().is_none());
+        assert!(!congestion.needs_relief());
+        assert!(congestion.state.get().is_none());
     }
 
+    #[test]
+    fn a_stalled_session_takes_no_mark_until_relieved() {
+        let congestion = Congestion::default();
+        congestion.stall();
+        assert!(
+            congestion.needs_relief(),
+            "its connection checks for relief"
+        );
+        assert!(
+            !congestion.note(),
+            "publishers do not wait for a stalled session"
+        );
+        congestion.relieve();
+        assert!(!congestion.needs_relief());
+        assert!(congestion.note());
+        assert!(congestion.needs_relief());
+    }
+
+    #[test]
+    fn a_congestion_is_one_pointer() {
+        assert_eq!(std::mem::size_of::<Congestion>(), 8);
+    }
     #[tokio::test]
     async fn a_publisher_waiting_after_a_mark_is_woken_by_relief() {
         let congestion = std::sync::Arc::new(Congestion::default());

@@ -85,6 +85,9 @@ impl<T> InflightQueue<T> {
 
     /// Removes the entry of `sequence` if `settles` says so, with one search; returns
     /// what `settles` said (`None`: no such entry) and the entry if it was removed.
+    /// Inlined into its caller: one call per acknowledged message, and left to itself the
+    /// compiler sometimes did not (fan-out QoS 1 counted 1.5% more instructions).
+    #[inline]
     pub(super) fn remove_if(
         &mut self,
         sequence: &u64,

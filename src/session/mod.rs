@@ -29,6 +29,7 @@ use crate::message::{Message, SessionKey};
 use crate::protocol::{Connect, Packet, ProtocolVersion, QoS, SubscriptionOptions, Will};
 use crate::storage::{InflightState, MessageId, StoreOp};
 use crate::topic::SmallMap;
+use packed_instant::PackedInstant;
 
 mod actions;
 mod alias;
@@ -40,6 +41,7 @@ mod journal;
 mod lazy_map;
 mod outbound;
 mod outgoing;
+mod packed_instant;
 mod retained_backlog;
 #[cfg(test)]
 mod tests;
@@ -183,8 +185,8 @@ pub struct Session {
     /// an idle device holds one pointer of it.
     outbound: Option<Box<outbound::Outbound>>,
     journal: journal::Journal,
-    /// When the last connection went away; `None` while connected or never connected.
-    detached_at: Option<Instant>,
+    /// When the last connection went away; none while connected or never connected.
+    detached_at: PackedInstant,
     /// What operators see of the session (`crate::admin`); boxed, as only they read
     /// it, so it costs a session one pointer.
     operator: Option<Box<OperatorView>>,
@@ -251,7 +253,7 @@ impl Session {
             inbound: inbound::Inbound::default(),
             outbound: None,
             journal: journal::Journal::default(),
-            detached_at: None,
+            detached_at: PackedInstant::NONE,
             operator: None,
         }
     }
@@ -268,7 +270,7 @@ impl Session {
         let mut session = Session::new(key, limits);
         session.params.protocol = parts.protocol;
         session.set_expiry_interval(parts.expiry_interval);
-        session.detached_at = Some(parts.detached_at);
+        session.detached_at = PackedInstant::at(parts.detached_at);
         session.subscriptions = parts
             .subscriptions
             .into_iter()
@@ -306,6 +308,7 @@ impl Session {
             expiry_interval: self.expiry_interval(),
             detached_at: self
                 .detached_at
+                .get()
                 .filter(|_| !self.params.connected)
                 .unwrap_or(now),
             subscriptions: self
@@ -344,7 +347,7 @@ impl Session {
 
     /// When the last connection went away; `None` while a client is connected.
     pub fn detached_at(&self) -> Option<Instant> {
-        self.detached_at
+        self.detached_at.get()
     }
 
     pub fn key(&self) -> SessionKey {
@@ -402,7 +405,7 @@ impl Session {
     /// in their original order, ahead of queued messages.
     pub fn attach(&mut self, connect: &Connect, session_expiry: Duration, now: Instant) {
         let _ = now;
-        self.detached_at = None;
+        self.detached_at = PackedInstant::NONE;
         let v5 = connect.protocol.is_v5();
         let properties = &connect.properties;
         self.params = ConnectionParams {
@@ -440,7 +443,7 @@ impl Session {
     /// The connection went away (for any reason). Topic aliases are dropped; inflight and
     /// queued messages stay for the next connection.
     pub fn detach(&mut self, now: Instant) {
-        self.detached_at = Some(now);
+        self.detached_at = PackedInstant::at(now);
         self.params.connected = false;
         self.inbound.reset_aliases();
         if let Some(outbound) = &mut self.outbound {
