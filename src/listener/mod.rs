@@ -55,7 +55,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds a listener with `LISTEN_BACKLOG` (and `SO_REUSEADDR`, as `TcpListener::bind`
 /// sets it, so a restarted broker binds while old connections linger in TIME_WAIT).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -479,67 +479,6 @@ impl Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Raises this process's soft limit of open files to `needed` (the hard limit
-    /// permitting).
-    fn raise_open_files_limit(needed: u64) {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
-        if limit.rlim_cur >= needed {
-            return;
-        }
-        assert!(
-            limit.rlim_max >= needed,
-            "this test needs {needed} open files; the hard limit is {}",
-            limit.rlim_max
-        );
-        limit.rlim_cur = needed;
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
-    }
-
-    /// A burst of handshakes larger than the 1,024 that `TcpListener::bind` asks for
-    /// waits in the kernel's queue while nothing accepts, instead of being dropped (the
-    /// clients would wait out TCP's retransmission backoff: a 5,000-client burst on one
-    /// listener took over a minute for some of them).
-    #[tokio::test]
-    async fn a_burst_of_handshakes_waits_in_the_listen_queue() {
-        const BURST: usize = 2_000;
-        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(0);
-        assert!(
-            somaxconn >= BURST,
-            "net.core.somaxconn is {somaxconn}: the kernel caps every listen queue there \
-             (4096 by default since Linux 5.4)"
-        );
-        raise_open_files_limit(2 * BURST as u64 + 256);
-        let listener = listen("127.0.0.1:0".parse().expect("an address")).expect("listening");
-        let addr = listener.local_addr().expect("its address");
-        let mut clients = Vec::with_capacity(BURST);
-        for n in 0..BURST {
-            let connecting = TcpStream::connect(addr);
-            let client = tokio::time::timeout(Duration::from_secs(10), connecting)
-                .await
-                .unwrap_or_else(|_| panic!("handshake {n} not completed: the queue is full"))
-                .expect("connected");
-            clients.push(client);
-        }
-        for n in 0..BURST {
-            let (_accepted, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
-                .await
-                .unwrap_or_else(|_| panic!("connection {n} was not queued"))
-                .expect("accepted");
-        }
-    }
 
     /// The listener's wait at shutdown ends once the last connection gave its slot
     /// back, and not before.

@@ -164,6 +164,43 @@ async fn five_thousand_connections_at_once_are_all_accepted() {
     drop(open);
 }
 
+/// A burst of handshakes larger than the 1,024 that `TcpListener::bind` asks for
+/// waits in the kernel's queue while nothing accepts, instead of being dropped (the
+/// clients would wait out TCP's retransmission backoff: a 5,000-client burst on one
+/// listener took over a minute for some of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_handshakes_waits_in_the_listen_queue() {
+    const BURST: usize = 2_000;
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        somaxconn >= BURST,
+        "net.core.somaxconn is {somaxconn}: the kernel caps every listen queue there \
+         (4096 by default since Linux 5.4)"
+    );
+    raise_open_files_limit(2 * BURST as u64 + 256);
+    let listener =
+        fleetmq::listener::listen("127.0.0.1:0".parse().expect("an address")).expect("listening");
+    let addr = listener.local_addr().expect("its address");
+    let mut clients = Vec::with_capacity(BURST);
+    for n in 0..BURST {
+        let connecting = TcpStream::connect(addr);
+        let client = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .unwrap_or_else(|_| panic!("handshake {n} not completed: the queue is full"))
+            .expect("connected");
+        clients.push(client);
+    }
+    for n in 0..BURST {
+        let (_accepted, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .unwrap_or_else(|_| panic!("connection {n} was not queued"))
+            .expect("accepted");
+    }
+}
+
 /// 101 levels, about 59,000 bytes, with `+` inside and `#` at the end: far past the
 /// old limits (32 levels, 1,024 bytes), inside Mosquitto's.
 async fn a_long_valid_filter_is_granted_and_matches(version: u8) {
