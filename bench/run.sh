@@ -36,7 +36,9 @@ usage: bench/run.sh [options]
   --persist-brokers "LIST"
                        brokers of the persist scenario, among: fleetmq-always
                        fleetmq-batch fleetmq-never fleetmq mosquitto-persist
-                       mosquitto discard (default: all but discard)
+                       mosquitto discard, and fleetmq-baseline-batch (the
+                       --baseline build with sync = "batch")
+                       (default: all but discard and the baseline)
   --publishers N       persist scenario publishers (default 8)
   --window N           persist scenario unacknowledged messages per publisher
                        (default 1)
@@ -299,7 +301,7 @@ available() {
                 echo "skipping $1: this fleetmq build has no cipher_preference" >&2
                 return 1
             fi ;;
-        fleetmq-baseline)
+        fleetmq-baseline|fleetmq-baseline-batch)
             if [ ! -x "$BASELINE" ]; then
                 echo "skipping $1: --baseline names no executable" >&2
                 return 1
@@ -338,11 +340,13 @@ start_broker() {
             "${BROKER_CPU[@]}" "$FLEETMQ" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
                 >>"$OUT/$name.log" 2>&1 &
             ;;
-        fleetmq-baseline)
-            write_fleetmq_conf ""
+        fleetmq-baseline|fleetmq-baseline-batch)
+            local sync=""
+            [ "$name" = fleetmq-baseline ] || sync="${name#fleetmq-baseline-}"
+            write_fleetmq_conf "$sync" "$data"
             # shellcheck disable=SC2086
             "${BROKER_CPU[@]}" "$BASELINE" ${FLEETMQ_ARGS:--c $WORK/fleetmq.toml} \
-                >>"$OUT/fleetmq-baseline.log" 2>&1 &
+                >>"$OUT/$name.log" 2>&1 &
             ;;
         mosquitto|mosquitto-persist)
             write_mosquitto_conf "$data"
@@ -490,7 +494,11 @@ fi
 if grep -q '"case":"persist-q1"' "$OUT/results.jsonl" 2>/dev/null; then
     PERSIST_REPORT=(--cases persist-q1 --a fleetmq-batch --b fleetmq-never
         --ratio fleetmq-batch/mosquitto-persist --ratio fleetmq-always/fleetmq-never
-        --ratio fleetmq/mosquitto "$OUT/results.jsonl")
+        --ratio fleetmq/mosquitto)
+    if [[ " $PERSIST_BROKERS " == *" fleetmq-baseline-batch "* ]]; then
+        PERSIST_REPORT+=(--ratio fleetmq-batch/fleetmq-baseline-batch)
+    fi
+    PERSIST_REPORT+=("$OUT/results.jsonl")
     "$BENCH" report "${PERSIST_REPORT[@]}" | tee -a "$OUT/summary.txt"
     { echo; "$BENCH" report --markdown "${PERSIST_REPORT[@]}"; } >>"$OUT/table.md"
 fi

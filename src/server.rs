@@ -172,8 +172,28 @@ type Database = Option<Arc<rocksdb::DB>>;
 #[cfg(not(feature = "rocksdb"))]
 type Database = Option<()>;
 
+/// RocksDB's memory budgets (`[storage] write_buffer_mb`, `block_cache_mb`), shared by
+/// every database the node opens: its store and the backup copies of replication.
+#[cfg(feature = "rocksdb")]
+type StorageMemory = crate::storage::RocksMemory;
+#[cfg(not(feature = "rocksdb"))]
+type StorageMemory = ();
+
+#[cfg(feature = "rocksdb")]
+fn storage_memory(config: &StorageConfig) -> StorageMemory {
+    use crate::storage::{RocksMemory, MIB};
+    RocksMemory::new(
+        config.write_buffer_mb as usize * MIB,
+        config.block_cache_mb as usize * MIB,
+    )
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn storage_memory(_: &StorageConfig) -> StorageMemory {}
+
 fn open_store(
     config: &StorageConfig,
+    memory: StorageMemory,
     latency: StorageMetrics,
     cluster: bool,
 ) -> anyhow::Result<(Arc<dyn Store>, Database)> {
@@ -181,12 +201,13 @@ fn open_store(
         tracing::warn!("persistence is off: sessions, queued and retained messages live in memory only and a restart loses them");
         return Ok((Arc::new(MemoryStore::new()), None));
     }
-    open_rocks(config, latency, cluster)
+    open_rocks(config, memory, latency, cluster)
 }
 
 #[cfg(feature = "rocksdb")]
 fn open_rocks(
     config: &StorageConfig,
+    memory: StorageMemory,
     latency: StorageMetrics,
     cluster: bool,
 ) -> anyhow::Result<(Arc<dyn Store>, Database)> {
@@ -194,6 +215,7 @@ fn open_rocks(
     let options = RocksOptions {
         sync: config.sync,
         raft_families: cluster,
+        memory,
         ..RocksOptions::default()
     };
     let store = RocksStore::open_with_metrics(&config.data_dir, options, Some(latency))?;
@@ -205,6 +227,7 @@ fn open_rocks(
 #[cfg(not(feature = "rocksdb"))]
 fn open_rocks(
     _: &StorageConfig,
+    _: StorageMemory,
     _: StorageMetrics,
     _: bool,
 ) -> anyhow::Result<(Arc<dyn Store>, Database)> {
@@ -234,8 +257,10 @@ async fn restore_broker(config: Config) -> anyhow::Result<Restored> {
     let storage = config.storage.clone();
     let cluster_config = config.cluster.clone();
     let (store, database, state, replication) = tokio::task::spawn_blocking(move || {
-        let (store, database) = open_store(&storage, latency, cluster_config.is_some())?;
-        let (store, replication) = replicate(store, cluster_config.as_ref(), &storage);
+        let memory = storage_memory(&storage);
+        let (store, database) =
+            open_store(&storage, memory.clone(), latency, cluster_config.is_some())?;
+        let (store, replication) = replicate(store, cluster_config.as_ref(), &storage, memory);
         let state = store.restore(WallClock::now().unix_millis())?;
         anyhow::Ok((store, database, state, replication))
     })
@@ -268,10 +293,11 @@ fn replicate(
     store: Arc<dyn Store>,
     cluster: Option<&crate::cluster::ClusterConfig>,
     storage: &StorageConfig,
+    memory: StorageMemory,
 ) -> (Arc<dyn Store>, Option<Replication>) {
     match cluster {
         Some(cluster) if storage.persistence => {
-            crate::cluster::replication::Replication::wrap(store, cluster, storage)
+            crate::cluster::replication::Replication::wrap(store, cluster, storage, memory)
         }
         _ => (store, None),
     }
@@ -282,6 +308,7 @@ fn replicate(
     store: Arc<dyn Store>,
     _: Option<&crate::cluster::ClusterConfig>,
     _: &StorageConfig,
+    _: StorageMemory,
 ) -> (Arc<dyn Store>, Option<Replication>) {
     (store, None)
 }

@@ -397,7 +397,7 @@ pub async fn start(
         replicas: replication.as_ref().map(|replication| {
             Arc::new(super::replication::replica::Replicas::new(
                 &replication.data_dir,
-                replication.sync,
+                replication.replica_options.clone(),
             ))
         }),
         replication_factor: config.replication_factor,

@@ -176,6 +176,11 @@ pub struct StorageConfig {
     pub sync: crate::storage::SyncMode,
     /// Directory for durable state.
     pub data_dir: PathBuf,
+    /// MiB of RocksDB memtables, for every database of the node together (its store,
+    /// the cluster's Raft log, the copies it keeps as a backup).
+    pub write_buffer_mb: u32,
+    /// MiB of RocksDB's block cache, shared the same way.
+    pub block_cache_mb: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,6 +296,8 @@ impl Default for StorageConfig {
             persistence: true,
             sync: crate::storage::SyncMode::Batch,
             data_dir: PathBuf::from(crate::limits::DEFAULT_DATA_DIR),
+            write_buffer_mb: crate::storage::defaults::WRITE_BUFFER_MB,
+            block_cache_mb: crate::storage::defaults::BLOCK_CACHE_MB,
         }
     }
 }

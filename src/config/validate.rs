@@ -156,6 +156,26 @@ impl Config {
                 "must not be empty; use \".\" for the working directory",
             ));
         }
+        // Below 1 MiB nearly every write would flush a memtable; above 64 GiB is a typo
+        // (the budget is for all memtables of the node together).
+        if !(1..=65_536).contains(&self.storage.write_buffer_mb) {
+            problems.push(Problem::new(
+                "storage.write_buffer_mb",
+                format!(
+                    "{} is out of range: between 1 and 65536 MiB",
+                    self.storage.write_buffer_mb
+                ),
+            ));
+        }
+        if self.storage.block_cache_mb > 65_536 {
+            problems.push(Problem::new(
+                "storage.block_cache_mb",
+                format!(
+                    "{} is out of range: between 0 and 65536 MiB",
+                    self.storage.block_cache_mb
+                ),
+            ));
+        }
         let level = self.log.level.trim();
         if level.is_empty() {
             problems.push(Problem::new(
@@ -392,6 +412,28 @@ mod tests {
         assert_eq!(keys(&config), ["log.level"]);
         config.log.level = "warn,fleetmq=debug".into();
         assert!(keys(&config).is_empty());
+    }
+
+    #[test]
+    fn rocksdb_memory_budgets_are_range_checked() {
+        let mut config = Config::default();
+        config.storage.write_buffer_mb = 0;
+        config.storage.block_cache_mb = 65_537;
+        assert_eq!(
+            keys(&config),
+            ["storage.write_buffer_mb", "storage.block_cache_mb"]
+        );
+        config.storage.write_buffer_mb = 1;
+        config.storage.block_cache_mb = 0;
+        assert!(
+            keys(&config).is_empty(),
+            "1 MiB of memtables, no block cache"
+        );
+        config.storage.write_buffer_mb = 65_536;
+        config.storage.block_cache_mb = 65_536;
+        assert!(keys(&config).is_empty());
+        config.storage.write_buffer_mb = 65_537;
+        assert_eq!(keys(&config), ["storage.write_buffer_mb"]);
     }
 
     #[test]

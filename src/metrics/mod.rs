@@ -58,6 +58,8 @@ pub mod names {
     pub const STORAGE_WRITE_SECONDS: &str = "fleetmq_storage_write_seconds";
     pub const STORAGE_SYNC_SECONDS: &str = "fleetmq_storage_sync_seconds";
     pub const STORAGE_ERRORS_TOTAL: &str = "fleetmq_storage_errors_total";
+    pub const STORAGE_MEMTABLE_BYTES: &str = "fleetmq_storage_memtable_bytes";
+    pub const STORAGE_BLOCK_CACHE_BYTES: &str = "fleetmq_storage_block_cache_bytes";
     pub const BRIDGE_UP: &str = "fleetmq_bridge_up";
     pub const BRIDGE_RECONNECTS_TOTAL: &str = "fleetmq_bridge_reconnects_total";
     pub const BRIDGE_OUTBOX_MESSAGES: &str = "fleetmq_bridge_outbox_messages";
@@ -70,7 +72,7 @@ pub mod names {
     pub const BRIDGE_ROUND_TRIP_SECONDS: &str = "fleetmq_bridge_round_trip_seconds";
 
     /// Every name above, for checks that a dashboard or alert uses real metrics.
-    pub const ALL: [&str; 40] = [
+    pub const ALL: [&str; 42] = [
         BUILD_INFO,
         UPTIME_SECONDS,
         CONNECTIONS_CURRENT,
@@ -102,6 +104,8 @@ pub mod names {
         STORAGE_WRITE_SECONDS,
         STORAGE_SYNC_SECONDS,
         STORAGE_ERRORS_TOTAL,
+        STORAGE_MEMTABLE_BYTES,
+        STORAGE_BLOCK_CACHE_BYTES,
         BRIDGE_UP,
         BRIDGE_RECONNECTS_TOTAL,
         BRIDGE_OUTBOX_MESSAGES,
@@ -242,6 +246,8 @@ impl Metrics {
         metrics::with_local_recorder(&self.recorder, || {
             record_snapshot(&stats, &gauges, uptime);
             metrics::counter!(STORAGE_ERRORS_TOTAL).absolute(store.write_errors + store.refused);
+            metrics::gauge!(STORAGE_MEMTABLE_BYTES).set(store.rocks_memory.memtables as f64);
+            metrics::gauge!(STORAGE_BLOCK_CACHE_BYTES).set(store.rocks_memory.block_cache as f64);
             for bridge in &bridges {
                 record_bridge(bridge);
             }
@@ -411,6 +417,16 @@ fn describe() {
     describe_counter!(
         STORAGE_ERRORS_TOTAL,
         "Store writes that failed (I/O error, disk full) or were refused (writer overloaded); what waited for them was not acknowledged"
+    );
+    describe_gauge!(
+        STORAGE_MEMTABLE_BYTES,
+        Unit::Bytes,
+        "RocksDB memtables of every database of the node, against storage.write_buffer_mb"
+    );
+    describe_gauge!(
+        STORAGE_BLOCK_CACHE_BYTES,
+        Unit::Bytes,
+        "RocksDB's shared block cache, against storage.block_cache_mb"
     );
     describe_gauge!(
         BRIDGE_UP,

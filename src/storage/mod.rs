@@ -49,7 +49,7 @@ pub use record::{
     RestoredState, SessionRecord, StoreOp, StoredMessage, UnixMillis, WallClock, EXPIRY_NEVER,
 };
 #[cfg(feature = "rocksdb")]
-pub use rocks::{RocksOptions, RocksStore, SCHEMA_VERSION};
+pub use rocks::{RocksMemory, RocksOptions, RocksStore, MIB, SCHEMA_VERSION};
 pub use shared::{write_promise, SharedCompletion, WritePromise};
 
 /// The broker's persistence backend.
@@ -149,6 +149,9 @@ pub struct StoreStats {
     pub message_bodies: u64,
     /// The latest write failed: the store is not taking writes now (`/health` says so).
     pub failing: bool,
+    /// RocksDB's memtables and block cache now (shared by every database of the
+    /// process; zero for the memory store).
+    pub rocks_memory: RocksMemoryUsage,
 }
 
 #[derive(Debug, Default)]
@@ -179,8 +182,18 @@ impl Counters {
             refused: get(&self.refused),
             message_bodies: get(&self.message_bodies),
             failing: self.failing.load(Ordering::Relaxed),
+            rocks_memory: RocksMemoryUsage::default(),
         }
     }
+}
+
+/// What RocksDB holds now against the `[storage]` memory budgets, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RocksMemoryUsage {
+    /// Memtables of every database sharing the budget, mutable and being flushed.
+    pub memtables: u64,
+    /// Blocks in the shared block cache.
+    pub block_cache: u64,
 }
 
 pub type CompletionResult = Result<(), StoreError>;
@@ -355,4 +368,15 @@ pub mod defaults {
     /// Operations waiting for the writer beyond which new messages are refused (state
     /// changes of what is already stored are admitted up to twice this).
     pub const QUEUE_CAPACITY: usize = 65_536;
+    /// `[storage] write_buffer_mb`: RocksDB's memtables of every database of the
+    /// process together (RocksDB's own default for one column family, now shared).
+    pub const WRITE_BUFFER_MB: u32 = 64;
+    /// `[storage] block_cache_mb`: one block cache for every database of the process.
+    /// Reads are few (start-up, a session read for a failover or an adoption): the
+    /// broker serves from memory, the store is written far more than read.
+    pub const BLOCK_CACHE_MB: u32 = 16;
+    /// The smallest memtable budget: below it nearly every write would flush.
+    pub const MIN_WRITE_BUFFER_BYTES: usize = 1 << 20;
+    /// The largest memtable of one column family (RocksDB's default).
+    pub const FAMILY_WRITE_BUFFER_BYTES: usize = 64 << 20;
 }

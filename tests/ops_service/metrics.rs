@@ -181,6 +181,15 @@ async fn scrape_after_a_known_sequence_gives_exact_counts() {
         received as f64
     );
     assert!(value(&samples, "fleetmq_uptime_seconds") >= 0.0);
+    // The retained message sits in a memtable, counted against storage.write_buffer_mb
+    // (64 MiB by default); the block cache is within storage.block_cache_mb (16 MiB).
+    let memtables = value(&samples, "fleetmq_storage_memtable_bytes");
+    assert!(
+        memtables > 0.0 && memtables <= 64.0 * 1024.0 * 1024.0,
+        "memtables {memtables}"
+    );
+    let cached = value(&samples, "fleetmq_storage_block_cache_bytes");
+    assert!(cached <= 16.0 * 1024.0 * 1024.0, "block cache {cached}");
     let version = format!(
         "fleetmq_build_info{{version=\"{}\"}}",
         env!("CARGO_PKG_VERSION")

@@ -147,7 +147,7 @@ mod rocks_backend {
                 sync,
                 ..RocksOptions::default()
             };
-            let store = RocksStore::open(dir.path().join("db"), options).unwrap();
+            let store = RocksStore::open(dir.path().join("db"), options.clone()).unwrap();
             RocksBackend {
                 dir,
                 store: Some(store),
@@ -166,7 +166,7 @@ mod rocks_backend {
         }
         fn reopen(&mut self) {
             drop(self.store.take());
-            self.store = Some(RocksStore::open(self.path(), self.options).unwrap());
+            self.store = Some(RocksStore::open(self.path(), self.options.clone()).unwrap());
         }
         fn name(&self) -> &'static str {
             "rocksdb"

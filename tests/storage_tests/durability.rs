@@ -112,7 +112,7 @@ async fn each_sync_mode_keeps_its_promise_and_batch_syncs_far_less_than_always()
             max_batch_delay,
             ..RocksOptions::default()
         };
-        let store = open_with(options, &dir);
+        let store = open_with(options.clone(), &dir);
         let elapsed = publish_concurrently(store.clone(), tasks, per_task).await;
         let stats = store.stats();
         report(options, elapsed, stats, ops);

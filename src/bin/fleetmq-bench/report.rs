@@ -70,6 +70,12 @@ pub const FIGURES: &[(&str, &str, Better)] = &[
         "broker CPU while publishing, cores busy",
         Better::Neither,
     ),
+    // Where the run left the broker's memory: with persistence, RocksDB's memtables too.
+    (
+        "broker_rss_kib",
+        "broker RSS at the end, KiB",
+        Better::Lower,
+    ),
     // The generator's own load: far below the CPU it may use means it was not the limit.
     (
         "bench_cpu_cores",

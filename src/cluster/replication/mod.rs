@@ -586,7 +586,9 @@ impl crate::storage::ComposedWrite for ReplicatedWrite {
 pub struct Replication {
     pub replicator: Arc<Replicator>,
     pub data_dir: std::path::PathBuf,
-    pub sync: crate::storage::SyncMode,
+    /// How the backup's copies are opened: the node's `[storage] sync` and its RocksDB
+    /// memory budgets.
+    pub replica_options: crate::storage::RocksOptions,
 }
 
 impl Replication {
@@ -596,6 +598,7 @@ impl Replication {
         store: Arc<dyn Store>,
         config: &super::ClusterConfig,
         storage: &crate::config::StorageConfig,
+        memory: crate::storage::RocksMemory,
     ) -> (Arc<dyn Store>, Option<Replication>) {
         if config.replication_factor < 2 {
             return (store, None);
@@ -607,7 +610,11 @@ impl Replication {
         let replication = Replication {
             replicator,
             data_dir: storage.data_dir.clone(),
-            sync: storage.sync,
+            replica_options: crate::storage::RocksOptions {
+                sync: storage.sync,
+                memory,
+                ..crate::storage::RocksOptions::default()
+            },
         };
         (wrapped, Some(replication))
     }

@@ -12,7 +12,7 @@ use bytestring::ByteString;
 use tokio::sync::Notify;
 
 use crate::storage::{
-    RestoredSession, RestoredState, RocksOptions, RocksStore, Store, StoreOp, SyncMode, WallClock,
+    RestoredSession, RestoredState, RocksOptions, RocksStore, Store, StoreOp, WallClock,
 };
 
 use super::super::config::NodeId;
@@ -101,7 +101,7 @@ async fn restore_copy(replica: &Replica) -> Result<RestoredState, String> {
 /// This node's copies of other nodes' sessions.
 pub struct Replicas {
     dir: PathBuf,
-    sync: SyncMode,
+    options: RocksOptions,
     open: Mutex<HashMap<NodeId, Arc<Replica>>>,
     /// Held while a copy is opened: RocksDB refuses a second open of one database.
     opening: tokio::sync::Mutex<()>,
@@ -109,11 +109,12 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    /// Copies under `data_dir/replicas`, written with the node's `[storage] sync`.
-    pub fn new(data_dir: &std::path::Path, sync: SyncMode) -> Replicas {
+    /// Copies under `data_dir/replicas`, opened with `options`: the node's `[storage]
+    /// sync` and the RocksDB memory budgets its own store shares.
+    pub fn new(data_dir: &std::path::Path, options: RocksOptions) -> Replicas {
         Replicas {
             dir: data_dir.join("replicas"),
-            sync,
+            options,
             open: Mutex::default(),
             opening: tokio::sync::Mutex::new(()),
             completed: Mutex::default(),
@@ -129,10 +130,7 @@ impl Replicas {
             return Ok(replica.clone());
         }
         let path = self.dir.join(origin.to_string());
-        let options = RocksOptions {
-            sync: self.sync,
-            ..RocksOptions::default()
-        };
+        let options = self.options.clone();
         let store = tokio::task::spawn_blocking(move || RocksStore::open(path, options))
             .await
             .map_err(|error| error.to_string())?

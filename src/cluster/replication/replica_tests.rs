@@ -18,7 +18,7 @@ fn wire(ops: &[StoreOp]) -> Vec<WireOp> {
 #[tokio::test]
 async fn a_backup_copy_follows_its_stream_refuses_an_older_one_and_a_reset_replaces_it() {
     let dir = tempfile::tempdir().unwrap();
-    let replicas = replica::Replicas::new(dir.path(), crate::storage::SyncMode::Batch);
+    let replicas = replica::Replicas::new(dir.path(), crate::storage::RocksOptions::default());
     let batch = |generation, reset, ops: &[StoreOp]| Batch {
         generation,
         reset,
@@ -66,7 +66,7 @@ async fn a_backup_copy_follows_its_stream_refuses_an_older_one_and_a_reset_repla
 #[tokio::test]
 async fn a_backup_hands_the_ids_of_qos2_messages_its_origin_completed_lately_with_the_session() {
     let dir = tempfile::tempdir().unwrap();
-    let replicas = replica::Replicas::new(dir.path(), crate::storage::SyncMode::Batch);
+    let replicas = replica::Replicas::new(dir.path(), crate::storage::RocksOptions::default());
     let completed = crate::message::ClusterMessageId {
         node: 3,
         sequence: 42,
@@ -150,7 +150,7 @@ async fn numbered_batches_are_applied_in_their_streams_order_whatever_order_they
     let dir = tempfile::tempdir().unwrap();
     let replicas = Arc::new(replica::Replicas::new(
         dir.path(),
-        crate::storage::SyncMode::Batch,
+        crate::storage::RocksOptions::default(),
     ));
     let batch = |generation, sequence, ops: &[StoreOp]| Batch {
         generation,
@@ -214,7 +214,7 @@ async fn numbered_batches_are_applied_in_their_streams_order_whatever_order_they
 #[tokio::test]
 async fn an_adoption_looks_sessions_up_in_a_copy_without_taking_an_expired_one_out() {
     let dir = tempfile::tempdir().unwrap();
-    let replicas = replica::Replicas::new(dir.path(), crate::storage::SyncMode::Batch);
+    let replicas = replica::Replicas::new(dir.path(), crate::storage::RocksOptions::default());
     // Its client left long ago and its expiry ran out: it still owes its will.
     let expired = StoreOp::PutSession(SessionRecord {
         client_id: "gone".into(),

@@ -9,6 +9,7 @@
 //! and the reference counts of message bodies are rebuilt from the references.
 
 mod committer;
+mod memory;
 mod one_session;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use super::{defaults, Completion, Counters, Store, StoreError, StoreStats, SyncM
 use crate::metrics::StorageMetrics;
 
 use committer::RocksCommitter;
+pub use memory::{RocksMemory, MIB};
 
 /// The layout this build reads and writes. A database with a higher version was written
 /// by a newer fleetmq and is refused rather than misread.
@@ -57,7 +59,7 @@ const RAFT_FAMILIES: [&str; 2] = [
 ];
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RocksOptions {
     pub sync: SyncMode,
     /// Most operations per write (see `defaults::MAX_BATCH_OPS`).
@@ -69,6 +71,9 @@ pub struct RocksOptions {
     /// Create the cluster's Raft column families (a `[cluster]` node). Families that
     /// exist are opened in any case: a former cluster node's database opens without.
     pub raft_families: bool,
+    /// The memtable and block cache budgets this database shares with every other one
+    /// opened with a clone of it (`[storage] write_buffer_mb`, `block_cache_mb`).
+    pub memory: RocksMemory,
 }
 
 impl Default for RocksOptions {
@@ -79,6 +84,7 @@ impl Default for RocksOptions {
             max_batch_delay: defaults::MAX_BATCH_DELAY,
             queue_capacity: defaults::QUEUE_CAPACITY,
             raft_families: false,
+            memory: RocksMemory::default(),
         }
     }
 }
@@ -89,6 +95,7 @@ pub struct RocksStore {
     next_message_id: AtomicU64,
     path: PathBuf,
     db: Arc<DB>,
+    memory: RocksMemory,
 }
 
 impl RocksStore {
@@ -111,7 +118,7 @@ impl RocksStore {
             path: path.clone(),
             detail: error.to_string(),
         })?;
-        let db = Arc::new(open_db(&path, options.raft_families)?);
+        let db = Arc::new(open_db(&path, options.raft_families, &options.memory)?);
         check_schema(&db, &path)?;
         let committer = RocksCommitter::load(db.clone(), path.clone())?;
         let next_message_id = committer
@@ -136,7 +143,13 @@ impl RocksStore {
             next_message_id: AtomicU64::new(next_message_id),
             path,
             db,
+            memory: options.memory,
         })
+    }
+
+    /// The memory budgets this database shares.
+    pub fn memory(&self) -> &RocksMemory {
+        &self.memory
     }
 
     /// The database directory.
@@ -188,12 +201,16 @@ impl Store for RocksStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.counters.snapshot()
+        StoreStats {
+            rocks_memory: self.memory.usage(),
+            ..self.counters.snapshot()
+        }
     }
 }
 
-fn db_options() -> Options {
+fn db_options(memory: &RocksMemory) -> Options {
     let mut options = Options::default();
+    memory.apply_to_database(&mut options);
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.set_compression_type(DBCompressionType::Lz4);
@@ -203,8 +220,8 @@ fn db_options() -> Options {
     options
 }
 
-fn open_db(path: &Path, raft_families: bool) -> Result<DB, StoreError> {
-    let options = db_options();
+fn open_db(path: &Path, raft_families: bool, memory: &RocksMemory) -> Result<DB, StoreError> {
+    let options = db_options(memory);
     let mut names: Vec<String> = COLUMN_FAMILIES
         .iter()
         .map(|name| name.to_string())
@@ -221,6 +238,7 @@ fn open_db(path: &Path, raft_families: bool) -> Result<DB, StoreError> {
     let families = names.into_iter().map(|name| {
         let mut family = Options::default();
         family.set_compression_type(DBCompressionType::Lz4);
+        memory.apply_to_family(&mut family);
         ColumnFamilyDescriptor::new(name, family)
     });
     DB::open_cf_descriptors(&options, path, families).map_err(|error| {
