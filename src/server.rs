@@ -182,10 +182,9 @@ type StorageMemory = ();
 #[cfg(feature = "rocksdb")]
 fn storage_memory(config: &StorageConfig) -> StorageMemory {
     use crate::storage::{RocksMemory, MIB};
-    RocksMemory::new(
-        config.write_buffer_mb as usize * MIB,
-        config.block_cache_mb as usize * MIB,
-    )
+    // Saturating: 65,536 MiB does not fit a 32-bit gateway's address space.
+    let bytes = |mib: u32| (mib as usize).saturating_mul(MIB);
+    RocksMemory::new(bytes(config.write_buffer_mb), bytes(config.block_cache_mb))
 }
 
 #[cfg(not(feature = "rocksdb"))]
