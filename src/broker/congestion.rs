@@ -129,6 +129,7 @@ mod tests {
     fn a_congestion_is_one_pointer() {
         assert_eq!(std::mem::size_of::<Congestion>(), 8);
     }
+
     #[tokio::test]
     async fn a_publisher_waiting_after_a_mark_is_woken_by_relief() {
         let congestion = std::sync::Arc::new(Congestion::default());

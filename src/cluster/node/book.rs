@@ -55,13 +55,13 @@ impl FilterBook {
     /// One more local subscription to `filter`; true when the filter is new here (the
     /// proposer has something to do).
     pub(super) fn add(&mut self, filter: &str) -> bool {
-        let count = self.counts.entry(filter.to_string()).or_default();
-        *count += 1;
-        let new = *count == 1;
-        if new {
-            self.dirty.insert(filter.to_string());
+        if let Some(count) = self.counts.get_mut(filter) {
+            *count += 1;
+            return false;
         }
-        new
+        self.counts.insert(filter.to_string(), 1);
+        self.dirty.insert(filter.to_string());
+        true
     }
 
     /// One local subscription to `filter` fewer; true when it was the last.
